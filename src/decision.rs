@@ -1,0 +1,112 @@
+//! Outcomes that tell the caller what to do next (D13, D17).
+
+use crate::amount::Amount;
+use crate::period::Window;
+use crate::types::{BenefitId, BenefitType, EntityType, Status};
+
+/// Why a request was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// An applicable rule is frozen and the engine's policy is *block* (D12).
+    Frozen,
+    /// An applicable rule's usage has reached its limit (`used ≥ limit`).
+    Exhausted,
+    /// The rule still has headroom, but less than the amount asked for
+    /// (`used + amount > limit`); a smaller request may pass.
+    Insufficient,
+}
+
+/// A denial: which benefit denied, why, what remains and when it resets (D17).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The rule that denied.
+    pub benefit_id: BenefitId,
+    /// Its benefit type.
+    pub benefit_type: BenefitType,
+    /// Why.
+    pub reason: DenyReason,
+    /// `limit − used` on that rule (zero when exhausted).
+    pub remaining: Amount,
+    /// When that rule's window resets (unix seconds); `None` for cumulative
+    /// caps and for frozen rules, which only an update lifts.
+    pub resets_at: Option<i64>,
+}
+
+/// How much room the tightest applicable rule leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Headroom {
+    /// The tightest rule.
+    pub benefit_id: BenefitId,
+    /// Its benefit type.
+    pub benefit_type: BenefitType,
+    /// `limit − used` after the operation.
+    pub remaining: Amount,
+    /// When its window resets; `None` for cumulative caps.
+    pub resets_at: Option<i64>,
+}
+
+/// The answer to `check`, `try_consume` and `record`.
+///
+/// # Examples
+/// ```
+/// use benefit_quota::{Amount, BenefitType, Engine, Subject};
+/// let engine = Engine::new();
+/// // No rule applies: the subject is unlimited (F16).
+/// let d = engine.try_consume(&Subject::device("d"), BenefitType::ResourcePoint, Amount::from_units(5), 0);
+/// assert!(d.is_allowed());
+/// assert!(d.headroom().is_none());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed. Carries the tightest applicable rule, or `None` when no rule
+    /// applies (unlimited).
+    Allowed(Option<Headroom>),
+    /// Denied, with the explanation.
+    Denied(Denial),
+}
+
+impl Decision {
+    /// True when the request may proceed.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allowed(_))
+    }
+
+    /// The denial, if denied.
+    pub fn denial(&self) -> Option<&Denial> {
+        match self {
+            Decision::Denied(d) => Some(d),
+            Decision::Allowed(_) => None,
+        }
+    }
+
+    /// The headroom, if allowed and limited.
+    pub fn headroom(&self) -> Option<&Headroom> {
+        match self {
+            Decision::Allowed(h) => h.as_ref(),
+            Decision::Denied(_) => None,
+        }
+    }
+}
+
+/// One applicable rule's counter, as reported by `usage`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageReport {
+    /// The rule.
+    pub benefit_id: BenefitId,
+    /// Its scope type.
+    pub entity_type: EntityType,
+    /// Its benefit type.
+    pub benefit_type: BenefitType,
+    /// Its status (`valid` or `frozen`).
+    pub status: Status,
+    /// Usage counted in the current window (or ever, for cumulative rules).
+    pub used: Amount,
+    /// The rule's limit in whole units.
+    pub limit: i64,
+    /// `limit − used`, floored at zero.
+    pub remaining: Amount,
+    /// The current window; `None` for cumulative rules.
+    pub window: Option<Window>,
+    /// Everything ever counted on this counter, across resets (D16).
+    pub lifetime: Amount,
+}

@@ -1,0 +1,763 @@
+//! The engine: configuration plane (create, import, update, list) and
+//! enforcement (check, try_consume, record, usage).
+
+use parking_lot::RwLock;
+use smallvec::SmallVec;
+
+use crate::amount::Amount;
+use crate::decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
+use crate::errors::ApiError;
+use crate::period::{clamp_now, rule_window, UtcOffset, Window};
+use crate::rules::{window_of, AppliedVec, FrozenPolicy, RuleEntry, RuleSet};
+use crate::state::{CounterState, Locked, Store};
+use crate::subject::Subject;
+use crate::types::{BenefitId, BenefitInfo, BenefitType};
+use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
+use crate::wire::{BenefitInfoWire, CreateBody, ListData, ListQuery, UpdateBody};
+
+/// Engine configuration.
+///
+/// # Examples
+/// ```
+/// use benefit_quota::{Engine, EngineConfig, FrozenPolicy, UtcOffset};
+/// let engine = Engine::with_config(EngineConfig {
+///     utc_offset: UtcOffset::UTC,
+///     frozen_policy: FrozenPolicy::Suspend,
+///     ..EngineConfig::default()
+/// });
+/// assert_eq!(engine.config().shards, 64);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Offset in which period boundaries are computed (D15). Default UTC+8.
+    pub utc_offset: UtcOffset,
+    /// What a frozen rule does (D12). Default [`FrozenPolicy::Block`].
+    pub frozen_policy: FrozenPolicy,
+    /// Number of counter shards; rounded up to a power of two in `1..=65536`.
+    /// Default 64.
+    pub shards: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            utc_offset: UtcOffset::CHINA,
+            frozen_policy: FrozenPolicy::Block,
+            shards: 64,
+        }
+    }
+}
+
+/// The quota engine. `Send + Sync`; share it behind an `Arc`.
+///
+/// See the crate documentation for an example.
+pub struct Engine {
+    rules: RwLock<RuleSet>,
+    store: Store,
+    config: EngineConfig,
+    token_key: ahash::RandomState,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new()
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .field("rules", &self.rules.read().rules.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an operation does to the counters of the rules it touches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Check,
+    TryConsume(BenefitType, u64),
+    Record(BenefitType, u64),
+}
+
+/// A rule's current state as seen by one operation.
+struct Seen {
+    slot: u32,
+    benefit_type: BenefitType,
+    frozen: bool,
+    used: u64,
+    limit: u64,
+    window: Option<Window>,
+}
+
+impl Engine {
+    /// An engine with the default configuration (UTC+8, frozen blocks, 64 shards).
+    pub fn new() -> Engine {
+        Engine::with_config(EngineConfig::default())
+    }
+
+    /// An engine with `config`.
+    pub fn with_config(config: EngineConfig) -> Engine {
+        let shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
+        let config = EngineConfig { shards, ..config };
+        let hasher = ahash::RandomState::new();
+        Engine {
+            rules: RwLock::new(RuleSet::new(&hasher)),
+            store: Store::new(shards, hasher),
+            config,
+            token_key: ahash::RandomState::new(),
+        }
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> EngineConfig {
+        self.config
+    }
+
+    // ----------------------------------------------------------------------
+    // Configuration plane
+    // ----------------------------------------------------------------------
+
+    /// Creates a rule from a create body (F9), assigning a fresh decimal id (D7).
+    ///
+    /// # Errors
+    /// 4000 with the field named if the body is invalid (D4) or would break
+    /// D5. Nothing changes on error.
+    pub fn create(&self, body: &CreateBody) -> Result<BenefitInfo, ApiError> {
+        let draft = validate::create(body)?;
+        let mut rules = self.rules.write();
+        rules.check_unique(
+            draft.entity_type,
+            draft.benefit_type,
+            draft.reset.is_cumulative(),
+            draft.status,
+            None,
+            "benefit_info.trigger_unit",
+        )?;
+        let id = rules.generate_id();
+        let id = BenefitId::new(&id).ok_or_else(|| ApiError::invalid("benefit_id", "internal"))?;
+        let info = draft.with_id(id);
+        rules.insert(RuleEntry::new(info.clone()));
+        Ok(info)
+    }
+
+    /// [`Engine::create`] from the JSON body.
+    ///
+    /// # Errors
+    /// 4000 naming the field for malformed JSON, wrong types (D1) or invalid values (D4).
+    pub fn create_json(&self, body: impl AsRef<[u8]>) -> Result<BenefitInfo, ApiError> {
+        let body: CreateBody = validate::parse_json(body.as_ref(), MAX_BODY_BYTES)?;
+        self.create(&body)
+    }
+
+    /// Applies a PUT body to rule `benefit_id` (F11, D2, D16).
+    ///
+    /// Partial: absent or `null` fields keep their value. Usage survives the
+    /// update except as D16 says (a change of the window containing `now`, or
+    /// a switch between cumulative and periodic).
+    ///
+    /// # Errors
+    /// 4200 for an unknown id; 4000 naming the field for a `benefit_id`
+    /// mismatch, a cancelled rule (D6), an invalid merged record (D4) or a D5
+    /// conflict. Nothing changes on error.
+    pub fn apply_update(
+        &self,
+        benefit_id: &str,
+        body: &UpdateBody,
+        now: i64,
+    ) -> Result<BenefitInfo, ApiError> {
+        let now = clamp_now(now);
+        let mut rules = self.rules.write();
+        let slot = rules
+            .slot_of(benefit_id)
+            .ok_or_else(|| ApiError::not_found(benefit_id))?;
+        let current = &rules.rules[slot as usize].info;
+        if current.status == crate::Status::Cancel {
+            return Err(ApiError::invalid(
+                "status",
+                "the rule is cancelled; a cancelled rule cannot be updated",
+            ));
+        }
+        let merged = validate::update(current, benefit_id, body)?;
+        let field = if body.trigger_unit.is_some() {
+            "trigger_unit"
+        } else {
+            "status"
+        };
+        rules.check_unique(
+            merged.entity_type,
+            merged.benefit_type,
+            merged.reset.is_cumulative(),
+            merged.status,
+            Some(slot),
+            field,
+        )?;
+        let bump = self.period_changed(current, &merged, now);
+        rules.replace(slot, merged.clone(), bump);
+        Ok(merged)
+    }
+
+    /// [`Engine::apply_update`] from the JSON body.
+    ///
+    /// # Errors
+    /// As [`Engine::apply_update`], plus 4000 naming the field for malformed JSON or wrong types.
+    pub fn apply_update_json(
+        &self,
+        benefit_id: &str,
+        body: impl AsRef<[u8]>,
+        now: i64,
+    ) -> Result<BenefitInfo, ApiError> {
+        let body: UpdateBody = validate::parse_json(body.as_ref(), MAX_BODY_BYTES)?;
+        self.apply_update(benefit_id, &body, now)
+    }
+
+    /// D16: must counters of a rule restart from zero after this change?
+    fn period_changed(&self, old: &BenefitInfo, new: &BenefitInfo, now: i64) -> bool {
+        match (old.reset.is_cumulative(), new.reset.is_cumulative()) {
+            (true, true) => false,
+            (false, false) => {
+                let fam = old.entity_type.family();
+                let off = self.config.utc_offset;
+                rule_window(fam, old.reset, old.started_at, off, now)
+                    != rule_window(fam, new.reset, new.started_at, off, now)
+            }
+            _ => true,
+        }
+    }
+
+    /// Imports (upserts) a platform record with its own `benefit_id` (D7).
+    ///
+    /// A new id is appended; a known id is replaced as an update would replace
+    /// it (D16 applies to its counters).
+    ///
+    /// # Errors
+    /// 4000 naming the field if the record is invalid, changes the scope or
+    /// benefit type of a known rule, revives a cancelled rule, or breaks D5.
+    pub fn import(&self, record: &BenefitInfoWire, now: i64) -> Result<BenefitInfo, ApiError> {
+        let info = validate::record(record, "")?;
+        self.import_all(vec![info], now)?
+            .pop()
+            .ok_or_else(|| ApiError::invalid("body", "empty import"))
+    }
+
+    /// [`Engine::import`] from a record's JSON.
+    ///
+    /// # Errors
+    /// As [`Engine::import`], plus malformed JSON.
+    pub fn import_json(&self, record: impl AsRef<[u8]>, now: i64) -> Result<BenefitInfo, ApiError> {
+        let record: BenefitInfoWire = validate::parse_json(record.as_ref(), MAX_BODY_BYTES)?;
+        self.import(&record, now)
+    }
+
+    /// Imports every record of a platform response: a list response
+    /// (`data.benefit_infos`), a create response (`data.benefit_info`) or an
+    /// update response (`data` is the record). The envelope may be omitted
+    /// (the `data` object alone). All or nothing.
+    ///
+    /// # Errors
+    /// 4000 naming the field (e.g. `data.benefit_infos[2].limit`) if any record is
+    /// invalid; the envelope's own code if it is not 0. Nothing changes on error.
+    pub fn import_response_json(
+        &self,
+        response: impl AsRef<[u8]>,
+        now: i64,
+    ) -> Result<Vec<BenefitInfo>, ApiError> {
+        let v: serde_json::Value = validate::parse_json(response.as_ref(), MAX_IMPORT_BYTES)?;
+        let (data, prefix) = match v.get("code") {
+            Some(code) => {
+                if code.as_u64() != Some(0) {
+                    return Err(ApiError::invalid(
+                        "code",
+                        "the response is an error envelope; nothing to import",
+                    ));
+                }
+                (v.get("data").cloned().unwrap_or_default(), "data.")
+            }
+            None => (v, ""),
+        };
+        let mut infos = Vec::new();
+        if let Some(list) = data.get("benefit_infos") {
+            let wires: Vec<BenefitInfoWire> = serde_json::from_value(list.clone())
+                .map_err(|e| ApiError::invalid(&format!("{prefix}benefit_infos"), e))?;
+            for (i, w) in wires.iter().enumerate() {
+                infos.push(validate::record(
+                    w,
+                    &format!("{prefix}benefit_infos[{i}]."),
+                )?);
+            }
+        } else {
+            let (rec, p) = match data.get("benefit_info") {
+                Some(r) => (r.clone(), format!("{prefix}benefit_info.")),
+                None => (data, prefix.to_owned()),
+            };
+            let w: BenefitInfoWire = serde_json::from_value(rec)
+                .map_err(|e| ApiError::invalid(p.trim_end_matches('.'), e))?;
+            infos.push(validate::record(&w, &p)?);
+        }
+        self.import_all(infos, now)
+    }
+
+    fn import_all(&self, infos: Vec<BenefitInfo>, now: i64) -> Result<Vec<BenefitInfo>, ApiError> {
+        let now = clamp_now(now);
+        let mut rules = self.rules.write();
+        // Validate the whole batch against the state it would produce.
+        for (i, info) in infos.iter().enumerate() {
+            if infos[..i].iter().any(|o| o.benefit_id == info.benefit_id) {
+                return Err(ApiError::invalid(
+                    "benefit_id",
+                    format_args!("{} appears twice in the import", info.benefit_id),
+                ));
+            }
+            let slot = rules.slot_of(info.benefit_id.as_str());
+            if let Some(slot) = slot {
+                let cur = &rules.rules[slot as usize].info;
+                for (field, same) in [
+                    ("entity_type", cur.entity_type == info.entity_type),
+                    ("entity_id", cur.entity_id == info.entity_id),
+                    ("benefit_type", cur.benefit_type == info.benefit_type),
+                ] {
+                    if !same {
+                        return Err(ApiError::invalid(
+                            field,
+                            format_args!("differs from the stored rule {}", info.benefit_id),
+                        ));
+                    }
+                }
+                if cur.status == crate::Status::Cancel && info.status != crate::Status::Cancel {
+                    return Err(ApiError::invalid(
+                        "status",
+                        format_args!(
+                            "rule {} is cancelled; it cannot be revived",
+                            info.benefit_id
+                        ),
+                    ));
+                }
+            }
+            rules.check_unique(
+                info.entity_type,
+                info.benefit_type,
+                info.reset.is_cumulative(),
+                info.status,
+                slot,
+                "trigger_unit",
+            )?;
+            // D5 within the batch itself.
+            for o in &infos[..i] {
+                if o.entity_type == info.entity_type
+                    && info.entity_type.is_all_scope()
+                    && o.benefit_type == info.benefit_type
+                    && o.reset.is_cumulative() == info.reset.is_cumulative()
+                    && o.status != crate::Status::Cancel
+                    && info.status != crate::Status::Cancel
+                {
+                    return Err(ApiError::invalid(
+                        "trigger_unit",
+                        format_args!(
+                            "{} and {} are both {} {} rules of {}",
+                            o.benefit_id,
+                            info.benefit_id,
+                            if info.reset.is_cumulative() {
+                                "cumulative"
+                            } else {
+                                "periodic"
+                            },
+                            info.benefit_type,
+                            info.entity_type
+                        ),
+                    ));
+                }
+            }
+        }
+        for info in &infos {
+            match rules.slot_of(info.benefit_id.as_str()) {
+                Some(slot) => {
+                    let bump = self.period_changed(&rules.rules[slot as usize].info, info, now);
+                    rules.replace(slot, info.clone(), bump);
+                }
+                None => {
+                    rules.insert(RuleEntry::new(info.clone()));
+                }
+            }
+        }
+        Ok(infos)
+    }
+
+    /// The stored record of `benefit_id`.
+    pub fn get(&self, benefit_id: &str) -> Option<BenefitInfo> {
+        let rules = self.rules.read();
+        let slot = rules.slot_of(benefit_id)?;
+        Some(rules.rules[slot as usize].info.clone())
+    }
+
+    /// Number of rules stored (every status).
+    pub fn rule_count(&self) -> usize {
+        self.rules.read().rules.len()
+    }
+
+    /// Number of counters currently tracked.
+    pub fn counter_count(&self) -> usize {
+        self.store.len()
+    }
+
+    /// Lists rules as the platform's GET does (F10, D8): creation order, opaque
+    /// page tokens that stay valid while rules are added or updated.
+    ///
+    /// # Errors
+    /// 4000 naming the field for a missing or unknown `entity_type` /
+    /// `benefit_type`, an unknown `status`, a `page_size` outside 1..=200, or a
+    /// page token this engine did not issue for this query.
+    pub fn list(&self, query: &ListQuery) -> Result<ListData, ApiError> {
+        let q = validate::list_query(query)?;
+        let rules = self.rules.read();
+        let start = if q.page_token.is_empty() {
+            0
+        } else {
+            self.parse_token(&q, &q.page_token)?
+        };
+        let matches = |e: &&RuleEntry| {
+            let i = &e.info;
+            i.entity_type == q.entity_type
+                && i.benefit_type == q.benefit_type
+                && q.status.is_none_or(|s| s == i.status)
+                && q.entity_id
+                    .as_deref()
+                    .is_none_or(|id| i.entity_id.as_ref().is_some_and(|e| e.as_str() == id))
+        };
+        let mut items = Vec::new();
+        let mut next = None;
+        for (slot, e) in rules.rules.iter().enumerate().skip(start) {
+            if !matches(&e) {
+                continue;
+            }
+            if items.len() == q.page_size {
+                next = Some(slot);
+                break;
+            }
+            items.push(e.info.clone());
+        }
+        Ok(ListData {
+            has_more: next.is_some(),
+            page_token: next.map(|s| self.make_token(&q, s)).unwrap_or_default(),
+            benefit_infos: items,
+        })
+    }
+
+    /// [`Engine::list`] from a URL query string such as
+    /// `entity_type=single_device&benefit_type=resource_point&page_size=50`.
+    ///
+    /// # Errors
+    /// As [`Engine::list`], plus malformed or duplicated parameters.
+    pub fn list_query_string(&self, query: impl AsRef<[u8]>) -> Result<ListData, ApiError> {
+        let q: ListQuery = validate::parse_query(query.as_ref())?;
+        self.list(&q)
+    }
+
+    /// [`Engine::list`] from a JSON object with the query's fields.
+    ///
+    /// # Errors
+    /// As [`Engine::list`], plus malformed JSON.
+    pub fn list_json(&self, query: impl AsRef<[u8]>) -> Result<ListData, ApiError> {
+        let q: ListQuery = validate::parse_json(query.as_ref(), MAX_BODY_BYTES)?;
+        self.list(&q)
+    }
+
+    fn token_mac(&self, q: &validate::Query, slot: usize) -> u64 {
+        self.token_key.hash_one((
+            slot,
+            q.entity_type,
+            q.benefit_type,
+            q.status,
+            q.entity_id.as_deref(),
+        ))
+    }
+
+    fn make_token(&self, q: &validate::Query, slot: usize) -> String {
+        format!("{slot:x}.{:016x}", self.token_mac(q, slot))
+    }
+
+    fn parse_token(&self, q: &validate::Query, token: &str) -> Result<usize, ApiError> {
+        let bad = || {
+            ApiError::invalid(
+                "page_token",
+                "not a token issued by this engine for this query",
+            )
+        };
+        let (slot, mac) = token.split_once('.').ok_or_else(bad)?;
+        if slot.is_empty() || slot.len() > 8 || mac.len() != 16 {
+            return Err(bad());
+        }
+        let slot = usize::from_str_radix(slot, 16).map_err(|_| bad())?;
+        let mac = u64::from_str_radix(mac, 16).map_err(|_| bad())?;
+        if mac != self.token_mac(q, slot) {
+            return Err(bad());
+        }
+        Ok(slot)
+    }
+
+    // ----------------------------------------------------------------------
+    // Enforcement
+    // ----------------------------------------------------------------------
+
+    /// Is the subject blocked right now (D13)? Changes nothing.
+    ///
+    /// Denied when any applicable rule, of any benefit type, is frozen (policy
+    /// block) or has `used ≥ limit`. When allowed, the headroom names the
+    /// applicable rule with the least remaining (each in its own unit).
+    pub fn check(&self, subject: &Subject<'_>, now: i64) -> Decision {
+        self.run(subject, now, Op::Check)
+    }
+
+    /// Debits `amount` of `benefit_type` if, and only if, the subject is not
+    /// blocked and every applicable rule of that type has `used + amount ≤
+    /// limit`; all or nothing, atomically across rules and threads (D13).
+    pub fn try_consume(
+        &self,
+        subject: &Subject<'_>,
+        benefit_type: BenefitType,
+        amount: Amount,
+        now: i64,
+    ) -> Decision {
+        self.run(
+            subject,
+            now,
+            Op::TryConsume(benefit_type, amount.as_micros()),
+        )
+    }
+
+    /// Books usage that already happened (post-paid, D13): adds `amount` to every
+    /// applicable rule of `benefit_type`, even past the limit, and returns the
+    /// subject's state afterwards (as [`Engine::check`] would).
+    pub fn record(
+        &self,
+        subject: &Subject<'_>,
+        benefit_type: BenefitType,
+        amount: Amount,
+        now: i64,
+    ) -> Decision {
+        self.run(subject, now, Op::Record(benefit_type, amount.as_micros()))
+    }
+
+    /// Every applicable rule's counter for the subject at `now`.
+    pub fn usage(&self, subject: &Subject<'_>, now: i64) -> Vec<UsageReport> {
+        let now = clamp_now(now);
+        let rules = self.rules.read();
+        let mut applied = AppliedVec::new();
+        rules.resolve(
+            subject,
+            now,
+            self.config.utc_offset,
+            self.config.frozen_policy,
+            &self.store,
+            &mut applied,
+        );
+        let locked = self.lock(&applied);
+        applied
+            .iter()
+            .map(|a| {
+                let e = &rules.rules[a.slot as usize];
+                let state = locked.get(a.shard, &a.key).copied().unwrap_or_default();
+                let used = state.effective_used(e.generation, a.window);
+                UsageReport {
+                    benefit_id: e.info.benefit_id.clone(),
+                    entity_type: e.info.entity_type,
+                    benefit_type: e.info.benefit_type,
+                    status: e.info.status,
+                    used: Amount::from_micros(used),
+                    limit: e.info.limit,
+                    remaining: Amount::from_micros(e.limit_micros.saturating_sub(used)),
+                    window: self.effective_window(e, &state, a.window),
+                    lifetime: Amount::from_micros(state.lifetime),
+                }
+            })
+            .collect()
+    }
+
+    fn lock(&self, applied: &AppliedVec<'_>) -> Locked<'_> {
+        let mut shards: SmallVec<[usize; 8]> = applied.iter().map(|a| a.shard).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        self.store.lock_many(&shards)
+    }
+
+    /// The window a counter's usage belongs to: the caller's, or a newer one
+    /// if another caller's clock already moved the counter forward.
+    fn effective_window(
+        &self,
+        e: &RuleEntry,
+        state: &CounterState,
+        window: Option<Window>,
+    ) -> Option<Window> {
+        let w = window?;
+        if state.generation == e.generation && state.window_start > w.start {
+            window_of(e, self.config.utc_offset, state.window_start)
+        } else {
+            Some(w)
+        }
+    }
+
+    fn run(&self, subject: &Subject<'_>, now: i64, op: Op) -> Decision {
+        let now = clamp_now(now);
+        let rules = self.rules.read();
+        let mut applied = AppliedVec::new();
+        rules.resolve(
+            subject,
+            now,
+            self.config.utc_offset,
+            self.config.frozen_policy,
+            &self.store,
+            &mut applied,
+        );
+        if applied.is_empty() {
+            return Decision::Allowed(None); // F16: unlimited, nothing tracked
+        }
+        let mut locked = self.lock(&applied);
+        let frozen_blocks = self.config.frozen_policy == FrozenPolicy::Block;
+        let mut seen: SmallVec<[Seen; 8]> = applied
+            .iter()
+            .map(|a| {
+                let e = &rules.rules[a.slot as usize];
+                let state = locked.get(a.shard, &a.key);
+                Seen {
+                    slot: a.slot,
+                    benefit_type: e.info.benefit_type,
+                    frozen: frozen_blocks && e.info.status == crate::Status::Frozen,
+                    used: state.map_or(0, |s| s.effective_used(e.generation, a.window)),
+                    limit: e.limit_micros,
+                    window: state.map_or(a.window, |s| self.effective_window(e, s, a.window)),
+                }
+            })
+            .collect();
+        match op {
+            Op::Check => match deny(&rules, &seen, None, 0) {
+                Some(d) => Decision::Denied(d),
+                None => Decision::Allowed(headroom(&rules, &seen, None)),
+            },
+            Op::TryConsume(ty, amount) => {
+                if let Some(d) = deny(&rules, &seen, Some(ty), amount) {
+                    return Decision::Denied(d);
+                }
+                debit(&rules, &applied, &mut seen, &mut locked, ty, amount);
+                Decision::Allowed(headroom(&rules, &seen, Some(ty)))
+            }
+            Op::Record(ty, amount) => {
+                debit(&rules, &applied, &mut seen, &mut locked, ty, amount);
+                match deny(&rules, &seen, None, 0) {
+                    Some(d) => Decision::Denied(d),
+                    None => Decision::Allowed(headroom(&rules, &seen, Some(ty))),
+                }
+            }
+        }
+    }
+}
+
+/// Adds `amount` to every applied rule of type `ty` (creating counters as needed).
+fn debit(
+    rules: &RuleSet,
+    applied: &AppliedVec<'_>,
+    seen: &mut [Seen],
+    locked: &mut Locked<'_>,
+    ty: BenefitType,
+    amount: u64,
+) {
+    if amount == 0 {
+        return;
+    }
+    for (a, s) in applied.iter().zip(seen.iter_mut()) {
+        if s.benefit_type != ty {
+            continue;
+        }
+        let e = &rules.rules[a.slot as usize];
+        let c = locked.get_or_insert(a.shard, &a.key);
+        c.roll(e.generation, a.window);
+        c.add(amount);
+        s.used = c.used;
+    }
+}
+
+/// D13 + D17: the denial, if any. With `ty`, also rules of that type that
+/// cannot fit `amount`. The denial reported is the one that lasts longest:
+/// frozen first, then the latest reset (cumulative = never), then exhausted
+/// before insufficient, then the lowest slot (creation order).
+fn deny(rules: &RuleSet, seen: &[Seen], ty: Option<BenefitType>, amount: u64) -> Option<Denial> {
+    let mut best: Option<((u8, i64, u8), &Seen, DenyReason)> = None;
+    for s in seen {
+        let (reason, resets) = if s.frozen {
+            (DenyReason::Frozen, None)
+        } else if s.used >= s.limit {
+            (DenyReason::Exhausted, s.window.map(|w| w.end))
+        } else if Some(s.benefit_type) == ty && s.used.saturating_add(amount) > s.limit {
+            (DenyReason::Insufficient, s.window.map(|w| w.end))
+        } else {
+            continue;
+        };
+        let rank = (
+            u8::from(reason == DenyReason::Frozen),
+            resets.unwrap_or(i64::MAX),
+            u8::from(reason == DenyReason::Exhausted),
+        );
+        let better = match &best {
+            None => true,
+            Some((r, b, _)) => rank > *r || (rank == *r && s.slot < b.slot),
+        };
+        if better {
+            best = Some((rank, s, reason));
+        }
+    }
+    best.map(|(_, s, reason)| Denial {
+        benefit_id: rules.rules[s.slot as usize].info.benefit_id.clone(),
+        benefit_type: s.benefit_type,
+        reason,
+        remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
+        resets_at: if reason == DenyReason::Frozen {
+            None
+        } else {
+            s.window.map(|w| w.end)
+        },
+    })
+}
+
+/// The applicable rule (of `ty`, or of any type) with the least remaining;
+/// ties go to the lowest slot.
+fn headroom(rules: &RuleSet, seen: &[Seen], ty: Option<BenefitType>) -> Option<Headroom> {
+    let s = seen
+        .iter()
+        .filter(|s| ty.is_none_or(|t| t == s.benefit_type))
+        .min_by_key(|s| (s.limit.saturating_sub(s.used), s.slot))?;
+    Some(Headroom {
+        benefit_id: rules.rules[s.slot as usize].info.benefit_id.clone(),
+        benefit_type: s.benefit_type,
+        remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
+        resets_at: s.window.map(|w| w.end),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn engine_is_send_and_sync() {
+        assert_send_sync::<Engine>();
+    }
+
+    #[test]
+    fn shards_round_up_to_a_power_of_two() {
+        for (asked, got) in [
+            (0, 1),
+            (1, 1),
+            (3, 4),
+            (64, 64),
+            (100, 128),
+            (usize::MAX, 65_536),
+        ] {
+            let e = Engine::with_config(EngineConfig {
+                shards: asked,
+                ..EngineConfig::default()
+            });
+            assert_eq!(e.config().shards, got);
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Platform-style errors: a numeric `code` and a message that names the field.
+
+use std::fmt;
+
+/// The platform's error codes (F13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// 4000: a parameter is missing, malformed or out of range.
+    InvalidParameter,
+    /// 4100: the access token is invalid (not produced by this library; listed for completeness).
+    BadToken,
+    /// 4101: the token lacks the permission (not produced by this library).
+    PermissionDenied,
+    /// 4200: the benefit limitation does not exist.
+    NotFound,
+    /// 5000: internal error; also used when a configured resource bound is hit.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The numeric code as it appears in the envelope's `code` field.
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(benefit_quota::ErrorCode::InvalidParameter.as_u32(), 4000);
+    /// ```
+    pub const fn as_u32(self) -> u32 {
+        match self {
+            ErrorCode::InvalidParameter => 4000,
+            ErrorCode::BadToken => 4100,
+            ErrorCode::PermissionDenied => 4101,
+            ErrorCode::NotFound => 4200,
+            ErrorCode::Internal => 5000,
+        }
+    }
+}
+
+/// An error as the platform would answer it: `{code, msg}`.
+///
+/// Every message produced by validation starts with the offending field's
+/// name in the form `` `field` `` (for nested create bodies,
+/// `` `benefit_info.limit` ``), so callers and tests can rely on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    code: ErrorCode,
+    msg: String,
+}
+
+impl ApiError {
+    /// A 4000 error about `field`.
+    pub fn invalid(field: &str, what: impl fmt::Display) -> Self {
+        ApiError {
+            code: ErrorCode::InvalidParameter,
+            msg: format!("invalid parameter `{field}`: {what}"),
+        }
+    }
+
+    /// A 4200 error for an unknown benefit id.
+    pub fn not_found(benefit_id: &str) -> Self {
+        ApiError {
+            code: ErrorCode::NotFound,
+            msg: format!(
+                "`benefit_id` not found: {:?}",
+                truncate_for_message(benefit_id)
+            ),
+        }
+    }
+
+    /// An error with an arbitrary code and message.
+    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            msg: msg.into(),
+        }
+    }
+
+    /// The error code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The human-readable message (names the field for validation errors).
+    pub fn msg(&self) -> &str {
+        &self.msg
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code.as_u32(), self.msg)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Keeps error messages bounded whatever the caller sent.
+pub(crate) fn truncate_for_message(s: &str) -> &str {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let s = "设".repeat(40); // 120 bytes
+        let t = truncate_for_message(&s);
+        assert!(t.len() <= 64);
+        assert_eq!(t.len() % 3, 0);
+    }
+}

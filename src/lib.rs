@@ -1,0 +1,81 @@
+//! # benefit-quota
+//!
+//! In-process enforcement of Coze enterprise *benefit limitations*
+//! (权益额度, end-user quotas), with exactly the platform's wire format and
+//! semantics, for API gateways that must decide per request, without a network
+//! round-trip, whether a device, custom consumer or enterprise member may
+//! spend more.
+//!
+//! ```
+//! use benefit_quota::{Amount, BenefitType, DenyReason, Engine, Subject};
+//!
+//! let engine = Engine::new(); // periods in UTC+8, frozen rules block
+//! // Every device: 10 points per local day (the platform's create body).
+//! engine.create_json(r#"{
+//!     "entity_type": "enterprise_all_devices",
+//!     "benefit_info": {"benefit_type": "resource_point", "active_mode": "absolute_time",
+//!                      "started_at": 0, "ended_at": 253402300799, "limit": 10,
+//!                      "trigger_unit": "day", "trigger_time": 1}
+//! }"#).unwrap();
+//!
+//! let now = 1_741_708_800; // 2025-03-12 00:00:00 +08:00
+//! let dev = Subject::device("sn-0001");
+//! let pts = BenefitType::ResourcePoint;
+//! assert!(engine.try_consume(&dev, pts, Amount::from_units(8), now).is_allowed());
+//! let d = engine.try_consume(&dev, pts, "2.5".parse().unwrap(), now + 60);
+//! let denial = d.denial().unwrap();
+//! assert_eq!(denial.reason, DenyReason::Insufficient);
+//! assert_eq!(denial.resets_at, Some(now + 86_400)); // next local midnight
+//! assert!(engine.try_consume(&dev, pts, Amount::from_units(2), now + 60).is_allowed());
+//! assert!(!engine.check(&dev, now + 61).is_allowed()); // exhausted for today
+//! assert!(engine.check(&dev, now + 86_400).is_allowed()); // a new day
+//! ```
+//!
+//! ## Layout
+//! - [`wire`]: serde mirrors of the platform JSON (create, update, list, envelope).
+//! - `validate`: wire → validated domain types ([`types`]), errors as [`ApiError`].
+//! - `period`: reset windows in a fixed UTC offset (D15).
+//! - `rules`: the rule table and rule resolution (precedence, activation, frozen).
+//! - `state`: lock-sharded counters.
+//! - [`Engine`]: the configuration plane and the enforcement API.
+//!
+//! The rules the engine enforces are written down, one by one with the test
+//! that pins each, in `SEMANTICS.md`.
+//!
+//! ## Hot path
+//! A check takes the rule table's read lock (`parking_lot::RwLock`, shared by
+//! every reader; updates take it exclusively and cost O(1) in the number of
+//! tracked counters), resolves the applicable rules through hash indexes,
+//! then locks the one or few counter shards involved, in ascending order, and
+//! decides and debits while holding them. Nothing is allocated for a subject
+//! whose counters exist: ids are borrowed, small vectors are inline, decisions
+//! name benefits through reference-counted ids. Windows roll over lazily when a
+//! counter is touched.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod amount;
+mod decision;
+mod engine;
+mod errors;
+mod period;
+mod rules;
+mod state;
+mod subject;
+pub mod types;
+mod validate;
+pub mod wire;
+
+pub use amount::{Amount, ParseAmountError, MICROS_PER_UNIT};
+pub use decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
+pub use engine::{Engine, EngineConfig};
+pub use errors::{ApiError, ErrorCode};
+pub use period::{UtcOffset, Window};
+pub use rules::FrozenPolicy;
+pub use subject::{Member, Subject};
+pub use types::{
+    ActiveMode, BenefitId, BenefitInfo, BenefitType, EntityId, EntityType, Family, Reset, Status,
+    TriggerUnit, FOREVER,
+};
+pub use validate::{DEFAULT_PAGE_SIZE, MAX_BODY_BYTES, MAX_PAGE_SIZE};
+pub use wire::{CreateBody, Envelope, ListData, ListQuery, UpdateBody};

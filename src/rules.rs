@@ -1,0 +1,337 @@
+//! The rule table and rule resolution (D5, D9–D12).
+//!
+//! Rules are kept in creation order (their *slot*); indexes map entities to
+//! the non-cancelled rules that name them, so resolving a subject costs a few
+//! hash lookups whatever the number of rules.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use crate::amount::MICROS_PER_UNIT;
+use crate::errors::ApiError;
+use crate::period::{rule_window, UtcOffset, Window};
+use crate::state::{Key, OwnerKind, Store};
+use crate::subject::Subject;
+use crate::types::{BenefitInfo, BenefitType, EntityType, Family, Status};
+
+/// What the engine does with a frozen rule (D12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum FrozenPolicy {
+    /// A frozen rule in effect blocks its subjects and still replaces the
+    /// all-scope rule of its slot (the default).
+    #[default]
+    Block,
+    /// A frozen rule is treated as not in effect.
+    Suspend,
+}
+
+/// A stored rule plus what the hot path needs precomputed.
+#[derive(Debug, Clone)]
+pub(crate) struct RuleEntry {
+    pub info: BenefitInfo,
+    /// Bumped whenever an update must restart usage from zero (D16).
+    pub generation: u64,
+    /// The limit in micro-units, saturating (D14).
+    pub limit_micros: u64,
+}
+
+impl RuleEntry {
+    pub fn new(info: BenefitInfo) -> RuleEntry {
+        let limit_micros = (info.limit as u64).saturating_mul(MICROS_PER_UNIT);
+        RuleEntry {
+            info,
+            generation: 0,
+            limit_micros,
+        }
+    }
+
+    /// D10 + D12: whether the rule applies at `now`.
+    #[inline]
+    pub fn in_effect(&self, now: i64, policy: FrozenPolicy) -> bool {
+        let i = &self.info;
+        match i.status {
+            Status::Cancel => return false,
+            Status::Frozen if policy == FrozenPolicy::Suspend => return false,
+            _ => {}
+        }
+        i.entity_type.family() == Family::Enterprise || (i.started_at <= now && now <= i.ended_at)
+    }
+
+    /// The slot bit of this rule: benefit type × kind (cumulative / periodic).
+    #[inline]
+    fn slot_bit(&self) -> u8 {
+        let kind = u8::from(!self.info.reset.is_cumulative());
+        1 << (bt_index(self.info.benefit_type) * 2 + kind as usize)
+    }
+}
+
+#[inline]
+pub(crate) fn bt_index(bt: BenefitType) -> usize {
+    match bt {
+        BenefitType::ResourcePoint => 0,
+        BenefitType::VoiceUnifiedDurationSystem => 1,
+        BenefitType::VoiceUnifiedDurationCustom => 2,
+    }
+}
+
+type Index = HashMap<Arc<str>, SmallVec<[u32; 2]>, ahash::RandomState>;
+
+/// All rules, in creation order, with their lookup indexes.
+pub(crate) struct RuleSet {
+    pub rules: Vec<RuleEntry>,
+    by_id: HashMap<Arc<str>, u32, ahash::RandomState>,
+    /// Non-cancelled `enterprise_all_*` rules: [device, consumer][benefit type].
+    all_scope: [[SmallVec<[u32; 2]>; 3]; 2],
+    /// Non-cancelled single rules by entity id: [device, consumer].
+    singles: [Index; 2],
+    /// Non-cancelled enterprise rules by id: [user, role, workspace, organization].
+    enterprise: [Index; 4],
+    next_id: u64,
+}
+
+/// One rule that applies to a subject, with the key of its counter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Applied<'a> {
+    pub slot: u32,
+    pub key: Key<'a>,
+    pub shard: usize,
+    pub window: Option<Window>,
+}
+
+/// Inline capacity for applicable rules: no allocation unless a subject is
+/// under more than eight rules at once.
+pub(crate) type AppliedVec<'a> = SmallVec<[Applied<'a>; 8]>;
+
+fn family_index(f: Family) -> usize {
+    match f {
+        Family::Device => 0,
+        Family::CustomConsumer => 1,
+        Family::Enterprise => 2,
+    }
+}
+
+fn enterprise_index(t: EntityType) -> usize {
+    match t {
+        EntityType::CozeUserId => 0,
+        EntityType::CozeRole => 1,
+        EntityType::CozeWorkspace => 2,
+        _ => 3,
+    }
+}
+
+impl RuleSet {
+    pub fn new(hasher: &ahash::RandomState) -> RuleSet {
+        let map = || Index::with_hasher(hasher.clone());
+        RuleSet {
+            rules: Vec::new(),
+            by_id: HashMap::with_hasher(hasher.clone()),
+            all_scope: Default::default(),
+            singles: [map(), map()],
+            enterprise: [map(), map(), map(), map()],
+            next_id: 1,
+        }
+    }
+
+    pub fn slot_of(&self, id: &str) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    /// A fresh decimal id, unique in this engine (D7).
+    pub fn generate_id(&mut self) -> String {
+        loop {
+            let id = self.next_id.to_string();
+            self.next_id += 1;
+            if !self.by_id.contains_key(id.as_str()) {
+                return id;
+            }
+        }
+    }
+
+    /// D5: at most one non-cancelled cumulative and one periodic rule per
+    /// (`enterprise_all_*` type, benefit type). Describes the record as it would
+    /// be stored (at `slot`, if it replaces one).
+    pub fn check_unique(
+        &self,
+        entity_type: EntityType,
+        benefit_type: BenefitType,
+        cumulative: bool,
+        status: Status,
+        slot: Option<u32>,
+        field: &str,
+    ) -> Result<(), ApiError> {
+        if !entity_type.is_all_scope() || status == Status::Cancel {
+            return Ok(());
+        }
+        let fam = family_index(entity_type.family());
+        for &other in &self.all_scope[fam][bt_index(benefit_type)] {
+            if Some(other) == slot {
+                continue;
+            }
+            let o = &self.rules[other as usize].info;
+            if o.reset.is_cumulative() == cumulative {
+                return Err(ApiError::invalid(
+                    field,
+                    format_args!(
+                        "{entity_type} already has a {} {benefit_type} rule ({}); at most one is allowed",
+                        if cumulative { "cumulative" } else { "periodic" },
+                        o.benefit_id
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn index_list(&mut self, info: &BenefitInfo) -> Option<&mut SmallVec<[u32; 2]>> {
+        let t = info.entity_type;
+        if t.is_all_scope() {
+            return Some(
+                &mut self.all_scope[family_index(t.family())][bt_index(info.benefit_type)],
+            );
+        }
+        let id: Arc<str> = Arc::from(info.entity_id.as_ref()?.as_str());
+        let map = match t.family() {
+            Family::Enterprise => &mut self.enterprise[enterprise_index(t)],
+            f => &mut self.singles[family_index(f)],
+        };
+        Some(map.entry(id).or_default())
+    }
+
+    /// Appends a new rule.
+    pub fn insert(&mut self, entry: RuleEntry) -> u32 {
+        let slot = self.rules.len() as u32;
+        self.by_id
+            .insert(Arc::from(entry.info.benefit_id.as_str()), slot);
+        if entry.info.status != Status::Cancel {
+            let info = entry.info.clone();
+            if let Some(list) = self.index_list(&info) {
+                list.push(slot);
+            }
+        }
+        self.rules.push(entry);
+        slot
+    }
+
+    /// Replaces a rule's record; the scope and benefit type never change.
+    pub fn replace(&mut self, slot: u32, info: BenefitInfo, bump_generation: bool) {
+        let newly_cancelled = {
+            let e = &self.rules[slot as usize];
+            e.info.status != Status::Cancel && info.status == Status::Cancel
+        };
+        if newly_cancelled {
+            if let Some(list) = self.index_list(&info) {
+                list.retain(|s| *s != slot);
+            }
+        }
+        let e = &mut self.rules[slot as usize];
+        let generation = e.generation + u64::from(bump_generation);
+        *e = RuleEntry::new(info);
+        e.generation = generation;
+    }
+
+    /// Collects the rules that apply to `subject` at `now` (D9–D12), in slot order
+    /// within each family.
+    pub fn resolve<'a>(
+        &'a self,
+        subject: &Subject<'a>,
+        now: i64,
+        offset: UtcOffset,
+        policy: FrozenPolicy,
+        store: &Store,
+        out: &mut AppliedVec<'a>,
+    ) {
+        if let Some(id) = subject.device_id {
+            self.resolve_entity(0, OwnerKind::Device, id, now, offset, policy, store, out);
+        }
+        if let Some(id) = subject.custom_consumer_id {
+            self.resolve_entity(1, OwnerKind::Consumer, id, now, offset, policy, store, out);
+        }
+        if let Some(m) = subject.member {
+            let ids = [
+                m.coze_user_id,
+                m.coze_role,
+                m.workspace_id,
+                m.organization_id,
+            ];
+            for (i, id) in ids.iter().enumerate() {
+                let Some(list) = id.and_then(|id| self.enterprise[i].get(id)) else {
+                    continue;
+                };
+                for &slot in list {
+                    let e = &self.rules[slot as usize];
+                    if e.in_effect(now, policy) {
+                        out.push(self.pool(slot, e, now, offset, store));
+                    }
+                }
+            }
+        }
+    }
+
+    fn pool<'a>(
+        &'a self,
+        slot: u32,
+        e: &RuleEntry,
+        now: i64,
+        offset: UtcOffset,
+        store: &Store,
+    ) -> Applied<'a> {
+        let key = store.key(slot, OwnerKind::Pool, "", store.pool_hash(slot));
+        Applied {
+            slot,
+            shard: store.shard_index(&key),
+            key,
+            window: window_of(e, offset, now),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_entity<'a>(
+        &'a self,
+        fam: usize,
+        kind: OwnerKind,
+        id: &'a str,
+        now: i64,
+        offset: UtcOffset,
+        policy: FrozenPolicy,
+        store: &Store,
+        out: &mut AppliedVec<'a>,
+    ) {
+        // D11: in-effect single rules replace the all-scope rule of their slot.
+        let mut covered = 0u8;
+        if let Some(list) = self.singles[fam].get(id) {
+            for &slot in list {
+                let e = &self.rules[slot as usize];
+                if e.in_effect(now, policy) {
+                    covered |= e.slot_bit();
+                    out.push(self.pool(slot, e, now, offset, store));
+                }
+            }
+        }
+        let mut owner_hash = None;
+        for per_type in &self.all_scope[fam] {
+            for &slot in per_type {
+                let e = &self.rules[slot as usize];
+                if covered & e.slot_bit() != 0 || !e.in_effect(now, policy) {
+                    continue;
+                }
+                let h = *owner_hash.get_or_insert_with(|| store.owner_hash(kind, id));
+                let key = store.key(slot, kind, id, h);
+                out.push(Applied {
+                    slot,
+                    shard: store.shard_index(&key),
+                    key,
+                    window: window_of(e, offset, now),
+                });
+            }
+        }
+    }
+}
+
+/// The rule's window at `now` (`None`: cumulative).
+#[inline]
+pub(crate) fn window_of(e: &RuleEntry, offset: UtcOffset, now: i64) -> Option<Window> {
+    let i = &e.info;
+    rule_window(i.entity_type.family(), i.reset, i.started_at, offset, now)
+}

@@ -1,0 +1,89 @@
+//! Who is asking: the subject of a check (D9).
+
+/// The enterprise member context of a request (enterprise family, F20).
+///
+/// Every field that is set selects the rules of its scope: a
+/// `coze_user_id` rule for that user, a `coze_role` rule for that role, and so on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Member<'a> {
+    /// The Coze user id.
+    pub coze_user_id: Option<&'a str>,
+    /// The role: `EnterpriseGuest`, `EnterpriseMember` or `EnterpriseAdmin`.
+    pub coze_role: Option<&'a str>,
+    /// The workspace the request runs in.
+    pub workspace_id: Option<&'a str>,
+    /// The organization the member belongs to.
+    pub organization_id: Option<&'a str>,
+}
+
+/// A request's subject: optional device, optional custom consumer, optional
+/// member context (D9). Each family it carries is resolved independently and
+/// every resolved rule must pass.
+///
+/// Borrowed, so building one per request allocates nothing.
+///
+/// # Examples
+/// ```
+/// use benefit_quota::{Member, Subject};
+/// let s = Subject::device("dev-1").with_member(Member {
+///     coze_user_id: Some("u-9"),
+///     ..Member::default()
+/// });
+/// assert_eq!(s.device_id, Some("dev-1"));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Subject<'a> {
+    /// The device (device family).
+    pub device_id: Option<&'a str>,
+    /// The custom consumer (custom-consumer family).
+    pub custom_consumer_id: Option<&'a str>,
+    /// The enterprise member context (enterprise family).
+    pub member: Option<Member<'a>>,
+}
+
+impl<'a> Subject<'a> {
+    /// A subject that is only a device.
+    pub const fn device(id: &'a str) -> Self {
+        Subject {
+            device_id: Some(id),
+            custom_consumer_id: None,
+            member: None,
+        }
+    }
+
+    /// A subject that is only a custom consumer.
+    pub const fn consumer(id: &'a str) -> Self {
+        Subject {
+            device_id: None,
+            custom_consumer_id: Some(id),
+            member: None,
+        }
+    }
+
+    /// A subject that is only an enterprise member.
+    pub const fn member(m: Member<'a>) -> Self {
+        Subject {
+            device_id: None,
+            custom_consumer_id: None,
+            member: Some(m),
+        }
+    }
+
+    /// Adds or replaces the device.
+    pub const fn with_device(mut self, id: &'a str) -> Self {
+        self.device_id = Some(id);
+        self
+    }
+
+    /// Adds or replaces the custom consumer.
+    pub const fn with_consumer(mut self, id: &'a str) -> Self {
+        self.custom_consumer_id = Some(id);
+        self
+    }
+
+    /// Adds or replaces the member context.
+    pub const fn with_member(mut self, m: Member<'a>) -> Self {
+        self.member = Some(m);
+        self
+    }
+}

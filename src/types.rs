@@ -1,0 +1,387 @@
+//! Validated domain types: the enums and newtypes a benefit limitation is made of.
+//!
+//! Wire structs (see [`crate::wire`]) carry strings and loosely typed
+//! integers; they are converted into these types at the boundary by
+//! [`crate::validate`], so everything past that point is valid by construction.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// `253402300799`, 9999-12-31 23:59:59 UTC: the platform's "forever" (F5),
+/// and the largest accepted timestamp (D4).
+pub const FOREVER: i64 = 253_402_300_799;
+
+/// Longest accepted `entity_id` / `benefit_id`, in bytes (D4).
+pub const MAX_ID_LEN: usize = 256;
+
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($(#[$vm])* $var),+ }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+
+            /// The wire string.
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$var => $s),+ }
+            }
+
+            /// Parses the exact wire string.
+            pub fn from_wire(s: &str) -> Option<Self> {
+                match s { $($s => Some($name::$var),)+ _ => None }
+            }
+
+            /// The accepted wire strings, for error messages.
+            pub(crate) fn expected() -> String {
+                let v: Vec<&str> = Self::ALL.iter().map(|x| x.as_str()).collect();
+                v.join(", ")
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// The scope of a rule (F2).
+    EntityType {
+        /// Every device of the enterprise, each with its own counter.
+        EnterpriseAllDevices => "enterprise_all_devices",
+        /// One device.
+        SingleDevice => "single_device",
+        /// Every custom consumer, each with its own counter.
+        EnterpriseAllCustomConsumers => "enterprise_all_custom_consumers",
+        /// One custom consumer.
+        SingleCustomConsumer => "single_custom_consumer",
+        /// One Coze user (enterprise family).
+        CozeUserId => "coze_user_id",
+        /// A role: `EnterpriseGuest`, `EnterpriseMember` or `EnterpriseAdmin` (enterprise family).
+        CozeRole => "coze_role",
+        /// A workspace (enterprise family).
+        CozeWorkspace => "coze_workspace",
+        /// An organization (enterprise family).
+        CozeOrganization => "coze_organization",
+    }
+}
+
+wire_enum! {
+    /// What is limited (F3).
+    BenefitType {
+        /// Resource points.
+        ResourcePoint => "resource_point",
+        /// Voice duration on system voices, in seconds.
+        VoiceUnifiedDurationSystem => "voice_unified_duration_system",
+        /// Voice duration on custom voices, in seconds.
+        VoiceUnifiedDurationCustom => "voice_unified_duration_custom",
+    }
+}
+
+wire_enum! {
+    /// How the activation window is expressed (F4): only absolute times exist.
+    ActiveMode {
+        /// In effect from `started_at` to `ended_at`.
+        AbsoluteTime => "absolute_time",
+    }
+}
+
+wire_enum! {
+    /// A rule's status (F7).
+    Status {
+        /// In force.
+        Valid => "valid",
+        /// Frozen: blocks its subjects (policy *block*) or is ignored (policy *suspend*), D12.
+        Frozen => "frozen",
+        /// Cancelled: terminal, never applies again (D6).
+        Cancel => "cancel",
+    }
+}
+
+wire_enum! {
+    /// The reset period unit (F8).
+    TriggerUnit {
+        /// Never resets: a cumulative cap.
+        Never => "never",
+        /// Resets every `trigger_time` minutes.
+        Minute => "minute",
+        /// Resets every `trigger_time` hours.
+        Hour => "hour",
+        /// Resets every `trigger_time` days (at local midnight for 1 day).
+        Day => "day",
+    }
+}
+
+impl TriggerUnit {
+    /// Length of one unit in seconds; `None` for `never`.
+    pub const fn seconds(self) -> Option<i64> {
+        match self {
+            TriggerUnit::Never => None,
+            TriggerUnit::Minute => Some(60),
+            TriggerUnit::Hour => Some(3_600),
+            TriggerUnit::Day => Some(86_400),
+        }
+    }
+}
+
+/// The three rule families, resolved independently (D9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// `enterprise_all_devices` and `single_device`.
+    Device,
+    /// `enterprise_all_custom_consumers` and `single_custom_consumer`.
+    CustomConsumer,
+    /// `coze_user_id`, `coze_role`, `coze_workspace`, `coze_organization`.
+    Enterprise,
+}
+
+impl EntityType {
+    /// The family this scope belongs to.
+    pub const fn family(self) -> Family {
+        match self {
+            EntityType::EnterpriseAllDevices | EntityType::SingleDevice => Family::Device,
+            EntityType::EnterpriseAllCustomConsumers | EntityType::SingleCustomConsumer => {
+                Family::CustomConsumer
+            }
+            _ => Family::Enterprise,
+        }
+    }
+
+    /// True for the `enterprise_all_*` scopes, whose rules carry no `entity_id`.
+    pub const fn is_all_scope(self) -> bool {
+        matches!(
+            self,
+            EntityType::EnterpriseAllDevices | EntityType::EnterpriseAllCustomConsumers
+        )
+    }
+}
+
+/// The roles a `coze_role` rule can name (D4).
+pub const COZE_ROLES: [&str; 3] = ["EnterpriseGuest", "EnterpriseMember", "EnterpriseAdmin"];
+
+/// A benefit id: a non-empty string of at most 256 bytes.
+///
+/// Cloning is cheap (reference counted), so decisions can name the benefit
+/// without allocating.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BenefitId(Arc<str>);
+
+impl BenefitId {
+    /// Validates and wraps an id.
+    ///
+    /// # Errors
+    /// `None` if `s` is empty or longer than [`MAX_ID_LEN`] bytes.
+    pub fn new(s: &str) -> Option<BenefitId> {
+        (!s.is_empty() && s.len() <= MAX_ID_LEN).then(|| BenefitId(Arc::from(s)))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BenefitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An entity id (device, consumer, user, role, workspace, organization):
+/// non-empty, at most 256 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityId(Arc<str>);
+
+impl EntityId {
+    /// Validates and wraps an id.
+    ///
+    /// # Errors
+    /// `None` if `s` is empty or longer than [`MAX_ID_LEN`] bytes.
+    pub fn new(s: &str) -> Option<EntityId> {
+        (!s.is_empty() && s.len() <= MAX_ID_LEN).then(|| EntityId(Arc::from(s)))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EntityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated reset period: `never`, or `unit × time` with
+/// `1 ≤ time` and `time × unit ≤ 253402300799` seconds (D4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Reset {
+    unit: TriggerUnit,
+    time: u64,
+}
+
+impl Reset {
+    /// The cumulative period (`never`, stored with `trigger_time` 1).
+    pub const NEVER: Reset = Reset {
+        unit: TriggerUnit::Never,
+        time: 1,
+    };
+
+    /// Builds a period; with `never`, `time` is ignored and stored as 1 (D4).
+    ///
+    /// # Errors
+    /// `None` if `time` is 0 or `time × unit` exceeds 253402300799 seconds.
+    pub fn new(unit: TriggerUnit, time: i64) -> Option<Reset> {
+        match unit.seconds() {
+            None => Some(Reset::NEVER),
+            Some(secs) => {
+                if time < 1 || time.checked_mul(secs)? > FOREVER {
+                    return None;
+                }
+                Some(Reset {
+                    unit,
+                    time: time as u64,
+                })
+            }
+        }
+    }
+
+    /// The unit.
+    pub const fn unit(self) -> TriggerUnit {
+        self.unit
+    }
+
+    /// The number of units per window (1 for `never`).
+    pub const fn time(self) -> u64 {
+        self.time
+    }
+
+    /// True for a cumulative (never-resetting) rule.
+    pub const fn is_cumulative(self) -> bool {
+        matches!(self.unit, TriggerUnit::Never)
+    }
+
+    /// Window length in seconds for device/consumer rules; `None` for `never`.
+    pub const fn window_seconds(self) -> Option<i64> {
+        match self.unit.seconds() {
+            // `time × unit ≤ FOREVER` was checked at construction.
+            Some(s) => Some(s * self.time as i64),
+            None => None,
+        }
+    }
+}
+
+/// A complete, validated benefit limitation record (the platform's `benefit_info`).
+///
+/// Serialises to exactly the platform's JSON object (D1, D3): integers as JSON
+/// integers, `benefit_id` as a string, `entity_id` omitted for
+/// `enterprise_all_*` scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenefitInfo {
+    pub(crate) benefit_id: BenefitId,
+    pub(crate) entity_type: EntityType,
+    pub(crate) entity_id: Option<EntityId>,
+    pub(crate) benefit_type: BenefitType,
+    pub(crate) active_mode: ActiveMode,
+    pub(crate) started_at: i64,
+    pub(crate) ended_at: i64,
+    pub(crate) limit: i64,
+    pub(crate) status: Status,
+    pub(crate) reset: Reset,
+}
+
+impl BenefitInfo {
+    /// The rule's id.
+    pub fn benefit_id(&self) -> &BenefitId {
+        &self.benefit_id
+    }
+    /// The scope type.
+    pub fn entity_type(&self) -> EntityType {
+        self.entity_type
+    }
+    /// The scoped entity; `None` for `enterprise_all_*`.
+    pub fn entity_id(&self) -> Option<&EntityId> {
+        self.entity_id.as_ref()
+    }
+    /// What is limited.
+    pub fn benefit_type(&self) -> BenefitType {
+        self.benefit_type
+    }
+    /// Always `absolute_time`.
+    pub fn active_mode(&self) -> ActiveMode {
+        self.active_mode
+    }
+    /// First second in effect (unix seconds, inclusive).
+    pub fn started_at(&self) -> i64 {
+        self.started_at
+    }
+    /// Last second in effect (unix seconds, inclusive, D10).
+    pub fn ended_at(&self) -> i64 {
+        self.ended_at
+    }
+    /// The limit in whole units (`0 ≤ limit ≤ 2^63−1`).
+    pub fn limit(&self) -> i64 {
+        self.limit
+    }
+    /// The status.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+    /// The reset period.
+    pub fn reset(&self) -> Reset {
+        self.reset
+    }
+    /// `trigger_unit` as on the wire.
+    pub fn trigger_unit(&self) -> TriggerUnit {
+        self.reset.unit()
+    }
+    /// `trigger_time` as on the wire (1 for `never`).
+    pub fn trigger_time(&self) -> u64 {
+        self.reset.time()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_bounds() {
+        assert_eq!(Reset::new(TriggerUnit::Never, 0), Some(Reset::NEVER));
+        assert_eq!(Reset::new(TriggerUnit::Never, -7), Some(Reset::NEVER));
+        assert_eq!(Reset::new(TriggerUnit::Day, 0), None);
+        assert_eq!(Reset::new(TriggerUnit::Day, -1), None);
+        let max_days = FOREVER / 86_400;
+        assert!(Reset::new(TriggerUnit::Day, max_days).is_some());
+        assert_eq!(Reset::new(TriggerUnit::Day, max_days + 1), None);
+        assert_eq!(Reset::new(TriggerUnit::Minute, i64::MAX), None);
+        assert_eq!(
+            Reset::new(TriggerUnit::Minute, FOREVER / 60)
+                .unwrap()
+                .window_seconds(),
+            Some(FOREVER / 60 * 60)
+        );
+    }
+
+    #[test]
+    fn enum_strings_round_trip() {
+        for e in EntityType::ALL {
+            assert_eq!(EntityType::from_wire(e.as_str()), Some(*e));
+        }
+        assert_eq!(EntityType::from_wire("Single_Device"), None);
+        assert_eq!(Status::expected(), "valid, frozen, cancel");
+    }
+
+    #[test]
+    fn ids_are_length_limited() {
+        assert!(BenefitId::new("").is_none());
+        assert!(EntityId::new(&"a".repeat(256)).is_some());
+        assert!(EntityId::new(&"a".repeat(257)).is_none());
+    }
+}
