@@ -13,7 +13,7 @@ use crate::state::{CounterState, Locked, Store};
 use crate::subject::Subject;
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
 use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
-use crate::wire::{BenefitInfoWire, CreateBody, ListData, ListQuery, UpdateBody};
+use crate::wire::{BenefitInfoWire, CreateBody, ListData, ListQuery, Object, UpdateBody};
 
 /// Engine configuration.
 ///
@@ -291,9 +291,9 @@ impl Engine {
                 Some(r) => (r.clone(), format!("{prefix}benefit_info.")),
                 None => (data, prefix.to_owned()),
             };
-            let w: BenefitInfoWire = serde_json::from_value(rec)
+            let w: Object<BenefitInfoWire> = serde_json::from_value(rec)
                 .map_err(|e| ApiError::invalid(p.trim_end_matches('.'), e))?;
-            infos.push(validate::record(&w, &p)?);
+            infos.push(validate::record(&w.0, &p)?);
         }
         self.import_all(infos, now)
     }
@@ -388,6 +388,16 @@ impl Engine {
         let rules = self.rules.read();
         let slot = rules.slot_of(benefit_id)?;
         Some(rules.rules[slot as usize].info.clone())
+    }
+
+    /// Every stored record, in creation order (every status).
+    pub fn records(&self) -> Vec<BenefitInfo> {
+        self.rules
+            .read()
+            .rules
+            .iter()
+            .map(|e| e.info.clone())
+            .collect()
     }
 
     /// Number of rules stored (every status).

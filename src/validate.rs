@@ -10,14 +10,14 @@ use crate::types::{
     ActiveMode, BenefitId, BenefitInfo, BenefitType, EntityId, EntityType, Family, Reset, Status,
     TriggerUnit, COZE_ROLES, FOREVER, MAX_ID_LEN,
 };
-use crate::wire::{BenefitInfoWire, CreateBody, Int64, ListQuery, UpdateBody};
+use crate::wire::{BenefitInfoWire, CreateBody, Int64, ListQuery, Object, UpdateBody};
 
 /// Largest accepted create / update / list body, in bytes.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Largest accepted import body (a whole list response), in bytes.
 pub const MAX_IMPORT_BYTES: usize = 64 << 20;
 
-/// Parses JSON into `T`, naming the field of any type error.
+/// Parses a JSON object into `T`, naming the field of any type error.
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8], max: usize) -> Result<T, ApiError> {
     if body.len() > max {
         return Err(ApiError::invalid(
@@ -26,10 +26,10 @@ pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8], max: usize) -> Result
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de)
+    let value: Object<T> = serde_path_to_error::deserialize(&mut de)
         .map_err(|e| deser_error(&e.path().to_string(), &e.inner().to_string()))?;
     de.end().map_err(|e| ApiError::invalid("body", e))?;
-    Ok(value)
+    Ok(value.0)
 }
 
 /// Parses a URL query string (`a=1&b=x`) into `T`, naming the field of any type error.

@@ -79,6 +79,34 @@ pub(crate) fn parse_decimal_i64(s: &str) -> Option<i64> {
     i64::try_from(v).ok()
 }
 
+/// Deserialises `T` only from a JSON object.
+///
+/// serde's derived struct impls also accept a JSON array (fields by
+/// position); the platform's bodies are objects, so arrays are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// `Option<T>` that, when present and not `null`, must be a JSON object.
+fn object_opt<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(Option::<Object<T>>::deserialize(d)?.map(|o| o.0))
+}
+
 /// The create body (F9): `{entity_type, entity_id?, benefit_info:{…}}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateBody {
@@ -89,7 +117,11 @@ pub struct CreateBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity_id: Option<String>,
     /// The limitation (required).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object_opt"
+    )]
     pub benefit_info: Option<CreateBenefitInfo>,
 }
 
@@ -328,7 +360,7 @@ impl Serialize for BenefitInfo {
 impl<'de> Deserialize<'de> for BenefitInfo {
     /// Deserialises through [`BenefitInfoWire`] and validates (D1, D4).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let wire = BenefitInfoWire::deserialize(d)?;
+        let wire = Object::<BenefitInfoWire>::deserialize(d)?.0;
         crate::validate::record(&wire, "").map_err(|e| de::Error::custom(e.msg()))
     }
 }

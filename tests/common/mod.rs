@@ -1,0 +1,119 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use benefit_quota::{Amount, BenefitType, Engine, Subject, UsageReport, FOREVER};
+use serde_json::json;
+
+/// 2025-03-12 00:00:00 +08:00 (the seed's `started_at`): a local midnight.
+pub const MIDNIGHT: i64 = 1_741_708_800;
+pub const DAY: i64 = 86_400;
+pub const PTS: BenefitType = BenefitType::ResourcePoint;
+pub const VOICE: BenefitType = BenefitType::VoiceUnifiedDurationSystem;
+
+pub fn units(n: u64) -> Amount {
+    Amount::from_units(n)
+}
+
+/// Builder for create bodies.
+pub struct Rule {
+    pub entity_type: &'static str,
+    pub entity_id: Option<String>,
+    pub benefit_type: &'static str,
+    pub limit: i64,
+    pub unit: &'static str,
+    pub time: i64,
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub status: &'static str,
+}
+
+impl Rule {
+    pub fn new(entity_type: &'static str, entity_id: Option<&str>, limit: i64) -> Rule {
+        Rule {
+            entity_type,
+            entity_id: entity_id.map(str::to_owned),
+            benefit_type: "resource_point",
+            limit,
+            unit: "never",
+            time: 1,
+            started_at: 0,
+            ended_at: FOREVER,
+            status: "valid",
+        }
+    }
+    pub fn all_devices(limit: i64) -> Rule {
+        Rule::new("enterprise_all_devices", None, limit)
+    }
+    pub fn device(id: &str, limit: i64) -> Rule {
+        Rule::new("single_device", Some(id), limit)
+    }
+    pub fn all_consumers(limit: i64) -> Rule {
+        Rule::new("enterprise_all_custom_consumers", None, limit)
+    }
+    pub fn consumer(id: &str, limit: i64) -> Rule {
+        Rule::new("single_custom_consumer", Some(id), limit)
+    }
+    pub fn every(mut self, time: i64, unit: &'static str) -> Rule {
+        self.unit = unit;
+        self.time = time;
+        self
+    }
+    pub fn daily(self) -> Rule {
+        self.every(1, "day")
+    }
+    pub fn of(mut self, benefit_type: &'static str) -> Rule {
+        self.benefit_type = benefit_type;
+        self
+    }
+    pub fn active(mut self, started_at: i64, ended_at: i64) -> Rule {
+        self.started_at = started_at;
+        self.ended_at = ended_at;
+        self
+    }
+    pub fn status(mut self, status: &'static str) -> Rule {
+        self.status = status;
+        self
+    }
+    pub fn body(&self) -> String {
+        let mut v = json!({
+            "entity_type": self.entity_type,
+            "benefit_info": {
+                "benefit_type": self.benefit_type,
+                "active_mode": "absolute_time",
+                "started_at": self.started_at,
+                "ended_at": self.ended_at,
+                "limit": self.limit,
+                "status": self.status,
+                "trigger_unit": self.unit,
+                "trigger_time": self.time,
+            }
+        });
+        if let Some(id) = &self.entity_id {
+            v["entity_id"] = json!(id);
+        }
+        v.to_string()
+    }
+    /// Creates the rule and returns its id.
+    pub fn create(&self, engine: &Engine) -> String {
+        match engine.create_json(self.body()) {
+            Ok(info) => info.benefit_id().as_str().to_owned(),
+            Err(e) => panic!("create failed: {e}"),
+        }
+    }
+}
+
+/// Everything observable about an engine: records and the usage of `subjects`.
+pub fn snapshot(engine: &Engine, subjects: &[Subject<'_>], now: i64) -> String {
+    let records = serde_json::to_string(&engine.records()).unwrap();
+    let usage: Vec<Vec<UsageReport>> = subjects.iter().map(|s| engine.usage(s, now)).collect();
+    format!("{records}\n{usage:?}\n{}", engine.counter_count())
+}
+
+pub fn used(engine: &Engine, subject: &Subject<'_>, benefit_id: &str, now: i64) -> Amount {
+    engine
+        .usage(subject, now)
+        .into_iter()
+        .find(|u| u.benefit_id.as_str() == benefit_id)
+        .map(|u| u.used)
+        .unwrap_or_else(|| panic!("rule {benefit_id} does not apply"))
+}

@@ -1,0 +1,412 @@
+//! Wire conformance: the platform's JSON examples, D1–D3, D7, D8.
+
+mod common;
+
+use benefit_quota::wire::{CreateData, Int64};
+use benefit_quota::{ApiError, BenefitInfo, Engine, Envelope, ListData, UpdateBody};
+use common::*;
+use serde_json::{json, Value};
+
+/// The seed page's request body, byte for byte.
+const SEED_PUT_BODY: &str = r#"{ 
+"benefit_id": "12345***", 
+"active_mode": "absolute_time", 
+"started_at": 1741708800, 
+"ended_at": 1741708800, 
+"limit": 100, 
+"status": "valid" 
+}"#;
+
+/// The seed page's response example, byte for byte.
+const SEED_PUT_RESPONSE: &str = r#"{
+"data": {
+"benefit_id": "12345***",
+"benefit_type": "resource_point",
+"active_mode": "absolute_time",
+"started_at": 1741708800,
+"ended_at": 1741708800,
+"limit": 100,
+"status": "valid"
+},
+"code": 0,
+"msg": ""
+}"#;
+
+/// A create body in the shape of the create page (F9), as the platform's own
+/// examples send it: `entity_id` present even for an all-scope rule.
+const CREATE_BODY: &str = r#"{
+  "entity_type": "enterprise_all_devices",
+  "entity_id": "7481932637472****",
+  "benefit_info": {
+    "benefit_type": "resource_point",
+    "active_mode": "absolute_time",
+    "started_at": 1741708800,
+    "ended_at": 253402300799,
+    "limit": 100,
+    "status": "valid",
+    "trigger_unit": "day",
+    "trigger_time": 1
+  }
+}"#;
+
+fn seed_engine() -> Engine {
+    let e = Engine::new();
+    e.import_json(
+        r#"{"benefit_id":"12345***","entity_type":"single_device","entity_id":"dev-1",
+            "benefit_type":"resource_point","active_mode":"absolute_time",
+            "started_at":1741536000,"ended_at":253402300799,"limit":50,"status":"frozen",
+            "trigger_unit":"never","trigger_time":1}"#,
+        MIDNIGHT,
+    )
+    .unwrap();
+    e
+}
+
+#[test]
+fn seed_put_body_applies_and_answers_like_the_seed_response() {
+    let e = seed_engine();
+    let info = e
+        .apply_update_json("12345***", SEED_PUT_BODY, MIDNIGHT)
+        .unwrap();
+    let ours: Value = serde_json::from_str(&Envelope::ok(&info, "log").to_json()).unwrap();
+    let seed: Value = serde_json::from_str(SEED_PUT_RESPONSE).unwrap();
+    assert_eq!(ours["code"], seed["code"]);
+    assert_eq!(ours["msg"], seed["msg"]);
+    // Every field of the seed's data is ours, with the same value...
+    let (ours_data, seed_data) = (
+        ours["data"].as_object().unwrap(),
+        seed["data"].as_object().unwrap(),
+    );
+    for (k, v) in seed_data {
+        assert_eq!(ours_data.get(k), Some(v), "field {k}");
+    }
+    // ...and the rest is the full record (D3: update answers the flat record).
+    let mut extra: Vec<&str> = ours_data
+        .keys()
+        .filter(|k| !seed_data.contains_key(*k))
+        .map(|k| k.as_str())
+        .collect();
+    extra.sort_unstable();
+    assert_eq!(
+        extra,
+        ["entity_id", "entity_type", "trigger_time", "trigger_unit"]
+    );
+    assert_eq!(ours["detail"], json!({"logid": "log"}));
+}
+
+#[test]
+fn seed_put_response_is_rendered_in_the_platform_field_order() {
+    let e = seed_engine();
+    let info = e
+        .apply_update_json("12345***", SEED_PUT_BODY, MIDNIGHT)
+        .unwrap();
+    assert_eq!(
+        Envelope::ok(&info, "20241210152726467C48D89D6DB2****").to_json(),
+        concat!(
+            r#"{"code":0,"msg":"","data":{"benefit_id":"12345***","entity_type":"single_device","#,
+            r#""entity_id":"dev-1","benefit_type":"resource_point","active_mode":"absolute_time","#,
+            r#""started_at":1741708800,"ended_at":1741708800,"limit":100,"status":"valid","#,
+            r#""trigger_unit":"never","trigger_time":1},"detail":{"logid":"20241210152726467C48D89D6DB2****"}}"#
+        )
+    );
+}
+
+#[test]
+fn seed_put_body_deserialises_field_by_field() {
+    let body: UpdateBody = serde_json::from_str(SEED_PUT_BODY).unwrap();
+    assert_eq!(
+        body,
+        UpdateBody {
+            benefit_id: Some("12345***".into()),
+            active_mode: Some("absolute_time".into()),
+            started_at: Some(Int64(1_741_708_800)),
+            ended_at: Some(Int64(1_741_708_800)),
+            limit: Some(Int64(100)),
+            status: Some("valid".into()),
+            trigger_unit: None,
+            trigger_time: None,
+        }
+    );
+}
+
+#[test]
+fn d3_create_answers_nested_benefit_info_and_drops_all_scope_entity_id() {
+    let e = Engine::new();
+    let info = e.create_json(CREATE_BODY).unwrap();
+    let v: Value = serde_json::from_str(
+        &Envelope::ok(
+            CreateData {
+                benefit_info: &info,
+            },
+            "l",
+        )
+        .to_json(),
+    )
+    .unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "code": 0, "msg": "", "detail": {"logid": "l"},
+            "data": {"benefit_info": {
+                "benefit_id": "1", "entity_type": "enterprise_all_devices",
+                "benefit_type": "resource_point", "active_mode": "absolute_time",
+                "started_at": 1741708800, "ended_at": 253402300799u64, "limit": 100,
+                "status": "valid", "trigger_unit": "day", "trigger_time": 1
+            }}
+        })
+    );
+}
+
+#[test]
+fn d1_integers_as_decimal_strings_are_accepted_and_output_as_integers() {
+    let e = Engine::new();
+    let body = CREATE_BODY
+        .replace("1741708800", "\"1741708800\"")
+        .replace("253402300799", "\"253402300799\"")
+        .replace("\"limit\": 100", "\"limit\": \"100\"")
+        .replace("\"trigger_time\": 1", "\"trigger_time\": \"1\"");
+    let info = e.create_json(&body).unwrap();
+    let v: Value = serde_json::to_value(&info).unwrap();
+    assert_eq!(v["started_at"], json!(1_741_708_800));
+    assert_eq!(v["ended_at"], json!(253_402_300_799u64));
+    assert_eq!(v["limit"], json!(100));
+    assert_eq!(v["trigger_time"], json!(1));
+    assert_eq!(v["benefit_id"], json!("1"));
+    let u = e.apply_update_json("1", r#"{"limit":"7"}"#, 0).unwrap();
+    assert_eq!(serde_json::to_value(&u).unwrap()["limit"], json!(7));
+}
+
+#[test]
+fn d2_absent_and_null_fields_keep_their_value_and_unknown_fields_are_ignored() {
+    let e = seed_engine();
+    let before = e.get("12345***").unwrap();
+    let after = e
+        .apply_update_json(
+            "12345***",
+            r#"{"limit":null,"status":null,"whatever":{"x":[1,2]},"trigger_unit":null}"#,
+            0,
+        )
+        .unwrap();
+    assert_eq!(after, before);
+    let after = e
+        .apply_update_json("12345***", r#"{"benefit_id":"12345***","limit":9}"#, 0)
+        .unwrap();
+    assert_eq!(after.limit(), 9);
+    assert_eq!(after.status(), before.status());
+}
+
+#[test]
+fn d2_benefit_id_in_body_must_match_the_path() {
+    let e = seed_engine();
+    let before = snapshot(&e, &[], 0);
+    let err = e
+        .apply_update_json("12345***", r#"{"benefit_id":"999","limit":1}"#, 0)
+        .unwrap_err();
+    assert_eq!(err.code().as_u32(), 4000);
+    assert!(err.msg().contains("`benefit_id`"), "{}", err.msg());
+    assert_eq!(snapshot(&e, &[], 0), before);
+}
+
+#[test]
+fn d3_list_items_carry_benefit_id_and_empty_pages_are_canonical() {
+    let e = Engine::new();
+    let data = e
+        .list_query_string("entity_type=single_device&benefit_type=resource_point")
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&data).unwrap(),
+        json!({"has_more": false, "page_token": "", "benefit_infos": []})
+    );
+    let id = Rule::device("d", 5).create(&e);
+    let data = e
+        .list_query_string("entity_type=single_device&benefit_type=resource_point")
+        .unwrap();
+    let v = serde_json::to_value(&data).unwrap();
+    assert_eq!(v["benefit_infos"][0]["benefit_id"], json!(id));
+    assert_eq!(v["benefit_infos"][0]["entity_id"], json!("d"));
+    assert_eq!(v["has_more"], json!(false));
+}
+
+#[test]
+fn d7_import_keeps_platform_ids_from_a_whole_list_response() {
+    let response = json!({
+        "code": 0, "msg": "", "detail": {"logid": "x"},
+        "data": {"has_more": false, "page_token": "", "benefit_infos": [
+            {"benefit_id": "7480000000000000001", "entity_type": "enterprise_all_devices",
+             "benefit_type": "resource_point", "active_mode": "absolute_time",
+             "started_at": 0, "ended_at": 253402300799u64, "limit": 5000, "status": "valid",
+             "trigger_unit": "never", "trigger_time": 1},
+            {"benefit_id": "7480000000000000002", "entity_type": "enterprise_all_devices",
+             "benefit_type": "resource_point", "active_mode": "absolute_time",
+             "started_at": "0", "ended_at": "253402300799", "limit": "1000", "status": "valid",
+             "trigger_unit": "day", "trigger_time": "1"}
+        ]}
+    });
+    let e = Engine::new();
+    let got = e
+        .import_response_json(response.to_string(), MIDNIGHT)
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(e.get("7480000000000000002").unwrap().limit(), 1000);
+    // Re-importing the same list is idempotent; ids the engine generates do not collide.
+    e.import_response_json(response.to_string(), MIDNIGHT)
+        .unwrap();
+    assert_eq!(e.rule_count(), 2);
+    let created = Rule::device("d", 1).create(&e);
+    assert_eq!(created, "1");
+    // A list response round-trips: what we list, a mirror can import.
+    let listed = e
+        .list_query_string("entity_type=enterprise_all_devices&benefit_type=resource_point")
+        .unwrap();
+    let mirror = Engine::new();
+    mirror
+        .import_response_json(Envelope::ok(&listed, "y").to_json(), MIDNIGHT)
+        .unwrap();
+    assert_eq!(mirror.records(), e.records()[..2].to_vec());
+}
+
+#[test]
+fn d7_import_accepts_create_and_update_responses() {
+    let src = Engine::new();
+    let info = src.create_json(CREATE_BODY).unwrap();
+    let e = Engine::new();
+    e.import_response_json(
+        Envelope::ok(
+            CreateData {
+                benefit_info: &info,
+            },
+            "a",
+        )
+        .to_json(),
+        0,
+    )
+    .unwrap();
+    assert_eq!(e.records(), vec![info.clone()]);
+    let updated = src.apply_update_json("1", r#"{"limit":3}"#, 0).unwrap();
+    e.import_response_json(Envelope::ok(&updated, "b").to_json(), 0)
+        .unwrap();
+    assert_eq!(e.records(), vec![updated]);
+}
+
+#[test]
+fn d7_generated_ids_skip_imported_ones() {
+    let e = Engine::new();
+    let mut rec: Value = serde_json::from_str(
+        &serde_json::to_string(&Engine::new().create_json(CREATE_BODY).unwrap()).unwrap(),
+    )
+    .unwrap();
+    rec["benefit_id"] = json!("2");
+    e.import_json(rec.to_string(), 0).unwrap();
+    assert_eq!(Rule::device("a", 1).create(&e), "1");
+    assert_eq!(Rule::device("b", 1).create(&e), "3");
+}
+
+#[test]
+fn d8_pages_are_stable_while_rules_are_added_and_updated() {
+    let e = Engine::new();
+    let mut ids: Vec<String> = (0..5)
+        .map(|i| Rule::device(&format!("d{i}"), i).create(&e))
+        .collect();
+    let q = "entity_type=single_device&benefit_type=resource_point&page_size=2";
+    let p1 = e.list_query_string(q).unwrap();
+    assert!(p1.has_more);
+    // Rules are added and updated between pages.
+    ids.push(Rule::device("late", 9).create(&e));
+    e.apply_update_json(&ids[0], r#"{"limit":99}"#, 0).unwrap();
+    e.apply_update_json(&ids[3], r#"{"status":"frozen"}"#, 0)
+        .unwrap();
+    let mut seen: Vec<String> = p1
+        .benefit_infos
+        .iter()
+        .map(|i| i.benefit_id().to_string())
+        .collect();
+    let mut token = p1.page_token.clone();
+    while !token.is_empty() {
+        let page = e
+            .list_query_string(format!("{q}&page_token={token}"))
+            .unwrap();
+        seen.extend(
+            page.benefit_infos
+                .iter()
+                .map(|i| i.benefit_id().to_string()),
+        );
+        assert_eq!(page.has_more, !page.page_token.is_empty());
+        token = page.page_token;
+    }
+    assert_eq!(seen, ids, "no item skipped or repeated, creation order");
+}
+
+#[test]
+fn d8_without_a_status_filter_every_status_is_listed() {
+    let e = Engine::new();
+    let a = Rule::device("a", 1).create(&e);
+    let b = Rule::device("b", 1).status("frozen").create(&e);
+    let c = Rule::device("c", 1).create(&e);
+    e.apply_update_json(&c, r#"{"status":"cancel"}"#, 0)
+        .unwrap();
+    let names = |q: &str| -> Vec<String> {
+        e.list_query_string(q)
+            .unwrap()
+            .benefit_infos
+            .iter()
+            .map(|i| i.benefit_id().to_string())
+            .collect()
+    };
+    let base = "entity_type=single_device&benefit_type=resource_point";
+    assert_eq!(names(base), vec![a.clone(), b.clone(), c.clone()]);
+    assert_eq!(names(&format!("{base}&status=frozen")), vec![b]);
+    assert_eq!(names(&format!("{base}&status=cancel")), vec![c]);
+    assert_eq!(names(&format!("{base}&entity_id=a")), vec![a]);
+    assert!(
+        names("entity_type=single_device&benefit_type=voice_unified_duration_custom").is_empty()
+    );
+}
+
+#[test]
+fn list_accepts_a_json_query_with_string_or_integer_page_size() {
+    let e = Engine::new();
+    for i in 0..3 {
+        Rule::device(&format!("d{i}"), 1).create(&e);
+    }
+    let a = e
+        .list_json(
+            r#"{"entity_type":"single_device","benefit_type":"resource_point","page_size":2}"#,
+        )
+        .unwrap();
+    let b = e
+        .list_json(
+            r#"{"entity_type":"single_device","benefit_type":"resource_point","page_size":"2"}"#,
+        )
+        .unwrap();
+    assert_eq!(a.benefit_infos.len(), 2);
+    assert_eq!(a.benefit_infos, b.benefit_infos);
+}
+
+#[test]
+fn envelopes_render_errors_and_parse_back() {
+    let err = ApiError::invalid("limit", "bad");
+    let json = Envelope::<()>::error(&err, "id-1").to_json();
+    assert_eq!(
+        json,
+        r#"{"code":4000,"msg":"invalid parameter `limit`: bad","detail":{"logid":"id-1"}}"#
+    );
+    let back: Envelope<Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!((back.code, back.data), (4000, None));
+}
+
+#[test]
+fn records_round_trip_through_json() {
+    let e = Engine::new();
+    let info = e.create_json(CREATE_BODY).unwrap();
+    let text = serde_json::to_string(&info).unwrap();
+    let back: BenefitInfo = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, info);
+    let list = ListData {
+        has_more: false,
+        page_token: String::new(),
+        benefit_infos: vec![info],
+    };
+    let text = serde_json::to_string(&list).unwrap();
+    let back: ListData = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, list);
+}
