@@ -1,0 +1,751 @@
+//! A deliberately simple reference model of the platform's semantics, and a
+//! driver that runs the same operations against the engine and the model.
+//!
+//! The model keeps rules in a `Vec` and usage as a log of debit events; usage
+//! is recomputed from the log by summing the events of the current window and
+//! epoch. Nothing is sharded, cached or rolled over lazily, and windows are
+//! found by walking the calendar, so it shares no mechanism with the engine.
+//! Shared with the `ops` fuzz target.
+#![allow(dead_code)]
+
+pub mod ops;
+
+use benefit_quota::{Amount, Decision, DenyReason, Engine, Member, Subject};
+use ops::*;
+use serde_json::{json, Value};
+
+const MICROS: u64 = 1_000_000;
+
+#[derive(Debug, Clone)]
+pub struct MRule {
+    pub id: String,
+    pub v: Values,
+    /// Bumped when an update restarts usage (D16).
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Event {
+    rule: usize,
+    owner: Option<String>,
+    epoch: u64,
+    window_start: Option<i64>,
+    micros: u64,
+}
+
+/// What an operation answered, in plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Config(Result<Value, u32>),
+    Allowed(Option<(String, &'static str, u64, Option<i64>)>),
+    Denied(String, &'static str, &'static str, u64, Option<i64>),
+    Time(i64),
+}
+
+/// One line of a usage report, in plain data.
+pub type UsageLine = (String, u64, i64, u64, Option<(i64, i64)>, u64);
+
+pub struct Model {
+    pub offset: i64,
+    pub suspend: bool,
+    pub rules: Vec<MRule>,
+    events: Vec<Event>,
+    next_id: u64,
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if is_leap(y) => 29,
+        _ => 28,
+    }
+}
+
+/// The local calendar month containing `now`, found by walking from 2000-01-01.
+/// (Operations only generate times from 2001 to 2100.)
+fn month_of(offset: i64, now: i64) -> (i64, i64) {
+    let local = now + offset;
+    let mut start = 946_684_800; // 2000-01-01 00:00 UTC, as a local time
+    let mut y = 2000;
+    loop {
+        let len = if is_leap(y) { 366 } else { 365 } * 86_400;
+        if local < start + len {
+            break;
+        }
+        start += len;
+        y += 1;
+    }
+    let mut m = 1;
+    loop {
+        let len = days_in_month(y, m) * 86_400;
+        if local < start + len {
+            return (start - offset, start + len - offset);
+        }
+        start += len;
+        m += 1;
+    }
+}
+
+fn unit_seconds(unit: &str) -> i64 {
+    match unit {
+        "minute" => 60,
+        "hour" => 3_600,
+        "day" => 86_400,
+        _ => 0,
+    }
+}
+
+fn is_enterprise(t: &str) -> bool {
+    t.starts_with("coze_")
+}
+
+fn is_all(t: &str) -> bool {
+    t.starts_with("enterprise_all_")
+}
+
+impl Model {
+    pub fn new(offset: i64, suspend: bool) -> Model {
+        Model {
+            offset,
+            suspend,
+            rules: Vec::new(),
+            events: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    /// D15: the window of a rule at `now`; `None` for cumulative rules.
+    pub fn window(&self, v: &Values, now: i64) -> Option<(i64, i64)> {
+        if v.unit == "never" {
+            return None;
+        }
+        if is_enterprise(v.entity_type) {
+            return Some(month_of(self.offset, now));
+        }
+        let u = unit_seconds(v.unit);
+        let len = u * v.time;
+        let anchor = v.started_at - (v.started_at + self.offset).rem_euclid(u);
+        let k = (now - anchor).div_euclid(len);
+        Some((anchor + k * len, anchor + (k + 1) * len))
+    }
+
+    fn in_effect(&self, v: &Values, now: i64) -> bool {
+        if v.status == "cancel" || (self.suspend && v.status == "frozen") {
+            return false;
+        }
+        is_enterprise(v.entity_type) || (v.started_at <= now && now <= v.ended_at)
+    }
+
+    /// D9 + D11: (rule index, counter owner) of every applicable rule.
+    pub fn applicable(&self, s: &SubjectIds, now: i64) -> Vec<(usize, Option<String>)> {
+        let mut out = Vec::new();
+        for (id, single, all, tag) in [
+            (
+                s.device,
+                "single_device",
+                "enterprise_all_devices",
+                "device:",
+            ),
+            (
+                s.consumer,
+                "single_custom_consumer",
+                "enterprise_all_custom_consumers",
+                "consumer:",
+            ),
+        ] {
+            let Some(id) = id else { continue };
+            for bt in BENEFIT_TYPES {
+                for cumulative in [true, false] {
+                    let in_slot = |r: &MRule| {
+                        r.v.benefit_type == bt
+                            && (r.v.unit == "never") == cumulative
+                            && self.in_effect(&r.v, now)
+                    };
+                    let singles: Vec<usize> = (0..self.rules.len())
+                        .filter(|&i| {
+                            self.rules[i].v.entity_type == single
+                                && self.rules[i].v.entity_id == Some(id)
+                                && in_slot(&self.rules[i])
+                        })
+                        .collect();
+                    if !singles.is_empty() {
+                        out.extend(singles.into_iter().map(|i| (i, None)));
+                    } else {
+                        for i in 0..self.rules.len() {
+                            if self.rules[i].v.entity_type == all && in_slot(&self.rules[i]) {
+                                out.push((i, Some(format!("{tag}{id}"))));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            let mine = match r.v.entity_type {
+                "coze_user_id" => s.user,
+                "coze_role" => s.role,
+                "coze_workspace" => s.workspace,
+                "coze_organization" => s.org,
+                _ => None,
+            };
+            if mine.is_some() && mine == r.v.entity_id && self.in_effect(&r.v, now) {
+                out.push((i, None));
+            }
+        }
+        out
+    }
+
+    fn used(&self, rule: usize, owner: &Option<String>, now: i64) -> u64 {
+        let r = &self.rules[rule];
+        let w = self.window(&r.v, now).map(|w| w.0);
+        let sum: u128 = self
+            .events
+            .iter()
+            .filter(|e| {
+                e.rule == rule && &e.owner == owner && e.epoch == r.epoch && e.window_start == w
+            })
+            .map(|e| u128::from(e.micros))
+            .sum();
+        sum.min(u128::from(u64::MAX)) as u64
+    }
+
+    fn lifetime(&self, rule: usize, owner: &Option<String>) -> u64 {
+        let sum: u128 = self
+            .events
+            .iter()
+            .filter(|e| e.rule == rule && &e.owner == owner)
+            .map(|e| u128::from(e.micros))
+            .sum();
+        sum.min(u128::from(u64::MAX)) as u64
+    }
+
+    fn limit_micros(&self, rule: usize) -> u64 {
+        (self.rules[rule].v.limit as u64).saturating_mul(MICROS)
+    }
+
+    pub fn record_json(&self, i: usize) -> Value {
+        let r = &self.rules[i];
+        let mut v = json!({
+            "benefit_id": r.id, "entity_type": r.v.entity_type, "benefit_type": r.v.benefit_type,
+            "active_mode": "absolute_time", "started_at": r.v.started_at, "ended_at": r.v.ended_at,
+            "limit": r.v.limit, "status": r.v.status, "trigger_unit": r.v.unit,
+            "trigger_time": if r.v.unit == "never" { 1 } else { r.v.time },
+        });
+        if let Some(id) = r.v.entity_id {
+            v["entity_id"] = json!(id);
+        }
+        v
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        (0..self.rules.len()).map(|i| self.record_json(i)).collect()
+    }
+
+    /// D4 (the parts operations can break) and D5.
+    fn validate(&self, v: &Values, replacing: Option<usize>) -> Result<(), u32> {
+        if is_enterprise(v.entity_type) && v.benefit_type != "resource_point" {
+            return Err(4000);
+        }
+        if v.ended_at < v.started_at {
+            return Err(4000);
+        }
+        if is_all(v.entity_type) && v.status != "cancel" {
+            let clash = self.rules.iter().enumerate().any(|(i, r)| {
+                Some(i) != replacing
+                    && r.v.entity_type == v.entity_type
+                    && r.v.benefit_type == v.benefit_type
+                    && (r.v.unit == "never") == (v.unit == "never")
+                    && r.v.status != "cancel"
+            });
+            if clash {
+                return Err(4000);
+            }
+        }
+        Ok(())
+    }
+
+    /// D16: does replacing `old` by `new` at `now` restart usage?
+    fn restarts(&self, old: &Values, new: &Values, now: i64) -> bool {
+        match (old.unit == "never", new.unit == "never") {
+            (true, true) => false,
+            (false, false) => self.window(old, now) != self.window(new, now),
+            _ => true,
+        }
+    }
+
+    fn replace(&mut self, i: usize, mut v: Values, now: i64) -> Value {
+        if v.unit == "never" {
+            v.time = 1;
+        }
+        if self.restarts(&self.rules[i].v, &v, now) {
+            self.rules[i].epoch += 1;
+        }
+        self.rules[i].v = v;
+        self.record_json(i)
+    }
+
+    pub fn create(&mut self, mut v: Values) -> Result<Value, u32> {
+        self.validate(&v, None)?;
+        if v.unit == "never" {
+            v.time = 1;
+        }
+        let id = loop {
+            let id = self.next_id.to_string();
+            self.next_id += 1;
+            if !self.rules.iter().any(|r| r.id == id) {
+                break id;
+            }
+        };
+        self.rules.push(MRule { id, v, epoch: 0 });
+        Ok(self.record_json(self.rules.len() - 1))
+    }
+
+    pub fn import(&mut self, id: &str, v: Values, now: i64) -> Result<Value, u32> {
+        match self.rules.iter().position(|r| r.id == id) {
+            Some(i) => {
+                let cur = &self.rules[i].v;
+                if cur.entity_type != v.entity_type
+                    || cur.entity_id != v.entity_id
+                    || cur.benefit_type != v.benefit_type
+                {
+                    return Err(4000);
+                }
+                if cur.status == "cancel" && v.status != "cancel" {
+                    return Err(4000);
+                }
+                self.validate(&v, Some(i))?;
+                Ok(self.replace(i, v, now))
+            }
+            None => {
+                self.validate(&v, None)?;
+                let mut v = v;
+                if v.unit == "never" {
+                    v.time = 1;
+                }
+                self.rules.push(MRule {
+                    id: id.to_owned(),
+                    v,
+                    epoch: 0,
+                });
+                Ok(self.record_json(self.rules.len() - 1))
+            }
+        }
+    }
+
+    pub fn update(&mut self, target: u8, p: &PatchValues, now: i64) -> Result<Value, u32> {
+        if self.rules.is_empty() {
+            return Err(4200);
+        }
+        let i = usize::from(target) % self.rules.len();
+        let cur = self.rules[i].v.clone();
+        if cur.status == "cancel" {
+            return Err(4000);
+        }
+        let unit = p.unit.unwrap_or(cur.unit);
+        let v = Values {
+            limit: p.limit.unwrap_or(cur.limit),
+            unit,
+            time: p.time.unwrap_or(cur.time),
+            started_at: p.started_at.unwrap_or(cur.started_at),
+            ended_at: p.ended_at.unwrap_or(cur.ended_at),
+            status: p.status.unwrap_or(cur.status),
+            ..cur
+        };
+        self.validate(&v, Some(i))?;
+        Ok(self.replace(i, v, now))
+    }
+
+    fn seen(&self, s: &SubjectIds, now: i64) -> Vec<Seen> {
+        self.applicable(s, now)
+            .into_iter()
+            .map(|(i, owner)| {
+                let r = &self.rules[i];
+                Seen {
+                    rule: i,
+                    bt: r.v.benefit_type,
+                    frozen: !self.suspend && r.v.status == "frozen",
+                    used: self.used(i, &owner, now),
+                    limit: self.limit_micros(i),
+                    window: self.window(&r.v, now),
+                    owner,
+                }
+            })
+            .collect()
+    }
+
+    /// D13 + D17.
+    fn deny(&self, seen: &[Seen], ty: Option<&str>, amount: u64) -> Option<Outcome> {
+        // (frozen, resets (None = never), exhausted, -rule): larger wins.
+        let mut cands: Vec<((bool, i64, bool, i64), &Seen, &'static str)> = Vec::new();
+        for s in seen {
+            let (reason, resets) = if s.frozen {
+                ("frozen", None)
+            } else if s.used >= s.limit {
+                ("exhausted", s.window.map(|w| w.1))
+            } else if Some(s.bt) == ty
+                && u128::from(s.used) + u128::from(amount) > u128::from(s.limit)
+            {
+                ("insufficient", s.window.map(|w| w.1))
+            } else {
+                continue;
+            };
+            cands.push((
+                (
+                    reason == "frozen",
+                    resets.unwrap_or(i64::MAX),
+                    reason == "exhausted",
+                    -(s.rule as i64),
+                ),
+                s,
+                reason,
+            ));
+        }
+        cands.sort_by_key(|c| c.0);
+        let (_, s, reason) = cands.pop()?;
+        let resets = if reason == "frozen" {
+            None
+        } else {
+            s.window.map(|w| w.1)
+        };
+        Some(Outcome::Denied(
+            self.rules[s.rule].id.clone(),
+            s.bt,
+            reason,
+            s.limit.saturating_sub(s.used),
+            resets,
+        ))
+    }
+
+    fn headroom(&self, seen: &[Seen], ty: Option<&str>) -> Outcome {
+        let best = seen
+            .iter()
+            .filter(|s| ty.is_none() || Some(s.bt) == ty)
+            .min_by_key(|s| (s.limit.saturating_sub(s.used), s.rule));
+        Outcome::Allowed(best.map(|s| {
+            (
+                self.rules[s.rule].id.clone(),
+                s.bt,
+                s.limit.saturating_sub(s.used),
+                s.window.map(|w| w.1),
+            )
+        }))
+    }
+
+    fn debit(&mut self, seen: &[Seen], ty: &str, micros: u64) {
+        if micros == 0 {
+            return;
+        }
+        for s in seen.iter().filter(|s| s.bt == ty) {
+            self.events.push(Event {
+                rule: s.rule,
+                owner: s.owner.clone(),
+                epoch: self.rules[s.rule].epoch,
+                window_start: s.window.map(|w| w.0),
+                micros,
+            });
+        }
+    }
+
+    pub fn check(&self, s: &SubjectIds, now: i64) -> Outcome {
+        let seen = self.seen(s, now);
+        self.deny(&seen, None, 0)
+            .unwrap_or_else(|| self.headroom(&seen, None))
+    }
+
+    pub fn try_consume(
+        &mut self,
+        s: &SubjectIds,
+        ty: &'static str,
+        micros: u64,
+        now: i64,
+    ) -> Outcome {
+        let seen = self.seen(s, now);
+        if let Some(d) = self.deny(&seen, Some(ty), micros) {
+            return d;
+        }
+        self.debit(&seen, ty, micros);
+        let seen = self.seen(s, now);
+        self.headroom(&seen, Some(ty))
+    }
+
+    pub fn record(&mut self, s: &SubjectIds, ty: &'static str, micros: u64, now: i64) -> Outcome {
+        let seen = self.seen(s, now);
+        self.debit(&seen, ty, micros);
+        let seen = self.seen(s, now);
+        self.deny(&seen, None, 0)
+            .unwrap_or_else(|| self.headroom(&seen, Some(ty)))
+    }
+
+    pub fn usage(&self, s: &SubjectIds, now: i64) -> Vec<UsageLine> {
+        let mut v: Vec<UsageLine> = self
+            .applicable(s, now)
+            .into_iter()
+            .map(|(i, owner)| {
+                let used = self.used(i, &owner, now);
+                (
+                    self.rules[i].id.clone(),
+                    used,
+                    self.rules[i].v.limit,
+                    self.limit_micros(i).saturating_sub(used),
+                    self.window(&self.rules[i].v, now),
+                    self.lifetime(i, &owner),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+struct Seen {
+    rule: usize,
+    owner: Option<String>,
+    bt: &'static str,
+    frozen: bool,
+    used: u64,
+    limit: u64,
+    window: Option<(i64, i64)>,
+}
+
+// ---------------------------------------------------------------------------
+// Driving the engine with the same operations
+// ---------------------------------------------------------------------------
+
+pub fn subject_of(s: &SubjectIds) -> Subject<'static> {
+    let member = (s.user.is_some() || s.role.is_some() || s.workspace.is_some() || s.org.is_some())
+        .then_some(Member {
+            coze_user_id: s.user,
+            coze_role: s.role,
+            workspace_id: s.workspace,
+            organization_id: s.org,
+        });
+    Subject {
+        device_id: s.device,
+        custom_consumer_id: s.consumer,
+        member,
+    }
+}
+
+fn bt_static(s: &str) -> &'static str {
+    BENEFIT_TYPES
+        .iter()
+        .copied()
+        .find(|b| *b == s)
+        .unwrap_or("?")
+}
+
+pub fn outcome_of(d: Decision) -> Outcome {
+    match d {
+        Decision::Allowed(h) => Outcome::Allowed(h.map(|h| {
+            (
+                h.benefit_id.to_string(),
+                bt_static(h.benefit_type.as_str()),
+                h.remaining.as_micros(),
+                h.resets_at,
+            )
+        })),
+        Decision::Denied(d) => Outcome::Denied(
+            d.benefit_id.to_string(),
+            bt_static(d.benefit_type.as_str()),
+            match d.reason {
+                DenyReason::Frozen => "frozen",
+                DenyReason::Exhausted => "exhausted",
+                DenyReason::Insufficient => "insufficient",
+            },
+            d.remaining.as_micros(),
+            d.resets_at,
+        ),
+    }
+}
+
+pub fn engine_usage(e: &Engine, s: &SubjectIds, now: i64) -> Vec<UsageLine> {
+    let mut v: Vec<UsageLine> = e
+        .usage(&subject_of(s), now)
+        .into_iter()
+        .map(|u| {
+            (
+                u.benefit_id.to_string(),
+                u.used.as_micros(),
+                u.limit,
+                u.remaining.as_micros(),
+                u.window.map(|w| (w.start, w.end)),
+                u.lifetime.as_micros(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn engine_records(e: &Engine) -> Vec<Value> {
+    e.records()
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+        .collect()
+}
+
+fn config_outcome(r: Result<benefit_quota::BenefitInfo, benefit_quota::ApiError>) -> Outcome {
+    Outcome::Config(
+        r.map(|i| serde_json::to_value(&i).unwrap_or(Value::Null))
+            .map_err(|e| e.code().as_u32()),
+    )
+}
+
+/// A run: the engine, the model, the clock, and the fixed subjects.
+pub struct Harness {
+    pub engine: Engine,
+    pub model: Model,
+    pub base: i64,
+    pub now: i64,
+    pub subjects: Vec<SubjectIds>,
+}
+
+impl Harness {
+    pub fn new(base: i64, offset_hours: i32, suspend: bool) -> Harness {
+        let config = benefit_quota::EngineConfig {
+            utc_offset: benefit_quota::UtcOffset::from_hours(offset_hours).unwrap_or_default(),
+            frozen_policy: if suspend {
+                benefit_quota::FrozenPolicy::Suspend
+            } else {
+                benefit_quota::FrozenPolicy::Block
+            },
+            shards: 4,
+        };
+        Harness {
+            engine: Engine::with_config(config),
+            model: Model::new(i64::from(config.utc_offset.seconds()), suspend),
+            base,
+            now: base,
+            subjects: subjects(),
+        }
+    }
+
+    fn target_id(&self, target: u8) -> String {
+        let records = self.engine.records();
+        if records.is_empty() {
+            return "missing".into();
+        }
+        records[usize::from(target) % records.len()]
+            .benefit_id()
+            .to_string()
+    }
+
+    fn status_patch(status: &'static str) -> PatchValues {
+        PatchValues {
+            status: Some(status),
+            ..PatchValues::default()
+        }
+    }
+
+    /// Applies `op` to both sides; returns (engine's answer, model's answer).
+    pub fn step(&mut self, op: &Op) -> (Outcome, Outcome) {
+        let now = self.now;
+        match op {
+            Op::Create(spec) => {
+                let v = spec.values(self.base);
+                (
+                    config_outcome(self.engine.create_json(create_body(&v))),
+                    Outcome::Config(self.model.create(v)),
+                )
+            }
+            Op::Import { id, spec } => {
+                let v = spec.values(self.base);
+                let id = format!("p{}", id % 4);
+                (
+                    config_outcome(self.engine.import_json(record_body(&id, &v), now)),
+                    Outcome::Config(self.model.import(&id, v, now)),
+                )
+            }
+            Op::Update { target, patch } => {
+                let p = patch.values(self.base);
+                self.update(*target, &p)
+            }
+            Op::Freeze(t) => self.update(*t, &Self::status_patch("frozen")),
+            Op::Unfreeze(t) => self.update(*t, &Self::status_patch("valid")),
+            Op::Cancel(t) => self.update(*t, &Self::status_patch("cancel")),
+            Op::Check { subject } => {
+                let s = self.subjects[usize::from(*subject) % self.subjects.len()];
+                (
+                    outcome_of(self.engine.check(&subject_of(&s), now)),
+                    self.model.check(&s, now),
+                )
+            }
+            Op::TryConsume {
+                subject,
+                benefit_type,
+                micros,
+            } => {
+                let s = self.subjects[usize::from(*subject) % self.subjects.len()];
+                let (bt, m) = (benefit_type_of(*benefit_type), amount_micros(*micros));
+                let ebt = benefit_quota::BenefitType::from_wire(bt)
+                    .unwrap_or(benefit_quota::BenefitType::ResourcePoint);
+                (
+                    outcome_of(self.engine.try_consume(
+                        &subject_of(&s),
+                        ebt,
+                        Amount::from_micros(m),
+                        now,
+                    )),
+                    self.model.try_consume(&s, bt, m, now),
+                )
+            }
+            Op::Record {
+                subject,
+                benefit_type,
+                micros,
+            } => {
+                let s = self.subjects[usize::from(*subject) % self.subjects.len()];
+                let (bt, m) = (benefit_type_of(*benefit_type), amount_micros(*micros));
+                let ebt = benefit_quota::BenefitType::from_wire(bt)
+                    .unwrap_or(benefit_quota::BenefitType::ResourcePoint);
+                (
+                    outcome_of(self.engine.record(
+                        &subject_of(&s),
+                        ebt,
+                        Amount::from_micros(m),
+                        now,
+                    )),
+                    self.model.record(&s, bt, m, now),
+                )
+            }
+            Op::Advance(step) => {
+                self.now += step.seconds();
+                (Outcome::Time(self.now), Outcome::Time(self.now))
+            }
+        }
+    }
+
+    fn update(&mut self, target: u8, p: &PatchValues) -> (Outcome, Outcome) {
+        let id = self.target_id(target);
+        (
+            config_outcome(self.engine.apply_update_json(&id, update_body(p), self.now)),
+            Outcome::Config(self.model.update(target, p, self.now)),
+        )
+    }
+
+    /// Compares everything observable; returns a description of the first difference.
+    pub fn compare_state(&self) -> Result<(), String> {
+        let (er, mr) = (engine_records(&self.engine), self.model.records());
+        if er != mr {
+            return Err(format!("records differ:\nengine {er:?}\nmodel  {mr:?}"));
+        }
+        for s in &self.subjects {
+            let (eu, mu) = (
+                engine_usage(&self.engine, s, self.now),
+                self.model.usage(s, self.now),
+            );
+            if eu != mu {
+                return Err(format!(
+                    "usage of {s:?} differs at {}:\nengine {eu:?}\nmodel  {mu:?}",
+                    self.now
+                ));
+            }
+        }
+        Ok(())
+    }
+}
