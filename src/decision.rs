@@ -16,6 +16,23 @@ pub enum DenyReason {
     Insufficient,
 }
 
+impl DenyReason {
+    /// `"frozen"`, `"exhausted"` or `"insufficient"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::Frozen => "frozen",
+            DenyReason::Exhausted => "exhausted",
+            DenyReason::Insufficient => "insufficient",
+        }
+    }
+}
+
+impl std::fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A denial: which benefit denied, why, what remains and when it resets (D17).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {

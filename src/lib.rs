@@ -70,7 +70,7 @@ pub use amount::{Amount, ParseAmountError, MICROS_PER_UNIT};
 pub use decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
 pub use engine::{Engine, EngineConfig};
 pub use errors::{ApiError, ErrorCode};
-pub use period::{UtcOffset, Window};
+pub use period::{LocalTime, UtcOffset, Window};
 pub use rules::FrozenPolicy;
 pub use subject::{Member, Subject};
 pub use types::{
@@ -79,3 +79,7 @@ pub use types::{
 };
 pub use validate::{DEFAULT_PAGE_SIZE, MAX_BODY_BYTES, MAX_PAGE_SIZE};
 pub use wire::{CreateBody, Envelope, ListData, ListQuery, UpdateBody};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

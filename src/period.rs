@@ -55,6 +55,70 @@ impl UtcOffset {
     const fn secs(self) -> i64 {
         self.0 as i64
     }
+
+    /// The local date and time of a unix timestamp in this offset, e.g. to
+    /// show a user when their quota resets.
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::UtcOffset;
+    /// let t = UtcOffset::CHINA.local(1_741_795_200);
+    /// assert_eq!(t.to_string(), "2025-03-13 00:00:00 +08:00");
+    /// ```
+    pub fn local(self, ts: i64) -> LocalTime {
+        let local = clamp_now(ts) + self.secs();
+        let (year, month, day) = civil_from_days(local.div_euclid(86_400));
+        let secs = local.rem_euclid(86_400) as u32;
+        LocalTime {
+            year,
+            month,
+            day,
+            hour: secs / 3_600,
+            minute: secs / 60 % 60,
+            second: secs % 60,
+            offset: self,
+        }
+    }
+}
+
+/// A date and time in a fixed offset, as returned by [`UtcOffset::local`].
+/// Displays as `YYYY-MM-DD hh:mm:ss ±hh:mm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalTime {
+    /// Proleptic Gregorian year.
+    pub year: i64,
+    /// 1..=12.
+    pub month: u32,
+    /// 1..=31.
+    pub day: u32,
+    /// 0..=23.
+    pub hour: u32,
+    /// 0..=59.
+    pub minute: u32,
+    /// 0..=59.
+    pub second: u32,
+    /// The offset it is expressed in.
+    pub offset: UtcOffset,
+}
+
+impl std::fmt::Display for LocalTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let off = self.offset.seconds();
+        let sign = if off < 0 { '-' } else { '+' };
+        let abs = off.unsigned_abs();
+        write!(
+            f,
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} {sign}{:02}:{:02}",
+            self.year,
+            self.month,
+            self.day,
+            self.hour,
+            self.minute,
+            self.second,
+            abs / 3_600,
+            abs / 60 % 60
+        )
+    }
 }
 
 impl Default for UtcOffset {

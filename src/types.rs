@@ -2,7 +2,7 @@
 //!
 //! Wire structs (see [`crate::wire`]) carry strings and loosely typed
 //! integers; they are converted into these types at the boundary by
-//! [`crate::validate`], so everything past that point is valid by construction.
+//! the crate's validation layer, so everything past that point is valid by construction.
 
 use std::fmt;
 use std::sync::Arc;

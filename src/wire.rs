@@ -1,7 +1,7 @@
 //! Plain serde mirrors of the platform's JSON (F9–F12, D1–D3).
 //!
 //! Input structs keep every field optional and every enum as a string, so that
-//! *any* syntactically valid body deserialises and [`crate::validate`] can
+//! *any* syntactically valid body deserialises and the validation layer can
 //! reject bad values with a message naming the field. Integers use [`Int64`],
 //! which accepts a JSON integer or a decimal string of one (D1).
 //! Unknown fields are ignored; duplicate fields are rejected.
@@ -77,6 +77,46 @@ pub(crate) fn parse_decimal_i64(s: &str) -> Option<i64> {
         v = -v;
     }
     i64::try_from(v).ok()
+}
+
+/// The platform's three endpoints (F9–F11, F14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `POST /v1/commerce/benefit/limitations`
+    Create,
+    /// `GET /v1/commerce/benefit/limitations`
+    List,
+    /// `PUT /v1/commerce/benefit/limitations/:benefit_id`
+    Update,
+}
+
+impl Endpoint {
+    /// The HTTP method.
+    pub const fn method(self) -> &'static str {
+        match self {
+            Endpoint::Create => "POST",
+            Endpoint::List => "GET",
+            Endpoint::Update => "PUT",
+        }
+    }
+
+    /// The path template.
+    pub const fn path(self) -> &'static str {
+        match self {
+            Endpoint::Create | Endpoint::List => "/v1/commerce/benefit/limitations",
+            Endpoint::Update => "/v1/commerce/benefit/limitations/:benefit_id",
+        }
+    }
+
+    /// The permission the access token must carry (F14). The library does not
+    /// check tokens; an HTTP tier in front of it does.
+    pub const fn permission(self) -> &'static str {
+        match self {
+            Endpoint::Create => "createBenefitLimitation",
+            Endpoint::List => "listBenefitLimitation",
+            Endpoint::Update => "updateBenefitLimitation",
+        }
+    }
 }
 
 /// Deserialises `T` only from a JSON object.

@@ -489,3 +489,37 @@ fn page_tokens_are_bound_to_their_query() {
         e.list_query_string(format!("{q}&page_token={token}"))
     });
 }
+
+#[test]
+fn f2_every_entity_type_is_accepted_with_a_fitting_entity_id() {
+    let e = Engine::new();
+    for (t, id) in [
+        ("enterprise_all_devices", None),
+        ("single_device", Some("sn-1")),
+        ("enterprise_all_custom_consumers", None),
+        ("single_custom_consumer", Some("c-1")),
+        ("coze_user_id", Some("u-1")),
+        ("coze_role", Some("EnterpriseMember")),
+        ("coze_workspace", Some("ws-1")),
+        ("coze_organization", Some("org-1")),
+    ] {
+        let info = e
+            .create_json(Rule::new(t, id, 1).body())
+            .unwrap_or_else(|err| panic!("{t}: {err}"));
+        assert_eq!(info.entity_type().as_str(), t);
+        assert_eq!(info.entity_id().map(|i| i.as_str()), id);
+    }
+}
+
+#[test]
+fn f3_benefit_types_points_and_voice_seconds() {
+    let e = Engine::new();
+    for bt in [
+        "resource_point",
+        "voice_unified_duration_system",
+        "voice_unified_duration_custom",
+    ] {
+        let info = e.create_json(Rule::device("d", 1).of(bt).body()).unwrap();
+        assert_eq!(info.benefit_type().as_str(), bt);
+    }
+}

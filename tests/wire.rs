@@ -410,3 +410,48 @@ fn records_round_trip_through_json() {
     let back: ListData = serde_json::from_str(&text).unwrap();
     assert_eq!(back, list);
 }
+
+#[test]
+fn f13_error_codes_are_the_platforms() {
+    use benefit_quota::ErrorCode::*;
+    let codes: Vec<u32> = [
+        InvalidParameter,
+        BadToken,
+        PermissionDenied,
+        NotFound,
+        Internal,
+    ]
+    .iter()
+    .map(|c| c.as_u32())
+    .collect();
+    assert_eq!(codes, [4000, 4100, 4101, 4200, 5000]);
+}
+
+#[test]
+fn f9_f10_f11_f14_endpoints_methods_paths_and_permissions() {
+    use benefit_quota::wire::Endpoint::*;
+    let table: Vec<(&str, &str, &str)> = [Create, List, Update]
+        .iter()
+        .map(|e| (e.method(), e.path(), e.permission()))
+        .collect();
+    assert_eq!(
+        table,
+        [
+            (
+                "POST",
+                "/v1/commerce/benefit/limitations",
+                "createBenefitLimitation"
+            ),
+            (
+                "GET",
+                "/v1/commerce/benefit/limitations",
+                "listBenefitLimitation"
+            ),
+            (
+                "PUT",
+                "/v1/commerce/benefit/limitations/:benefit_id",
+                "updateBenefitLimitation"
+            ),
+        ]
+    );
+}

@@ -381,7 +381,8 @@ impl Model {
     /// D13 + D17.
     fn deny(&self, seen: &[Seen], ty: Option<&str>, amount: u64) -> Option<Outcome> {
         // (frozen, resets (None = never), exhausted, -rule): larger wins.
-        let mut cands: Vec<((bool, i64, bool, i64), &Seen, &'static str)> = Vec::new();
+        type Rank = (bool, i64, bool, i64);
+        let mut cands: Vec<(Rank, &Seen, &'static str)> = Vec::new();
         for s in seen {
             let (reason, resets) = if s.frozen {
                 ("frozen", None)
