@@ -1,7 +1,10 @@
 //! The engine: configuration plane (create, import, update, list) and
 //! enforcement (check, try_consume, record, usage).
 
-use parking_lot::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use smallvec::SmallVec;
 
 use crate::amount::Amount;
@@ -9,7 +12,7 @@ use crate::decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
 use crate::errors::ApiError;
 use crate::period::{clamp_now, rule_window, UtcOffset, Window};
 use crate::rules::{window_of, AppliedVec, FrozenPolicy, RuleEntry, RuleSet};
-use crate::state::{CounterState, Locked, Store};
+use crate::state::{CounterState, Locked, OwnerHasher, Store};
 use crate::subject::Subject;
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
 use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
@@ -36,14 +39,21 @@ pub struct EngineConfig {
     /// Number of counter shards; rounded up to a power of two in `1..=65536`.
     /// Default 64.
     pub shards: usize,
+    /// Copies of the rule table. Each thread reads one copy (threads are
+    /// spread over the copies), so concurrent checks never write to a shared
+    /// lock word; configuration writes update every copy. Rounded up to a
+    /// power of two in `1..=64`. Default: the number of CPUs, at most 16.
+    pub rule_replicas: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         EngineConfig {
             utc_offset: UtcOffset::CHINA,
             frozen_policy: FrozenPolicy::Block,
             shards: 64,
+            rule_replicas: cpus.min(16),
         }
     }
 }
@@ -52,10 +62,19 @@ impl Default for EngineConfig {
 ///
 /// See the crate documentation for an example.
 pub struct Engine {
-    rules: RwLock<RuleSet>,
+    /// Identical copies of the rule table; see [`EngineConfig::rule_replicas`].
+    replicas: Box<[CachePadded<RwLock<RuleSet>>]>,
     store: Store,
     config: EngineConfig,
     token_key: ahash::RandomState,
+}
+
+/// This thread's rule-table replica (threads are numbered round-robin).
+#[inline]
+fn replica_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    MINE.with(|m| *m)
 }
 
 impl Default for Engine {
@@ -68,7 +87,7 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("config", &self.config)
-            .field("rules", &self.rules.read().rules.len())
+            .field("rules", &self.read().rules.len())
             .finish_non_exhaustive()
     }
 }
@@ -100,14 +119,32 @@ impl Engine {
     /// An engine with `config`.
     pub fn with_config(config: EngineConfig) -> Engine {
         let shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
-        let config = EngineConfig { shards, ..config };
-        let hasher = ahash::RandomState::new();
+        let rule_replicas = config.rule_replicas.clamp(1, 64).next_power_of_two();
+        let config = EngineConfig {
+            shards,
+            rule_replicas,
+            ..config
+        };
+        let hasher = OwnerHasher::new();
         Engine {
-            rules: RwLock::new(RuleSet::new(&hasher)),
+            replicas: (0..rule_replicas)
+                .map(|_| CachePadded::new(RwLock::new(RuleSet::new(hasher.clone()))))
+                .collect(),
             store: Store::new(shards, hasher),
             config,
             token_key: ahash::RandomState::new(),
         }
+    }
+
+    /// This thread's copy of the rule table, read-locked.
+    #[inline]
+    fn read(&self) -> RwLockReadGuard<'_, RuleSet> {
+        self.replicas[replica_index() & (self.replicas.len() - 1)].read()
+    }
+
+    /// Every copy, write-locked in index order (writers serialise on the first).
+    fn write(&self) -> Vec<RwLockWriteGuard<'_, RuleSet>> {
+        self.replicas.iter().map(|r| r.write()).collect()
     }
 
     /// The effective configuration.
@@ -126,7 +163,8 @@ impl Engine {
     /// D5. Nothing changes on error.
     pub fn create(&self, body: &CreateBody) -> Result<BenefitInfo, ApiError> {
         let draft = validate::create(body)?;
-        let mut rules = self.rules.write();
+        let mut replicas = self.write();
+        let rules = &replicas[0];
         rules.check_unique(
             draft.entity_type,
             draft.benefit_type,
@@ -135,10 +173,12 @@ impl Engine {
             None,
             "benefit_info.trigger_unit",
         )?;
-        let id = rules.generate_id();
+        let (id, next_id) = rules.generate_id();
         let id = BenefitId::new(&id).ok_or_else(|| ApiError::invalid("benefit_id", "internal"))?;
         let info = draft.with_id(id);
-        rules.insert(RuleEntry::new(info.clone()));
+        for r in replicas.iter_mut() {
+            r.insert(RuleEntry::new(info.clone()), next_id);
+        }
         Ok(info)
     }
 
@@ -168,7 +208,8 @@ impl Engine {
         now: i64,
     ) -> Result<BenefitInfo, ApiError> {
         let now = clamp_now(now);
-        let mut rules = self.rules.write();
+        let mut replicas = self.write();
+        let rules = &replicas[0];
         let slot = rules
             .slot_of(benefit_id)
             .ok_or_else(|| ApiError::not_found(benefit_id))?;
@@ -194,7 +235,9 @@ impl Engine {
             field,
         )?;
         let bump = self.period_changed(current, &merged, now);
-        rules.replace(slot, merged.clone(), bump);
+        for r in replicas.iter_mut() {
+            r.replace(slot, merged.clone(), bump);
+        }
         Ok(merged)
     }
 
@@ -300,7 +343,8 @@ impl Engine {
 
     fn import_all(&self, infos: Vec<BenefitInfo>, now: i64) -> Result<Vec<BenefitInfo>, ApiError> {
         let now = clamp_now(now);
-        let mut rules = self.rules.write();
+        let mut replicas = self.write();
+        let rules = &replicas[0];
         // Validate the whole batch against the state it would produce.
         for (i, info) in infos.iter().enumerate() {
             if infos[..i].iter().any(|o| o.benefit_id == info.benefit_id) {
@@ -369,14 +413,24 @@ impl Engine {
                 }
             }
         }
-        for info in &infos {
-            match rules.slot_of(info.benefit_id.as_str()) {
-                Some(slot) => {
-                    let bump = self.period_changed(&rules.rules[slot as usize].info, info, now);
-                    rules.replace(slot, info.clone(), bump);
-                }
-                None => {
-                    rules.insert(RuleEntry::new(info.clone()));
+        let plan: Vec<(Option<u32>, bool)> = infos
+            .iter()
+            .map(|info| match rules.slot_of(info.benefit_id.as_str()) {
+                Some(slot) => (
+                    Some(slot),
+                    self.period_changed(&rules.rules[slot as usize].info, info, now),
+                ),
+                None => (None, false),
+            })
+            .collect();
+        for r in replicas.iter_mut() {
+            let next_id = r.next_id();
+            for (info, (slot, bump)) in infos.iter().zip(&plan) {
+                match slot {
+                    Some(slot) => r.replace(*slot, info.clone(), *bump),
+                    None => {
+                        r.insert(RuleEntry::new(info.clone()), next_id);
+                    }
                 }
             }
         }
@@ -385,24 +439,19 @@ impl Engine {
 
     /// The stored record of `benefit_id`.
     pub fn get(&self, benefit_id: &str) -> Option<BenefitInfo> {
-        let rules = self.rules.read();
+        let rules = self.read();
         let slot = rules.slot_of(benefit_id)?;
         Some(rules.rules[slot as usize].info.clone())
     }
 
     /// Every stored record, in creation order (every status).
     pub fn records(&self) -> Vec<BenefitInfo> {
-        self.rules
-            .read()
-            .rules
-            .iter()
-            .map(|e| e.info.clone())
-            .collect()
+        self.read().rules.iter().map(|e| e.info.clone()).collect()
     }
 
     /// Number of rules stored (every status).
     pub fn rule_count(&self) -> usize {
-        self.rules.read().rules.len()
+        self.read().rules.len()
     }
 
     /// Number of counters currently tracked.
@@ -419,7 +468,7 @@ impl Engine {
     /// page token this engine did not issue for this query.
     pub fn list(&self, query: &ListQuery) -> Result<ListData, ApiError> {
         let q = validate::list_query(query)?;
-        let rules = self.rules.read();
+        let rules = self.read();
         let start = if q.page_token.is_empty() {
             0
         } else {
@@ -551,7 +600,7 @@ impl Engine {
     /// Every applicable rule's counter for the subject at `now`.
     pub fn usage(&self, subject: &Subject<'_>, now: i64) -> Vec<UsageReport> {
         let now = clamp_now(now);
-        let rules = self.rules.read();
+        let rules = self.read();
         let mut applied = AppliedVec::new();
         rules.resolve(
             subject,
@@ -566,7 +615,10 @@ impl Engine {
             .iter()
             .map(|a| {
                 let e = &rules.rules[a.slot as usize];
-                let state = locked.get(a.shard, &a.key).copied().unwrap_or_default();
+                let state = locked
+                    .get(a.shard, &a.owner, a.slot)
+                    .copied()
+                    .unwrap_or(CounterState::new(a.slot));
                 let used = state.effective_used(e.generation, a.window);
                 UsageReport {
                     benefit_id: e.info.benefit_id.clone(),
@@ -608,7 +660,7 @@ impl Engine {
 
     fn run(&self, subject: &Subject<'_>, now: i64, op: Op) -> Decision {
         let now = clamp_now(now);
-        let rules = self.rules.read();
+        let rules = self.read();
         let mut applied = AppliedVec::new();
         rules.resolve(
             subject,
@@ -627,7 +679,7 @@ impl Engine {
             .iter()
             .map(|a| {
                 let e = &rules.rules[a.slot as usize];
-                let state = locked.get(a.shard, &a.key);
+                let state = locked.get(a.shard, &a.owner, a.slot);
                 Seen {
                     slot: a.slot,
                     benefit_type: e.info.benefit_type,
@@ -678,7 +730,7 @@ fn debit(
             continue;
         }
         let e = &rules.rules[a.slot as usize];
-        let c = locked.get_or_insert(a.shard, &a.key);
+        let c = locked.get_or_insert(a.shard, &a.owner, a.slot);
         c.roll(e.generation, a.window);
         c.add(amount);
         s.used = c.used;
@@ -751,6 +803,53 @@ mod tests {
     #[test]
     fn engine_is_send_and_sync() {
         assert_send_sync::<Engine>();
+    }
+
+    #[test]
+    fn replicas_stay_identical() {
+        let e = Engine::with_config(EngineConfig {
+            rule_replicas: 4,
+            ..EngineConfig::default()
+        });
+        let body = |t: &str, unit: &str| {
+            format!(
+                r#"{{"entity_type":"{t}","entity_id":"x","benefit_info":{{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":100000,"limit":5,"trigger_unit":"{unit}"}}}}"#
+            )
+        };
+        e.create_json(body("enterprise_all_devices", "day"))
+            .unwrap();
+        e.create_json(body("single_device", "never")).unwrap();
+        e.import_json(
+            r#"{"benefit_id":"3","entity_type":"coze_role","entity_id":"EnterpriseAdmin","benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":1,"limit":1}"#,
+            0,
+        )
+        .unwrap();
+        e.create_json(body("single_custom_consumer", "hour"))
+            .unwrap();
+        e.apply_update_json("1", r#"{"trigger_time":2}"#, 50_000)
+            .unwrap();
+        e.apply_update_json("2", r#"{"status":"cancel"}"#, 0)
+            .unwrap();
+        let reference: Vec<_> = {
+            let r = e.replicas[0].read();
+            r.rules
+                .iter()
+                .map(|x| (x.info.clone(), x.generation, x.limit_micros))
+                .collect()
+        };
+        assert_eq!(reference.len(), 4);
+        assert_eq!(reference[0].1, 1);
+        for replica in e.replicas.iter() {
+            let r = replica.read();
+            let mine: Vec<_> = r
+                .rules
+                .iter()
+                .map(|x| (x.info.clone(), x.generation, x.limit_micros))
+                .collect();
+            assert_eq!(mine, reference);
+            assert_eq!(r.next_id(), 5);
+            assert_eq!(r.slot_of("3"), Some(2));
+        }
     }
 
     #[test]

@@ -7,12 +7,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use crate::amount::MICROS_PER_UNIT;
 use crate::errors::ApiError;
 use crate::period::{rule_window, UtcOffset, Window};
-use crate::state::{Key, OwnerKind, Store};
+use crate::state::{Owner, OwnerHasher, OwnerKind, Store};
 use crate::subject::Subject;
 use crate::types::{BenefitInfo, BenefitType, EntityType, Family, Status};
 
@@ -31,8 +32,8 @@ pub enum FrozenPolicy {
 #[derive(Debug, Clone)]
 pub(crate) struct RuleEntry {
     pub info: BenefitInfo,
-    /// Bumped whenever an update must restart usage from zero (D16).
-    pub generation: u64,
+    /// Bumped (wrapping) whenever an update must restart usage from zero (D16).
+    pub generation: u32,
     /// The limit in micro-units, saturating (D14).
     pub limit_micros: u64,
 }
@@ -76,7 +77,41 @@ pub(crate) fn bt_index(bt: BenefitType) -> usize {
     }
 }
 
-type Index = HashMap<Arc<str>, SmallVec<[u32; 2]>, ahash::RandomState>;
+/// Rules naming one entity, found by the same hash the counter store uses.
+struct IndexEntry {
+    id: Arc<str>,
+    hash: u64,
+    slots: SmallVec<[u32; 2]>,
+}
+
+#[derive(Default)]
+struct Index(HashTable<IndexEntry>);
+
+impl Index {
+    #[inline]
+    fn get(&self, hash: u64, id: &str) -> Option<&[u32]> {
+        self.0
+            .find(hash, |e| *e.id == *id)
+            .map(|e| e.slots.as_slice())
+    }
+
+    fn slots_mut(&mut self, hash: u64, id: &str) -> &mut SmallVec<[u32; 2]> {
+        &mut self
+            .0
+            .entry(hash, |e| *e.id == *id, |e| e.hash)
+            .or_insert_with(|| IndexEntry {
+                id: Arc::from(id),
+                hash,
+                slots: SmallVec::new(),
+            })
+            .into_mut()
+            .slots
+    }
+}
+
+/// Hash tags of the enterprise indexes (the device and consumer indexes use
+/// the owner kinds' tags, so one hash serves the index and the counters).
+const ENTERPRISE_TAGS: [u8; 4] = [3, 4, 5, 6];
 
 /// All rules, in creation order, with their lookup indexes.
 pub(crate) struct RuleSet {
@@ -89,13 +124,14 @@ pub(crate) struct RuleSet {
     /// Non-cancelled enterprise rules by id: [user, role, workspace, organization].
     enterprise: [Index; 4],
     next_id: u64,
+    hasher: OwnerHasher,
 }
 
-/// One rule that applies to a subject, with the key of its counter.
+/// One rule that applies to a subject, with the owner of its counter.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Applied<'a> {
     pub slot: u32,
-    pub key: Key<'a>,
+    pub owner: Owner<'a>,
     pub shard: usize,
     pub window: Option<Window>,
 }
@@ -122,15 +158,15 @@ fn enterprise_index(t: EntityType) -> usize {
 }
 
 impl RuleSet {
-    pub fn new(hasher: &ahash::RandomState) -> RuleSet {
-        let map = || Index::with_hasher(hasher.clone());
+    pub fn new(hasher: OwnerHasher) -> RuleSet {
         RuleSet {
             rules: Vec::new(),
-            by_id: HashMap::with_hasher(hasher.clone()),
+            by_id: HashMap::default(),
             all_scope: Default::default(),
-            singles: [map(), map()],
-            enterprise: [map(), map(), map(), map()],
+            singles: Default::default(),
+            enterprise: Default::default(),
             next_id: 1,
+            hasher,
         }
     }
 
@@ -138,13 +174,15 @@ impl RuleSet {
         self.by_id.get(id).copied()
     }
 
-    /// A fresh decimal id, unique in this engine (D7).
-    pub fn generate_id(&mut self) -> String {
+    /// A fresh decimal id, unique in this engine (D7), and the counter value
+    /// to store with [`RuleSet::insert`] once it is used.
+    pub fn generate_id(&self) -> (String, u64) {
+        let mut next = self.next_id;
         loop {
-            let id = self.next_id.to_string();
-            self.next_id += 1;
+            let id = next.to_string();
+            next += 1;
             if !self.by_id.contains_key(id.as_str()) {
-                return id;
+                return (id, next);
             }
         }
     }
@@ -191,16 +229,22 @@ impl RuleSet {
                 &mut self.all_scope[family_index(t.family())][bt_index(info.benefit_type)],
             );
         }
-        let id: Arc<str> = Arc::from(info.entity_id.as_ref()?.as_str());
-        let map = match t.family() {
-            Family::Enterprise => &mut self.enterprise[enterprise_index(t)],
-            f => &mut self.singles[family_index(f)],
+        let id = info.entity_id.as_ref()?.as_str();
+        let (index, tag) = match t.family() {
+            Family::Enterprise => {
+                let i = enterprise_index(t);
+                (&mut self.enterprise[i], ENTERPRISE_TAGS[i])
+            }
+            Family::Device => (&mut self.singles[0], OwnerKind::Device as u8),
+            Family::CustomConsumer => (&mut self.singles[1], OwnerKind::Consumer as u8),
         };
-        Some(map.entry(id).or_default())
+        Some(index.slots_mut(self.hasher.entity(tag, id), id))
     }
 
-    /// Appends a new rule.
-    pub fn insert(&mut self, entry: RuleEntry) -> u32 {
+    /// Appends a new rule; `next_id` is the id counter after it (see
+    /// [`RuleSet::generate_id`]; pass the current one for imported ids).
+    pub fn insert(&mut self, entry: RuleEntry, next_id: u64) -> u32 {
+        self.next_id = next_id;
         let slot = self.rules.len() as u32;
         self.by_id
             .insert(Arc::from(entry.info.benefit_id.as_str()), slot);
@@ -212,6 +256,10 @@ impl RuleSet {
         }
         self.rules.push(entry);
         slot
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id
     }
 
     /// Replaces a rule's record; the scope and benefit type never change.
@@ -226,7 +274,7 @@ impl RuleSet {
             }
         }
         let e = &mut self.rules[slot as usize];
-        let generation = e.generation + u64::from(bump_generation);
+        let generation = e.generation.wrapping_add(u32::from(bump_generation));
         *e = RuleEntry::new(info);
         e.generation = generation;
     }
@@ -256,33 +304,18 @@ impl RuleSet {
                 m.organization_id,
             ];
             for (i, id) in ids.iter().enumerate() {
-                let Some(list) = id.and_then(|id| self.enterprise[i].get(id)) else {
+                let Some(id) = id else { continue };
+                let hash = self.hasher.entity(ENTERPRISE_TAGS[i], id);
+                let Some(list) = self.enterprise[i].get(hash, id) else {
                     continue;
                 };
                 for &slot in list {
                     let e = &self.rules[slot as usize];
                     if e.in_effect(now, policy) {
-                        out.push(self.pool(slot, e, now, offset, store));
+                        out.push(pool(slot, e, now, offset, store));
                     }
                 }
             }
-        }
-    }
-
-    fn pool<'a>(
-        &'a self,
-        slot: u32,
-        e: &RuleEntry,
-        now: i64,
-        offset: UtcOffset,
-        store: &Store,
-    ) -> Applied<'a> {
-        let key = store.key(slot, OwnerKind::Pool, "", store.pool_hash(slot));
-        Applied {
-            slot,
-            shard: store.shard_index(&key),
-            key,
-            window: window_of(e, offset, now),
         }
     }
 
@@ -298,34 +331,47 @@ impl RuleSet {
         store: &Store,
         out: &mut AppliedVec<'a>,
     ) {
+        // One hash of the id serves the single-rule index and the counters.
+        let hash = self.hasher.entity(kind as u8, id);
         // D11: in-effect single rules replace the all-scope rule of their slot.
         let mut covered = 0u8;
-        if let Some(list) = self.singles[fam].get(id) {
+        if let Some(list) = self.singles[fam].get(hash, id) {
             for &slot in list {
                 let e = &self.rules[slot as usize];
                 if e.in_effect(now, policy) {
                     covered |= e.slot_bit();
-                    out.push(self.pool(slot, e, now, offset, store));
+                    out.push(pool(slot, e, now, offset, store));
                 }
             }
         }
-        let mut owner_hash = None;
+        let owner = store.entity(kind, id, hash);
+        let shard = store.shard_index(&owner);
         for per_type in &self.all_scope[fam] {
             for &slot in per_type {
                 let e = &self.rules[slot as usize];
                 if covered & e.slot_bit() != 0 || !e.in_effect(now, policy) {
                     continue;
                 }
-                let h = *owner_hash.get_or_insert_with(|| store.owner_hash(kind, id));
-                let key = store.key(slot, kind, id, h);
                 out.push(Applied {
                     slot,
-                    shard: store.shard_index(&key),
-                    key,
+                    owner,
+                    shard,
                     window: window_of(e, offset, now),
                 });
             }
         }
+    }
+}
+
+/// A single-entity or enterprise rule: its counter is the rule's own pool.
+#[inline]
+fn pool(slot: u32, e: &RuleEntry, now: i64, offset: UtcOffset, store: &Store) -> Applied<'static> {
+    let owner = store.pool(slot);
+    Applied {
+        slot,
+        shard: store.shard_index(&owner),
+        owner,
+        window: window_of(e, offset, now),
     }
 }
 

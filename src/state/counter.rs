@@ -2,11 +2,11 @@
 
 use crate::period::Window;
 
-/// Per-(rule, owner) usage. 32 bytes, no heap.
+/// One rule's usage by one owner. 32 bytes, no heap.
 ///
 /// `window_start` is `i64::MIN` for cumulative rules. `generation` is the
 /// rule's period generation when the counter was last written; the rule bumps
-/// it whenever an update must start usage from zero (D16).
+/// it (wrapping) whenever an update must start usage from zero (D16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CounterState {
     /// Micro-units used in the current window.
@@ -16,28 +16,30 @@ pub(crate) struct CounterState {
     /// Start of the window `used` belongs to.
     pub window_start: i64,
     /// Rule generation `used` belongs to.
-    pub generation: u64,
+    pub generation: u32,
+    /// The rule's slot.
+    pub rule: u32,
 }
 
-impl Default for CounterState {
-    fn default() -> Self {
+impl CounterState {
+    /// An empty counter of rule `rule`.
+    pub fn new(rule: u32) -> CounterState {
         CounterState {
             used: 0,
             lifetime: 0,
             window_start: i64::MIN,
             generation: 0,
+            rule,
         }
     }
-}
 
-impl CounterState {
     /// Whether `used` still counts at `window` (`None`: cumulative) under `generation`.
     ///
     /// A counter whose window is *newer* than the caller's (a late request whose
     /// `now` is behind another thread's) still counts: windows only move forward,
     /// so a late request can never reopen a window that already rolled over.
     #[inline]
-    pub fn is_current(&self, generation: u64, window: Option<Window>) -> bool {
+    pub fn is_current(&self, generation: u32, window: Option<Window>) -> bool {
         self.generation == generation
             && match window {
                 None => true,
@@ -47,7 +49,7 @@ impl CounterState {
 
     /// Usage that counts at `window` under `generation`.
     #[inline]
-    pub fn effective_used(&self, generation: u64, window: Option<Window>) -> u64 {
+    pub fn effective_used(&self, generation: u32, window: Option<Window>) -> u64 {
         if self.is_current(generation, window) {
             self.used
         } else {
@@ -57,7 +59,7 @@ impl CounterState {
 
     /// Starts a new window (or generation) if the counter is stale.
     #[inline]
-    pub fn roll(&mut self, generation: u64, window: Option<Window>) {
+    pub fn roll(&mut self, generation: u32, window: Option<Window>) {
         if !self.is_current(generation, window) {
             self.used = 0;
             self.generation = generation;
@@ -88,7 +90,7 @@ mod tests {
 
     #[test]
     fn rolls_over_on_new_window_and_generation() {
-        let mut c = CounterState::default();
+        let mut c = CounterState::new(0);
         c.roll(0, Some(W1));
         c.add(5);
         assert_eq!(c.effective_used(0, Some(W1)), 5);
@@ -101,7 +103,7 @@ mod tests {
 
     #[test]
     fn late_requests_count_in_the_newer_window() {
-        let mut c = CounterState::default();
+        let mut c = CounterState::new(0);
         c.roll(0, Some(W2));
         c.add(5);
         // a request stamped in W1 arrives after W2 began: it must not reset W2
@@ -112,7 +114,7 @@ mod tests {
 
     #[test]
     fn cumulative_ignores_windows_but_not_generations() {
-        let mut c = CounterState::default();
+        let mut c = CounterState::new(0);
         c.roll(3, None);
         c.add(9);
         assert_eq!(c.effective_used(3, None), 9);

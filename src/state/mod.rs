@@ -1,14 +1,15 @@
 //! Lock-sharded counter state.
 //!
 //! Counters live in `2^k` shards, each a `parking_lot::Mutex` around a
-//! `hashbrown::HashTable`, padded to its own cache line. A counter is keyed by
-//! `(rule slot, owner)`: the owner is a device or consumer for
-//! `enterprise_all_*` rules (one counter per entity), or the rule itself for
-//! single-entity and enterprise-family rules (one shared counter, the pool).
+//! `hashbrown::HashTable`, padded to its own cache line. Entries are keyed by
+//! *owner*: a device or consumer (its counters under `enterprise_all_*`
+//! rules, one per rule), or a rule's own pool (the single counter of a
+//! single-entity or enterprise-family rule). An entry keeps its counters inline
+//! (two without spilling), so the usual device — one cumulative and one
+//! periodic all-devices rule — costs one lookup and one string comparison.
 //!
-//! The shard is chosen from the owner's hash only, so all counters of one
-//! device sit behind one lock. Hashes are keyed with a per-engine random
-//! state (HashDoS).
+//! The shard is chosen from the owner's hash, so one lock covers all counters
+//! of a device. Hashes are keyed with a per-engine random state (HashDoS).
 //!
 //! A counter does not copy its rule: it remembers the rule's *generation* and
 //! the start of the window it counted in, and rolls over lazily when either
@@ -26,35 +27,36 @@ use smallvec::SmallVec;
 /// Who a counter belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum OwnerKind {
-    /// A device under an `enterprise_all_devices` rule.
+    /// A device under `enterprise_all_devices` rules.
     Device = 0,
-    /// A consumer under an `enterprise_all_custom_consumers` rule.
+    /// A consumer under `enterprise_all_custom_consumers` rules.
     Consumer = 1,
-    /// The rule's own shared counter.
+    /// A rule's own shared counter.
     Pool = 2,
 }
 
-/// A counter's key with its precomputed hashes (borrowed: no allocation).
+/// An owner with its precomputed hash (borrowed: building one allocates nothing).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Key<'a> {
-    pub rule: u32,
+pub(crate) struct Owner<'a> {
     pub kind: OwnerKind,
+    /// The rule slot for pools, 0 otherwise.
+    pub pool: u32,
+    /// The entity id; empty for pools.
     pub id: &'a str,
-    owner_hash: u64,
+    pub hash: u64,
 }
 
 struct Entry {
-    /// The entry's own hash, so table growth never re-hashes id strings.
-    hash: u64,
-    rule: u32,
     kind: OwnerKind,
+    pool: u32,
     id: Box<str>,
-    state: CounterState,
+    counters: SmallVec<[CounterState; 2]>,
 }
 
 impl Entry {
-    fn matches(&self, k: &Key<'_>) -> bool {
-        self.rule == k.rule && self.kind == k.kind && *self.id == *k.id
+    #[inline]
+    fn is(&self, o: &Owner<'_>) -> bool {
+        self.kind == o.kind && self.pool == o.pool && *self.id == *o.id
     }
 }
 
@@ -63,24 +65,46 @@ pub(crate) struct Shard {
     table: HashTable<Entry>,
 }
 
+/// Hashes owners; shared by the counter store and the rule indexes so a
+/// request hashes each entity id once.
+#[derive(Clone)]
+pub(crate) struct OwnerHasher(ahash::RandomState);
+
+impl OwnerHasher {
+    pub fn new() -> OwnerHasher {
+        OwnerHasher(ahash::RandomState::new())
+    }
+
+    /// Hash of an entity id under a namespace tag (owner kind or index kind).
+    #[inline]
+    pub fn entity(&self, tag: u8, id: &str) -> u64 {
+        self.0.hash_one((tag, id))
+    }
+
+    #[inline]
+    fn of_entry(&self, e: &Entry) -> u64 {
+        match e.kind {
+            OwnerKind::Pool => self.pool(e.pool),
+            k => self.entity(k as u8, &e.id),
+        }
+    }
+
+    #[inline]
+    pub fn pool(&self, rule: u32) -> u64 {
+        self.0.hash_one((OwnerKind::Pool as u8, rule))
+    }
+}
+
 /// The sharded counter store.
 pub(crate) struct Store {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     shift: u32,
-    hasher: ahash::RandomState,
-}
-
-/// Spreads the owner hash over a rule slot (a cheap, well-mixing finaliser).
-#[inline]
-fn entry_hash(owner_hash: u64, rule: u32) -> u64 {
-    let x = owner_hash ^ (u64::from(rule).wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let x = (x ^ (x >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x ^ (x >> 29)
+    hasher: OwnerHasher,
 }
 
 impl Store {
     /// `shards` must be a power of two.
-    pub fn new(shards: usize, hasher: ahash::RandomState) -> Store {
+    pub fn new(shards: usize, hasher: OwnerHasher) -> Store {
         debug_assert!(shards.is_power_of_two());
         let v: Vec<_> = (0..shards)
             .map(|_| CachePadded::new(Mutex::new(Shard::default())))
@@ -92,98 +116,172 @@ impl Store {
         }
     }
 
-    /// Hash of an owner, computed once per request and family.
+    /// The owner key of an entity's counters.
     #[inline]
-    pub fn owner_hash(&self, kind: OwnerKind, id: &str) -> u64 {
-        self.hasher.hash_one((kind as u8, id))
-    }
-
-    /// Hash of a rule's pool owner.
-    #[inline]
-    pub fn pool_hash(&self, rule: u32) -> u64 {
-        self.hasher.hash_one((OwnerKind::Pool as u8, rule))
-    }
-
-    #[inline]
-    pub fn key<'a>(&self, rule: u32, kind: OwnerKind, id: &'a str, owner_hash: u64) -> Key<'a> {
-        Key {
-            rule,
+    pub fn entity<'a>(&self, kind: OwnerKind, id: &'a str, hash: u64) -> Owner<'a> {
+        Owner {
             kind,
+            pool: 0,
             id,
-            owner_hash,
+            hash,
+        }
+    }
+
+    /// The owner key of a rule's pool.
+    #[inline]
+    pub fn pool(&self, rule: u32) -> Owner<'static> {
+        Owner {
+            kind: OwnerKind::Pool,
+            pool: rule,
+            id: "",
+            hash: self.hasher.pool(rule),
         }
     }
 
     #[inline]
-    pub fn shard_index(&self, k: &Key<'_>) -> usize {
+    pub fn shard_index(&self, o: &Owner<'_>) -> usize {
         if self.shift == 64 {
             0
         } else {
-            (k.owner_hash >> self.shift) as usize
+            // The table uses the low bits and the top 7 bits of the hash;
+            // the shard takes bits just below the top 7.
+            ((o.hash << 7) >> self.shift) as usize
         }
     }
 
-    /// Locks the given shards in ascending index order (deadlock-free), returning
-    /// the guards in the same order. `indices` must be sorted and deduplicated.
+    /// Locks the given shards in ascending index order (deadlock-free).
+    /// `indices` must be sorted and deduplicated.
     pub fn lock_many(&self, indices: &[usize]) -> Locked<'_> {
         let mut guards = SmallVec::new();
         for &i in indices {
             guards.push((i, self.shards[i].lock()));
         }
-        Locked { guards }
+        Locked {
+            guards,
+            hasher: &self.hasher,
+        }
     }
 
     /// Number of tracked counters (locks each shard in turn).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().table.len()).sum()
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .table
+                    .iter()
+                    .map(|e| e.counters.len())
+                    .sum::<usize>()
+            })
+            .sum()
     }
 }
 
 /// A set of held shard locks.
 pub(crate) struct Locked<'s> {
     guards: SmallVec<[(usize, MutexGuard<'s, Shard>); 4]>,
+    hasher: &'s OwnerHasher,
 }
 
 impl Locked<'_> {
-    fn shard(&self, i: usize) -> &Shard {
-        let pos = self
-            .guards
+    #[inline]
+    fn position(&self, shard: usize) -> usize {
+        // Few guards: a linear scan beats anything else. A shard that is not
+        // held cannot be asked for (callers lock every shard they touch).
+        self.guards
             .iter()
-            .position(|(j, _)| *j == i)
-            .unwrap_or_default();
-        &self.guards[pos].1
+            .position(|(j, _)| *j == shard)
+            .unwrap_or_default()
     }
 
-    fn shard_mut(&mut self, i: usize) -> &mut Shard {
-        let pos = self
-            .guards
+    /// The counter of `rule` owned by `owner`, if it exists.
+    #[inline]
+    pub fn get(&self, shard: usize, owner: &Owner<'_>, rule: u32) -> Option<&CounterState> {
+        let table = &self.guards[self.position(shard)].1.table;
+        table
+            .find(owner.hash, |e| e.is(owner))?
+            .counters
             .iter()
-            .position(|(j, _)| *j == i)
-            .unwrap_or_default();
-        &mut self.guards[pos].1
+            .find(|c| c.rule == rule)
     }
 
-    /// The counter, if it exists. `shard` must be one of the locked shards.
-    pub fn get(&self, shard: usize, k: &Key<'_>) -> Option<&CounterState> {
-        self.shard(shard)
-            .table
-            .find(entry_hash(k.owner_hash, k.rule), |e| e.matches(k))
-            .map(|e| &e.state)
+    /// The counter, created empty if missing. Creating the owner's entry is
+    /// the only allocating step (its id is copied once, when first seen).
+    pub fn get_or_insert(
+        &mut self,
+        shard: usize,
+        owner: &Owner<'_>,
+        rule: u32,
+    ) -> &mut CounterState {
+        let hasher = self.hasher;
+        let pos = self.position(shard);
+        let table = &mut self.guards[pos].1.table;
+        let entry = table
+            .entry(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e))
+            .or_insert_with(|| Entry {
+                kind: owner.kind,
+                pool: owner.pool,
+                id: Box::from(owner.id),
+                counters: SmallVec::new(),
+            })
+            .into_mut();
+        match entry.counters.iter().position(|c| c.rule == rule) {
+            Some(i) => &mut entry.counters[i],
+            None => {
+                entry.counters.push(CounterState::new(rule));
+                let last = entry.counters.len() - 1;
+                &mut entry.counters[last]
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_small() {
+        // id (16) + kind and pool (8) + two inline counters (64) + SmallVec tag (8)
+        assert!(
+            std::mem::size_of::<Entry>() <= 96,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 
-    /// The counter, created empty if missing (the only allocating step: the
-    /// owner id is copied once, when an entity is first seen).
-    pub fn get_or_insert(&mut self, shard: usize, k: &Key<'_>) -> &mut CounterState {
-        let h = entry_hash(k.owner_hash, k.rule);
-        let table = &mut self.shard_mut(shard).table;
-        let entry = table.entry(h, |e| e.matches(k), |e| e.hash);
-        let occupied = entry.or_insert_with(|| Entry {
-            hash: h,
-            rule: k.rule,
-            kind: k.kind,
-            id: Box::from(k.id),
-            state: CounterState::default(),
-        });
-        &mut occupied.into_mut().state
+    #[test]
+    fn counters_are_found_per_owner_and_rule() {
+        let store = Store::new(4, OwnerHasher::new());
+        let h = store.hasher.entity(OwnerKind::Device as u8, "d1");
+        let d1 = store.entity(OwnerKind::Device, "d1", h);
+        let c1 = store.entity(
+            OwnerKind::Consumer,
+            "d1",
+            store.hasher.entity(OwnerKind::Consumer as u8, "d1"),
+        );
+        let p = store.pool(7);
+        let mut shards: Vec<usize> = [&d1, &c1, &p]
+            .iter()
+            .map(|o| store.shard_index(o))
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let mut l = store.lock_many(&shards);
+        l.get_or_insert(store.shard_index(&d1), &d1, 3).add(5);
+        l.get_or_insert(store.shard_index(&d1), &d1, 4).add(6);
+        l.get_or_insert(store.shard_index(&p), &p, 7).add(7);
+        assert_eq!(
+            l.get(store.shard_index(&d1), &d1, 3).map(|c| c.used),
+            Some(5)
+        );
+        assert_eq!(
+            l.get(store.shard_index(&d1), &d1, 4).map(|c| c.used),
+            Some(6)
+        );
+        assert_eq!(l.get(store.shard_index(&c1), &c1, 3).map(|c| c.used), None);
+        assert_eq!(l.get(store.shard_index(&p), &p, 7).map(|c| c.used), Some(7));
+        drop(l);
+        assert_eq!(store.len(), 3);
     }
 }

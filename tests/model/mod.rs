@@ -616,6 +616,7 @@ impl Harness {
                 benefit_quota::FrozenPolicy::Block
             },
             shards: 4,
+            rule_replicas: 2,
         };
         Harness {
             engine: Engine::with_config(config),
