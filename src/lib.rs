@@ -68,7 +68,7 @@ pub mod wire;
 
 pub use amount::{Amount, ParseAmountError, MICROS_PER_UNIT};
 pub use decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, Request, BATCH_CHUNK};
 pub use errors::{ApiError, ErrorCode};
 pub use period::{LocalTime, UtcOffset, Window};
 pub use rules::FrozenPolicy;

@@ -186,12 +186,18 @@ pub(crate) struct Locked<'s> {
 impl Locked<'_> {
     #[inline]
     fn position(&self, shard: usize) -> usize {
-        // Few guards: a linear scan beats anything else. A shard that is not
-        // held cannot be asked for (callers lock every shard they touch).
-        self.guards
-            .iter()
-            .position(|(j, _)| *j == shard)
-            .unwrap_or_default()
+        // Guards are sorted by shard. A shard that is not held cannot be asked
+        // for: callers lock every shard they touch.
+        if self.guards.len() <= 4 {
+            self.guards
+                .iter()
+                .position(|(j, _)| *j == shard)
+                .unwrap_or_default()
+        } else {
+            self.guards
+                .binary_search_by_key(&shard, |(j, _)| *j)
+                .unwrap_or_default()
+        }
     }
 
     /// The counter of `rule` owned by `owner`, if it exists.

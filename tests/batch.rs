@@ -1,0 +1,70 @@
+//! The batch API decides exactly as the same calls made one by one.
+
+mod common;
+
+use benefit_quota::{Amount, BenefitType, Engine, EngineConfig, Member, Request, Subject};
+use common::*;
+use proptest::prelude::*;
+
+const DEVICES: [&str; 5] = ["a", "b", "c", "d", "e"];
+
+fn setup(shards: usize) -> Engine {
+    let e = Engine::with_config(EngineConfig { shards, ..EngineConfig::default() });
+    Rule::all_devices(20).create(&e);
+    Rule::all_devices(7).daily().create(&e);
+    Rule::device("c", 3).create(&e);
+    Rule::all_devices(5).of("voice_unified_duration_custom").create(&e);
+    Rule::new("coze_workspace", Some("w"), 12).create(&e);
+    e
+}
+
+fn subject(i: u8) -> Subject<'static> {
+    let d = DEVICES[usize::from(i) % DEVICES.len()];
+    if i % 3 == 0 {
+        Subject::device(d).with_member(Member { workspace_id: Some("w"), ..Member::default() })
+    } else {
+        Subject::device(d)
+    }
+}
+
+proptest! {
+    #[test]
+    fn batch_equals_sequential(
+        reqs in proptest::collection::vec((any::<u8>(), any::<bool>(), 0u64..4_000_000), 0..150),
+        shards in prop_oneof![Just(1usize), Just(4), Just(64)],
+        now_step in 0i64..30_000,
+    ) {
+        let (batch_engine, seq_engine) = (setup(shards), setup(shards));
+        let requests: Vec<Request> = reqs
+            .iter()
+            .map(|&(s, voice, micros)| Request {
+                subject: subject(s),
+                benefit_type: if voice { BenefitType::VoiceUnifiedDurationCustom } else { BenefitType::ResourcePoint },
+                amount: Amount::from_micros(micros),
+            })
+            .collect();
+        let now = MIDNIGHT + now_step;
+        let mut got = Vec::new();
+        batch_engine.try_consume_many(&requests, now, &mut got);
+        let want: Vec<_> = requests.iter().map(|r| seq_engine.try_consume(&r.subject, r.benefit_type, r.amount, now)).collect();
+        prop_assert_eq!(&got, &want);
+        for i in 0..DEVICES.len() as u8 * 3 {
+            prop_assert_eq!(batch_engine.usage(&subject(i), now), seq_engine.usage(&subject(i), now));
+        }
+    }
+}
+
+#[test]
+fn batch_appends_to_the_output_and_spans_chunks() {
+    let e = setup(8);
+    let reqs: Vec<Request> = (0..100)
+        .map(|_| Request { subject: Subject::device("a"), benefit_type: PTS, amount: units(1) })
+        .collect();
+    let mut out = vec![e.check(&Subject::device("zzz"), MIDNIGHT)];
+    e.try_consume_many(&reqs, MIDNIGHT, &mut out);
+    assert_eq!(out.len(), 101);
+    // 7 a day on device "a": the first 7 of the batch pass, the rest are denied.
+    let allowed = out[1..].iter().filter(|d| d.is_allowed()).count();
+    assert_eq!(allowed, 7);
+    assert!(out[1..8].iter().all(|d| d.is_allowed()));
+}
