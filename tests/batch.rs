@@ -9,11 +9,16 @@ use proptest::prelude::*;
 const DEVICES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
 fn setup(shards: usize) -> Engine {
-    let e = Engine::with_config(EngineConfig { shards, ..EngineConfig::default() });
+    let e = Engine::with_config(EngineConfig {
+        shards,
+        ..EngineConfig::default()
+    });
     Rule::all_devices(20).create(&e);
     Rule::all_devices(7).daily().create(&e);
     Rule::device("c", 3).create(&e);
-    Rule::all_devices(5).of("voice_unified_duration_custom").create(&e);
+    Rule::all_devices(5)
+        .of("voice_unified_duration_custom")
+        .create(&e);
     Rule::new("coze_workspace", Some("w"), 12).create(&e);
     e
 }
@@ -21,7 +26,10 @@ fn setup(shards: usize) -> Engine {
 fn subject(i: u8) -> Subject<'static> {
     let d = DEVICES[usize::from(i) % DEVICES.len()];
     if i % 3 == 0 {
-        Subject::device(d).with_member(Member { workspace_id: Some("w"), ..Member::default() })
+        Subject::device(d).with_member(Member {
+            workspace_id: Some("w"),
+            ..Member::default()
+        })
     } else {
         Subject::device(d)
     }
@@ -58,7 +66,11 @@ proptest! {
 fn batch_appends_to_the_output_and_spans_chunks() {
     let e = setup(8);
     let reqs: Vec<Request> = (0..100)
-        .map(|_| Request { subject: Subject::device("a"), benefit_type: PTS, amount: units(1) })
+        .map(|_| Request {
+            subject: Subject::device("a"),
+            benefit_type: PTS,
+            amount: units(1),
+        })
         .collect();
     let mut out = vec![e.check(&Subject::device("zzz"), MIDNIGHT)];
     e.try_consume_many(&reqs, MIDNIGHT, &mut out);

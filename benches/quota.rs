@@ -1,0 +1,510 @@
+//! benefit-quota against its peers, in one run.
+//!
+//! Workload (the platform's typical setup): every device is under an
+//! `enterprise_all_devices` cumulative rule and a daily rule; 1% of devices
+//! have their own `single_device` cumulative rule; every request spends 1
+//! point; `now` starts 30 s before a local midnight and advances 1 s every
+//! 16,384 operations, so daily windows roll over during the run.
+//!
+//! Peers, on the same key sets: governor's keyed limiter (`check_key`), and a
+//! naive `Mutex<HashMap<String, _>>` doing the same cumulative + daily logic.
+//!
+//! After the groups, a table of medians and ratios is printed (read back from
+//! criterion's `estimates.json`), plus `check` latency percentiles measured
+//! while another thread applies updates continuously.
+//!
+//! Run: `cargo bench --bench quota` (about three minutes).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use benefit_quota::{Amount, BenefitType, Engine, Request, Subject, UpdateBody};
+use criterion::{Criterion, Throughput};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+const MIDNIGHT: i64 = 1_741_708_800; // 2025-03-12 00:00:00 +08:00
+const PTS: BenefitType = BenefitType::ResourcePoint;
+const ONE: Amount = Amount::from_units(1);
+const CUMULATIVE_LIMIT: u64 = 1_000_000_000;
+const DAILY_LIMIT: u64 = 100_000_000;
+const SINGLE_LIMIT: u64 = 2_000_000_000;
+
+#[inline]
+fn now_at(i: usize) -> i64 {
+    MIDNIGHT - 30 + (i >> 14) as i64
+}
+
+/// A pseudo-random permutation of `0..n` (xorshift-driven Fisher–Yates).
+fn shuffled(n: usize, seed: u64) -> Vec<u32> {
+    let mut v: Vec<u32> = (0..n as u32).collect();
+    let mut x = seed | 1;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+struct Workload {
+    engine: Engine,
+    keys: Vec<String>,
+    order: Vec<u32>,
+    all_daily: String,
+}
+
+fn rule_body(entity: &str, unit: &str, limit: u64) -> String {
+    let (t, id) = match entity {
+        "" => ("enterprise_all_devices", String::new()),
+        d => ("single_device", format!(r#""entity_id":"{d}","#)),
+    };
+    format!(
+        r#"{{"entity_type":"{t}",{id}"benefit_info":{{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"{unit}","trigger_time":1}}}}"#
+    )
+}
+
+fn workload(devices: usize) -> Workload {
+    let engine = Engine::new();
+    let ok = |r: Result<benefit_quota::BenefitInfo, benefit_quota::ApiError>| match r {
+        Ok(i) => i.benefit_id().to_string(),
+        Err(e) => panic!("{e}"),
+    };
+    ok(engine.create_json(rule_body("", "never", CUMULATIVE_LIMIT)));
+    let all_daily = ok(engine.create_json(rule_body("", "day", DAILY_LIMIT)));
+    let keys: Vec<String> = (0..devices).map(|i| format!("sn-{i:08}")).collect();
+    for k in keys.iter().step_by(100) {
+        ok(engine.create_json(rule_body(k, "never", SINGLE_LIMIT)));
+    }
+    for k in &keys {
+        engine.try_consume(&Subject::device(k), PTS, ONE, MIDNIGHT - 60);
+    }
+    Workload {
+        engine,
+        order: shuffled(devices, 0x9E37_79B9_7F4A_7C15),
+        keys,
+        all_daily,
+    }
+}
+
+/// The naive baseline: one mutex, one map, the same cumulative + daily logic.
+struct Naive {
+    map: Mutex<HashMap<String, NaiveState>>,
+    singles: HashMap<String, u64>,
+}
+
+struct NaiveState {
+    total: u64,
+    day: i64,
+    day_used: u64,
+}
+
+impl Naive {
+    fn new(keys: &[String]) -> Naive {
+        let singles = keys
+            .iter()
+            .step_by(100)
+            .map(|k| (k.clone(), SINGLE_LIMIT))
+            .collect();
+        let n = Naive {
+            map: Mutex::new(HashMap::new()),
+            singles,
+        };
+        for k in keys {
+            n.try_consume(k, 1, MIDNIGHT - 60);
+        }
+        n
+    }
+
+    fn try_consume(&self, key: &str, amount: u64, now: i64) -> bool {
+        let cum_limit = self.singles.get(key).copied().unwrap_or(CUMULATIVE_LIMIT);
+        let day = (now + 8 * 3600).div_euclid(86_400);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let st = match map.get_mut(key) {
+            Some(st) => st,
+            None => map.entry(key.to_owned()).or_insert(NaiveState {
+                total: 0,
+                day,
+                day_used: 0,
+            }),
+        };
+        if st.day != day {
+            st.day = day;
+            st.day_used = 0;
+        }
+        if st.total + amount > cum_limit || st.day_used + amount > DAILY_LIMIT {
+            return false;
+        }
+        st.total += amount;
+        st.day_used += amount;
+        true
+    }
+}
+
+fn governor_for(keys: &[String]) -> DefaultKeyedRateLimiter<String> {
+    let per_sec = NonZeroU32::new(1_000_000_000).unwrap_or(NonZeroU32::MIN);
+    let g = RateLimiter::keyed(Quota::per_second(per_sec));
+    for k in keys {
+        let _ = g.check_key(k);
+    }
+    g
+}
+
+fn single_thread_group(c: &mut Criterion, name: &str, devices: usize) {
+    let w = workload(devices);
+    let naive = Naive::new(&w.keys);
+    let gov = governor_for(&w.keys);
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Elements(1));
+    let n = w.order.len();
+    let key = |i: usize| w.keys[w.order[i % n] as usize].as_str();
+    let mut i = 0usize;
+    g.bench_function("check", |b| {
+        b.iter(|| {
+            i += 1;
+            w.engine.check(&Subject::device(key(i)), now_at(i))
+        })
+    });
+    g.bench_function("try_consume", |b| {
+        b.iter(|| {
+            i += 1;
+            w.engine
+                .try_consume(&Subject::device(key(i)), PTS, ONE, now_at(i))
+        })
+    });
+    g.bench_function("record", |b| {
+        b.iter(|| {
+            i += 1;
+            w.engine
+                .record(&Subject::device(key(i)), PTS, ONE, now_at(i))
+        })
+    });
+    g.bench_function("governor_check_key", |b| {
+        b.iter(|| {
+            i += 1;
+            gov.check_key(&w.keys[w.order[i % n] as usize]).is_ok()
+        })
+    });
+    g.bench_function("naive_try_consume", |b| {
+        b.iter(|| {
+            i += 1;
+            naive.try_consume(key(i), 1, now_at(i))
+        })
+    });
+    g.finish();
+}
+
+fn hot(c: &mut Criterion) {
+    single_thread_group(c, "hot", 1_000);
+}
+
+fn cold(c: &mut Criterion) {
+    single_thread_group(c, "cold", 1_000_000);
+}
+
+/// Runs `per_thread(t, ops)` on `threads` threads at once; returns the wall time.
+fn timed_threads(threads: usize, ops: u64, per_thread: &(dyn Fn(usize, u64) + Sync)) -> Duration {
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let barrier = &barrier;
+            s.spawn(move || {
+                barrier.wait();
+                per_thread(t, ops / threads as u64);
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed()
+    })
+}
+
+fn threads(c: &mut Criterion) {
+    let w = workload(1_000);
+    let half = w.keys.len() / 2;
+    let mut g = c.benchmark_group("threads");
+    g.throughput(Throughput::Elements(1));
+    let disjoint = |t: usize, ops: u64| {
+        for i in 0..ops as usize {
+            let k = &w.keys[t * half + w.order[i % w.order.len()] as usize % half];
+            w.engine
+                .try_consume(&Subject::device(k), PTS, ONE, now_at(i));
+        }
+    };
+    let shared = |_: usize, ops: u64| {
+        for i in 0..ops as usize {
+            w.engine
+                .try_consume(&Subject::device(&w.keys[7]), PTS, ONE, now_at(i));
+        }
+    };
+    g.bench_function("1_thread", |b| {
+        b.iter_custom(|n| timed_threads(1, n, &disjoint))
+    });
+    g.bench_function("2_threads_disjoint", |b| {
+        b.iter_custom(|n| timed_threads(2, n, &disjoint))
+    });
+    g.bench_function("2_threads_one_device", |b| {
+        b.iter_custom(|n| timed_threads(2, n, &shared))
+    });
+    g.finish();
+}
+
+const BATCH: usize = 64;
+
+fn batch(c: &mut Criterion) {
+    let w = workload(1_000_000);
+    let n = w.order.len();
+    let mut g = c.benchmark_group("batch");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let mut i = 0usize;
+    g.bench_function("single_calls_64", |b| {
+        b.iter(|| {
+            let mut allowed = 0;
+            for _ in 0..BATCH {
+                i += 1;
+                let k = &w.keys[w.order[i % n] as usize];
+                allowed += usize::from(
+                    w.engine
+                        .try_consume(&Subject::device(k), PTS, ONE, now_at(i))
+                        .is_allowed(),
+                );
+            }
+            allowed
+        })
+    });
+    let mut out = Vec::with_capacity(BATCH);
+    let mut reqs: Vec<Request> = Vec::with_capacity(BATCH);
+    g.bench_function("try_consume_many_64", |b| {
+        b.iter(|| {
+            reqs.clear();
+            for _ in 0..BATCH {
+                i += 1;
+                let k = &w.keys[w.order[i % n] as usize];
+                reqs.push(Request {
+                    subject: Subject::device(k),
+                    benefit_type: PTS,
+                    amount: ONE,
+                });
+            }
+            out.clear();
+            w.engine.try_consume_many(&reqs, now_at(i), &mut out);
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+fn update(c: &mut Criterion) {
+    let mut g = c.benchmark_group("update");
+    g.throughput(Throughput::Elements(1));
+    for (label, devices) in [
+        ("apply_update_1k_devices", 1_000),
+        ("apply_update_1m_devices", 1_000_000),
+    ] {
+        let w = workload(devices);
+        let mut flip = false;
+        let bodies = [limit_body(DAILY_LIMIT), limit_body(DAILY_LIMIT + 1)];
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                flip = !flip;
+                w.engine
+                    .apply_update(&w.all_daily, &bodies[usize::from(flip)], MIDNIGHT)
+                    .is_ok()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn limit_body(limit: u64) -> UpdateBody {
+    UpdateBody {
+        limit: Some(benefit_quota::wire::Int64(limit as i64)),
+        ..UpdateBody::default()
+    }
+}
+
+/// `check` latency percentiles (ns) with and without a thread applying updates.
+fn check_latency_under_updates() -> [(f64, f64, f64); 2] {
+    let w = workload(1_000);
+    let mut result = [(0.0, 0.0, 0.0); 2];
+    for (slot, with_updates) in [(0, false), (1, true)] {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut lat: Vec<u64> = Vec::with_capacity(400_000);
+        std::thread::scope(|s| {
+            if with_updates {
+                s.spawn(|| {
+                    let bodies = [limit_body(DAILY_LIMIT), limit_body(DAILY_LIMIT + 1)];
+                    let mut k = 0usize;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        k += 1;
+                        let _ = w
+                            .engine
+                            .apply_update(&w.all_daily, &bodies[k & 1], MIDNIGHT);
+                    }
+                });
+            }
+            for i in 0..400_000usize {
+                let k = &w.keys[w.order[i % w.order.len()] as usize];
+                let t = Instant::now();
+                std::hint::black_box(w.engine.check(&Subject::device(k), now_at(i)));
+                lat.push(t.elapsed().as_nanos() as u64);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        lat.sort_unstable();
+        let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize] as f64;
+        result[slot] = (p(0.5), p(0.99), p(0.999));
+    }
+    result
+}
+
+fn median_ns(group: &str, id: &str) -> Option<f64> {
+    let dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    let path = dir
+        .join("criterion")
+        .join(group)
+        .join(id)
+        .join("new")
+        .join("estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["median"]["point_estimate"].as_f64()
+}
+
+fn report() {
+    let m = |g: &str, id: &str| median_ns(g, id).unwrap_or(f64::NAN);
+    let batch_per = |id: &str| m("batch", id) / BATCH as f64;
+    let rows: Vec<(String, String, &str)> = vec![
+        (
+            "hot try_consume (ns/op)".into(),
+            format!("{:.1}", m("hot", "try_consume")),
+            "< 40",
+        ),
+        (
+            "hot check (ns/op)".into(),
+            format!("{:.1}", m("hot", "check")),
+            "",
+        ),
+        (
+            "hot record (ns/op)".into(),
+            format!("{:.1}", m("hot", "record")),
+            "",
+        ),
+        (
+            "hot governor check_key / try_consume".into(),
+            format!(
+                "{:.2}x",
+                m("hot", "governor_check_key") / m("hot", "try_consume")
+            ),
+            ">= 2.5x",
+        ),
+        (
+            "hot naive / try_consume".into(),
+            format!(
+                "{:.2}x",
+                m("hot", "naive_try_consume") / m("hot", "try_consume")
+            ),
+            "",
+        ),
+        (
+            "cold try_consume (ns/op)".into(),
+            format!("{:.1}", m("cold", "try_consume")),
+            "",
+        ),
+        (
+            "cold governor check_key / try_consume".into(),
+            format!(
+                "{:.2}x",
+                m("cold", "governor_check_key") / m("cold", "try_consume")
+            ),
+            ">= 3x",
+        ),
+        (
+            "cold naive / try_consume".into(),
+            format!(
+                "{:.2}x",
+                m("cold", "naive_try_consume") / m("cold", "try_consume")
+            ),
+            ">= 1x",
+        ),
+        (
+            "batch: single calls / try_consume_many (1M devices)".into(),
+            format!(
+                "{:.2}x",
+                batch_per("single_calls_64") / batch_per("try_consume_many_64")
+            ),
+            ">= 2x",
+        ),
+        (
+            "threads: 2 disjoint vs 1 (throughput)".into(),
+            format!(
+                "{:.2}x",
+                m("threads", "1_thread") / m("threads", "2_threads_disjoint")
+            ),
+            ">= 1.7x",
+        ),
+        (
+            "threads: 2 on one device vs 1 (throughput)".into(),
+            format!(
+                "{:.2}x",
+                m("threads", "1_thread") / m("threads", "2_threads_one_device")
+            ),
+            "",
+        ),
+        (
+            "update 1M devices / 1k devices (time)".into(),
+            format!(
+                "{:.2}x",
+                m("update", "apply_update_1m_devices") / m("update", "apply_update_1k_devices")
+            ),
+            "<= 2x",
+        ),
+        (
+            "apply_update at 1M devices (ns)".into(),
+            format!("{:.0}", m("update", "apply_update_1m_devices")),
+            "",
+        ),
+    ];
+    let lat = check_latency_under_updates();
+    println!("\n## benefit-quota: medians and ratios from this run\n");
+    println!("| metric | value | target |\n|---|---|---|");
+    for (k, v, t) in rows {
+        println!("| {k} | {v} | {t} |");
+    }
+    println!(
+        "| check p50 / p99 / p99.9, quiet (ns) | {:.0} / {:.0} / {:.0} | |",
+        lat[0].0, lat[0].1, lat[0].2
+    );
+    println!(
+        "| check p50 / p99 / p99.9, under updates (ns) | {:.0} / {:.0} / {:.0} | p99 < 10000 |",
+        lat[1].0, lat[1].1, lat[1].2
+    );
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args()
+}
+
+fn main() {
+    let mut c = config();
+    hot(&mut c);
+    cold(&mut c);
+    threads(&mut c);
+    batch(&mut c);
+    update(&mut c);
+    c.final_summary();
+    // `cargo bench` passes --bench; `cargo test --benches` does not: skip the report there.
+    if std::env::args().any(|a| a == "--bench") {
+        report();
+    }
+}

@@ -1,0 +1,160 @@
+//! Whole-process load: N subjects, T threads, D seconds.
+//!
+//! Every device is under an all-devices cumulative rule and a daily rule, 1%
+//! have a single-device rule (the bench workload). Each thread spends 1 point
+//! for random devices; simulated time runs 1 hour per wall-clock second so
+//! daily windows roll over during the run. Prints a progress line each second,
+//! then throughput, allow/deny counts and memory per tracked counter (resident
+//! memory added by warming every subject, minus the id bytes, per counter).
+//!
+//! `cargo run --release --example loadgen -- --subjects 1000000 --threads 2 --seconds 5`
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use benefit_quota::{Amount, BenefitType, Engine, Subject};
+
+const MIDNIGHT: i64 = 1_741_708_800;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// (resident, peak resident) in bytes, from /proc/self/status (0 elsewhere).
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn rule(engine: &Engine, entity: Option<&str>, unit: &str, limit: u64) {
+    let (t, id) = match entity {
+        None => ("enterprise_all_devices", String::new()),
+        Some(d) => ("single_device", format!(r#""entity_id":"{d}","#)),
+    };
+    let body = format!(
+        r#"{{"entity_type":"{t}",{id}"benefit_info":{{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"{unit}","trigger_time":1}}}}"#
+    );
+    if let Err(e) = engine.create_json(body) {
+        eprintln!("create failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn main() {
+    let subjects = arg("--subjects", 1_000_000).max(1) as usize;
+    let threads = arg("--threads", 2).max(1) as usize;
+    let seconds = arg("--seconds", 5).max(1);
+
+    let keys: Vec<String> = (0..subjects).map(|i| format!("sn-{i:08}")).collect();
+    let id_bytes: u64 = keys.iter().map(|k| k.len() as u64).sum();
+    let engine = Engine::new();
+    rule(&engine, None, "never", 1_000_000);
+    rule(&engine, None, "day", 300);
+    for k in keys.iter().step_by(100) {
+        rule(&engine, Some(k), "never", 2_000_000);
+    }
+    let (rss0, _) = memory();
+    for k in &keys {
+        engine.try_consume(
+            &Subject::device(k),
+            BenefitType::ResourcePoint,
+            Amount::from_units(1),
+            MIDNIGHT - 1,
+        );
+    }
+    let (rss1, _) = memory();
+    let counters = engine.counter_count() as u64;
+    println!(
+        "warmed {subjects} subjects: {counters} counters, {:.1} bytes per counter beyond the id string",
+        (rss1.saturating_sub(rss0).saturating_sub(id_bytes)) as f64 / counters as f64
+    );
+
+    let allowed = AtomicU64::new(0);
+    let denied = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (engine, keys, allowed, denied, stop) = (&engine, &keys, &allowed, &denied, &stop);
+            s.spawn(move || {
+                let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1);
+                let (mut a, mut d) = (0u64, 0u64);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..1024 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let k = &keys[(x % keys.len() as u64) as usize];
+                        let now = MIDNIGHT + (start.elapsed().as_millis() as i64 * 36 / 10);
+                        let ok = engine
+                            .try_consume(
+                                &Subject::device(k),
+                                BenefitType::ResourcePoint,
+                                Amount::from_units(1),
+                                now,
+                            )
+                            .is_allowed();
+                        if ok {
+                            a += 1
+                        } else {
+                            d += 1
+                        }
+                        i += 1;
+                    }
+                    allowed.fetch_add(a, Ordering::Relaxed);
+                    denied.fetch_add(d, Ordering::Relaxed);
+                    (a, d) = (0, 0);
+                }
+                i
+            });
+        }
+        let mut last = 0u64;
+        for sec in 1..=seconds {
+            std::thread::sleep(Duration::from_secs(1));
+            let total = allowed.load(Ordering::Relaxed) + denied.load(Ordering::Relaxed);
+            println!(
+                "[{sec:>3}s] {:>12} ops/s  allowed {:>12}  denied {:>12}",
+                total - last,
+                allowed.load(Ordering::Relaxed),
+                denied.load(Ordering::Relaxed)
+            );
+            last = total;
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let (a, d) = (
+        allowed.load(Ordering::Relaxed),
+        denied.load(Ordering::Relaxed),
+    );
+    let (rss, peak) = memory();
+    let counters = engine.counter_count() as u64;
+    println!("\n| metric | value |\n|---|---|");
+    println!("| subjects / threads / seconds | {subjects} / {threads} / {seconds} |");
+    println!("| throughput | {:.0} ops/s |", (a + d) as f64 / elapsed);
+    println!("| allowed / denied | {a} / {d} |");
+    println!("| tracked counters | {counters} |");
+    println!(
+        "| memory per counter beyond the id string (after warm-up) | {:.1} bytes |",
+        (rss1.saturating_sub(rss0).saturating_sub(id_bytes)) as f64 / counters as f64
+    );
+    println!(
+        "| resident / peak resident | {:.1} MiB / {:.1} MiB |",
+        rss as f64 / 1048576.0,
+        peak as f64 / 1048576.0
+    );
+}

@@ -1,0 +1,115 @@
+//! No allocation on the `check` / `try_consume` / `record` path for a subject
+//! whose counters exist, proven with a counting global allocator.
+//!
+//! This file holds a single test so no other test thread allocates meanwhile.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use benefit_quota::{Amount, BenefitType, Engine, Member, Subject};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every method forwards to the system allocator with the caller's
+// arguments unchanged; counting has no effect on the memory handed out.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    f();
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+const MIDNIGHT: i64 = 1_741_708_800;
+const PTS: BenefitType = BenefitType::ResourcePoint;
+
+fn body(t: &str, id: &str, limit: u64, unit: &str) -> String {
+    format!(
+        r#"{{"entity_type":"{t}","entity_id":"{id}","benefit_info":{{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"{unit}"}}}}"#
+    )
+}
+
+#[test]
+fn known_subjects_are_checked_and_debited_without_allocating() {
+    let e = Engine::new();
+    for b in [
+        body("enterprise_all_devices", "", 1_000_000, "never"),
+        body("enterprise_all_devices", "", 500, "day"),
+        body("single_device", "vip", 1_000_000, "never"),
+        body("enterprise_all_custom_consumers", "", 1_000, "hour"),
+        body("coze_workspace", "ws", 1_000_000, "day"),
+        body("coze_user_id", "u", 3, "never"),
+    ] {
+        e.create_json(b).unwrap();
+    }
+    let member = Member {
+        coze_user_id: Some("u"),
+        workspace_id: Some("ws"),
+        ..Member::default()
+    };
+    let subjects = [
+        Subject::device("plain"),
+        Subject::device("vip"),
+        Subject::consumer("c"),
+        Subject::member(member),
+        Subject::device("plain")
+            .with_consumer("c")
+            .with_member(member),
+    ];
+    // Warm up: every counter these subjects touch now exists.
+    for s in &subjects {
+        e.try_consume(s, PTS, Amount::from_units(1), MIDNIGHT);
+    }
+    let mut allowed = 0usize;
+    let mut denied = 0usize;
+    let n = allocations_during(|| {
+        for i in 0..2_000i64 {
+            for s in &subjects {
+                // crossing an hour and a day boundary on the way
+                let now = MIDNIGHT + i * 60;
+                for d in [
+                    e.check(s, now),
+                    e.try_consume(s, PTS, Amount::from_micros(160_000), now),
+                    e.record(s, PTS, Amount::from_micros(10), now),
+                ] {
+                    if d.is_allowed() {
+                        allowed += 1
+                    } else {
+                        denied += 1
+                    }
+                }
+            }
+        }
+    });
+    assert_eq!(n, 0, "allocations on the hot path");
+    // Both outcomes were exercised: denials name their rule without allocating.
+    assert!(
+        allowed > 1_000 && denied > 1_000,
+        "allowed {allowed}, denied {denied}"
+    );
+}
