@@ -11,8 +11,8 @@ use crate::amount::Amount;
 use crate::decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
 use crate::errors::ApiError;
 use crate::period::{clamp_now, rule_window, UtcOffset, Window};
-use crate::rules::{window_of, Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet};
-use crate::state::{CounterState, Locked, OwnerHasher, Store};
+use crate::rules::{Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet};
+use crate::state::{counter_of, CounterState, Locked, OwnerHasher, Store};
 use crate::subject::Subject;
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
 use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
@@ -128,7 +128,9 @@ impl Engine {
         let hasher = OwnerHasher::new();
         Engine {
             replicas: (0..rule_replicas)
-                .map(|_| CachePadded::new(RwLock::new(RuleSet::new(hasher.clone()))))
+                .map(|_| {
+                    CachePadded::new(RwLock::new(RuleSet::new(hasher.clone(), config.utc_offset)))
+                })
                 .collect(),
             store: Store::new(shards, hasher),
             config,
@@ -177,7 +179,7 @@ impl Engine {
         let id = BenefitId::new(&id).ok_or_else(|| ApiError::invalid("benefit_id", "internal"))?;
         let info = draft.with_id(id);
         for r in replicas.iter_mut() {
-            r.insert(RuleEntry::new(info.clone()), next_id);
+            r.insert(info.clone(), next_id);
         }
         Ok(info)
     }
@@ -429,7 +431,7 @@ impl Engine {
                 match slot {
                     Some(slot) => r.replace(*slot, info.clone(), *bump),
                     None => {
-                        r.insert(RuleEntry::new(info.clone()), next_id);
+                        r.insert(info.clone(), next_id);
                     }
                 }
             }
@@ -605,7 +607,6 @@ impl Engine {
         rules.resolve(
             subject,
             now,
-            self.config.utc_offset,
             self.config.frozen_policy,
             &self.store,
             &mut applied,
@@ -616,7 +617,8 @@ impl Engine {
             .map(|a| {
                 let e = &rules.rules[a.slot as usize];
                 let state = locked
-                    .get(a.shard, &a.owner, a.slot)
+                    .counters(a.shard, &a.owner)
+                    .and_then(|cs| cs.iter().find(|c| c.rule == a.slot))
                     .copied()
                     .unwrap_or(CounterState::new(a.slot));
                 let used = state.effective_used(e.generation, a.window);
@@ -628,7 +630,7 @@ impl Engine {
                     used: Amount::from_micros(used),
                     limit: e.info.limit,
                     remaining: Amount::from_micros(e.limit_micros.saturating_sub(used)),
-                    window: self.effective_window(e, &state, a.window),
+                    window: effective_window(e, &state, a.window),
                     lifetime: Amount::from_micros(state.lifetime),
                 }
             })
@@ -636,26 +638,14 @@ impl Engine {
     }
 
     fn lock(&self, applied: &AppliedVec<'_>) -> Locked<'_> {
+        let first = applied.first().map_or(0, |a| a.shard);
+        if applied.iter().all(|a| a.shard == first) {
+            return self.store.lock_many(&[first]);
+        }
         let mut shards: SmallVec<[usize; 8]> = applied.iter().map(|a| a.shard).collect();
         shards.sort_unstable();
         shards.dedup();
         self.store.lock_many(&shards)
-    }
-
-    /// The window a counter's usage belongs to: the caller's, or a newer one
-    /// if another caller's clock already moved the counter forward.
-    fn effective_window(
-        &self,
-        e: &RuleEntry,
-        state: &CounterState,
-        window: Option<Window>,
-    ) -> Option<Window> {
-        let w = window?;
-        if state.generation == e.generation && state.window_start > w.start {
-            window_of(e, self.config.utc_offset, state.window_start)
-        } else {
-            Some(w)
-        }
     }
 
     fn run(&self, subject: &Subject<'_>, now: i64, op: Op) -> Decision {
@@ -678,14 +668,7 @@ impl Engine {
         now: i64,
         out: &mut AppliedVec<'a>,
     ) {
-        rules.resolve(
-            subject,
-            now,
-            self.config.utc_offset,
-            self.config.frozen_policy,
-            &self.store,
-            out,
-        );
+        rules.resolve(subject, now, self.config.frozen_policy, &self.store, out);
     }
 
     /// Decides (and debits) one operation over its applicable rules, whose
@@ -701,21 +684,23 @@ impl Engine {
             return Decision::Allowed(None);
         }
         let frozen_blocks = self.config.frozen_policy == FrozenPolicy::Block;
-        let mut seen: SmallVec<[Seen; 8]> = applied
-            .iter()
-            .map(|a| {
+        let mut seen: SmallVec<[Seen; 8]> = SmallVec::new();
+        for run in owner_runs(applied) {
+            let first = &applied[run.start];
+            let counters = locked.counters(first.shard, &first.owner);
+            for a in &applied[run] {
                 let e = &rules.rules[a.slot as usize];
-                let state = locked.get(a.shard, &a.owner, a.slot);
-                Seen {
+                let state = counters.and_then(|cs| cs.iter().find(|c| c.rule == a.slot));
+                seen.push(Seen {
                     slot: a.slot,
                     benefit_type: e.info.benefit_type,
                     frozen: frozen_blocks && e.info.status == crate::Status::Frozen,
                     used: state.map_or(0, |s| s.effective_used(e.generation, a.window)),
                     limit: e.limit_micros,
-                    window: state.map_or(a.window, |s| self.effective_window(e, s, a.window)),
-                }
-            })
-            .collect();
+                    window: state.map_or(a.window, |s| effective_window(e, s, a.window)),
+                });
+            }
+        }
         match op {
             Op::Check => match deny(rules, &seen, None, 0) {
                 Some(d) => Decision::Denied(d),
@@ -787,8 +772,8 @@ impl Engine {
             // Touch pass: independent lookups, so their cache misses overlap.
             let mut touched = 0u64;
             for a in &applied {
-                if let Some(c) = locked.get(a.shard, &a.owner, a.slot) {
-                    touched = touched.wrapping_add(c.used);
+                if let Some(cs) = locked.counters(a.shard, &a.owner) {
+                    touched = touched.wrapping_add(cs.first().map_or(0, |c| c.used));
                 }
             }
             std::hint::black_box(touched);
@@ -828,15 +813,53 @@ fn debit(
     if amount == 0 {
         return;
     }
-    for (a, s) in applied.iter().zip(seen.iter_mut()) {
-        if s.benefit_type != ty {
+    for run in owner_runs(applied) {
+        if !seen[run.clone()].iter().any(|s| s.benefit_type == ty) {
             continue;
         }
-        let e = &rules.rules[a.slot as usize];
-        let c = locked.get_or_insert(a.shard, &a.owner, a.slot);
-        c.roll(e.generation, a.window);
-        c.add(amount);
-        s.used = c.used;
+        let first = &applied[run.start];
+        let counters = locked.counters_mut(first.shard, &first.owner);
+        for (a, s) in applied[run.clone()].iter().zip(&mut seen[run]) {
+            if s.benefit_type != ty {
+                continue;
+            }
+            let e = &rules.rules[a.slot as usize];
+            let c = counter_of(counters, a.slot);
+            c.roll(e.generation, a.window);
+            c.add(amount);
+            s.used = c.used;
+        }
+    }
+}
+
+/// Index ranges of consecutive applied rules that share a counter owner
+/// (resolution emits an entity's all-scope rules together).
+fn owner_runs<'s>(applied: &'s [Applied<'_>]) -> impl Iterator<Item = std::ops::Range<usize>> + 's {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= applied.len() {
+            return None;
+        }
+        let owner = &applied[start].owner;
+        let len = applied[start..]
+            .iter()
+            .position(|a| !a.owner.same(owner))
+            .unwrap_or(applied.len() - start);
+        let run = start..start + len;
+        start += len;
+        Some(run)
+    })
+}
+
+/// The window a counter's usage belongs to: the caller's, or a newer one if
+/// another caller's clock already moved the counter forward.
+#[inline]
+fn effective_window(e: &RuleEntry, state: &CounterState, window: Option<Window>) -> Option<Window> {
+    let w = window?;
+    if state.generation == e.generation && state.window_start > w.start {
+        e.window(state.window_start)
+    } else {
+        Some(w)
     }
 }
 

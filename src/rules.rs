@@ -5,6 +5,7 @@
 //! hash lookups whatever the number of rules.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -29,23 +30,74 @@ pub enum FrozenPolicy {
 }
 
 /// A stored rule plus what the hot path needs precomputed.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct RuleEntry {
     pub info: BenefitInfo,
     /// Bumped (wrapping) whenever an update must restart usage from zero (D16).
     pub generation: u32,
     /// The limit in micro-units, saturating (D14).
     pub limit_micros: u64,
+    /// Length of a fixed (minute/hour/day) window; 0 for cumulative rules and
+    /// calendar months.
+    window_len: i64,
+    /// Start of the fixed window last computed: most calls fall in it, which
+    /// saves the two divisions of [`rule_window`]. Racy by design: any thread
+    /// may store the start of the window its `now` falls in, and a reader only
+    /// uses it after checking that `now` is inside.
+    cached_start: AtomicI64,
+    offset: UtcOffset,
 }
 
 impl RuleEntry {
-    pub fn new(info: BenefitInfo) -> RuleEntry {
+    pub fn new(info: BenefitInfo, offset: UtcOffset) -> RuleEntry {
         let limit_micros = (info.limit as u64).saturating_mul(MICROS_PER_UNIT);
+        let window_len = match info.entity_type.family() {
+            Family::Enterprise => 0,
+            _ => info.reset.window_seconds().unwrap_or(0),
+        };
+        let cached_start = rule_window(
+            info.entity_type.family(),
+            info.reset,
+            info.started_at,
+            offset,
+            info.started_at,
+        )
+        .map_or(0, |w| w.start);
         RuleEntry {
             info,
             generation: 0,
             limit_micros,
+            window_len,
+            cached_start: AtomicI64::new(cached_start),
+            offset,
         }
+    }
+
+    /// The rule's window at `now` (`None`: cumulative), D15.
+    #[inline]
+    pub fn window(&self, now: i64) -> Option<Window> {
+        if self.window_len > 0 {
+            let start = self.cached_start.load(Ordering::Relaxed);
+            // `now` is clamped to ±2^40 and windows are shorter than 2^38 s.
+            if start <= now && now - start < self.window_len {
+                return Some(Window {
+                    start,
+                    end: start + self.window_len,
+                });
+            }
+        }
+        let i = &self.info;
+        let w = rule_window(
+            i.entity_type.family(),
+            i.reset,
+            i.started_at,
+            self.offset,
+            now,
+        )?;
+        if self.window_len > 0 {
+            self.cached_start.store(w.start, Ordering::Relaxed);
+        }
+        Some(w)
     }
 
     /// D10 + D12: whether the rule applies at `now`.
@@ -125,6 +177,7 @@ pub(crate) struct RuleSet {
     enterprise: [Index; 4],
     next_id: u64,
     hasher: OwnerHasher,
+    offset: UtcOffset,
 }
 
 /// One rule that applies to a subject, with the owner of its counter.
@@ -158,8 +211,9 @@ fn enterprise_index(t: EntityType) -> usize {
 }
 
 impl RuleSet {
-    pub fn new(hasher: OwnerHasher) -> RuleSet {
+    pub fn new(hasher: OwnerHasher, offset: UtcOffset) -> RuleSet {
         RuleSet {
+            offset,
             rules: Vec::new(),
             by_id: HashMap::default(),
             all_scope: Default::default(),
@@ -243,7 +297,8 @@ impl RuleSet {
 
     /// Appends a new rule; `next_id` is the id counter after it (see
     /// [`RuleSet::generate_id`]; pass the current one for imported ids).
-    pub fn insert(&mut self, entry: RuleEntry, next_id: u64) -> u32 {
+    pub fn insert(&mut self, info: BenefitInfo, next_id: u64) -> u32 {
+        let entry = RuleEntry::new(info, self.offset);
         self.next_id = next_id;
         let slot = self.rules.len() as u32;
         self.by_id
@@ -275,7 +330,7 @@ impl RuleSet {
         }
         let e = &mut self.rules[slot as usize];
         let generation = e.generation.wrapping_add(u32::from(bump_generation));
-        *e = RuleEntry::new(info);
+        *e = RuleEntry::new(info, self.offset);
         e.generation = generation;
     }
 
@@ -285,16 +340,15 @@ impl RuleSet {
         &'a self,
         subject: &Subject<'a>,
         now: i64,
-        offset: UtcOffset,
         policy: FrozenPolicy,
         store: &Store,
         out: &mut AppliedVec<'a>,
     ) {
         if let Some(id) = subject.device_id {
-            self.resolve_entity(0, OwnerKind::Device, id, now, offset, policy, store, out);
+            self.resolve_entity(0, OwnerKind::Device, id, now, policy, store, out);
         }
         if let Some(id) = subject.custom_consumer_id {
-            self.resolve_entity(1, OwnerKind::Consumer, id, now, offset, policy, store, out);
+            self.resolve_entity(1, OwnerKind::Consumer, id, now, policy, store, out);
         }
         if let Some(m) = subject.member {
             let ids = [
@@ -312,7 +366,7 @@ impl RuleSet {
                 for &slot in list {
                     let e = &self.rules[slot as usize];
                     if e.in_effect(now, policy) {
-                        out.push(pool(slot, e, now, offset, store));
+                        out.push(pool(slot, e, now, store));
                     }
                 }
             }
@@ -326,7 +380,6 @@ impl RuleSet {
         kind: OwnerKind,
         id: &'a str,
         now: i64,
-        offset: UtcOffset,
         policy: FrozenPolicy,
         store: &Store,
         out: &mut AppliedVec<'a>,
@@ -340,7 +393,7 @@ impl RuleSet {
                 let e = &self.rules[slot as usize];
                 if e.in_effect(now, policy) {
                     covered |= e.slot_bit();
-                    out.push(pool(slot, e, now, offset, store));
+                    out.push(pool(slot, e, now, store));
                 }
             }
         }
@@ -356,7 +409,7 @@ impl RuleSet {
                     slot,
                     owner,
                     shard,
-                    window: window_of(e, offset, now),
+                    window: e.window(now),
                 });
             }
         }
@@ -365,19 +418,12 @@ impl RuleSet {
 
 /// A single-entity or enterprise rule: its counter is the rule's own pool.
 #[inline]
-fn pool(slot: u32, e: &RuleEntry, now: i64, offset: UtcOffset, store: &Store) -> Applied<'static> {
+fn pool(slot: u32, e: &RuleEntry, now: i64, store: &Store) -> Applied<'static> {
     let owner = store.pool(slot);
     Applied {
         slot,
         shard: store.shard_index(&owner),
         owner,
-        window: window_of(e, offset, now),
+        window: e.window(now),
     }
-}
-
-/// The rule's window at `now` (`None`: cumulative).
-#[inline]
-pub(crate) fn window_of(e: &RuleEntry, offset: UtcOffset, now: i64) -> Option<Window> {
-    let i = &e.info;
-    rule_window(i.entity_type.family(), i.reset, i.started_at, offset, now)
 }

@@ -166,10 +166,20 @@ pub const COZE_ROLES: [&str; 3] = ["EnterpriseGuest", "EnterpriseMember", "Enter
 
 /// A benefit id: a non-empty string of at most 256 bytes.
 ///
-/// Cloning is cheap (reference counted), so decisions can name the benefit
-/// without allocating.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BenefitId(Arc<str>);
+/// Ids of up to 30 bytes (every id the platform or this engine issues) are
+/// stored inline, so cloning one — every decision names a benefit — copies 32
+/// bytes and touches no shared reference count; longer ids are reference
+/// counted. Neither allocates on clone.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct BenefitId(IdRepr);
+
+const INLINE_ID: usize = 30;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum IdRepr {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Shared(Arc<str>),
+}
 
 impl BenefitId {
     /// Validates and wraps an id.
@@ -177,18 +187,54 @@ impl BenefitId {
     /// # Errors
     /// `None` if `s` is empty or longer than [`MAX_ID_LEN`] bytes.
     pub fn new(s: &str) -> Option<BenefitId> {
-        (!s.is_empty() && s.len() <= MAX_ID_LEN).then(|| BenefitId(Arc::from(s)))
+        if s.is_empty() || s.len() > MAX_ID_LEN {
+            return None;
+        }
+        Some(BenefitId(if s.len() <= INLINE_ID {
+            let mut bytes = [0u8; INLINE_ID];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            IdRepr::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            IdRepr::Shared(Arc::from(s))
+        }))
     }
 
     /// The id as a string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Built from a `&str` in `new`, so always valid UTF-8.
+            IdRepr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            IdRepr::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialOrd for BenefitId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for BenefitId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl fmt::Debug for BenefitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BenefitId({:?})", self.as_str())
     }
 }
 
 impl fmt::Display for BenefitId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -376,6 +422,24 @@ mod tests {
         }
         assert_eq!(EntityType::from_wire("Single_Device"), None);
         assert_eq!(Status::expected(), "valid, frozen, cancel");
+    }
+
+    #[test]
+    fn benefit_ids_inline_short_and_share_long() {
+        for len in [1, 29, 30, 31, 256] {
+            let s = "7".repeat(len);
+            let id = BenefitId::new(&s).unwrap();
+            assert_eq!(id.as_str(), s);
+            assert_eq!(id.clone(), id);
+            assert_eq!(matches!(id.0, IdRepr::Inline { .. }), len <= 30);
+        }
+        let (a, b) = (
+            BenefitId::new("b").unwrap(),
+            BenefitId::new(&"a".repeat(40)).unwrap(),
+        );
+        assert!(b < a);
+        assert_eq!(format!("{a:?}"), "BenefitId(\"b\")");
+        assert_eq!(std::mem::size_of::<BenefitId>(), 32);
     }
 
     #[test]

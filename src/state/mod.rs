@@ -200,29 +200,24 @@ impl Locked<'_> {
         }
     }
 
-    /// The counter of `rule` owned by `owner`, if it exists.
+    /// The counters of `owner`, if it has any.
     #[inline]
-    pub fn get(&self, shard: usize, owner: &Owner<'_>, rule: u32) -> Option<&CounterState> {
+    pub fn counters(&self, shard: usize, owner: &Owner<'_>) -> Option<&[CounterState]> {
         let table = &self.guards[self.position(shard)].1.table;
         table
-            .find(owner.hash, |e| e.is(owner))?
-            .counters
-            .iter()
-            .find(|c| c.rule == rule)
+            .find(owner.hash, |e| e.is(owner))
+            .map(|e| e.counters.as_slice())
     }
 
-    /// The counter, created empty if missing. Creating the owner's entry is
-    /// the only allocating step (its id is copied once, when first seen).
-    pub fn get_or_insert(
-        &mut self,
-        shard: usize,
-        owner: &Owner<'_>,
-        rule: u32,
-    ) -> &mut CounterState {
+    /// The counters of `owner`, its entry created if missing. Creating an
+    /// entry is the only allocating step (the owner id is copied once, when the
+    /// entity is first seen).
+    #[inline]
+    pub fn counters_mut(&mut self, shard: usize, owner: &Owner<'_>) -> &mut Counters {
         let hasher = self.hasher;
         let pos = self.position(shard);
         let table = &mut self.guards[pos].1.table;
-        let entry = table
+        &mut table
             .entry(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e))
             .or_insert_with(|| Entry {
                 kind: owner.kind,
@@ -230,15 +225,35 @@ impl Locked<'_> {
                 id: Box::from(owner.id),
                 counters: SmallVec::new(),
             })
-            .into_mut();
-        match entry.counters.iter().position(|c| c.rule == rule) {
-            Some(i) => &mut entry.counters[i],
-            None => {
-                entry.counters.push(CounterState::new(rule));
-                let last = entry.counters.len() - 1;
-                &mut entry.counters[last]
-            }
+            .into_mut()
+            .counters
+    }
+}
+
+/// An owner's counters, one per rule.
+pub(crate) type Counters = SmallVec<[CounterState; 2]>;
+
+/// The counter of `rule` among an owner's counters, created empty if missing.
+#[inline]
+pub(crate) fn counter_of(counters: &mut Counters, rule: u32) -> &mut CounterState {
+    match counters.iter().position(|c| c.rule == rule) {
+        Some(i) => &mut counters[i],
+        None => {
+            counters.push(CounterState::new(rule));
+            let last = counters.len() - 1;
+            &mut counters[last]
         }
+    }
+}
+
+impl Owner<'_> {
+    /// Same owner (the common case, the same borrowed id, is a pointer compare).
+    #[inline]
+    pub fn same(&self, o: &Owner<'_>) -> bool {
+        self.kind == o.kind
+            && self.pool == o.pool
+            && self.hash == o.hash
+            && (std::ptr::eq(self.id, o.id) || self.id == o.id)
     }
 }
 
@@ -274,19 +289,20 @@ mod tests {
         shards.sort_unstable();
         shards.dedup();
         let mut l = store.lock_many(&shards);
-        l.get_or_insert(store.shard_index(&d1), &d1, 3).add(5);
-        l.get_or_insert(store.shard_index(&d1), &d1, 4).add(6);
-        l.get_or_insert(store.shard_index(&p), &p, 7).add(7);
-        assert_eq!(
-            l.get(store.shard_index(&d1), &d1, 3).map(|c| c.used),
-            Some(5)
-        );
-        assert_eq!(
-            l.get(store.shard_index(&d1), &d1, 4).map(|c| c.used),
-            Some(6)
-        );
-        assert_eq!(l.get(store.shard_index(&c1), &c1, 3).map(|c| c.used), None);
-        assert_eq!(l.get(store.shard_index(&p), &p, 7).map(|c| c.used), Some(7));
+        let used = |l: &Locked<'_>, o: &Owner<'_>, rule: u32| {
+            l.counters(store.shard_index(o), o)
+                .and_then(|cs| cs.iter().find(|c| c.rule == rule))
+                .map(|c| c.used)
+        };
+        counter_of(l.counters_mut(store.shard_index(&d1), &d1), 3).add(5);
+        counter_of(l.counters_mut(store.shard_index(&d1), &d1), 4).add(6);
+        counter_of(l.counters_mut(store.shard_index(&p), &p), 7).add(7);
+        assert_eq!(used(&l, &d1, 3), Some(5));
+        assert_eq!(used(&l, &d1, 4), Some(6));
+        assert_eq!(used(&l, &c1, 3), None);
+        assert_eq!(used(&l, &p, 7), Some(7));
+        assert!(d1.same(&store.entity(OwnerKind::Device, "d1", h)));
+        assert!(!d1.same(&c1));
         drop(l);
         assert_eq!(store.len(), 3);
     }
