@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use smallvec::SmallVec;
 
 use crate::amount::Amount;
@@ -64,6 +64,9 @@ impl Default for EngineConfig {
 pub struct Engine {
     /// Identical copies of the rule table; see [`EngineConfig::rule_replicas`].
     replicas: Box<[CachePadded<RwLock<RuleSet>>]>,
+    /// Serialises configuration writes: a writer validates against replica 0
+    /// under a read lock, then write-locks every replica only to apply.
+    writer: Mutex<()>,
     store: Store,
     config: EngineConfig,
     token_key: ahash::RandomState,
@@ -100,6 +103,9 @@ enum Op {
     Record(BenefitType, u64),
 }
 
+/// Inline capacity for one operation's rules (as for applied rules).
+type SeenVec = SmallVec<[Seen; 6]>;
+
 /// A rule's current state as seen by one operation.
 struct Seen {
     slot: u32,
@@ -132,6 +138,7 @@ impl Engine {
                     CachePadded::new(RwLock::new(RuleSet::new(hasher.clone(), config.utc_offset)))
                 })
                 .collect(),
+            writer: Mutex::new(()),
             store: Store::new(shards, hasher),
             config,
             token_key: ahash::RandomState::new(),
@@ -165,8 +172,8 @@ impl Engine {
     /// D5. Nothing changes on error.
     pub fn create(&self, body: &CreateBody) -> Result<BenefitInfo, ApiError> {
         let draft = validate::create(body)?;
-        let mut replicas = self.write();
-        let rules = &replicas[0];
+        let _writer = self.writer.lock();
+        let rules = self.replicas[0].read();
         rules.check_unique(
             draft.entity_type,
             draft.benefit_type,
@@ -178,7 +185,8 @@ impl Engine {
         let (id, next_id) = rules.generate_id();
         let id = BenefitId::new(&id).ok_or_else(|| ApiError::invalid("benefit_id", "internal"))?;
         let info = draft.with_id(id);
-        for r in replicas.iter_mut() {
+        drop(rules);
+        for r in self.write().iter_mut() {
             r.insert(info.clone(), next_id);
         }
         Ok(info)
@@ -210,8 +218,8 @@ impl Engine {
         now: i64,
     ) -> Result<BenefitInfo, ApiError> {
         let now = clamp_now(now);
-        let mut replicas = self.write();
-        let rules = &replicas[0];
+        let _writer = self.writer.lock();
+        let rules = self.replicas[0].read();
         let slot = rules
             .slot_of(benefit_id)
             .ok_or_else(|| ApiError::not_found(benefit_id))?;
@@ -237,7 +245,8 @@ impl Engine {
             field,
         )?;
         let bump = self.period_changed(current, &merged, now);
-        for r in replicas.iter_mut() {
+        drop(rules);
+        for r in self.write().iter_mut() {
             r.replace(slot, merged.clone(), bump);
         }
         Ok(merged)
@@ -345,8 +354,8 @@ impl Engine {
 
     fn import_all(&self, infos: Vec<BenefitInfo>, now: i64) -> Result<Vec<BenefitInfo>, ApiError> {
         let now = clamp_now(now);
-        let mut replicas = self.write();
-        let rules = &replicas[0];
+        let _writer = self.writer.lock();
+        let rules = self.replicas[0].read();
         // Validate the whole batch against the state it would produce.
         for (i, info) in infos.iter().enumerate() {
             if infos[..i].iter().any(|o| o.benefit_id == info.benefit_id) {
@@ -425,7 +434,8 @@ impl Engine {
                 None => (None, false),
             })
             .collect();
-        for r in replicas.iter_mut() {
+        drop(rules);
+        for r in self.write().iter_mut() {
             let next_id = r.next_id();
             for (info, (slot, bump)) in infos.iter().zip(&plan) {
                 match slot {
@@ -642,7 +652,8 @@ impl Engine {
         if applied.iter().all(|a| a.shard == first) {
             return self.store.lock_many(&[first]);
         }
-        let mut shards: SmallVec<[usize; 8]> = applied.iter().map(|a| a.shard).collect();
+        let mut shards: SmallVec<[usize; 8]> = SmallVec::new();
+        shards.extend(applied.iter().map(|a| a.shard));
         shards.sort_unstable();
         shards.dedup();
         self.store.lock_many(&shards)
@@ -683,8 +694,12 @@ impl Engine {
         if applied.is_empty() {
             return Decision::Allowed(None);
         }
+        let single_owner = applied.iter().all(|a| a.owner.same(&applied[0].owner));
+        if single_owner && op != Op::Check {
+            return self.decide_single_owner(rules, applied, locked, op);
+        }
         let frozen_blocks = self.config.frozen_policy == FrozenPolicy::Block;
-        let mut seen: SmallVec<[Seen; 8]> = SmallVec::new();
+        let mut seen: SeenVec = SmallVec::new();
         for run in owner_runs(applied) {
             let first = &applied[run.start];
             let counters = locked.counters(first.shard, &first.owner);
@@ -721,6 +736,62 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// [`Engine::decide`] when every applied rule counts on one owner (the
+    /// usual device: its all-devices rules; or one pool): one table probe.
+    fn decide_single_owner(
+        &self,
+        rules: &RuleSet,
+        applied: &[Applied<'_>],
+        locked: &mut Locked<'_>,
+        op: Op,
+    ) -> Decision {
+        let frozen_blocks = self.config.frozen_policy == FrozenPolicy::Block;
+        let first = &applied[0];
+        let mut entry = locked.owner_entry(first.shard, &first.owner);
+        let counters = entry.counters();
+        let mut seen: SeenVec = SmallVec::new();
+        for a in applied {
+            let e = &rules.rules[a.slot as usize];
+            let state = counters.iter().find(|c| c.rule == a.slot);
+            seen.push(Seen {
+                slot: a.slot,
+                benefit_type: e.info.benefit_type,
+                frozen: frozen_blocks && e.info.status == crate::Status::Frozen,
+                used: state.map_or(0, |s| s.effective_used(e.generation, a.window)),
+                limit: e.limit_micros,
+                window: state.map_or(a.window, |s| effective_window(e, s, a.window)),
+            });
+        }
+        let (ty, amount) = match op {
+            Op::TryConsume(ty, amount) | Op::Record(ty, amount) => (ty, amount),
+            Op::Check => (BenefitType::ResourcePoint, 0),
+        };
+        if let Op::TryConsume(..) = op {
+            if let Some(d) = deny(rules, &seen, Some(ty), amount) {
+                entry.remove_if_empty();
+                return Decision::Denied(d);
+            }
+        }
+        if amount > 0 {
+            for (a, s) in applied.iter().zip(seen.iter_mut()) {
+                if s.benefit_type == ty {
+                    let e = &rules.rules[a.slot as usize];
+                    let c = counter_of(counters, a.slot);
+                    c.roll(e.generation, a.window);
+                    c.add(amount);
+                    s.used = c.used;
+                }
+            }
+        }
+        entry.remove_if_empty();
+        if let Op::Record(..) = op {
+            if let Some(d) = deny(rules, &seen, None, 0) {
+                return Decision::Denied(d);
+            }
+        }
+        Decision::Allowed(headroom(rules, &seen, Some(ty)))
     }
 
     /// [`Engine::try_consume`] for many requests at once, appending one

@@ -190,8 +190,8 @@ pub(crate) struct Applied<'a> {
 }
 
 /// Inline capacity for applicable rules: no allocation unless a subject is
-/// under more than eight rules at once.
-pub(crate) type AppliedVec<'a> = SmallVec<[Applied<'a>; 8]>;
+/// under more than six rules at once.
+pub(crate) type AppliedVec<'a> = SmallVec<[Applied<'a>; 6]>;
 
 fn family_index(f: Family) -> usize {
     match f {

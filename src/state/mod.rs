@@ -230,6 +230,47 @@ impl Locked<'_> {
     }
 }
 
+impl<'s> Locked<'s> {
+    /// The owner's entry, created if missing; call
+    /// [`OwnerEntry::remove_if_empty`] when done so an owner that ends up with
+    /// no counter leaves nothing behind.
+    #[inline]
+    pub fn owner_entry(&mut self, shard: usize, owner: &Owner<'_>) -> OwnerEntry<'_> {
+        let hasher = self.hasher;
+        let pos = self.position(shard);
+        let table = &mut self.guards[pos].1.table;
+        let entry = match table.entry(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e)) {
+            hashbrown::hash_table::Entry::Occupied(o) => o,
+            hashbrown::hash_table::Entry::Vacant(v) => v.insert(Entry {
+                kind: owner.kind,
+                pool: owner.pool,
+                id: Box::from(owner.id),
+                counters: SmallVec::new(),
+            }),
+        };
+        OwnerEntry(entry)
+    }
+}
+
+/// One owner's entry, held for an operation on a single owner.
+pub(crate) struct OwnerEntry<'t>(hashbrown::hash_table::OccupiedEntry<'t, Entry>);
+
+impl OwnerEntry<'_> {
+    /// The owner's counters.
+    #[inline]
+    pub fn counters(&mut self) -> &mut Counters {
+        &mut self.0.get_mut().counters
+    }
+
+    /// Drops the entry again if no counter was created in it.
+    #[inline]
+    pub fn remove_if_empty(self) {
+        if self.0.get().counters.is_empty() {
+            self.0.remove();
+        }
+    }
+}
+
 /// An owner's counters, one per rule.
 pub(crate) type Counters = SmallVec<[CounterState; 2]>;
 
