@@ -14,15 +14,20 @@ pub enum DenyReason {
     /// The rule still has headroom, but less than the amount asked for
     /// (`used + amount > limit`); a smaller request may pass.
     Insufficient,
+    /// The request needed a new counter and the engine's
+    /// [`crate::EngineConfig::max_counters`] is reached; nothing was changed.
+    /// Not a quota decision: retry after [`crate::Engine::evict`] or raise the cap.
+    CounterCapacity,
 }
 
 impl DenyReason {
-    /// `"frozen"`, `"exhausted"` or `"insufficient"`.
+    /// `"frozen"`, `"exhausted"`, `"insufficient"` or `"counter_capacity"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             DenyReason::Frozen => "frozen",
             DenyReason::Exhausted => "exhausted",
             DenyReason::Insufficient => "insufficient",
+            DenyReason::CounterCapacity => "counter_capacity",
         }
     }
 }

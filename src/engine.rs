@@ -12,7 +12,7 @@ use crate::decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
 use crate::errors::ApiError;
 use crate::period::{clamp_now, rule_window, UtcOffset, Window};
 use crate::rules::{Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet};
-use crate::state::{counter_of, CounterState, Locked, OwnerHasher, Store};
+use crate::state::{counter_of, CounterState, Counters, Locked, OwnerHasher, Store};
 use crate::subject::Subject;
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
 use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
@@ -44,6 +44,10 @@ pub struct EngineConfig {
     /// lock word; configuration writes update every copy. Rounded up to a
     /// power of two in `1..=64`. Default: the number of CPUs, at most 16.
     pub rule_replicas: usize,
+    /// Most counters tracked at once. A request that would create more is
+    /// denied with [`DenyReason::CounterCapacity`] and changes nothing;
+    /// [`Engine::evict`] frees counters that no longer matter. Default: no cap.
+    pub max_counters: usize,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +58,7 @@ impl Default for EngineConfig {
             frozen_policy: FrozenPolicy::Block,
             shards: 64,
             rule_replicas: cpus.min(16),
+            max_counters: usize::MAX,
         }
     }
 }
@@ -111,6 +116,8 @@ struct Seen {
     slot: u32,
     benefit_type: BenefitType,
     frozen: bool,
+    /// The counter already exists (a debit creates it otherwise).
+    exists: bool,
     used: u64,
     limit: u64,
     window: Option<Window>,
@@ -139,7 +146,7 @@ impl Engine {
                 })
                 .collect(),
             writer: Mutex::new(()),
-            store: Store::new(shards, hasher),
+            store: Store::new(shards, hasher, config.max_counters),
             config,
             token_key: ahash::RandomState::new(),
         }
@@ -471,6 +478,46 @@ impl Engine {
         self.store.len()
     }
 
+    /// Frees the counters that can no longer influence any decision, and
+    /// returns how many it freed: counters of cancelled rules (D6: they never
+    /// apply again), counters an update has reset (D16: a new generation), and
+    /// periodic counters whose window ended before the window containing
+    /// `now` (D16: they would count zero). Cumulative counters are kept, even
+    /// of expired rules, since an update may extend `ended_at`.
+    ///
+    /// Call it with the current time; a request stamped earlier than the
+    /// window of `now` may then find a fresh counter in its old window (it is
+    /// not rolled into the newer one). Lifetime totals of freed counters are
+    /// gone: read [`Engine::usage`] first if you meter with them. The sweep
+    /// locks one shard at a time and holds a read lock on the rule table, so
+    /// configuration writes wait for it.
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::{Amount, BenefitType, Engine, Subject};
+    /// let e = Engine::new();
+    /// e.create_json(r#"{"entity_type":"enterprise_all_devices","benefit_info":{"benefit_type":"resource_point",
+    ///   "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":5,"trigger_unit":"day"}}"#).unwrap();
+    /// let now = 1_741_708_800; // a local midnight
+    /// e.try_consume(&Subject::device("d"), BenefitType::ResourcePoint, Amount::from_units(1), now);
+    /// assert_eq!(e.evict(now + 3_600), 0); // same day: still counts
+    /// assert_eq!(e.evict(now + 86_400), 1); // the next day: yesterday's counter goes
+    /// assert_eq!(e.counter_count(), 0);
+    /// ```
+    pub fn evict(&self, now: i64) -> usize {
+        let now = clamp_now(now);
+        let rules = self.read();
+        self.store.evict(|c| {
+            let Some(e) = rules.rules.get(c.rule as usize) else {
+                return true;
+            };
+            if e.info.status == crate::Status::Cancel || c.generation != e.generation {
+                return true;
+            }
+            e.window(now).is_some_and(|w| c.window_start < w.start)
+        })
+    }
+
     /// Lists rules as the platform's GET does (F10, D8): creation order, opaque
     /// page tokens that stay valid while rules are added or updated.
     ///
@@ -710,6 +757,7 @@ impl Engine {
                     slot: a.slot,
                     benefit_type: e.info.benefit_type,
                     frozen: frozen_blocks && e.info.status == crate::Status::Frozen,
+                    exists: state.is_some(),
                     used: state.map_or(0, |s| s.effective_used(e.generation, a.window)),
                     limit: e.limit_micros,
                     window: state.map_or(a.window, |s| effective_window(e, s, a.window)),
@@ -725,10 +773,16 @@ impl Engine {
                 if let Some(d) = deny(rules, &seen, Some(ty), amount) {
                     return Decision::Denied(d);
                 }
+                if let Err(d) = self.reserve_counters(rules, &seen, ty, amount) {
+                    return Decision::Denied(d);
+                }
                 debit(rules, applied, &mut seen, locked, ty, amount);
                 Decision::Allowed(headroom(rules, &seen, Some(ty)))
             }
             Op::Record(ty, amount) => {
+                if let Err(d) = self.reserve_counters(rules, &seen, ty, amount) {
+                    return Decision::Denied(d);
+                }
                 debit(rules, applied, &mut seen, locked, ty, amount);
                 match deny(rules, &seen, None, 0) {
                     Some(d) => Decision::Denied(d),
@@ -736,6 +790,31 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Accounts for the counters a debit of `ty` would create; refuses
+    /// (creating none) when that would pass [`EngineConfig::max_counters`].
+    fn reserve_counters(
+        &self,
+        rules: &RuleSet,
+        seen: &[Seen],
+        ty: BenefitType,
+        amount: u64,
+    ) -> Result<(), Denial> {
+        let mut missing = seen.iter().filter(|s| s.benefit_type == ty && !s.exists);
+        let Some(first) = missing.clone().next() else {
+            return Ok(());
+        };
+        if amount == 0 || self.store.reserve(missing.by_ref().count()) {
+            return Ok(());
+        }
+        Err(Denial {
+            benefit_id: rules.rules[first.slot as usize].info.benefit_id.clone(),
+            benefit_type: first.benefit_type,
+            reason: DenyReason::CounterCapacity,
+            remaining: Amount::from_micros(first.limit.saturating_sub(first.used)),
+            resets_at: None,
+        })
     }
 
     /// [`Engine::decide`] when every applied rule counts on one owner (the
@@ -759,6 +838,7 @@ impl Engine {
                 slot: a.slot,
                 benefit_type: e.info.benefit_type,
                 frozen: frozen_blocks && e.info.status == crate::Status::Frozen,
+                exists: state.is_some(),
                 used: state.map_or(0, |s| s.effective_used(e.generation, a.window)),
                 limit: e.limit_micros,
                 window: state.map_or(a.window, |s| effective_window(e, s, a.window)),
@@ -768,23 +848,16 @@ impl Engine {
             Op::TryConsume(ty, amount) | Op::Record(ty, amount) => (ty, amount),
             Op::Check => (BenefitType::ResourcePoint, 0),
         };
-        if let Op::TryConsume(..) = op {
-            if let Some(d) = deny(rules, &seen, Some(ty), amount) {
-                entry.remove_if_empty();
-                return Decision::Denied(d);
-            }
+        let refused = match op {
+            Op::TryConsume(..) => deny(rules, &seen, Some(ty), amount),
+            _ => None,
         }
-        if amount > 0 {
-            for (a, s) in applied.iter().zip(seen.iter_mut()) {
-                if s.benefit_type == ty {
-                    let e = &rules.rules[a.slot as usize];
-                    let c = counter_of(counters, a.slot);
-                    c.roll(e.generation, a.window);
-                    c.add(amount);
-                    s.used = c.used;
-                }
-            }
+        .or_else(|| self.reserve_counters(rules, &seen, ty, amount).err());
+        if let Some(d) = refused {
+            entry.remove_if_empty();
+            return Decision::Denied(d);
         }
+        add_to_counters(rules, applied, &mut seen, counters, ty, amount);
         entry.remove_if_empty();
         if let Op::Record(..) = op {
             if let Some(d) = deny(rules, &seen, None, 0) {
@@ -881,19 +954,37 @@ fn debit(
     ty: BenefitType,
     amount: u64,
 ) {
-    if amount == 0 {
-        return;
-    }
     for run in owner_runs(applied) {
-        if !seen[run.clone()].iter().any(|s| s.benefit_type == ty) {
+        if amount == 0 || !seen[run.clone()].iter().any(|s| s.benefit_type == ty) {
             continue;
         }
         let first = &applied[run.start];
         let counters = locked.counters_mut(first.shard, &first.owner);
-        for (a, s) in applied[run.clone()].iter().zip(&mut seen[run]) {
-            if s.benefit_type != ty {
-                continue;
-            }
+        add_to_counters(
+            rules,
+            &applied[run.clone()],
+            &mut seen[run],
+            counters,
+            ty,
+            amount,
+        );
+    }
+}
+
+/// Adds `amount` to the counters of one owner's applied rules of type `ty`.
+fn add_to_counters(
+    rules: &RuleSet,
+    applied: &[Applied<'_>],
+    seen: &mut [Seen],
+    counters: &mut Counters,
+    ty: BenefitType,
+    amount: u64,
+) {
+    if amount == 0 {
+        return;
+    }
+    for (a, s) in applied.iter().zip(seen) {
+        if s.benefit_type == ty {
             let e = &rules.rules[a.slot as usize];
             let c = counter_of(counters, a.slot);
             c.roll(e.generation, a.window);

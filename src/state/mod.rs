@@ -23,6 +23,7 @@ use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Who a counter belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,11 +101,14 @@ pub(crate) struct Store {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     shift: u32,
     hasher: OwnerHasher,
+    /// Counters in existence (maintained on creation and eviction only).
+    count: CachePadded<AtomicUsize>,
+    cap: usize,
 }
 
 impl Store {
     /// `shards` must be a power of two.
-    pub fn new(shards: usize, hasher: OwnerHasher) -> Store {
+    pub fn new(shards: usize, hasher: OwnerHasher, cap: usize) -> Store {
         debug_assert!(shards.is_power_of_two());
         let v: Vec<_> = (0..shards)
             .map(|_| CachePadded::new(Mutex::new(Shard::default())))
@@ -113,7 +117,37 @@ impl Store {
             shards: v.into_boxed_slice(),
             shift: 64 - shards.trailing_zeros(),
             hasher,
+            count: CachePadded::new(AtomicUsize::new(0)),
+            cap,
         }
+    }
+
+    /// Accounts for `n` counters about to be created; false (and nothing
+    /// accounted) if that would pass the cap.
+    pub fn reserve(&self, n: usize) -> bool {
+        let before = self.count.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) > self.cap {
+            self.count.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Removes every counter for which `drop` is true (and owners left with
+    /// none), one shard at a time; returns how many were removed.
+    pub fn evict(&self, mut drop: impl FnMut(&CounterState) -> bool) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard.table.retain(|e| {
+                let before = e.counters.len();
+                e.counters.retain(|c| !drop(c));
+                removed += before - e.counters.len();
+                !e.counters.is_empty()
+            });
+        }
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        removed
     }
 
     /// The owner key of an entity's counters.
@@ -162,18 +196,9 @@ impl Store {
         }
     }
 
-    /// Number of tracked counters (locks each shard in turn).
+    /// Number of tracked counters.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.lock()
-                    .table
-                    .iter()
-                    .map(|e| e.counters.len())
-                    .sum::<usize>()
-            })
-            .sum()
+        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -314,7 +339,7 @@ mod tests {
 
     #[test]
     fn counters_are_found_per_owner_and_rule() {
-        let store = Store::new(4, OwnerHasher::new());
+        let store = Store::new(4, OwnerHasher::new(), usize::MAX);
         let h = store.hasher.entity(OwnerKind::Device as u8, "d1");
         let d1 = store.entity(OwnerKind::Device, "d1", h);
         let c1 = store.entity(
@@ -329,6 +354,7 @@ mod tests {
             .collect();
         shards.sort_unstable();
         shards.dedup();
+        assert!(store.reserve(3));
         let mut l = store.lock_many(&shards);
         let used = |l: &Locked<'_>, o: &Owner<'_>, rule: u32| {
             l.counters(store.shard_index(o), o)
@@ -346,5 +372,11 @@ mod tests {
         assert!(!d1.same(&c1));
         drop(l);
         assert_eq!(store.len(), 3);
+        assert_eq!(store.evict(|c| c.rule == 4), 1);
+        assert_eq!(store.len(), 2);
+        let capped = Store::new(1, OwnerHasher::new(), 2);
+        assert!(capped.reserve(2));
+        assert!(!capped.reserve(1));
+        assert_eq!(capped.len(), 2);
     }
 }

@@ -557,6 +557,7 @@ pub fn outcome_of(d: Decision) -> Outcome {
                 DenyReason::Frozen => "frozen",
                 DenyReason::Exhausted => "exhausted",
                 DenyReason::Insufficient => "insufficient",
+                DenyReason::CounterCapacity => "counter_capacity",
             },
             d.remaining.as_micros(),
             d.resets_at,
@@ -617,6 +618,7 @@ impl Harness {
             },
             shards: 4,
             rule_replicas: 2,
+            max_counters: usize::MAX,
         };
         Harness {
             engine: Engine::with_config(config),
