@@ -1,0 +1,225 @@
+//! Concurrency: no over-admission and no lost update, with 2–8 threads on
+//! shared subjects, while rules are updated and windows roll over.
+//!
+//! These tests assert outcomes (counts and sums), never timings.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use benefit_quota::{Amount, Decision, Engine, Member, Subject};
+use common::*;
+
+const THREADS: [usize; 3] = [2, 4, 8];
+
+fn granted(decisions: &[Decision]) -> u64 {
+    decisions.iter().filter(|d| d.is_allowed()).count() as u64
+}
+
+#[test]
+fn one_device_is_granted_exactly_its_limit() {
+    for threads in THREADS {
+        let e = Engine::new();
+        let id = Rule::device("d", 3_000).create(&e);
+        let total: u64 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let d: Vec<Decision> = (0..6_000 / threads)
+                            .map(|_| e.try_consume(&Subject::device("d"), PTS, units(1), MIDNIGHT))
+                            .collect();
+                        granted(&d)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(total, 3_000, "{threads} threads");
+        assert_eq!(used(&e, &Subject::device("d"), &id, MIDNIGHT), units(3_000));
+    }
+}
+
+#[test]
+fn one_enterprise_pool_is_granted_exactly_its_limit() {
+    for threads in THREADS {
+        let e = Engine::new();
+        let id = Rule::new("coze_workspace", Some("w"), 2_000).create(&e);
+        let users: Vec<String> = (0..threads).map(|t| format!("u{t}")).collect();
+        let total: u64 = std::thread::scope(|s| {
+            let hs: Vec<_> = users
+                .iter()
+                .map(|u| {
+                    let e = &e;
+                    s.spawn(move || {
+                        let m = Subject::member(Member { coze_user_id: Some(u), workspace_id: Some("w"), ..Member::default() });
+                        let d: Vec<Decision> = (0..5_000 / threads).map(|_| e.try_consume(&m, PTS, units(1), MIDNIGHT)).collect();
+                        granted(&d)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(total, 2_000, "{threads} threads");
+        let m = Subject::member(Member { workspace_id: Some("w"), ..Member::default() });
+        assert_eq!(used(&e, &m, &id, MIDNIGHT), units(2_000));
+    }
+}
+
+#[test]
+fn devices_and_a_shared_pool_together_never_over_admit() {
+    for threads in THREADS {
+        let e = Engine::new();
+        let daily = Rule::all_devices(300).daily().create(&e);
+        let pool = Rule::new("coze_organization", Some("o"), 1_000).create(&e);
+        let devices: Vec<String> = (0..threads).map(|t| format!("dev{t}")).collect();
+        let per_device: Vec<u64> = std::thread::scope(|s| {
+            let hs: Vec<_> = devices
+                .iter()
+                .map(|d| {
+                    let e = &e;
+                    s.spawn(move || {
+                        let subj = Subject::device(d).with_member(Member { organization_id: Some("o"), ..Member::default() });
+                        let got: Vec<Decision> = (0..1_200).map(|_| e.try_consume(&subj, PTS, units(1), MIDNIGHT)).collect();
+                        granted(&got)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let total: u64 = per_device.iter().sum();
+        assert!(per_device.iter().all(|g| *g <= 300), "{per_device:?}");
+        // Demand (1200 per device) exceeds both limits: the binding one is met exactly.
+        assert_eq!(total, (300 * threads as u64).min(1_000), "{threads} threads");
+        let o = Subject::member(Member { organization_id: Some("o"), ..Member::default() });
+        assert_eq!(used(&e, &o, &pool, MIDNIGHT), units(total));
+        for (d, g) in devices.iter().zip(&per_device) {
+            assert_eq!(used(&e, &Subject::device(d), &daily, MIDNIGHT), units(*g));
+        }
+    }
+}
+
+#[test]
+fn record_under_contention_loses_nothing() {
+    for threads in THREADS {
+        let e = Engine::new();
+        let dev = Rule::device("d", 10).create(&e);
+        let pool = Rule::new("coze_user_id", Some("u"), 10).create(&e);
+        let subj = Subject::device("d").with_member(Member { coze_user_id: Some("u"), ..Member::default() });
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let e = &e;
+                    s.spawn(move || {
+                        let mut sum = 0u64;
+                        for i in 0..3_000u64 {
+                            let micros = (i * 7_919 + t as u64 * 104_729) % 1_000_003;
+                            e.record(&subj, PTS, Amount::from_micros(micros), MIDNIGHT);
+                            sum += micros;
+                        }
+                        sum
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let total = Amount::from_micros(sums.iter().sum());
+        for id in [&dev, &pool] {
+            let report = e.usage(&subj, MIDNIGHT).into_iter().find(|u| u.benefit_id.as_str() == id.as_str()).unwrap();
+            assert_eq!((report.used, report.lifetime), (total, total), "{threads} threads, rule {id}");
+        }
+    }
+}
+
+#[test]
+fn updates_racing_with_consumers_lose_nothing_and_respect_the_highest_limit() {
+    for threads in THREADS {
+        let e = Engine::new();
+        let id = Rule::device("d", 1_000).create(&e);
+        let stop = AtomicBool::new(false);
+        let total: u64 = std::thread::scope(|s| {
+            let updater = s.spawn(|| {
+                let bodies = [
+                    r#"{"limit":400}"#,
+                    r#"{"status":"frozen"}"#,
+                    r#"{"limit":1500,"status":"valid"}"#,
+                    r#"{"ended_at":253402300000}"#,
+                    r#"{"limit":"700","ended_at":253402300799}"#,
+                ];
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    e.apply_update_json(&id, bodies[n % bodies.len()], MIDNIGHT).unwrap();
+                    n += 1;
+                    std::thread::yield_now();
+                }
+                n
+            });
+            let hs: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let d: Vec<Decision> = (0..4_000 / threads)
+                            .map(|_| e.try_consume(&Subject::device("d"), PTS, units(1), MIDNIGHT))
+                            .collect();
+                        granted(&d)
+                    })
+                })
+                .collect();
+            let total = hs.into_iter().map(|h| h.join().unwrap()).sum();
+            stop.store(true, Ordering::Relaxed);
+            assert!(updater.join().unwrap() > 0);
+            total
+        });
+        let used_now = used(&e, &Subject::device("d"), &id, MIDNIGHT);
+        assert_eq!(used_now, units(total), "granted and counted differ ({threads} threads)");
+        assert!(total <= 1_500, "{total} granted, above every limit ever set");
+    }
+}
+
+#[test]
+fn windows_rolling_over_under_load_never_over_admit() {
+    for threads in THREADS {
+        let e = Engine::new();
+        let daily = Rule::all_devices(50).daily().create(&e);
+        let clock = AtomicI64::new(MIDNIGHT - 5);
+        let stop = AtomicBool::new(false);
+        let per_window: Mutex<HashMap<Option<i64>, u64>> = Mutex::new(HashMap::new());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Crosses three local midnights, a few seconds at a time.
+                while !stop.load(Ordering::Relaxed) && clock.load(Ordering::Relaxed) < MIDNIGHT + 2 * DAY + 5 {
+                    let now = clock.load(Ordering::Relaxed);
+                    let next = if (now - MIDNIGHT).rem_euclid(DAY) == 5 { now + DAY - 10 } else { now + 1 };
+                    clock.store(next, Ordering::Relaxed);
+                    std::thread::yield_now();
+                }
+            });
+            let hs: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine: HashMap<Option<i64>, u64> = HashMap::new();
+                        for _ in 0..3_000 {
+                            let now = clock.load(Ordering::Relaxed);
+                            if let Decision::Allowed(Some(h)) = e.try_consume(&Subject::device("d"), PTS, units(1), now) {
+                                *mine.entry(h.resets_at).or_default() += 1;
+                            }
+                        }
+                        let mut all = per_window.lock().unwrap();
+                        for (k, v) in mine {
+                            *all.entry(k).or_default() += v;
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        let per_window = per_window.into_inner().unwrap();
+        assert!(per_window.values().all(|g| *g <= 50), "{per_window:?}");
+        let total: u64 = per_window.values().sum();
+        let lifetime = e.usage(&Subject::device("d"), clock.load(Ordering::Relaxed)).into_iter().find(|u| u.benefit_id.as_str() == daily).unwrap().lifetime;
+        assert_eq!(lifetime, units(total), "{threads} threads");
+    }
+}
