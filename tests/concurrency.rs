@@ -53,8 +53,14 @@ fn one_enterprise_pool_is_granted_exactly_its_limit() {
                 .map(|u| {
                     let e = &e;
                     s.spawn(move || {
-                        let m = Subject::member(Member { coze_user_id: Some(u), workspace_id: Some("w"), ..Member::default() });
-                        let d: Vec<Decision> = (0..5_000 / threads).map(|_| e.try_consume(&m, PTS, units(1), MIDNIGHT)).collect();
+                        let m = Subject::member(Member {
+                            coze_user_id: Some(u),
+                            workspace_id: Some("w"),
+                            ..Member::default()
+                        });
+                        let d: Vec<Decision> = (0..5_000 / threads)
+                            .map(|_| e.try_consume(&m, PTS, units(1), MIDNIGHT))
+                            .collect();
                         granted(&d)
                     })
                 })
@@ -62,7 +68,10 @@ fn one_enterprise_pool_is_granted_exactly_its_limit() {
             hs.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(total, 2_000, "{threads} threads");
-        let m = Subject::member(Member { workspace_id: Some("w"), ..Member::default() });
+        let m = Subject::member(Member {
+            workspace_id: Some("w"),
+            ..Member::default()
+        });
         assert_eq!(used(&e, &m, &id, MIDNIGHT), units(2_000));
     }
 }
@@ -80,8 +89,13 @@ fn devices_and_a_shared_pool_together_never_over_admit() {
                 .map(|d| {
                     let e = &e;
                     s.spawn(move || {
-                        let subj = Subject::device(d).with_member(Member { organization_id: Some("o"), ..Member::default() });
-                        let got: Vec<Decision> = (0..1_200).map(|_| e.try_consume(&subj, PTS, units(1), MIDNIGHT)).collect();
+                        let subj = Subject::device(d).with_member(Member {
+                            organization_id: Some("o"),
+                            ..Member::default()
+                        });
+                        let got: Vec<Decision> = (0..1_200)
+                            .map(|_| e.try_consume(&subj, PTS, units(1), MIDNIGHT))
+                            .collect();
                         granted(&got)
                     })
                 })
@@ -91,8 +105,15 @@ fn devices_and_a_shared_pool_together_never_over_admit() {
         let total: u64 = per_device.iter().sum();
         assert!(per_device.iter().all(|g| *g <= 300), "{per_device:?}");
         // Demand (1200 per device) exceeds both limits: the binding one is met exactly.
-        assert_eq!(total, (300 * threads as u64).min(1_000), "{threads} threads");
-        let o = Subject::member(Member { organization_id: Some("o"), ..Member::default() });
+        assert_eq!(
+            total,
+            (300 * threads as u64).min(1_000),
+            "{threads} threads"
+        );
+        let o = Subject::member(Member {
+            organization_id: Some("o"),
+            ..Member::default()
+        });
         assert_eq!(used(&e, &o, &pool, MIDNIGHT), units(total));
         for (d, g) in devices.iter().zip(&per_device) {
             assert_eq!(used(&e, &Subject::device(d), &daily, MIDNIGHT), units(*g));
@@ -106,7 +127,10 @@ fn record_under_contention_loses_nothing() {
         let e = Engine::new();
         let dev = Rule::device("d", 10).create(&e);
         let pool = Rule::new("coze_user_id", Some("u"), 10).create(&e);
-        let subj = Subject::device("d").with_member(Member { coze_user_id: Some("u"), ..Member::default() });
+        let subj = Subject::device("d").with_member(Member {
+            coze_user_id: Some("u"),
+            ..Member::default()
+        });
         let sums: Vec<u64> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads)
                 .map(|t| {
@@ -126,8 +150,16 @@ fn record_under_contention_loses_nothing() {
         });
         let total = Amount::from_micros(sums.iter().sum());
         for id in [&dev, &pool] {
-            let report = e.usage(&subj, MIDNIGHT).into_iter().find(|u| u.benefit_id.as_str() == id.as_str()).unwrap();
-            assert_eq!((report.used, report.lifetime), (total, total), "{threads} threads, rule {id}");
+            let report = e
+                .usage(&subj, MIDNIGHT)
+                .into_iter()
+                .find(|u| u.benefit_id.as_str() == id.as_str())
+                .unwrap();
+            assert_eq!(
+                (report.used, report.lifetime),
+                (total, total),
+                "{threads} threads, rule {id}"
+            );
         }
     }
 }
@@ -149,7 +181,8 @@ fn updates_racing_with_consumers_lose_nothing_and_respect_the_highest_limit() {
                 ];
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    e.apply_update_json(&id, bodies[n % bodies.len()], MIDNIGHT).unwrap();
+                    e.apply_update_json(&id, bodies[n % bodies.len()], MIDNIGHT)
+                        .unwrap();
                     n += 1;
                     std::thread::yield_now();
                 }
@@ -171,8 +204,15 @@ fn updates_racing_with_consumers_lose_nothing_and_respect_the_highest_limit() {
             total
         });
         let used_now = used(&e, &Subject::device("d"), &id, MIDNIGHT);
-        assert_eq!(used_now, units(total), "granted and counted differ ({threads} threads)");
-        assert!(total <= 1_500, "{total} granted, above every limit ever set");
+        assert_eq!(
+            used_now,
+            units(total),
+            "granted and counted differ ({threads} threads)"
+        );
+        assert!(
+            total <= 1_500,
+            "{total} granted, above every limit ever set"
+        );
     }
 }
 
@@ -187,9 +227,15 @@ fn windows_rolling_over_under_load_never_over_admit() {
         std::thread::scope(|s| {
             s.spawn(|| {
                 // Crosses three local midnights, a few seconds at a time.
-                while !stop.load(Ordering::Relaxed) && clock.load(Ordering::Relaxed) < MIDNIGHT + 2 * DAY + 5 {
+                while !stop.load(Ordering::Relaxed)
+                    && clock.load(Ordering::Relaxed) < MIDNIGHT + 2 * DAY + 5
+                {
                     let now = clock.load(Ordering::Relaxed);
-                    let next = if (now - MIDNIGHT).rem_euclid(DAY) == 5 { now + DAY - 10 } else { now + 1 };
+                    let next = if (now - MIDNIGHT).rem_euclid(DAY) == 5 {
+                        now + DAY - 10
+                    } else {
+                        now + 1
+                    };
                     clock.store(next, Ordering::Relaxed);
                     std::thread::yield_now();
                 }
@@ -200,7 +246,9 @@ fn windows_rolling_over_under_load_never_over_admit() {
                         let mut mine: HashMap<Option<i64>, u64> = HashMap::new();
                         for _ in 0..3_000 {
                             let now = clock.load(Ordering::Relaxed);
-                            if let Decision::Allowed(Some(h)) = e.try_consume(&Subject::device("d"), PTS, units(1), now) {
+                            if let Decision::Allowed(Some(h)) =
+                                e.try_consume(&Subject::device("d"), PTS, units(1), now)
+                            {
                                 *mine.entry(h.resets_at).or_default() += 1;
                             }
                         }
@@ -219,7 +267,12 @@ fn windows_rolling_over_under_load_never_over_admit() {
         let per_window = per_window.into_inner().unwrap();
         assert!(per_window.values().all(|g| *g <= 50), "{per_window:?}");
         let total: u64 = per_window.values().sum();
-        let lifetime = e.usage(&Subject::device("d"), clock.load(Ordering::Relaxed)).into_iter().find(|u| u.benefit_id.as_str() == daily).unwrap().lifetime;
+        let lifetime = e
+            .usage(&Subject::device("d"), clock.load(Ordering::Relaxed))
+            .into_iter()
+            .find(|u| u.benefit_id.as_str() == daily)
+            .unwrap()
+            .lifetime;
         assert_eq!(lifetime, units(total), "{threads} threads");
     }
 }
