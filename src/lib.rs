@@ -43,14 +43,35 @@
 //! that pins each, in `SEMANTICS.md`.
 //!
 //! ## Hot path
-//! A check takes the rule table's read lock (`parking_lot::RwLock`, shared by
-//! every reader; updates take it exclusively and cost O(1) in the number of
-//! tracked counters), resolves the applicable rules through hash indexes,
-//! then locks the one or few counter shards involved, in ascending order, and
-//! decides and debits while holding them. Nothing is allocated for a subject
-//! whose counters exist: ids are borrowed, small vectors are inline, decisions
-//! name benefits through reference-counted ids. Windows roll over lazily when a
-//! counter is touched.
+//! What a `check` / `try_consume` / `record` does, in order:
+//!
+//! - **Locked, shared:** one copy of the rule table, read-locked. The table is
+//!   replicated ([`EngineConfig::rule_replicas`], one copy per CPU by default)
+//!   and each thread reads its own copy, so concurrent checks do not write to
+//!   a shared lock word. A configuration write validates against one copy
+//!   under a writer mutex, then write-locks every copy just long enough to
+//!   apply the change: it is O(1) in the number of tracked counters.
+//! - **Hashed once:** the device or consumer id, with a per-engine keyed
+//!   `ahash`; the same hash finds the entity's single-entity rules and its
+//!   counters.
+//! - **Locked, exclusive:** the one counter shard that holds the entity's
+//!   counters (more shards, locked in ascending order, when the subject also
+//!   touches rule pools or several families). The shard is a cache-padded
+//!   `parking_lot::Mutex` around a `hashbrown` table; one probe finds the
+//!   entity's entry, whose counters (two inline) are read, decided on and
+//!   debited under that lock: all or nothing.
+//! - **Cached:** each rule's current fixed window start (a relaxed atomic, a
+//!   hint checked before use), so most calls do no division. Windows roll
+//!   over lazily: a counter remembers its window start and its rule's
+//!   generation, and starts from zero when either is stale.
+//! - **Atomic, no lock:** only the tracked-counter count, and only when a
+//!   counter is created.
+//! - **Allocated:** nothing for a subject whose counters exist (inline small
+//!   vectors; benefit ids of up to 30 bytes are stored inline, so a decision
+//!   names its rule by copying, not by touching a shared reference count).
+//!
+//! [`Engine::try_consume_many`] does the same for a batch, resolving a chunk
+//! under one read and locking the union of its shards once.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
