@@ -164,6 +164,42 @@ impl EntityType {
 /// The roles a `coze_role` rule can name (D4).
 pub const COZE_ROLES: [&str; 3] = ["EnterpriseGuest", "EnterpriseMember", "EnterpriseAdmin"];
 
+/// A string of up to `N` bytes stored inline, longer ones reference
+/// counted: cloning never allocates, and short ones touch no shared count.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) enum SmallStr<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
+    Shared(Arc<str>),
+}
+
+impl<const N: usize> SmallStr<N> {
+    pub(crate) fn new(s: &str) -> Self {
+        if s.len() <= N {
+            let mut bytes = [0u8; N];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            SmallStr::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            SmallStr::Shared(Arc::from(s))
+        }
+    }
+
+    #[inline]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            SmallStr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            SmallStr::Shared(s) => s.as_bytes(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Built from a `&str` in `new`, so always valid UTF-8.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
 /// A benefit id: a non-empty string of at most 256 bytes.
 ///
 /// Ids of up to 30 bytes (every id the platform or this engine issues) are
@@ -171,15 +207,7 @@ pub const COZE_ROLES: [&str; 3] = ["EnterpriseGuest", "EnterpriseMember", "Enter
 /// bytes and touches no shared reference count; longer ids are reference
 /// counted. Neither allocates on clone.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct BenefitId(IdRepr);
-
-const INLINE_ID: usize = 30;
-
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum IdRepr {
-    Inline { len: u8, bytes: [u8; INLINE_ID] },
-    Shared(Arc<str>),
-}
+pub struct BenefitId(SmallStr<30>);
 
 impl BenefitId {
     /// Validates and wraps an id.
@@ -187,30 +215,12 @@ impl BenefitId {
     /// # Errors
     /// `None` if `s` is empty or longer than [`MAX_ID_LEN`] bytes.
     pub fn new(s: &str) -> Option<BenefitId> {
-        if s.is_empty() || s.len() > MAX_ID_LEN {
-            return None;
-        }
-        Some(BenefitId(if s.len() <= INLINE_ID {
-            let mut bytes = [0u8; INLINE_ID];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            IdRepr::Inline {
-                len: s.len() as u8,
-                bytes,
-            }
-        } else {
-            IdRepr::Shared(Arc::from(s))
-        }))
+        (!s.is_empty() && s.len() <= MAX_ID_LEN).then(|| BenefitId(SmallStr::new(s)))
     }
 
     /// The id as a string.
     pub fn as_str(&self) -> &str {
-        match &self.0 {
-            // Built from a `&str` in `new`, so always valid UTF-8.
-            IdRepr::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
-            IdRepr::Shared(s) => s,
-        }
+        self.0.as_str()
     }
 }
 
@@ -431,7 +441,7 @@ mod tests {
             let id = BenefitId::new(&s).unwrap();
             assert_eq!(id.as_str(), s);
             assert_eq!(id.clone(), id);
-            assert_eq!(matches!(id.0, IdRepr::Inline { .. }), len <= 30);
+            assert_eq!(matches!(id.0, SmallStr::Inline { .. }), len <= 30);
         }
         let (a, b) = (
             BenefitId::new("b").unwrap(),
