@@ -62,7 +62,7 @@ fn main() {
     let id_bytes: u64 = keys.iter().map(|k| k.len() as u64).sum();
     let engine = Engine::new();
     rule(&engine, None, "never", 1_000_000);
-    rule(&engine, None, "day", 300);
+    rule(&engine, None, "day", 5);
     for k in keys.iter().step_by(100) {
         rule(&engine, Some(k), "never", 2_000_000);
     }
