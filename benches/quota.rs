@@ -380,94 +380,83 @@ fn median_ns(group: &str, id: &str) -> Option<f64> {
 fn report() {
     let m = |g: &str, id: &str| median_ns(g, id).unwrap_or(f64::NAN);
     let batch_per = |id: &str| m("batch", id) / BATCH as f64;
+    let ns = |label: &str, g: &str, id: &str, target: &'static str| {
+        (label.to_owned(), format!("{:.1}", m(g, id)), target)
+    };
+    let ratio = |label: &str, num: f64, den: f64, target: &'static str| {
+        (label.to_owned(), format!("{:.2}x", num / den), target)
+    };
     let rows: Vec<(String, String, &str)> = vec![
-        (
-            "hot try_consume (ns/op)".into(),
-            format!("{:.1}", m("hot", "try_consume")),
-            "< 40",
-        ),
-        (
-            "hot check (ns/op)".into(),
-            format!("{:.1}", m("hot", "check")),
+        ns("hot try_consume (ns/op)", "hot", "try_consume", "< 40"),
+        ns("hot check (ns/op)", "hot", "check", ""),
+        ns("hot record (ns/op)", "hot", "record", ""),
+        ns(
+            "hot governor check_key (ns/op)",
+            "hot",
+            "governor_check_key",
             "",
         ),
-        (
-            "hot record (ns/op)".into(),
-            format!("{:.1}", m("hot", "record")),
-            "",
-        ),
-        (
-            "hot governor check_key / try_consume".into(),
-            format!(
-                "{:.2}x",
-                m("hot", "governor_check_key") / m("hot", "try_consume")
-            ),
+        ns("hot naive (ns/op)", "hot", "naive_try_consume", ""),
+        ratio(
+            "hot: governor check_key time / try_consume time",
+            m("hot", "governor_check_key"),
+            m("hot", "try_consume"),
             ">= 2.5x",
         ),
-        (
-            "hot naive / try_consume".into(),
-            format!(
-                "{:.2}x",
-                m("hot", "naive_try_consume") / m("hot", "try_consume")
-            ),
+        ratio(
+            "hot: naive time / try_consume time",
+            m("hot", "naive_try_consume"),
+            m("hot", "try_consume"),
             "",
         ),
-        (
-            "cold try_consume (ns/op)".into(),
-            format!("{:.1}", m("cold", "try_consume")),
+        ns("cold try_consume (ns/op)", "cold", "try_consume", ""),
+        ns(
+            "cold governor check_key (ns/op)",
+            "cold",
+            "governor_check_key",
             "",
         ),
-        (
-            "cold governor check_key / try_consume".into(),
-            format!(
-                "{:.2}x",
-                m("cold", "governor_check_key") / m("cold", "try_consume")
-            ),
+        ns("cold naive (ns/op)", "cold", "naive_try_consume", ""),
+        ratio(
+            "cold: governor check_key time / try_consume time",
+            m("cold", "governor_check_key"),
+            m("cold", "try_consume"),
             ">= 3x",
         ),
-        (
-            "cold naive / try_consume".into(),
-            format!(
-                "{:.2}x",
-                m("cold", "naive_try_consume") / m("cold", "try_consume")
-            ),
+        ratio(
+            "cold: naive time / try_consume time",
+            m("cold", "naive_try_consume"),
+            m("cold", "try_consume"),
             ">= 1x",
         ),
-        (
-            "batch: single calls / try_consume_many (1M devices)".into(),
-            format!(
-                "{:.2}x",
-                batch_per("single_calls_64") / batch_per("try_consume_many_64")
-            ),
+        ratio(
+            "batch: single calls time / try_consume_many time (1M devices)",
+            batch_per("single_calls_64"),
+            batch_per("try_consume_many_64"),
             ">= 2x",
         ),
-        (
-            "threads: 2 disjoint vs 1 (throughput)".into(),
-            format!(
-                "{:.2}x",
-                m("threads", "1_thread") / m("threads", "2_threads_disjoint")
-            ),
+        ratio(
+            "threads: 2 disjoint vs 1 (throughput)",
+            m("threads", "1_thread"),
+            m("threads", "2_threads_disjoint"),
             ">= 1.7x",
         ),
-        (
-            "threads: 2 on one device vs 1 (throughput)".into(),
-            format!(
-                "{:.2}x",
-                m("threads", "1_thread") / m("threads", "2_threads_one_device")
-            ),
+        ratio(
+            "threads: 2 on one device vs 1 (throughput)",
+            m("threads", "1_thread"),
+            m("threads", "2_threads_one_device"),
             "",
         ),
-        (
-            "update 1M devices / 1k devices (time)".into(),
-            format!(
-                "{:.2}x",
-                m("update", "apply_update_1m_devices") / m("update", "apply_update_1k_devices")
-            ),
+        ratio(
+            "update: 1M devices time / 1k devices time",
+            m("update", "apply_update_1m_devices"),
+            m("update", "apply_update_1k_devices"),
             "<= 2x",
         ),
-        (
-            "apply_update at 1M devices (ns)".into(),
-            format!("{:.0}", m("update", "apply_update_1m_devices")),
+        ns(
+            "apply_update at 1M devices (ns)",
+            "update",
+            "apply_update_1m_devices",
             "",
         ),
     ];

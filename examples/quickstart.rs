@@ -13,20 +13,7 @@
 use benefit_quota::wire::CreateData;
 use benefit_quota::{Amount, BenefitType, Decision, Engine, Envelope, Subject, UtcOffset};
 
-const CREATE_BODY: &str = r#"{
-  "entity_type": "enterprise_all_devices",
-  "entity_id": "7481932637472****",
-  "benefit_info": {
-    "benefit_type": "resource_point",
-    "active_mode": "absolute_time",
-    "started_at": 1741708800,
-    "ended_at": 253402300799,
-    "limit": 100,
-    "status": "valid",
-    "trigger_unit": "day",
-    "trigger_time": 1
-  }
-}"#;
+const CREATE_BODY: &str = include_str!("../tests/data/create_body.json");
 
 /// The record as the platform's list endpoint returns it (mirrored, D7).
 const PLATFORM_RECORD: &str = r#"{"benefit_id":"12345***","entity_type":"single_device",
@@ -35,14 +22,7 @@ const PLATFORM_RECORD: &str = r#"{"benefit_id":"12345***","entity_type":"single_
   "trigger_unit":"never","trigger_time":1}"#;
 
 /// The seed page's PUT body, byte for byte.
-const SEED_PUT_BODY: &str = r#"{ 
-"benefit_id": "12345***", 
-"active_mode": "absolute_time", 
-"started_at": 1741708800, 
-"ended_at": 1741708800, 
-"limit": 100, 
-"status": "valid" 
-}"#;
+const SEED_PUT_BODY: &str = include_str!("../tests/data/seed_put_body.json");
 
 fn main() {
     let engine = Engine::new();

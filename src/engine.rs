@@ -123,6 +123,28 @@ struct Seen {
     window: Option<Window>,
 }
 
+impl Seen {
+    /// The state of applied rule `a` given its counter, if any.
+    #[inline]
+    fn of(
+        rules: &RuleSet,
+        a: &Applied<'_>,
+        state: Option<&CounterState>,
+        frozen_blocks: bool,
+    ) -> Seen {
+        let e = &rules.rules[a.slot as usize];
+        Seen {
+            slot: a.slot,
+            benefit_type: e.info.benefit_type,
+            frozen: frozen_blocks && e.info.status == crate::Status::Frozen,
+            exists: state.is_some(),
+            used: state.map_or(0, |s| s.effective_used(e.generation, a.window)),
+            limit: e.limit_micros,
+            window: state.map_or(a.window, |s| effective_window(e, s, a.window)),
+        }
+    }
+}
+
 impl Engine {
     /// An engine with the default configuration (UTC+8, frozen blocks, 64 shards).
     pub fn new() -> Engine {
@@ -751,17 +773,8 @@ impl Engine {
             let first = &applied[run.start];
             let counters = locked.counters(first.shard, &first.owner);
             for a in &applied[run] {
-                let e = &rules.rules[a.slot as usize];
                 let state = counters.and_then(|cs| cs.iter().find(|c| c.rule == a.slot));
-                seen.push(Seen {
-                    slot: a.slot,
-                    benefit_type: e.info.benefit_type,
-                    frozen: frozen_blocks && e.info.status == crate::Status::Frozen,
-                    exists: state.is_some(),
-                    used: state.map_or(0, |s| s.effective_used(e.generation, a.window)),
-                    limit: e.limit_micros,
-                    window: state.map_or(a.window, |s| effective_window(e, s, a.window)),
-                });
+                seen.push(Seen::of(rules, a, state, frozen_blocks));
             }
         }
         match op {
@@ -832,17 +845,8 @@ impl Engine {
         let counters = entry.counters();
         let mut seen: SeenVec = SmallVec::new();
         for a in applied {
-            let e = &rules.rules[a.slot as usize];
             let state = counters.iter().find(|c| c.rule == a.slot);
-            seen.push(Seen {
-                slot: a.slot,
-                benefit_type: e.info.benefit_type,
-                frozen: frozen_blocks && e.info.status == crate::Status::Frozen,
-                exists: state.is_some(),
-                used: state.map_or(0, |s| s.effective_used(e.generation, a.window)),
-                limit: e.limit_micros,
-                window: state.map_or(a.window, |s| effective_window(e, s, a.window)),
-            });
+            seen.push(Seen::of(rules, a, state, frozen_blocks));
         }
         let (ty, amount) = match op {
             Op::TryConsume(ty, amount) | Op::Record(ty, amount) => (ty, amount),

@@ -8,46 +8,14 @@ use common::*;
 use serde_json::{json, Value};
 
 /// The seed page's request body, byte for byte.
-const SEED_PUT_BODY: &str = r#"{ 
-"benefit_id": "12345***", 
-"active_mode": "absolute_time", 
-"started_at": 1741708800, 
-"ended_at": 1741708800, 
-"limit": 100, 
-"status": "valid" 
-}"#;
+const SEED_PUT_BODY: &str = include_str!("data/seed_put_body.json");
 
 /// The seed page's response example, byte for byte.
-const SEED_PUT_RESPONSE: &str = r#"{
-"data": {
-"benefit_id": "12345***",
-"benefit_type": "resource_point",
-"active_mode": "absolute_time",
-"started_at": 1741708800,
-"ended_at": 1741708800,
-"limit": 100,
-"status": "valid"
-},
-"code": 0,
-"msg": ""
-}"#;
+const SEED_PUT_RESPONSE: &str = include_str!("data/seed_put_response.json");
 
 /// A create body in the shape of the create page (F9), as the platform's own
 /// examples send it: `entity_id` present even for an all-scope rule.
-const CREATE_BODY: &str = r#"{
-  "entity_type": "enterprise_all_devices",
-  "entity_id": "7481932637472****",
-  "benefit_info": {
-    "benefit_type": "resource_point",
-    "active_mode": "absolute_time",
-    "started_at": 1741708800,
-    "ended_at": 253402300799,
-    "limit": 100,
-    "status": "valid",
-    "trigger_unit": "day",
-    "trigger_time": 1
-  }
-}"#;
+const CREATE_BODY: &str = include_str!("data/create_body.json");
 
 fn seed_engine() -> Engine {
     let e = Engine::new();

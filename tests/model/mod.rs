@@ -683,44 +683,42 @@ impl Harness {
                 subject,
                 benefit_type,
                 micros,
-            } => {
-                let s = self.subjects[usize::from(*subject) % self.subjects.len()];
-                let (bt, m) = (benefit_type_of(*benefit_type), amount_micros(*micros));
-                let ebt = benefit_quota::BenefitType::from_wire(bt)
-                    .unwrap_or(benefit_quota::BenefitType::ResourcePoint);
-                (
-                    outcome_of(self.engine.try_consume(
-                        &subject_of(&s),
-                        ebt,
-                        Amount::from_micros(m),
-                        now,
-                    )),
-                    self.model.try_consume(&s, bt, m, now),
-                )
-            }
+            } => self.spend(*subject, *benefit_type, *micros, false),
             Op::Record {
                 subject,
                 benefit_type,
                 micros,
-            } => {
-                let s = self.subjects[usize::from(*subject) % self.subjects.len()];
-                let (bt, m) = (benefit_type_of(*benefit_type), amount_micros(*micros));
-                let ebt = benefit_quota::BenefitType::from_wire(bt)
-                    .unwrap_or(benefit_quota::BenefitType::ResourcePoint);
-                (
-                    outcome_of(self.engine.record(
-                        &subject_of(&s),
-                        ebt,
-                        Amount::from_micros(m),
-                        now,
-                    )),
-                    self.model.record(&s, bt, m, now),
-                )
-            }
+            } => self.spend(*subject, *benefit_type, *micros, true),
             Op::Advance(step) => {
                 self.now += step.seconds();
                 (Outcome::Time(self.now), Outcome::Time(self.now))
             }
+        }
+    }
+
+    /// `try_consume` (or, with `record`, `record`) on both sides.
+    fn spend(
+        &mut self,
+        subject: u8,
+        benefit_type: u8,
+        micros: u32,
+        record: bool,
+    ) -> (Outcome, Outcome) {
+        let s = self.subjects[usize::from(subject) % self.subjects.len()];
+        let (bt, m) = (benefit_type_of(benefit_type), amount_micros(micros));
+        let ebt = benefit_quota::BenefitType::from_wire(bt)
+            .unwrap_or(benefit_quota::BenefitType::ResourcePoint);
+        let (subj, amount, now) = (subject_of(&s), Amount::from_micros(m), self.now);
+        if record {
+            (
+                outcome_of(self.engine.record(&subj, ebt, amount, now)),
+                self.model.record(&s, bt, m, now),
+            )
+        } else {
+            (
+                outcome_of(self.engine.try_consume(&subj, ebt, amount, now)),
+                self.model.try_consume(&s, bt, m, now),
+            )
         }
     }
 
