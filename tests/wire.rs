@@ -423,3 +423,27 @@ fn f9_f10_f11_f14_endpoints_methods_paths_and_permissions() {
         ]
     );
 }
+
+#[test]
+fn f10_page_size_defaults_to_20_and_allows_200() {
+    let e = Engine::new();
+    for i in 0..205 {
+        Rule::device(&format!("d{i}"), 1).create(&e);
+    }
+    let q = "entity_type=single_device&benefit_type=resource_point";
+    let first = e.list_query_string(q).unwrap();
+    assert_eq!((first.benefit_infos.len(), first.has_more), (20, true));
+    let big = e.list_query_string(format!("{q}&page_size=200")).unwrap();
+    assert_eq!((big.benefit_infos.len(), big.has_more), (200, true));
+    let rest = e
+        .list_query_string(format!("{q}&page_size=200&page_token={}", big.page_token))
+        .unwrap();
+    assert_eq!(
+        (
+            rest.benefit_infos.len(),
+            rest.has_more,
+            rest.page_token.as_str()
+        ),
+        (5, false, "")
+    );
+}
