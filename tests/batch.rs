@@ -2,7 +2,7 @@
 
 mod common;
 
-use benefit_quota::{Amount, BenefitType, Engine, EngineConfig, Member, Request, Subject};
+use benefit_quota::{Amount, BenefitType, Engine, EngineConfig, Request, Subject};
 use common::*;
 use proptest::prelude::*;
 
@@ -24,15 +24,7 @@ fn setup(shards: usize) -> Engine {
 }
 
 fn subject(i: u8) -> Subject<'static> {
-    let d = DEVICES[usize::from(i) % DEVICES.len()];
-    if i % 3 == 0 {
-        Subject::device(d).with_member(Member {
-            workspace_id: Some("w"),
-            ..Member::default()
-        })
-    } else {
-        Subject::device(d)
-    }
+    device_maybe_in_workspace(&DEVICES, usize::from(i), 3)
 }
 
 proptest! {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use benefit_quota::{Decision, DenyReason, Engine, EngineConfig, Member, Subject};
+use benefit_quota::{Decision, DenyReason, Engine, EngineConfig, Subject};
 use common::*;
 use proptest::prelude::*;
 
@@ -84,15 +84,7 @@ fn twin() -> Engine {
 }
 
 fn subject(i: usize) -> Subject<'static> {
-    let d = DEVICES[i % 3];
-    if i % 2 == 0 {
-        Subject::device(d).with_member(Member {
-            workspace_id: Some("w"),
-            ..Member::default()
-        })
-    } else {
-        Subject::device(d)
-    }
+    device_maybe_in_workspace(&DEVICES, i, 2)
 }
 
 proptest! {

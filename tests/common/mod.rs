@@ -117,3 +117,20 @@ pub fn used(engine: &Engine, subject: &Subject<'_>, benefit_id: &str, now: i64) 
         .map(|u| u.used)
         .unwrap_or_else(|| panic!("rule {benefit_id} does not apply"))
 }
+
+/// Device `devices[i % len]`, in workspace `w` when `i % every == 0`.
+pub fn device_maybe_in_workspace(
+    devices: &[&'static str],
+    i: usize,
+    every: usize,
+) -> Subject<'static> {
+    let d = devices[i % devices.len()];
+    if i % every == 0 {
+        Subject::device(d).with_member(benefit_quota::Member {
+            workspace_id: Some("w"),
+            ..Default::default()
+        })
+    } else {
+        Subject::device(d)
+    }
+}
