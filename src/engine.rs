@@ -11,7 +11,7 @@ use crate::amount::Amount;
 use crate::decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
 use crate::errors::ApiError;
 use crate::period::{clamp_now, rule_window, UtcOffset, Window};
-use crate::rules::{Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet};
+use crate::rules::{d5_error, Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet, RuleShape};
 use crate::state::{counter_of, CounterState, Counters, Locked, OwnerHasher, Store};
 use crate::subject::Subject;
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
@@ -203,14 +203,13 @@ impl Engine {
         let draft = validate::create(body)?;
         let _writer = self.writer.lock();
         let rules = self.replicas[0].read();
-        rules.check_unique(
-            draft.entity_type,
-            draft.benefit_type,
-            draft.reset.is_cumulative(),
-            draft.status,
-            None,
-            "benefit_info.trigger_unit",
-        )?;
+        let shape = RuleShape {
+            entity_type: draft.entity_type,
+            benefit_type: draft.benefit_type,
+            cumulative: draft.reset.is_cumulative(),
+            status: draft.status,
+        };
+        rules.check_unique(&shape, |_| false, "benefit_info.trigger_unit")?;
         let (id, next_id) = rules.generate_id();
         let id = BenefitId::new(&id).ok_or_else(|| ApiError::invalid("benefit_id", "internal"))?;
         let info = draft.with_id(id);
@@ -265,14 +264,7 @@ impl Engine {
         } else {
             "status"
         };
-        rules.check_unique(
-            merged.entity_type,
-            merged.benefit_type,
-            merged.reset.is_cumulative(),
-            merged.status,
-            Some(slot),
-            field,
-        )?;
+        rules.check_unique(&RuleShape::of(&merged), |s| s == slot, field)?;
         let bump = self.period_changed(current, &merged, now);
         drop(rules);
         for r in self.write().iter_mut() {
@@ -386,16 +378,19 @@ impl Engine {
         let _writer = self.writer.lock();
         let rules = self.replicas[0].read();
         // Validate the whole batch against the state it would produce.
-        for (i, info) in infos.iter().enumerate() {
+        let slots: Vec<Option<u32>> = infos
+            .iter()
+            .map(|info| rules.slot_of(info.benefit_id.as_str()))
+            .collect();
+        for (i, (info, slot)) in infos.iter().zip(&slots).enumerate() {
             if infos[..i].iter().any(|o| o.benefit_id == info.benefit_id) {
                 return Err(ApiError::invalid(
                     "benefit_id",
                     format_args!("{} appears twice in the import", info.benefit_id),
                 ));
             }
-            let slot = rules.slot_of(info.benefit_id.as_str());
             if let Some(slot) = slot {
-                let cur = &rules.rules[slot as usize].info;
+                let cur = &rules.rules[*slot as usize].info;
                 for (field, same) in [
                     ("entity_type", cur.entity_type == info.entity_type),
                     ("entity_id", cur.entity_id == info.entity_id),
@@ -418,47 +413,24 @@ impl Engine {
                     ));
                 }
             }
-            rules.check_unique(
-                info.entity_type,
-                info.benefit_type,
-                info.reset.is_cumulative(),
-                info.status,
-                slot,
-                "trigger_unit",
-            )?;
-            // D5 within the batch itself.
-            for o in &infos[..i] {
-                if o.entity_type == info.entity_type
-                    && info.entity_type.is_all_scope()
-                    && o.benefit_type == info.benefit_type
-                    && o.reset.is_cumulative() == info.reset.is_cumulative()
-                    && o.status != crate::Status::Cancel
-                    && info.status != crate::Status::Cancel
-                {
-                    return Err(ApiError::invalid(
-                        "trigger_unit",
-                        format_args!(
-                            "{} and {} are both {} {} rules of {}",
-                            o.benefit_id,
-                            info.benefit_id,
-                            if info.reset.is_cumulative() {
-                                "cumulative"
-                            } else {
-                                "periodic"
-                            },
-                            info.benefit_type,
-                            info.entity_type
-                        ),
-                    ));
-                }
+            // D5 against the stored rules the batch leaves in place, and
+            // against the batch's own earlier records.
+            let shape = RuleShape::of(info);
+            rules.check_unique(&shape, |s| slots.contains(&Some(s)), "trigger_unit")?;
+            if let Some(o) = infos[..i]
+                .iter()
+                .find(|o| shape.clashes_with(&RuleShape::of(o)))
+            {
+                return Err(d5_error(&shape, o.benefit_id.as_str(), "trigger_unit"));
             }
         }
         let plan: Vec<(Option<u32>, bool)> = infos
             .iter()
-            .map(|info| match rules.slot_of(info.benefit_id.as_str()) {
+            .zip(&slots)
+            .map(|(info, slot)| match slot {
                 Some(slot) => (
-                    Some(slot),
-                    self.period_changed(&rules.rules[slot as usize].info, info, now),
+                    Some(*slot),
+                    self.period_changed(&rules.rules[*slot as usize].info, info, now),
                 ),
                 None => (None, false),
             })

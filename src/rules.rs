@@ -180,6 +180,57 @@ pub(crate) struct RuleSet {
     offset: UtcOffset,
 }
 
+/// What D5 looks at in a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RuleShape {
+    pub entity_type: EntityType,
+    pub benefit_type: BenefitType,
+    pub cumulative: bool,
+    pub status: Status,
+}
+
+impl RuleShape {
+    pub fn of(info: &BenefitInfo) -> RuleShape {
+        RuleShape {
+            entity_type: info.entity_type,
+            benefit_type: info.benefit_type,
+            cumulative: info.reset.is_cumulative(),
+            status: info.status,
+        }
+    }
+
+    /// Only non-cancelled `enterprise_all_*` rules are limited by D5.
+    fn counts_for_d5(&self) -> bool {
+        self.entity_type.is_all_scope() && self.status != Status::Cancel
+    }
+
+    /// Would these two rules break D5 together?
+    pub fn clashes_with(&self, o: &RuleShape) -> bool {
+        self.counts_for_d5()
+            && o.counts_for_d5()
+            && self.entity_type == o.entity_type
+            && self.benefit_type == o.benefit_type
+            && self.cumulative == o.cumulative
+    }
+}
+
+/// The D5 error, naming `field`.
+pub(crate) fn d5_error(candidate: &RuleShape, other_id: &str, field: &str) -> ApiError {
+    ApiError::invalid(
+        field,
+        format_args!(
+            "{} already has a {} {} rule ({other_id}); at most one is allowed",
+            candidate.entity_type,
+            if candidate.cumulative {
+                "cumulative"
+            } else {
+                "periodic"
+            },
+            candidate.benefit_type,
+        ),
+    )
+}
+
 /// One rule that applies to a subject, with the owner of its counter.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Applied<'a> {
@@ -242,35 +293,26 @@ impl RuleSet {
     }
 
     /// D5: at most one non-cancelled cumulative and one periodic rule per
-    /// (`enterprise_all_*` type, benefit type). Describes the record as it would
-    /// be stored (at `slot`, if it replaces one).
+    /// (`enterprise_all_*` type, benefit type). Checks `candidate` against the
+    /// stored rules, except those `replaced` by the same write (the rule being
+    /// updated, or rules an import replaces; those are checked as candidates).
     pub fn check_unique(
         &self,
-        entity_type: EntityType,
-        benefit_type: BenefitType,
-        cumulative: bool,
-        status: Status,
-        slot: Option<u32>,
+        candidate: &RuleShape,
+        replaced: impl Fn(u32) -> bool,
         field: &str,
     ) -> Result<(), ApiError> {
-        if !entity_type.is_all_scope() || status == Status::Cancel {
+        if !candidate.counts_for_d5() {
             return Ok(());
         }
-        let fam = family_index(entity_type.family());
-        for &other in &self.all_scope[fam][bt_index(benefit_type)] {
-            if Some(other) == slot {
+        let fam = family_index(candidate.entity_type.family());
+        for &other in &self.all_scope[fam][bt_index(candidate.benefit_type)] {
+            if replaced(other) {
                 continue;
             }
             let o = &self.rules[other as usize].info;
-            if o.reset.is_cumulative() == cumulative {
-                return Err(ApiError::invalid(
-                    field,
-                    format_args!(
-                        "{entity_type} already has a {} {benefit_type} rule ({}); at most one is allowed",
-                        if cumulative { "cumulative" } else { "periodic" },
-                        o.benefit_id
-                    ),
-                ));
+            if o.reset.is_cumulative() == candidate.cumulative {
+                return Err(d5_error(candidate, o.benefit_id.as_str(), field));
             }
         }
         Ok(())

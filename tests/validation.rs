@@ -523,3 +523,42 @@ fn f3_benefit_types_points_and_voice_seconds() {
         assert_eq!(info.benefit_type().as_str(), bt);
     }
 }
+
+#[test]
+fn d5_is_checked_on_the_state_an_import_produces() {
+    let rec = |id: &str, status: &str| {
+        json!({"benefit_id": id, "entity_type": "enterprise_all_devices", "benefit_type": "resource_point",
+            "active_mode": "absolute_time", "started_at": 0, "ended_at": FOREVER, "limit": 5,
+            "status": status, "trigger_unit": "day", "trigger_time": 1})
+    };
+    for order in [["a", "b"], ["b", "a"]] {
+        let e = Engine::new();
+        e.import_json(rec("a", "valid").to_string(), MIDNIGHT)
+            .unwrap();
+        // The platform cancelled its daily rule "a" and created "b": a mirror
+        // re-importing the list must accept it, in either order.
+        let items: Vec<Value> = order
+            .iter()
+            .map(|id| {
+                if *id == "a" {
+                    rec("a", "cancel")
+                } else {
+                    rec("b", "valid")
+                }
+            })
+            .collect();
+        let list = json!({"benefit_infos": items});
+        e.import_response_json(list.to_string(), MIDNIGHT).unwrap();
+        assert_eq!(e.get("a").unwrap().status().as_str(), "cancel");
+        assert_eq!(e.get("b").unwrap().status().as_str(), "valid");
+        // A third daily rule still clashes with "b".
+        let err = e
+            .import_json(rec("c", "valid").to_string(), MIDNIGHT)
+            .unwrap_err();
+        assert!(
+            err.msg().contains("`trigger_unit`") && err.msg().contains("(b)"),
+            "{}",
+            err.msg()
+        );
+    }
+}
