@@ -655,13 +655,7 @@ impl Engine {
         let now = clamp_now(now);
         let rules = self.read();
         let mut applied = AppliedVec::new();
-        rules.resolve(
-            subject,
-            now,
-            self.config.frozen_policy,
-            &self.store,
-            &mut applied,
-        );
+        self.resolve(&rules, subject, now, &mut applied);
         let locked = self.lock(&applied);
         applied
             .iter()
@@ -749,29 +743,43 @@ impl Engine {
                 seen.push(Seen::of(rules, a, state, frozen_blocks));
             }
         }
+        self.conclude(rules, &mut seen, op, |seen, ty, amount| {
+            debit(rules, applied, seen, locked, ty, amount)
+        })
+    }
+
+    /// D13's outcome of `op` over the rules' current state `seen`; `debit`
+    /// books an amount on the counters of the rules of a type.
+    fn conclude(
+        &self,
+        rules: &RuleSet,
+        seen: &mut [Seen],
+        op: Op,
+        debit: impl FnOnce(&mut [Seen], BenefitType, u64),
+    ) -> Decision {
         match op {
-            Op::Check => match deny(rules, &seen, None, 0) {
+            Op::Check => match deny(rules, seen, None, 0) {
                 Some(d) => Decision::Denied(d),
-                None => Decision::Allowed(headroom(rules, &seen, None)),
+                None => Decision::Allowed(headroom(rules, seen, None)),
             },
             Op::TryConsume(ty, amount) => {
-                if let Some(d) = deny(rules, &seen, Some(ty), amount) {
+                if let Some(d) = deny(rules, seen, Some(ty), amount) {
                     return Decision::Denied(d);
                 }
-                if let Err(d) = self.reserve_counters(rules, &seen, ty, amount) {
+                if let Err(d) = self.reserve_counters(rules, seen, ty, amount) {
                     return Decision::Denied(d);
                 }
-                debit(rules, applied, &mut seen, locked, ty, amount);
-                Decision::Allowed(headroom(rules, &seen, Some(ty)))
+                debit(seen, ty, amount);
+                Decision::Allowed(headroom(rules, seen, Some(ty)))
             }
             Op::Record(ty, amount) => {
-                if let Err(d) = self.reserve_counters(rules, &seen, ty, amount) {
+                if let Err(d) = self.reserve_counters(rules, seen, ty, amount) {
                     return Decision::Denied(d);
                 }
-                debit(rules, applied, &mut seen, locked, ty, amount);
-                match deny(rules, &seen, None, 0) {
+                debit(seen, ty, amount);
+                match deny(rules, seen, None, 0) {
                     Some(d) => Decision::Denied(d),
-                    None => Decision::Allowed(headroom(rules, &seen, Some(ty))),
+                    None => Decision::Allowed(headroom(rules, seen, Some(ty))),
                 }
             }
         }
@@ -787,10 +795,10 @@ impl Engine {
         amount: u64,
     ) -> Result<(), Denial> {
         let mut missing = seen.iter().filter(|s| s.benefit_type == ty && !s.exists);
-        let Some(first) = missing.clone().next() else {
+        let Some(first) = missing.next() else {
             return Ok(());
         };
-        if amount == 0 || self.store.reserve(missing.by_ref().count()) {
+        if amount == 0 || self.store.reserve(1 + missing.count()) {
             return Ok(());
         }
         Err(Denial {
@@ -820,27 +828,11 @@ impl Engine {
             let state = counters.iter().find(|c| c.rule == a.slot);
             seen.push(Seen::of(rules, a, state, frozen_blocks));
         }
-        let (ty, amount) = match op {
-            Op::TryConsume(ty, amount) | Op::Record(ty, amount) => (ty, amount),
-            Op::Check => (BenefitType::ResourcePoint, 0),
-        };
-        let refused = match op {
-            Op::TryConsume(..) => deny(rules, &seen, Some(ty), amount),
-            _ => None,
-        }
-        .or_else(|| self.reserve_counters(rules, &seen, ty, amount).err());
-        if let Some(d) = refused {
-            entry.remove_if_empty();
-            return Decision::Denied(d);
-        }
-        add_to_counters(rules, applied, &mut seen, counters, ty, amount);
+        let decision = self.conclude(rules, &mut seen, op, |seen, ty, amount| {
+            add_to_counters(rules, applied, seen, counters, ty, amount)
+        });
         entry.remove_if_empty();
-        if let Op::Record(..) = op {
-            if let Some(d) = deny(rules, &seen, None, 0) {
-                return Decision::Denied(d);
-            }
-        }
-        Decision::Allowed(headroom(rules, &seen, Some(ty)))
+        decision
     }
 
     /// [`Engine::try_consume`] for many requests at once, appending one
