@@ -93,13 +93,18 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// Keeps error messages bounded whatever the caller sent.
+/// Keeps error messages bounded whatever the caller sent: echoed values are
+/// cut to 64 bytes.
 pub(crate) fn truncate_for_message(s: &str) -> &str {
-    const MAX: usize = 64;
-    if s.len() <= MAX {
+    truncate_at(s, 64)
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn truncate_at(s: &str, max: usize) -> &str {
+    if s.len() <= max {
         return s;
     }
-    let mut end = MAX;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }

@@ -5,7 +5,7 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::errors::{truncate_for_message, ApiError};
+use crate::errors::{truncate_at, truncate_for_message, ApiError};
 use crate::types::{
     ActiveMode, BenefitId, BenefitInfo, BenefitType, EntityId, EntityType, Family, Reset, Status,
     TriggerUnit, COZE_ROLES, FOREVER, MAX_ID_LEN,
@@ -50,25 +50,14 @@ fn deser_error(path: &str, inner: &str) -> ApiError {
     } else {
         path
     };
-    ApiError::invalid(field, truncate_for_message_long(inner))
+    // Parser messages (which may quote input) are cut to 300 bytes.
+    ApiError::invalid(field, truncate_at(inner, 300))
 }
 
 fn backticked_after<'a>(msg: &'a str, marker: &str) -> Option<&'a str> {
     let start = msg.find(marker)? + marker.len();
     let len = msg[start..].find('`')?;
     Some(&msg[start..start + len])
-}
-
-fn truncate_for_message_long(s: &str) -> &str {
-    const MAX: usize = 300;
-    if s.len() <= MAX {
-        return s;
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// A validated rule without its id (what create produces before an id is assigned).
