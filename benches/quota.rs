@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use benefit_quota::{Amount, BenefitType, Engine, Request, Subject, UpdateBody};
+use benefit_quota::{
+    Amount, BenefitType, Engine, HandleRequest, Request, Subject, SubjectHandle, UpdateBody,
+};
 use criterion::{Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -182,6 +184,30 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize) {
                 .record(&Subject::device(key(i)), PTS, ONE, now_at(i))
         })
     });
+    // One handle per device, resolved once (as a gateway would per connection),
+    // visited in the same random order as the keys.
+    let mut handles = handles_for(&w);
+    g.bench_function("check_handle", |b| {
+        b.iter(|| {
+            i += 1;
+            let h = &mut handles[w.order[i % n] as usize];
+            w.engine.check_handle(h, now_at(i))
+        })
+    });
+    g.bench_function("try_consume_handle", |b| {
+        b.iter(|| {
+            i += 1;
+            let h = &mut handles[w.order[i % n] as usize];
+            w.engine.try_consume_handle(h, PTS, ONE, now_at(i))
+        })
+    });
+    g.bench_function("record_handle", |b| {
+        b.iter(|| {
+            i += 1;
+            let h = &mut handles[w.order[i % n] as usize];
+            w.engine.record_handle(h, PTS, ONE, now_at(i))
+        })
+    });
     g.bench_function("governor_check_key", |b| {
         b.iter(|| {
             i += 1;
@@ -195,6 +221,17 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize) {
         })
     });
     g.finish();
+}
+
+fn handles_for(w: &Workload) -> Vec<SubjectHandle> {
+    w.keys
+        .iter()
+        .map(|k| {
+            let mut h = w.engine.handle(&Subject::device(k));
+            w.engine.check_handle(&mut h, MIDNIGHT - 60);
+            h
+        })
+        .collect()
 }
 
 fn hot(c: &mut Criterion) {
@@ -236,6 +273,21 @@ fn threads(c: &mut Criterion) {
                 .try_consume(&Subject::device(k), PTS, ONE, now_at(i));
         }
     };
+    let handles: Vec<std::sync::Mutex<Vec<SubjectHandle>>> = (0..2)
+        .map(|t| {
+            let mut hs = handles_for(&w);
+            hs.truncate((t + 1) * half);
+            hs.drain(..t * half);
+            std::sync::Mutex::new(hs)
+        })
+        .collect();
+    let disjoint_handles = |t: usize, ops: u64| {
+        let mut hs = handles[t].lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..ops as usize {
+            let h = &mut hs[w.order[i % w.order.len()] as usize % half];
+            w.engine.try_consume_handle(h, PTS, ONE, now_at(i));
+        }
+    };
     let shared = |_: usize, ops: u64| {
         for i in 0..ops as usize {
             w.engine
@@ -247,6 +299,12 @@ fn threads(c: &mut Criterion) {
     });
     g.bench_function("2_threads_disjoint", |b| {
         b.iter_custom(|n| timed_threads(2, n, &disjoint))
+    });
+    g.bench_function("1_thread_handles", |b| {
+        b.iter_custom(|n| timed_threads(1, n, &disjoint_handles))
+    });
+    g.bench_function("2_threads_disjoint_handles", |b| {
+        b.iter_custom(|n| timed_threads(2, n, &disjoint_handles))
     });
     g.bench_function("2_threads_one_device", |b| {
         b.iter_custom(|n| timed_threads(2, n, &shared))
@@ -293,6 +351,54 @@ fn batch(c: &mut Criterion) {
             }
             out.clear();
             w.engine.try_consume_many(&reqs, now_at(i), &mut out);
+            out.len()
+        })
+    });
+    // Handles in the random visiting order, so a batch is a contiguous chunk
+    // (as a gateway's batch of connections would be); their blocks are
+    // scattered over the heap.
+    let mut shuffled_handles = handles_for(&w);
+    {
+        let mut by_order: Vec<Option<SubjectHandle>> =
+            shuffled_handles.drain(..).map(Some).collect();
+        shuffled_handles = w
+            .order
+            .iter()
+            .filter_map(|&k| by_order[k as usize].take())
+            .collect();
+    }
+    let chunks = n / BATCH;
+    let mut j = 0usize;
+    g.bench_function("single_handle_calls_64", |b| {
+        b.iter(|| {
+            j += 1;
+            let chunk = &mut shuffled_handles[(j % chunks) * BATCH..][..BATCH];
+            let mut allowed = 0;
+            for h in chunk {
+                allowed += usize::from(
+                    w.engine
+                        .try_consume_handle(h, PTS, ONE, now_at(j << 6))
+                        .is_allowed(),
+                );
+            }
+            allowed
+        })
+    });
+    g.bench_function("try_consume_many_handles_64", |b| {
+        b.iter(|| {
+            j += 1;
+            let chunk = &mut shuffled_handles[(j % chunks) * BATCH..][..BATCH];
+            let mut hreqs: Vec<HandleRequest> = chunk
+                .iter_mut()
+                .map(|h| HandleRequest {
+                    handle: h,
+                    benefit_type: PTS,
+                    amount: ONE,
+                })
+                .collect();
+            out.clear();
+            w.engine
+                .try_consume_many_handles(&mut hreqs, now_at(j << 6), &mut out);
             out.len()
         })
     });

@@ -1,18 +1,23 @@
 //! The engine: configuration plane (create, import, update, list) and
 //! enforcement (check, try_consume, record, usage).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use smallvec::SmallVec;
 
 use crate::amount::Amount;
-use crate::decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
+use crate::decide::{
+    add_to_counters, conclude, effective_window, has_type, Op, RuleView, Seen, SeenVec,
+};
+use crate::decision::{Decision, UsageReport};
 use crate::errors::ApiError;
-use crate::period::{clamp_now, rule_window, UtcOffset, Window};
-use crate::rules::{d5_error, Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet, RuleShape};
-use crate::state::{counter_of, CounterState, Counters, Locked, OwnerHasher, Store};
+use crate::period::{clamp_now, rule_window, UtcOffset};
+use crate::rules::{
+    d5_error, Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet, RuleShape, Validity,
+};
+use crate::state::{CounterState, Locked, OwnerHasher, Store};
 use crate::subject::Subject;
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
 use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
@@ -45,7 +50,7 @@ pub struct EngineConfig {
     /// power of two in `1..=64`. Default: the number of CPUs, at most 16.
     pub rule_replicas: usize,
     /// Most counters tracked at once. A request that would create more is
-    /// denied with [`DenyReason::CounterCapacity`] and changes nothing;
+    /// denied with [`crate::DenyReason::CounterCapacity`] and changes nothing;
     /// [`Engine::evict`] frees counters that no longer matter. Default: no cap.
     pub max_counters: usize,
 }
@@ -72,8 +77,14 @@ pub struct Engine {
     /// Serialises configuration writes: a writer validates against replica 0
     /// under a read lock, then write-locks every replica only to apply.
     writer: Mutex<()>,
-    store: Store,
-    config: EngineConfig,
+    /// Bumped by every configuration write, under the replicas' write locks:
+    /// a [`crate::SubjectHandle`] compares it, under its shard locks, with the
+    /// version it resolved at.
+    pub(crate) version: CachePadded<AtomicU64>,
+    /// Tells this engine's handles from another's.
+    pub(crate) id: u64,
+    pub(crate) store: Store,
+    pub(crate) config: EngineConfig,
     token_key: ahash::RandomState,
 }
 
@@ -97,51 +108,6 @@ impl std::fmt::Debug for Engine {
             .field("config", &self.config)
             .field("rules", &self.read().rules.len())
             .finish_non_exhaustive()
-    }
-}
-
-/// What an operation does to the counters of the rules it touches.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Check,
-    TryConsume(BenefitType, u64),
-    Record(BenefitType, u64),
-}
-
-/// Inline capacity for one operation's rules (as for applied rules).
-type SeenVec = SmallVec<[Seen; 6]>;
-
-/// A rule's current state as seen by one operation.
-struct Seen {
-    slot: u32,
-    benefit_type: BenefitType,
-    frozen: bool,
-    /// The counter already exists (a debit creates it otherwise).
-    exists: bool,
-    used: u64,
-    limit: u64,
-    window: Option<Window>,
-}
-
-impl Seen {
-    /// The state of applied rule `a` given its counter, if any.
-    #[inline]
-    fn of(
-        rules: &RuleSet,
-        a: &Applied<'_>,
-        state: Option<&CounterState>,
-        frozen_blocks: bool,
-    ) -> Seen {
-        let e = &rules.rules[a.slot as usize];
-        Seen {
-            slot: a.slot,
-            benefit_type: e.info.benefit_type,
-            frozen: frozen_blocks && e.info.status == crate::Status::Frozen,
-            exists: state.is_some(),
-            used: state.map_or(0, |s| s.effective_used(e.generation, a.window)),
-            limit: e.limit_micros,
-            window: state.map_or(a.window, |s| effective_window(e, s, a.window)),
-        }
     }
 }
 
@@ -171,18 +137,30 @@ impl Engine {
             store: Store::new(shards, hasher, config.max_counters),
             config,
             token_key: ahash::RandomState::new(),
+            version: CachePadded::new(AtomicU64::new(0)),
+            id: {
+                static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
+                NEXT_ENGINE.fetch_add(1, Ordering::Relaxed)
+            },
         }
     }
 
     /// This thread's copy of the rule table, read-locked.
     #[inline]
-    fn read(&self) -> RwLockReadGuard<'_, RuleSet> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, RuleSet> {
         self.replicas[replica_index() & (self.replicas.len() - 1)].read()
     }
 
-    /// Every copy, write-locked in index order (writers serialise on the first).
-    fn write(&self) -> Vec<RwLockWriteGuard<'_, RuleSet>> {
-        self.replicas.iter().map(|r| r.write()).collect()
+    /// Applies a configuration change to every copy, write-locked in index
+    /// order (writers serialise on the first), and bumps the version before
+    /// releasing them.
+    fn publish(&self, mut apply: impl FnMut(&mut RuleSet)) {
+        let mut all: Vec<RwLockWriteGuard<'_, RuleSet>> =
+            self.replicas.iter().map(|r| r.write()).collect();
+        for r in all.iter_mut() {
+            apply(r);
+        }
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     /// The effective configuration.
@@ -214,9 +192,9 @@ impl Engine {
         let id = BenefitId::new(&id).ok_or_else(|| ApiError::invalid("benefit_id", "internal"))?;
         let info = draft.with_id(id);
         drop(rules);
-        for r in self.write().iter_mut() {
+        self.publish(|r| {
             r.insert(info.clone(), next_id);
-        }
+        });
         Ok(info)
     }
 
@@ -267,9 +245,7 @@ impl Engine {
         rules.check_unique(&RuleShape::of(&merged), |s| s == slot, field)?;
         let bump = self.period_changed(current, &merged, now);
         drop(rules);
-        for r in self.write().iter_mut() {
-            r.replace(slot, merged.clone(), bump);
-        }
+        self.publish(|r| r.replace(slot, merged.clone(), bump));
         Ok(merged)
     }
 
@@ -436,7 +412,7 @@ impl Engine {
             })
             .collect();
         drop(rules);
-        for r in self.write().iter_mut() {
+        self.publish(|r| {
             let next_id = r.next_id();
             for (info, (slot, bump)) in infos.iter().zip(&plan) {
                 match slot {
@@ -446,7 +422,7 @@ impl Engine {
                     }
                 }
             }
-        }
+        });
         Ok(infos)
     }
 
@@ -675,14 +651,14 @@ impl Engine {
                     used: Amount::from_micros(used),
                     limit: e.info.limit,
                     remaining: Amount::from_micros(e.limit_micros.saturating_sub(used)),
-                    window: effective_window(e, &state, a.window),
+                    window: effective_window(&e.period, e.generation, &state, a.window),
                     lifetime: Amount::from_micros(state.lifetime),
                 }
             })
             .collect()
     }
 
-    fn lock(&self, applied: &AppliedVec<'_>) -> Locked<'_> {
+    pub(crate) fn lock(&self, applied: &[Applied<'_>]) -> Locked<'_> {
         let first = applied.first().map_or(0, |a| a.shard);
         if applied.iter().all(|a| a.shard == first) {
             return self.store.lock_many(&[first]);
@@ -703,136 +679,89 @@ impl Engine {
             return Decision::Allowed(None); // F16: unlimited, nothing tracked
         }
         let mut locked = self.lock(&applied);
-        self.decide(&rules, &applied, &mut locked, op)
+        let policy = self.config.frozen_policy;
+        self.decide(
+            &applied,
+            |i| {
+                RuleView::of(
+                    &rules.rules[applied[i].slot as usize],
+                    applied[i].slot,
+                    policy,
+                )
+            },
+            |slot| &rules.rules[slot as usize].info.benefit_id,
+            &mut locked,
+            op,
+        )
     }
 
     #[inline]
-    fn resolve<'a>(
+    pub(crate) fn resolve<'a>(
         &self,
         rules: &'a RuleSet,
         subject: &Subject<'a>,
         now: i64,
         out: &mut AppliedVec<'a>,
-    ) {
-        rules.resolve(subject, now, self.config.frozen_policy, &self.store, out);
+    ) -> Validity {
+        let mut valid = Validity::ALWAYS;
+        rules.resolve(
+            subject,
+            now,
+            self.config.frozen_policy,
+            &self.store,
+            out,
+            &mut valid,
+        );
+        valid
     }
 
     /// Decides (and debits) one operation over its applicable rules, whose
-    /// shards `locked` holds.
-    fn decide(
+    /// shards `locked` holds; `view(i)` describes the rule of `applied[i]`
+    /// and `id_of` names a rule by slot.
+    pub(crate) fn decide<'r>(
         &self,
-        rules: &RuleSet,
         applied: &[Applied<'_>],
+        view: impl Fn(usize) -> RuleView<'r>,
+        id_of: impl Fn(u32) -> &'r BenefitId,
         locked: &mut Locked<'_>,
         op: Op,
     ) -> Decision {
         if applied.is_empty() {
             return Decision::Allowed(None);
         }
+        let mut seen = SeenVec::new();
         let single_owner = applied.iter().all(|a| a.owner.same(&applied[0].owner));
-        if single_owner && op != Op::Check {
-            return self.decide_single_owner(rules, applied, locked, op);
+        if single_owner && op.debits() {
+            // The usual device (its all-scope rules) or one pool: one probe.
+            let first = &applied[0];
+            let mut entry = locked.owner_entry(first.shard, &first.owner);
+            let counters = entry.counters();
+            for (i, a) in applied.iter().enumerate() {
+                Seen::push(&mut seen, view(i), a.window, Some(counters));
+            }
+            let decision = conclude(&self.store, &mut seen, op, id_of, |seen, ty, amount| {
+                add_to_counters(seen, counters, ty, amount)
+            });
+            entry.remove_if_empty();
+            return decision;
         }
-        let frozen_blocks = self.config.frozen_policy == FrozenPolicy::Block;
-        let mut seen: SeenVec = SmallVec::new();
         for run in owner_runs(applied) {
             let first = &applied[run.start];
             let counters = locked.counters(first.shard, &first.owner);
-            for a in &applied[run] {
-                let state = counters.and_then(|cs| cs.iter().find(|c| c.rule == a.slot));
-                seen.push(Seen::of(rules, a, state, frozen_blocks));
+            for i in run {
+                Seen::push(&mut seen, view(i), applied[i].window, counters);
             }
         }
-        self.conclude(rules, &mut seen, op, |seen, ty, amount| {
-            debit(rules, applied, seen, locked, ty, amount)
+        conclude(&self.store, &mut seen, op, id_of, |seen, ty, amount| {
+            for run in owner_runs(applied) {
+                if amount == 0 || !has_type(&seen[run.clone()], ty) {
+                    continue;
+                }
+                let first = &applied[run.start];
+                let counters = locked.counters_mut(first.shard, &first.owner);
+                add_to_counters(&mut seen[run], counters, ty, amount);
+            }
         })
-    }
-
-    /// D13's outcome of `op` over the rules' current state `seen`; `debit`
-    /// books an amount on the counters of the rules of a type.
-    fn conclude(
-        &self,
-        rules: &RuleSet,
-        seen: &mut [Seen],
-        op: Op,
-        debit: impl FnOnce(&mut [Seen], BenefitType, u64),
-    ) -> Decision {
-        match op {
-            Op::Check => match deny(rules, seen, None, 0) {
-                Some(d) => Decision::Denied(d),
-                None => Decision::Allowed(headroom(rules, seen, None)),
-            },
-            Op::TryConsume(ty, amount) => {
-                if let Some(d) = deny(rules, seen, Some(ty), amount) {
-                    return Decision::Denied(d);
-                }
-                if let Err(d) = self.reserve_counters(rules, seen, ty, amount) {
-                    return Decision::Denied(d);
-                }
-                debit(seen, ty, amount);
-                Decision::Allowed(headroom(rules, seen, Some(ty)))
-            }
-            Op::Record(ty, amount) => {
-                if let Err(d) = self.reserve_counters(rules, seen, ty, amount) {
-                    return Decision::Denied(d);
-                }
-                debit(seen, ty, amount);
-                match deny(rules, seen, None, 0) {
-                    Some(d) => Decision::Denied(d),
-                    None => Decision::Allowed(headroom(rules, seen, Some(ty))),
-                }
-            }
-        }
-    }
-
-    /// Accounts for the counters a debit of `ty` would create; refuses
-    /// (creating none) when that would pass [`EngineConfig::max_counters`].
-    fn reserve_counters(
-        &self,
-        rules: &RuleSet,
-        seen: &[Seen],
-        ty: BenefitType,
-        amount: u64,
-    ) -> Result<(), Denial> {
-        let mut missing = seen.iter().filter(|s| s.benefit_type == ty && !s.exists);
-        let Some(first) = missing.next() else {
-            return Ok(());
-        };
-        if amount == 0 || self.store.reserve(1 + missing.count()) {
-            return Ok(());
-        }
-        Err(Denial {
-            benefit_id: rules.rules[first.slot as usize].info.benefit_id.clone(),
-            benefit_type: first.benefit_type,
-            reason: DenyReason::CounterCapacity,
-            remaining: Amount::from_micros(first.limit.saturating_sub(first.used)),
-            resets_at: None,
-        })
-    }
-
-    /// [`Engine::decide`] when every applied rule counts on one owner (the
-    /// usual device: its all-devices rules; or one pool): one table probe.
-    fn decide_single_owner(
-        &self,
-        rules: &RuleSet,
-        applied: &[Applied<'_>],
-        locked: &mut Locked<'_>,
-        op: Op,
-    ) -> Decision {
-        let frozen_blocks = self.config.frozen_policy == FrozenPolicy::Block;
-        let first = &applied[0];
-        let mut entry = locked.owner_entry(first.shard, &first.owner);
-        let counters = entry.counters();
-        let mut seen: SeenVec = SmallVec::new();
-        for a in applied {
-            let state = counters.iter().find(|c| c.rule == a.slot);
-            seen.push(Seen::of(rules, a, state, frozen_blocks));
-        }
-        let decision = self.conclude(rules, &mut seen, op, |seen, ty, amount| {
-            add_to_counters(rules, applied, seen, counters, ty, amount)
-        });
-        entry.remove_if_empty();
-        decision
     }
 
     /// [`Engine::try_consume`] for many requests at once, appending one
@@ -845,7 +774,8 @@ impl Engine {
     /// first touches every counter it will need — so the memory misses of
     /// independent subjects overlap instead of queueing — and then decides
     /// each request in turn. Other threads working on those shards wait for
-    /// at most one chunk.
+    /// at most one chunk. With [`crate::SubjectHandle`]s, use
+    /// [`Engine::try_consume_many_handles`].
     ///
     /// # Examples
     /// ```
@@ -889,75 +819,20 @@ impl Engine {
                 }
             }
             std::hint::black_box(touched);
+            let policy = self.config.frozen_policy;
             let mut start = 0;
             for (r, &end) in chunk.iter().zip(&ends) {
                 let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-                out.push(self.decide(&rules, &applied[start..end], &mut locked, op));
+                let mine = &applied[start..end];
+                out.push(self.decide(
+                    mine,
+                    |i| RuleView::of(&rules.rules[mine[i].slot as usize], mine[i].slot, policy),
+                    |slot| &rules.rules[slot as usize].info.benefit_id,
+                    &mut locked,
+                    op,
+                ));
                 start = end;
             }
-        }
-    }
-}
-
-/// Requests per chunk of [`Engine::try_consume_many`].
-pub const BATCH_CHUNK: usize = 32;
-
-/// One request of a batch (see [`Engine::try_consume_many`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Request<'a> {
-    /// Who spends.
-    pub subject: Subject<'a>,
-    /// What is spent.
-    pub benefit_type: BenefitType,
-    /// How much.
-    pub amount: Amount,
-}
-
-/// Adds `amount` to every applied rule of type `ty` (creating counters as needed).
-fn debit(
-    rules: &RuleSet,
-    applied: &[Applied<'_>],
-    seen: &mut [Seen],
-    locked: &mut Locked<'_>,
-    ty: BenefitType,
-    amount: u64,
-) {
-    for run in owner_runs(applied) {
-        if amount == 0 || !seen[run.clone()].iter().any(|s| s.benefit_type == ty) {
-            continue;
-        }
-        let first = &applied[run.start];
-        let counters = locked.counters_mut(first.shard, &first.owner);
-        add_to_counters(
-            rules,
-            &applied[run.clone()],
-            &mut seen[run],
-            counters,
-            ty,
-            amount,
-        );
-    }
-}
-
-/// Adds `amount` to the counters of one owner's applied rules of type `ty`.
-fn add_to_counters(
-    rules: &RuleSet,
-    applied: &[Applied<'_>],
-    seen: &mut [Seen],
-    counters: &mut Counters,
-    ty: BenefitType,
-    amount: u64,
-) {
-    if amount == 0 {
-        return;
-    }
-    for (a, s) in applied.iter().zip(seen) {
-        if s.benefit_type == ty {
-            let e = &rules.rules[a.slot as usize];
-            let c = counter_of(counters, a.slot);
-            c.roll(e.generation, a.window);
-            c.add(amount);
-            s.used = c.used;
         }
     }
 }
@@ -981,85 +856,18 @@ fn owner_runs<'s>(applied: &'s [Applied<'_>]) -> impl Iterator<Item = std::ops::
     })
 }
 
-/// The window a counter's usage belongs to: the caller's, or a newer one if
-/// another caller's clock already moved the counter forward.
-#[inline]
-fn effective_window(e: &RuleEntry, state: &CounterState, window: Option<Window>) -> Option<Window> {
-    let w = window?;
-    if state.generation == e.generation && state.window_start > w.start {
-        e.window(state.window_start)
-    } else {
-        Some(w)
-    }
-}
+/// Requests per chunk of [`Engine::try_consume_many`].
+pub const BATCH_CHUNK: usize = 32;
 
-/// D13 + D17: the denial, if any. With `ty`, also rules of that type that
-/// cannot fit `amount`. The denial reported is the one that lasts longest:
-/// frozen first, then the latest reset (cumulative = never), then exhausted
-/// before insufficient, then the lowest slot (creation order).
-fn deny(rules: &RuleSet, seen: &[Seen], ty: Option<BenefitType>, amount: u64) -> Option<Denial> {
-    let mut best: Option<((u8, i64, u8), &Seen, DenyReason)> = None;
-    for s in seen {
-        let (reason, resets) = if s.frozen {
-            (DenyReason::Frozen, None)
-        } else if s.used >= s.limit {
-            (DenyReason::Exhausted, s.window.map(|w| w.end))
-        } else if Some(s.benefit_type) == ty && s.used.saturating_add(amount) > s.limit {
-            (DenyReason::Insufficient, s.window.map(|w| w.end))
-        } else {
-            continue;
-        };
-        let rank = (
-            u8::from(reason == DenyReason::Frozen),
-            resets.unwrap_or(i64::MAX),
-            u8::from(reason == DenyReason::Exhausted),
-        );
-        let better = match &best {
-            None => true,
-            Some((r, b, _)) => rank > *r || (rank == *r && s.slot < b.slot),
-        };
-        if better {
-            best = Some((rank, s, reason));
-        }
-    }
-    best.map(|(_, s, reason)| Denial {
-        benefit_id: rules.rules[s.slot as usize].info.benefit_id.clone(),
-        benefit_type: s.benefit_type,
-        reason,
-        remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
-        resets_at: if reason == DenyReason::Frozen {
-            None
-        } else {
-            s.window.map(|w| w.end)
-        },
-    })
-}
-
-/// The applicable rule (of `ty`, or of any type) with the least remaining;
-/// ties go to the lowest slot.
-fn headroom(rules: &RuleSet, seen: &[Seen], ty: Option<BenefitType>) -> Option<Headroom> {
-    // A plain loop: the iterator-adapter version kept its tuples on the stack
-    // and cost a fifth of a hot call.
-    let mut best: Option<&Seen> = None;
-    for s in seen {
-        if ty.is_some_and(|t| t != s.benefit_type) {
-            continue;
-        }
-        let remaining = s.limit.saturating_sub(s.used);
-        if best.is_none_or(|b| {
-            let r = b.limit.saturating_sub(b.used);
-            remaining < r || (remaining == r && s.slot < b.slot)
-        }) {
-            best = Some(s);
-        }
-    }
-    let s = best?;
-    Some(Headroom {
-        benefit_id: rules.rules[s.slot as usize].info.benefit_id.clone(),
-        benefit_type: s.benefit_type,
-        remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
-        resets_at: s.window.map(|w| w.end),
-    })
+/// One request of a batch (see [`Engine::try_consume_many`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// Who spends.
+    pub subject: Subject<'a>,
+    /// What is spent.
+    pub benefit_type: BenefitType,
+    /// How much.
+    pub amount: Amount,
 }
 
 #[cfg(test)]

@@ -76,9 +76,11 @@
 #![deny(missing_docs)]
 
 mod amount;
+mod decide;
 mod decision;
 mod engine;
 mod errors;
+mod handle;
 mod period;
 mod rules;
 mod state;
@@ -91,6 +93,7 @@ pub use amount::{Amount, ParseAmountError, MICROS_PER_UNIT};
 pub use decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
 pub use engine::{Engine, EngineConfig, Request, BATCH_CHUNK};
 pub use errors::{ApiError, ErrorCode};
+pub use handle::{HandleRequest, SubjectHandle};
 pub use period::{LocalTime, UtcOffset, Window};
 pub use rules::FrozenPolicy;
 pub use subject::{Member, Subject};

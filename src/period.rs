@@ -150,6 +150,14 @@ pub struct Window {
     pub end: i64,
 }
 
+impl Window {
+    /// Whether `t` falls in `[start, end)`.
+    #[inline]
+    pub const fn contains(&self, t: i64) -> bool {
+        self.start <= t && t < self.end
+    }
+}
+
 /// Window of a minute/hour/day rule: anchored at `started_at` floored to the
 /// unit in local time, `len` seconds long (D15).
 pub(crate) fn fixed_window(
@@ -196,6 +204,72 @@ pub(crate) fn rule_window(
     }
     let len = reset.window_seconds()?;
     Some(fixed_window(started_at, unit_secs, len, offset, now))
+}
+
+/// A rule's reset schedule, copied out of its record for the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Period {
+    family: Family,
+    reset: Reset,
+    started_at: i64,
+    offset: UtcOffset,
+    /// Length of a fixed (minute/hour/day) window; 0 for cumulative rules and
+    /// calendar months.
+    fixed_len: i64,
+    cumulative: bool,
+}
+
+impl Period {
+    pub fn new(family: Family, reset: Reset, started_at: i64, offset: UtcOffset) -> Period {
+        let fixed_len = match family {
+            Family::Enterprise => 0,
+            _ => reset.window_seconds().unwrap_or(0),
+        };
+        Period {
+            family,
+            reset,
+            started_at,
+            offset,
+            fixed_len,
+            cumulative: reset.is_cumulative(),
+        }
+    }
+
+    /// The window at `now` (`None`: cumulative), D15.
+    pub fn window(&self, now: i64) -> Option<Window> {
+        rule_window(self.family, self.reset, self.started_at, self.offset, now)
+    }
+
+    /// [`Period::window`], reusing `cached_start` (the start of a window
+    /// computed earlier) when `now` falls in it: that saves the two divisions.
+    /// Returns the window and, if it is a fixed window other than the cached
+    /// one, its start for the caller to cache.
+    #[inline]
+    pub fn window_cached(&self, now: i64, cached_start: i64) -> (Option<Window>, Option<i64>) {
+        if self.cumulative {
+            // Decided here, inline: an out-of-line call returning `None`
+            // through memory cost a store-forwarding stall per rule.
+            return (None, None);
+        }
+        if self.fixed_len > 0 {
+            // `now` is clamped to ±2^40 and windows are shorter than 2^38 s.
+            if cached_start <= now && now - cached_start < self.fixed_len {
+                let w = Window {
+                    start: cached_start,
+                    end: cached_start + self.fixed_len,
+                };
+                return (Some(w), None);
+            }
+            let w = self.window(now);
+            return (w, w.map(|w| w.start));
+        }
+        (self.window(now), None)
+    }
+
+    /// A start to seed a window cache with.
+    pub fn first_start(&self) -> i64 {
+        self.window(self.started_at).map_or(0, |w| w.start)
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).

@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 
 use crate::amount::MICROS_PER_UNIT;
 use crate::errors::ApiError;
-use crate::period::{rule_window, UtcOffset, Window};
+use crate::period::{Period, UtcOffset, Window};
 use crate::state::{Owner, OwnerHasher, OwnerKind, Store};
 use crate::subject::Subject;
 use crate::types::{BenefitInfo, BenefitType, EntityType, Family, Status};
@@ -37,67 +37,54 @@ pub(crate) struct RuleEntry {
     pub generation: u32,
     /// The limit in micro-units, saturating (D14).
     pub limit_micros: u64,
-    /// Length of a fixed (minute/hour/day) window; 0 for cumulative rules and
-    /// calendar months.
-    window_len: i64,
+    /// The reset schedule.
+    pub period: Period,
     /// Start of the fixed window last computed: most calls fall in it, which
-    /// saves the two divisions of [`rule_window`]. Racy by design: any thread
-    /// may store the start of the window its `now` falls in, and a reader only
-    /// uses it after checking that `now` is inside.
+    /// saves the two divisions of [`Period::window`]. Racy by design: any
+    /// thread may store the start of the window its `now` falls in, and a
+    /// reader only uses it after checking that `now` is inside.
     cached_start: AtomicI64,
-    offset: UtcOffset,
 }
 
 impl RuleEntry {
     pub fn new(info: BenefitInfo, offset: UtcOffset) -> RuleEntry {
         let limit_micros = (info.limit as u64).saturating_mul(MICROS_PER_UNIT);
-        let window_len = match info.entity_type.family() {
-            Family::Enterprise => 0,
-            _ => info.reset.window_seconds().unwrap_or(0),
-        };
-        let cached_start = rule_window(
+        let period = Period::new(
             info.entity_type.family(),
             info.reset,
             info.started_at,
             offset,
-            info.started_at,
-        )
-        .map_or(0, |w| w.start);
+        );
         RuleEntry {
             info,
             generation: 0,
             limit_micros,
-            window_len,
-            cached_start: AtomicI64::new(cached_start),
-            offset,
+            cached_start: AtomicI64::new(period.first_start()),
+            period,
         }
     }
 
     /// The rule's window at `now` (`None`: cumulative), D15.
     #[inline]
     pub fn window(&self, now: i64) -> Option<Window> {
-        if self.window_len > 0 {
-            let start = self.cached_start.load(Ordering::Relaxed);
-            // `now` is clamped to ±2^40 and windows are shorter than 2^38 s.
-            if start <= now && now - start < self.window_len {
-                return Some(Window {
-                    start,
-                    end: start + self.window_len,
-                });
-            }
+        let (w, fresh) = self
+            .period
+            .window_cached(now, self.cached_start.load(Ordering::Relaxed));
+        if let Some(start) = fresh {
+            self.cached_start.store(start, Ordering::Relaxed);
         }
-        let i = &self.info;
-        let w = rule_window(
-            i.entity_type.family(),
-            i.reset,
-            i.started_at,
-            self.offset,
-            now,
-        )?;
-        if self.window_len > 0 {
-            self.cached_start.store(w.start, Ordering::Relaxed);
+        w
+    }
+
+    /// Whether a subject's resolution can change at `t` because of this
+    /// rule's activation window: only single and all-scope rules have one
+    /// (enterprise rules are in effect whatever the time, D10).
+    #[inline]
+    fn note_activation(&self, now: i64, valid: &mut Validity) {
+        if self.info.entity_type.family() != Family::Enterprise {
+            valid.note(now, self.info.started_at);
+            valid.note(now, self.info.ended_at.saturating_add(1));
         }
-        Some(w)
     }
 
     /// D10 + D12: whether the rule applies at `now`.
@@ -229,6 +216,36 @@ pub(crate) fn d5_error(candidate: &RuleShape, other_id: &str, field: &str) -> Ap
             candidate.benefit_type,
         ),
     )
+}
+
+/// The times over which a subject's resolution stays the same, `[lo, hi)`:
+/// between the activation boundaries (`started_at`, `ended_at + 1`) of the
+/// rules it looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Validity {
+    pub lo: i64,
+    pub hi: i64,
+}
+
+impl Validity {
+    pub const ALWAYS: Validity = Validity {
+        lo: i64::MIN,
+        hi: i64::MAX,
+    };
+
+    #[inline]
+    fn note(&mut self, now: i64, boundary: i64) {
+        if boundary <= now {
+            self.lo = self.lo.max(boundary);
+        } else {
+            self.hi = self.hi.min(boundary);
+        }
+    }
+
+    #[inline]
+    pub fn contains(&self, now: i64) -> bool {
+        self.lo <= now && now < self.hi
+    }
 }
 
 /// One rule that applies to a subject, with the owner of its counter.
@@ -385,12 +402,13 @@ impl RuleSet {
         policy: FrozenPolicy,
         store: &Store,
         out: &mut AppliedVec<'a>,
+        valid: &mut Validity,
     ) {
         if let Some(id) = subject.device_id {
-            self.resolve_entity(0, OwnerKind::Device, id, now, policy, store, out);
+            self.resolve_entity(0, OwnerKind::Device, id, now, policy, store, out, valid);
         }
         if let Some(id) = subject.custom_consumer_id {
-            self.resolve_entity(1, OwnerKind::Consumer, id, now, policy, store, out);
+            self.resolve_entity(1, OwnerKind::Consumer, id, now, policy, store, out, valid);
         }
         if let Some(m) = subject.member {
             let ids = [
@@ -425,6 +443,7 @@ impl RuleSet {
         policy: FrozenPolicy,
         store: &Store,
         out: &mut AppliedVec<'a>,
+        valid: &mut Validity,
     ) {
         // One hash of the id serves the single-rule index and the counters.
         let hash = self.hasher.entity(kind as u8, id);
@@ -433,6 +452,7 @@ impl RuleSet {
         if let Some(list) = self.singles[fam].get(hash, id) {
             for &slot in list {
                 let e = &self.rules[slot as usize];
+                e.note_activation(now, valid);
                 if e.in_effect(now, policy) {
                     covered |= e.slot_bit();
                     out.push(pool(slot, e, now, store));
@@ -444,6 +464,7 @@ impl RuleSet {
         for per_type in &self.all_scope[fam] {
             for &slot in per_type {
                 let e = &self.rules[slot as usize];
+                e.note_activation(now, valid);
                 if covered & e.slot_bit() != 0 || !e.in_effect(now, policy) {
                     continue;
                 }

@@ -81,21 +81,29 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
             .with_consumer("c")
             .with_member(member),
     ];
-    // Warm up: every counter these subjects touch now exists.
+    // Warm up: every counter these subjects touch now exists, and every
+    // handle is resolved.
     for s in &subjects {
         e.try_consume(s, PTS, Amount::from_units(1), MIDNIGHT);
+    }
+    let mut handles: Vec<_> = subjects.iter().map(|s| e.handle(s)).collect();
+    for h in &mut handles {
+        e.check_handle(h, MIDNIGHT);
     }
     let mut allowed = 0usize;
     let mut denied = 0usize;
     let n = allocations_during(|| {
         for i in 0..2_000i64 {
-            for s in &subjects {
+            for (s, h) in subjects.iter().zip(&mut handles) {
                 // crossing an hour and a day boundary on the way
                 let now = MIDNIGHT + i * 60;
                 for d in [
                     e.check(s, now),
                     e.try_consume(s, PTS, Amount::from_micros(160_000), now),
                     e.record(s, PTS, Amount::from_micros(10), now),
+                    e.check_handle(h, now),
+                    e.try_consume_handle(h, PTS, Amount::from_micros(160_000), now),
+                    e.record_handle(h, PTS, Amount::from_micros(10), now),
                 ] {
                     if d.is_allowed() {
                         allowed += 1
@@ -107,6 +115,15 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
         }
     });
     assert_eq!(n, 0, "allocations on the hot path");
+    // A configuration write makes every handle resolve again: still no allocation.
+    e.apply_update_json("2", r#"{"limit":501}"#, MIDNIGHT)
+        .unwrap();
+    let n = allocations_during(|| {
+        for h in &mut handles {
+            std::hint::black_box(e.check_handle(h, MIDNIGHT + 10));
+        }
+    });
+    assert_eq!(n, 0, "allocations when a handle resolves again");
     // Both outcomes were exercised: denials name their rule without allocating.
     assert!(
         allowed > 1_000 && denied > 1_000,

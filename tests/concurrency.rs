@@ -93,8 +93,13 @@ fn devices_and_a_shared_pool_together_never_over_admit() {
                             organization_id: Some("o"),
                             ..Member::default()
                         });
+                        // Odd devices spend through a handle, even ones by subject.
+                        let mut h = (d.ends_with(['1', '3', '5', '7'])).then(|| e.handle(&subj));
                         let got: Vec<Decision> = (0..1_200)
-                            .map(|_| e.try_consume(&subj, PTS, units(1), MIDNIGHT))
+                            .map(|_| match h.as_mut() {
+                                Some(h) => e.try_consume_handle(h, PTS, units(1), MIDNIGHT),
+                                None => e.try_consume(&subj, PTS, units(1), MIDNIGHT),
+                            })
                             .collect();
                         granted(&got)
                     })
@@ -213,6 +218,59 @@ fn updates_racing_with_consumers_lose_nothing_and_respect_the_highest_limit() {
             total <= 1_500,
             "{total} granted, above every limit ever set"
         );
+    }
+}
+
+/// Handles and calls by subject on one device, while an updater keeps
+/// rewriting the rule (same limit, so every write only bumps the engine's
+/// version and forces handles to resolve again): every grant must see a
+/// distinct usage, i.e. the remaining amounts reported by the grants are
+/// exactly `limit − 1, …, 0`, each once. A stale handle deciding on its own
+/// would repeat or skip one.
+#[test]
+fn handles_and_calls_by_subject_are_linearizable_under_updates() {
+    for threads in THREADS {
+        let e = Engine::new();
+        let id = Rule::device("d", 1_000).create(&e);
+        let stop = AtomicBool::new(false);
+        let mut remaining: Vec<Amount> = std::thread::scope(|s| {
+            let updater = s.spawn(|| {
+                let bodies = [r#"{"limit":1000}"#, r#"{"ended_at":253402300799}"#];
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    e.apply_update_json(&id, bodies[n % 2], MIDNIGHT).unwrap();
+                    n += 1;
+                }
+                n
+            });
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let e = &e;
+                    s.spawn(move || {
+                        let subj = Subject::device("d");
+                        let mut h = (t % 2 == 1).then(|| e.handle(&subj));
+                        let mut mine = Vec::new();
+                        for _ in 0..2_000 / threads {
+                            let d = match h.as_mut() {
+                                Some(h) => e.try_consume_handle(h, PTS, units(1), MIDNIGHT),
+                                None => e.try_consume(&subj, PTS, units(1), MIDNIGHT),
+                            };
+                            if let Some(hr) = d.headroom() {
+                                mine.push(hr.remaining);
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            let all = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
+            stop.store(true, Ordering::Relaxed);
+            assert!(updater.join().unwrap() > 0);
+            all
+        });
+        remaining.sort();
+        let expected: Vec<Amount> = (0..1_000).map(units).collect();
+        assert_eq!(remaining, expected, "{threads} threads");
     }
 }
 

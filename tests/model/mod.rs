@@ -605,6 +605,8 @@ pub struct Harness {
     pub base: i64,
     pub now: i64,
     pub subjects: Vec<SubjectIds>,
+    /// One handle per subject, made before any rule exists.
+    pub handles: Vec<benefit_quota::SubjectHandle>,
 }
 
 impl Harness {
@@ -620,12 +622,19 @@ impl Harness {
             rule_replicas: 2,
             max_counters: usize::MAX,
         };
+        let engine = Engine::with_config(config);
+        let subjects = subjects();
+        let handles = subjects
+            .iter()
+            .map(|s| engine.handle(&subject_of(s)))
+            .collect();
         Harness {
-            engine: Engine::with_config(config),
+            engine,
             model: Model::new(i64::from(config.utc_offset.seconds()), suspend),
             base,
             now: base,
-            subjects: subjects(),
+            subjects,
+            handles,
         }
     }
 
@@ -673,11 +682,14 @@ impl Harness {
             Op::Unfreeze(t) => self.update(*t, &Self::status_patch("valid")),
             Op::Cancel(t) => self.update(*t, &Self::status_patch("cancel")),
             Op::Check { subject } => {
-                let s = self.subjects[usize::from(*subject) % self.subjects.len()];
-                (
-                    outcome_of(self.engine.check(&subject_of(&s), now)),
-                    self.model.check(&s, now),
-                )
+                let i = usize::from(*subject) % self.subjects.len();
+                let s = self.subjects[i];
+                let engine = if subject >> 7 == 1 {
+                    self.engine.check_handle(&mut self.handles[i], now)
+                } else {
+                    self.engine.check(&subject_of(&s), now)
+                };
+                (outcome_of(engine), self.model.check(&s, now))
             }
             Op::TryConsume {
                 subject,
@@ -704,22 +716,25 @@ impl Harness {
         micros: u32,
         record: bool,
     ) -> (Outcome, Outcome) {
-        let s = self.subjects[usize::from(subject) % self.subjects.len()];
+        let i = usize::from(subject) % self.subjects.len();
+        let s = self.subjects[i];
         let (bt, m) = (benefit_type_of(benefit_type), amount_micros(micros));
         let ebt = benefit_quota::BenefitType::from_wire(bt)
             .unwrap_or(benefit_quota::BenefitType::ResourcePoint);
         let (subj, amount, now) = (subject_of(&s), Amount::from_micros(m), self.now);
-        if record {
-            (
-                outcome_of(self.engine.record(&subj, ebt, amount, now)),
-                self.model.record(&s, bt, m, now),
-            )
+        let (e, h) = (&self.engine, &mut self.handles[i]);
+        let engine = match (record, subject >> 7 == 1) {
+            (true, false) => e.record(&subj, ebt, amount, now),
+            (true, true) => e.record_handle(h, ebt, amount, now),
+            (false, false) => e.try_consume(&subj, ebt, amount, now),
+            (false, true) => e.try_consume_handle(h, ebt, amount, now),
+        };
+        let model = if record {
+            self.model.record(&s, bt, m, now)
         } else {
-            (
-                outcome_of(self.engine.try_consume(&subj, ebt, amount, now)),
-                self.model.try_consume(&s, bt, m, now),
-            )
-        }
+            self.model.try_consume(&s, bt, m, now)
+        };
+        (outcome_of(engine), model)
     }
 
     fn update(&mut self, target: u8, p: &PatchValues) -> (Outcome, Outcome) {

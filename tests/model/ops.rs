@@ -96,6 +96,10 @@ pub enum Op {
     Freeze(u8),
     Unfreeze(u8),
     Cancel(u8),
+    /// `subject` picks a subject (modulo their number); its top bit picks
+    /// the path on the engine side: by subject (0) or through the subject's
+    /// long-lived [`benefit_quota::SubjectHandle`] (1), which lives across
+    /// every update and clock step of the run.
     Check {
         subject: u8,
     },

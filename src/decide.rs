@@ -1,0 +1,291 @@
+//! Deciding one operation over the counters of its rules (D13, D14, D17).
+//!
+//! Both enforcement paths end here: a call by subject (rules resolved under
+//! the rule table's read lock) and a call through a [`crate::SubjectHandle`]
+//! (rules and counter locations cached in the handle). The caller holds the
+//! lock of every counter shard the operation touches.
+
+use smallvec::SmallVec;
+
+use crate::amount::Amount;
+use crate::decision::{Decision, Denial, DenyReason, Headroom};
+use crate::period::{Period, Window};
+use crate::rules::{FrozenPolicy, RuleEntry};
+use crate::state::{counter_of, CounterState, Counters, Store};
+use crate::types::{BenefitId, BenefitType, Status};
+
+/// What an operation does to the counters of the rules it touches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Check,
+    TryConsume(BenefitType, u64),
+    Record(BenefitType, u64),
+}
+
+impl Op {
+    /// Whether the operation may create counters (and so counter owners).
+    #[inline]
+    pub fn debits(self) -> bool {
+        !matches!(self, Op::Check)
+    }
+}
+
+/// What a decision needs to know about one rule, wherever it was read from.
+#[derive(Clone, Copy)]
+pub(crate) struct RuleView<'r> {
+    pub slot: u32,
+    pub benefit_type: BenefitType,
+    /// Frozen, and the policy is *block* (D12).
+    pub frozen: bool,
+    pub limit: u64,
+    pub generation: u32,
+    pub period: &'r Period,
+}
+
+impl<'r> RuleView<'r> {
+    #[inline]
+    pub fn of(e: &'r RuleEntry, slot: u32, policy: FrozenPolicy) -> RuleView<'r> {
+        RuleView {
+            slot,
+            benefit_type: e.info.benefit_type,
+            frozen: policy == FrozenPolicy::Block && e.info.status == Status::Frozen,
+            limit: e.limit_micros,
+            generation: e.generation,
+            period: &e.period,
+        }
+    }
+}
+
+/// Inline capacity for one operation's rules: no allocation unless a subject
+/// is under more than six rules at once.
+pub(crate) type SeenVec = SmallVec<[Seen; 6]>;
+
+/// A rule's current state as seen by one operation.
+#[derive(Clone, Copy)]
+pub(crate) struct Seen {
+    slot: u32,
+    benefit_type: BenefitType,
+    frozen: bool,
+    /// The counter already exists (a debit creates it otherwise).
+    exists: bool,
+    generation: u32,
+    used: u64,
+    limit: u64,
+    /// The window the counter's usage belongs to (see [`effective_window`]).
+    window: Option<Window>,
+}
+
+impl Seen {
+    /// Appends the state of rule `v` at the caller's `window`, given its
+    /// counter among the owner's `counters` (if the owner has any).
+    #[inline]
+    pub fn push(
+        seen: &mut SeenVec,
+        v: RuleView<'_>,
+        window: Option<Window>,
+        counters: Option<&[CounterState]>,
+    ) {
+        let state = counters.and_then(|cs| cs.iter().find(|c| c.rule == v.slot));
+        seen.push(Seen {
+            slot: v.slot,
+            benefit_type: v.benefit_type,
+            frozen: v.frozen,
+            exists: state.is_some(),
+            generation: v.generation,
+            used: state.map_or(0, |c| c.effective_used(v.generation, window)),
+            limit: v.limit,
+            window: state.map_or(window, |c| {
+                effective_window(v.period, v.generation, c, window)
+            }),
+        });
+    }
+}
+
+/// The window a counter's usage belongs to: the caller's, or a newer one if
+/// another caller's clock already moved the counter forward.
+#[inline]
+pub(crate) fn effective_window(
+    period: &Period,
+    generation: u32,
+    state: &CounterState,
+    window: Option<Window>,
+) -> Option<Window> {
+    let w = window?;
+    if state.generation == generation && state.window_start > w.start {
+        period.window(state.window_start)
+    } else {
+        Some(w)
+    }
+}
+
+/// D13's outcome of `op` over the rules' current state `seen`; `debit` books
+/// an amount on the counters of the rules of a type when the operation goes
+/// through; `id_of` names a rule by slot.
+#[inline]
+pub(crate) fn conclude<'r>(
+    store: &Store,
+    seen: &mut [Seen],
+    op: Op,
+    id_of: impl Fn(u32) -> &'r BenefitId,
+    debit: impl FnOnce(&mut [Seen], BenefitType, u64),
+) -> Decision {
+    match op {
+        Op::Check => match deny(seen, None, 0, &id_of) {
+            Some(d) => Decision::Denied(d),
+            None => Decision::Allowed(headroom(seen, None, &id_of)),
+        },
+        Op::TryConsume(ty, amount) => {
+            if let Some(d) = deny(seen, Some(ty), amount, &id_of) {
+                return Decision::Denied(d);
+            }
+            if let Err(d) = reserve_counters(store, seen, ty, amount, &id_of) {
+                return Decision::Denied(d);
+            }
+            debit(seen, ty, amount);
+            Decision::Allowed(headroom(seen, Some(ty), &id_of))
+        }
+        Op::Record(ty, amount) => {
+            if let Err(d) = reserve_counters(store, seen, ty, amount, &id_of) {
+                return Decision::Denied(d);
+            }
+            debit(seen, ty, amount);
+            match deny(seen, None, 0, &id_of) {
+                Some(d) => Decision::Denied(d),
+                None => Decision::Allowed(headroom(seen, Some(ty), &id_of)),
+            }
+        }
+    }
+}
+
+/// Accounts for the counters a debit of `ty` would create; refuses
+/// (creating none) when that would pass [`crate::EngineConfig::max_counters`].
+fn reserve_counters<'r>(
+    store: &Store,
+    seen: &[Seen],
+    ty: BenefitType,
+    amount: u64,
+    id_of: &impl Fn(u32) -> &'r BenefitId,
+) -> Result<(), Denial> {
+    let mut missing = seen.iter().filter(|s| s.benefit_type == ty && !s.exists);
+    let Some(first) = missing.next() else {
+        return Ok(());
+    };
+    if amount == 0 || store.reserve(1 + missing.count()) {
+        return Ok(());
+    }
+    Err(Denial {
+        benefit_id: id_of(first.slot).clone(),
+        benefit_type: first.benefit_type,
+        reason: DenyReason::CounterCapacity,
+        remaining: Amount::from_micros(first.limit.saturating_sub(first.used)),
+        resets_at: None,
+    })
+}
+
+/// Adds `amount` to the counters, among one owner's `counters`, of the rules
+/// of type `ty` in `seen` (all of that owner), creating them as needed.
+#[inline]
+pub(crate) fn add_to_counters(
+    seen: &mut [Seen],
+    counters: &mut Counters,
+    ty: BenefitType,
+    amount: u64,
+) {
+    if amount == 0 {
+        return;
+    }
+    for s in seen {
+        if s.benefit_type == ty {
+            let c = counter_of(counters, s.slot);
+            c.roll(s.generation, s.window);
+            c.add(amount);
+            s.used = c.used;
+        }
+    }
+}
+
+/// Whether `seen` has a rule of type `ty` (so a debit of it touches counters).
+#[inline]
+pub(crate) fn has_type(seen: &[Seen], ty: BenefitType) -> bool {
+    seen.iter().any(|s| s.benefit_type == ty)
+}
+
+/// D13 + D17: the denial, if any. With `ty`, also rules of that type that
+/// cannot fit `amount`. The denial reported is the one that lasts longest:
+/// frozen first, then the latest reset (cumulative = never), then exhausted
+/// before insufficient, then the lowest slot (creation order).
+#[inline]
+fn deny<'r>(
+    seen: &[Seen],
+    ty: Option<BenefitType>,
+    amount: u64,
+    id_of: &impl Fn(u32) -> &'r BenefitId,
+) -> Option<Denial> {
+    let mut best: Option<((u8, i64, u8), &Seen, DenyReason)> = None;
+    for s in seen {
+        let (reason, resets) = if s.frozen {
+            (DenyReason::Frozen, None)
+        } else if s.used >= s.limit {
+            (DenyReason::Exhausted, s.window.map(|w| w.end))
+        } else if Some(s.benefit_type) == ty && s.used.saturating_add(amount) > s.limit {
+            (DenyReason::Insufficient, s.window.map(|w| w.end))
+        } else {
+            continue;
+        };
+        let rank = (
+            u8::from(reason == DenyReason::Frozen),
+            resets.unwrap_or(i64::MAX),
+            u8::from(reason == DenyReason::Exhausted),
+        );
+        let better = match &best {
+            None => true,
+            Some((r, b, _)) => rank > *r || (rank == *r && s.slot < b.slot),
+        };
+        if better {
+            best = Some((rank, s, reason));
+        }
+    }
+    best.map(|(_, s, reason)| Denial {
+        benefit_id: id_of(s.slot).clone(),
+        benefit_type: s.benefit_type,
+        reason,
+        remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
+        resets_at: if reason == DenyReason::Frozen {
+            None
+        } else {
+            s.window.map(|w| w.end)
+        },
+    })
+}
+
+/// The applicable rule (of `ty`, or of any type) with the least remaining;
+/// ties go to the lowest slot.
+#[inline]
+fn headroom<'r>(
+    seen: &[Seen],
+    ty: Option<BenefitType>,
+    id_of: &impl Fn(u32) -> &'r BenefitId,
+) -> Option<Headroom> {
+    // A plain loop: the iterator-adapter version kept its tuples on the stack
+    // and cost a fifth of a hot call.
+    let mut best: Option<&Seen> = None;
+    for s in seen {
+        if ty.is_some_and(|t| t != s.benefit_type) {
+            continue;
+        }
+        let remaining = s.limit.saturating_sub(s.used);
+        if best.is_none_or(|b| {
+            let r = b.limit.saturating_sub(b.used);
+            remaining < r || (remaining == r && s.slot < b.slot)
+        }) {
+            best = Some(s);
+        }
+    }
+    let s = best?;
+    Some(Headroom {
+        benefit_id: id_of(s.slot).clone(),
+        benefit_type: s.benefit_type,
+        remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
+        resets_at: s.window.map(|w| w.end),
+    })
+}

@@ -1,0 +1,376 @@
+//! Subject handles: a subject resolved once, then decided on without lookups.
+//!
+//! A handle caches what a call by subject computes each time: the applicable
+//! rules (their limits, generations, windows, frozen flags) and where their
+//! counters live (owner hashes and shards). A call through the handle locks
+//! those shards, checks under the locks that the engine's configuration
+//! version is still the one the handle resolved at, and decides. Any configuration write bumps the
+//! version, so the next call through any handle resolves again; so does a
+//! call whose `now` crosses an activation boundary (`started_at`,
+//! `ended_at + 1`) of a rule the resolution looked at.
+//!
+//! Why that is exact: the version is read while every shard of the operation
+//! is locked, and writers bump it under the rule table's write locks. On each
+//! shard, operations therefore see non-decreasing versions in lock order, so
+//! every operation decided with version `v` on a counter comes before every
+//! operation decided with a later version on it: the same order a call by
+//! subject (which holds the rule table's read lock throughout) would give.
+
+use std::sync::atomic::Ordering;
+
+use smallvec::SmallVec;
+
+use crate::amount::Amount;
+use crate::decide::{Op, RuleView};
+use crate::decision::Decision;
+use crate::engine::Engine;
+use crate::period::{clamp_now, Period, Window};
+use crate::rules::{Applied, AppliedVec, RuleSet, Validity};
+use crate::state::{Locked, Owner, OwnerKind};
+use crate::subject::{Member, Subject};
+use crate::types::{BenefitId, BenefitType};
+
+/// A subject resolved once (per connection, per session), for calls that
+/// skip resolution: see [`Engine::handle`].
+///
+/// Holds an owned copy of the subject's ids, the rules that applied at its
+/// last resolution and where their counters live. Calls through a handle
+/// decide exactly as the same calls by subject would.
+pub struct SubjectHandle {
+    engine: u64,
+    version: u64,
+    valid: Validity,
+    subject: OwnedSubject,
+    rules: SmallVec<[HandleRule; 2]>,
+    owners: SmallVec<[HandleOwner; 2]>,
+    /// The owners' shards, sorted and deduplicated (the lock order).
+    shards: SmallVec<[usize; 2]>,
+}
+
+impl std::fmt::Debug for SubjectHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectHandle")
+            .field("subject", &self.subject())
+            .field(
+                "rules",
+                &self.rules.iter().map(|r| &r.id).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// One applicable rule, as cached in a handle.
+struct HandleRule {
+    slot: u32,
+    id: BenefitId,
+    benefit_type: BenefitType,
+    frozen: bool,
+    limit: u64,
+    generation: u32,
+    period: Period,
+    /// The window at the last call's `now`.
+    window: Option<Window>,
+    /// Index of the counter's owner in the handle's owners.
+    owner: u32,
+}
+
+/// Where a counter owner's entry lives.
+struct HandleOwner {
+    kind: OwnerKind,
+    pool: u32,
+    hash: u64,
+    shard: usize,
+}
+
+/// The ids of a subject, owned.
+#[derive(Default)]
+struct OwnedSubject {
+    device: Option<Box<str>>,
+    consumer: Option<Box<str>>,
+    member: Option<[Option<Box<str>>; 4]>,
+}
+
+impl SubjectHandle {
+    /// The subject this handle decides for.
+    pub fn subject(&self) -> Subject<'_> {
+        self.subject.borrow()
+    }
+}
+
+impl OwnedSubject {
+    fn borrow(&self) -> Subject<'_> {
+        let s = self;
+        Subject {
+            device_id: s.device.as_deref(),
+            custom_consumer_id: s.consumer.as_deref(),
+            member: s.member.as_ref().map(|m| Member {
+                coze_user_id: m[0].as_deref(),
+                coze_role: m[1].as_deref(),
+                workspace_id: m[2].as_deref(),
+                organization_id: m[3].as_deref(),
+            }),
+        }
+    }
+}
+
+impl Engine {
+    /// A handle on `subject`, for calls that skip resolution
+    /// ([`Engine::check_handle`], [`Engine::try_consume_handle`],
+    /// [`Engine::record_handle`], [`Engine::try_consume_many_handles`]).
+    ///
+    /// Resolve a subject once per connection or session and keep the handle:
+    /// a call through it locks the shards of the subject's counters and decides, with
+    /// no hashing, no rule lookup and no lock on the rule table. The first
+    /// call, and the first after any configuration write or after `now`
+    /// crosses an activation boundary of the subject's rules, resolves again
+    /// (as a call by subject would). Decisions are exactly those of the calls
+    /// by subject. Creating a handle copies the ids (it allocates); calls
+    /// through it allocate nothing, except the first one that tracks a new
+    /// owner.
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::{Amount, BenefitType, Engine, Subject};
+    /// let engine = Engine::new();
+    /// engine.create_json(r#"{"entity_type":"enterprise_all_devices","benefit_info":{
+    ///   "benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,
+    ///   "ended_at":253402300799,"limit":2,"trigger_unit":"day"}}"#).unwrap();
+    /// let mut h = engine.handle(&Subject::device("sn-1"));
+    /// let (pts, one, now) = (BenefitType::ResourcePoint, Amount::from_units(1), 1_741_708_800);
+    /// assert!(engine.try_consume_handle(&mut h, pts, one, now).is_allowed());
+    /// assert!(engine.try_consume(&Subject::device("sn-1"), pts, one, now).is_allowed());
+    /// assert!(!engine.try_consume_handle(&mut h, pts, one, now).is_allowed()); // same counter
+    /// assert!(engine.check_handle(&mut h, now + 86_400).is_allowed()); // next day
+    /// ```
+    pub fn handle(&self, subject: &Subject<'_>) -> SubjectHandle {
+        let own = |s: Option<&str>| s.map(Box::from);
+        SubjectHandle {
+            engine: self.id,
+            version: 0,
+            // Empty: the first call resolves.
+            valid: Validity { lo: 1, hi: 0 },
+            subject: OwnedSubject {
+                device: own(subject.device_id),
+                consumer: own(subject.custom_consumer_id),
+                member: subject.member.map(|m| {
+                    [
+                        own(m.coze_user_id),
+                        own(m.coze_role),
+                        own(m.workspace_id),
+                        own(m.organization_id),
+                    ]
+                }),
+            },
+            rules: SmallVec::new(),
+            owners: SmallVec::new(),
+            shards: SmallVec::new(),
+        }
+    }
+
+    /// [`Engine::check`] through a handle.
+    pub fn check_handle(&self, handle: &mut SubjectHandle, now: i64) -> Decision {
+        self.run_handle(handle, now, Op::Check)
+    }
+
+    /// [`Engine::try_consume`] through a handle.
+    pub fn try_consume_handle(
+        &self,
+        handle: &mut SubjectHandle,
+        benefit_type: BenefitType,
+        amount: Amount,
+        now: i64,
+    ) -> Decision {
+        self.run_handle(
+            handle,
+            now,
+            Op::TryConsume(benefit_type, amount.as_micros()),
+        )
+    }
+
+    /// [`Engine::record`] through a handle.
+    pub fn record_handle(
+        &self,
+        handle: &mut SubjectHandle,
+        benefit_type: BenefitType,
+        amount: Amount,
+        now: i64,
+    ) -> Decision {
+        self.run_handle(handle, now, Op::Record(benefit_type, amount.as_micros()))
+    }
+
+    /// [`Engine::try_consume_handle`] for many requests, appending one
+    /// decision per request to `out`, in order; each is decided exactly as
+    /// separate calls in slice order would be.
+    ///
+    /// Requests are decided one by one, each under its own shard locks (other
+    /// threads never wait for the whole batch); the batch saves the call
+    /// overhead and keeps the loop tight.
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::{Amount, BenefitType, Engine, HandleRequest, Subject};
+    /// let engine = Engine::new();
+    /// let mut handles: Vec<_> = ["a", "b"].iter().map(|d| engine.handle(&Subject::device(d))).collect();
+    /// let mut reqs: Vec<HandleRequest> = handles
+    ///     .iter_mut()
+    ///     .map(|h| HandleRequest { handle: h, benefit_type: BenefitType::ResourcePoint, amount: Amount::from_units(1) })
+    ///     .collect();
+    /// let mut out = Vec::new();
+    /// engine.try_consume_many_handles(&mut reqs, 0, &mut out);
+    /// assert!(out.iter().all(|d| d.is_allowed()));
+    /// ```
+    pub fn try_consume_many_handles(
+        &self,
+        requests: &mut [HandleRequest<'_>],
+        now: i64,
+        out: &mut Vec<Decision>,
+    ) {
+        out.reserve(requests.len());
+        for r in requests.iter_mut() {
+            let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
+            out.push(self.run_handle(r.handle, now, op));
+        }
+    }
+
+    fn run_handle(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
+        let now = clamp_now(now);
+        if h.engine == self.id && h.valid.contains(now) {
+            let mut locked = self.store.lock_many(&h.shards);
+            if self.version.load(Ordering::Acquire) == h.version {
+                return self.decide_cached(h, now, op, &mut locked);
+            }
+        }
+        // Stale: resolve again under the rule table's read lock, which keeps
+        // the version still while this call decides.
+        let rules = self.read();
+        self.refresh(&rules, h, now);
+        let mut locked = self.store.lock_many(&h.shards);
+        self.decide_cached(h, now, op, &mut locked)
+    }
+
+    /// Decides `op` with the handle's cached rules; `locked` holds their shards.
+    #[inline]
+    fn decide_cached(
+        &self,
+        h: &mut SubjectHandle,
+        now: i64,
+        op: Op,
+        locked: &mut Locked<'_>,
+    ) -> Decision {
+        if h.rules.is_empty() {
+            return Decision::Allowed(None); // F16: unlimited
+        }
+        for r in h.rules.iter_mut() {
+            // A cumulative rule's window stays `None`: not rewriting it saves
+            // a store-forwarding stall on the `Option` temporary.
+            if let Some(w) = r.window {
+                if !w.contains(now) {
+                    r.window = r.period.window(now);
+                }
+            }
+        }
+        let h = &*h;
+        let mut applied = AppliedVec::new();
+        for r in &h.rules {
+            let o = &h.owners[r.owner as usize];
+            let id = match o.kind {
+                OwnerKind::Device => h.subject.device.as_deref(),
+                OwnerKind::Consumer => h.subject.consumer.as_deref(),
+                OwnerKind::Pool => None,
+            };
+            applied.push(Applied {
+                slot: r.slot,
+                owner: Owner {
+                    kind: o.kind,
+                    pool: o.pool,
+                    id: id.unwrap_or_default(),
+                    hash: o.hash,
+                },
+                shard: o.shard,
+                window: r.window,
+            });
+        }
+        self.decide(
+            &applied,
+            |i| h.rules[i].view(),
+            |slot| {
+                // Every slot a decision names is one of the handle's rules.
+                let r = h.rules.iter().find(|r| r.slot == slot);
+                r.map_or(&h.rules[0].id, |r| &r.id)
+            },
+            locked,
+            op,
+        )
+    }
+
+    /// Resolves the handle's subject at `now`; the caller holds `rules`.
+    /// Reuses the handle's buffers, so resolving again allocates nothing.
+    fn refresh(&self, rules: &RuleSet, h: &mut SubjectHandle, now: i64) {
+        let policy = self.config.frozen_policy;
+        let subject = h.subject.borrow();
+        let mut applied = AppliedVec::new();
+        let valid = self.resolve(rules, &subject, now, &mut applied);
+        h.rules.clear();
+        h.owners.clear();
+        for (i, a) in applied.iter().enumerate() {
+            let owner = match applied[..i].iter().position(|b| b.owner.same(&a.owner)) {
+                Some(j) => h.rules[j].owner,
+                None => {
+                    h.owners.push(HandleOwner {
+                        kind: a.owner.kind,
+                        pool: a.owner.pool,
+                        hash: a.owner.hash,
+                        shard: a.shard,
+                    });
+                    (h.owners.len() - 1) as u32
+                }
+            };
+            let e = &rules.rules[a.slot as usize];
+            let v = RuleView::of(e, a.slot, policy);
+            h.rules.push(HandleRule {
+                slot: a.slot,
+                id: e.info.benefit_id.clone(),
+                benefit_type: v.benefit_type,
+                frozen: v.frozen,
+                limit: v.limit,
+                generation: v.generation,
+                period: e.period,
+                window: a.window,
+                owner,
+            });
+        }
+        h.shards.clear();
+        h.shards.extend(h.owners.iter().map(|o| o.shard));
+        h.shards.sort_unstable();
+        h.shards.dedup();
+        h.engine = self.id;
+        h.valid = valid;
+        // Stable while the caller holds the read lock.
+        h.version = self.version.load(Ordering::Acquire);
+    }
+}
+
+impl HandleRule {
+    #[inline]
+    fn view(&self) -> RuleView<'_> {
+        RuleView {
+            slot: self.slot,
+            benefit_type: self.benefit_type,
+            frozen: self.frozen,
+            limit: self.limit,
+            generation: self.generation,
+            period: &self.period,
+        }
+    }
+}
+
+/// One request of a handle batch (see [`Engine::try_consume_many_handles`]).
+#[derive(Debug)]
+pub struct HandleRequest<'a> {
+    /// The subject's handle.
+    pub handle: &'a mut SubjectHandle,
+    /// What is spent.
+    pub benefit_type: BenefitType,
+    /// How much.
+    pub amount: Amount,
+}

@@ -1,0 +1,197 @@
+//! Subject handles: calls through a long-lived handle decide exactly as the
+//! same calls by subject, across configuration writes, activation boundaries,
+//! window roll-overs and batches. (The model-based test also routes half its
+//! operations through handles; these are the named scenarios.)
+
+mod common;
+
+use benefit_quota::{Decision, DenyReason, Engine, HandleRequest, Member, Subject};
+use common::*;
+
+/// Two engines fed the same writes: one is used by subject, the other
+/// through a handle made once, before anything else happens.
+struct Twin {
+    by_subject: Engine,
+    by_handle: Engine,
+    handle: benefit_quota::SubjectHandle,
+    subject: Subject<'static>,
+}
+
+impl Twin {
+    fn new(subject: Subject<'static>) -> Twin {
+        let by_handle = Engine::new();
+        let handle = by_handle.handle(&subject);
+        Twin {
+            by_subject: Engine::new(),
+            by_handle,
+            handle,
+            subject,
+        }
+    }
+
+    fn create(&self, rule: Rule) -> String {
+        let id = rule.create(&self.by_subject);
+        assert_eq!(rule.create(&self.by_handle), id);
+        id
+    }
+
+    fn update(&self, id: &str, body: &str, now: i64) {
+        self.by_subject.apply_update_json(id, body, now).unwrap();
+        self.by_handle.apply_update_json(id, body, now).unwrap();
+    }
+
+    /// Spends `n` units on both sides, then checks on both sides; returns
+    /// the spend's decision (each pair asserted equal).
+    fn spend(&mut self, n: u64, now: i64) -> Decision {
+        let spent = self
+            .by_subject
+            .try_consume(&self.subject, PTS, units(n), now);
+        let b = self
+            .by_handle
+            .try_consume_handle(&mut self.handle, PTS, units(n), now);
+        assert_eq!(spent, b, "try_consume at {now}");
+        let a = self.by_subject.check(&self.subject, now);
+        let b = self.by_handle.check_handle(&mut self.handle, now);
+        assert_eq!(a, b, "check at {now}");
+        spent
+    }
+}
+
+#[test]
+fn a_handle_follows_configuration_writes() {
+    let mut t = Twin::new(Subject::device("d"));
+    // made before any rule: unlimited
+    assert_eq!(t.spend(5, MIDNIGHT), Decision::Allowed(None));
+    let daily = t.create(Rule::all_devices(10).daily());
+    let d = t.spend(4, MIDNIGHT);
+    assert_eq!(d.headroom().map(|h| h.remaining), Some(units(6)));
+    let d = t.spend(7, MIDNIGHT);
+    assert_eq!(d.denial().map(|d| d.reason), Some(DenyReason::Insufficient));
+    t.update(&daily, r#"{"limit":4}"#, MIDNIGHT);
+    let d = t.spend(1, MIDNIGHT);
+    assert_eq!(d.denial().map(|d| d.reason), Some(DenyReason::Exhausted));
+    t.update(&daily, r#"{"status":"frozen"}"#, MIDNIGHT);
+    let d = t.spend(1, MIDNIGHT);
+    assert_eq!(d.denial().map(|d| d.reason), Some(DenyReason::Frozen));
+    t.update(
+        &daily,
+        r#"{"status":"valid","trigger_unit":"hour"}"#,
+        MIDNIGHT,
+    );
+    t.spend(3, MIDNIGHT + 60); // a new window (D16): usage restarts
+    t.create(Rule::device("d", 2)); // replaces nothing: cumulative slot
+    let d = t.spend(2, MIDNIGHT + 60);
+    assert_eq!(d.denial().map(|d| d.reason), Some(DenyReason::Insufficient));
+    t.update(&daily, r#"{"status":"cancel"}"#, MIDNIGHT + 60);
+    t.spend(2, MIDNIGHT + 60);
+    assert_eq!(
+        t.spend(1, MIDNIGHT + 60).denial().map(|d| d.reason),
+        Some(DenyReason::Exhausted)
+    );
+}
+
+#[test]
+fn a_handle_follows_activation_boundaries_and_windows() {
+    let mut t = Twin::new(Subject::device("d"));
+    t.create(Rule::all_devices(100).daily());
+    // a single-device daily rule active for one hour, an hour from now
+    t.create(
+        Rule::device("d", 3)
+            .daily()
+            .active(MIDNIGHT + 3_600, MIDNIGHT + 7_199),
+    );
+    for (dt, n) in [
+        (0, 10),
+        (3_599, 1),
+        (3_600, 2), // the single rule replaces the all-devices one (D11)
+        (3_700, 2), // insufficient under the single rule
+        (7_199, 1),
+        (7_200, 1),   // expired: back to the all-devices rule
+        (DAY, 1),     // a new day
+        (DAY - 1, 1), // a late request counts in the newer window
+    ] {
+        t.spend(n, MIDNIGHT + dt);
+    }
+}
+
+#[test]
+fn a_handle_counts_on_the_same_counters_as_calls_by_subject() {
+    let e = Engine::new();
+    let pool = Rule::new("coze_workspace", Some("ws"), 10).create(&e);
+    Rule::all_devices(6).create(&e);
+    let s = Subject::device("d").with_member(Member {
+        workspace_id: Some("ws"),
+        ..Member::default()
+    });
+    let mut h = e.handle(&s);
+    assert_eq!(h.subject(), s);
+    assert!(e
+        .try_consume_handle(&mut h, PTS, units(3), MIDNIGHT)
+        .is_allowed());
+    assert!(e.try_consume(&s, PTS, units(3), MIDNIGHT).is_allowed());
+    // the device's cumulative cap (6) is reached, whichever path asks
+    assert!(!e.check_handle(&mut h, MIDNIGHT).is_allowed());
+    assert!(!e.check(&s, MIDNIGHT).is_allowed());
+    assert_eq!(used(&e, &s, &pool, MIDNIGHT), units(6));
+    // record goes past the limit through a handle too
+    let d = e.record_handle(&mut h, PTS, units(5), MIDNIGHT);
+    assert_eq!(d.denial().map(|d| d.reason), Some(DenyReason::Exhausted));
+    assert_eq!(used(&e, &s, &pool, MIDNIGHT), units(11));
+}
+
+#[test]
+fn a_handle_used_with_another_engine_resolves_there() {
+    let a = Engine::new();
+    let b = Engine::new();
+    Rule::all_devices(1).create(&a);
+    Rule::all_devices(3).create(&b);
+    let mut h = a.handle(&Subject::device("d"));
+    assert!(a
+        .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT)
+        .is_allowed());
+    assert!(!a.check_handle(&mut h, MIDNIGHT).is_allowed());
+    // same ids, other engine: its own rules and counters
+    assert!(b
+        .try_consume_handle(&mut h, PTS, units(2), MIDNIGHT)
+        .is_allowed());
+    assert!(b.check_handle(&mut h, MIDNIGHT).is_allowed());
+    assert!(!a.check_handle(&mut h, MIDNIGHT).is_allowed());
+}
+
+#[test]
+fn a_handle_batch_decides_as_single_calls_in_order() {
+    let batched = Engine::new();
+    let single = Engine::new();
+    for e in [&batched, &single] {
+        Rule::all_devices(5).daily().create(e);
+        Rule::device("d1", 2).create(e);
+    }
+    let ids = ["d0", "d1", "d2", "d1", "d0", "d1"];
+    let mut handles: Vec<_> = ids
+        .iter()
+        .map(|d| batched.handle(&Subject::device(d)))
+        .collect();
+    let amounts = [2, 1, 4, 1, 3, 1];
+    let mut reqs: Vec<HandleRequest> = handles
+        .iter_mut()
+        .zip(amounts)
+        .map(|(h, n)| HandleRequest {
+            handle: h,
+            benefit_type: PTS,
+            amount: units(n),
+        })
+        .collect();
+    let mut out = Vec::new();
+    batched.try_consume_many_handles(&mut reqs, MIDNIGHT, &mut out);
+    let expected: Vec<Decision> = ids
+        .iter()
+        .zip(amounts)
+        .map(|(d, n)| single.try_consume(&Subject::device(d), PTS, units(n), MIDNIGHT))
+        .collect();
+    assert_eq!(out, expected);
+    assert_eq!(
+        out.iter().filter(|d| d.is_allowed()).count(),
+        5,
+        "only d1's third request passes its cap of 2"
+    );
+}
