@@ -515,7 +515,26 @@ fn report() {
             m("hot", "try_consume"),
             "",
         ),
+        ns(
+            "hot try_consume_handle (ns/op)",
+            "hot",
+            "try_consume_handle",
+            "< 40",
+        ),
+        ns("hot check_handle (ns/op)", "hot", "check_handle", ""),
+        ratio(
+            "hot: governor check_key time / try_consume_handle time",
+            m("hot", "governor_check_key"),
+            m("hot", "try_consume_handle"),
+            ">= 2.5x",
+        ),
         ns("cold try_consume (ns/op)", "cold", "try_consume", ""),
+        ns(
+            "cold try_consume_handle (ns/op)",
+            "cold",
+            "try_consume_handle",
+            "",
+        ),
         ns(
             "cold governor check_key (ns/op)",
             "cold",
@@ -536,10 +555,34 @@ fn report() {
             ">= 1x",
         ),
         ratio(
+            "cold: governor check_key time / try_consume_handle time",
+            m("cold", "governor_check_key"),
+            m("cold", "try_consume_handle"),
+            ">= 3x",
+        ),
+        ratio(
+            "cold: naive time / try_consume_handle time",
+            m("cold", "naive_try_consume"),
+            m("cold", "try_consume_handle"),
+            ">= 1x",
+        ),
+        ratio(
             "batch: single calls time / try_consume_many time (1M devices)",
             batch_per("single_calls_64"),
             batch_per("try_consume_many_64"),
             ">= 2x",
+        ),
+        ratio(
+            "batch: single handle calls time / try_consume_many_handles time",
+            batch_per("single_handle_calls_64"),
+            batch_per("try_consume_many_handles_64"),
+            ">= 2x",
+        ),
+        ratio(
+            "threads: 2 disjoint vs 1, handles (throughput)",
+            m("threads", "1_thread_handles"),
+            m("threads", "2_threads_disjoint_handles"),
+            ">= 1.7x",
         ),
         ratio(
             "threads: 2 disjoint vs 1 (throughput)",

@@ -37,7 +37,9 @@
 //! - `period`: reset windows in a fixed UTC offset (D15).
 //! - `rules`: the rule table and rule resolution (precedence, activation, frozen).
 //! - `state`: lock-sharded counters.
-//! - [`Engine`]: the configuration plane and the enforcement API.
+//! - `decide`: one decision over a subject's counters (D13, D17).
+//! - [`Engine`]: the configuration plane and the enforcement API;
+//!   [`SubjectHandle`]: a subject resolved once.
 //!
 //! The rules the engine enforces are written down, one by one with the test
 //! that pins each, in `SEMANTICS.md`.
@@ -72,6 +74,16 @@
 //!
 //! [`Engine::try_consume_many`] does the same for a batch, resolving a chunk
 //! under one read and locking the union of its shards once.
+//!
+//! **Through a [`SubjectHandle`]** ([`Engine::handle`], resolved once per
+//! connection), a call skips the rule-table lock, the hashing and the rule
+//! lookups: it locks the shards the handle remembers, compares the engine's
+//! configuration version (an atomic bumped by every write under the rule
+//! table's write locks) with the handle's, and decides with the rules the
+//! handle cached; on a mismatch, or when `now` crosses an activation
+//! boundary, it resolves again first. Reading the version under the shard
+//! locks is what keeps these calls exactly as ordered as calls by subject
+//! (see `src/handle.rs`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -216,7 +216,6 @@ pub(crate) struct Period {
     /// Length of a fixed (minute/hour/day) window; 0 for cumulative rules and
     /// calendar months.
     fixed_len: i64,
-    cumulative: bool,
 }
 
 impl Period {
@@ -231,7 +230,6 @@ impl Period {
             started_at,
             offset,
             fixed_len,
-            cumulative: reset.is_cumulative(),
         }
     }
 
@@ -240,30 +238,11 @@ impl Period {
         rule_window(self.family, self.reset, self.started_at, self.offset, now)
     }
 
-    /// [`Period::window`], reusing `cached_start` (the start of a window
-    /// computed earlier) when `now` falls in it: that saves the two divisions.
-    /// Returns the window and, if it is a fixed window other than the cached
-    /// one, its start for the caller to cache.
+    /// Length of a fixed (minute/hour/day) window; 0 for cumulative rules
+    /// and calendar months.
     #[inline]
-    pub fn window_cached(&self, now: i64, cached_start: i64) -> (Option<Window>, Option<i64>) {
-        if self.cumulative {
-            // Decided here, inline: an out-of-line call returning `None`
-            // through memory cost a store-forwarding stall per rule.
-            return (None, None);
-        }
-        if self.fixed_len > 0 {
-            // `now` is clamped to ±2^40 and windows are shorter than 2^38 s.
-            if cached_start <= now && now - cached_start < self.fixed_len {
-                let w = Window {
-                    start: cached_start,
-                    end: cached_start + self.fixed_len,
-                };
-                return (Some(w), None);
-            }
-            let w = self.window(now);
-            return (w, w.map(|w| w.start));
-        }
-        (self.window(now), None)
+    pub fn fixed_len(&self) -> i64 {
+        self.fixed_len
     }
 
     /// A start to seed a window cache with.

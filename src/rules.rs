@@ -67,13 +67,22 @@ impl RuleEntry {
     /// The rule's window at `now` (`None`: cumulative), D15.
     #[inline]
     pub fn window(&self, now: i64) -> Option<Window> {
-        let (w, fresh) = self
-            .period
-            .window_cached(now, self.cached_start.load(Ordering::Relaxed));
-        if let Some(start) = fresh {
-            self.cached_start.store(start, Ordering::Relaxed);
+        let len = self.period.fixed_len();
+        if len > 0 {
+            let start = self.cached_start.load(Ordering::Relaxed);
+            // `now` is clamped to ±2^40 and windows are shorter than 2^38 s.
+            if start <= now && now - start < len {
+                return Some(Window {
+                    start,
+                    end: start + len,
+                });
+            }
         }
-        w
+        let w = self.period.window(now)?;
+        if len > 0 {
+            self.cached_start.store(w.start, Ordering::Relaxed);
+        }
+        Some(w)
     }
 
     /// Whether a subject's resolution can change at `t` because of this
