@@ -68,6 +68,9 @@ pub(crate) struct Seen {
     frozen: bool,
     /// The counter already exists (a debit creates it otherwise).
     exists: bool,
+    /// Its index among the owner's counters when it exists (saves the
+    /// debit a second search).
+    pos: u8,
     generation: u32,
     used: u64,
     limit: u64,
@@ -76,6 +79,18 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
+    const BLANK: Seen = Seen {
+        slot: 0,
+        benefit_type: BenefitType::ResourcePoint,
+        frozen: false,
+        exists: false,
+        pos: 0,
+        generation: 0,
+        used: 0,
+        limit: 0,
+        window: None,
+    };
+
     /// Appends the state of rule `v` at the caller's `window`, given its
     /// counter among the owner's `counters` (if the owner has any).
     #[inline]
@@ -85,20 +100,96 @@ impl Seen {
         window: Option<Window>,
         counters: Option<&[CounterState]>,
     ) {
-        let state = counters.and_then(|cs| cs.iter().find(|c| c.rule == v.slot));
-        seen.push(Seen {
-            slot: v.slot,
-            benefit_type: v.benefit_type,
-            frozen: v.frozen,
-            exists: state.is_some(),
-            generation: v.generation,
-            used: state.map_or(0, |c| c.effective_used(v.generation, window)),
-            limit: v.limit,
-            window: state.map_or(window, |c| {
-                effective_window(v.period, v.generation, c, window)
-            }),
-        });
+        seen.push(Seen::BLANK);
+        if let Some(s) = seen.last_mut() {
+            s.fill(v, window, counters);
+        }
     }
+
+    /// Sets this to the state of rule `v` at the caller's `window` (filled in
+    /// place: building it elsewhere and moving it in costs a store-forwarding
+    /// stall per rule).
+    #[inline]
+    fn fill(&mut self, v: RuleView<'_>, window: Option<Window>, counters: Option<&[CounterState]>) {
+        let found = counters.and_then(|cs| {
+            let i = cs.iter().position(|c| c.rule == v.slot)?;
+            Some((i, &cs[i]))
+        });
+        self.slot = v.slot;
+        self.benefit_type = v.benefit_type;
+        self.frozen = v.frozen;
+        self.generation = v.generation;
+        self.limit = v.limit;
+        match found {
+            Some((i, c)) => {
+                self.exists = true;
+                self.pos = i as u8;
+                self.used = c.effective_used(v.generation, window);
+                self.window = effective_window(v.period, v.generation, c, window);
+            }
+            None => {
+                self.exists = false;
+                self.used = 0;
+                self.window = window;
+            }
+        }
+    }
+}
+
+/// Rules decided over a stack array by [`decide_one_owner`].
+const FAST_RULES: usize = 4;
+
+/// Decides `op` when all `n` applicable rules count on one owner's
+/// `counters` (the usual subject: a device's all-scope rules, or one pool);
+/// `rule(i)` gives the i-th rule and the caller's window for it. With
+/// `counters` absent (a `check` of a subject never debited) every counter
+/// reads as empty. No collection is built for up to four rules.
+#[inline]
+pub(crate) fn decide_one_owner<'r>(
+    store: &Store,
+    n: usize,
+    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: Option<&mut Counters>,
+    op: Op,
+    id_of: impl Fn(u32) -> &'r BenefitId,
+) -> Decision {
+    if n > FAST_RULES {
+        return decide_one_owner_spilled(store, n, rule, counters, op, id_of);
+    }
+    let mut buf = [Seen::BLANK; FAST_RULES];
+    let read = counters.as_deref().map(|c| c.as_slice());
+    for (i, s) in buf[..n].iter_mut().enumerate() {
+        let (v, w) = rule(i);
+        s.fill(v, w, read);
+    }
+    conclude(store, &mut buf[..n], op, id_of, |seen, ty, amount| {
+        if let Some(c) = counters {
+            add_to_counters(seen, c, ty, amount);
+        }
+    })
+}
+
+/// [`decide_one_owner`] for more than [`FAST_RULES`] rules.
+#[inline(never)]
+fn decide_one_owner_spilled<'r>(
+    store: &Store,
+    n: usize,
+    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: Option<&mut Counters>,
+    op: Op,
+    id_of: impl Fn(u32) -> &'r BenefitId,
+) -> Decision {
+    let mut seen = SeenVec::new();
+    let read = counters.as_deref().map(|c| c.as_slice());
+    for i in 0..n {
+        let (v, w) = rule(i);
+        Seen::push(&mut seen, v, w, read);
+    }
+    conclude(store, &mut seen, op, id_of, |seen, ty, amount| {
+        if let Some(c) = counters {
+            add_to_counters(seen, c, ty, amount);
+        }
+    })
 }
 
 /// The window a counter's usage belongs to: the caller's, or a newer one if
@@ -196,7 +287,11 @@ pub(crate) fn add_to_counters(
     }
     for s in seen {
         if s.benefit_type == ty {
-            let c = counter_of(counters, s.slot);
+            let at = usize::from(s.pos);
+            let c = match counters.get(at) {
+                Some(c) if s.exists && c.rule == s.slot => &mut counters[at],
+                _ => counter_of(counters, s.slot),
+            };
             c.roll(s.generation, s.window);
             c.add(amount);
             s.used = c.used;

@@ -9,7 +9,8 @@ use smallvec::SmallVec;
 
 use crate::amount::Amount;
 use crate::decide::{
-    add_to_counters, conclude, effective_window, has_type, Op, RuleView, Seen, SeenVec,
+    add_to_counters, conclude, decide_one_owner, effective_window, has_type, Op, RuleView, Seen,
+    SeenVec,
 };
 use crate::decision::{Decision, UsageReport};
 use crate::errors::ApiError;
@@ -729,22 +730,22 @@ impl Engine {
         if applied.is_empty() {
             return Decision::Allowed(None);
         }
-        let mut seen = SeenVec::new();
-        let single_owner = applied.iter().all(|a| a.owner.same(&applied[0].owner));
-        if single_owner && op.debits() {
+        let first = &applied[0];
+        if applied.iter().all(|a| a.owner.same(&first.owner)) {
             // The usual device (its all-scope rules) or one pool: one probe.
-            let first = &applied[0];
-            let mut entry = locked.owner_entry(first.shard, &first.owner);
-            let counters = entry.counters();
-            for (i, a) in applied.iter().enumerate() {
-                Seen::push(&mut seen, view(i), a.window, Some(counters));
+            let rule = |i: usize| (view(i), applied[i].window);
+            let n = applied.len();
+            if !op.debits() {
+                let counters = locked.counters_if_any(first.shard, &first.owner);
+                return decide_one_owner(&self.store, n, rule, counters, op, id_of);
             }
-            let decision = conclude(&self.store, &mut seen, op, id_of, |seen, ty, amount| {
-                add_to_counters(seen, counters, ty, amount)
-            });
+            let mut entry = locked.owner_entry(first.shard, &first.owner);
+            let decision =
+                decide_one_owner(&self.store, n, rule, Some(entry.counters()), op, id_of);
             entry.remove_if_empty();
             return decision;
         }
+        let mut seen = SeenVec::new();
         for run in owner_runs(applied) {
             let first = &applied[run.start];
             let counters = locked.counters(first.shard, &first.owner);

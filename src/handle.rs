@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use smallvec::SmallVec;
 
 use crate::amount::Amount;
-use crate::decide::{Op, RuleView};
+use crate::decide::{decide_one_owner, Op, RuleView};
 use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::period::{clamp_now, Period, Window};
@@ -270,37 +270,37 @@ impl Engine {
             }
         }
         let h = &*h;
+        let id_of = |slot: u32| {
+            // Every slot a decision names is one of the handle's rules.
+            let r = h.rules.iter().find(|r| r.slot == slot);
+            r.map_or(&h.rules[0].id, |r| &r.id)
+        };
+        if let [o] = h.owners.as_slice() {
+            // The usual subject: every rule counts on one owner.
+            let owner = h.owner(o);
+            let rule = |i: usize| (h.rules[i].view(), h.rules[i].window);
+            let n = h.rules.len();
+            if !op.debits() {
+                let counters = locked.counters_if_any(o.shard, &owner);
+                return decide_one_owner(&self.store, n, rule, counters, op, id_of);
+            }
+            let mut entry = locked.owner_entry(o.shard, &owner);
+            let decision =
+                decide_one_owner(&self.store, n, rule, Some(entry.counters()), op, id_of);
+            entry.remove_if_empty();
+            return decision;
+        }
         let mut applied = AppliedVec::new();
         for r in &h.rules {
             let o = &h.owners[r.owner as usize];
-            let id = match o.kind {
-                OwnerKind::Device => h.subject.device.as_deref(),
-                OwnerKind::Consumer => h.subject.consumer.as_deref(),
-                OwnerKind::Pool => None,
-            };
             applied.push(Applied {
                 slot: r.slot,
-                owner: Owner {
-                    kind: o.kind,
-                    pool: o.pool,
-                    id: id.unwrap_or_default(),
-                    hash: o.hash,
-                },
+                owner: h.owner(o),
                 shard: o.shard,
                 window: r.window,
             });
         }
-        self.decide(
-            &applied,
-            |i| h.rules[i].view(),
-            |slot| {
-                // Every slot a decision names is one of the handle's rules.
-                let r = h.rules.iter().find(|r| r.slot == slot);
-                r.map_or(&h.rules[0].id, |r| &r.id)
-            },
-            locked,
-            op,
-        )
+        self.decide(&applied, |i| h.rules[i].view(), id_of, locked, op)
     }
 
     /// Resolves the handle's subject at `now`; the caller holds `rules`.
@@ -347,6 +347,24 @@ impl Engine {
         h.valid = valid;
         // Stable while the caller holds the read lock.
         h.version = self.version.load(Ordering::Acquire);
+    }
+}
+
+impl SubjectHandle {
+    /// The owner key of one of the handle's counter owners.
+    #[inline]
+    fn owner<'h>(&'h self, o: &HandleOwner) -> Owner<'h> {
+        let id = match o.kind {
+            OwnerKind::Device => self.subject.device.as_deref(),
+            OwnerKind::Consumer => self.subject.consumer.as_deref(),
+            OwnerKind::Pool => None,
+        };
+        Owner {
+            kind: o.kind,
+            pool: o.pool,
+            id: id.unwrap_or_default(),
+            hash: o.hash,
+        }
     }
 }
 

@@ -238,6 +238,16 @@ impl Locked<'_> {
             .map(|e| e.counters.as_slice())
     }
 
+    /// The counters of `owner`, if it has any, for writing.
+    #[inline]
+    pub fn counters_if_any(&mut self, shard: usize, owner: &Owner<'_>) -> Option<&mut Counters> {
+        let pos = self.position(shard);
+        let table = &mut self.guards[pos].1.table;
+        table
+            .find_mut(owner.hash, |e| e.is(owner))
+            .map(|e| &mut e.counters)
+    }
+
     /// The counters of `owner`, its entry created if missing. Creating an
     /// entry is the only allocating step (the owner id is copied once, when the
     /// entity is first seen).
