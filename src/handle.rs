@@ -202,9 +202,14 @@ impl Engine {
     /// decision per request to `out`, in order; each is decided exactly as
     /// separate calls in slice order would be.
     ///
-    /// Requests are decided one by one, each under its own shard locks (other
-    /// threads never wait for the whole batch); the batch saves the call
-    /// overhead and keeps the loop tight.
+    /// Works in chunks of [`crate::BATCH_CHUNK`], like
+    /// [`Engine::try_consume_many`]: stale handles of a chunk resolve again
+    /// first (under one read of the rule table), then the chunk locks the
+    /// union of its shards once, checks the configuration version once,
+    /// touches every counter entry it will need (so the memory misses of
+    /// independent subjects overlap instead of queueing) and decides each
+    /// request in turn. Other threads working on those shards wait for at
+    /// most one chunk.
     ///
     /// # Examples
     /// ```
@@ -225,10 +230,53 @@ impl Engine {
         now: i64,
         out: &mut Vec<Decision>,
     ) {
+        let now = clamp_now(now);
         out.reserve(requests.len());
-        for r in requests.iter_mut() {
-            let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-            out.push(self.run_handle(r.handle, now, op));
+        for chunk in requests.chunks_mut(crate::BATCH_CHUNK) {
+            let current = |h: &SubjectHandle, version: u64| {
+                h.engine == self.id && h.valid.contains(now) && h.version == version
+            };
+            let version = self.version.load(Ordering::Acquire);
+            if chunk.iter().any(|r| !current(r.handle, version)) {
+                let rules = self.read();
+                for r in chunk.iter_mut() {
+                    if !current(r.handle, version) {
+                        self.refresh(&rules, r.handle, now);
+                    }
+                }
+            }
+            let mut shards: SmallVec<[usize; 2 * crate::BATCH_CHUNK]> = SmallVec::new();
+            for r in chunk.iter() {
+                shards.extend_from_slice(&r.handle.shards);
+            }
+            shards.sort_unstable();
+            shards.dedup();
+            let mut locked = self.store.lock_many(&shards);
+            let version = self.version.load(Ordering::Acquire);
+            if chunk.iter().any(|r| r.handle.version != version) {
+                // A write landed meanwhile: decide one by one (each resolves again).
+                drop(locked);
+                for r in chunk.iter_mut() {
+                    let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
+                    out.push(self.run_handle(r.handle, now, op));
+                }
+                continue;
+            }
+            // Touch pass: independent lookups, so their cache misses overlap.
+            let mut touched = 0u64;
+            for r in chunk.iter() {
+                let h = &*r.handle;
+                for o in &h.owners {
+                    if let Some(cs) = locked.counters(o.shard, &h.owner(o)) {
+                        touched = touched.wrapping_add(cs.first().map_or(0, |c| c.used));
+                    }
+                }
+            }
+            std::hint::black_box(touched);
+            for r in chunk.iter_mut() {
+                let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
+                out.push(self.decide_cached(r.handle, now, op, &mut locked));
+            }
         }
     }
 

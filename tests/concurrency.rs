@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 
-use benefit_quota::{Amount, Decision, Engine, Member, Subject};
+use benefit_quota::{Amount, Decision, Engine, HandleRequest, Member, Subject};
 use common::*;
 
 const THREADS: [usize; 3] = [2, 4, 8];
@@ -221,7 +221,8 @@ fn updates_racing_with_consumers_lose_nothing_and_respect_the_highest_limit() {
     }
 }
 
-/// Handles and calls by subject on one device, while an updater keeps
+/// Handles (single calls and batches) and calls by subject on one device,
+/// while an updater keeps
 /// rewriting the rule (same limit, so every write only bumps the engine's
 /// version and forces handles to resolve again): every grant must see a
 /// distinct usage, i.e. the remaining amounts reported by the grants are
@@ -248,15 +249,39 @@ fn handles_and_calls_by_subject_are_linearizable_under_updates() {
                     let e = &e;
                     s.spawn(move || {
                         let subj = Subject::device("d");
-                        let mut h = (t % 2 == 1).then(|| e.handle(&subj));
                         let mut mine = Vec::new();
-                        for _ in 0..2_000 / threads {
-                            let d = match h.as_mut() {
-                                Some(h) => e.try_consume_handle(h, PTS, units(1), MIDNIGHT),
-                                None => e.try_consume(&subj, PTS, units(1), MIDNIGHT),
-                            };
+                        let mut keep = |d: &Decision| {
                             if let Some(hr) = d.headroom() {
                                 mine.push(hr.remaining);
+                            }
+                        };
+                        let n = 2_000 / threads;
+                        match t % 3 {
+                            0 => (0..n)
+                                .for_each(|_| keep(&e.try_consume(&subj, PTS, units(1), MIDNIGHT))),
+                            1 => {
+                                let mut h = e.handle(&subj);
+                                (0..n).for_each(|_| {
+                                    keep(&e.try_consume_handle(&mut h, PTS, units(1), MIDNIGHT))
+                                })
+                            }
+                            _ => {
+                                // batches of four handles on the same device
+                                let mut hs: Vec<_> = (0..4).map(|_| e.handle(&subj)).collect();
+                                let mut out = Vec::new();
+                                for _ in 0..n / 4 {
+                                    let mut reqs: Vec<HandleRequest> = hs
+                                        .iter_mut()
+                                        .map(|h| HandleRequest {
+                                            handle: h,
+                                            benefit_type: PTS,
+                                            amount: units(1),
+                                        })
+                                        .collect();
+                                    out.clear();
+                                    e.try_consume_many_handles(&mut reqs, MIDNIGHT, &mut out);
+                                    out.iter().for_each(&mut keep);
+                                }
                             }
                         }
                         mine

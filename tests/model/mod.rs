@@ -727,6 +727,17 @@ impl Harness {
             (true, false) => e.record(&subj, ebt, amount, now),
             (true, true) => e.record_handle(h, ebt, amount, now),
             (false, false) => e.try_consume(&subj, ebt, amount, now),
+            (false, true) if subject & 0x40 != 0 => {
+                // through the batch entry point, as a batch of one
+                let mut out = Vec::new();
+                let mut reqs = [benefit_quota::HandleRequest {
+                    handle: h,
+                    benefit_type: ebt,
+                    amount,
+                }];
+                e.try_consume_many_handles(&mut reqs, now, &mut out);
+                out.pop().unwrap_or(benefit_quota::Decision::Allowed(None))
+            }
             (false, true) => e.try_consume_handle(h, ebt, amount, now),
         };
         let model = if record {

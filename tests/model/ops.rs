@@ -99,7 +99,8 @@ pub enum Op {
     /// `subject` picks a subject (modulo their number); its top bit picks
     /// the path on the engine side: by subject (0) or through the subject's
     /// long-lived [`benefit_quota::SubjectHandle`] (1), which lives across
-    /// every update and clock step of the run.
+    /// every update and clock step of the run; for a handle `TryConsume`, the
+    /// next bit sends it through `try_consume_many_handles` as a batch of one.
     Check {
         subject: u8,
     },
