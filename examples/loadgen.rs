@@ -7,12 +7,17 @@
 //! then throughput, allow/deny counts and memory per tracked counter (resident
 //! memory added by warming every subject, minus the id bytes, per counter).
 //!
-//! `cargo run --release --example loadgen -- --subjects 1000000 --threads 2 --seconds 5`
+//! With `--handles 1`, subjects are split between the threads (as
+//! connections are between a gateway's workers) and each thread spends
+//! through a `SubjectHandle` per subject, made after the warm-up; the memory
+//! the handles add is printed per handle.
+//!
+//! `cargo run --release --example loadgen -- --subjects 1000000 --threads 2 --seconds 5 [--handles 1]`
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use benefit_quota::{Amount, BenefitType, Engine, Subject};
+use benefit_quota::{Amount, BenefitType, Engine, Subject, SubjectHandle};
 
 const MIDNIGHT: i64 = 1_741_708_800;
 
@@ -57,6 +62,7 @@ fn main() {
     let subjects = arg("--subjects", 1_000_000).max(1) as usize;
     let threads = arg("--threads", 2).max(1) as usize;
     let seconds = arg("--seconds", 5).max(1);
+    let use_handles = arg("--handles", 0) != 0;
 
     let keys: Vec<String> = (0..subjects).map(|i| format!("sn-{i:08}")).collect();
     let id_bytes: u64 = keys.iter().map(|k| k.len() as u64).sum();
@@ -82,12 +88,27 @@ fn main() {
         (rss1.saturating_sub(rss0).saturating_sub(id_bytes)) as f64 / counters as f64
     );
 
+    // Per thread: its share of the subjects, as handles (empty without --handles).
+    let mut handles: Vec<Vec<SubjectHandle>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut per_handle = 0.0;
+    if use_handles {
+        let (before, _) = memory();
+        for (i, k) in keys.iter().enumerate() {
+            let mut h = engine.handle(&Subject::device(k));
+            engine.check_handle(&mut h, MIDNIGHT - 1);
+            handles[i % threads].push(h);
+        }
+        let (after, _) = memory();
+        per_handle = after.saturating_sub(before) as f64 / subjects as f64;
+        println!("made {subjects} handles: {per_handle:.0} bytes per handle");
+    }
+
     let allowed = AtomicU64::new(0);
     let denied = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     std::thread::scope(|s| {
-        for t in 0..threads {
+        for (t, mut mine) in handles.into_iter().enumerate() {
             let (engine, keys, allowed, denied, stop) = (&engine, &keys, &allowed, &denied, &stop);
             s.spawn(move || {
                 let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1);
@@ -98,16 +119,16 @@ fn main() {
                         x ^= x << 13;
                         x ^= x >> 7;
                         x ^= x << 17;
-                        let k = &keys[(x % keys.len() as u64) as usize];
                         let now = MIDNIGHT + (start.elapsed().as_millis() as i64 * 36 / 10);
-                        let ok = engine
-                            .try_consume(
-                                &Subject::device(k),
-                                BenefitType::ResourcePoint,
-                                Amount::from_units(1),
-                                now,
-                            )
-                            .is_allowed();
+                        let (pts, one) = (BenefitType::ResourcePoint, Amount::from_units(1));
+                        let ok = if mine.is_empty() {
+                            let k = &keys[(x % keys.len() as u64) as usize];
+                            engine.try_consume(&Subject::device(k), pts, one, now)
+                        } else {
+                            let n = mine.len() as u64;
+                            engine.try_consume_handle(&mut mine[(x % n) as usize], pts, one, now)
+                        }
+                        .is_allowed();
                         if ok {
                             a += 1
                         } else {
@@ -145,6 +166,14 @@ fn main() {
     let counters = engine.counter_count() as u64;
     println!("\n| metric | value |\n|---|---|");
     println!("| subjects / threads / seconds | {subjects} / {threads} / {seconds} |");
+    println!(
+        "| calls | {} |",
+        if use_handles {
+            "through handles (subjects split between threads)"
+        } else {
+            "by subject (any thread, any subject)"
+        }
+    );
     println!("| throughput | {:.0} ops/s |", (a + d) as f64 / elapsed);
     println!("| allowed / denied | {a} / {d} |");
     println!("| tracked counters | {counters} |");
@@ -152,6 +181,9 @@ fn main() {
         "| memory per counter beyond the id string (after warm-up) | {:.1} bytes |",
         (rss1.saturating_sub(rss0).saturating_sub(id_bytes)) as f64 / counters as f64
     );
+    if use_handles {
+        println!("| memory per handle | {per_handle:.0} bytes |");
+    }
     println!(
         "| resident / peak resident | {:.1} MiB / {:.1} MiB |",
         rss as f64 / 1048576.0,

@@ -440,3 +440,17 @@ pub struct HandleRequest<'a> {
     /// How much.
     pub amount: Amount,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_stay_small() {
+        // Two rules and two owners inline (the usual device): 464 bytes today,
+        // plus the ids on the heap. A gateway keeps one per connection.
+        let size = std::mem::size_of::<SubjectHandle>();
+        assert!(size <= 512, "{size}");
+        assert!(std::mem::size_of::<HandleRule>() <= 120);
+    }
+}

@@ -83,7 +83,13 @@
 //! handle cached; on a mismatch, or when `now` crosses an activation
 //! boundary, it resolves again first. Reading the version under the shard
 //! locks is what keeps these calls exactly as ordered as calls by subject
-//! (see `src/handle.rs`).
+//! (see `src/handle.rs`). [`Engine::try_consume_many_handles`] batches them
+//! like [`Engine::try_consume_many`].
+//!
+//! **Decided on the stack:** when every applicable rule counts on one owner
+//! (a device's all-scope rules, or one pool: the usual case) the decision is
+//! made over a fixed array of at most four rule states, and the debit reuses
+//! the counter positions found while reading.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
