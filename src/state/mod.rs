@@ -190,12 +190,17 @@ impl Store {
     /// Locks the given shards in ascending index order (deadlock-free).
     /// `indices` must be sorted and deduplicated.
     pub fn lock_many(&self, indices: &[usize]) -> Locked<'_> {
-        let mut guards = SmallVec::new();
-        for &i in indices {
-            guards.push((i, self.shards[i].lock()));
+        let (first, rest) = match indices.split_first() {
+            Some((&i, rest)) => (Some((i, self.shards[i].lock())), rest),
+            None => (None, indices),
+        };
+        let mut others = SmallVec::new();
+        for &i in rest {
+            others.push((i, self.shards[i].lock()));
         }
         Locked {
-            guards,
+            first,
+            rest: others,
             hasher: &self.hasher,
         }
     }
@@ -208,32 +213,54 @@ impl Store {
 
 /// A set of held shard locks.
 pub(crate) struct Locked<'s> {
-    guards: SmallVec<[(usize, MutexGuard<'s, Shard>); 4]>,
+    /// The lowest shard held: most operations hold only this one, and it
+    /// costs no collection.
+    first: Option<(usize, MutexGuard<'s, Shard>)>,
+    /// The others, ascending.
+    rest: SmallVec<[(usize, MutexGuard<'s, Shard>); 3]>,
     hasher: &'s OwnerHasher,
 }
 
 impl Locked<'_> {
+    /// The table of a held shard. A shard that is not held cannot be asked
+    /// for: callers lock every shard they touch (the first shard's table
+    /// stands in, as the old index lookup's default did).
     #[inline]
-    fn position(&self, shard: usize) -> usize {
-        // Guards are sorted by shard. A shard that is not held cannot be asked
-        // for: callers lock every shard they touch.
-        if self.guards.len() <= 4 {
-            self.guards
-                .iter()
-                .position(|(j, _)| *j == shard)
-                .unwrap_or_default()
-        } else {
-            self.guards
-                .binary_search_by_key(&shard, |(j, _)| *j)
-                .unwrap_or_default()
+    fn table(&self, shard: usize) -> &HashTable<Entry> {
+        if let Some((i, g)) = &self.first {
+            if *i == shard || self.rest.is_empty() {
+                return &g.table;
+            }
         }
+        match self.rest.binary_search_by_key(&shard, |(j, _)| *j) {
+            Ok(p) => &self.rest[p].1.table,
+            Err(_) => &self.rest[0].1.table,
+        }
+    }
+
+    /// [`Locked::table`], for writing.
+    #[inline]
+    fn table_mut(&mut self, shard: usize) -> &mut HashTable<Entry> {
+        let in_first = match &self.first {
+            Some((i, _)) => *i == shard || self.rest.is_empty(),
+            None => false,
+        };
+        if in_first {
+            if let Some((_, g)) = self.first.as_mut() {
+                return &mut g.table;
+            }
+        }
+        let p = self
+            .rest
+            .binary_search_by_key(&shard, |(j, _)| *j)
+            .unwrap_or_default();
+        &mut self.rest[p].1.table
     }
 
     /// The counters of `owner`, if it has any.
     #[inline]
     pub fn counters(&self, shard: usize, owner: &Owner<'_>) -> Option<&[CounterState]> {
-        let table = &self.guards[self.position(shard)].1.table;
-        table
+        self.table(shard)
             .find(owner.hash, |e| e.is(owner))
             .map(|e| e.counters.as_slice())
     }
@@ -241,9 +268,7 @@ impl Locked<'_> {
     /// The counters of `owner`, if it has any, for writing.
     #[inline]
     pub fn counters_if_any(&mut self, shard: usize, owner: &Owner<'_>) -> Option<&mut Counters> {
-        let pos = self.position(shard);
-        let table = &mut self.guards[pos].1.table;
-        table
+        self.table_mut(shard)
             .find_mut(owner.hash, |e| e.is(owner))
             .map(|e| &mut e.counters)
     }
@@ -254,9 +279,8 @@ impl Locked<'_> {
     #[inline]
     pub fn counters_mut(&mut self, shard: usize, owner: &Owner<'_>) -> &mut Counters {
         let hasher = self.hasher;
-        let pos = self.position(shard);
-        let table = &mut self.guards[pos].1.table;
-        &mut table
+        &mut self
+            .table_mut(shard)
             .entry(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e))
             .or_insert_with(|| Entry {
                 kind: owner.kind,
@@ -276,8 +300,7 @@ impl<'s> Locked<'s> {
     #[inline]
     pub fn owner_entry(&mut self, shard: usize, owner: &Owner<'_>) -> OwnerEntry<'_> {
         let hasher = self.hasher;
-        let pos = self.position(shard);
-        let table = &mut self.guards[pos].1.table;
+        let table = self.table_mut(shard);
         let entry = match table.entry(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e)) {
             hashbrown::hash_table::Entry::Occupied(o) => o,
             hashbrown::hash_table::Entry::Vacant(v) => v.insert(Entry {
