@@ -86,12 +86,10 @@
 //! (see `src/handle.rs`). [`Engine::try_consume_many_handles`] batches them
 //! like [`Engine::try_consume_many`].
 //!
-//! **Decided in a stream:** the decision (`decide`) passes over the
-//! applicable rules, feeding accumulators (the denial that lasts longest, the
-//! tightest headroom, the counters a debit would create) instead of
-//! collecting per-rule states, and debits in a second pass; when every rule
-//! counts on one owner (a device's all-scope rules, or one pool: the usual
-//! case) its counters are found with one probe.
+//! **Decided on the stack:** when every applicable rule counts on one owner
+//! (a device's all-scope rules, or one pool: the usual case) the decision is
+//! made over a fixed array of at most four rule states, and the debit reuses
+//! the counter positions found while reading.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
