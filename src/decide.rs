@@ -5,6 +5,8 @@
 //! (rules and counter locations cached in the handle). The caller holds the
 //! lock of every counter shard the operation touches.
 
+use smallvec::SmallVec;
+
 use crate::amount::Amount;
 use crate::decision::{Decision, Denial, DenyReason, Headroom};
 use crate::period::{Period, Window};
@@ -54,15 +56,22 @@ impl<'r> RuleView<'r> {
     }
 }
 
-/// A rule's current state as seen by one operation (computed on the fly,
-/// never stored: the decision streams over the rules).
+/// Inline capacity for one operation's rules: no allocation unless a subject
+/// is under more than six rules at once.
+pub(crate) type SeenVec = SmallVec<[Seen; 6]>;
+
+/// A rule's current state as seen by one operation.
 #[derive(Clone, Copy)]
-struct Seen {
+pub(crate) struct Seen {
     slot: u32,
     benefit_type: BenefitType,
     frozen: bool,
     /// The counter already exists (a debit creates it otherwise).
     exists: bool,
+    /// Its index among the owner's counters when it exists (saves the
+    /// debit a second search).
+    pos: u8,
+    generation: u32,
     used: u64,
     limit: u64,
     /// The window the counter's usage belongs to (see [`effective_window`]).
@@ -70,44 +79,117 @@ struct Seen {
 }
 
 impl Seen {
-    /// The state of rule `v` at the caller's `window`, given its counter.
+    const BLANK: Seen = Seen {
+        slot: 0,
+        benefit_type: BenefitType::ResourcePoint,
+        frozen: false,
+        exists: false,
+        pos: 0,
+        generation: 0,
+        used: 0,
+        limit: 0,
+        window: None,
+    };
+
+    /// Appends the state of rule `v` at the caller's `window`, given its
+    /// counter among the owner's `counters` (if the owner has any).
     #[inline]
-    fn of(v: &RuleView<'_>, window: Option<Window>, c: Option<&CounterState>) -> Seen {
-        Seen {
-            slot: v.slot,
-            benefit_type: v.benefit_type,
-            frozen: v.frozen,
-            exists: c.is_some(),
-            used: c.map_or(0, |c| c.effective_used(v.generation, window)),
-            limit: v.limit,
-            window: match c {
-                Some(c) => effective_window(v.period, v.generation, c, window),
-                None => window,
-            },
+    pub fn push(
+        seen: &mut SeenVec,
+        v: RuleView<'_>,
+        window: Option<Window>,
+        counters: Option<&[CounterState]>,
+    ) {
+        seen.push(Seen::BLANK);
+        if let Some(s) = seen.last_mut() {
+            s.fill(v, window, counters);
+        }
+    }
+
+    /// Sets this to the state of rule `v` at the caller's `window` (filled in
+    /// place: building it elsewhere and moving it in costs a store-forwarding
+    /// stall per rule).
+    #[inline]
+    fn fill(&mut self, v: RuleView<'_>, window: Option<Window>, counters: Option<&[CounterState]>) {
+        let found = counters.and_then(|cs| {
+            let i = cs.iter().position(|c| c.rule == v.slot)?;
+            Some((i, &cs[i]))
+        });
+        self.slot = v.slot;
+        self.benefit_type = v.benefit_type;
+        self.frozen = v.frozen;
+        self.generation = v.generation;
+        self.limit = v.limit;
+        match found {
+            Some((i, c)) => {
+                self.exists = true;
+                self.pos = i as u8;
+                self.used = c.effective_used(v.generation, window);
+                self.window = effective_window(v.period, v.generation, c, window);
+            }
+            None => {
+                self.exists = false;
+                self.used = 0;
+                self.window = window;
+            }
         }
     }
 }
 
-/// Where an operation's counters are: rule `i`'s counter (of rule `slot`).
-pub(crate) trait CounterSource {
-    /// The counter, if it exists.
-    fn read(&self, i: usize, slot: u32) -> Option<&CounterState>;
-    /// The counter, created if missing; `None` only where nothing can be
-    /// created (a `check` of an owner never debited, which never writes).
-    fn write(&mut self, i: usize, slot: u32) -> Option<&mut CounterState>;
+/// Rules decided over a stack array by [`decide_one_owner`].
+const FAST_RULES: usize = 4;
+
+/// Decides `op` when all `n` applicable rules count on one owner's
+/// `counters` (the usual subject: a device's all-scope rules, or one pool);
+/// `rule(i)` gives the i-th rule and the caller's window for it. With
+/// `counters` absent (a `check` of a subject never debited) every counter
+/// reads as empty. No collection is built for up to four rules.
+#[inline]
+pub(crate) fn decide_one_owner<'r>(
+    store: &Store,
+    n: usize,
+    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: Option<&mut Counters>,
+    op: Op,
+    id_of: impl Fn(u32) -> &'r BenefitId,
+) -> Decision {
+    if n > FAST_RULES {
+        return decide_one_owner_spilled(store, n, rule, counters, op, id_of);
+    }
+    let mut buf = [Seen::BLANK; FAST_RULES];
+    let read = counters.as_deref().map(|c| c.as_slice());
+    for (i, s) in buf[..n].iter_mut().enumerate() {
+        let (v, w) = rule(i);
+        s.fill(v, w, read);
+    }
+    conclude(store, &mut buf[..n], op, id_of, |seen, ty, amount| {
+        if let Some(c) = counters {
+            add_to_counters(seen, c, ty, amount);
+        }
+    })
 }
 
-/// Every rule counts on one owner's counters (absent: never debited).
-impl CounterSource for Option<&mut Counters> {
-    #[inline]
-    fn read(&self, _: usize, slot: u32) -> Option<&CounterState> {
-        self.as_deref()?.iter().find(|c| c.rule == slot)
+/// [`decide_one_owner`] for more than [`FAST_RULES`] rules.
+#[inline(never)]
+fn decide_one_owner_spilled<'r>(
+    store: &Store,
+    n: usize,
+    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: Option<&mut Counters>,
+    op: Op,
+    id_of: impl Fn(u32) -> &'r BenefitId,
+) -> Decision {
+    let mut seen = SeenVec::new();
+    let read = counters.as_deref().map(|c| c.as_slice());
+    for i in 0..n {
+        let (v, w) = rule(i);
+        Seen::push(&mut seen, v, w, read);
     }
-
-    #[inline]
-    fn write(&mut self, _: usize, slot: u32) -> Option<&mut CounterState> {
-        Some(counter_of(self.as_deref_mut()?, slot))
-    }
+    conclude(store, &mut seen, op, id_of, |seen, ty, amount| {
+        if let Some(c) = counters {
+            add_to_counters(seen, c, ty, amount);
+        }
+    })
 }
 
 /// The window a counter's usage belongs to: the caller's, or a newer one if
@@ -127,171 +209,115 @@ pub(crate) fn effective_window(
     }
 }
 
-/// D13's outcome of `op` over `n` rules, streaming over them: `rule(i)`
-/// describes rule `i` and gives the caller's window for it, `counters`
-/// finds its counter, `id_of` names a rule by slot. Debits when the
-/// operation goes through. Nothing is collected: each pass recomputes a
-/// rule's state from its counter (a handful of loads), which costs less
-/// than building and moving a per-rule array.
+/// D13's outcome of `op` over the rules' current state `seen`; `debit` books
+/// an amount on the counters of the rules of a type when the operation goes
+/// through; `id_of` names a rule by slot.
 #[inline]
 pub(crate) fn conclude<'r>(
     store: &Store,
-    n: usize,
-    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
-    counters: &mut impl CounterSource,
+    seen: &mut [Seen],
     op: Op,
     id_of: impl Fn(u32) -> &'r BenefitId,
+    debit: impl FnOnce(&mut [Seen], BenefitType, u64),
 ) -> Decision {
     match op {
-        Op::Check => {
-            let (mut deny, mut room) = (DenyPick::default(), RoomPick::default());
-            for i in 0..n {
-                let (v, w) = rule(i);
-                let s = Seen::of(&v, w, counters.read(i, v.slot));
-                deny.offer(&s, None, 0);
-                room.offer(&s);
-            }
-            match deny.denial(&id_of) {
-                Some(d) => Decision::Denied(d),
-                None => Decision::Allowed(room.headroom(&id_of)),
-            }
-        }
+        Op::Check => match deny(seen, None, 0, &id_of) {
+            Some(d) => Decision::Denied(d),
+            None => Decision::Allowed(headroom(seen, None, &id_of)),
+        },
         Op::TryConsume(ty, amount) => {
-            let mut deny = DenyPick::default();
-            let mut missing = Missing::default();
-            for i in 0..n {
-                let (v, w) = rule(i);
-                let s = Seen::of(&v, w, counters.read(i, v.slot));
-                deny.offer(&s, Some(ty), amount);
-                missing.offer(&s, ty);
-            }
-            if let Some(d) = deny.denial(&id_of) {
+            if let Some(d) = deny(seen, Some(ty), amount, &id_of) {
                 return Decision::Denied(d);
             }
-            if let Err(d) = missing.reserve(store, amount, &id_of) {
+            if let Err(d) = reserve_counters(store, seen, ty, amount, &id_of) {
                 return Decision::Denied(d);
             }
-            let mut room = RoomPick::default();
-            for i in 0..n {
-                let (v, w) = rule(i);
-                if v.benefit_type == ty {
-                    room.offer(&debited(counters, i, &v, w, amount));
-                }
-            }
-            Decision::Allowed(room.headroom(&id_of))
+            debit(seen, ty, amount);
+            Decision::Allowed(headroom(seen, Some(ty), &id_of))
         }
         Op::Record(ty, amount) => {
-            let mut missing = Missing::default();
-            for i in 0..n {
-                let (v, w) = rule(i);
-                if v.benefit_type == ty {
-                    missing.offer(&Seen::of(&v, w, counters.read(i, v.slot)), ty);
-                }
-            }
-            if let Err(d) = missing.reserve(store, amount, &id_of) {
+            if let Err(d) = reserve_counters(store, seen, ty, amount, &id_of) {
                 return Decision::Denied(d);
             }
-            let (mut deny, mut room) = (DenyPick::default(), RoomPick::default());
-            for i in 0..n {
-                let (v, w) = rule(i);
-                let s = if v.benefit_type == ty {
-                    debited(counters, i, &v, w, amount)
-                } else {
-                    Seen::of(&v, w, counters.read(i, v.slot))
-                };
-                deny.offer(&s, None, 0);
-                if v.benefit_type == ty {
-                    room.offer(&s);
-                }
-            }
-            match deny.denial(&id_of) {
+            debit(seen, ty, amount);
+            match deny(seen, None, 0, &id_of) {
                 Some(d) => Decision::Denied(d),
-                None => Decision::Allowed(room.headroom(&id_of)),
+                None => Decision::Allowed(headroom(seen, Some(ty), &id_of)),
             }
         }
     }
 }
 
-/// Adds `amount` to rule `i`'s counter (created if missing), in the window
-/// its usage belongs to, and returns the rule's state afterwards. Nothing is
-/// added, and no counter created, for a zero amount.
-#[inline]
-fn debited(
-    counters: &mut impl CounterSource,
-    i: usize,
-    v: &RuleView<'_>,
-    window: Option<Window>,
+/// Accounts for the counters a debit of `ty` would create; refuses
+/// (creating none) when that would pass [`crate::EngineConfig::max_counters`].
+fn reserve_counters<'r>(
+    store: &Store,
+    seen: &[Seen],
+    ty: BenefitType,
     amount: u64,
-) -> Seen {
-    if amount > 0 {
-        if let Some(c) = counters.write(i, v.slot) {
-            // A counter just created reads as stale: the caller's window.
-            let w = effective_window(v.period, v.generation, c, window);
-            c.roll(v.generation, w);
+    id_of: &impl Fn(u32) -> &'r BenefitId,
+) -> Result<(), Denial> {
+    let mut missing = seen.iter().filter(|s| s.benefit_type == ty && !s.exists);
+    let Some(first) = missing.next() else {
+        return Ok(());
+    };
+    if amount == 0 || store.reserve(1 + missing.count()) {
+        return Ok(());
+    }
+    Err(Denial {
+        benefit_id: id_of(first.slot).clone(),
+        benefit_type: first.benefit_type,
+        reason: DenyReason::CounterCapacity,
+        remaining: Amount::from_micros(first.limit.saturating_sub(first.used)),
+        resets_at: None,
+    })
+}
+
+/// Adds `amount` to the counters, among one owner's `counters`, of the rules
+/// of type `ty` in `seen` (all of that owner), creating them as needed.
+#[inline]
+pub(crate) fn add_to_counters(
+    seen: &mut [Seen],
+    counters: &mut Counters,
+    ty: BenefitType,
+    amount: u64,
+) {
+    if amount == 0 {
+        return;
+    }
+    for s in seen {
+        if s.benefit_type == ty {
+            let at = usize::from(s.pos);
+            let c = match counters.get(at) {
+                Some(c) if s.exists && c.rule == s.slot => &mut counters[at],
+                _ => counter_of(counters, s.slot),
+            };
+            c.roll(s.generation, s.window);
             c.add(amount);
-            return Seen::of(v, window, Some(c));
+            s.used = c.used;
         }
     }
-    Seen::of(v, window, counters.read(i, v.slot))
 }
 
-/// The counters a debit of `ty` would create.
-#[derive(Default)]
-struct Missing {
-    count: usize,
-    /// The first such rule: (slot, type, limit).
-    first: Option<(u32, BenefitType, u64)>,
+/// Whether `seen` has a rule of type `ty` (so a debit of it touches counters).
+#[inline]
+pub(crate) fn has_type(seen: &[Seen], ty: BenefitType) -> bool {
+    seen.iter().any(|s| s.benefit_type == ty)
 }
 
-impl Missing {
-    #[inline]
-    fn offer(&mut self, s: &Seen, ty: BenefitType) {
-        if s.benefit_type == ty && !s.exists {
-            self.count += 1;
-            if self.first.is_none() {
-                self.first = Some((s.slot, s.benefit_type, s.limit));
-            }
-        }
-    }
-
-    /// Accounts for the counters about to be created; refuses (creating none)
-    /// when that would pass [`crate::EngineConfig::max_counters`].
-    #[inline]
-    fn reserve<'r>(
-        &self,
-        store: &Store,
-        amount: u64,
-        id_of: &impl Fn(u32) -> &'r BenefitId,
-    ) -> Result<(), Denial> {
-        let Some((slot, benefit_type, limit)) = self.first else {
-            return Ok(());
-        };
-        if amount == 0 || store.reserve(self.count) {
-            return Ok(());
-        }
-        Err(Denial {
-            benefit_id: id_of(slot).clone(),
-            benefit_type,
-            reason: DenyReason::CounterCapacity,
-            remaining: Amount::from_micros(limit),
-            resets_at: None,
-        })
-    }
-}
-
-/// D13 + D17: picks the denial, if any, among the rules offered. With `ty`,
-/// also rules of that type that cannot fit `amount`. The denial reported is
-/// the one that lasts longest: frozen first, then the latest reset
-/// (cumulative = never), then exhausted before insufficient, then the lowest
-/// slot (creation order).
-#[derive(Default)]
-struct DenyPick {
-    best: Option<((u8, i64, u8), Seen, DenyReason)>,
-}
-
-impl DenyPick {
-    #[inline]
-    fn offer(&mut self, s: &Seen, ty: Option<BenefitType>, amount: u64) {
+/// D13 + D17: the denial, if any. With `ty`, also rules of that type that
+/// cannot fit `amount`. The denial reported is the one that lasts longest:
+/// frozen first, then the latest reset (cumulative = never), then exhausted
+/// before insufficient, then the lowest slot (creation order).
+#[inline]
+fn deny<'r>(
+    seen: &[Seen],
+    ty: Option<BenefitType>,
+    amount: u64,
+    id_of: &impl Fn(u32) -> &'r BenefitId,
+) -> Option<Denial> {
+    let mut best: Option<((u8, i64, u8), &Seen, DenyReason)> = None;
+    for s in seen {
         let (reason, resets) = if s.frozen {
             (DenyReason::Frozen, None)
         } else if s.used >= s.limit {
@@ -299,65 +325,62 @@ impl DenyPick {
         } else if Some(s.benefit_type) == ty && s.used.saturating_add(amount) > s.limit {
             (DenyReason::Insufficient, s.window.map(|w| w.end))
         } else {
-            return;
+            continue;
         };
         let rank = (
             u8::from(reason == DenyReason::Frozen),
             resets.unwrap_or(i64::MAX),
             u8::from(reason == DenyReason::Exhausted),
         );
-        let better = match &self.best {
+        let better = match &best {
             None => true,
             Some((r, b, _)) => rank > *r || (rank == *r && s.slot < b.slot),
         };
         if better {
-            self.best = Some((rank, *s, reason));
+            best = Some((rank, s, reason));
         }
     }
-
-    #[inline]
-    fn denial<'r>(&self, id_of: &impl Fn(u32) -> &'r BenefitId) -> Option<Denial> {
-        let (_, s, reason) = self.best.as_ref()?;
-        Some(Denial {
-            benefit_id: id_of(s.slot).clone(),
-            benefit_type: s.benefit_type,
-            reason: *reason,
-            remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
-            resets_at: if *reason == DenyReason::Frozen {
-                None
-            } else {
-                s.window.map(|w| w.end)
-            },
-        })
-    }
+    best.map(|(_, s, reason)| Denial {
+        benefit_id: id_of(s.slot).clone(),
+        benefit_type: s.benefit_type,
+        reason,
+        remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
+        resets_at: if reason == DenyReason::Frozen {
+            None
+        } else {
+            s.window.map(|w| w.end)
+        },
+    })
 }
 
-/// Picks the rule offered with the least remaining; ties go to the lowest slot.
-#[derive(Default)]
-struct RoomPick {
-    best: Option<Seen>,
-}
-
-impl RoomPick {
-    #[inline]
-    fn offer(&mut self, s: &Seen) {
+/// The applicable rule (of `ty`, or of any type) with the least remaining;
+/// ties go to the lowest slot.
+#[inline]
+fn headroom<'r>(
+    seen: &[Seen],
+    ty: Option<BenefitType>,
+    id_of: &impl Fn(u32) -> &'r BenefitId,
+) -> Option<Headroom> {
+    // A plain loop: the iterator-adapter version kept its tuples on the stack
+    // and cost a fifth of a hot call.
+    let mut best: Option<&Seen> = None;
+    for s in seen {
+        if ty.is_some_and(|t| t != s.benefit_type) {
+            continue;
+        }
         let remaining = s.limit.saturating_sub(s.used);
-        if self.best.as_ref().is_none_or(|b| {
+        if best.is_none_or(|b| {
             let r = b.limit.saturating_sub(b.used);
             remaining < r || (remaining == r && s.slot < b.slot)
         }) {
-            self.best = Some(*s);
+            best = Some(s);
         }
     }
-
-    #[inline]
-    fn headroom<'r>(&self, id_of: &impl Fn(u32) -> &'r BenefitId) -> Option<Headroom> {
-        let s = self.best.as_ref()?;
-        Some(Headroom {
-            benefit_id: id_of(s.slot).clone(),
-            benefit_type: s.benefit_type,
-            remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
-            resets_at: s.window.map(|w| w.end),
-        })
-    }
+    let s = best?;
+    Some(Headroom {
+        benefit_id: id_of(s.slot).clone(),
+        benefit_type: s.benefit_type,
+        remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
+        resets_at: s.window.map(|w| w.end),
+    })
 }

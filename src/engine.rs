@@ -8,14 +8,17 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use smallvec::SmallVec;
 
 use crate::amount::Amount;
-use crate::decide::{conclude, effective_window, CounterSource, Op, RuleView};
+use crate::decide::{
+    add_to_counters, conclude, decide_one_owner, effective_window, has_type, Op, RuleView, Seen,
+    SeenVec,
+};
 use crate::decision::{Decision, UsageReport};
 use crate::errors::ApiError;
-use crate::period::{clamp_now, rule_window, UtcOffset, Window};
+use crate::period::{clamp_now, rule_window, UtcOffset};
 use crate::rules::{
     d5_error, Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet, RuleShape, Validity,
 };
-use crate::state::{counter_of, CounterState, Locked, Owner, OwnerHasher, Store};
+use crate::state::{CounterState, Locked, OwnerHasher, Store};
 use crate::subject::Subject;
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
 use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
@@ -727,38 +730,39 @@ impl Engine {
         if applied.is_empty() {
             return Decision::Allowed(None);
         }
-        let rule = |i: usize| (view(i), applied[i].window);
-        let n = applied.len();
         let first = &applied[0];
         if applied.iter().all(|a| a.owner.same(&first.owner)) {
             // The usual device (its all-scope rules) or one pool: one probe.
-            return self.decide_one_owner(n, rule, id_of, locked, first.shard, &first.owner, op);
+            let rule = |i: usize| (view(i), applied[i].window);
+            let n = applied.len();
+            if !op.debits() {
+                let counters = locked.counters_if_any(first.shard, &first.owner);
+                return decide_one_owner(&self.store, n, rule, counters, op, id_of);
+            }
+            let mut entry = locked.owner_entry(first.shard, &first.owner);
+            let decision =
+                decide_one_owner(&self.store, n, rule, Some(entry.counters()), op, id_of);
+            entry.remove_if_empty();
+            return decision;
         }
-        let mut spread = Spread { locked, applied };
-        conclude(&self.store, n, rule, &mut spread, op, id_of)
-    }
-
-    /// [`Engine::decide`] when all `n` rules count on one owner's counters.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    pub(crate) fn decide_one_owner<'r>(
-        &self,
-        n: usize,
-        rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
-        id_of: impl Fn(u32) -> &'r BenefitId,
-        locked: &mut Locked<'_>,
-        shard: usize,
-        owner: &Owner<'_>,
-        op: Op,
-    ) -> Decision {
-        if !op.debits() {
-            let mut counters = locked.counters_if_any(shard, owner);
-            return conclude(&self.store, n, rule, &mut counters, op, id_of);
+        let mut seen = SeenVec::new();
+        for run in owner_runs(applied) {
+            let first = &applied[run.start];
+            let counters = locked.counters(first.shard, &first.owner);
+            for i in run {
+                Seen::push(&mut seen, view(i), applied[i].window, counters);
+            }
         }
-        let mut entry = locked.owner_entry(shard, owner);
-        let decision = conclude(&self.store, n, rule, &mut Some(entry.counters()), op, id_of);
-        entry.remove_if_empty();
-        decision
+        conclude(&self.store, &mut seen, op, id_of, |seen, ty, amount| {
+            for run in owner_runs(applied) {
+                if amount == 0 || !has_type(&seen[run.clone()], ty) {
+                    continue;
+                }
+                let first = &applied[run.start];
+                let counters = locked.counters_mut(first.shard, &first.owner);
+                add_to_counters(&mut seen[run], counters, ty, amount);
+            }
+        })
     }
 
     /// [`Engine::try_consume`] for many requests at once, appending one
@@ -834,27 +838,23 @@ impl Engine {
     }
 }
 
-/// Counters spread over several owners (a subject under rules of several
-/// families, or pools): each rule's counter is found through its owner.
-struct Spread<'a, 'l, 's> {
-    locked: &'a mut Locked<'l>,
-    applied: &'a [Applied<'s>],
-}
-
-impl CounterSource for Spread<'_, '_, '_> {
-    fn read(&self, i: usize, slot: u32) -> Option<&CounterState> {
-        let a = &self.applied[i];
-        let counters = self.locked.counters(a.shard, &a.owner)?;
-        counters.iter().find(|c| c.rule == slot)
-    }
-
-    fn write(&mut self, i: usize, slot: u32) -> Option<&mut CounterState> {
-        let a = &self.applied[i];
-        Some(counter_of(
-            self.locked.counters_mut(a.shard, &a.owner),
-            slot,
-        ))
-    }
+/// Index ranges of consecutive applied rules that share a counter owner
+/// (resolution emits an entity's all-scope rules together).
+fn owner_runs<'s>(applied: &'s [Applied<'_>]) -> impl Iterator<Item = std::ops::Range<usize>> + 's {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= applied.len() {
+            return None;
+        }
+        let owner = &applied[start].owner;
+        let len = applied[start..]
+            .iter()
+            .position(|a| !a.owner.same(owner))
+            .unwrap_or(applied.len() - start);
+        let run = start..start + len;
+        start += len;
+        Some(run)
+    })
 }
 
 /// Requests per chunk of [`Engine::try_consume_many`].
