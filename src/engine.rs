@@ -14,11 +14,11 @@ use crate::decide::{
 };
 use crate::decision::{Decision, UsageReport};
 use crate::errors::ApiError;
-use crate::period::{clamp_now, rule_window, UtcOffset};
+use crate::period::{clamp_now, rule_window, UtcOffset, Window};
 use crate::rules::{
     d5_error, Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet, RuleShape, Validity,
 };
-use crate::state::{CounterState, Locked, OwnerHasher, Store};
+use crate::state::{CounterState, Locked, Owner, OwnerHasher, Store};
 use crate::subject::Subject;
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
 use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
@@ -734,16 +734,8 @@ impl Engine {
         if applied.iter().all(|a| a.owner.same(&first.owner)) {
             // The usual device (its all-scope rules) or one pool: one probe.
             let rule = |i: usize| (view(i), applied[i].window);
-            let n = applied.len();
-            if !op.debits() {
-                let counters = locked.counters_if_any(first.shard, &first.owner);
-                return decide_one_owner(&self.store, n, rule, counters, op, id_of);
-            }
-            let mut entry = locked.owner_entry(first.shard, &first.owner);
-            let decision =
-                decide_one_owner(&self.store, n, rule, Some(entry.counters()), op, id_of);
-            entry.remove_if_empty();
-            return decision;
+            let (n, shard, owner) = (applied.len(), first.shard, &first.owner);
+            return self.decide_owner(n, rule, id_of, locked, shard, owner, op);
         }
         let mut seen = SeenVec::new();
         for run in owner_runs(applied) {
@@ -763,6 +755,31 @@ impl Engine {
                 add_to_counters(&mut seen[run], counters, ty, amount);
             }
         })
+    }
+
+    /// [`Engine::decide`] when all `n` rules count on the counters of `owner`
+    /// (in `shard`, which `locked` holds): one probe, and the owner's entry
+    /// created only for a debit and dropped again if it stays empty.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(crate) fn decide_owner<'r>(
+        &self,
+        n: usize,
+        rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+        id_of: impl Fn(u32) -> &'r BenefitId,
+        locked: &mut Locked<'_>,
+        shard: usize,
+        owner: &Owner<'_>,
+        op: Op,
+    ) -> Decision {
+        if !op.debits() {
+            let counters = locked.counters_if_any(shard, owner);
+            return decide_one_owner(&self.store, n, rule, counters, op, id_of);
+        }
+        let mut entry = locked.owner_entry(shard, owner);
+        let decision = decide_one_owner(&self.store, n, rule, Some(entry.counters()), op, id_of);
+        entry.remove_if_empty();
+        decision
     }
 
     /// [`Engine::try_consume`] for many requests at once, appending one

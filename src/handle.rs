@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use smallvec::SmallVec;
 
 use crate::amount::Amount;
-use crate::decide::{decide_one_owner, Op, RuleView};
+use crate::decide::{Op, RuleView};
 use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::period::{clamp_now, Period, Window};
@@ -328,15 +328,7 @@ impl Engine {
             let owner = h.owner(o);
             let rule = |i: usize| (h.rules[i].view(), h.rules[i].window);
             let n = h.rules.len();
-            if !op.debits() {
-                let counters = locked.counters_if_any(o.shard, &owner);
-                return decide_one_owner(&self.store, n, rule, counters, op, id_of);
-            }
-            let mut entry = locked.owner_entry(o.shard, &owner);
-            let decision =
-                decide_one_owner(&self.store, n, rule, Some(entry.counters()), op, id_of);
-            entry.remove_if_empty();
-            return decision;
+            return self.decide_owner(n, rule, id_of, locked, o.shard, &owner, op);
         }
         let mut applied = AppliedVec::new();
         for r in &h.rules {
