@@ -16,9 +16,18 @@ pub fn subjects() -> [Subject<'static>; 3] {
     [Subject::device("d"), Subject::device("z"), Subject::consumer("c")]
 }
 
+/// A default engine with few shards: the shard count changes no decision,
+/// and a fresh engine per input stays cheap.
+pub fn small_engine() -> Engine {
+    Engine::with_config(benefit_quota::EngineConfig {
+        shards: 4,
+        ..benefit_quota::EngineConfig::default()
+    })
+}
+
 /// An engine holding a few rules (one cancelled) with some usage.
 pub fn seeded() -> Engine {
-    let e = Engine::new();
+    let e = small_engine();
     Rule::all_devices(100).create(&e);
     Rule::all_devices(10).daily().create(&e);
     Rule::device("d", 50).every(3, "hour").create(&e);
@@ -39,7 +48,7 @@ pub fn assert_round_trips(info: &BenefitInfo) {
     let text = serde_json::to_string(info).expect("serialise");
     let back: BenefitInfo = serde_json::from_str(&text).expect("re-parse");
     assert_eq!(&back, info);
-    let mirror = Engine::new();
+    let mirror = small_engine();
     let imported = mirror.import_json(&text, MIDNIGHT).expect("import");
     assert_eq!(&imported, info);
 }
