@@ -195,3 +195,47 @@ fn a_handle_batch_decides_as_single_calls_in_order() {
         "only d1's third request passes its cap of 2"
     );
 }
+
+#[test]
+fn a_handle_respects_the_counter_cap_and_survives_eviction() {
+    let e = Engine::with_config(benefit_quota::EngineConfig {
+        max_counters: 3,
+        ..benefit_quota::EngineConfig::default()
+    });
+    let cum = Rule::all_devices(100).create(&e);
+    let daily = Rule::all_devices(10).daily().create(&e);
+    let (mut a, mut b) = (
+        e.handle(&Subject::device("a")),
+        e.handle(&Subject::device("b")),
+    );
+    assert!(e
+        .try_consume_handle(&mut a, PTS, units(1), MIDNIGHT)
+        .is_allowed());
+    assert_eq!(e.counter_count(), 2);
+    // b needs two new counters: 4 > 3; nothing changes.
+    let d = e.try_consume_handle(&mut b, PTS, units(1), MIDNIGHT);
+    let den = d.denial().expect("denied");
+    assert_eq!(
+        (den.reason, den.benefit_id.as_str()),
+        (DenyReason::CounterCapacity, cum.as_str())
+    );
+    assert_eq!(e.counter_count(), 2);
+    assert!(e.check_handle(&mut b, MIDNIGHT).is_allowed());
+    // The next day, yesterday's daily counter of a is evicted; a's handle
+    // keeps counting on the same owner, from a fresh daily counter.
+    assert_eq!(e.evict(MIDNIGHT + DAY), 1);
+    let d = e.try_consume_handle(&mut a, PTS, units(2), MIDNIGHT + DAY);
+    assert!(d.is_allowed());
+    assert_eq!(
+        used(&e, &Subject::device("a"), &daily, MIDNIGHT + DAY),
+        units(2)
+    );
+    assert_eq!(
+        used(&e, &Subject::device("a"), &cum, MIDNIGHT + DAY),
+        units(3)
+    );
+    // b's two counters still do not fit (2 + 2 > 3).
+    assert!(!e
+        .try_consume_handle(&mut b, PTS, units(1), MIDNIGHT + DAY)
+        .is_allowed());
+}
