@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use benefit_quota::{Amount, Decision, Engine, HandleRequest, Member, Subject};
@@ -175,6 +175,14 @@ fn updates_racing_with_consumers_lose_nothing_and_respect_the_highest_limit() {
         let e = Engine::new();
         let id = Rule::device("d", 1_000).create(&e);
         let stop = AtomicBool::new(false);
+        let writes = AtomicUsize::new(0);
+        // Consumers start after the first write and wait for another one
+        // halfway, so writes provably land while they run.
+        let after = |seen: usize| {
+            while writes.load(Ordering::Acquire) <= seen {
+                std::thread::yield_now();
+            }
+        };
         let total: u64 = std::thread::scope(|s| {
             let updater = s.spawn(|| {
                 let bodies = [
@@ -189,6 +197,7 @@ fn updates_racing_with_consumers_lose_nothing_and_respect_the_highest_limit() {
                     e.apply_update_json(&id, bodies[n % bodies.len()], MIDNIGHT)
                         .unwrap();
                     n += 1;
+                    writes.store(n, Ordering::Release);
                     std::thread::yield_now();
                 }
                 n
@@ -196,9 +205,17 @@ fn updates_racing_with_consumers_lose_nothing_and_respect_the_highest_limit() {
             let hs: Vec<_> = (0..threads)
                 .map(|_| {
                     s.spawn(|| {
-                        let d: Vec<Decision> = (0..4_000 / threads)
-                            .map(|_| e.try_consume(&Subject::device("d"), PTS, units(1), MIDNIGHT))
-                            .collect();
+                        after(0);
+                        let start = writes.load(Ordering::Acquire);
+                        let mut d: Vec<Decision> = Vec::new();
+                        for half in 0..2 {
+                            if half == 1 {
+                                after(start);
+                            }
+                            d.extend((0..2_000 / threads).map(|_| {
+                                e.try_consume(&Subject::device("d"), PTS, units(1), MIDNIGHT)
+                            }));
+                        }
                         granted(&d)
                     })
                 })
@@ -234,54 +251,67 @@ fn handles_and_calls_by_subject_are_linearizable_under_updates() {
         let e = Engine::new();
         let id = Rule::device("d", 1_000).create(&e);
         let stop = AtomicBool::new(false);
+        let writes = AtomicUsize::new(0);
+        // Waits until the updater has written more than `seen` times, so
+        // writes provably land while consumers run (on 2 cores the updater
+        // may otherwise not be scheduled before they finish).
+        let after = |seen: usize| {
+            while writes.load(Ordering::Acquire) <= seen {
+                std::thread::yield_now();
+            }
+        };
         let mut remaining: Vec<Amount> = std::thread::scope(|s| {
-            let updater = s.spawn(|| {
+            s.spawn(|| {
                 let bodies = [r#"{"limit":1000}"#, r#"{"ended_at":253402300799}"#];
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     e.apply_update_json(&id, bodies[n % 2], MIDNIGHT).unwrap();
                     n += 1;
+                    writes.store(n, Ordering::Release);
                 }
-                n
             });
             let hs: Vec<_> = (0..threads)
                 .map(|t| {
-                    let e = &e;
+                    let (e, after, writes) = (&e, &after, &writes);
                     s.spawn(move || {
                         let subj = Subject::device("d");
                         let mut mine = Vec::new();
-                        let mut keep = |d: &Decision| {
-                            if let Some(hr) = d.headroom() {
-                                mine.push(hr.remaining);
+                        let mut h = e.handle(&subj);
+                        let mut batch: Vec<_> = (0..4).map(|_| e.handle(&subj)).collect();
+                        let mut out = Vec::new();
+                        after(0);
+                        let start = writes.load(Ordering::Acquire);
+                        // Two halves, with at least one write between them.
+                        for half in 0..2 {
+                            if half == 1 {
+                                after(start);
                             }
-                        };
-                        let n = 2_000 / threads;
-                        match t % 3 {
-                            0 => (0..n)
-                                .for_each(|_| keep(&e.try_consume(&subj, PTS, units(1), MIDNIGHT))),
-                            1 => {
-                                let mut h = e.handle(&subj);
-                                (0..n).for_each(|_| {
-                                    keep(&e.try_consume_handle(&mut h, PTS, units(1), MIDNIGHT))
-                                })
-                            }
-                            _ => {
-                                // batches of four handles on the same device
-                                let mut hs: Vec<_> = (0..4).map(|_| e.handle(&subj)).collect();
-                                let mut out = Vec::new();
-                                for _ in 0..n / 4 {
-                                    let mut reqs: Vec<HandleRequest> = hs
-                                        .iter_mut()
-                                        .map(|h| HandleRequest {
-                                            handle: h,
-                                            benefit_type: PTS,
-                                            amount: units(1),
-                                        })
-                                        .collect();
-                                    out.clear();
-                                    e.try_consume_many_handles(&mut reqs, MIDNIGHT, &mut out);
-                                    out.iter().for_each(&mut keep);
+                            for _ in 0..1_000 / threads {
+                                out.clear();
+                                match t % 3 {
+                                    0 => out.push(e.try_consume(&subj, PTS, units(1), MIDNIGHT)),
+                                    1 => out.push(e.try_consume_handle(
+                                        &mut h,
+                                        PTS,
+                                        units(1),
+                                        MIDNIGHT,
+                                    )),
+                                    // a batch of four handles on the same device
+                                    _ => {
+                                        let mut reqs: Vec<HandleRequest> = batch
+                                            .iter_mut()
+                                            .map(|h| HandleRequest {
+                                                handle: h,
+                                                benefit_type: PTS,
+                                                amount: units(1),
+                                            })
+                                            .collect();
+                                        e.try_consume_many_handles(&mut reqs, MIDNIGHT, &mut out);
+                                    }
                                 }
+                                mine.extend(
+                                    out.iter().filter_map(|d| d.headroom()).map(|h| h.remaining),
+                                );
                             }
                         }
                         mine
@@ -290,7 +320,6 @@ fn handles_and_calls_by_subject_are_linearizable_under_updates() {
                 .collect();
             let all = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
             stop.store(true, Ordering::Relaxed);
-            assert!(updater.join().unwrap() > 0);
             all
         });
         remaining.sort();
