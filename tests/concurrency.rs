@@ -169,62 +169,88 @@ fn record_under_contention_loses_nothing() {
     }
 }
 
+/// Counts an updater's writes, so consumers can wait for them.
+struct Writes(AtomicUsize);
+
+impl Writes {
+    /// Waits until more than `seen` writes are done.
+    fn after(&self, seen: usize) {
+        while self.0.load(Ordering::Acquire) <= seen {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Runs `half` twice: after the first write, and again after another
+    /// write, so writes provably land while the consumer runs (on 2 cores the
+    /// updater may otherwise not be scheduled before consumers finish).
+    fn in_two_halves(&self, mut half: impl FnMut()) {
+        self.after(0);
+        let start = self.0.load(Ordering::Acquire);
+        half();
+        self.after(start);
+        half();
+    }
+}
+
+/// Applies `bodies` to rule `id` in turn, on a thread of its own, for as long
+/// as `consumers` runs; returns what it returns and how many writes landed.
+fn racing_updates<R>(
+    e: &Engine,
+    id: &str,
+    bodies: &[&str],
+    consumers: impl FnOnce(&Writes) -> R,
+) -> (R, usize) {
+    let stop = AtomicBool::new(false);
+    let writes = Writes(AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        let updater = s.spawn(|| {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                e.apply_update_json(id, bodies[n % bodies.len()], MIDNIGHT)
+                    .unwrap();
+                n += 1;
+                writes.0.store(n, Ordering::Release);
+                std::thread::yield_now();
+            }
+            n
+        });
+        let result = consumers(&writes);
+        stop.store(true, Ordering::Relaxed);
+        (result, updater.join().unwrap())
+    })
+}
+
 #[test]
 fn updates_racing_with_consumers_lose_nothing_and_respect_the_highest_limit() {
     for threads in THREADS {
         let e = Engine::new();
         let id = Rule::device("d", 1_000).create(&e);
-        let stop = AtomicBool::new(false);
-        let writes = AtomicUsize::new(0);
-        // Consumers start after the first write and wait for another one
-        // halfway, so writes provably land while they run.
-        let after = |seen: usize| {
-            while writes.load(Ordering::Acquire) <= seen {
-                std::thread::yield_now();
-            }
-        };
-        let total: u64 = std::thread::scope(|s| {
-            let updater = s.spawn(|| {
-                let bodies = [
-                    r#"{"limit":400}"#,
-                    r#"{"status":"frozen"}"#,
-                    r#"{"limit":1500,"status":"valid"}"#,
-                    r#"{"ended_at":253402300000}"#,
-                    r#"{"limit":"700","ended_at":253402300799}"#,
-                ];
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    e.apply_update_json(&id, bodies[n % bodies.len()], MIDNIGHT)
-                        .unwrap();
-                    n += 1;
-                    writes.store(n, Ordering::Release);
-                    std::thread::yield_now();
-                }
-                n
-            });
-            let hs: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        after(0);
-                        let start = writes.load(Ordering::Acquire);
-                        let mut d: Vec<Decision> = Vec::new();
-                        for half in 0..2 {
-                            if half == 1 {
-                                after(start);
-                            }
-                            d.extend((0..2_000 / threads).map(|_| {
-                                e.try_consume(&Subject::device("d"), PTS, units(1), MIDNIGHT)
-                            }));
-                        }
-                        granted(&d)
+        let bodies = [
+            r#"{"limit":400}"#,
+            r#"{"status":"frozen"}"#,
+            r#"{"limit":1500,"status":"valid"}"#,
+            r#"{"ended_at":253402300000}"#,
+            r#"{"limit":"700","ended_at":253402300799}"#,
+        ];
+        let (total, written) = racing_updates(&e, &id, &bodies, |writes| {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let mut d: Vec<Decision> = Vec::new();
+                            writes.in_two_halves(|| {
+                                d.extend((0..2_000 / threads).map(|_| {
+                                    e.try_consume(&Subject::device("d"), PTS, units(1), MIDNIGHT)
+                                }))
+                            });
+                            granted(&d)
+                        })
                     })
-                })
-                .collect();
-            let total = hs.into_iter().map(|h| h.join().unwrap()).sum();
-            stop.store(true, Ordering::Relaxed);
-            assert!(updater.join().unwrap() > 0);
-            total
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+            })
         });
+        assert!(written > 0);
         let used_now = used(&e, &Subject::device("d"), &id, MIDNIGHT);
         assert_eq!(
             used_now,
@@ -239,88 +265,71 @@ fn updates_racing_with_consumers_lose_nothing_and_respect_the_highest_limit() {
 }
 
 /// Handles (single calls and batches) and calls by subject on one device,
-/// while an updater keeps
-/// rewriting the rule (same limit, so every write only bumps the engine's
-/// version and forces handles to resolve again): every grant must see a
-/// distinct usage, i.e. the remaining amounts reported by the grants are
-/// exactly `limit − 1, …, 0`, each once. A stale handle deciding on its own
-/// would repeat or skip one.
+/// while an updater keeps rewriting the rule (same limit, so every write only
+/// bumps the engine's version and forces handles to resolve again): every
+/// grant must see a distinct usage, i.e. the remaining amounts reported by
+/// the grants are exactly `limit − 1, …, 0`, each once. A stale handle
+/// deciding on its own would repeat or skip one.
 #[test]
 fn handles_and_calls_by_subject_are_linearizable_under_updates() {
     for threads in THREADS {
         let e = Engine::new();
         let id = Rule::device("d", 1_000).create(&e);
-        let stop = AtomicBool::new(false);
-        let writes = AtomicUsize::new(0);
-        // Waits until the updater has written more than `seen` times, so
-        // writes provably land while consumers run (on 2 cores the updater
-        // may otherwise not be scheduled before they finish).
-        let after = |seen: usize| {
-            while writes.load(Ordering::Acquire) <= seen {
-                std::thread::yield_now();
-            }
-        };
-        let mut remaining: Vec<Amount> = std::thread::scope(|s| {
-            s.spawn(|| {
-                let bodies = [r#"{"limit":1000}"#, r#"{"ended_at":253402300799}"#];
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    e.apply_update_json(&id, bodies[n % 2], MIDNIGHT).unwrap();
-                    n += 1;
-                    writes.store(n, Ordering::Release);
-                }
-            });
-            let hs: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (e, after, writes) = (&e, &after, &writes);
-                    s.spawn(move || {
-                        let subj = Subject::device("d");
-                        let mut mine = Vec::new();
-                        let mut h = e.handle(&subj);
-                        let mut batch: Vec<_> = (0..4).map(|_| e.handle(&subj)).collect();
-                        let mut out = Vec::new();
-                        after(0);
-                        let start = writes.load(Ordering::Acquire);
-                        // Two halves, with at least one write between them.
-                        for half in 0..2 {
-                            if half == 1 {
-                                after(start);
-                            }
-                            for _ in 0..1_000 / threads {
-                                out.clear();
-                                match t % 3 {
-                                    0 => out.push(e.try_consume(&subj, PTS, units(1), MIDNIGHT)),
-                                    1 => out.push(e.try_consume_handle(
-                                        &mut h,
-                                        PTS,
-                                        units(1),
-                                        MIDNIGHT,
-                                    )),
-                                    // a batch of four handles on the same device
-                                    _ => {
-                                        let mut reqs: Vec<HandleRequest> = batch
-                                            .iter_mut()
-                                            .map(|h| HandleRequest {
-                                                handle: h,
-                                                benefit_type: PTS,
-                                                amount: units(1),
-                                            })
-                                            .collect();
-                                        e.try_consume_many_handles(&mut reqs, MIDNIGHT, &mut out);
+        let bodies = [r#"{"limit":1000}"#, r#"{"ended_at":253402300799}"#];
+        let (mut remaining, _) = racing_updates(&e, &id, &bodies, |writes| {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let e = &e;
+                        s.spawn(move || {
+                            let subj = Subject::device("d");
+                            let mut mine: Vec<Amount> = Vec::new();
+                            let mut h = e.handle(&subj);
+                            let mut batch: Vec<_> = (0..4).map(|_| e.handle(&subj)).collect();
+                            let mut out = Vec::new();
+                            writes.in_two_halves(|| {
+                                for _ in 0..1_000 / threads {
+                                    out.clear();
+                                    match t % 3 {
+                                        0 => {
+                                            out.push(e.try_consume(&subj, PTS, units(1), MIDNIGHT))
+                                        }
+                                        1 => out.push(e.try_consume_handle(
+                                            &mut h,
+                                            PTS,
+                                            units(1),
+                                            MIDNIGHT,
+                                        )),
+                                        // a batch of four handles on the same device
+                                        _ => {
+                                            let mut reqs: Vec<HandleRequest> = batch
+                                                .iter_mut()
+                                                .map(|h| HandleRequest {
+                                                    handle: h,
+                                                    benefit_type: PTS,
+                                                    amount: units(1),
+                                                })
+                                                .collect();
+                                            e.try_consume_many_handles(
+                                                &mut reqs, MIDNIGHT, &mut out,
+                                            );
+                                        }
                                     }
+                                    mine.extend(
+                                        out.iter()
+                                            .filter_map(|d| d.headroom())
+                                            .map(|h| h.remaining),
+                                    );
                                 }
-                                mine.extend(
-                                    out.iter().filter_map(|d| d.headroom()).map(|h| h.remaining),
-                                );
-                            }
-                        }
-                        mine
+                            });
+                            mine
+                        })
                     })
-                })
-                .collect();
-            let all = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
-            stop.store(true, Ordering::Relaxed);
-            all
+                    .collect();
+                hs.into_iter()
+                    .flat_map(|h| h.join().unwrap())
+                    .collect::<Vec<Amount>>()
+            })
         });
         remaining.sort();
         let expected: Vec<Amount> = (0..1_000).map(units).collect();
