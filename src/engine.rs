@@ -836,9 +836,7 @@ impl Engine {
             // Touch pass: independent lookups, so their cache misses overlap.
             let mut touched = 0u64;
             for a in &applied {
-                if let Some(cs) = locked.counters(a.shard, &a.owner) {
-                    touched = touched.wrapping_add(cs.first().map_or(0, |c| c.used));
-                }
+                touched = touched.wrapping_add(locked.touch(a.shard, &a.owner));
             }
             std::hint::black_box(touched);
             let policy = self.config.frozen_policy;

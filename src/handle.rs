@@ -233,9 +233,8 @@ impl Engine {
         let now = clamp_now(now);
         out.reserve(requests.len());
         for chunk in requests.chunks_mut(crate::BATCH_CHUNK) {
-            let current = |h: &SubjectHandle, version: u64| {
-                h.engine == self.id && h.valid.contains(now) && h.version == version
-            };
+            let current =
+                |h: &SubjectHandle, version: u64| self.holds(h, now) && h.version == version;
             let version = self.version.load(Ordering::Acquire);
             if chunk.iter().any(|r| !current(r.handle, version)) {
                 let rules = self.read();
@@ -267,9 +266,7 @@ impl Engine {
             for r in chunk.iter() {
                 let h = &*r.handle;
                 for o in &h.owners {
-                    if let Some(cs) = locked.counters(o.shard, &h.owner(o)) {
-                        touched = touched.wrapping_add(cs.first().map_or(0, |c| c.used));
-                    }
+                    touched = touched.wrapping_add(locked.touch(o.shard, &h.owner(o)));
                 }
             }
             std::hint::black_box(touched);
@@ -280,9 +277,16 @@ impl Engine {
         }
     }
 
+    /// Whether `h` was resolved by this engine for a range holding `now`
+    /// (the version is checked separately, under the shard locks).
+    #[inline]
+    fn holds(&self, h: &SubjectHandle, now: i64) -> bool {
+        h.engine == self.id && h.valid.contains(now)
+    }
+
     fn run_handle(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
         let now = clamp_now(now);
-        if h.engine == self.id && h.valid.contains(now) {
+        if self.holds(h, now) {
             let mut locked = self.store.lock_many(&h.shards);
             if self.version.load(Ordering::Acquire) == h.version {
                 return self.decide_cached(h, now, op, &mut locked);

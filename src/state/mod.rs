@@ -265,6 +265,16 @@ impl Locked<'_> {
             .map(|e| e.counters.as_slice())
     }
 
+    /// Looks `owner` up and reads one word of its entry, so a batch can bring
+    /// the entries it will need into cache before deciding (the caller sums
+    /// the results into a `black_box`).
+    #[inline]
+    pub fn touch(&self, shard: usize, owner: &Owner<'_>) -> u64 {
+        self.counters(shard, owner)
+            .and_then(|cs| cs.first())
+            .map_or(0, |c| c.used)
+    }
+
     /// The counters of `owner`, if it has any, for writing.
     #[inline]
     pub fn counters_if_any(&mut self, shard: usize, owner: &Owner<'_>) -> Option<&mut Counters> {
