@@ -59,7 +59,8 @@
 //! - **Locked, exclusive:** the one counter shard that holds the entity's
 //!   counters (more shards, locked in ascending order, when the subject also
 //!   touches rule pools or several families). The shard is a cache-padded
-//!   `parking_lot::Mutex` around a `hashbrown` table; one probe finds the
+//!   `parking_lot::Mutex` around an open-addressing table whose slots hold
+//!   the entries themselves: one probe, usually one cache miss, finds the
 //!   entity's entry, whose counters (two inline) are read, decided on and
 //!   debited under that lock: all or nothing.
 //! - **Cached:** each rule's current fixed window start (a relaxed atomic, a

@@ -1,7 +1,7 @@
 //! Lock-sharded counter state.
 //!
-//! Counters live in `2^k` shards, each a `parking_lot::Mutex` around a
-//! `hashbrown::HashTable`, padded to its own cache line. Entries are keyed by
+//! Counters live in `2^k` shards, each a `parking_lot::Mutex` around an
+//! open-addressing [`table::Table`], padded to its own cache line. Entries are keyed by
 //! *owner*: a device or consumer (its counters under `enterprise_all_*`
 //! rules, one per rule), or a rule's own pool (the single counter of a
 //! single-entity or enterprise-family rule). An entry keeps its counters inline
@@ -16,14 +16,15 @@
 //! differs from the rule's current one. Updating a rule is therefore O(1).
 
 mod counter;
+mod table;
 
 pub(crate) use counter::CounterState;
 
 use crossbeam_utils::CachePadded;
-use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
+use self::table::{Probe, Table};
 use crate::types::SmallStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -67,7 +68,7 @@ impl Entry {
 
 #[derive(Default)]
 pub(crate) struct Shard {
-    table: HashTable<Entry>,
+    table: Table<Entry>,
 }
 
 /// Hashes owners; shared by the counter store and the rule indexes so a
@@ -141,14 +142,18 @@ impl Store {
     /// none), one shard at a time; returns how many were removed.
     pub fn evict(&self, mut drop: impl FnMut(&CounterState) -> bool) -> usize {
         let mut removed = 0;
+        let hasher = &self.hasher;
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            shard.table.retain(|e| {
-                let before = e.counters.len();
-                e.counters.retain(|c| !drop(c));
-                removed += before - e.counters.len();
-                !e.counters.is_empty()
-            });
+            shard.table.retain(
+                |e| {
+                    let before = e.counters.len();
+                    e.counters.retain(|c| !drop(c));
+                    removed += before - e.counters.len();
+                    !e.counters.is_empty()
+                },
+                |e| hasher.of_entry(e),
+            );
         }
         self.count.fetch_sub(removed, Ordering::Relaxed);
         removed
@@ -181,8 +186,9 @@ impl Store {
         if self.shift == 64 {
             0
         } else {
-            // The table uses the low bits and the top 7 bits of the hash;
-            // the shard takes bits just below the top 7.
+            // The table uses the low bits of the hash (and the rule indexes'
+            // hashbrown tables its top 7 bits); the shard takes bits just
+            // below the top 7.
             ((o.hash << 7) >> self.shift) as usize
         }
     }
@@ -226,7 +232,7 @@ impl Locked<'_> {
     /// for: callers lock every shard they touch (the first shard's table
     /// stands in, as the old index lookup's default did).
     #[inline]
-    fn table(&self, shard: usize) -> &HashTable<Entry> {
+    fn table(&self, shard: usize) -> &Table<Entry> {
         if let Some((i, g)) = &self.first {
             if *i == shard || self.rest.is_empty() {
                 return &g.table;
@@ -240,7 +246,7 @@ impl Locked<'_> {
 
     /// [`Locked::table`], for writing.
     #[inline]
-    fn table_mut(&mut self, shard: usize) -> &mut HashTable<Entry> {
+    fn table_mut(&mut self, shard: usize) -> &mut Table<Entry> {
         let in_first = match &self.first {
             Some((i, _)) => *i == shard || self.rest.is_empty(),
             None => false,
@@ -288,18 +294,7 @@ impl Locked<'_> {
     /// entity is first seen).
     #[inline]
     pub fn counters_mut(&mut self, shard: usize, owner: &Owner<'_>) -> &mut Counters {
-        let hasher = self.hasher;
-        &mut self
-            .table_mut(shard)
-            .entry(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e))
-            .or_insert_with(|| Entry {
-                kind: owner.kind,
-                pool: owner.pool,
-                id: SmallStr::new(owner.id),
-                counters: SmallVec::new(),
-            })
-            .into_mut()
-            .counters
+        self.owner_entry(shard, owner).into_counters()
     }
 }
 
@@ -311,34 +306,56 @@ impl<'s> Locked<'s> {
     pub fn owner_entry(&mut self, shard: usize, owner: &Owner<'_>) -> OwnerEntry<'_> {
         let hasher = self.hasher;
         let table = self.table_mut(shard);
-        let entry = match table.entry(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e)) {
-            hashbrown::hash_table::Entry::Occupied(o) => o,
-            hashbrown::hash_table::Entry::Vacant(v) => v.insert(Entry {
-                kind: owner.kind,
-                pool: owner.pool,
-                id: SmallStr::new(owner.id),
-                counters: SmallVec::new(),
-            }),
+        let slot = match table.probe_for_insert(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e))
+        {
+            Probe::Found(i) => i,
+            Probe::Vacant(i) => {
+                table.insert_at(
+                    i,
+                    Entry {
+                        kind: owner.kind,
+                        pool: owner.pool,
+                        id: SmallStr::new(owner.id),
+                        counters: SmallVec::new(),
+                    },
+                );
+                i
+            }
         };
-        OwnerEntry(entry)
+        OwnerEntry {
+            table,
+            slot,
+            hasher,
+        }
     }
 }
 
 /// One owner's entry, held for an operation on a single owner.
-pub(crate) struct OwnerEntry<'t>(hashbrown::hash_table::OccupiedEntry<'t, Entry>);
+pub(crate) struct OwnerEntry<'t> {
+    table: &'t mut Table<Entry>,
+    slot: usize,
+    hasher: &'t OwnerHasher,
+}
 
-impl OwnerEntry<'_> {
+impl<'t> OwnerEntry<'t> {
     /// The owner's counters.
     #[inline]
     pub fn counters(&mut self) -> &mut Counters {
-        &mut self.0.get_mut().counters
+        &mut self.table.at_mut(self.slot).counters
+    }
+
+    /// The owner's counters, for as long as the entry was borrowed.
+    #[inline]
+    pub fn into_counters(self) -> &'t mut Counters {
+        &mut self.table.at_mut(self.slot).counters
     }
 
     /// Drops the entry again if no counter was created in it.
     #[inline]
     pub fn remove_if_empty(self) {
-        if self.0.get().counters.is_empty() {
-            self.0.remove();
+        if self.table.at_mut(self.slot).counters.is_empty() {
+            let hasher = self.hasher;
+            self.table.remove_at(self.slot, |e| hasher.of_entry(e));
         }
     }
 }

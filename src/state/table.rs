@@ -1,0 +1,276 @@
+//! The hash table of a shard: open addressing, linear probing, entries stored
+//! in the slots themselves.
+//!
+//! Why not `hashbrown`: its lookups read a control-byte group first and the
+//! entry second, two dependent cache misses when the table is large (a million
+//! devices). Here an entry lives in its *home slot* (`hash & mask`) or a few
+//! slots after it, so a lookup costs one miss (the slot's lines, fetched
+//! together), and a batch can bring the entries it needs into cache by
+//! touching their home slots before deciding. The price is a lower maximum
+//! load (3/4) and no SIMD group probing; entries are ~100 bytes, so a probe
+//! that moves on stays within the next line or two.
+//!
+//! Deletion shifts the following entries of the cluster back (no tombstones),
+//! so a probe always ends at the first empty slot. The table is never full:
+//! it grows (doubling, rehashing every entry) before passing 3/4 load.
+
+/// An open-addressing table of `T`, located by a caller-supplied 64-bit hash
+/// (the table uses its low bits).
+pub(crate) struct Table<T> {
+    /// Power-of-two length (or empty).
+    slots: Box<[Option<T>]>,
+    len: usize,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            slots: Box::default(),
+            len: 0,
+        }
+    }
+}
+
+/// Where a probe ended.
+pub(crate) enum Probe {
+    /// The entry is in this slot.
+    Found(usize),
+    /// Not present; this empty slot is where it would go (with room for it).
+    Vacant(usize),
+}
+
+impl<T> Table<T> {
+    /// Number of entries.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    /// The slot an entry of `hash` is placed at when nothing precedes it.
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        (hash as usize) & self.mask()
+    }
+
+    /// The slot holding the entry of `hash` that satisfies `eq`.
+    #[inline]
+    pub fn find_index(&self, hash: u64, mut eq: impl FnMut(&T) -> bool) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let mask = self.mask();
+        let mut i = self.home(hash);
+        // Terminates: the table is never full, so a probe meets an empty slot.
+        while let Some(e) = &self.slots[i] {
+            if eq(e) {
+                return Some(i);
+            }
+            i = (i + 1) & mask;
+        }
+        None
+    }
+
+    /// The entry of `hash` that satisfies `eq`.
+    #[inline]
+    pub fn find(&self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<&T> {
+        self.find_index(hash, eq)
+            .and_then(|i| self.slots[i].as_ref())
+    }
+
+    /// [`Table::find`], for writing.
+    #[inline]
+    pub fn find_mut(&mut self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<&mut T> {
+        let i = self.find_index(hash, eq)?;
+        self.slots[i].as_mut()
+    }
+
+    /// Finds the entry of `hash`, or the empty slot it goes to, growing the
+    /// table first if one more entry would pass 3/4 load. `hash_of` rehashes
+    /// entries when the table grows.
+    #[inline]
+    pub fn probe_for_insert(
+        &mut self,
+        hash: u64,
+        mut eq: impl FnMut(&T) -> bool,
+        hash_of: impl Fn(&T) -> u64,
+    ) -> Probe {
+        if let Some(i) = self.find_index(hash, &mut eq) {
+            return Probe::Found(i);
+        }
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow(&hash_of);
+        }
+        let mask = self.mask();
+        let mut i = self.home(hash);
+        while self.slots[i].is_some() {
+            i = (i + 1) & mask;
+        }
+        Probe::Vacant(i)
+    }
+
+    /// Puts `value` into the empty slot `i` returned by
+    /// [`Table::probe_for_insert`] (with no change to the table in between).
+    #[inline]
+    pub fn insert_at(&mut self, i: usize, value: T) -> &mut T {
+        debug_assert!(self.slots[i].is_none());
+        self.len += 1;
+        self.slots[i].insert(value)
+    }
+
+    /// The entry in slot `i`.
+    ///
+    /// # Panics
+    /// If the slot is empty (a caller bug: indices come from a probe).
+    #[inline]
+    pub fn at_mut(&mut self, i: usize) -> &mut T {
+        match &mut self.slots[i] {
+            Some(e) => e,
+            None => panic!("slot {i} is empty"),
+        }
+    }
+
+    /// Removes the entry in slot `i`, shifting the rest of its cluster back
+    /// so no probe stops early.
+    pub fn remove_at(&mut self, mut i: usize, hash_of: impl Fn(&T) -> u64) -> Option<T> {
+        let removed = self.slots[i].take()?;
+        self.len -= 1;
+        let mask = self.mask();
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let home = match &self.slots[j] {
+                None => break,
+                Some(e) => self.home(hash_of(e)),
+            };
+            // The entry at j may fill the hole at i if its home is not in the
+            // cyclic range (i, j]: then a probe from its home passes i.
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(i) & mask) {
+                self.slots[i] = self.slots[j].take();
+                i = j;
+            }
+        }
+        Some(removed)
+    }
+
+    /// Keeps the entries for which `keep` is true (it may also change them).
+    pub fn retain(&mut self, mut keep: impl FnMut(&mut T) -> bool, hash_of: impl Fn(&T) -> u64) {
+        let mut kept = Vec::new();
+        for slot in self.slots.iter_mut() {
+            if let Some(mut e) = slot.take() {
+                if keep(&mut e) {
+                    kept.push(e);
+                }
+            }
+        }
+        self.len = 0;
+        for e in kept {
+            self.put(e, &hash_of);
+        }
+    }
+
+    /// Doubles the capacity (at least 8 slots) and places every entry again.
+    #[cold]
+    fn grow(&mut self, hash_of: &impl Fn(&T) -> u64) {
+        let cap = (self.slots.len() * 2).max(8);
+        let old = std::mem::replace(&mut self.slots, (0..cap).map(|_| None).collect());
+        self.len = 0;
+        for e in old.into_vec().into_iter().flatten() {
+            self.put(e, hash_of);
+        }
+    }
+
+    /// Places an entry known to be absent, with room for it.
+    fn put(&mut self, e: T, hash_of: &impl Fn(&T) -> u64) {
+        let mask = self.mask();
+        let mut i = self.home(hash_of(&e));
+        while self.slots[i].is_some() {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = Some(e);
+        self.len += 1;
+    }
+
+    /// Slots allocated.
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// Deliberately weak hash (few distinct homes) so clusters and
+    /// wrap-around are common.
+    fn h(k: &(u16, u32)) -> u64 {
+        u64::from(k.0 % 13).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 3 | u64::from(k.0 % 13)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Upsert(u16, u32),
+        Remove(u16),
+        RetainEven,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (0u16..64, any::<u32>()).prop_map(|(k, v)| Step::Upsert(k, v)),
+            3 => (0u16..64).prop_map(Step::Remove),
+            1 => Just(Step::RetainEven),
+        ]
+    }
+
+    proptest! {
+        /// The table behaves as a map (checked against `HashMap` after every
+        /// step), never passes 3/4 load, and every entry stays reachable from
+        /// its home without crossing an empty slot.
+        #[test]
+        fn behaves_like_a_map(steps in proptest::collection::vec(step(), 1..200)) {
+            let mut t: Table<(u16, u32)> = Table::default();
+            let mut m: HashMap<u16, u32> = HashMap::new();
+            for s in steps {
+                match s {
+                    Step::Upsert(k, v) => {
+                        match t.probe_for_insert(h(&(k, 0)), |e| e.0 == k, h) {
+                            Probe::Found(i) => t.at_mut(i).1 = v,
+                            Probe::Vacant(i) => { t.insert_at(i, (k, v)); }
+                        }
+                        m.insert(k, v);
+                    }
+                    Step::Remove(k) => {
+                        let got = t.find_index(h(&(k, 0)), |e| e.0 == k)
+                            .and_then(|i| t.remove_at(i, h));
+                        prop_assert_eq!(got.map(|e| e.1), m.remove(&k));
+                    }
+                    Step::RetainEven => {
+                        t.retain(|e| e.1 % 2 == 0, h);
+                        m.retain(|_, v| *v % 2 == 0);
+                    }
+                }
+                prop_assert_eq!(t.len(), m.len());
+                prop_assert!(t.len() * 4 <= t.capacity() * 3);
+                for k in 0..64u16 {
+                    prop_assert_eq!(t.find(h(&(k, 0)), |e| e.0 == k).map(|e| e.1), m.get(&k).copied());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_table_finds_nothing_and_removes_nothing() {
+        let mut t: Table<(u16, u32)> = Table::default();
+        assert!(t.find(1, |_| true).is_none());
+        assert!(t.find_mut(1, |_| true).is_none());
+        t.retain(|_| true, h);
+        assert_eq!(t.capacity(), 0);
+    }
+}
