@@ -19,7 +19,7 @@ use crate::rules::{
     d5_error, Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet, RuleShape, Validity,
 };
 use crate::state::{CounterState, Locked, Owner, OwnerHasher, Store};
-use crate::subject::Subject;
+use crate::subject::{prefetch_ids, Subject};
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
 use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
 use crate::wire::{BenefitInfoWire, CreateBody, ListData, ListQuery, Object, UpdateBody};
@@ -820,6 +820,11 @@ impl Engine {
         out.reserve(requests.len());
         let rules = self.read();
         for chunk in requests.chunks(BATCH_CHUNK) {
+            // Ask for the chunk's ids before hashing any: their misses are in
+            // flight together instead of queueing behind each resolution.
+            for r in chunk {
+                prefetch_ids(r.subject);
+            }
             let mut applied: SmallVec<[Applied<'_>; 2 * BATCH_CHUNK]> = SmallVec::new();
             let mut ends: SmallVec<[usize; BATCH_CHUNK]> = SmallVec::new();
             for r in chunk {
@@ -833,12 +838,10 @@ impl Engine {
             shards.sort_unstable();
             shards.dedup();
             let mut locked = self.store.lock_many(&shards);
-            // Touch pass: independent lookups, so their cache misses overlap.
-            let mut touched = 0u64;
+            // Ask for every counter entry before deciding (see `prefetch`).
             for a in &applied {
-                touched = touched.wrapping_add(locked.touch(a.shard, &a.owner));
+                locked.prefetch(a.shard, &a.owner);
             }
-            std::hint::black_box(touched);
             let policy = self.config.frozen_policy;
             let mut start = 0;
             for (r, &end) in chunk.iter().zip(&ends) {

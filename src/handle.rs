@@ -233,6 +233,14 @@ impl Engine {
         let now = clamp_now(now);
         out.reserve(requests.len());
         for chunk in requests.chunks_mut(crate::BATCH_CHUNK) {
+            // Ask for every handle of the chunk, then for their ids, before
+            // reading them: the misses of the chunk are in flight together.
+            for r in chunk.iter() {
+                crate::prefetch::value(&*r.handle);
+            }
+            for r in chunk.iter() {
+                r.handle.prefetch_ids();
+            }
             let current =
                 |h: &SubjectHandle, version: u64| self.holds(h, now) && h.version == version;
             let version = self.version.load(Ordering::Acquire);
@@ -261,15 +269,13 @@ impl Engine {
                 }
                 continue;
             }
-            // Touch pass: independent lookups, so their cache misses overlap.
-            let mut touched = 0u64;
+            // Ask for every counter entry before deciding (see `prefetch`).
             for r in chunk.iter() {
                 let h = &*r.handle;
                 for o in &h.owners {
-                    touched = touched.wrapping_add(locked.touch(o.shard, &h.owner(o)));
+                    locked.prefetch(o.shard, &h.owner(o));
                 }
             }
-            std::hint::black_box(touched);
             for r in chunk.iter_mut() {
                 let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
                 out.push(self.decide_cached(r.handle, now, op, &mut locked));
@@ -395,6 +401,16 @@ impl Engine {
 }
 
 impl SubjectHandle {
+    /// Asks the CPU for what a decision reads outside the handle itself: the
+    /// rules if they spilled to the heap, the owners' ids.
+    #[inline]
+    fn prefetch_ids(&self) {
+        if self.rules.spilled() {
+            crate::prefetch::range(self.rules.as_ptr(), std::mem::size_of_val(&self.rules[..]));
+        }
+        crate::subject::prefetch_ids(self.subject.borrow());
+    }
+
     /// The owner key of one of the handle's counter owners.
     #[inline]
     fn owner<'h>(&'h self, o: &HandleOwner) -> Owner<'h> {

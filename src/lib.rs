@@ -74,7 +74,12 @@
 //!   names its rule by copying, not by touching a shared reference count).
 //!
 //! [`Engine::try_consume_many`] does the same for a batch, resolving a chunk
-//! under one read and locking the union of its shards once.
+//! under one read and locking the union of its shards once. Before reading
+//! anything of a chunk it asks the CPU for the lines it will need (the
+//! subjects' ids, then the counter slots), so the chunk's cache misses are in
+//! flight together rather than one after another. Those software prefetches
+//! are the crate's only `unsafe` code (`src/prefetch.rs`: a hint that cannot
+//! fault or change a value; the crate denies `unsafe` everywhere else).
 //!
 //! **Through a [`SubjectHandle`]** ([`Engine::handle`], resolved once per
 //! connection), a call skips the rule-table lock, the hashing and the rule
@@ -91,7 +96,7 @@
 //! (a device's all-scope rules, or one pool: the usual case) the decision is
 //! made over a fixed array of at most four rule states, and the debit reuses
 //! the counter positions found while reading.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // allowed in `prefetch` only
 #![deny(missing_docs)]
 
 mod amount;
@@ -101,6 +106,7 @@ mod engine;
 mod errors;
 mod handle;
 mod period;
+mod prefetch;
 mod rules;
 mod state;
 mod subject;

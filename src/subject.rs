@@ -87,3 +87,22 @@ impl<'a> Subject<'a> {
         self
     }
 }
+
+/// Asks the CPU for the bytes of the subject's ids (batches do it for a whole
+/// chunk before hashing any of them).
+#[inline]
+pub(crate) fn prefetch_ids(s: Subject<'_>) {
+    let ask = |id: Option<&str>| {
+        if let Some(id) = id {
+            crate::prefetch::range(id.as_ptr(), id.len());
+        }
+    };
+    ask(s.device_id);
+    ask(s.custom_consumer_id);
+    if let Some(m) = s.member {
+        ask(m.coze_user_id);
+        ask(m.coze_role);
+        ask(m.workspace_id);
+        ask(m.organization_id);
+    }
+}

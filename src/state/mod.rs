@@ -271,14 +271,12 @@ impl Locked<'_> {
             .map(|e| e.counters.as_slice())
     }
 
-    /// Looks `owner` up and reads one word of its entry, so a batch can bring
-    /// the entries it will need into cache before deciding (the caller sums
-    /// the results into a `black_box`).
+    /// Asks the CPU for the slots where `owner`'s entry most likely is,
+    /// without reading them: a batch does it for every owner of a chunk
+    /// before deciding, so their misses are in flight together.
     #[inline]
-    pub fn touch(&self, shard: usize, owner: &Owner<'_>) -> u64 {
-        self.counters(shard, owner)
-            .and_then(|cs| cs.first())
-            .map_or(0, |c| c.used)
+    pub fn prefetch(&self, shard: usize, owner: &Owner<'_>) {
+        self.table(shard).prefetch_home(owner.hash);
     }
 
     /// The counters of `owner`, if it has any, for writing.

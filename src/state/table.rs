@@ -75,6 +75,16 @@ impl<T> Table<T> {
         None
     }
 
+    /// Asks the CPU for the home slot of `hash` and the one after it (the
+    /// lines a lookup of `hash` most likely reads), without reading them.
+    #[inline]
+    pub fn prefetch_home(&self, hash: u64) {
+        if !self.slots.is_empty() {
+            let home = self.slots.as_ptr().wrapping_add(self.home(hash));
+            crate::prefetch::range(home, 2 * std::mem::size_of::<Option<T>>());
+        }
+    }
+
     /// The entry of `hash` that satisfies `eq`.
     #[inline]
     pub fn find(&self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<&T> {
