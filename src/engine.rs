@@ -791,9 +791,10 @@ impl Engine {
     ///
     /// Each request is decided exactly as a separate `try_consume` call made
     /// in slice order would be. The batch is worked through in chunks of
-    /// [`BATCH_CHUNK`]: a chunk resolves all its requests under one read of the
+    /// [`BATCH_CHUNK`]: a chunk asks the CPU for its subjects' ids (a
+    /// software prefetch), resolves all its requests under one read of the
     /// rule table, locks the union of their shards once (in ascending order),
-    /// first touches every counter it will need — so the memory misses of
+    /// asks for every counter slot it will need — so the memory misses of
     /// independent subjects overlap instead of queueing — and then decides
     /// each request in turn. Other threads working on those shards wait for
     /// at most one chunk. With [`crate::SubjectHandle`]s, use

@@ -203,12 +203,13 @@ impl Engine {
     /// separate calls in slice order would be.
     ///
     /// Works in chunks of [`crate::BATCH_CHUNK`], like
-    /// [`Engine::try_consume_many`]: stale handles of a chunk resolve again
-    /// first (under one read of the rule table), then the chunk locks the
-    /// union of its shards once, checks the configuration version once,
-    /// touches every counter entry it will need (so the memory misses of
-    /// independent subjects overlap instead of queueing) and decides each
-    /// request in turn. Other threads working on those shards wait for at
+    /// [`Engine::try_consume_many`]: the chunk asks the CPU for its handles
+    /// and their ids (a software prefetch), stale handles resolve again
+    /// (under one read of the rule table), then the chunk locks the union of
+    /// its shards once, checks the configuration version once, asks for
+    /// every counter slot it will need (so the memory misses of independent
+    /// subjects overlap instead of queueing) and decides each request in
+    /// turn. Other threads working on those shards wait for at
     /// most one chunk.
     ///
     /// # Examples
