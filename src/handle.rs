@@ -209,8 +209,8 @@ impl Engine {
     /// its shards once, checks the configuration version once, asks for
     /// every counter slot it will need (so the memory misses of independent
     /// subjects overlap instead of queueing) and decides each request in
-    /// turn. Other threads working on those shards wait for at
-    /// most one chunk.
+    /// turn. Other threads working on those shards wait for at most one
+    /// chunk.
     ///
     /// # Examples
     /// ```
