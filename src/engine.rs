@@ -1,10 +1,9 @@
 //! The engine: configuration plane (create, import, update, list) and
 //! enforcement (check, try_consume, record, usage).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use smallvec::SmallVec;
 
 use crate::amount::Amount;
@@ -20,6 +19,7 @@ use crate::rules::{
 };
 use crate::state::{CounterState, Locked, Owner, OwnerHasher, Store};
 use crate::subject::{prefetch_ids, Subject};
+use crate::sync::{AtomicU64, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
 use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
 use crate::wire::{BenefitInfoWire, CreateBody, ListData, ListQuery, Object, UpdateBody};
@@ -144,7 +144,8 @@ impl Engine {
             token_key: ahash::RandomState::new(),
             version: CachePadded::new(AtomicU64::new(0)),
             id: {
-                static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
+                static NEXT_ENGINE: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(1);
                 NEXT_ENGINE.fetch_add(1, Ordering::Relaxed)
             },
         }

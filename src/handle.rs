@@ -15,6 +15,7 @@
 //! every operation decided with version `v` on a counter comes before every
 //! operation decided with a later version on it: the same order a call by
 //! subject (which holds the rule table's read lock throughout) would give.
+//! `tests/loom.rs` checks this under every interleaving of small races.
 
 use std::sync::atomic::Ordering;
 

@@ -110,6 +110,7 @@ mod prefetch;
 mod rules;
 mod state;
 mod subject;
+mod sync;
 pub mod types;
 mod validate;
 pub mod wire;

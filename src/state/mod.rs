@@ -21,10 +21,10 @@ mod table;
 pub(crate) use counter::CounterState;
 
 use crossbeam_utils::CachePadded;
-use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
 use self::table::{Probe, Table};
+use crate::sync::{Mutex, MutexGuard};
 use crate::types::SmallStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,0 +1,161 @@
+//! Every interleaving (`loom`) of a configuration write racing with a call
+//! through a handle: the version protocol of `src/handle.rs` (RELIABILITY.md
+//! §6). Built only with `--cfg loom`:
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom
+//! ```
+//!
+//! Thread A raises (or lowers) the device's limit and then spends by subject;
+//! thread B spends once through a handle resolved before the write. In every
+//! serial order that keeps A's program order the outcome is fixed (both
+//! granted after a raise from 1 to 2; exactly one granted after a lowering
+//! from 2 to 1), so any other outcome means a handle decided with rules
+//! older than a decision already made with the new ones on the same counter.
+//! A third test puts the write and the call by subject on two threads, so a
+//! call by subject can decide between the write and its version bump.
+#![cfg(loom)]
+
+use std::sync::Arc;
+
+use benefit_quota::{
+    Amount, BenefitType, Engine, EngineConfig, HandleRequest, Subject, SubjectHandle,
+};
+
+const NOW: i64 = 1_000;
+const DEVICE: &str = "sn-1";
+
+fn engine(limit: u64) -> (Engine, String) {
+    let e = Engine::with_config(EngineConfig {
+        shards: 1,
+        rule_replicas: 1,
+        ..EngineConfig::default()
+    });
+    let body = format!(
+        r#"{{"entity_type":"enterprise_all_devices","benefit_info":{{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"never"}}}}"#
+    );
+    let id = match e.create_json(body) {
+        Ok(info) => info.benefit_id().to_string(),
+        Err(err) => panic!("{err}"),
+    };
+    (e, id)
+}
+
+/// How thread B spends through its handle.
+#[derive(Clone, Copy)]
+enum Via {
+    Single,
+    Batch,
+}
+
+fn spend(e: &Engine, h: &mut SubjectHandle, via: Via) -> bool {
+    let (ty, one) = (BenefitType::ResourcePoint, Amount::from_units(1));
+    match via {
+        Via::Single => e.try_consume_handle(h, ty, one, NOW).is_allowed(),
+        Via::Batch => {
+            let mut out = Vec::new();
+            let mut reqs = [HandleRequest {
+                handle: h,
+                benefit_type: ty,
+                amount: one,
+            }];
+            e.try_consume_many_handles(&mut reqs, NOW, &mut out);
+            out.iter().all(|d| d.is_allowed())
+        }
+    }
+}
+
+/// Runs the race; returns (A's spend granted, B's spend granted).
+fn race(limit_before: u64, limit_after: u64, via: Via) -> (bool, bool) {
+    let (e, id) = engine(limit_before);
+    let e = Arc::new(e);
+    let mut h = e.handle(&Subject::device(DEVICE));
+    // Resolve the handle before the race, at the old configuration.
+    assert!(e.check_handle(&mut h, NOW).is_allowed());
+    let a = {
+        let e = Arc::clone(&e);
+        loom::thread::spawn(move || {
+            let body = format!(r#"{{"limit":{limit_after}}}"#);
+            if let Err(err) = e.apply_update_json(&id, body, NOW) {
+                panic!("{err}");
+            }
+            e.try_consume(
+                &Subject::device(DEVICE),
+                BenefitType::ResourcePoint,
+                Amount::from_units(1),
+                NOW,
+            )
+            .is_allowed()
+        })
+    };
+    let b = spend(&e, &mut h, via);
+    let a = a.join().unwrap_or_else(|_| panic!("thread A panicked"));
+    (a, b)
+}
+
+#[test]
+fn a_raise_is_never_missed_by_a_handle() {
+    for via in [Via::Single, Via::Batch] {
+        loom::model(move || {
+            // Serial orders: B,U,C / U,B,C / U,C,B: both granted, always.
+            assert_eq!(race(1, 2, via), (true, true));
+        });
+    }
+}
+
+#[test]
+fn a_lowering_is_never_missed_by_a_handle() {
+    for via in [Via::Single, Via::Batch] {
+        loom::model(move || {
+            // Serial orders: B,U,C (B only) / U,B,C (B only) / U,C,B (C only).
+            let (a, b) = race(2, 1, via);
+            assert!(a != b, "granted: by subject {a}, through the handle {b}");
+        });
+    }
+}
+
+/// `Some(remaining)` if granted.
+fn granted(d: benefit_quota::Decision) -> Option<u64> {
+    d.headroom().map(|h| h.remaining.as_micros() / 1_000_000)
+}
+
+#[test]
+fn a_call_by_subject_never_sees_a_write_before_handles_do() {
+    for via in [Via::Single, Via::Batch] {
+        loom::model(move || {
+            let (e, id) = engine(1);
+            let e = Arc::new(e);
+            let mut h = e.handle(&Subject::device(DEVICE));
+            assert!(e.check_handle(&mut h, NOW).is_allowed());
+            let writer = {
+                let e = Arc::clone(&e);
+                loom::thread::spawn(move || {
+                    if let Err(err) = e.apply_update_json(&id, r#"{"limit":2}"#, NOW) {
+                        panic!("{err}");
+                    }
+                })
+            };
+            let by_subject = {
+                let e = Arc::clone(&e);
+                loom::thread::spawn(move || {
+                    let (ty, one) = (BenefitType::ResourcePoint, Amount::from_units(1));
+                    granted(e.try_consume(&Subject::device(DEVICE), ty, one, NOW))
+                })
+            };
+            let through_handle = spend(&e, &mut h, via);
+            writer.join().unwrap_or_else(|_| panic!("writer panicked"));
+            let c = by_subject
+                .join()
+                .unwrap_or_else(|_| panic!("thread C panicked"));
+            // A call by subject that spent first under the raised limit
+            // (1 left of 2) precedes the handle's spend, which must then see
+            // the raise too and be granted.
+            if c == Some(1) {
+                assert!(
+                    through_handle,
+                    "the handle decided with the old limit after the new one was used"
+                );
+            }
+        });
+    }
+}
