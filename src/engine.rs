@@ -17,7 +17,7 @@ use crate::period::{clamp_now, rule_window, UtcOffset, Window};
 use crate::rules::{
     d5_error, Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet, RuleShape, Validity,
 };
-use crate::state::{CounterState, Locked, Owner, OwnerHasher, Store};
+use crate::state::{CounterState, Locked, Owner, OwnerHasher, SlotHint, Store};
 use crate::subject::{prefetch_ids, Subject};
 use crate::sync::{AtomicU64, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
@@ -740,7 +740,7 @@ impl Engine {
             // The usual device (its all-scope rules) or one pool: one probe.
             let rule = |i: usize| (view(i), applied[i].window);
             let (n, shard, owner) = (applied.len(), first.shard, &first.owner);
-            return self.decide_owner(n, rule, id_of, locked, shard, owner, op);
+            return self.decide_owner(n, rule, id_of, locked, shard, owner, None, op);
         }
         let mut seen = SeenVec::new();
         for run in owner_runs(applied) {
@@ -775,13 +775,20 @@ impl Engine {
         locked: &mut Locked<'_>,
         shard: usize,
         owner: &Owner<'_>,
+        hint: Option<&mut SlotHint>,
         op: Op,
     ) -> Decision {
         if !op.debits() {
-            let counters = locked.counters_if_any(shard, owner);
+            let counters = match hint {
+                Some(hint) => locked.counters_if_any_hinted(shard, owner, hint),
+                None => locked.counters_if_any(shard, owner),
+            };
             return decide_one_owner(&self.store, n, rule, counters, op, id_of);
         }
-        let mut entry = locked.owner_entry(shard, owner);
+        let mut entry = match hint {
+            Some(hint) => locked.owner_entry_hinted(shard, owner, hint),
+            None => locked.owner_entry(shard, owner),
+        };
         let decision = decide_one_owner(&self.store, n, rule, Some(entry.counters()), op, id_of);
         entry.remove_if_empty();
         decision

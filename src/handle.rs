@@ -27,7 +27,7 @@ use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::period::{clamp_now, Period, Window};
 use crate::rules::{Applied, AppliedVec, RuleSet, Validity};
-use crate::state::{Locked, Owner, OwnerKind};
+use crate::state::{Locked, Owner, OwnerKind, SlotHint};
 use crate::subject::{Member, Subject};
 use crate::types::{BenefitId, BenefitType};
 
@@ -81,6 +81,9 @@ struct HandleOwner {
     pool: u32,
     hash: u64,
     shard: usize,
+    /// Where the owner's entry was found last (valid while its shard's
+    /// table layout is unchanged).
+    hint: SlotHint,
 }
 
 /// The ids of a subject, owned.
@@ -275,7 +278,7 @@ impl Engine {
             for r in chunk.iter() {
                 let h = &*r.handle;
                 for o in &h.owners {
-                    locked.prefetch(o.shard, &h.owner(o));
+                    locked.prefetch_hinted(o.shard, &h.owner(o), o.hint);
                 }
             }
             for r in chunk.iter_mut() {
@@ -329,7 +332,10 @@ impl Engine {
                 }
             }
         }
-        let h = &*h;
+        // The one-owner path remembers where the entry is (see `SlotHint`).
+        let mut hint = h.owners.first().map(|o| o.hint).unwrap_or_default();
+        let h_mut = &mut *h;
+        let h = &*h_mut;
         let id_of = |slot: u32| {
             // Every slot a decision names is one of the handle's rules.
             let r = h.rules.iter().find(|r| r.slot == slot);
@@ -340,7 +346,9 @@ impl Engine {
             let owner = h.owner(o);
             let rule = |i: usize| (h.rules[i].view(), h.rules[i].window);
             let n = h.rules.len();
-            return self.decide_owner(n, rule, id_of, locked, o.shard, &owner, op);
+            let d = self.decide_owner(n, rule, id_of, locked, o.shard, &owner, Some(&mut hint), op);
+            h_mut.owners[0].hint = hint;
+            return d;
         }
         let mut applied = AppliedVec::new();
         for r in &h.rules {
@@ -373,6 +381,7 @@ impl Engine {
                         pool: a.owner.pool,
                         hash: a.owner.hash,
                         shard: a.shard,
+                        hint: SlotHint::default(),
                     });
                     (h.owners.len() - 1) as u32
                 }
@@ -410,7 +419,11 @@ impl SubjectHandle {
         if self.rules.spilled() {
             crate::prefetch::range(self.rules.as_ptr(), std::mem::size_of_val(&self.rules[..]));
         }
-        crate::subject::prefetch_ids(self.subject.borrow());
+        // One owner with a remembered slot: the decision will most likely
+        // not compare ids at all.
+        if !matches!(self.owners.as_slice(), [o] if o.hint.is_set()) {
+            crate::subject::prefetch_ids(self.subject.borrow());
+        }
     }
 
     /// The owner key of one of the handle's counter owners.

@@ -279,6 +279,38 @@ impl Locked<'_> {
         self.table(shard).prefetch_home(owner.hash);
     }
 
+    /// [`Locked::prefetch`] for an owner whose slot `hint` may remember: then
+    /// only that entry's lines are asked for.
+    #[inline]
+    pub fn prefetch_hinted(&self, shard: usize, owner: &Owner<'_>, hint: SlotHint) {
+        let table = self.table(shard);
+        match table.remembered(hint.slot, hint.epoch) {
+            Some(i) => table.prefetch_slot(i),
+            None => table.prefetch_home(owner.hash),
+        }
+    }
+
+    /// [`Locked::counters_if_any`] for an owner whose slot `hint` may
+    /// remember (then without probing or comparing ids); `hint` is updated.
+    #[inline]
+    pub fn counters_if_any_hinted(
+        &mut self,
+        shard: usize,
+        owner: &Owner<'_>,
+        hint: &mut SlotHint,
+    ) -> Option<&mut Counters> {
+        let table = self.table_mut(shard);
+        let slot = match table.remembered(hint.slot, hint.epoch) {
+            Some(i) => i,
+            None => {
+                let i = table.find_index(owner.hash, |e| e.is(owner))?;
+                *hint = SlotHint::at(i, table.epoch());
+                i
+            }
+        };
+        Some(&mut table.at_mut(slot).counters)
+    }
+
     /// The counters of `owner`, if it has any, for writing.
     #[inline]
     pub fn counters_if_any(&mut self, shard: usize, owner: &Owner<'_>) -> Option<&mut Counters> {
@@ -325,6 +357,55 @@ impl<'s> Locked<'s> {
             slot,
             hasher,
         }
+    }
+}
+
+impl<'s> Locked<'s> {
+    /// [`Locked::owner_entry`] for an owner whose slot `hint` may remember
+    /// (then without probing or comparing ids); `hint` is updated.
+    #[inline]
+    pub fn owner_entry_hinted(
+        &mut self,
+        shard: usize,
+        owner: &Owner<'_>,
+        hint: &mut SlotHint,
+    ) -> OwnerEntry<'_> {
+        let hasher = self.hasher;
+        if let Some(slot) = self.table(shard).remembered(hint.slot, hint.epoch) {
+            let table = self.table_mut(shard);
+            debug_assert!(table.at_mut(slot).is(owner));
+            return OwnerEntry {
+                table,
+                slot,
+                hasher,
+            };
+        }
+        let entry = self.owner_entry(shard, owner);
+        *hint = SlotHint::at(entry.slot, entry.table.epoch());
+        entry
+    }
+}
+
+/// Where an owner's entry was found last: its slot and the table's layout
+/// epoch at the time. While the epoch is unchanged the entry is still in that
+/// slot (entries move only when the epoch is bumped), so a handle can go
+/// straight to it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SlotHint {
+    slot: usize,
+    /// 0: nothing remembered (tables start at epoch 1).
+    epoch: u64,
+}
+
+impl SlotHint {
+    fn at(slot: usize, epoch: u64) -> SlotHint {
+        SlotHint { slot, epoch }
+    }
+
+    /// Whether a slot was remembered (it may be out of date).
+    #[inline]
+    pub fn is_set(&self) -> bool {
+        self.epoch != 0
     }
 }
 

@@ -20,6 +20,11 @@ pub(crate) struct Table<T> {
     /// Power-of-two length (or empty).
     slots: Box<[Option<T>]>,
     len: usize,
+    /// Layout epoch: bumped whenever an entry leaves its slot (removal,
+    /// shifting, growth, rebuilding), never by an insertion into an empty
+    /// slot. While it is unchanged, an entry found at slot `i` is still there.
+    /// Starts at 1, so 0 can mean "no slot remembered".
+    epoch: u64,
 }
 
 impl<T> Default for Table<T> {
@@ -27,6 +32,7 @@ impl<T> Default for Table<T> {
         Table {
             slots: Box::default(),
             len: 0,
+            epoch: 1,
         }
     }
 }
@@ -44,6 +50,19 @@ impl<T> Table<T> {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The layout epoch (see the field).
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Slot `i` if the layout is still at `epoch` (so whatever entry was
+    /// found there then is there now).
+    #[inline]
+    pub fn remembered(&self, i: usize, epoch: u64) -> Option<usize> {
+        (epoch == self.epoch && i < self.slots.len()).then_some(i)
     }
 
     #[inline]
@@ -82,6 +101,14 @@ impl<T> Table<T> {
         if !self.slots.is_empty() {
             let home = self.slots.as_ptr().wrapping_add(self.home(hash));
             crate::prefetch::range(home, 2 * std::mem::size_of::<Option<T>>());
+        }
+    }
+
+    /// Asks the CPU for the lines of slot `i` (see [`Table::remembered`]).
+    #[inline]
+    pub fn prefetch_slot(&self, i: usize) {
+        if let Some(slot) = self.slots.get(i) {
+            crate::prefetch::value(slot);
         }
     }
 
@@ -149,6 +176,7 @@ impl<T> Table<T> {
     pub fn remove_at(&mut self, mut i: usize, hash_of: impl Fn(&T) -> u64) -> Option<T> {
         let removed = self.slots[i].take()?;
         self.len -= 1;
+        self.epoch += 1;
         let mask = self.mask();
         let mut j = i;
         loop {
@@ -169,6 +197,7 @@ impl<T> Table<T> {
 
     /// Keeps the entries for which `keep` is true (it may also change them).
     pub fn retain(&mut self, mut keep: impl FnMut(&mut T) -> bool, hash_of: impl Fn(&T) -> u64) {
+        self.epoch += 1;
         let mut kept = Vec::new();
         for slot in self.slots.iter_mut() {
             if let Some(mut e) = slot.take() {
@@ -186,6 +215,7 @@ impl<T> Table<T> {
     /// Doubles the capacity (at least 8 slots) and places every entry again.
     #[cold]
     fn grow(&mut self, hash_of: &impl Fn(&T) -> u64) {
+        self.epoch += 1;
         let cap = (self.slots.len() * 2).max(8);
         let old = std::mem::replace(&mut self.slots, (0..cap).map(|_| None).collect());
         self.len = 0;
@@ -241,12 +271,14 @@ mod tests {
 
     proptest! {
         /// The table behaves as a map (checked against `HashMap` after every
-        /// step), never passes 3/4 load, and every entry stays reachable from
-        /// its home without crossing an empty slot.
+        /// step), never passes 3/4 load, every entry stays reachable from
+        /// its home without crossing an empty slot, and a slot remembered
+        /// with the layout epoch still holds its entry while the epoch holds.
         #[test]
         fn behaves_like_a_map(steps in proptest::collection::vec(step(), 1..200)) {
             let mut t: Table<(u16, u32)> = Table::default();
             let mut m: HashMap<u16, u32> = HashMap::new();
+            let mut remembered: HashMap<u16, (usize, u64)> = HashMap::new();
             for s in steps {
                 match s {
                     Step::Upsert(k, v) => {
@@ -268,8 +300,16 @@ mod tests {
                 }
                 prop_assert_eq!(t.len(), m.len());
                 prop_assert!(t.len() * 4 <= t.capacity() * 3);
+                for (&k, &(slot, epoch)) in &remembered {
+                    if let Some(i) = t.remembered(slot, epoch) {
+                        prop_assert_eq!(t.at_mut(i).0, k);
+                    }
+                }
                 for k in 0..64u16 {
                     prop_assert_eq!(t.find(h(&(k, 0)), |e| e.0 == k).map(|e| e.1), m.get(&k).copied());
+                    if let Some(i) = t.find_index(h(&(k, 0)), |e| e.0 == k) {
+                        remembered.insert(k, (i, t.epoch()));
+                    }
                 }
             }
         }
