@@ -82,12 +82,13 @@
 //! fault or change a value; the crate denies `unsafe` everywhere else).
 //!
 //! **Through a [`SubjectHandle`]** ([`Engine::handle`], resolved once per
-//! connection), a call skips the rule-table lock, the hashing and the rule
-//! lookups: it locks the shards the handle remembers, compares the engine's
-//! configuration version (an atomic bumped by every write under the rule
-//! table's write locks) with the handle's, and decides with the rules the
-//! handle cached; on a mismatch, or when `now` crosses an activation
-//! boundary, it resolves again first. Reading the version under the shard
+//! connection), a call skips the rule-table lock, the hashing, the rule
+//! lookups and, while the shard's table layout is unchanged (an epoch), the
+//! probe for its counter entry, whose slot it remembers: it locks the shards
+//! the handle remembers, compares the engine's configuration version (an
+//! atomic bumped by every write under the rule table's write locks) with the
+//! handle's, and decides with the rules the handle cached; on a mismatch, or
+//! when `now` crosses an activation boundary, it resolves again first. Reading the version under the shard
 //! locks is what keeps these calls exactly as ordered as calls by subject
 //! (see `src/handle.rs`). [`Engine::try_consume_many_handles`] batches them
 //! like [`Engine::try_consume_many`].
