@@ -1,8 +1,8 @@
 //! Lock-sharded counter state.
 //!
 //! Counters live in `2^k` shards, each a `parking_lot::Mutex` around an
-//! open-addressing [`table::Table`], padded to its own cache line. Entries are keyed by
-//! *owner*: a device or consumer (its counters under `enterprise_all_*`
+//! open-addressing [`table::Table`], padded to its own cache line. Entries
+//! are keyed by *owner*: a device or consumer (its counters under `enterprise_all_*`
 //! rules, one per rule), or a rule's own pool (the single counter of a
 //! single-entity or enterprise-family rule). An entry keeps its counters inline
 //! (two without spilling), so the usual device — one cumulative and one
@@ -336,31 +336,14 @@ impl<'s> Locked<'s> {
     pub fn owner_entry(&mut self, shard: usize, owner: &Owner<'_>) -> OwnerEntry<'_> {
         let hasher = self.hasher;
         let table = self.table_mut(shard);
-        let slot = match table.probe_for_insert(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e))
-        {
-            Probe::Found(i) => i,
-            Probe::Vacant(i) => {
-                table.insert_at(
-                    i,
-                    Entry {
-                        kind: owner.kind,
-                        pool: owner.pool,
-                        id: SmallStr::new(owner.id),
-                        counters: SmallVec::new(),
-                    },
-                );
-                i
-            }
-        };
+        let slot = slot_of(table, hasher, owner);
         OwnerEntry {
             table,
             slot,
             hasher,
         }
     }
-}
 
-impl<'s> Locked<'s> {
     /// [`Locked::owner_entry`] for an owner whose slot `hint` may remember
     /// (then without probing or comparing ids); `hint` is updated.
     #[inline]
@@ -371,18 +354,43 @@ impl<'s> Locked<'s> {
         hint: &mut SlotHint,
     ) -> OwnerEntry<'_> {
         let hasher = self.hasher;
-        if let Some(slot) = self.table(shard).remembered(hint.slot, hint.epoch) {
-            let table = self.table_mut(shard);
-            debug_assert!(table.at_mut(slot).is(owner));
-            return OwnerEntry {
-                table,
-                slot,
-                hasher,
-            };
+        let table = self.table_mut(shard);
+        let slot = match table.remembered(hint.slot, hint.epoch) {
+            Some(slot) => {
+                debug_assert!(table.at_mut(slot).is(owner));
+                slot
+            }
+            None => {
+                let slot = slot_of(table, hasher, owner);
+                *hint = SlotHint::at(slot, table.epoch());
+                slot
+            }
+        };
+        OwnerEntry {
+            table,
+            slot,
+            hasher,
         }
-        let entry = self.owner_entry(shard, owner);
-        *hint = SlotHint::at(entry.slot, entry.table.epoch());
-        entry
+    }
+}
+
+/// The slot of `owner`'s entry in `table`, the entry created if missing.
+#[inline]
+fn slot_of(table: &mut Table<Entry>, hasher: &OwnerHasher, owner: &Owner<'_>) -> usize {
+    match table.probe_for_insert(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e)) {
+        Probe::Found(i) => i,
+        Probe::Vacant(i) => {
+            table.insert_at(
+                i,
+                Entry {
+                    kind: owner.kind,
+                    pool: owner.pool,
+                    id: SmallStr::new(owner.id),
+                    counters: SmallVec::new(),
+                },
+            );
+            i
+        }
     }
 }
 
