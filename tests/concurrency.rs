@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use benefit_quota::{Amount, Decision, Engine, HandleRequest, Member, Subject};
+use benefit_quota::{Amount, Decision, Engine, Member, Subject};
 use common::*;
 
 const THREADS: [usize; 3] = [2, 4, 8];
@@ -302,14 +302,10 @@ fn handles_and_calls_by_subject_are_linearizable_under_updates() {
                                         )),
                                         // a batch of four handles on the same device
                                         _ => {
-                                            let mut reqs: Vec<HandleRequest> = batch
-                                                .iter_mut()
-                                                .map(|h| HandleRequest {
-                                                    handle: h,
-                                                    benefit_type: PTS,
-                                                    amount: units(1),
-                                                })
-                                                .collect();
+                                            let mut reqs = point_requests(
+                                                &mut batch[..],
+                                                std::iter::repeat(1),
+                                            );
                                             e.try_consume_many_handles(
                                                 &mut reqs, MIDNIGHT, &mut out,
                                             );

@@ -5,7 +5,7 @@
 
 mod common;
 
-use benefit_quota::{Decision, DenyReason, Engine, HandleRequest, Member, Subject};
+use benefit_quota::{Decision, DenyReason, Engine, Member, Subject};
 use common::*;
 
 /// Two engines fed the same writes: one is used by subject, the other
@@ -172,15 +172,7 @@ fn a_handle_batch_decides_as_single_calls_in_order() {
         .map(|d| batched.handle(&Subject::device(d)))
         .collect();
     let amounts = [2, 1, 4, 1, 3, 1];
-    let mut reqs: Vec<HandleRequest> = handles
-        .iter_mut()
-        .zip(amounts)
-        .map(|(h, n)| HandleRequest {
-            handle: h,
-            benefit_type: PTS,
-            amount: units(n),
-        })
-        .collect();
+    let mut reqs = point_requests(&mut handles, amounts);
     let mut out = Vec::new();
     batched.try_consume_many_handles(&mut reqs, MIDNIGHT, &mut out);
     let expected: Vec<Decision> = ids

@@ -5,7 +5,7 @@
 
 mod common;
 
-use benefit_quota::{Engine, EngineConfig, HandleRequest, Request, Subject};
+use benefit_quota::{Engine, EngineConfig, Request, Subject};
 use common::*;
 
 const DEVICES: usize = 20_000;
@@ -68,14 +68,7 @@ fn many_devices_in_two_shards_keep_their_own_counters() {
     // own proptest covers removals in the middle of a cluster): interleave
     // such requests with spends of known devices through handle batches.
     let e2 = &e;
-    let mut reqs: Vec<HandleRequest> = handles
-        .iter_mut()
-        .map(|h| HandleRequest {
-            handle: h,
-            benefit_type: PTS,
-            amount: units(1),
-        })
-        .collect();
+    let mut reqs = point_requests(&mut handles, std::iter::repeat(1));
     for (k, chunk) in reqs.chunks_mut(50).enumerate() {
         let newcomer = format!("new-{k}");
         let d = e2.try_consume(&Subject::device(&newcomer), PTS, units(101), MIDNIGHT);

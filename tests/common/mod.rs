@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use benefit_quota::{Amount, BenefitType, Engine, Subject, UsageReport, FOREVER};
+use benefit_quota::{
+    Amount, BenefitType, Engine, HandleRequest, Subject, SubjectHandle, UsageReport, FOREVER,
+};
 use serde_json::json;
 
 /// 2025-03-12 00:00:00 +08:00 (the seed's `started_at`): a local midnight.
@@ -12,6 +14,23 @@ pub const VOICE: BenefitType = BenefitType::VoiceUnifiedDurationSystem;
 
 pub fn units(n: u64) -> Amount {
     Amount::from_units(n)
+}
+
+/// One request per handle, spending `amounts` points (in order) of
+/// `resource_point`.
+pub fn point_requests<'h>(
+    handles: &'h mut [SubjectHandle],
+    amounts: impl IntoIterator<Item = u64>,
+) -> Vec<HandleRequest<'h>> {
+    handles
+        .iter_mut()
+        .zip(amounts)
+        .map(|(h, n)| HandleRequest {
+            handle: h,
+            benefit_type: PTS,
+            amount: units(n),
+        })
+        .collect()
 }
 
 /// Builder for create bodies.
