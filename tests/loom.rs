@@ -25,7 +25,9 @@ use benefit_quota::{
 const NOW: i64 = 1_000;
 const DEVICE: &str = "sn-1";
 
-fn engine(limit: u64) -> (Engine, String) {
+/// A one-shard engine with one all-devices rule of `limit` points, its id,
+/// and a handle on the device resolved at that configuration.
+fn setup(limit: u64) -> (Arc<Engine>, String, SubjectHandle) {
     let e = Engine::with_config(EngineConfig {
         shards: 1,
         rule_replicas: 1,
@@ -38,7 +40,27 @@ fn engine(limit: u64) -> (Engine, String) {
         Ok(info) => info.benefit_id().to_string(),
         Err(err) => panic!("{err}"),
     };
-    (e, id)
+    let mut h = e.handle(&Subject::device(DEVICE));
+    assert!(e.check_handle(&mut h, NOW).is_allowed());
+    (Arc::new(e), id, h)
+}
+
+/// Sets the rule's limit.
+fn set_limit(e: &Engine, id: &str, limit: u64) {
+    if let Err(err) = e.apply_update_json(id, format!(r#"{{"limit":{limit}}}"#), NOW) {
+        panic!("{err}");
+    }
+}
+
+/// Spends one point by subject; `Some(remaining points)` if granted.
+fn spend_by_subject(e: &Engine) -> Option<u64> {
+    let d = e.try_consume(
+        &Subject::device(DEVICE),
+        BenefitType::ResourcePoint,
+        Amount::from_units(1),
+        NOW,
+    );
+    d.headroom().map(|h| h.remaining.as_micros() / 1_000_000)
 }
 
 /// How thread B spends through its handle.
@@ -67,25 +89,12 @@ fn spend(e: &Engine, h: &mut SubjectHandle, via: Via) -> bool {
 
 /// Runs the race; returns (A's spend granted, B's spend granted).
 fn race(limit_before: u64, limit_after: u64, via: Via) -> (bool, bool) {
-    let (e, id) = engine(limit_before);
-    let e = Arc::new(e);
-    let mut h = e.handle(&Subject::device(DEVICE));
-    // Resolve the handle before the race, at the old configuration.
-    assert!(e.check_handle(&mut h, NOW).is_allowed());
+    let (e, id, mut h) = setup(limit_before);
     let a = {
         let e = Arc::clone(&e);
         loom::thread::spawn(move || {
-            let body = format!(r#"{{"limit":{limit_after}}}"#);
-            if let Err(err) = e.apply_update_json(&id, body, NOW) {
-                panic!("{err}");
-            }
-            e.try_consume(
-                &Subject::device(DEVICE),
-                BenefitType::ResourcePoint,
-                Amount::from_units(1),
-                NOW,
-            )
-            .is_allowed()
+            set_limit(&e, &id, limit_after);
+            spend_by_subject(&e).is_some()
         })
     };
     let b = spend(&e, &mut h, via);
@@ -114,33 +123,18 @@ fn a_lowering_is_never_missed_by_a_handle() {
     }
 }
 
-/// `Some(remaining)` if granted.
-fn granted(d: benefit_quota::Decision) -> Option<u64> {
-    d.headroom().map(|h| h.remaining.as_micros() / 1_000_000)
-}
-
 #[test]
 fn a_call_by_subject_never_sees_a_write_before_handles_do() {
     for via in [Via::Single, Via::Batch] {
         loom::model(move || {
-            let (e, id) = engine(1);
-            let e = Arc::new(e);
-            let mut h = e.handle(&Subject::device(DEVICE));
-            assert!(e.check_handle(&mut h, NOW).is_allowed());
+            let (e, id, mut h) = setup(1);
             let writer = {
                 let e = Arc::clone(&e);
-                loom::thread::spawn(move || {
-                    if let Err(err) = e.apply_update_json(&id, r#"{"limit":2}"#, NOW) {
-                        panic!("{err}");
-                    }
-                })
+                loom::thread::spawn(move || set_limit(&e, &id, 2))
             };
             let by_subject = {
                 let e = Arc::clone(&e);
-                loom::thread::spawn(move || {
-                    let (ty, one) = (BenefitType::ResourcePoint, Amount::from_units(1));
-                    granted(e.try_consume(&Subject::device(DEVICE), ty, one, NOW))
-                })
+                loom::thread::spawn(move || spend_by_subject(&e))
             };
             let through_handle = spend(&e, &mut h, via);
             writer.join().unwrap_or_else(|_| panic!("writer panicked"));
