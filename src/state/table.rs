@@ -142,21 +142,27 @@ impl<T> Table<T> {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow(&hash_of);
         }
+        Probe::Vacant(self.first_vacant(hash))
+    }
+
+    /// The first empty slot from the home of `hash` on (the table has room).
+    #[inline]
+    fn first_vacant(&self, hash: u64) -> usize {
         let mask = self.mask();
         let mut i = self.home(hash);
         while self.slots[i].is_some() {
             i = (i + 1) & mask;
         }
-        Probe::Vacant(i)
+        i
     }
 
     /// Puts `value` into the empty slot `i` returned by
     /// [`Table::probe_for_insert`] (with no change to the table in between).
     #[inline]
-    pub fn insert_at(&mut self, i: usize, value: T) -> &mut T {
+    pub fn insert_at(&mut self, i: usize, value: T) {
         debug_assert!(self.slots[i].is_none());
         self.len += 1;
-        self.slots[i].insert(value)
+        self.slots[i] = Some(value);
     }
 
     /// The entry in slot `i`.
@@ -226,11 +232,7 @@ impl<T> Table<T> {
 
     /// Places an entry known to be absent, with room for it.
     fn put(&mut self, e: T, hash_of: &impl Fn(&T) -> u64) {
-        let mask = self.mask();
-        let mut i = self.home(hash_of(&e));
-        while self.slots[i].is_some() {
-            i = (i + 1) & mask;
-        }
+        let i = self.first_vacant(hash_of(&e));
         self.slots[i] = Some(e);
         self.len += 1;
     }
@@ -284,7 +286,7 @@ mod tests {
                     Step::Upsert(k, v) => {
                         match t.probe_for_insert(h(&(k, 0)), |e| e.0 == k, h) {
                             Probe::Found(i) => t.at_mut(i).1 = v,
-                            Probe::Vacant(i) => { t.insert_at(i, (k, v)); }
+                            Probe::Vacant(i) => t.insert_at(i, (k, v)),
                         }
                         m.insert(k, v);
                     }
