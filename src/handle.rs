@@ -27,7 +27,7 @@ use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::period::{clamp_now, Period, Window};
 use crate::rules::{Applied, AppliedVec, RuleSet, Validity};
-use crate::state::{Locked, Owner, OwnerKind, SlotHint};
+use crate::state::{Locked, Owner, OwnerKind, SlotHint, Store};
 use crate::subject::{Member, Subject};
 use crate::types::{BenefitId, BenefitType};
 
@@ -298,6 +298,8 @@ impl Engine {
     fn run_handle(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
         let now = clamp_now(now);
         if self.holds(h, now) {
+            // The entries' misses overlap the locking and the version check.
+            h.prefetch_entries(&self.store);
             let mut locked = self.store.lock_many(&h.shards);
             if self.version.load(Ordering::Acquire) == h.version {
                 return self.decide_cached(h, now, op, &mut locked);
@@ -423,6 +425,20 @@ impl SubjectHandle {
         // not compare ids at all.
         if !matches!(self.owners.as_slice(), [o] if o.hint.is_set()) {
             crate::subject::prefetch_ids(self.subject.borrow());
+        }
+    }
+
+    /// Asks the CPU for the owners' counter entries, before their shards
+    /// are locked (see [`Store::prefetch`]): the remembered slot when there
+    /// is one, the home slot otherwise.
+    #[inline]
+    fn prefetch_entries(&self, store: &Store) {
+        for o in &self.owners {
+            if o.hint.is_set() {
+                store.prefetch_slot(o.shard, o.hint.slot());
+            } else {
+                store.prefetch(&self.owner(o));
+            }
         }
     }
 

@@ -456,6 +456,10 @@ impl RuleSet {
     ) {
         // One hash of the id serves the single-rule index and the counters.
         let hash = self.hasher.entity(kind as u8, id);
+        let owner = store.entity(kind, id, hash);
+        // Ask for the entity's counter entry now: its miss overlaps the
+        // single-rule lookup below, the locking and the decision's setup.
+        store.prefetch(&owner);
         // D11: in-effect single rules replace the all-scope rule of their slot.
         let mut covered = 0u8;
         if let Some(list) = self.singles[fam].get(hash, id) {
@@ -468,7 +472,6 @@ impl RuleSet {
                 }
             }
         }
-        let owner = store.entity(kind, id, hash);
         let shard = store.shard_index(&owner);
         for per_type in &self.all_scope[fam] {
             for &slot in per_type {

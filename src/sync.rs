@@ -5,7 +5,8 @@
 //! `loom`'s models when built with `--cfg loom`, so that `tests/loom.rs` can
 //! explore every interleaving of a write racing with handle calls.
 //!
-//! Other atomics (the counter count, the cached window starts, id and replica
+//! Other atomics (the counter count, the cached window starts, the shards'
+//! published slot layouts, id and replica
 //! counters) stay std's: they are hints or tallies, not part of the ordering
 //! argument (RELIABILITY.md §6).
 

@@ -23,7 +23,7 @@ pub(crate) use counter::CounterState;
 use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 
-use self::table::{Probe, Table};
+use self::table::{Probe, SlotsView, Table};
 use crate::sync::{Mutex, MutexGuard};
 use crate::types::SmallStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -71,6 +71,13 @@ pub(crate) struct Shard {
     table: Table<Entry>,
 }
 
+/// A shard's lock and, on the same padded line, where its table's slots are
+/// (so a call can prefetch its entry before taking the lock).
+struct ShardCell {
+    lock: Mutex<Shard>,
+    slots: SlotsView<Entry>,
+}
+
 /// Hashes owners; shared by the counter store and the rule indexes so a
 /// request hashes each entity id once.
 #[derive(Clone)]
@@ -103,7 +110,7 @@ impl OwnerHasher {
 
 /// The sharded counter store.
 pub(crate) struct Store {
-    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    shards: Box<[CachePadded<ShardCell>]>,
     shift: u32,
     hasher: OwnerHasher,
     /// Counters in existence (maintained on creation and eviction only).
@@ -116,7 +123,12 @@ impl Store {
     pub fn new(shards: usize, hasher: OwnerHasher, cap: usize) -> Store {
         debug_assert!(shards.is_power_of_two());
         let v: Vec<_> = (0..shards)
-            .map(|_| CachePadded::new(Mutex::new(Shard::default())))
+            .map(|_| {
+                CachePadded::new(ShardCell {
+                    lock: Mutex::new(Shard::default()),
+                    slots: SlotsView::default(),
+                })
+            })
             .collect();
         Store {
             shards: v.into_boxed_slice(),
@@ -144,7 +156,7 @@ impl Store {
         let mut removed = 0;
         let hasher = &self.hasher;
         for shard in self.shards.iter() {
-            let mut shard = shard.lock();
+            let mut shard = shard.lock.lock();
             shard.table.retain(
                 |e| {
                     let before = e.counters.len();
@@ -193,21 +205,42 @@ impl Store {
         }
     }
 
+    /// Asks the CPU for the lines where `owner`'s entry most likely is,
+    /// without locking its shard (from the layout the shard last published):
+    /// a single call does this as soon as it has hashed its subject, so the
+    /// entry's miss overlaps the rest of resolution and the locking.
+    #[inline]
+    pub fn prefetch(&self, owner: &Owner<'_>) {
+        self.shards[self.shard_index(owner)]
+            .slots
+            .prefetch_home(owner.hash);
+    }
+
+    /// Asks for the lines of slot `slot` of shard `shard` (a handle's
+    /// remembered slot), without locking it.
+    #[inline]
+    pub fn prefetch_slot(&self, shard: usize, slot: usize) {
+        if let Some(cell) = self.shards.get(shard) {
+            cell.slots.prefetch_slot(slot);
+        }
+    }
+
     /// Locks the given shards in ascending index order (deadlock-free).
     /// `indices` must be sorted and deduplicated.
     pub fn lock_many(&self, indices: &[usize]) -> Locked<'_> {
         let (first, rest) = match indices.split_first() {
-            Some((&i, rest)) => (Some((i, self.shards[i].lock())), rest),
+            Some((&i, rest)) => (Some((i, self.shards[i].lock.lock())), rest),
             None => (None, indices),
         };
         let mut others = SmallVec::new();
         for &i in rest {
-            others.push((i, self.shards[i].lock()));
+            others.push((i, self.shards[i].lock.lock()));
         }
         Locked {
             first,
             rest: others,
             hasher: &self.hasher,
+            cells: &self.shards,
         }
     }
 
@@ -225,6 +258,8 @@ pub(crate) struct Locked<'s> {
     /// The others, ascending.
     rest: SmallVec<[(usize, MutexGuard<'s, Shard>); 3]>,
     hasher: &'s OwnerHasher,
+    /// Every shard, for publishing a held table's layout when it grows.
+    cells: &'s [CachePadded<ShardCell>],
 }
 
 impl Locked<'_> {
@@ -334,9 +369,9 @@ impl<'s> Locked<'s> {
     /// no counter leaves nothing behind.
     #[inline]
     pub fn owner_entry(&mut self, shard: usize, owner: &Owner<'_>) -> OwnerEntry<'_> {
-        let hasher = self.hasher;
+        let (hasher, view) = (self.hasher, &self.cells[shard].slots);
         let table = self.table_mut(shard);
-        let slot = slot_of(table, hasher, owner);
+        let slot = slot_of(table, view, hasher, owner);
         OwnerEntry {
             table,
             slot,
@@ -353,7 +388,7 @@ impl<'s> Locked<'s> {
         owner: &Owner<'_>,
         hint: &mut SlotHint,
     ) -> OwnerEntry<'_> {
-        let hasher = self.hasher;
+        let (hasher, view) = (self.hasher, &self.cells[shard].slots);
         let table = self.table_mut(shard);
         let slot = match table.remembered(hint.slot, hint.epoch) {
             Some(slot) => {
@@ -361,7 +396,7 @@ impl<'s> Locked<'s> {
                 slot
             }
             None => {
-                let slot = slot_of(table, hasher, owner);
+                let slot = slot_of(table, view, hasher, owner);
                 *hint = SlotHint::at(slot, table.epoch());
                 slot
             }
@@ -374,12 +409,19 @@ impl<'s> Locked<'s> {
     }
 }
 
-/// The slot of `owner`'s entry in `table`, the entry created if missing.
+/// The slot of `owner`'s entry in `table`, the entry created if missing (and
+/// the table's layout published to `view`, since creating may grow it).
 #[inline]
-fn slot_of(table: &mut Table<Entry>, hasher: &OwnerHasher, owner: &Owner<'_>) -> usize {
+fn slot_of(
+    table: &mut Table<Entry>,
+    view: &SlotsView<Entry>,
+    hasher: &OwnerHasher,
+    owner: &Owner<'_>,
+) -> usize {
     match table.probe_for_insert(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e)) {
         Probe::Found(i) => i,
         Probe::Vacant(i) => {
+            view.publish(table);
             table.insert_at(
                 i,
                 Entry {
@@ -414,6 +456,13 @@ impl SlotHint {
     #[inline]
     pub fn is_set(&self) -> bool {
         self.epoch != 0
+    }
+
+    /// The slot remembered (meaningful only if [`SlotHint::is_set`]; it may
+    /// be out of date: use it to prefetch, not to read).
+    #[inline]
+    pub fn slot(&self) -> usize {
+        self.slot
     }
 }
 
@@ -486,6 +535,24 @@ mod tests {
             "{}",
             std::mem::size_of::<Entry>()
         );
+    }
+
+    #[test]
+    fn shards_publish_where_their_slots_are() {
+        // Growing moves a table's slots; the lock-free prefetch view must
+        // follow, or single calls would prefetch freed memory forever.
+        let store = Store::new(1, OwnerHasher::new(), usize::MAX);
+        let ids: Vec<String> = (0..1000).map(|i| format!("dev-{i}")).collect();
+        for id in &ids {
+            let h = store.hasher.entity(OwnerKind::Device as u8, id);
+            let owner = store.entity(OwnerKind::Device, id, h);
+            let mut l = store.lock_many(&[0]);
+            counter_of(l.counters_mut(0, &owner), 1).add(1);
+            drop(l);
+            let cell = &store.shards[0];
+            assert!(cell.slots.shows(&cell.lock.lock().table), "after {id}");
+        }
+        assert!(store.shards[0].lock.lock().table.capacity() >= 1024);
     }
 
     #[test]

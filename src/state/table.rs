@@ -14,6 +14,9 @@
 //! so a probe always ends at the first empty slot. The table is never full:
 //! it grows (doubling, rehashing every entry) before passing 3/4 load.
 
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
 /// An open-addressing table of `T`, located by a caller-supplied 64-bit hash
 /// (the table uses its low bits).
 pub(crate) struct Table<T> {
@@ -99,8 +102,7 @@ impl<T> Table<T> {
     #[inline]
     pub fn prefetch_home(&self, hash: u64) {
         if !self.slots.is_empty() {
-            let home = self.slots.as_ptr().wrapping_add(self.home(hash));
-            crate::prefetch::range(home, 2 * std::mem::size_of::<Option<T>>());
+            prefetch_home_at(self.slots.as_ptr(), self.mask(), hash);
         }
     }
 
@@ -241,6 +243,80 @@ impl<T> Table<T> {
     #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.slots.len()
+    }
+}
+
+/// Asks for the home slot of `hash` (and the next) in slots at `base`.
+#[inline(always)]
+fn prefetch_home_at<T>(base: *const Option<T>, mask: usize, hash: u64) {
+    let home = base.wrapping_add((hash as usize) & mask);
+    crate::prefetch::range(home, 2 * std::mem::size_of::<Option<T>>());
+}
+
+/// Where a table's slots are, readable without the table's lock: a call
+/// prefetches its entry's lines from here *before* it locks the shard and
+/// resolves its rules, so the entry's cache miss overlaps that work.
+///
+/// The owner of the lock publishes the table's layout after every change of
+/// it ([`SlotsView::publish`]; only growth moves the slots). A reader may see
+/// a stale or half-updated layout (freed slots, the old mask): it only ever
+/// prefetches from it, which cannot fault or change anything
+/// (`crate::prefetch`), and it never dereferences the address.
+pub(crate) struct SlotsView<T> {
+    base: AtomicPtr<Option<T>>,
+    /// `usize::MAX` while nothing was published (no slots).
+    mask: AtomicUsize,
+    _slots: PhantomData<fn() -> T>,
+}
+
+impl<T> Default for SlotsView<T> {
+    fn default() -> Self {
+        SlotsView {
+            base: AtomicPtr::new(std::ptr::null_mut()),
+            mask: AtomicUsize::new(usize::MAX),
+            _slots: PhantomData,
+        }
+    }
+}
+
+impl<T> SlotsView<T> {
+    /// Records where `table`'s slots are now (call with the table's lock
+    /// held, after anything that may have grown it).
+    #[inline]
+    pub fn publish(&self, table: &Table<T>) {
+        if !table.slots.is_empty() {
+            // Only a pointer value is stored; nothing is ever read through it.
+            let base = table.slots.as_ptr().cast_mut();
+            self.base.store(base, Ordering::Relaxed);
+            self.mask.store(table.mask(), Ordering::Relaxed);
+        }
+    }
+
+    /// [`Table::prefetch_home`] without the table: from the last published
+    /// layout, if any.
+    #[inline]
+    pub fn prefetch_home(&self, hash: u64) {
+        let mask = self.mask.load(Ordering::Relaxed);
+        if mask != usize::MAX {
+            prefetch_home_at(self.base.load(Ordering::Relaxed), mask, hash);
+        }
+    }
+
+    /// Whether the published layout is `table`'s current one.
+    #[cfg(test)]
+    pub fn shows(&self, table: &Table<T>) -> bool {
+        std::ptr::eq(self.base.load(Ordering::Relaxed), table.slots.as_ptr())
+            && self.mask.load(Ordering::Relaxed) == table.mask()
+    }
+
+    /// Asks for the lines of slot `i` of the last published layout.
+    #[inline]
+    pub fn prefetch_slot(&self, i: usize) {
+        let mask = self.mask.load(Ordering::Relaxed);
+        if mask != usize::MAX {
+            let slot = self.base.load(Ordering::Relaxed).wrapping_add(i & mask);
+            crate::prefetch::range(slot, std::mem::size_of::<Option<T>>());
+        }
     }
 }
 
