@@ -102,7 +102,7 @@ impl<T> Table<T> {
     #[inline]
     pub fn prefetch_home(&self, hash: u64) {
         if !self.slots.is_empty() {
-            prefetch_home_at(self.slots.as_ptr(), self.mask(), hash);
+            prefetch_home_at(self.slots.as_ptr(), self.mask(), hash, 2);
         }
     }
 
@@ -246,11 +246,11 @@ impl<T> Table<T> {
     }
 }
 
-/// Asks for the home slot of `hash` (and the next) in slots at `base`.
+/// Asks for `slots` slots from the home slot of `hash` in slots at `base`.
 #[inline(always)]
-fn prefetch_home_at<T>(base: *const Option<T>, mask: usize, hash: u64) {
+fn prefetch_home_at<T>(base: *const Option<T>, mask: usize, hash: u64, slots: usize) {
     let home = base.wrapping_add((hash as usize) & mask);
-    crate::prefetch::range(home, 2 * std::mem::size_of::<Option<T>>());
+    crate::prefetch::range(home, slots * std::mem::size_of::<Option<T>>());
 }
 
 /// Where a table's slots are, readable without the table's lock: a call
@@ -292,13 +292,15 @@ impl<T> SlotsView<T> {
         }
     }
 
-    /// [`Table::prefetch_home`] without the table: from the last published
-    /// layout, if any.
+    /// [`Table::prefetch_home`] without the table, from the last published
+    /// layout (if any), and only the home slot: a single call's entry is
+    /// there most of the time, and each line asked for costs instructions
+    /// on every call.
     #[inline]
     pub fn prefetch_home(&self, hash: u64) {
         let mask = self.mask.load(Ordering::Relaxed);
         if mask != usize::MAX {
-            prefetch_home_at(self.base.load(Ordering::Relaxed), mask, hash);
+            prefetch_home_at(self.base.load(Ordering::Relaxed), mask, hash, 1);
         }
     }
 
