@@ -684,10 +684,13 @@ impl Engine {
         if applied.is_empty() {
             return Decision::Allowed(None); // F16: unlimited, nothing tracked
         }
-        let mut locked = self.lock(&applied);
+        // A plain slice from here on: indexing the small vector checks
+        // whether it spilled on every access.
+        let applied = applied.as_slice();
+        let mut locked = self.lock(applied);
         let policy = self.config.frozen_policy;
         self.decide(
-            &applied,
+            applied,
             |i| {
                 RuleView::of(
                     &rules.rules[applied[i].slot as usize],

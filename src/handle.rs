@@ -346,8 +346,9 @@ impl Engine {
         if let [o] = h.owners.as_slice() {
             // The usual subject: every rule counts on one owner.
             let owner = h.owner(o);
-            let rule = |i: usize| (h.rules[i].view(), h.rules[i].window);
-            let n = h.rules.len();
+            let rules = h.rules.as_slice(); // indexed without spill checks
+            let rule = |i: usize| (rules[i].view(), rules[i].window);
+            let n = rules.len();
             let d = self.decide_owner(n, rule, id_of, locked, o.shard, &owner, Some(&mut hint), op);
             h_mut.owners[0].hint = hint;
             return d;
