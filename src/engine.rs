@@ -637,7 +637,7 @@ impl Engine {
         let now = clamp_now(now);
         let rules = self.read();
         let mut applied = AppliedVec::new();
-        self.resolve(&rules, subject, now, &mut applied);
+        self.resolve(&rules, subject, now, &mut applied, false);
         let locked = self.lock(&applied);
         applied
             .iter()
@@ -680,7 +680,7 @@ impl Engine {
         let now = clamp_now(now);
         let rules = self.read();
         let mut applied = AppliedVec::new();
-        self.resolve(&rules, subject, now, &mut applied);
+        self.resolve(&rules, subject, now, &mut applied, true);
         if applied.is_empty() {
             return Decision::Allowed(None); // F16: unlimited, nothing tracked
         }
@@ -704,6 +704,10 @@ impl Engine {
         )
     }
 
+    /// Collects the rules that apply to `subject` at `now` into `out`;
+    /// with `prefetch`, each entity's counter entry is asked for as soon as
+    /// its id is hashed (a single call's head start; batches prefetch their
+    /// own way, after locking).
     #[inline]
     pub(crate) fn resolve<'a>(
         &self,
@@ -711,16 +715,12 @@ impl Engine {
         subject: &Subject<'a>,
         now: i64,
         out: &mut AppliedVec<'a>,
+        prefetch: bool,
     ) -> Validity {
         let mut valid = Validity::ALWAYS;
-        rules.resolve(
-            subject,
-            now,
-            self.config.frozen_policy,
-            &self.store,
-            out,
-            &mut valid,
-        );
+        let policy = self.config.frozen_policy;
+        let store = (&self.store, prefetch);
+        rules.resolve(subject, now, policy, store, out, &mut valid);
         valid
     }
 
@@ -841,7 +841,7 @@ impl Engine {
             let mut ends: SmallVec<[usize; BATCH_CHUNK]> = SmallVec::new();
             for r in chunk {
                 let mut one = AppliedVec::new();
-                self.resolve(&rules, &r.subject, now, &mut one);
+                self.resolve(&rules, &r.subject, now, &mut one, false);
                 applied.extend(one);
                 ends.push(applied.len());
             }

@@ -372,7 +372,7 @@ impl Engine {
         let policy = self.config.frozen_policy;
         let subject = h.subject.borrow();
         let mut applied = AppliedVec::new();
-        let valid = self.resolve(rules, &subject, now, &mut applied);
+        let valid = self.resolve(rules, &subject, now, &mut applied, false);
         h.rules.clear();
         h.owners.clear();
         for (i, a) in applied.iter().enumerate() {

@@ -403,16 +403,18 @@ impl RuleSet {
     }
 
     /// Collects the rules that apply to `subject` at `now` (D9–D12), in slot order
-    /// within each family.
+    /// within each family. `store` is the counter store and whether to
+    /// prefetch each entity's counter entry once its id is hashed.
     pub fn resolve<'a>(
         &'a self,
         subject: &Subject<'a>,
         now: i64,
         policy: FrozenPolicy,
-        store: &Store,
+        (store, prefetch): (&Store, bool),
         out: &mut AppliedVec<'a>,
         valid: &mut Validity,
     ) {
+        let store = (store, prefetch);
         if let Some(id) = subject.device_id {
             self.resolve_entity(0, OwnerKind::Device, id, now, policy, store, out, valid);
         }
@@ -435,7 +437,7 @@ impl RuleSet {
                 for &slot in list {
                     let e = &self.rules[slot as usize];
                     if e.in_effect(now, policy) {
-                        out.push(pool(slot, e, now, store));
+                        out.push(pool(slot, e, now, store.0));
                     }
                 }
             }
@@ -450,16 +452,18 @@ impl RuleSet {
         id: &'a str,
         now: i64,
         policy: FrozenPolicy,
-        store: &Store,
+        (store, prefetch): (&Store, bool),
         out: &mut AppliedVec<'a>,
         valid: &mut Validity,
     ) {
         // One hash of the id serves the single-rule index and the counters.
         let hash = self.hasher.entity(kind as u8, id);
         let owner = store.entity(kind, id, hash);
-        // Ask for the entity's counter entry now: its miss overlaps the
-        // single-rule lookup below, the locking and the decision's setup.
-        store.prefetch(&owner);
+        if prefetch {
+            // Ask for the entity's counter entry now: its miss overlaps the
+            // single-rule lookup below, the locking and the decision's setup.
+            store.prefetch(&owner);
+        }
         // D11: in-effect single rules replace the all-scope rule of their slot.
         let mut covered = 0u8;
         if let Some(list) = self.singles[fam].get(hash, id) {
