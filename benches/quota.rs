@@ -9,6 +9,11 @@
 //! Peers, on the same key sets: governor's keyed limiter (`check_key`), and a
 //! naive `Mutex<HashMap<String, _>>` doing the same cumulative + daily logic.
 //!
+//! Groups: `hot` (1,000 devices), `cold` (1,000,000 devices), `spaced` (`cold`
+//! with the same fixed, register-only work between calls for every
+//! contender, as a gateway does its own work between two quota checks),
+//! `threads`, `batch`, `update`.
+//!
 //! After the groups, a table of medians and ratios is printed (read back from
 //! criterion's `estimates.json`), plus `check` latency percentiles measured
 //! while another thread applies updates continuously.
@@ -155,7 +160,26 @@ fn governor_for(keys: &[String]) -> DefaultKeyedRateLimiter<String> {
     g
 }
 
-fn single_thread_group(c: &mut Criterion, name: &str, devices: usize) {
+/// A stand-in for a gateway's own work between two quota calls (parsing,
+/// routing, logging): about 1,000 instructions on registers, independent of
+/// the call and touching no memory. In a tight loop of calls, a short call's
+/// cache misses overlap those of the next call (the CPU runs ahead into it);
+/// a gateway's calls are separated by such work, so the `spaced` group puts
+/// it between calls, for every contender alike.
+#[inline(always)]
+fn gateway_work(i: usize) {
+    let mut lanes = [std::hint::black_box(i as u64); 8];
+    for _ in 0..30 {
+        for (k, x) in lanes.iter_mut().enumerate() {
+            *x = x.wrapping_mul(0x9E37_79B9 + k as u64) ^ (*x >> 7);
+        }
+    }
+    std::hint::black_box(lanes);
+}
+
+/// The single-thread scenarios over `devices` devices; `between(i)` runs
+/// before the i-th call of every contender (nothing for `hot` and `cold`).
+fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: impl Fn(usize)) {
     let w = workload(devices);
     let naive = Naive::new(&w.keys);
     let gov = governor_for(&w.keys);
@@ -164,15 +188,25 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize) {
     let n = w.order.len();
     let key = |i: usize| w.keys[w.order[i % n] as usize].as_str();
     let mut i = 0usize;
+    if name == "spaced" {
+        g.bench_function("work_alone", |b| {
+            b.iter(|| {
+                i += 1;
+                between(i);
+            })
+        });
+    }
     g.bench_function("check", |b| {
         b.iter(|| {
             i += 1;
+            between(i);
             w.engine.check(&Subject::device(key(i)), now_at(i))
         })
     });
     g.bench_function("try_consume", |b| {
         b.iter(|| {
             i += 1;
+            between(i);
             w.engine
                 .try_consume(&Subject::device(key(i)), PTS, ONE, now_at(i))
         })
@@ -180,6 +214,7 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize) {
     g.bench_function("record", |b| {
         b.iter(|| {
             i += 1;
+            between(i);
             w.engine
                 .record(&Subject::device(key(i)), PTS, ONE, now_at(i))
         })
@@ -190,6 +225,7 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize) {
     g.bench_function("check_handle", |b| {
         b.iter(|| {
             i += 1;
+            between(i);
             let h = &mut handles[w.order[i % n] as usize];
             w.engine.check_handle(h, now_at(i))
         })
@@ -197,6 +233,7 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize) {
     g.bench_function("try_consume_handle", |b| {
         b.iter(|| {
             i += 1;
+            between(i);
             let h = &mut handles[w.order[i % n] as usize];
             w.engine.try_consume_handle(h, PTS, ONE, now_at(i))
         })
@@ -204,6 +241,7 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize) {
     g.bench_function("record_handle", |b| {
         b.iter(|| {
             i += 1;
+            between(i);
             let h = &mut handles[w.order[i % n] as usize];
             w.engine.record_handle(h, PTS, ONE, now_at(i))
         })
@@ -211,12 +249,14 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize) {
     g.bench_function("governor_check_key", |b| {
         b.iter(|| {
             i += 1;
+            between(i);
             gov.check_key(&w.keys[w.order[i % n] as usize]).is_ok()
         })
     });
     g.bench_function("naive_try_consume", |b| {
         b.iter(|| {
             i += 1;
+            between(i);
             naive.try_consume(key(i), 1, now_at(i))
         })
     });
@@ -235,11 +275,16 @@ fn handles_for(w: &Workload) -> Vec<SubjectHandle> {
 }
 
 fn hot(c: &mut Criterion) {
-    single_thread_group(c, "hot", 1_000);
+    single_thread_group(c, "hot", 1_000, |_| {});
 }
 
 fn cold(c: &mut Criterion) {
-    single_thread_group(c, "cold", 1_000_000);
+    single_thread_group(c, "cold", 1_000_000, |_| {});
+}
+
+/// `cold` with [`gateway_work`] before every call.
+fn spaced(c: &mut Criterion) {
+    single_thread_group(c, "spaced", 1_000_000, gateway_work);
 }
 
 /// Runs `per_thread(t, ops)` on `threads` threads at once; returns the wall time.
@@ -486,6 +531,8 @@ fn median_ns(group: &str, id: &str) -> Option<f64> {
 fn report() {
     let m = |g: &str, id: &str| median_ns(g, id).unwrap_or(f64::NAN);
     let batch_per = |id: &str| m("batch", id) / BATCH as f64;
+    // A `spaced` row's time beyond the work between calls.
+    let spaced_net = |id: &str| m("spaced", id) - m("spaced", "work_alone");
     let ns = |label: &str, g: &str, id: &str, target: &'static str| {
         (label.to_owned(), format!("{:.1}", m(g, id)), target)
     };
@@ -566,6 +613,50 @@ fn report() {
             m("cold", "try_consume_handle"),
             ">= 1x",
         ),
+        ns(
+            "spaced: the work between calls alone (ns/op)",
+            "spaced",
+            "work_alone",
+            "",
+        ),
+        ns("spaced try_consume (ns/op)", "spaced", "try_consume", ""),
+        ns(
+            "spaced try_consume_handle (ns/op)",
+            "spaced",
+            "try_consume_handle",
+            "",
+        ),
+        ns(
+            "spaced governor check_key (ns/op)",
+            "spaced",
+            "governor_check_key",
+            "",
+        ),
+        ns("spaced naive (ns/op)", "spaced", "naive_try_consume", ""),
+        ratio(
+            "spaced, beyond the work: governor check_key time / try_consume time",
+            spaced_net("governor_check_key"),
+            spaced_net("try_consume"),
+            "",
+        ),
+        ratio(
+            "spaced, beyond the work: naive time / try_consume time",
+            spaced_net("naive_try_consume"),
+            spaced_net("try_consume"),
+            "",
+        ),
+        ratio(
+            "spaced, beyond the work: governor check_key time / try_consume_handle time",
+            spaced_net("governor_check_key"),
+            spaced_net("try_consume_handle"),
+            "",
+        ),
+        ratio(
+            "spaced, beyond the work: naive time / try_consume_handle time",
+            spaced_net("naive_try_consume"),
+            spaced_net("try_consume_handle"),
+            "",
+        ),
         ratio(
             "batch: single calls time / try_consume_many time (1M devices)",
             batch_per("single_calls_64"),
@@ -637,6 +728,7 @@ fn main() {
     let mut c = config();
     hot(&mut c);
     cold(&mut c);
+    spaced(&mut c);
     threads(&mut c);
     batch(&mut c);
     update(&mut c);
