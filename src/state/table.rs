@@ -262,29 +262,35 @@ fn prefetch_home_at<T>(base: *const Option<T>, mask: usize, hash: u64, slots: us
 /// a stale or half-updated layout (freed slots, the old mask): it only ever
 /// prefetches from it, which cannot fault or change anything
 /// (`crate::prefetch`), and it never dereferences the address.
+///
+/// Only tables of at least `min_slots` slots are published: a smaller table
+/// stays in cache, where the prefetch instructions would only cost time
+/// (measured: ~8 ns per hot call by subject, ~12 ns through a handle).
 pub(crate) struct SlotsView<T> {
     base: AtomicPtr<Option<T>>,
-    /// `usize::MAX` while nothing was published (no slots).
+    /// `usize::MAX` while nothing was published.
     mask: AtomicUsize,
+    min_slots: usize,
     _slots: PhantomData<fn() -> T>,
 }
 
-impl<T> Default for SlotsView<T> {
-    fn default() -> Self {
+impl<T> SlotsView<T> {
+    /// A view that publishes tables once they have `min_slots` slots.
+    pub fn new(min_slots: usize) -> SlotsView<T> {
         SlotsView {
             base: AtomicPtr::new(std::ptr::null_mut()),
             mask: AtomicUsize::new(usize::MAX),
+            min_slots: min_slots.max(1),
             _slots: PhantomData,
         }
     }
-}
 
-impl<T> SlotsView<T> {
-    /// Records where `table`'s slots are now (call with the table's lock
-    /// held, after anything that may have grown it).
+    /// Records where `table`'s slots are now, if it is large enough (call
+    /// with the table's lock held, after anything that may have grown it;
+    /// tables never shrink, so a published layout stays published).
     #[inline]
     pub fn publish(&self, table: &Table<T>) {
-        if !table.slots.is_empty() {
+        if table.slots.len() >= self.min_slots {
             // Only a pointer value is stored; nothing is ever read through it.
             let base = table.slots.as_ptr().cast_mut();
             self.base.store(base, Ordering::Relaxed);
@@ -309,6 +315,12 @@ impl<T> SlotsView<T> {
     pub fn shows(&self, table: &Table<T>) -> bool {
         std::ptr::eq(self.base.load(Ordering::Relaxed), table.slots.as_ptr())
             && self.mask.load(Ordering::Relaxed) == table.mask()
+    }
+
+    /// Whether nothing is published.
+    #[cfg(test)]
+    pub fn is_blank(&self) -> bool {
+        self.mask.load(Ordering::Relaxed) == usize::MAX
     }
 
     /// Asks for the lines of slot `i` of the last published layout.
