@@ -62,10 +62,12 @@
 //!   `parking_lot::Mutex` around an open-addressing table whose slots hold
 //!   the entries themselves: one probe, usually one cache miss, finds the
 //!   entity's entry, whose counters (two inline) are read, decided on and
-//!   debited under that lock: all or nothing. That miss is started early: as
-//!   soon as the id is hashed, the call prefetches the entry's home slot from
-//!   a layout each shard publishes (lock-free) when its table grows, and the
-//!   rule lookups and the locking happen while the line is on its way.
+//!   debited under that lock: all or nothing. When the tables are larger
+//!   than the cache (together over 16 MiB), that miss is started early: as
+//!   soon as the id is hashed (or, through a handle, before locking), the
+//!   call prefetches the entry's slot from a layout each shard publishes
+//!   lock-free when its table grows, and the rule lookups and the locking
+//!   happen while the line is on its way.
 //! - **Cached:** each rule's current fixed window start (a relaxed atomic, a
 //!   hint checked before use), so most calls do no division. Windows roll
 //!   over lazily: a counter remembers its window start and its rule's
