@@ -18,7 +18,7 @@
 //! criterion's `estimates.json`), plus `check` latency percentiles measured
 //! while another thread applies updates continuously.
 //!
-//! Run: `cargo bench --bench quota` (about three minutes).
+//! Run: `cargo bench --bench quota` (about two minutes).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
