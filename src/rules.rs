@@ -410,11 +410,10 @@ impl RuleSet {
         subject: &Subject<'a>,
         now: i64,
         policy: FrozenPolicy,
-        (store, prefetch): (&Store, bool),
+        store: (&Store, bool),
         out: &mut AppliedVec<'a>,
         valid: &mut Validity,
     ) {
-        let store = (store, prefetch);
         if let Some(id) = subject.device_id {
             self.resolve_entity(0, OwnerKind::Device, id, now, policy, store, out, valid);
         }
