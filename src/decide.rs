@@ -229,14 +229,41 @@ pub(crate) fn conclude<'r>(
             None => Decision::Allowed(headroom(seen, None, &id_of)),
         },
         Op::TryConsume(ty, amount) => {
-            if let Some(d) = deny(seen, Some(ty), amount, &id_of) {
-                return Decision::Denied(d);
+            // One pass finds the denial, if any, the rule of `ty` that will
+            // have the least left once debited (the headroom), and whether a
+            // counter must be created: the same answers as `deny`, then
+            // `reserve_counters` and `headroom` after the debit, in one loop
+            // instead of three.
+            let mut worst: Option<(DenialRank, usize, DenyReason)> = None;
+            let mut least: Option<(u64, usize)> = None;
+            let mut missing = false;
+            for (i, s) in seen.iter().enumerate() {
+                if let Some((reason, rank)) = denial_of(s, Some(ty), amount) {
+                    if worse(rank, s, worst.map(|(r, j, _)| (r, &seen[j]))) {
+                        worst = Some((rank, i, reason));
+                    }
+                }
+                if s.benefit_type == ty {
+                    missing |= !s.exists;
+                    // The debit takes the same amount from each of these
+                    // rules (none of which denies), so the one with the
+                    // least left now is the one with the least left after.
+                    let left = s.limit.saturating_sub(s.used);
+                    if fewer_left(left, s, least.map(|(l, j)| (l, &seen[j]))) {
+                        least = Some((left, i));
+                    }
+                }
             }
-            if let Err(d) = reserve_counters(store, seen, ty, amount, &id_of) {
-                return Decision::Denied(d);
+            if let Some((_, i, reason)) = worst {
+                return Decision::Denied(denial(&seen[i], reason, &id_of));
+            }
+            if missing {
+                if let Err(d) = reserve_counters(store, seen, ty, amount, &id_of) {
+                    return Decision::Denied(d);
+                }
             }
             debit(seen, ty, amount);
-            Decision::Allowed(headroom(seen, Some(ty), &id_of))
+            Decision::Allowed(least.map(|(_, i)| headroom_of(&seen[i], &id_of)))
         }
         Op::Record(ty, amount) => {
             if let Err(d) = reserve_counters(store, seen, ty, amount, &id_of) {
@@ -319,31 +346,53 @@ fn deny<'r>(
     amount: u64,
     id_of: &impl Fn(u32) -> &'r BenefitId,
 ) -> Option<Denial> {
-    let mut best: Option<((u8, i64, u8), &Seen, DenyReason)> = None;
+    let mut worst: Option<(DenialRank, &Seen, DenyReason)> = None;
     for s in seen {
-        let (reason, resets) = if s.frozen {
-            (DenyReason::Frozen, None)
-        } else if s.used >= s.limit {
-            (DenyReason::Exhausted, s.window.map(|w| w.end))
-        } else if Some(s.benefit_type) == ty && s.used.saturating_add(amount) > s.limit {
-            (DenyReason::Insufficient, s.window.map(|w| w.end))
-        } else {
-            continue;
-        };
-        let rank = (
-            u8::from(reason == DenyReason::Frozen),
-            resets.unwrap_or(i64::MAX),
-            u8::from(reason == DenyReason::Exhausted),
-        );
-        let better = match &best {
-            None => true,
-            Some((r, b, _)) => rank > *r || (rank == *r && s.slot < b.slot),
-        };
-        if better {
-            best = Some((rank, s, reason));
+        if let Some((reason, rank)) = denial_of(s, ty, amount) {
+            if worse(rank, s, worst.map(|(r, b, _)| (r, b))) {
+                worst = Some((rank, s, reason));
+            }
         }
     }
-    best.map(|(_, s, reason)| Denial {
+    worst.map(|(_, s, reason)| denial(s, reason, id_of))
+}
+
+/// Orders denials: frozen first, then the latest reset (cumulative =
+/// never), then exhausted before insufficient (higher lasts longer).
+type DenialRank = (u8, i64, u8);
+
+/// Why rule `s` denies (with `ty`: also when it cannot fit `amount` of
+/// that type), and the denial's rank; `None` if it does not deny.
+#[inline]
+fn denial_of(s: &Seen, ty: Option<BenefitType>, amount: u64) -> Option<(DenyReason, DenialRank)> {
+    let (reason, resets) = if s.frozen {
+        (DenyReason::Frozen, None)
+    } else if s.used >= s.limit {
+        (DenyReason::Exhausted, s.window.map(|w| w.end))
+    } else if Some(s.benefit_type) == ty && s.used.saturating_add(amount) > s.limit {
+        (DenyReason::Insufficient, s.window.map(|w| w.end))
+    } else {
+        return None;
+    };
+    let rank = (
+        u8::from(reason == DenyReason::Frozen),
+        resets.unwrap_or(i64::MAX),
+        u8::from(reason == DenyReason::Exhausted),
+    );
+    Some((reason, rank))
+}
+
+/// Whether `s`'s denial of `rank` is reported over the worst so far
+/// (the higher rank; on a tie, the lower slot).
+#[inline]
+fn worse(rank: DenialRank, s: &Seen, so_far: Option<(DenialRank, &Seen)>) -> bool {
+    so_far.is_none_or(|(r, b)| rank > r || (rank == r && s.slot < b.slot))
+}
+
+/// The denial that rule `s` reports for `reason`.
+#[inline]
+fn denial<'r>(s: &Seen, reason: DenyReason, id_of: &impl Fn(u32) -> &'r BenefitId) -> Denial {
+    Denial {
         benefit_id: id_of(s.slot).clone(),
         benefit_type: s.benefit_type,
         reason,
@@ -353,7 +402,7 @@ fn deny<'r>(
         } else {
             s.window.map(|w| w.end)
         },
-    })
+    }
 }
 
 /// The applicable rule (of `ty`, or of any type) with the least remaining;
@@ -372,18 +421,31 @@ fn headroom<'r>(
             continue;
         }
         let remaining = s.limit.saturating_sub(s.used);
-        if best.is_none_or(|b| {
-            let r = b.limit.saturating_sub(b.used);
-            remaining < r || (remaining == r && s.slot < b.slot)
-        }) {
+        if fewer_left(
+            remaining,
+            s,
+            best.map(|b| (b.limit.saturating_sub(b.used), b)),
+        ) {
             best = Some(s);
         }
     }
-    let s = best?;
-    Some(Headroom {
+    Some(headroom_of(best?, id_of))
+}
+
+/// Whether rule `s`, with `left` remaining, has less left than the least so
+/// far (on a tie, the lower slot wins).
+#[inline]
+fn fewer_left(left: u64, s: &Seen, so_far: Option<(u64, &Seen)>) -> bool {
+    so_far.is_none_or(|(l, b)| left < l || (left == l && s.slot < b.slot))
+}
+
+/// The headroom that rule `s` reports.
+#[inline]
+fn headroom_of<'r>(s: &Seen, id_of: &impl Fn(u32) -> &'r BenefitId) -> Headroom {
+    Headroom {
         benefit_id: id_of(s.slot).clone(),
         benefit_type: s.benefit_type,
         remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
         resets_at: s.window.map(|w| w.end),
-    })
+    }
 }
