@@ -76,7 +76,7 @@ impl<T> Table<T> {
     /// The slot an entry of `hash` is placed at when nothing precedes it.
     #[inline]
     fn home(&self, hash: u64) -> usize {
-        (hash as usize) & self.mask()
+        home_slot(hash, self.mask())
     }
 
     /// The slot holding the entry of `hash` that satisfies `eq`.
@@ -246,10 +246,17 @@ impl<T> Table<T> {
     }
 }
 
+/// The home slot of `hash` in a table with index mask `mask`: one formula
+/// for lookups and for the lock-free prefetch, so they cannot drift apart.
+#[inline(always)]
+fn home_slot(hash: u64, mask: usize) -> usize {
+    (hash as usize) & mask
+}
+
 /// Asks for `slots` slots from the home slot of `hash` in slots at `base`.
 #[inline(always)]
 fn prefetch_home_at<T>(base: *const Option<T>, mask: usize, hash: u64, slots: usize) {
-    let home = base.wrapping_add((hash as usize) & mask);
+    let home = base.wrapping_add(home_slot(hash, mask));
     crate::prefetch::range(home, slots * std::mem::size_of::<Option<T>>());
 }
 
