@@ -906,6 +906,23 @@ fn d16_a_late_request_cannot_reopen_a_rolled_over_window() {
         .is_allowed());
 }
 
+#[test]
+fn d16_a_late_request_reports_the_newer_window() {
+    let e = Engine::new();
+    Rule::all_devices(5).daily().create(&e);
+    let s = Subject::device("d");
+    assert!(e
+        .try_consume(&s, PTS, units(1), MIDNIGHT + DAY)
+        .is_allowed());
+    // Stamped in the day before, it counts (and resets) with the new day.
+    let d = e.try_consume(&s, PTS, units(1), MIDNIGHT + DAY - 1);
+    let h = d.headroom().unwrap();
+    assert_eq!(
+        (h.remaining, h.resets_at),
+        (units(3), Some(MIDNIGHT + 2 * DAY))
+    );
+}
+
 // ---------------------------------------------------------------- D17
 
 #[test]
@@ -945,5 +962,39 @@ fn d17_allowed_decisions_report_the_tightest_rule() {
     assert_eq!(
         (h.benefit_id.as_str(), h.remaining, h.resets_at),
         (day.as_str(), units(6), Some(MIDNIGHT + DAY))
+    );
+}
+
+#[test]
+fn d17_a_device_under_all_devices_rules_hears_of_its_tightest_rule() {
+    // One owner's counters (the usual device): the path most calls take.
+    let e = Engine::new();
+    let cum = Rule::all_devices(16).create(&e);
+    let day = Rule::all_devices(10).daily().create(&e);
+    let s = Subject::device("d");
+    let tightest = |units_: u64, at: i64| {
+        let d = e.try_consume(&s, PTS, units(units_), at);
+        let h = d.headroom().unwrap();
+        (h.benefit_id.to_string(), h.remaining, h.resets_at)
+    };
+    // 12 left in all, 6 today
+    let day_ends = |n: i64| Some(MIDNIGHT + n * DAY);
+    assert_eq!(
+        tightest(4, MIDNIGHT + 5),
+        (day.to_string(), units(6), day_ends(1))
+    );
+    // 10 left in all, 8 the next day
+    assert_eq!(
+        tightest(2, MIDNIGHT + DAY),
+        (day.to_string(), units(8), day_ends(2))
+    );
+    assert_eq!(
+        tightest(1, MIDNIGHT + 2 * DAY),
+        (cum.to_string(), units(9), None)
+    );
+    // 8 left in all, 9 the day after
+    assert_eq!(
+        tightest(1, MIDNIGHT + 3 * DAY),
+        (cum.to_string(), units(8), None)
     );
 }
