@@ -180,7 +180,7 @@ pub(crate) fn decide_one_owner<'r>(
 /// rules' state first: ~40% fewer instructions than the general path.
 /// `None` when a counter is missing or a rule denies: nothing was changed,
 /// and the caller decides the general way (which also explains denials).
-#[inline]
+#[inline(always)]
 fn try_allow<'r>(
     n: usize,
     rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),

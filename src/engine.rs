@@ -766,8 +766,9 @@ impl Engine {
     }
 
     /// [`Engine::decide`] when all `n` rules count on the counters of `owner`
-    /// (in `shard`, which `locked` holds): one probe, and the owner's entry
-    /// created only for a debit and dropped again if it stays empty.
+    /// (in `shard`, which `locked` holds): one probe for a known owner; for a
+    /// new one a second, its entry created only for a debit and dropped again
+    /// if it stays empty.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub(crate) fn decide_owner<'r>(
@@ -781,13 +782,19 @@ impl Engine {
         hint: Option<&mut SlotHint>,
         op: Op,
     ) -> Decision {
-        if !op.debits() {
-            let counters = match hint {
-                Some(hint) => locked.counters_if_any_hinted(shard, owner, hint),
-                None => locked.counters_if_any(shard, owner),
-            };
+        let mut hint = hint;
+        let counters = match hint.as_deref_mut() {
+            Some(hint) => locked.counters_if_any_hinted(shard, owner, hint),
+            None => locked.counters_if_any(shard, owner),
+        };
+        // An entry that exists has counters (it is dropped when it would be
+        // left with none), and deciding removes none: nothing to clean up.
+        debug_assert!(counters.as_ref().is_none_or(|c| !c.is_empty()));
+        if counters.is_some() || !op.debits() {
             return decide_one_owner(&self.store, n, rule, counters, op, id_of);
         }
+        // A new owner: its entry is created, and dropped again if the
+        // operation creates no counter in it.
         let mut entry = match hint {
             Some(hint) => locked.owner_entry_hinted(shard, owner, hint),
             None => locked.owner_entry(shard, owner),
