@@ -143,9 +143,47 @@ const FAST_RULES: usize = 4;
 /// `counters` (the usual subject: a device's all-scope rules, or one pool);
 /// `rule(i)` gives the i-th rule and the caller's window for it. With
 /// `counters` absent (a `check` of a subject never debited) every counter
-/// reads as empty. No collection is built for up to four rules.
-#[inline]
+/// reads as empty.
+///
+/// Always inlined, and small: the usual `try_consume` ([`try_allow`]) is
+/// decided here, everything else out of line ([`decide_one_owner_general`]).
+#[inline(always)]
 pub(crate) fn decide_one_owner<'r>(
+    store: &Store,
+    n: usize,
+    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: Option<&mut Counters>,
+    op: Op,
+    id_of: impl Fn(u32) -> &'r BenefitId,
+) -> Decision {
+    let mut counters = counters;
+    if let (Op::TryConsume(ty, amount), Some(cs)) = (op, counters.as_deref_mut()) {
+        if n <= FAST_RULES {
+            if let Some(d) = try_allow(n, &rule, cs, ty, amount, &id_of) {
+                return d;
+            }
+        }
+    }
+    decide_one_owner_general(store, n, rule, counters, op, id_of)
+}
+
+/// [`decide_one_owner`], out of line.
+#[inline(never)]
+pub(crate) fn decide_one_owner_outlined<'r>(
+    store: &Store,
+    n: usize,
+    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: Option<&mut Counters>,
+    op: Op,
+    id_of: impl Fn(u32) -> &'r BenefitId,
+) -> Decision {
+    decide_one_owner(store, n, rule, counters, op, id_of)
+}
+
+/// [`decide_one_owner`] for any operation: the rules' state gathered, then
+/// [`conclude`]d. No collection is built for up to four rules.
+#[inline(never)]
+pub(crate) fn decide_one_owner_general<'r>(
     store: &Store,
     n: usize,
     rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
@@ -155,12 +193,6 @@ pub(crate) fn decide_one_owner<'r>(
 ) -> Decision {
     if n > FAST_RULES {
         return decide_one_owner_spilled(store, n, rule, counters, op, id_of);
-    }
-    let mut counters = counters;
-    if let (Op::TryConsume(ty, amount), Some(cs)) = (op, counters.as_deref_mut()) {
-        if let Some(d) = try_allow(n, &rule, cs, ty, amount, &id_of) {
-            return d;
-        }
     }
     let mut buf = [Seen::BLANK; FAST_RULES];
     let read = counters.as_deref().map(|c| c.as_slice());

@@ -349,7 +349,16 @@ impl Engine {
             let rules = h.rules.as_slice(); // indexed without spill checks
             let rule = |i: usize| (rules[i].view(), rules[i].window);
             let n = rules.len();
-            let d = self.decide_owner(n, rule, id_of, locked, o.shard, &owner, Some(&mut hint), op);
+            let d = self.decide_owner::<true>(
+                n,
+                rule,
+                id_of,
+                locked,
+                o.shard,
+                &owner,
+                Some(&mut hint),
+                op,
+            );
             h_mut.owners[0].hint = hint;
             return d;
         }
