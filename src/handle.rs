@@ -334,34 +334,34 @@ impl Engine {
                 }
             }
         }
-        // The one-owner path remembers where the entry is (see `SlotHint`).
-        let mut hint = h.owners.first().map(|o| o.hint).unwrap_or_default();
-        let h_mut = &mut *h;
-        let h = &*h_mut;
-        let id_of = |slot: u32| {
-            // Every slot a decision names is one of the handle's rules.
-            let r = h.rules.iter().find(|r| r.slot == slot);
-            r.map_or(&h.rules[0].id, |r| &r.id)
-        };
-        if let [o] = h.owners.as_slice() {
-            // The usual subject: every rule counts on one owner.
-            let owner = h.owner(o);
-            let rules = h.rules.as_slice(); // indexed without spill checks
+        if h.owners.len() == 1 {
+            // The usual subject: every rule counts on one owner, whose slot
+            // the handle remembers (see `SlotHint`).
+            let SubjectHandle {
+                rules,
+                owners,
+                subject,
+                ..
+            } = h;
+            let rules = rules.as_slice(); // indexed without spill checks
+            let o = &mut owners[0];
+            let (owner, shard) = (subject.owner(o), o.shard);
             let rule = |i: usize| (rules[i].view(), rules[i].window);
-            let n = rules.len();
-            let d = self.decide_owner::<true>(
-                n,
+            let id_of = |slot: u32| id_in(rules, slot);
+            let hint = Some(&mut o.hint);
+            return self.decide_owner::<true>(
+                rules.len(),
                 rule,
                 id_of,
                 locked,
-                o.shard,
+                shard,
                 &owner,
-                Some(&mut hint),
+                hint,
                 op,
             );
-            h_mut.owners[0].hint = hint;
-            return d;
         }
+        let h = &*h;
+        let id_of = |slot: u32| id_in(&h.rules, slot);
         let mut applied = AppliedVec::new();
         for r in &h.rules {
             let o = &h.owners[r.owner as usize];
@@ -455,9 +455,25 @@ impl SubjectHandle {
     /// The owner key of one of the handle's counter owners.
     #[inline]
     fn owner<'h>(&'h self, o: &HandleOwner) -> Owner<'h> {
+        self.subject.owner(o)
+    }
+}
+
+/// The id of the rule in `slot`, one of `rules` (every slot a decision names
+/// is one of the handle's rules).
+#[inline]
+fn id_in(rules: &[HandleRule], slot: u32) -> &BenefitId {
+    let r = rules.iter().find(|r| r.slot == slot);
+    r.map_or(&rules[0].id, |r| &r.id)
+}
+
+impl OwnedSubject {
+    /// The owner key of counter owner `o` of this subject.
+    #[inline]
+    fn owner(&self, o: &HandleOwner) -> Owner<'_> {
         let id = match o.kind {
-            OwnerKind::Device => self.subject.device.as_deref(),
-            OwnerKind::Consumer => self.subject.consumer.as_deref(),
+            OwnerKind::Device => self.device.as_deref(),
+            OwnerKind::Consumer => self.consumer.as_deref(),
             OwnerKind::Pool => None,
         };
         Owner {
