@@ -145,8 +145,9 @@ const FAST_RULES: usize = 4;
 /// `counters` absent (a `check` of a subject never debited) every counter
 /// reads as empty.
 ///
-/// Always inlined, and small: the usual `try_consume` ([`try_allow`]) is
-/// decided here, everything else out of line ([`decide_one_owner_general`]).
+/// Always inlined, and small: the usual `check` and `try_consume`
+/// ([`try_allow`]) are decided here, everything else out of line
+/// ([`decide_one_owner_general`]).
 #[inline(always)]
 pub(crate) fn decide_one_owner<'r>(
     store: &Store,
@@ -157,11 +158,20 @@ pub(crate) fn decide_one_owner<'r>(
     id_of: impl Fn(u32) -> &'r BenefitId,
 ) -> Decision {
     let mut counters = counters;
-    if let (Op::TryConsume(ty, amount), Some(cs)) = (op, counters.as_deref_mut()) {
-        if n <= FAST_RULES {
-            if let Some(d) = try_allow(n, &rule, cs, ty, amount, &id_of) {
-                return d;
+    if let (true, Some(cs)) = (n <= FAST_RULES, counters.as_deref_mut()) {
+        // One inlined copy each, so neither tests which of the two it is.
+        match op {
+            Op::TryConsume(ty, amount) => {
+                if let Some(d) = try_allow(n, &rule, cs, Some((ty, amount)), &id_of) {
+                    return d;
+                }
             }
+            Op::Check => {
+                if let Some(d) = try_allow(n, &rule, cs, None, &id_of) {
+                    return d;
+                }
+            }
+            Op::Record(..) => {}
         }
     }
     decide_one_owner_general(store, n, rule, counters, op, id_of)
@@ -207,32 +217,37 @@ pub(crate) fn decide_one_owner_general<'r>(
     })
 }
 
-/// The usual `try_consume` (every rule's counter exists, none denies),
-/// decided and debited straight from the counters, without gathering the
-/// rules' state first: ~40% fewer instructions than the general path.
-/// `None` when a counter is missing or a rule denies: nothing was changed,
-/// and the caller decides the general way (which also explains denials).
+/// The usual `check` or `try_consume` (every rule's counter exists, none
+/// denies), decided (and debited) straight from the counters, without
+/// gathering the rules' state first. `debit`: the type and amount a
+/// `try_consume` takes, `None` for a `check`. `None` when a counter is
+/// missing or a rule denies: nothing was changed, and the caller decides the
+/// general way (which also explains denials).
 #[inline(always)]
 fn try_allow<'r>(
     n: usize,
     rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
     counters: &mut [CounterState],
-    ty: BenefitType,
-    amount: u64,
+    debit: Option<(BenefitType, u64)>,
     id_of: &impl Fn(u32) -> &'r BenefitId,
 ) -> Option<Decision> {
+    let (ty, amount) = match debit {
+        Some((ty, amount)) => (Some(ty), amount),
+        None => (None, 0),
+    };
     let mut pos = [0usize; FAST_RULES];
-    // The rule of `ty` with the least left (see `conclude`): left, slot, index.
+    // The rule with the least left (of `ty`, or of any type for a check;
+    // see `conclude`): left, slot, index.
     let mut least: Option<(u64, u32, usize)> = None;
     for (i, at) in pos[..n].iter_mut().enumerate() {
         let (v, w) = rule(i);
         *at = counters.iter().position(|c| c.rule == v.slot)?;
         let used = counters[*at].effective_used(v.generation, w);
-        let of_ty = v.benefit_type == ty;
+        let of_ty = Some(v.benefit_type) == ty;
         if reason_of(v.frozen, used, v.limit, of_ty.then_some(amount)).is_some() {
             return None;
         }
-        if of_ty {
+        if of_ty || ty.is_none() {
             let left = v.limit - used; // below the limit: it does not deny
             if fewer_left(left, v.slot, least.map(|(l, s, _)| (l, s))) {
                 least = Some((left, v.slot, i));
@@ -242,7 +257,7 @@ fn try_allow<'r>(
     if amount > 0 {
         for (i, &at) in pos[..n].iter().enumerate() {
             let (v, w) = rule(i);
-            if v.benefit_type == ty {
+            if Some(v.benefit_type) == ty {
                 let c = &mut counters[at];
                 c.roll(v.generation, w);
                 c.add(amount);
