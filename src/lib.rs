@@ -98,10 +98,14 @@
 //! (see `src/handle.rs`). [`Engine::try_consume_many_handles`] batches them
 //! like [`Engine::try_consume_many`].
 //!
-//! **Decided on the stack:** when every applicable rule counts on one owner
-//! (a device's all-scope rules, or one pool: the usual case) the decision is
-//! made over a fixed array of at most four rule states, and the debit reuses
-//! the counter positions found while reading.
+//! **Decided straight from the counters:** when every applicable rule counts
+//! on one owner (a device's all-scope rules, or one pool: the usual case), a
+//! `check` or `try_consume` whose counters all exist and that no rule denies
+//! is decided in one pass over the rules and debited in a second, reusing
+//! the counter positions found while reading; nothing else is built. Denials
+//! (which must name the rule that lasts longest), records and an owner's
+//! first debit take the general path: each rule's state gathered in a fixed
+//! array of at most four, then concluded.
 #![deny(unsafe_code)] // allowed in `prefetch` only
 #![deny(missing_docs)]
 
