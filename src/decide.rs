@@ -273,7 +273,9 @@ fn try_allow<'r>(
     Some(Decision::Allowed(Some(headroom_of(
         id_of(v.slot),
         v.benefit_type,
-        left - amount,
+        // Saturating: a debit that saturates the counter (only possible
+        // under a limit of u64::MAX micro-units) leaves 0, not less.
+        left.saturating_sub(amount),
         window,
     ))))
 }
@@ -580,5 +582,142 @@ fn headroom_of(
         benefit_type,
         remaining: Amount::from_micros(remaining),
         resets_at: window.map(|w| w.end),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fast path against the general one: two implementations of the
+    //! same rules (D13, D17), compared on random states, edge values
+    //! included (zero and saturating amounts and limits, stale and newer
+    //! windows, other generations, frozen rules, ties, missing counters).
+
+    use super::*;
+    use crate::period::UtcOffset;
+    use crate::state::OwnerHasher;
+    use crate::types::{Family, Reset, TriggerUnit};
+    use proptest::prelude::*;
+
+    const DAY: i64 = 86_400;
+    /// 2025-03-12 00:00 +08:00: a daily window starts here.
+    const T0: i64 = 1_741_708_800;
+
+    /// One rule and its counter's state.
+    #[derive(Debug, Clone)]
+    struct Case {
+        ty: u8,
+        frozen: bool,
+        limit: u64,
+        generation: u32,
+        daily: bool,
+        /// `None`: no counter yet.
+        counter: Option<(u64, u32, i64)>,
+    }
+
+    fn edge() -> impl Strategy<Value = u64> {
+        prop_oneof![6 => 0u64..12, 1 => Just(u64::MAX - 1), 1 => Just(u64::MAX)]
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        let counter = (edge(), 0u32..2, -1i64..=1);
+        (
+            0u8..2,
+            prop::bool::weighted(0.1),
+            edge(),
+            0u32..2,
+            any::<bool>(),
+            prop::option::weighted(0.95, counter),
+        )
+            .prop_map(|(ty, frozen, limit, generation, daily, counter)| Case {
+                ty,
+                frozen,
+                limit,
+                generation,
+                daily,
+                counter,
+            })
+    }
+
+    fn benefit_type(t: u8) -> BenefitType {
+        [
+            BenefitType::ResourcePoint,
+            BenefitType::VoiceUnifiedDurationSystem,
+        ][usize::from(t)]
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_path_decides_as_the_general_one(
+            cases in prop::collection::vec(case(), 1..=FAST_RULES),
+            check in prop::bool::weighted(0.3),
+            ty in 0u8..2,
+            amount in edge(),
+            at in 0i64..DAY,
+        ) {
+            let now = T0 + at;
+            let n = cases.len();
+            let day = Reset::new(TriggerUnit::Day, 1).unwrap();
+            let periods: Vec<Period> = cases
+                .iter()
+                .map(|c| {
+                    let reset = if c.daily { day } else { Reset::NEVER };
+                    Period::new(Family::Device, reset, 0, UtcOffset::CHINA)
+                })
+                .collect();
+            // Slots in descending order, counters in ascending: neither
+            // order is the rules' (ties go to the lowest slot).
+            let slot = |i: usize| (n - i) as u32;
+            let ids: Vec<BenefitId> = (0..=n).map(|s| BenefitId::new(&format!("r{s}")).unwrap()).collect();
+            let mut counters = Counters::new();
+            for (i, c) in cases.iter().enumerate().rev() {
+                if let Some((used, generation, days)) = c.counter {
+                    let mut state = CounterState::new(slot(i));
+                    state.used = used;
+                    state.lifetime = used;
+                    state.generation = generation;
+                    if c.daily {
+                        state.window_start = T0 + days * DAY; // stale, current or newer
+                    }
+                    counters.push(state);
+                }
+            }
+            let rule = |i: usize| {
+                let c = &cases[i];
+                let view = RuleView {
+                    slot: slot(i),
+                    benefit_type: benefit_type(c.ty),
+                    frozen: c.frozen,
+                    limit: c.limit,
+                    generation: c.generation,
+                    period: &periods[i],
+                };
+                (view, periods[i].window(now))
+            };
+            let id_of = |s: u32| &ids[s as usize];
+            let (op, debit) = if check {
+                (Op::Check, None)
+            } else {
+                (Op::TryConsume(benefit_type(ty), amount), Some((benefit_type(ty), amount)))
+            };
+
+            let store = Store::new(1, OwnerHasher::new(), usize::MAX);
+            let mut general_state = counters.clone();
+            let general =
+                decide_one_owner_general(&store, n, &rule, Some(&mut general_state), op, &id_of);
+            let mut fast_state = counters.clone();
+            match try_allow(n, &rule, &mut fast_state, debit, &id_of) {
+                Some(fast) => {
+                    prop_assert_eq!(&fast, &general);
+                    prop_assert_eq!(&fast_state, &general_state);
+                }
+                None => {
+                    // Declined: nothing changed, and only because a counter
+                    // is missing or the general path denies too.
+                    prop_assert_eq!(&fast_state, &counters);
+                    let complete = cases.iter().all(|c| c.counter.is_some());
+                    prop_assert!(!(complete && general.is_allowed()), "{:?}", general);
+                }
+            }
+        }
     }
 }

@@ -420,6 +420,12 @@ fn d14_limits_too_large_for_the_counters_saturate() {
         d.headroom().unwrap().remaining,
         Amount::from_micros(u64::MAX - 1_000_000_000_000_000)
     );
+    // A debit whose sum passes the counter's range fits (the sum saturates
+    // at the limit) and leaves nothing.
+    let to_one_below = u64::MAX - 1 - 1_000_000_000_000_000;
+    e.record(&s, PTS, Amount::from_micros(to_one_below), MIDNIGHT);
+    let d = e.try_consume(&s, PTS, Amount::from_micros(2), MIDNIGHT);
+    assert_eq!(d.headroom().unwrap().remaining, Amount::ZERO);
     // Post-paid usage saturates the counter at the top of its range: only then is it blocked.
     e.record(&s, PTS, Amount::MAX, MIDNIGHT);
     assert_eq!(used(&e, &s, &id, MIDNIGHT), Amount::MAX);
