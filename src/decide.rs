@@ -703,7 +703,7 @@ mod tests {
             let store = Store::new(1, OwnerHasher::new(), usize::MAX);
             let mut general_state = counters.clone();
             let general =
-                decide_one_owner_general(&store, n, &rule, Some(&mut general_state), op, &id_of);
+                decide_one_owner_general(&store, n, rule, Some(&mut general_state), op, id_of);
             let mut fast_state = counters.clone();
             match try_allow(n, &rule, &mut fast_state, debit, &id_of) {
                 Some(fast) => {
