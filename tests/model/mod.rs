@@ -388,9 +388,9 @@ impl Model {
                 ("frozen", None)
             } else if s.used >= s.limit {
                 ("exhausted", s.window.map(|w| w.1))
-            } else if Some(s.bt) == ty
-                && u128::from(s.used) + u128::from(amount) > u128::from(s.limit)
-            {
+            } else if Some(s.bt) == ty && s.used.saturating_add(amount) > s.limit {
+                // D14: the sum saturates, so under a saturated limit only a
+                // saturated counter blocks.
                 ("insufficient", s.window.map(|w| w.1))
             } else {
                 continue;

@@ -218,7 +218,7 @@ impl Spec {
             entity_type,
             entity_id,
             benefit_type: pick(&BENEFIT_TYPES, self.benefit_type),
-            limit: i64::from(self.limit),
+            limit: limit_of(self.limit),
             unit: pick(&UNITS, self.unit),
             time: i64::from(self.time % 5) + 1,
             started_at,
@@ -270,7 +270,7 @@ impl Patch {
     pub fn values(&self, base: i64) -> PatchValues {
         let started_at = self.start_hours.map(|h| hours_to_time(base, h));
         PatchValues {
-            limit: self.limit.map(i64::from),
+            limit: self.limit.map(limit_of),
             unit: self.unit.map(|u| pick(&UNITS, u)),
             time: self.time.map(|t| i64::from(t % 5) + 1),
             started_at,
@@ -309,9 +309,22 @@ pub fn benefit_type_of(i: u8) -> &'static str {
     pick(&BENEFIT_TYPES, i)
 }
 
-/// Amounts: mostly whole units, some fractional.
+/// Limits: as drawn, except that the top of the range stands for a limit
+/// too large for the counters (D14: it saturates).
+pub fn limit_of(l: u16) -> i64 {
+    if l >= 65_000 {
+        i64::MAX
+    } else {
+        i64::from(l)
+    }
+}
+
+/// Amounts: mostly whole units, some fractional; the top of the range
+/// stands for amounts within 256 micro-units of the counters' range (D14).
 pub fn amount_micros(m: u32) -> u64 {
-    if m % 3 == 0 {
+    if m >= 0xFFFF_FF00 {
+        u64::MAX - u64::from(!m)
+    } else if m % 3 == 0 {
         u64::from(m % 7_000) * 1_000
     } else {
         u64::from(m % 40) * 1_000_000
