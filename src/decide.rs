@@ -171,7 +171,11 @@ pub(crate) fn decide_one_owner<'r>(
                     return d;
                 }
             }
-            Op::Record(..) => {}
+            Op::Record(ty, amount) => {
+                if let Some(d) = record_known(n, &rule, cs, ty, amount, &id_of) {
+                    return d;
+                }
+            }
         }
     }
     decide_one_owner_general(store, n, rule, counters, op, id_of)
@@ -280,6 +284,83 @@ fn try_allow<'r>(
     ))))
 }
 
+/// The usual `record` (every rule's counter exists, so nothing is reserved
+/// and nothing can refuse the debit): debited, then decided from the
+/// counters. Only a denial after the debit (a rule frozen or exhausted)
+/// gathers the rules' state, to explain it ([`deny_after`]). `None` when a
+/// counter is missing: nothing was changed, and the caller decides the
+/// general way.
+#[inline(always)]
+fn record_known<'r>(
+    n: usize,
+    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: &mut [CounterState],
+    ty: BenefitType,
+    amount: u64,
+    id_of: &impl Fn(u32) -> &'r BenefitId,
+) -> Option<Decision> {
+    let mut pos = [0usize; FAST_RULES];
+    for (i, at) in pos[..n].iter_mut().enumerate() {
+        let slot = rule(i).0.slot;
+        *at = counters.iter().position(|c| c.rule == slot)?;
+    }
+    if amount > 0 {
+        for (i, &at) in pos[..n].iter().enumerate() {
+            let (v, w) = rule(i);
+            if v.benefit_type == ty {
+                let c = &mut counters[at];
+                c.roll(v.generation, w);
+                c.add(amount);
+            }
+        }
+    }
+    // The rule of `ty` with the least left after the debit: left, slot, index.
+    let mut least: Option<(u64, u32, usize)> = None;
+    for (i, &at) in pos[..n].iter().enumerate() {
+        let (v, w) = rule(i);
+        let used = counters[at].effective_used(v.generation, w);
+        if reason_of(v.frozen, used, v.limit, None).is_some() {
+            return Some(recorded_by_state(n, rule, counters, ty, id_of));
+        }
+        if v.benefit_type == ty {
+            let left = v.limit - used; // below the limit: it does not deny
+            if fewer_left(left, v.slot, least.map(|(l, s, _)| (l, s))) {
+                least = Some((left, v.slot, i));
+            }
+        }
+    }
+    let Some((left, _, i)) = least else {
+        return Some(Decision::Allowed(None));
+    };
+    let (v, w) = rule(i);
+    let window = effective_window(v.period, v.generation, &counters[pos[i]], w);
+    Some(Decision::Allowed(Some(headroom_of(
+        id_of(v.slot),
+        v.benefit_type,
+        left,
+        window,
+    ))))
+}
+
+/// [`recorded`] over the rules' state gathered from `counters`, once a
+/// `record` of `ty` has been debited on them: the general path's
+/// explanation, for [`record_known`] when a rule denies.
+#[inline(never)]
+fn recorded_by_state<'r>(
+    n: usize,
+    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: &[CounterState],
+    ty: BenefitType,
+    id_of: &impl Fn(u32) -> &'r BenefitId,
+) -> Decision {
+    let mut buf = [Seen::BLANK; FAST_RULES];
+    for (i, s) in buf[..n].iter_mut().enumerate() {
+        let (v, w) = rule(i);
+        s.fill(v, w, Some(counters));
+    }
+    recorded(&buf[..n], ty, id_of)
+}
+
 /// [`decide_one_owner`] for more than [`FAST_RULES`] rules. Its debit
 /// closure repeats the fast path's on purpose: sharing one `conclude`
 /// instantiation between the two cost the fast path ~20 instructions per call
@@ -381,11 +462,19 @@ pub(crate) fn conclude<'r>(
                 return Decision::Denied(d);
             }
             debit(seen, ty, amount);
-            match deny(seen, None, 0, &id_of) {
-                Some(d) => Decision::Denied(d),
-                None => Decision::Allowed(headroom(seen, Some(ty), &id_of)),
-            }
+            recorded(seen, ty, &id_of)
         }
+    }
+}
+
+/// The outcome of a `record` of `ty` once debited, from the rules' state
+/// after the debit: denied if a rule is frozen or exhausted (the usage
+/// stands: it was already spent), else the headroom of `ty`.
+#[inline]
+fn recorded<'r>(seen: &[Seen], ty: BenefitType, id_of: &impl Fn(u32) -> &'r BenefitId) -> Decision {
+    match deny(seen, None, 0, id_of) {
+        Some(d) => Decision::Denied(d),
+        None => Decision::Allowed(headroom(seen, Some(ty), id_of)),
     }
 }
 
@@ -645,6 +734,82 @@ mod tests {
         ][usize::from(t)]
     }
 
+    /// Decides `op` over `cases` at `T0 + at` both ways and compares.
+    fn compare(cases: &[Case], op: Op, at: i64) -> Result<(), TestCaseError> {
+        let now = T0 + at;
+        let n = cases.len();
+        let day = Reset::new(TriggerUnit::Day, 1).unwrap();
+        let periods: Vec<Period> = cases
+            .iter()
+            .map(|c| {
+                let reset = if c.daily { day } else { Reset::NEVER };
+                Period::new(Family::Device, reset, 0, UtcOffset::CHINA)
+            })
+            .collect();
+        // Slots in descending order, counters in ascending: neither order is
+        // the rules' (ties go to the lowest slot).
+        let slot = |i: usize| (n - i) as u32;
+        let ids: Vec<BenefitId> = (0..=n)
+            .map(|s| BenefitId::new(&format!("r{s}")).unwrap())
+            .collect();
+        let mut counters = Counters::new();
+        for (i, c) in cases.iter().enumerate().rev() {
+            if let Some((used, generation, days)) = c.counter {
+                let mut state = CounterState::new(slot(i));
+                state.used = used;
+                state.lifetime = used;
+                state.generation = generation;
+                if c.daily {
+                    state.window_start = T0 + days * DAY; // stale, current or newer
+                }
+                counters.push(state);
+            }
+        }
+        let rule = |i: usize| {
+            let c = &cases[i];
+            let view = RuleView {
+                slot: slot(i),
+                benefit_type: benefit_type(c.ty),
+                frozen: c.frozen,
+                limit: c.limit,
+                generation: c.generation,
+                period: &periods[i],
+            };
+            (view, periods[i].window(now))
+        };
+        let id_of = |s: u32| &ids[s as usize];
+
+        let store = Store::new(1, OwnerHasher::new(), usize::MAX);
+        let mut general_state = counters.clone();
+        let general =
+            decide_one_owner_general(&store, n, rule, Some(&mut general_state), op, id_of);
+        let mut fast_state = counters.clone();
+        let fast = match op {
+            Op::Check => try_allow(n, &rule, &mut fast_state, None, &id_of),
+            Op::TryConsume(t, a) => try_allow(n, &rule, &mut fast_state, Some((t, a)), &id_of),
+            Op::Record(t, a) => record_known(n, &rule, &mut fast_state, t, a, &id_of),
+        };
+        match fast {
+            Some(fast) => {
+                prop_assert_eq!(&fast, &general);
+                prop_assert_eq!(&fast_state, &general_state);
+            }
+            None => {
+                // Declined: nothing changed, and only because a counter is
+                // missing or (check, try_consume) the general path denies.
+                prop_assert_eq!(&fast_state, &counters);
+                let complete = cases.iter().all(|c| c.counter.is_some());
+                let record = matches!(op, Op::Record(..));
+                prop_assert!(
+                    !(complete && (record || general.is_allowed())),
+                    "{:?}",
+                    general
+                );
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #[test]
         fn the_fast_path_decides_as_the_general_one(
@@ -654,70 +819,22 @@ mod tests {
             amount in edge(),
             at in 0i64..DAY,
         ) {
-            let now = T0 + at;
-            let n = cases.len();
-            let day = Reset::new(TriggerUnit::Day, 1).unwrap();
-            let periods: Vec<Period> = cases
-                .iter()
-                .map(|c| {
-                    let reset = if c.daily { day } else { Reset::NEVER };
-                    Period::new(Family::Device, reset, 0, UtcOffset::CHINA)
-                })
-                .collect();
-            // Slots in descending order, counters in ascending: neither
-            // order is the rules' (ties go to the lowest slot).
-            let slot = |i: usize| (n - i) as u32;
-            let ids: Vec<BenefitId> = (0..=n).map(|s| BenefitId::new(&format!("r{s}")).unwrap()).collect();
-            let mut counters = Counters::new();
-            for (i, c) in cases.iter().enumerate().rev() {
-                if let Some((used, generation, days)) = c.counter {
-                    let mut state = CounterState::new(slot(i));
-                    state.used = used;
-                    state.lifetime = used;
-                    state.generation = generation;
-                    if c.daily {
-                        state.window_start = T0 + days * DAY; // stale, current or newer
-                    }
-                    counters.push(state);
-                }
-            }
-            let rule = |i: usize| {
-                let c = &cases[i];
-                let view = RuleView {
-                    slot: slot(i),
-                    benefit_type: benefit_type(c.ty),
-                    frozen: c.frozen,
-                    limit: c.limit,
-                    generation: c.generation,
-                    period: &periods[i],
-                };
-                (view, periods[i].window(now))
-            };
-            let id_of = |s: u32| &ids[s as usize];
-            let (op, debit) = if check {
-                (Op::Check, None)
+            let op = if check {
+                Op::Check
             } else {
-                (Op::TryConsume(benefit_type(ty), amount), Some((benefit_type(ty), amount)))
+                Op::TryConsume(benefit_type(ty), amount)
             };
+            compare(&cases, op, at)?;
+        }
 
-            let store = Store::new(1, OwnerHasher::new(), usize::MAX);
-            let mut general_state = counters.clone();
-            let general =
-                decide_one_owner_general(&store, n, rule, Some(&mut general_state), op, id_of);
-            let mut fast_state = counters.clone();
-            match try_allow(n, &rule, &mut fast_state, debit, &id_of) {
-                Some(fast) => {
-                    prop_assert_eq!(&fast, &general);
-                    prop_assert_eq!(&fast_state, &general_state);
-                }
-                None => {
-                    // Declined: nothing changed, and only because a counter
-                    // is missing or the general path denies too.
-                    prop_assert_eq!(&fast_state, &counters);
-                    let complete = cases.iter().all(|c| c.counter.is_some());
-                    prop_assert!(!(complete && general.is_allowed()), "{:?}", general);
-                }
-            }
+        #[test]
+        fn a_known_record_decides_as_the_general_path(
+            cases in prop::collection::vec(case(), 1..=FAST_RULES),
+            ty in 0u8..2,
+            amount in edge(),
+            at in 0i64..DAY,
+        ) {
+            compare(&cases, Op::Record(benefit_type(ty), amount), at)?;
         }
     }
 }
