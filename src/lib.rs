@@ -102,10 +102,12 @@
 //! on one owner (a device's all-scope rules, or one pool: the usual case), a
 //! `check` or `try_consume` whose counters all exist and that no rule denies
 //! is decided in one pass over the rules and debited in a second, reusing
-//! the counter positions found while reading; nothing else is built. Denials
-//! (which must name the rule that lasts longest), records and an owner's
-//! first debit take the general path: each rule's state gathered in a fixed
-//! array of at most four, then concluded.
+//! the counter positions found while reading; a `record` whose counters all
+//! exist is debited, then decided from them. Nothing else is built. Denials
+//! (which must name the rule that lasts longest) and an owner's first debit
+//! take the general path: each rule's state gathered in a fixed array of at
+//! most four, then concluded. A property test runs both paths on random
+//! states and requires the same decisions and counters (`src/decide.rs`).
 #![deny(unsafe_code)] // allowed in `prefetch` only
 #![deny(missing_docs)]
 
