@@ -145,9 +145,9 @@ const FAST_RULES: usize = 4;
 /// `counters` absent (a `check` of a subject never debited) every counter
 /// reads as empty.
 ///
-/// Always inlined, and small: the usual `check` and `try_consume`
-/// ([`try_allow`]) are decided here, everything else out of line
-/// ([`decide_one_owner_general`]).
+/// Always inlined, and small: the usual `check`, `try_consume`
+/// ([`try_allow`]) and `record` ([`record_known`]) are decided here,
+/// everything else out of line ([`decide_one_owner_general`]).
 #[inline(always)]
 pub(crate) fn decide_one_owner<'r>(
     store: &Store,
@@ -159,7 +159,7 @@ pub(crate) fn decide_one_owner<'r>(
 ) -> Decision {
     let mut counters = counters;
     if let (true, Some(cs)) = (n <= FAST_RULES, counters.as_deref_mut()) {
-        // One inlined copy each, so neither tests which of the two it is.
+        // One inlined copy per operation, so none tests which one it is.
         match op {
             Op::TryConsume(ty, amount) => {
                 if let Some(d) = try_allow(n, &rule, cs, Some((ty, amount)), &id_of) {
@@ -287,9 +287,9 @@ fn try_allow<'r>(
 /// The usual `record` (every rule's counter exists, so nothing is reserved
 /// and nothing can refuse the debit): debited, then decided from the
 /// counters. Only a denial after the debit (a rule frozen or exhausted)
-/// gathers the rules' state, to explain it ([`deny_after`]). `None` when a
-/// counter is missing: nothing was changed, and the caller decides the
-/// general way.
+/// gathers the rules' state, to explain it ([`recorded_by_state`]). `None`
+/// when a counter is missing: nothing was changed, and the caller decides
+/// the general way.
 #[inline(always)]
 fn record_known<'r>(
     n: usize,
