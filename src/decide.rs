@@ -258,30 +258,61 @@ fn try_allow<'r>(
             }
         }
     }
-    if amount > 0 {
-        for (i, &at) in pos[..n].iter().enumerate() {
-            let (v, w) = rule(i);
-            if Some(v.benefit_type) == ty {
-                let c = &mut counters[at];
-                c.roll(v.generation, w);
-                c.add(amount);
-            }
+    debit_known(&pos[..n], rule, counters, ty, amount);
+    Some(allowed_naming(least, amount, &pos, rule, counters, id_of))
+}
+
+/// Adds `amount` to the counters at `pos` (the i-th rule's counter at
+/// `pos[i]`) of the rules of type `ty` (`None`: a check, which debits
+/// nothing), each rolled into its rule's current window first.
+#[inline(always)]
+fn debit_known<'r>(
+    pos: &[usize],
+    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: &mut [CounterState],
+    ty: Option<BenefitType>,
+    amount: u64,
+) {
+    if amount == 0 {
+        return;
+    }
+    for (i, &at) in pos.iter().enumerate() {
+        let (v, w) = rule(i);
+        if Some(v.benefit_type) == ty {
+            let c = &mut counters[at];
+            c.roll(v.generation, w);
+            c.add(amount);
         }
     }
+}
+
+/// The allowance naming the tightest rule, `least` (what it had left before
+/// `taken` was debited, its slot, its index; its counter at `pos[index]`),
+/// or none if no rule applies to the operation.
+#[inline(always)]
+fn allowed_naming<'r>(
+    least: Option<(u64, u32, usize)>,
+    taken: u64,
+    pos: &[usize],
+    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: &[CounterState],
+    id_of: &impl Fn(u32) -> &'r BenefitId,
+) -> Decision {
     let Some((left, _, i)) = least else {
-        return Some(Decision::Allowed(None));
+        return Decision::Allowed(None);
     };
     let (v, w) = rule(i);
     // Rolled or not, the counter's window is the one its usage belongs to.
     let window = effective_window(v.period, v.generation, &counters[pos[i]], w);
-    Some(Decision::Allowed(Some(headroom_of(
+    // Saturating: a debit that saturates the counter (only possible under a
+    // limit of u64::MAX micro-units) leaves 0, not less.
+    let remaining = left.saturating_sub(taken);
+    Decision::Allowed(Some(headroom_of(
         id_of(v.slot),
         v.benefit_type,
-        // Saturating: a debit that saturates the counter (only possible
-        // under a limit of u64::MAX micro-units) leaves 0, not less.
-        left.saturating_sub(amount),
+        remaining,
         window,
-    ))))
+    )))
 }
 
 /// The usual `record` (every rule's counter exists, so nothing is reserved
@@ -304,16 +335,7 @@ fn record_known<'r>(
         let slot = rule(i).0.slot;
         *at = counters.iter().position(|c| c.rule == slot)?;
     }
-    if amount > 0 {
-        for (i, &at) in pos[..n].iter().enumerate() {
-            let (v, w) = rule(i);
-            if v.benefit_type == ty {
-                let c = &mut counters[at];
-                c.roll(v.generation, w);
-                c.add(amount);
-            }
-        }
-    }
+    debit_known(&pos[..n], rule, counters, Some(ty), amount);
     // The rule of `ty` with the least left after the debit: left, slot, index.
     let mut least: Option<(u64, u32, usize)> = None;
     for (i, &at) in pos[..n].iter().enumerate() {
@@ -329,17 +351,7 @@ fn record_known<'r>(
             }
         }
     }
-    let Some((left, _, i)) = least else {
-        return Some(Decision::Allowed(None));
-    };
-    let (v, w) = rule(i);
-    let window = effective_window(v.period, v.generation, &counters[pos[i]], w);
-    Some(Decision::Allowed(Some(headroom_of(
-        id_of(v.slot),
-        v.benefit_type,
-        left,
-        window,
-    ))))
+    Some(allowed_naming(least, 0, &pos, rule, counters, id_of))
 }
 
 /// [`recorded`] over the rules' state gathered from `counters`, once a
