@@ -209,11 +209,11 @@ pub(crate) fn decide_one_owner_general<'r>(
         return decide_one_owner_spilled(store, n, rule, counters, op, id_of);
     }
     let mut buf = [Seen::BLANK; FAST_RULES];
-    let read = counters.as_deref().map(|c| c.as_slice());
-    for (i, s) in buf[..n].iter_mut().enumerate() {
-        let (v, w) = rule(i);
-        s.fill(v, w, read);
-    }
+    gather(
+        &mut buf[..n],
+        &rule,
+        counters.as_deref().map(|c| c.as_slice()),
+    );
     conclude(store, &mut buf[..n], op, id_of, |seen, ty, amount| {
         if let Some(c) = counters {
             add_to_counters(seen, c, ty, amount);
@@ -253,9 +253,7 @@ fn try_allow<'r>(
         }
         if of_ty || ty.is_none() {
             let left = v.limit - used; // below the limit: it does not deny
-            if fewer_left(left, v.slot, least.map(|(l, s, _)| (l, s))) {
-                least = Some((left, v.slot, i));
-            }
+            keep_least(&mut least, left, v.slot, i);
         }
     }
     debit_known(&pos[..n], rule, counters, ty, amount);
@@ -346,9 +344,7 @@ fn record_known<'r>(
         }
         if v.benefit_type == ty {
             let left = v.limit - used; // below the limit: it does not deny
-            if fewer_left(left, v.slot, least.map(|(l, s, _)| (l, s))) {
-                least = Some((left, v.slot, i));
-            }
+            keep_least(&mut least, left, v.slot, i);
         }
     }
     Some(allowed_naming(least, 0, &pos, rule, counters, id_of))
@@ -366,11 +362,22 @@ fn recorded_by_state<'r>(
     id_of: &impl Fn(u32) -> &'r BenefitId,
 ) -> Decision {
     let mut buf = [Seen::BLANK; FAST_RULES];
-    for (i, s) in buf[..n].iter_mut().enumerate() {
-        let (v, w) = rule(i);
-        s.fill(v, w, Some(counters));
-    }
+    gather(&mut buf[..n], rule, Some(counters));
     recorded(&buf[..n], ty, id_of)
+}
+
+/// Fills `seen` with the state of the rules `rule(0..seen.len())` over an
+/// owner's `counters` (absent: all read as empty).
+#[inline]
+fn gather<'r>(
+    seen: &mut [Seen],
+    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: Option<&[CounterState]>,
+) {
+    for (i, s) in seen.iter_mut().enumerate() {
+        let (v, w) = rule(i);
+        s.fill(v, w, counters);
+    }
 }
 
 /// [`decide_one_owner`] for more than [`FAST_RULES`] rules. Its debit
@@ -439,7 +446,7 @@ pub(crate) fn conclude<'r>(
             // `reserve_counters` and `headroom` after the debit, in one loop
             // instead of three.
             let mut worst: Option<(DenialRank, usize, DenyReason)> = None;
-            let mut least: Option<(u64, usize)> = None;
+            let mut least: Option<(u64, u32, usize)> = None;
             let mut missing = false;
             for (i, s) in seen.iter().enumerate() {
                 if let Some((reason, rank)) = denial_of(s, Some(ty), amount) {
@@ -453,9 +460,7 @@ pub(crate) fn conclude<'r>(
                     // rules (none of which denies), so the one with the
                     // least left now is the one with the least left after.
                     let left = s.limit.saturating_sub(s.used);
-                    if fewer_left(left, s.slot, least.map(|(l, j)| (l, seen[j].slot))) {
-                        least = Some((left, i));
-                    }
+                    keep_least(&mut least, left, s.slot, i);
                 }
             }
             if let Some((_, i, reason)) = worst {
@@ -467,7 +472,7 @@ pub(crate) fn conclude<'r>(
                 }
             }
             debit(seen, ty, amount);
-            Decision::Allowed(least.map(|(_, i)| headroom_at(&seen[i], &id_of)))
+            Decision::Allowed(least.map(|(_, _, i)| headroom_at(&seen[i], &id_of)))
         }
         Op::Record(ty, amount) => {
             if let Err(d) = reserve_counters(store, seen, ty, amount, &id_of) {
@@ -661,6 +666,15 @@ fn headroom<'r>(
 #[inline]
 fn fewer_left(left: u64, slot: u32, so_far: Option<(u64, u32)>) -> bool {
     so_far.is_none_or(|(l, b)| left < l || (left == l && slot < b))
+}
+
+/// Keeps in `least` (left, slot, index) the rule with the least left:
+/// rule `i`, in `slot` with `left`, if it has fewer (see [`fewer_left`]).
+#[inline(always)]
+fn keep_least(least: &mut Option<(u64, u32, usize)>, left: u64, slot: u32, i: usize) {
+    if fewer_left(left, slot, least.map(|(l, s, _)| (l, s))) {
+        *least = Some((left, slot, i));
+    }
 }
 
 /// The headroom that rule `s` reports.
