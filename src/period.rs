@@ -245,6 +245,12 @@ impl Period {
         self.fixed_len
     }
 
+    /// Whether the rule never resets (its window is always `None`).
+    #[inline]
+    pub fn is_cumulative(&self) -> bool {
+        self.reset.is_cumulative()
+    }
+
     /// A start to seed a window cache with.
     pub fn first_start(&self) -> i64 {
         self.window(self.started_at).map_or(0, |w| w.start)

@@ -77,6 +77,8 @@ impl RuleEntry {
                     end: start + len,
                 });
             }
+        } else if self.period.is_cumulative() {
+            return None; // without the call into the calendar arithmetic
         }
         let w = self.period.window(now)?;
         if len > 0 {
