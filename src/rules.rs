@@ -44,6 +44,12 @@ pub(crate) struct RuleEntry {
     /// thread may store the start of the window its `now` falls in, and a
     /// reader only uses it after checking that `now` is inside.
     cached_start: AtomicI64,
+    /// D10, precomputed from the record: the times at which the rule can
+    /// apply, `[from, to]` (empty for a cancelled rule, all time for an
+    /// enterprise rule; a frozen rule is judged by the policy on top).
+    live: (i64, i64),
+    /// See [`RuleEntry::slot_bit`].
+    slot_bit: u8,
 }
 
 impl RuleEntry {
@@ -55,12 +61,20 @@ impl RuleEntry {
             info.started_at,
             offset,
         );
+        let live = match (info.status, info.entity_type.family()) {
+            (Status::Cancel, _) => (i64::MAX, i64::MIN),
+            (_, Family::Enterprise) => (i64::MIN, i64::MAX),
+            _ => (info.started_at, info.ended_at),
+        };
+        let kind = u8::from(!info.reset.is_cumulative());
         RuleEntry {
-            info,
             generation: 0,
             limit_micros,
             cached_start: AtomicI64::new(period.first_start()),
             period,
+            live,
+            slot_bit: 1 << (bt_index(info.benefit_type) * 2 + kind as usize),
+            info,
         }
     }
 
@@ -101,20 +115,16 @@ impl RuleEntry {
     /// D10 + D12: whether the rule applies at `now`.
     #[inline]
     pub fn in_effect(&self, now: i64, policy: FrozenPolicy) -> bool {
-        let i = &self.info;
-        match i.status {
-            Status::Cancel => return false,
-            Status::Frozen if policy == FrozenPolicy::Suspend => return false,
-            _ => {}
-        }
-        i.entity_type.family() == Family::Enterprise || (i.started_at <= now && now <= i.ended_at)
+        let (from, to) = self.live;
+        from <= now
+            && now <= to
+            && !(policy == FrozenPolicy::Suspend && self.info.status == Status::Frozen)
     }
 
     /// The slot bit of this rule: benefit type × kind (cumulative / periodic).
     #[inline]
     fn slot_bit(&self) -> u8 {
-        let kind = u8::from(!self.info.reset.is_cumulative());
-        1 << (bt_index(self.info.benefit_type) * 2 + kind as usize)
+        self.slot_bit
     }
 }
 
@@ -159,6 +169,28 @@ impl Index {
     }
 }
 
+/// A list of rule slots in the rule set's indexes (see `RuleSet::index_list`).
+enum IndexList<'a> {
+    AllScope(&'a mut SmallVec<[u32; 4]>),
+    Entity(&'a mut SmallVec<[u32; 2]>),
+}
+
+impl IndexList<'_> {
+    fn push(self, slot: u32) {
+        match self {
+            IndexList::AllScope(l) => l.push(slot),
+            IndexList::Entity(l) => l.push(slot),
+        }
+    }
+
+    fn remove(self, slot: u32) {
+        match self {
+            IndexList::AllScope(l) => l.retain(|s| *s != slot),
+            IndexList::Entity(l) => l.retain(|s| *s != slot),
+        }
+    }
+}
+
 /// Hash tags of the enterprise indexes (the device and consumer indexes use
 /// the owner kinds' tags, so one hash serves the index and the counters).
 const ENTERPRISE_TAGS: [u8; 4] = [3, 4, 5, 6];
@@ -167,8 +199,9 @@ const ENTERPRISE_TAGS: [u8; 4] = [3, 4, 5, 6];
 pub(crate) struct RuleSet {
     pub rules: Vec<RuleEntry>,
     by_id: HashMap<Arc<str>, u32, ahash::RandomState>,
-    /// Non-cancelled `enterprise_all_*` rules: [device, consumer][benefit type].
-    all_scope: [[SmallVec<[u32; 2]>; 3]; 2],
+    /// Non-cancelled `enterprise_all_*` rules in slot order: [device, consumer]
+    /// (D5 allows at most two per benefit type: one flat list is one loop).
+    all_scope: [SmallVec<[u32; 4]>; 2],
     /// Non-cancelled single rules by entity id: [device, consumer].
     singles: [Index; 2],
     /// Non-cancelled enterprise rules by id: [user, role, workspace, organization].
@@ -334,11 +367,11 @@ impl RuleSet {
             return Ok(());
         }
         let fam = family_index(candidate.entity_type.family());
-        for &other in &self.all_scope[fam][bt_index(candidate.benefit_type)] {
-            if replaced(other) {
+        for &other in &self.all_scope[fam] {
+            let o = &self.rules[other as usize].info;
+            if replaced(other) || o.benefit_type != candidate.benefit_type {
                 continue;
             }
-            let o = &self.rules[other as usize].info;
             if o.reset.is_cumulative() == candidate.cumulative {
                 return Err(d5_error(candidate, o.benefit_id.as_str(), field));
             }
@@ -346,12 +379,14 @@ impl RuleSet {
         Ok(())
     }
 
-    fn index_list(&mut self, info: &BenefitInfo) -> Option<&mut SmallVec<[u32; 2]>> {
+    /// Where `info`'s slot is listed: the all-scope list of its family, or
+    /// its entity's list in an index.
+    fn index_list(&mut self, info: &BenefitInfo) -> Option<IndexList<'_>> {
         let t = info.entity_type;
         if t.is_all_scope() {
-            return Some(
-                &mut self.all_scope[family_index(t.family())][bt_index(info.benefit_type)],
-            );
+            return Some(IndexList::AllScope(
+                &mut self.all_scope[family_index(t.family())],
+            ));
         }
         let id = info.entity_id.as_ref()?.as_str();
         let (index, tag) = match t.family() {
@@ -362,7 +397,9 @@ impl RuleSet {
             Family::Device => (&mut self.singles[0], OwnerKind::Device as u8),
             Family::CustomConsumer => (&mut self.singles[1], OwnerKind::Consumer as u8),
         };
-        Some(index.slots_mut(self.hasher.entity(tag, id), id))
+        Some(IndexList::Entity(
+            index.slots_mut(self.hasher.entity(tag, id), id),
+        ))
     }
 
     /// Appends a new rule; `next_id` is the id counter after it (see
@@ -395,7 +432,7 @@ impl RuleSet {
         };
         if newly_cancelled {
             if let Some(list) = self.index_list(&info) {
-                list.retain(|s| *s != slot);
+                list.remove(slot);
             }
         }
         let e = &mut self.rules[slot as usize];
@@ -478,20 +515,18 @@ impl RuleSet {
             }
         }
         let shard = store.shard_index(&owner);
-        for per_type in &self.all_scope[fam] {
-            for &slot in per_type {
-                let e = &self.rules[slot as usize];
-                e.note_activation(now, valid);
-                if covered & e.slot_bit() != 0 || !e.in_effect(now, policy) {
-                    continue;
-                }
-                out.push(Applied {
-                    slot,
-                    owner,
-                    shard,
-                    window: e.window(now),
-                });
+        for &slot in &self.all_scope[fam] {
+            let e = &self.rules[slot as usize];
+            e.note_activation(now, valid);
+            if covered & e.slot_bit() != 0 || !e.in_effect(now, policy) {
+                continue;
             }
+            out.push(Applied {
+                slot,
+                owner,
+                shard,
+                window: e.window(now),
+            });
         }
     }
 }
