@@ -664,6 +664,7 @@ impl Engine {
             .collect()
     }
 
+    #[inline(always)]
     pub(crate) fn lock(&self, applied: &[Applied<'_>]) -> Locked<'_> {
         let first = applied.first().map_or(0, |a| a.shard);
         if applied.iter().all(|a| a.shard == first) {
@@ -708,7 +709,7 @@ impl Engine {
     /// with `prefetch`, each entity's counter entry is asked for as soon as
     /// its id is hashed (a single call's head start; batches prefetch their
     /// own way, after locking).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn resolve<'a>(
         &self,
         rules: &'a RuleSet,

@@ -444,6 +444,7 @@ impl RuleSet {
     /// Collects the rules that apply to `subject` at `now` (D9–D12), in slot order
     /// within each family. `store` is the counter store and whether to
     /// prefetch each entity's counter entry once its id is hashed.
+    #[inline(always)]
     pub fn resolve<'a>(
         &'a self,
         subject: &Subject<'a>,
@@ -483,6 +484,7 @@ impl RuleSet {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn resolve_entity<'a>(
         &'a self,
         fam: usize,

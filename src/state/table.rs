@@ -80,7 +80,7 @@ impl<T> Table<T> {
     }
 
     /// The slot holding the entry of `hash` that satisfies `eq`.
-    #[inline]
+    #[inline(always)]
     pub fn find_index(&self, hash: u64, mut eq: impl FnMut(&T) -> bool) -> Option<usize> {
         if self.len == 0 {
             return None;
@@ -122,7 +122,7 @@ impl<T> Table<T> {
     }
 
     /// [`Table::find`], for writing.
-    #[inline]
+    #[inline(always)]
     pub fn find_mut(&mut self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<&mut T> {
         let i = self.find_index(hash, eq)?;
         self.slots[i].as_mut()
