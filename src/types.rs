@@ -200,6 +200,27 @@ impl<const N: usize> SmallStr<N> {
     }
 }
 
+/// Whether two byte strings are equal, compared eight bytes at a time
+/// inline: ids are short (device serial numbers, consumer ids), and for them
+/// the call into `memcmp` that slice equality makes costs more than the
+/// comparison itself.
+#[inline]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a, mut b) = (a, b);
+    while let (Some((x, ra)), Some((y, rb))) =
+        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+    {
+        if u64::from_ne_bytes(*x) != u64::from_ne_bytes(*y) {
+            return false;
+        }
+        (a, b) = (ra, rb);
+    }
+    a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// A benefit id: a non-empty string of at most 256 bytes.
 ///
 /// Ids of up to 30 bytes (every id the platform or this engine issues) are
@@ -406,6 +427,23 @@ impl BenefitInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_bytes_is_slice_equality() {
+        // Every length up to past three words, equal and differing at each
+        // position (the word loop and the tail), and lengths that differ.
+        let a: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37)).collect();
+        for len in 0..a.len() {
+            let x = &a[..len];
+            assert!(same_bytes(x, &a[..len]));
+            assert!(!same_bytes(x, &a[..len + 1]));
+            for at in 0..len {
+                let mut y = x.to_vec();
+                y[at] ^= 0x40;
+                assert!(!same_bytes(x, &y), "len {len}, differing at {at}");
+            }
+        }
+    }
 
     #[test]
     fn reset_bounds() {

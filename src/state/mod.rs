@@ -62,7 +62,9 @@ struct Entry {
 impl Entry {
     #[inline]
     fn is(&self, o: &Owner<'_>) -> bool {
-        self.kind == o.kind && self.pool == o.pool && self.id.as_bytes() == o.id.as_bytes()
+        self.kind == o.kind
+            && self.pool == o.pool
+            && crate::types::same_bytes(self.id.as_bytes(), o.id.as_bytes())
     }
 }
 
