@@ -98,7 +98,11 @@ impl OwnerHasher {
     /// Hash of an entity id under a namespace tag (owner kind or index kind).
     #[inline]
     pub fn entity(&self, tag: u8, id: &str) -> u64 {
-        self.0.hash_one((tag, id))
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.0.build_hasher();
+        h.write_u8(tag);
+        h.write(id.as_bytes());
+        h.finish()
     }
 
     #[inline]
