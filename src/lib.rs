@@ -69,7 +69,9 @@
 //!   lock-free when its table grows, and the rule lookups and the locking
 //!   happen while the line is on its way.
 //! - **Cached:** each rule's current fixed window start (a relaxed atomic, a
-//!   hint checked before use), so most calls do no division. Windows roll
+//!   hint checked before use), so most calls do no division; a cumulative
+//!   rule has no window to compute, and each rule's activation range and
+//!   precedence bit (D10, D11) are computed once per record, not per call. Windows roll
 //!   over lazily: a counter remembers its window start and its rule's
 //!   generation, and starts from zero when either is stale.
 //! - **Atomic, no lock:** only the tracked-counter count, and only when a
