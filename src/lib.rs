@@ -108,11 +108,13 @@
 //! `check` or `try_consume` whose counters all exist and that no rule denies
 //! is decided in one pass over the rules and debited in a second, reusing
 //! the counter positions found while reading; a `record` whose counters all
-//! exist is debited, then decided from them. Nothing else is built. Denials
-//! (which must name the rule that lasts longest) and an owner's first debit
-//! take the general path: each rule's state gathered in a fixed array of at
-//! most four, then concluded. A property test runs both paths on random
-//! states and requires the same decisions and counters (`src/decide.rs`).
+//! exist is debited, then decided from them. Nothing else is built. A denial
+//! (which must name the rule that lasts longest) is ranked straight from the
+//! counters too, out of line so the allowed path stays short; an owner's
+//! first debit and subjects under more than four rules take the general
+//! path: each rule's state gathered in a fixed array, then concluded. A
+//! property test runs both ways on random states and requires the same
+//! decisions and counters (`src/decide.rs`).
 #![deny(unsafe_code)] // allowed in `prefetch` only
 #![deny(missing_docs)]
 
