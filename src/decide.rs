@@ -197,8 +197,8 @@ pub(crate) fn decide_one_owner_outlined<'r>(
 /// [`decide_one_owner`] for any operation: a denied `check` or
 /// `try_consume` whose counters all exist is explained straight from them
 /// ([`denied_known`]); anything else by the rules' state, gathered, then
-/// [`conclude`]d ([`decide_by_state`]). No collection is built for up to
-/// four rules.
+/// [`conclude`]d ([`decide_by_state`]): an owner's first debit, a `check` of
+/// an owner never debited, a `record` that creates a counter.
 #[inline(never)]
 pub(crate) fn decide_one_owner_general<'r>(
     store: &Store,
@@ -208,9 +208,6 @@ pub(crate) fn decide_one_owner_general<'r>(
     op: Op,
     id_of: impl Fn(u32) -> &'r BenefitId,
 ) -> Decision {
-    if n > FAST_RULES {
-        return decide_one_owner_spilled(store, n, rule, counters, op, id_of);
-    }
     if let Some(cs) = counters.as_deref() {
         // The usual denial (every counter exists): ranked straight from them.
         let denied = match op {
@@ -225,8 +222,9 @@ pub(crate) fn decide_one_owner_general<'r>(
     decide_by_state(store, n, rule, counters, op, id_of)
 }
 
-/// [`decide_one_owner_general`] by the rules' gathered state: the reference
-/// every other path is tested against (`decide::tests`).
+/// [`decide_one_owner_general`] by the rules' gathered state (inline for
+/// up to six rules): the reference every other path is tested against
+/// (`decide::tests`).
 #[inline(always)]
 fn decide_by_state<'r>(
     store: &Store,
@@ -236,13 +234,13 @@ fn decide_by_state<'r>(
     op: Op,
     id_of: impl Fn(u32) -> &'r BenefitId,
 ) -> Decision {
-    let mut buf = [Seen::BLANK; FAST_RULES];
-    gather(
-        &mut buf[..n],
-        &rule,
-        counters.as_deref().map(|c| c.as_slice()),
-    );
-    conclude(store, &mut buf[..n], op, id_of, |seen, ty, amount| {
+    let mut seen = SeenVec::new();
+    let read = counters.as_deref().map(|c| c.as_slice());
+    for i in 0..n {
+        let (v, w) = rule(i);
+        Seen::push(&mut seen, v, w, read);
+    }
+    conclude(store, &mut seen, op, id_of, |seen, ty, amount| {
         if let Some(c) = counters {
             add_to_counters(seen, c, ty, amount);
         }
@@ -458,32 +456,6 @@ fn gather<'r>(
         let (v, w) = rule(i);
         s.fill(v, w, counters);
     }
-}
-
-/// [`decide_one_owner`] for more than [`FAST_RULES`] rules. Its debit
-/// closure repeats the fast path's on purpose: sharing one `conclude`
-/// instantiation between the two cost the fast path ~20 instructions per call
-/// (it was no longer inlined there).
-#[inline(never)]
-fn decide_one_owner_spilled<'r>(
-    store: &Store,
-    n: usize,
-    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
-    counters: Option<&mut Counters>,
-    op: Op,
-    id_of: impl Fn(u32) -> &'r BenefitId,
-) -> Decision {
-    let mut seen = SeenVec::new();
-    let read = counters.as_deref().map(|c| c.as_slice());
-    for i in 0..n {
-        let (v, w) = rule(i);
-        Seen::push(&mut seen, v, w, read);
-    }
-    conclude(store, &mut seen, op, id_of, |seen, ty, amount| {
-        if let Some(c) = counters {
-            add_to_counters(seen, c, ty, amount);
-        }
-    })
 }
 
 /// The window a counter's usage belongs to: the caller's, or a newer one if
