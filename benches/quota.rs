@@ -260,6 +260,33 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
             naive.try_consume(key(i), 1, now_at(i))
         })
     });
+    if name == "hot" {
+        // Every device over its daily limit (lowered to 1 point; each device
+        // has spent more than that in every day of the run): the denial,
+        // which names the rule and when it resets (D17).
+        let day = MIDNIGHT - 60;
+        if let Err(e) = w.engine.apply_update(&w.all_daily, &limit_body(1), day) {
+            panic!("{e}");
+        }
+        let allowed = (0..n)
+            .filter(|&i| w.engine.check(&Subject::device(key(i)), day).is_allowed())
+            .count();
+        assert_eq!(allowed, 0, "the denial rows must measure denials");
+        g.bench_function("try_consume_denied", |b| {
+            b.iter(|| {
+                i += 1;
+                w.engine
+                    .try_consume(&Subject::device(key(i)), PTS, ONE, day)
+            })
+        });
+        g.bench_function("try_consume_handle_denied", |b| {
+            b.iter(|| {
+                i += 1;
+                let h = &mut handles[w.order[i % n] as usize];
+                w.engine.try_consume_handle(h, PTS, ONE, day)
+            })
+        });
+    }
     g.finish();
 }
 
@@ -569,6 +596,18 @@ fn report() {
             "< 40",
         ),
         ns("hot check_handle (ns/op)", "hot", "check_handle", ""),
+        ns(
+            "hot try_consume denied, daily limit reached (ns/op)",
+            "hot",
+            "try_consume_denied",
+            "",
+        ),
+        ns(
+            "hot try_consume_handle denied, daily limit reached (ns/op)",
+            "hot",
+            "try_consume_handle_denied",
+            "",
+        ),
         ratio(
             "hot: governor check_key time / try_consume_handle time",
             m("hot", "governor_check_key"),
