@@ -162,12 +162,12 @@ pub(crate) fn decide_one_owner<'r>(
         // One inlined copy per operation, so none tests which one it is.
         match op {
             Op::TryConsume(ty, amount) => {
-                if let Fast::Decided(d) = try_allow(n, &rule, cs, Some((ty, amount)), &id_of) {
+                if let Some(d) = try_allow(n, &rule, cs, Some((ty, amount)), &id_of) {
                     return d;
                 }
             }
             Op::Check => {
-                if let Fast::Decided(d) = try_allow(n, &rule, cs, None, &id_of) {
+                if let Some(d) = try_allow(n, &rule, cs, None, &id_of) {
                     return d;
                 }
             }
@@ -250,10 +250,10 @@ fn decide_by_state<'r>(
 /// The usual `check` or `try_consume` (every rule's counter exists, none
 /// denies), decided (and debited) straight from the counters, without
 /// gathering the rules' state first. `debit`: the type and amount a
-/// `try_consume` takes, `None` for a `check`. Nothing is changed unless the
-/// operation is allowed: a denial or a missing counter is left to
-/// [`decide_one_owner_general`] (which explains a denial with
-/// [`denied_known`] when every counter exists).
+/// `try_consume` takes, `None` for a `check`. `None` when a rule denies or a
+/// counter is missing: nothing was changed, and the caller decides the
+/// general way ([`decide_one_owner_general`], which ranks a denial straight
+/// from the counters with [`denied_known`] when they all exist).
 #[inline(always)]
 fn try_allow<'r>(
     n: usize,
@@ -261,7 +261,7 @@ fn try_allow<'r>(
     counters: &mut [CounterState],
     debit: Option<(BenefitType, u64)>,
     id_of: &impl Fn(u32) -> &'r BenefitId,
-) -> Fast {
+) -> Option<Decision> {
     let (ty, amount) = match debit {
         Some((ty, amount)) => (Some(ty), amount),
         None => (None, 0),
@@ -272,14 +272,11 @@ fn try_allow<'r>(
     let mut least: Option<(u64, u32, usize)> = None;
     for (i, at) in pos[..n].iter_mut().enumerate() {
         let (v, w) = rule(i);
-        let Some(p) = counters.iter().position(|c| c.rule == v.slot) else {
-            return Fast::Declined;
-        };
-        *at = p;
-        let used = counters[p].effective_used(v.generation, w);
+        *at = counters.iter().position(|c| c.rule == v.slot)?;
+        let used = counters[*at].effective_used(v.generation, w);
         let of_ty = Some(v.benefit_type) == ty;
         if reason_of(v.frozen, used, v.limit, of_ty.then_some(amount)).is_some() {
-            return Fast::Denied;
+            return None;
         }
         if of_ty || ty.is_none() {
             let left = v.limit - used; // below the limit: it does not deny
@@ -287,25 +284,15 @@ fn try_allow<'r>(
         }
     }
     debit_known(&pos[..n], rule, counters, ty, amount);
-    Fast::Decided(allowed_naming(least, amount, &pos, rule, counters, id_of))
-}
-
-/// What [`try_allow`] found.
-enum Fast {
-    /// Allowed (and debited).
-    Decided(Decision),
-    /// A rule denies; nothing was changed.
-    Denied,
-    /// A counter is missing; nothing was changed.
-    Declined,
+    Some(allowed_naming(least, amount, &pos, rule, counters, id_of))
 }
 
 /// The denial of a `check` (`ty` `None`) or a `try_consume` of `amount` of
-/// `ty` that [`try_allow`] found a rule to deny: every rule's reason ranked
-/// as [`deny`] ranks them (D17), straight from the counters. Out of line, so
-/// the allowed path stays as short as it was (called from there, even out
-/// of line, it made the allowed path 35–50 instructions longer); `None` if a
-/// counter is missing or no rule denies.
+/// `ty`, if a rule denies it: every rule's reason ranked as [`deny`] ranks
+/// them (D17), straight from the counters. Called by the general path after
+/// [`try_allow`] declined, not by `try_allow` itself: called from there, even
+/// out of line, it made the allowed path 35–50 instructions longer. `None` if
+/// a counter is missing or no rule denies.
 #[inline(never)]
 #[cold]
 fn denied_known<'r>(
@@ -901,13 +888,10 @@ mod tests {
                     Op::TryConsume(t, a) => Some((t, a)),
                     _ => None,
                 };
-                match try_allow(n, &rule, &mut fast_state, debit, &id_of) {
-                    Fast::Decided(d) => Some(d),
-                    Fast::Denied | Fast::Declined => {
-                        let (ty, amount) = (debit.map(|(t, _)| t), debit.map_or(0, |(_, a)| a));
-                        denied_known(n, &rule, &fast_state, ty, amount, &id_of)
-                    }
-                }
+                try_allow(n, &rule, &mut fast_state, debit, &id_of).or_else(|| {
+                    let (ty, amount) = (debit.map(|(t, _)| t), debit.map_or(0, |(_, a)| a));
+                    denied_known(n, &rule, &fast_state, ty, amount, &id_of)
+                })
             }
             Op::Record(t, a) => record_known(n, &rule, &mut fast_state, t, a, &id_of),
         };
