@@ -137,11 +137,15 @@ pub(crate) fn bt_index(bt: BenefitType) -> usize {
     }
 }
 
+/// Rule slots listed in an index: four inline, which takes no more room
+/// than two (the heap pointer and length are as large).
+type SlotList = SmallVec<[u32; 4]>;
+
 /// Rules naming one entity, found by the same hash the counter store uses.
 struct IndexEntry {
     id: Arc<str>,
     hash: u64,
-    slots: SmallVec<[u32; 2]>,
+    slots: SlotList,
 }
 
 #[derive(Default)]
@@ -155,7 +159,7 @@ impl Index {
             .map(|e| e.slots.as_slice())
     }
 
-    fn slots_mut(&mut self, hash: u64, id: &str) -> &mut SmallVec<[u32; 2]> {
+    fn slots_mut(&mut self, hash: u64, id: &str) -> &mut SlotList {
         &mut self
             .0
             .entry(hash, |e| *e.id == *id, |e| e.hash)
@@ -169,28 +173,6 @@ impl Index {
     }
 }
 
-/// A list of rule slots in the rule set's indexes (see `RuleSet::index_list`).
-enum IndexList<'a> {
-    AllScope(&'a mut SmallVec<[u32; 4]>),
-    Entity(&'a mut SmallVec<[u32; 2]>),
-}
-
-impl IndexList<'_> {
-    fn push(self, slot: u32) {
-        match self {
-            IndexList::AllScope(l) => l.push(slot),
-            IndexList::Entity(l) => l.push(slot),
-        }
-    }
-
-    fn remove(self, slot: u32) {
-        match self {
-            IndexList::AllScope(l) => l.retain(|s| *s != slot),
-            IndexList::Entity(l) => l.retain(|s| *s != slot),
-        }
-    }
-}
-
 /// Hash tags of the enterprise indexes (the device and consumer indexes use
 /// the owner kinds' tags, so one hash serves the index and the counters).
 const ENTERPRISE_TAGS: [u8; 4] = [3, 4, 5, 6];
@@ -201,7 +183,7 @@ pub(crate) struct RuleSet {
     by_id: HashMap<Arc<str>, u32, ahash::RandomState>,
     /// Non-cancelled `enterprise_all_*` rules in slot order: [device, consumer]
     /// (D5 allows at most two per benefit type: one flat list is one loop).
-    all_scope: [SmallVec<[u32; 4]>; 2],
+    all_scope: [SlotList; 2],
     /// Non-cancelled single rules by entity id: [device, consumer].
     singles: [Index; 2],
     /// Non-cancelled enterprise rules by id: [user, role, workspace, organization].
@@ -381,12 +363,10 @@ impl RuleSet {
 
     /// Where `info`'s slot is listed: the all-scope list of its family, or
     /// its entity's list in an index.
-    fn index_list(&mut self, info: &BenefitInfo) -> Option<IndexList<'_>> {
+    fn index_list(&mut self, info: &BenefitInfo) -> Option<&mut SlotList> {
         let t = info.entity_type;
         if t.is_all_scope() {
-            return Some(IndexList::AllScope(
-                &mut self.all_scope[family_index(t.family())],
-            ));
+            return Some(&mut self.all_scope[family_index(t.family())]);
         }
         let id = info.entity_id.as_ref()?.as_str();
         let (index, tag) = match t.family() {
@@ -397,9 +377,7 @@ impl RuleSet {
             Family::Device => (&mut self.singles[0], OwnerKind::Device as u8),
             Family::CustomConsumer => (&mut self.singles[1], OwnerKind::Consumer as u8),
         };
-        Some(IndexList::Entity(
-            index.slots_mut(self.hasher.entity(tag, id), id),
-        ))
+        Some(index.slots_mut(self.hasher.entity(tag, id), id))
     }
 
     /// Appends a new rule; `next_id` is the id counter after it (see
@@ -432,7 +410,7 @@ impl RuleSet {
         };
         if newly_cancelled {
             if let Some(list) = self.index_list(&info) {
-                list.remove(slot);
+                list.retain(|s| *s != slot);
             }
         }
         let e = &mut self.rules[slot as usize];
@@ -542,5 +520,20 @@ fn pool(slot: u32, e: &RuleEntry, now: i64, store: &Store) -> Applied<'static> {
         shard: store.shard_index(&owner),
         owner,
         window: e.window(now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_inline_slots_take_no_more_room_than_two() {
+        // What `SlotList`'s inline capacity rests on: an index of a million
+        // single rules costs the same with four slots inline as with two.
+        assert_eq!(
+            std::mem::size_of::<SlotList>(),
+            std::mem::size_of::<SmallVec<[u32; 2]>>()
+        );
     }
 }
