@@ -288,8 +288,9 @@ fn try_allow<'r>(
 }
 
 /// The denial of a `check` (`ty` `None`) or a `try_consume` of `amount` of
-/// `ty`, if a rule denies it: every rule's reason ranked as [`deny`] ranks
-/// them (D17), straight from the counters. Called by the general path after
+/// `ty`, if a rule denies it: each rule's state read from the counters as
+/// [`decide_by_state`] reads it, one at a time, and ranked by [`deny`]'s
+/// helpers (D17), with nothing gathered. Called by the general path after
 /// [`try_allow`] declined, not by `try_allow` itself: called from there, even
 /// out of line, it made the allowed path 35–50 instructions longer. `None` if
 /// a counter is missing or no rule denies.
@@ -303,26 +304,23 @@ fn denied_known<'r>(
     amount: u64,
     id_of: &impl Fn(u32) -> &'r BenefitId,
 ) -> Option<Decision> {
-    // The denial that lasts longest so far: rank, slot, index, why, used and
-    // the window the usage belongs to.
-    let mut worst: Option<(DenialRank, u32, usize, DenyReason, u64, Option<Window>)> = None;
+    // The denial that lasts longest so far: rank, the rule's state, why.
+    let mut worst: Option<(DenialRank, Seen, DenyReason)> = None;
     for i in 0..n {
         let (v, w) = rule(i);
-        let c = counters.iter().find(|c| c.rule == v.slot)?;
-        let used = c.effective_used(v.generation, w);
-        let debit = (Some(v.benefit_type) == ty).then_some(amount);
-        if let Some(reason) = reason_of(v.frozen, used, v.limit, debit) {
-            let window = effective_window(v.period, v.generation, c, w);
-            let rank = rank_of(reason, window);
-            if worse(rank, v.slot, worst.map(|(r, slot, ..)| (r, slot))) {
-                worst = Some((rank, v.slot, i, reason, used, window));
+        let mut s = Seen::BLANK;
+        s.fill(v, w, Some(counters));
+        if !s.exists {
+            return None;
+        }
+        if let Some((reason, rank)) = denial_of(&s, ty, amount) {
+            if worse(rank, s.slot, worst.map(|(r, b, _)| (r, b.slot))) {
+                worst = Some((rank, s, reason));
             }
         }
     }
-    let (_, slot, i, reason, used, window) = worst?;
-    let v = rule(i).0;
-    let d = denial_by(id_of(slot), v.benefit_type, reason, v.limit, used, window);
-    Some(Decision::Denied(d))
+    let (_, s, reason) = worst?;
+    Some(Decision::Denied(denial(&s, reason, id_of)))
 }
 
 /// Adds `amount` to the counters at `pos` (the i-th rule's counter at
@@ -638,18 +636,12 @@ type DenialRank = (u8, i64, u8);
 fn denial_of(s: &Seen, ty: Option<BenefitType>, amount: u64) -> Option<(DenyReason, DenialRank)> {
     let debit = (Some(s.benefit_type) == ty).then_some(amount);
     let reason = reason_of(s.frozen, s.used, s.limit, debit)?;
-    Some((reason, rank_of(reason, s.window)))
-}
-
-/// The rank of a denial for `reason` by a rule whose usage belongs to
-/// `window`.
-#[inline]
-fn rank_of(reason: DenyReason, window: Option<Window>) -> DenialRank {
-    (
+    let rank = (
         u8::from(reason == DenyReason::Frozen),
-        resets_at(reason, window).unwrap_or(i64::MAX),
+        resets_at(reason, s.window).unwrap_or(i64::MAX),
         u8::from(reason == DenyReason::Exhausted),
-    )
+    );
+    Some((reason, rank))
 }
 
 /// When a denial for `reason` ends by itself: at the end of the window the
@@ -673,33 +665,12 @@ fn worse(rank: DenialRank, slot: u32, so_far: Option<(DenialRank, u32)>) -> bool
 /// The denial that rule `s` reports for `reason`.
 #[inline]
 fn denial<'r>(s: &Seen, reason: DenyReason, id_of: &impl Fn(u32) -> &'r BenefitId) -> Denial {
-    denial_by(
-        id_of(s.slot),
-        s.benefit_type,
-        reason,
-        s.limit,
-        s.used,
-        s.window,
-    )
-}
-
-/// The denial that rule `id` (of `benefit_type`, with `used` of `limit` in
-/// `window`) reports for `reason`.
-#[inline]
-fn denial_by(
-    id: &BenefitId,
-    benefit_type: BenefitType,
-    reason: DenyReason,
-    limit: u64,
-    used: u64,
-    window: Option<Window>,
-) -> Denial {
     Denial {
-        benefit_id: id.clone(),
-        benefit_type,
+        benefit_id: id_of(s.slot).clone(),
+        benefit_type: s.benefit_type,
         reason,
-        remaining: Amount::from_micros(limit.saturating_sub(used)),
-        resets_at: resets_at(reason, window),
+        remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
+        resets_at: resets_at(reason, s.window),
     }
 }
 
