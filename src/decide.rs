@@ -378,8 +378,8 @@ fn allowed_naming<'r>(
 
 /// The usual `record` (every rule's counter exists, so nothing is reserved
 /// and nothing can refuse the debit): debited, then decided from the
-/// counters. A denial after the debit (a rule frozen or exhausted) is
-/// ranked as for a `check` ([`denied_known`]). `None`
+/// counters. Only a denial after the debit (a rule frozen or exhausted)
+/// gathers the rules' state, to explain it ([`recorded_by_state`]). `None`
 /// when a counter is missing: nothing was changed, and the caller decides
 /// the general way.
 #[inline(always)]
@@ -403,9 +403,7 @@ fn record_known<'r>(
         let (v, w) = rule(i);
         let used = counters[at].effective_used(v.generation, w);
         if reason_of(v.frozen, used, v.limit, None).is_some() {
-            // Denied after the debit (the usage stands): the denial a
-            // `check` would give now, as `recorded` explains it.
-            return denied_known(n, rule, counters, None, 0, id_of);
+            return Some(recorded_by_state(n, rule, counters, ty, id_of));
         }
         if v.benefit_type == ty {
             let left = v.limit - used; // below the limit: it does not deny
@@ -413,6 +411,36 @@ fn record_known<'r>(
         }
     }
     Some(allowed_naming(least, 0, &pos, rule, counters, id_of))
+}
+
+/// [`recorded`] over the rules' state gathered from `counters`, once a
+/// `record` of `ty` has been debited on them: the general path's
+/// explanation, for [`record_known`] when a rule denies.
+#[inline(never)]
+fn recorded_by_state<'r>(
+    n: usize,
+    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: &[CounterState],
+    ty: BenefitType,
+    id_of: &impl Fn(u32) -> &'r BenefitId,
+) -> Decision {
+    let mut buf = [Seen::BLANK; FAST_RULES];
+    gather(&mut buf[..n], rule, Some(counters));
+    recorded(&buf[..n], ty, id_of)
+}
+
+/// Fills `seen` with the state of the rules `rule(0..seen.len())` over an
+/// owner's `counters` (absent: all read as empty).
+#[inline]
+fn gather<'r>(
+    seen: &mut [Seen],
+    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    counters: Option<&[CounterState]>,
+) {
+    for (i, s) in seen.iter_mut().enumerate() {
+        let (v, w) = rule(i);
+        s.fill(v, w, counters);
+    }
 }
 
 /// The window a counter's usage belongs to: the caller's, or a newer one if
