@@ -40,7 +40,13 @@ use crate::types::{BenefitId, BenefitType};
 pub struct SubjectHandle {
     engine: u64,
     version: u64,
+    /// The range of `now` over which the resolution holds (no activation
+    /// boundary of the rules it looked at inside).
     valid: Validity,
+    /// `valid` narrowed to the cached windows of the rules: within it, a
+    /// call uses the cached rules as they are; outside it but within
+    /// `valid`, their windows roll first ([`Engine::roll_windows`]).
+    fresh: Validity,
     subject: OwnedSubject,
     rules: SmallVec<[HandleRule; 2]>,
     owners: SmallVec<[HandleOwner; 2]>,
@@ -153,6 +159,7 @@ impl Engine {
             version: 0,
             // Empty: the first call resolves.
             valid: Validity { lo: 1, hi: 0 },
+            fresh: Validity { lo: 1, hi: 0 },
             subject: OwnedSubject {
                 device: own(subject.device_id),
                 consumer: own(subject.custom_consumer_id),
@@ -247,9 +254,13 @@ impl Engine {
                 r.handle.prefetch_ids();
             }
             let current =
-                |h: &SubjectHandle, version: u64| self.holds(h, now) && h.version == version;
+                |h: &mut SubjectHandle, version: u64| self.ready(h, now) && h.version == version;
             let version = self.version.load(Ordering::Acquire);
-            if chunk.iter().any(|r| !current(r.handle, version)) {
+            let mut stale = false;
+            for r in chunk.iter_mut() {
+                stale |= !current(r.handle, version);
+            }
+            if stale {
                 let rules = self.read();
                 for r in chunk.iter_mut() {
                     if !current(r.handle, version) {
@@ -288,19 +299,38 @@ impl Engine {
         }
     }
 
-    /// Whether `h` was resolved by this engine for a range holding `now`
-    /// (the version is checked separately, under the shard locks).
+    /// Whether `h` was resolved by this engine for a range holding `now`,
+    /// its windows rolled to `now` if they were not current (the version is
+    /// checked separately, under the shard locks).
     #[inline]
-    fn holds(&self, h: &SubjectHandle, now: i64) -> bool {
-        h.engine == self.id && h.valid.contains(now)
+    fn ready(&self, h: &mut SubjectHandle, now: i64) -> bool {
+        (h.engine == self.id && h.fresh.contains(now)) || self.roll_windows(h, now)
+    }
+
+    /// The cold half of [`Engine::ready`]: if the resolution still holds at
+    /// `now`, the cached windows that do not contain `now` are replaced by
+    /// those that do (a new minute, hour or day), and `true`.
+    #[cold]
+    #[inline(never)]
+    fn roll_windows(&self, h: &mut SubjectHandle, now: i64) -> bool {
+        if h.engine != self.id || !h.valid.contains(now) {
+            return false;
+        }
+        for r in h.rules.iter_mut() {
+            if r.window.is_some_and(|w| !w.contains(now)) {
+                r.window = r.period.window(now);
+            }
+        }
+        h.fresh = h.fresh_range();
+        true
     }
 
     fn run_handle(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
         let now = clamp_now(now);
-        if self.holds(h, now) {
+        if self.ready(h, now) {
             // The entries' misses overlap the locking and the version check.
             h.prefetch_entries(&self.store);
-            let mut locked = self.store.lock_many(&h.shards);
+            let mut locked = h.lock(&self.store);
             if self.version.load(Ordering::Acquire) == h.version {
                 return self.decide_cached(h, now, op, &mut locked);
             }
@@ -309,7 +339,7 @@ impl Engine {
         // the version still while this call decides.
         let rules = self.read();
         self.refresh(&rules, h, now);
-        let mut locked = self.store.lock_many(&h.shards);
+        let mut locked = h.lock(&self.store);
         self.decide_cached(h, now, op, &mut locked)
     }
 
@@ -325,15 +355,12 @@ impl Engine {
         if h.rules.is_empty() {
             return Decision::Allowed(None); // F16: unlimited
         }
-        for r in h.rules.iter_mut() {
-            // A cumulative rule's window stays `None`: not rewriting it saves
-            // a store-forwarding stall on the `Option` temporary.
-            if let Some(w) = r.window {
-                if !w.contains(now) {
-                    r.window = r.period.window(now);
-                }
-            }
-        }
+        // Every cached window is `now`'s: `ready` rolled them, or `refresh`
+        // computed them at `now`.
+        debug_assert!(h
+            .rules
+            .iter()
+            .all(|r| r.window.is_none_or(|w| w.contains(now))));
         if h.owners.len() == 1 {
             // The usual subject: every rule counts on one owner, whose slot
             // the handle remembers (see `SlotHint`).
@@ -418,12 +445,23 @@ impl Engine {
         h.shards.dedup();
         h.engine = self.id;
         h.valid = valid;
+        h.fresh = h.fresh_range();
         // Stable while the caller holds the read lock.
         h.version = self.version.load(Ordering::Acquire);
     }
 }
 
 impl SubjectHandle {
+    /// [`SubjectHandle::valid`] narrowed to the cached windows.
+    fn fresh_range(&self) -> Validity {
+        let mut fresh = self.valid;
+        for w in self.rules.iter().filter_map(|r| r.window) {
+            fresh.lo = fresh.lo.max(w.start);
+            fresh.hi = fresh.hi.min(w.end);
+        }
+        fresh
+    }
+
     /// Asks the CPU for what a decision reads outside the handle itself: the
     /// rules if they spilled to the heap, the owners' ids.
     #[inline]
@@ -449,6 +487,15 @@ impl SubjectHandle {
             } else {
                 store.prefetch(&self.owner(o));
             }
+        }
+    }
+
+    /// Locks the shards of the handle's counters (usually one).
+    #[inline]
+    fn lock<'s>(&self, store: &'s Store) -> Locked<'s> {
+        match self.shards.as_slice() {
+            &[shard] => store.lock_one(shard),
+            shards => store.lock_many(shards),
         }
     }
 

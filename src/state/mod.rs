@@ -243,6 +243,19 @@ impl Store {
         }
     }
 
+    /// Locks one shard: [`Store::lock_many`] for the usual operation, whose
+    /// counters all live in one shard, inlined (no list to walk, no
+    /// collection to move: 49 → ~10 instructions).
+    #[inline]
+    pub fn lock_one(&self, index: usize) -> Locked<'_> {
+        Locked {
+            first: Some((index, self.shards[index].lock.lock())),
+            rest: None,
+            hasher: &self.hasher,
+            cells: &self.shards,
+        }
+    }
+
     /// Locks the given shards in ascending index order (deadlock-free).
     /// `indices` must be sorted and deduplicated.
     pub fn lock_many(&self, indices: &[usize]) -> Locked<'_> {
