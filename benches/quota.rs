@@ -27,7 +27,8 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use benefit_quota::{
-    Amount, BenefitType, Engine, HandleRequest, Request, Subject, SubjectHandle, UpdateBody,
+    Amount, BenefitType, Engine, EngineConfig, HandleRequest, Request, Subject, SubjectHandle,
+    UpdateBody,
 };
 use criterion::{Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -75,7 +76,12 @@ fn rule_body(entity: &str, unit: &str, limit: u64) -> String {
 }
 
 fn workload(devices: usize) -> Workload {
-    let engine = Engine::new();
+    workload_with(devices, EngineConfig::default())
+}
+
+/// [`workload`] on an engine with `config`.
+fn workload_with(devices: usize, config: EngineConfig) -> Workload {
+    let engine = Engine::with_config(config);
     let ok = |r: Result<benefit_quota::BenefitInfo, benefit_quota::ApiError>| match r {
         Ok(i) => i.benefit_id().to_string(),
         Err(e) => panic!("{e}"),
@@ -380,6 +386,31 @@ fn threads(c: &mut Criterion) {
     });
     g.bench_function("2_threads_one_device", |b| {
         b.iter_custom(|n| timed_threads(2, n, &shared))
+    });
+    // Context: the same disjoint runs with eight times the default shards.
+    // Two threads on disjoint devices still share a shard (its lock word, on
+    // a line both write) whenever their devices hash to one; with 500
+    // devices each over 1,024 shards that is ~40% of the calls, over 8,192
+    // ~6%.
+    let wide = workload_with(
+        1_000,
+        EngineConfig {
+            shards: 8_192,
+            ..EngineConfig::default()
+        },
+    );
+    let disjoint_wide = |t: usize, ops: u64| {
+        for i in 0..ops as usize {
+            let k = &wide.keys[t * half + wide.order[i % wide.order.len()] as usize % half];
+            wide.engine
+                .try_consume(&Subject::device(k), PTS, ONE, now_at(i));
+        }
+    };
+    g.bench_function("1_thread_8192_shards", |b| {
+        b.iter_custom(|n| timed_threads(1, n, &disjoint_wide))
+    });
+    g.bench_function("2_threads_disjoint_8192_shards", |b| {
+        b.iter_custom(|n| timed_threads(2, n, &disjoint_wide))
     });
     g.finish();
 }
@@ -719,6 +750,12 @@ fn report() {
             m("threads", "1_thread"),
             m("threads", "2_threads_disjoint"),
             ">= 1.7x",
+        ),
+        ratio(
+            "threads: 2 disjoint vs 1, 8,192 shards instead of 1,024 (throughput)",
+            m("threads", "1_thread_8192_shards"),
+            m("threads", "2_threads_disjoint_8192_shards"),
+            "(context)",
         ),
         ratio(
             "threads: 2 on one device vs 1 (throughput)",
