@@ -56,6 +56,22 @@ impl<'r> RuleView<'r> {
     }
 }
 
+/// The applicable rules of one operation, wherever they are read from: the
+/// rule table (a call by subject, [`crate::engine`]) or a handle's cache.
+///
+/// Implementations mark every method `#[inline(always)]`: the decision
+/// calls them in its loops, and LLVM's own choice (when they were closures)
+/// flipped with unrelated changes, costing 5–60 ns a call when it outlined
+/// one.
+pub(crate) trait Rules<'r> {
+    /// How many rules apply.
+    fn len(&self) -> usize;
+    /// Rule `i` (in `0..len()`) and the caller's window for it.
+    fn rule(&self, i: usize) -> (RuleView<'r>, Option<Window>);
+    /// The id of the rule in `slot`, one of these rules.
+    fn id_of(&self, slot: u32) -> &'r BenefitId;
+}
+
 /// Inline capacity for one operation's rules: no allocation unless a subject
 /// is under more than six rules at once.
 pub(crate) type SeenVec = SmallVec<[Seen; 6]>;
@@ -139,9 +155,8 @@ impl Seen {
 /// Rules decided over a stack array by [`decide_one_owner`].
 const FAST_RULES: usize = 4;
 
-/// Decides `op` when all `n` applicable rules count on one owner's
-/// `counters` (the usual subject: a device's all-scope rules, or one pool);
-/// `rule(i)` gives the i-th rule and the caller's window for it. With
+/// Decides `op` when all the applicable `rules` count on one owner's
+/// `counters` (the usual subject: a device's all-scope rules, or one pool). With
 /// `counters` absent (a `check` of a subject never debited) every counter
 /// reads as empty.
 ///
@@ -151,47 +166,43 @@ const FAST_RULES: usize = 4;
 #[inline(always)]
 pub(crate) fn decide_one_owner<'r>(
     store: &Store,
-    n: usize,
-    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    rules: &impl Rules<'r>,
     counters: Option<&mut Counters>,
     op: Op,
-    id_of: impl Fn(u32) -> &'r BenefitId,
 ) -> Decision {
     let mut counters = counters;
-    if let (true, Some(cs)) = (n <= FAST_RULES, counters.as_deref_mut()) {
+    if let (true, Some(cs)) = (rules.len() <= FAST_RULES, counters.as_deref_mut()) {
         // One inlined copy per operation, so none tests which one it is.
         match op {
             Op::TryConsume(ty, amount) => {
-                if let Some(d) = try_allow(n, &rule, cs, Some((ty, amount)), &id_of) {
+                if let Some(d) = try_allow(rules, cs, Some((ty, amount))) {
                     return d;
                 }
             }
             Op::Check => {
-                if let Some(d) = try_allow(n, &rule, cs, None, &id_of) {
+                if let Some(d) = try_allow(rules, cs, None) {
                     return d;
                 }
             }
             Op::Record(ty, amount) => {
-                if let Some(d) = record_known(n, &rule, cs, ty, amount, &id_of) {
+                if let Some(d) = record_known(rules, cs, ty, amount) {
                     return d;
                 }
             }
         }
     }
-    decide_one_owner_general(store, n, rule, counters, op, id_of)
+    decide_one_owner_general(store, rules, counters, op)
 }
 
 /// [`decide_one_owner`], out of line.
 #[inline(never)]
 pub(crate) fn decide_one_owner_outlined<'r>(
     store: &Store,
-    n: usize,
-    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    rules: &impl Rules<'r>,
     counters: Option<&mut Counters>,
     op: Op,
-    id_of: impl Fn(u32) -> &'r BenefitId,
 ) -> Decision {
-    decide_one_owner(store, n, rule, counters, op, id_of)
+    decide_one_owner(store, rules, counters, op)
 }
 
 /// [`decide_one_owner`] for any operation: a denied `check` or
@@ -202,24 +213,22 @@ pub(crate) fn decide_one_owner_outlined<'r>(
 #[inline(never)]
 pub(crate) fn decide_one_owner_general<'r>(
     store: &Store,
-    n: usize,
-    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    rules: &impl Rules<'r>,
     counters: Option<&mut Counters>,
     op: Op,
-    id_of: impl Fn(u32) -> &'r BenefitId,
 ) -> Decision {
     if let Some(cs) = counters.as_deref() {
         // The usual denial (every counter exists): ranked straight from them.
         let denied = match op {
-            Op::Check => denied_known(n, &rule, cs, None, 0, &id_of),
-            Op::TryConsume(ty, amount) => denied_known(n, &rule, cs, Some(ty), amount, &id_of),
+            Op::Check => denied_known(rules, cs, None, 0),
+            Op::TryConsume(ty, amount) => denied_known(rules, cs, Some(ty), amount),
             Op::Record(..) => None,
         };
         if let Some(d) = denied {
             return d;
         }
     }
-    decide_by_state(store, n, rule, counters, op, id_of)
+    decide_by_state(store, rules, counters, op)
 }
 
 /// [`decide_one_owner_general`] by the rules' gathered state (inline for
@@ -228,19 +237,17 @@ pub(crate) fn decide_one_owner_general<'r>(
 #[inline(always)]
 fn decide_by_state<'r>(
     store: &Store,
-    n: usize,
-    rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    rules: &impl Rules<'r>,
     counters: Option<&mut Counters>,
     op: Op,
-    id_of: impl Fn(u32) -> &'r BenefitId,
 ) -> Decision {
     let mut seen = SeenVec::new();
     let read = counters.as_deref().map(|c| c.as_slice());
-    for i in 0..n {
-        let (v, w) = rule(i);
+    for i in 0..rules.len() {
+        let (v, w) = rules.rule(i);
         Seen::push(&mut seen, v, w, read);
     }
-    conclude(store, &mut seen, op, id_of, |seen, ty, amount| {
+    conclude(store, &mut seen, op, rules, |seen, ty, amount| {
         if let Some(c) = counters {
             add_to_counters(seen, c, ty, amount);
         }
@@ -256,12 +263,11 @@ fn decide_by_state<'r>(
 /// from the counters with [`denied_known`] when they all exist).
 #[inline(always)]
 fn try_allow<'r>(
-    n: usize,
-    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    rules: &impl Rules<'r>,
     counters: &mut [CounterState],
     debit: Option<(BenefitType, u64)>,
-    id_of: &impl Fn(u32) -> &'r BenefitId,
 ) -> Option<Decision> {
+    let n = rules.len();
     let (ty, amount) = match debit {
         Some((ty, amount)) => (Some(ty), amount),
         None => (None, 0),
@@ -271,7 +277,7 @@ fn try_allow<'r>(
     // see `conclude`): left, slot, index.
     let mut least: Option<(u64, u32, usize)> = None;
     for (i, at) in pos[..n].iter_mut().enumerate() {
-        let (v, w) = rule(i);
+        let (v, w) = rules.rule(i);
         *at = counters.iter().position(|c| c.rule == v.slot)?;
         let used = counters[*at].effective_used(v.generation, w);
         let of_ty = Some(v.benefit_type) == ty;
@@ -283,8 +289,8 @@ fn try_allow<'r>(
             keep_least(&mut least, left, v.slot, i);
         }
     }
-    debit_known(&pos[..n], rule, counters, ty, amount);
-    Some(allowed_naming(least, amount, &pos, rule, counters, id_of))
+    debit_known(&pos[..n], rules, counters, ty, amount);
+    Some(allowed_naming(least, amount, &pos, rules, counters))
 }
 
 /// The denial of a `check` (`ty` `None`) or a `try_consume` of `amount` of
@@ -297,17 +303,15 @@ fn try_allow<'r>(
 #[inline(never)]
 #[cold]
 fn denied_known<'r>(
-    n: usize,
-    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    rules: &impl Rules<'r>,
     counters: &[CounterState],
     ty: Option<BenefitType>,
     amount: u64,
-    id_of: &impl Fn(u32) -> &'r BenefitId,
 ) -> Option<Decision> {
     // The denial that lasts longest so far: rank, the rule's state, why.
     let mut worst: Option<(DenialRank, Seen, DenyReason)> = None;
-    for i in 0..n {
-        let (v, w) = rule(i);
+    for i in 0..rules.len() {
+        let (v, w) = rules.rule(i);
         let mut s = Seen::BLANK;
         s.fill(v, w, Some(counters));
         if !s.exists {
@@ -320,7 +324,7 @@ fn denied_known<'r>(
         }
     }
     let (_, s, reason) = worst?;
-    Some(Decision::Denied(denial(&s, reason, id_of)))
+    Some(Decision::Denied(denial(&s, reason, rules)))
 }
 
 /// Adds `amount` to the counters at `pos` (the i-th rule's counter at
@@ -329,7 +333,7 @@ fn denied_known<'r>(
 #[inline(always)]
 fn debit_known<'r>(
     pos: &[usize],
-    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    rules: &impl Rules<'r>,
     counters: &mut [CounterState],
     ty: Option<BenefitType>,
     amount: u64,
@@ -338,7 +342,7 @@ fn debit_known<'r>(
         return;
     }
     for (i, &at) in pos.iter().enumerate() {
-        let (v, w) = rule(i);
+        let (v, w) = rules.rule(i);
         if Some(v.benefit_type) == ty {
             let c = &mut counters[at];
             c.roll(v.generation, w);
@@ -355,21 +359,20 @@ fn allowed_naming<'r>(
     least: Option<(u64, u32, usize)>,
     taken: u64,
     pos: &[usize],
-    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    rules: &impl Rules<'r>,
     counters: &[CounterState],
-    id_of: &impl Fn(u32) -> &'r BenefitId,
 ) -> Decision {
     let Some((left, _, i)) = least else {
         return Decision::Allowed(None);
     };
-    let (v, w) = rule(i);
+    let (v, w) = rules.rule(i);
     // Rolled or not, the counter's window is the one its usage belongs to.
     let window = effective_window(v.period, v.generation, &counters[pos[i]], w);
     // Saturating: a debit that saturates the counter (only possible under a
     // limit of u64::MAX micro-units) leaves 0, not less.
     let remaining = left.saturating_sub(taken);
     Decision::Allowed(Some(headroom_of(
-        id_of(v.slot),
+        rules.id_of(v.slot),
         v.benefit_type,
         remaining,
         window,
@@ -384,33 +387,32 @@ fn allowed_naming<'r>(
 /// the general way.
 #[inline(always)]
 fn record_known<'r>(
-    n: usize,
-    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    rules: &impl Rules<'r>,
     counters: &mut [CounterState],
     ty: BenefitType,
     amount: u64,
-    id_of: &impl Fn(u32) -> &'r BenefitId,
 ) -> Option<Decision> {
+    let n = rules.len();
     let mut pos = [0usize; FAST_RULES];
     for (i, at) in pos[..n].iter_mut().enumerate() {
-        let slot = rule(i).0.slot;
+        let slot = rules.rule(i).0.slot;
         *at = counters.iter().position(|c| c.rule == slot)?;
     }
-    debit_known(&pos[..n], rule, counters, Some(ty), amount);
+    debit_known(&pos[..n], rules, counters, Some(ty), amount);
     // The rule of `ty` with the least left after the debit: left, slot, index.
     let mut least: Option<(u64, u32, usize)> = None;
     for (i, &at) in pos[..n].iter().enumerate() {
-        let (v, w) = rule(i);
+        let (v, w) = rules.rule(i);
         let used = counters[at].effective_used(v.generation, w);
         if reason_of(v.frozen, used, v.limit, None).is_some() {
-            return Some(recorded_by_state(n, rule, counters, ty, id_of));
+            return Some(recorded_by_state(rules, counters, ty));
         }
         if v.benefit_type == ty {
             let left = v.limit - used; // below the limit: it does not deny
             keep_least(&mut least, left, v.slot, i);
         }
     }
-    Some(allowed_naming(least, 0, &pos, rule, counters, id_of))
+    Some(allowed_naming(least, 0, &pos, rules, counters))
 }
 
 /// [`recorded`] over the rules' state gathered from `counters`, once a
@@ -418,27 +420,22 @@ fn record_known<'r>(
 /// explanation, for [`record_known`] when a rule denies.
 #[inline(never)]
 fn recorded_by_state<'r>(
-    n: usize,
-    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
+    rules: &impl Rules<'r>,
     counters: &[CounterState],
     ty: BenefitType,
-    id_of: &impl Fn(u32) -> &'r BenefitId,
 ) -> Decision {
+    let n = rules.len();
     let mut buf = [Seen::BLANK; FAST_RULES];
-    gather(&mut buf[..n], rule, Some(counters));
-    recorded(&buf[..n], ty, id_of)
+    gather(&mut buf[..n], rules, Some(counters));
+    recorded(&buf[..n], ty, rules)
 }
 
-/// Fills `seen` with the state of the rules `rule(0..seen.len())` over an
-/// owner's `counters` (absent: all read as empty).
+/// Fills `seen` with the state of the rules `0..seen.len()` of `rules` over
+/// an owner's `counters` (absent: all read as empty).
 #[inline]
-fn gather<'r>(
-    seen: &mut [Seen],
-    rule: &impl Fn(usize) -> (RuleView<'r>, Option<Window>),
-    counters: Option<&[CounterState]>,
-) {
+fn gather<'r>(seen: &mut [Seen], rules: &impl Rules<'r>, counters: Option<&[CounterState]>) {
     for (i, s) in seen.iter_mut().enumerate() {
-        let (v, w) = rule(i);
+        let (v, w) = rules.rule(i);
         s.fill(v, w, counters);
     }
 }
@@ -462,19 +459,19 @@ pub(crate) fn effective_window(
 
 /// D13's outcome of `op` over the rules' current state `seen`; `debit` books
 /// an amount on the counters of the rules of a type when the operation goes
-/// through; `id_of` names a rule by slot.
+/// through; `rules` name a rule by slot.
 #[inline]
 pub(crate) fn conclude<'r>(
     store: &Store,
     seen: &mut [Seen],
     op: Op,
-    id_of: impl Fn(u32) -> &'r BenefitId,
+    rules: &impl Rules<'r>,
     debit: impl FnOnce(&mut [Seen], BenefitType, u64),
 ) -> Decision {
     match op {
-        Op::Check => match deny(seen, None, 0, &id_of) {
+        Op::Check => match deny(seen, None, 0, rules) {
             Some(d) => Decision::Denied(d),
-            None => Decision::Allowed(headroom(seen, None, &id_of)),
+            None => Decision::Allowed(headroom(seen, None, rules)),
         },
         Op::TryConsume(ty, amount) => {
             // One pass finds the denial, if any, the rule of `ty` that will
@@ -501,22 +498,22 @@ pub(crate) fn conclude<'r>(
                 }
             }
             if let Some((_, i, reason)) = worst {
-                return Decision::Denied(denial(&seen[i], reason, &id_of));
+                return Decision::Denied(denial(&seen[i], reason, rules));
             }
             if missing {
-                if let Err(d) = reserve_counters(store, seen, ty, amount, &id_of) {
+                if let Err(d) = reserve_counters(store, seen, ty, amount, rules) {
                     return Decision::Denied(d);
                 }
             }
             debit(seen, ty, amount);
-            Decision::Allowed(least.map(|(_, _, i)| headroom_at(&seen[i], &id_of)))
+            Decision::Allowed(least.map(|(_, _, i)| headroom_at(&seen[i], rules)))
         }
         Op::Record(ty, amount) => {
-            if let Err(d) = reserve_counters(store, seen, ty, amount, &id_of) {
+            if let Err(d) = reserve_counters(store, seen, ty, amount, rules) {
                 return Decision::Denied(d);
             }
             debit(seen, ty, amount);
-            recorded(seen, ty, &id_of)
+            recorded(seen, ty, rules)
         }
     }
 }
@@ -525,10 +522,10 @@ pub(crate) fn conclude<'r>(
 /// after the debit: denied if a rule is frozen or exhausted (the usage
 /// stands: it was already spent), else the headroom of `ty`.
 #[inline]
-fn recorded<'r>(seen: &[Seen], ty: BenefitType, id_of: &impl Fn(u32) -> &'r BenefitId) -> Decision {
-    match deny(seen, None, 0, id_of) {
+fn recorded<'r>(seen: &[Seen], ty: BenefitType, rules: &impl Rules<'r>) -> Decision {
+    match deny(seen, None, 0, rules) {
         Some(d) => Decision::Denied(d),
-        None => Decision::Allowed(headroom(seen, Some(ty), id_of)),
+        None => Decision::Allowed(headroom(seen, Some(ty), rules)),
     }
 }
 
@@ -539,7 +536,7 @@ fn reserve_counters<'r>(
     seen: &[Seen],
     ty: BenefitType,
     amount: u64,
-    id_of: &impl Fn(u32) -> &'r BenefitId,
+    rules: &impl Rules<'r>,
 ) -> Result<(), Denial> {
     let mut missing = seen.iter().filter(|s| s.benefit_type == ty && !s.exists);
     let Some(first) = missing.next() else {
@@ -549,7 +546,7 @@ fn reserve_counters<'r>(
         return Ok(());
     }
     Err(Denial {
-        benefit_id: id_of(first.slot).clone(),
+        benefit_id: rules.id_of(first.slot).clone(),
         benefit_type: first.benefit_type,
         reason: DenyReason::CounterCapacity,
         remaining: Amount::from_micros(first.limit.saturating_sub(first.used)),
@@ -598,7 +595,7 @@ fn deny<'r>(
     seen: &[Seen],
     ty: Option<BenefitType>,
     amount: u64,
-    id_of: &impl Fn(u32) -> &'r BenefitId,
+    rules: &impl Rules<'r>,
 ) -> Option<Denial> {
     let mut worst: Option<(DenialRank, &Seen, DenyReason)> = None;
     for s in seen {
@@ -608,7 +605,7 @@ fn deny<'r>(
             }
         }
     }
-    worst.map(|(_, s, reason)| denial(s, reason, id_of))
+    worst.map(|(_, s, reason)| denial(s, reason, rules))
 }
 
 /// Why a rule with `used` of `limit` denies: frozen, exhausted, or (for a
@@ -664,9 +661,9 @@ fn worse(rank: DenialRank, slot: u32, so_far: Option<(DenialRank, u32)>) -> bool
 
 /// The denial that rule `s` reports for `reason`.
 #[inline]
-fn denial<'r>(s: &Seen, reason: DenyReason, id_of: &impl Fn(u32) -> &'r BenefitId) -> Denial {
+fn denial<'r>(s: &Seen, reason: DenyReason, rules: &impl Rules<'r>) -> Denial {
     Denial {
-        benefit_id: id_of(s.slot).clone(),
+        benefit_id: rules.id_of(s.slot).clone(),
         benefit_type: s.benefit_type,
         reason,
         remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
@@ -680,7 +677,7 @@ fn denial<'r>(s: &Seen, reason: DenyReason, id_of: &impl Fn(u32) -> &'r BenefitI
 fn headroom<'r>(
     seen: &[Seen],
     ty: Option<BenefitType>,
-    id_of: &impl Fn(u32) -> &'r BenefitId,
+    rules: &impl Rules<'r>,
 ) -> Option<Headroom> {
     // A plain loop: the iterator-adapter version kept its tuples on the stack
     // and cost a fifth of a hot call.
@@ -698,7 +695,7 @@ fn headroom<'r>(
             best = Some(s);
         }
     }
-    Some(headroom_at(best?, id_of))
+    Some(headroom_at(best?, rules))
 }
 
 /// Whether the rule in `slot`, with `left` remaining, has less left than the
@@ -719,9 +716,9 @@ fn keep_least(least: &mut Option<(u64, u32, usize)>, left: u64, slot: u32, i: us
 
 /// The headroom that rule `s` reports.
 #[inline]
-fn headroom_at<'r>(s: &Seen, id_of: &impl Fn(u32) -> &'r BenefitId) -> Headroom {
+fn headroom_at<'r>(s: &Seen, rules: &impl Rules<'r>) -> Headroom {
     let remaining = s.limit.saturating_sub(s.used);
-    headroom_of(id_of(s.slot), s.benefit_type, remaining, s.window)
+    headroom_of(rules.id_of(s.slot), s.benefit_type, remaining, s.window)
 }
 
 /// The headroom of rule `id`, with `remaining` left in `window`.
@@ -801,6 +798,38 @@ mod tests {
         ][usize::from(t)]
     }
 
+    /// The rules of a case: rule `i` in slot `len - i` (descending, so
+    /// neither the rules' order nor the counters' is the slots').
+    struct CaseRules<'c> {
+        cases: &'c [Case],
+        periods: &'c [Period],
+        ids: &'c [BenefitId],
+        now: i64,
+    }
+
+    impl<'c> Rules<'c> for CaseRules<'c> {
+        fn len(&self) -> usize {
+            self.cases.len()
+        }
+
+        fn rule(&self, i: usize) -> (RuleView<'c>, Option<Window>) {
+            let c = &self.cases[i];
+            let view = RuleView {
+                slot: (self.cases.len() - i) as u32,
+                benefit_type: benefit_type(c.ty),
+                frozen: c.frozen,
+                limit: c.limit,
+                generation: c.generation,
+                period: &self.periods[i],
+            };
+            (view, self.periods[i].window(self.now))
+        }
+
+        fn id_of(&self, slot: u32) -> &'c BenefitId {
+            &self.ids[slot as usize]
+        }
+    }
+
     /// Decides `op` over `cases` at `T0 + at` both ways and compares.
     fn compare(cases: &[Case], op: Op, at: i64) -> Result<(), TestCaseError> {
         let now = T0 + at;
@@ -832,23 +861,16 @@ mod tests {
                 counters.push(state);
             }
         }
-        let rule = |i: usize| {
-            let c = &cases[i];
-            let view = RuleView {
-                slot: slot(i),
-                benefit_type: benefit_type(c.ty),
-                frozen: c.frozen,
-                limit: c.limit,
-                generation: c.generation,
-                period: &periods[i],
-            };
-            (view, periods[i].window(now))
+        let rules = CaseRules {
+            cases,
+            periods: &periods,
+            ids: &ids,
+            now,
         };
-        let id_of = |s: u32| &ids[s as usize];
 
         let store = Store::new(1, OwnerHasher::new(), usize::MAX);
         let mut general_state = counters.clone();
-        let general = decide_by_state(&store, n, rule, Some(&mut general_state), op, id_of);
+        let general = decide_by_state(&store, &rules, Some(&mut general_state), op);
         let mut fast_state = counters.clone();
         // What a call decides before gathering the rules' state: allowed by
         // `try_allow`, else (as `decide_one_owner_general` does first) denied
@@ -859,12 +881,12 @@ mod tests {
                     Op::TryConsume(t, a) => Some((t, a)),
                     _ => None,
                 };
-                try_allow(n, &rule, &mut fast_state, debit, &id_of).or_else(|| {
+                try_allow(&rules, &mut fast_state, debit).or_else(|| {
                     let (ty, amount) = (debit.map(|(t, _)| t), debit.map_or(0, |(_, a)| a));
-                    denied_known(n, &rule, &fast_state, ty, amount, &id_of)
+                    denied_known(&rules, &fast_state, ty, amount)
                 })
             }
-            Op::Record(t, a) => record_known(n, &rule, &mut fast_state, t, a, &id_of),
+            Op::Record(t, a) => record_known(&rules, &mut fast_state, t, a),
         };
         match fast {
             Some(fast) => {

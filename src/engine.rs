@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 use crate::amount::Amount;
 use crate::decide::{
     add_to_counters, conclude, decide_one_owner, decide_one_owner_general,
-    decide_one_owner_outlined, effective_window, has_type, Op, RuleView, Seen, SeenVec,
+    decide_one_owner_outlined, effective_window, has_type, Op, RuleView, Rules, Seen, SeenVec,
 };
 use crate::decision::{Decision, UsageReport};
 use crate::errors::ApiError;
@@ -689,20 +689,12 @@ impl Engine {
         // whether it spilled on every access.
         let applied = applied.as_slice();
         let mut locked = self.lock(applied);
-        let policy = self.config.frozen_policy;
-        self.decide(
+        let table = TableRules {
+            table: &rules,
             applied,
-            |i| {
-                RuleView::of(
-                    &rules.rules[applied[i].slot as usize],
-                    applied[i].slot,
-                    policy,
-                )
-            },
-            |slot| &rules.rules[slot as usize].info.benefit_id,
-            &mut locked,
-            op,
-        )
+            policy: self.config.frozen_policy,
+        };
+        self.decide(applied, &table, &mut locked, op)
     }
 
     /// Collects the rules that apply to `subject` at `now` into `out`;
@@ -726,13 +718,12 @@ impl Engine {
     }
 
     /// Decides (and debits) one operation over its applicable rules, whose
-    /// shards `locked` holds; `view(i)` describes the rule of `applied[i]`
-    /// and `id_of` names a rule by slot.
+    /// shards `locked` holds; `rules.rule(i)` is the rule of `applied[i]`
+    /// (which says where its counter lives).
     pub(crate) fn decide<'r>(
         &self,
         applied: &[Applied<'_>],
-        view: impl Fn(usize) -> RuleView<'r>,
-        id_of: impl Fn(u32) -> &'r BenefitId,
+        rules: &impl Rules<'r>,
         locked: &mut Locked<'_>,
         op: Op,
     ) -> Decision {
@@ -742,19 +733,19 @@ impl Engine {
         let first = &applied[0];
         if applied.iter().all(|a| a.owner.same(&first.owner)) {
             // The usual device (its all-scope rules) or one pool: one probe.
-            let rule = |i: usize| (view(i), applied[i].window);
-            let (n, shard, owner) = (applied.len(), first.shard, &first.owner);
-            return self.decide_owner::<false>(n, rule, id_of, locked, shard, owner, None, op);
+            let (shard, owner) = (first.shard, &first.owner);
+            return self.decide_owner::<_, false>(rules, locked, shard, owner, None, op);
         }
         let mut seen = SeenVec::new();
         for run in owner_runs(applied) {
             let first = &applied[run.start];
             let counters = locked.counters(first.shard, &first.owner);
             for i in run {
-                Seen::push(&mut seen, view(i), applied[i].window, counters);
+                let (v, w) = rules.rule(i);
+                Seen::push(&mut seen, v, w, counters);
             }
         }
-        conclude(&self.store, &mut seen, op, id_of, |seen, ty, amount| {
+        conclude(&self.store, &mut seen, op, rules, |seen, ty, amount| {
             for run in owner_runs(applied) {
                 if amount == 0 || !has_type(&seen[run.clone()], ty) {
                     continue;
@@ -766,7 +757,7 @@ impl Engine {
         })
     }
 
-    /// [`Engine::decide`] when all `n` rules count on the counters of `owner`
+    /// [`Engine::decide`] when all the `rules` count on the counters of `owner`
     /// (in `shard`, which `locked` holds): one probe for a known owner; for a
     /// new one a second, its entry created only for a debit and dropped again
     /// if it stays empty.
@@ -775,13 +766,10 @@ impl Engine {
     /// rule views are plain reads: −30 instructions, ~5 ns of ~50); calls by
     /// subject do not, because inlined there LLVM stopped inlining their rule
     /// views, which read the rule table (+10 ns; harness runs in the commit).
-    #[allow(clippy::too_many_arguments)]
     #[inline]
-    pub(crate) fn decide_owner<'r, const INLINE: bool>(
+    pub(crate) fn decide_owner<'r, R: Rules<'r>, const INLINE: bool>(
         &self,
-        n: usize,
-        rule: impl Fn(usize) -> (RuleView<'r>, Option<Window>),
-        id_of: impl Fn(u32) -> &'r BenefitId,
+        rules: &R,
         locked: &mut Locked<'_>,
         shard: usize,
         owner: &Owner<'_>,
@@ -798,9 +786,9 @@ impl Engine {
         debug_assert!(counters.as_ref().is_none_or(|c| !c.is_empty()));
         if counters.is_some() || !op.debits() {
             return if INLINE {
-                decide_one_owner(&self.store, n, rule, counters, op, id_of)
+                decide_one_owner(&self.store, rules, counters, op)
             } else {
-                decide_one_owner_outlined(&self.store, n, rule, counters, op, id_of)
+                decide_one_owner_outlined(&self.store, rules, counters, op)
             };
         }
         // A new owner (no counter yet, so straight to the general path): its
@@ -811,7 +799,7 @@ impl Engine {
             None => locked.owner_entry(shard, owner),
         };
         let counters = Some(entry.counters());
-        let decision = decide_one_owner_general(&self.store, n, rule, counters, op, id_of);
+        let decision = decide_one_owner_general(&self.store, rules, counters, op);
         entry.remove_if_empty();
         decision
     }
@@ -878,16 +866,41 @@ impl Engine {
             for (r, &end) in chunk.iter().zip(&ends) {
                 let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
                 let mine = &applied[start..end];
-                out.push(self.decide(
-                    mine,
-                    |i| RuleView::of(&rules.rules[mine[i].slot as usize], mine[i].slot, policy),
-                    |slot| &rules.rules[slot as usize].info.benefit_id,
-                    &mut locked,
-                    op,
-                ));
+                let table = TableRules {
+                    table: &rules,
+                    applied: mine,
+                    policy,
+                };
+                out.push(self.decide(mine, &table, &mut locked, op));
                 start = end;
             }
         }
+    }
+}
+
+/// The rules of a call by subject: `applied`, read from the rule table.
+struct TableRules<'r, 'a> {
+    table: &'r RuleSet,
+    applied: &'a [Applied<'r>],
+    policy: FrozenPolicy,
+}
+
+impl<'r> Rules<'r> for TableRules<'r, '_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.applied.len()
+    }
+
+    #[inline(always)]
+    fn rule(&self, i: usize) -> (RuleView<'r>, Option<Window>) {
+        let a = &self.applied[i];
+        let view = RuleView::of(&self.table.rules[a.slot as usize], a.slot, self.policy);
+        (view, a.window)
+    }
+
+    #[inline(always)]
+    fn id_of(&self, slot: u32) -> &'r BenefitId {
+        &self.table.rules[slot as usize].info.benefit_id
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use smallvec::SmallVec;
 
 use crate::amount::Amount;
-use crate::decide::{Op, RuleView};
+use crate::decide::{Op, RuleView, Rules};
 use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::period::{clamp_now, Period, Window};
@@ -370,25 +370,14 @@ impl Engine {
                 subject,
                 ..
             } = h;
-            let rules = rules.as_slice(); // indexed without spill checks
+            // Indexed without spill checks.
+            let rules = HandleRules(rules.as_slice());
             let o = &mut owners[0];
             let (owner, shard) = (subject.owner(o), o.shard);
-            let rule = |i: usize| (rules[i].view(), rules[i].window);
-            let id_of = |slot: u32| id_in(rules, slot);
             let hint = Some(&mut o.hint);
-            return self.decide_owner::<true>(
-                rules.len(),
-                rule,
-                id_of,
-                locked,
-                shard,
-                &owner,
-                hint,
-                op,
-            );
+            return self.decide_owner::<_, true>(&rules, locked, shard, &owner, hint, op);
         }
         let h = &*h;
-        let id_of = |slot: u32| id_in(&h.rules, slot);
         let mut applied = AppliedVec::new();
         for r in &h.rules {
             let o = &h.owners[r.owner as usize];
@@ -399,7 +388,7 @@ impl Engine {
                 window: r.window,
             });
         }
-        self.decide(&applied, |i| h.rules[i].view(), id_of, locked, op)
+        self.decide(&applied, &HandleRules(&h.rules), locked, op)
     }
 
     /// Resolves the handle's subject at `now`; the caller holds `rules`.
@@ -506,12 +495,27 @@ impl SubjectHandle {
     }
 }
 
-/// The id of the rule in `slot`, one of `rules` (every slot a decision names
-/// is one of the handle's rules).
-#[inline]
-fn id_in(rules: &[HandleRule], slot: u32) -> &BenefitId {
-    let r = rules.iter().find(|r| r.slot == slot);
-    r.map_or(&rules[0].id, |r| &r.id)
+/// A handle's cached rules, as a decision reads them.
+struct HandleRules<'h>(&'h [HandleRule]);
+
+impl<'h> Rules<'h> for HandleRules<'h> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[inline(always)]
+    fn rule(&self, i: usize) -> (RuleView<'h>, Option<Window>) {
+        let r = &self.0[i];
+        (r.view(), r.window)
+    }
+
+    /// Every slot a decision names is one of the handle's rules.
+    #[inline(always)]
+    fn id_of(&self, slot: u32) -> &'h BenefitId {
+        let r = self.0.iter().find(|r| r.slot == slot);
+        r.map_or(&self.0[0].id, |r| &r.id)
+    }
 }
 
 impl OwnedSubject {
