@@ -98,7 +98,11 @@
 //! the handle remembers, compares the engine's configuration version (an
 //! atomic bumped by every write under the rule table's write locks) with the
 //! handle's, and decides with the rules the handle cached; on a mismatch, or
-//! when `now` crosses an activation boundary, it resolves again first. Reading the version under the shard
+//! when `now` crosses an activation boundary, it resolves again first. Its
+//! rules' windows are checked by one range test (the range of `now` over
+//! which the resolution holds, narrowed to the cached windows); a new
+//! minute, hour or day rolls them, out of line, without resolving again.
+//! One shard is locked inline, several through a sorted list. Reading the version under the shard
 //! locks is what keeps these calls exactly as ordered as calls by subject
 //! (see `src/handle.rs`). [`Engine::try_consume_many_handles`] batches them
 //! like [`Engine::try_consume_many`].
@@ -114,7 +118,10 @@
 //! first debit and subjects under more than four rules take the general
 //! path: each rule's state gathered in a fixed array, then concluded. A
 //! property test runs both ways on random states and requires the same
-//! decisions and counters (`src/decide.rs`).
+//! decisions and counters (`src/decide.rs`). Both enforcement paths hand
+//! the decision their rules through one trait (`decide::Rules`) whose
+//! methods are always inlined, so the compiler cannot choose to call out
+//! for each rule view.
 #![deny(unsafe_code)] // allowed in `prefetch` only
 #![deny(missing_docs)]
 
