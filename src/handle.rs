@@ -270,7 +270,11 @@ impl Engine {
             }
             let mut shards: SmallVec<[usize; 2 * crate::BATCH_CHUNK]> = SmallVec::new();
             for r in chunk.iter() {
-                shards.extend_from_slice(&r.handle.shards);
+                // One push at a time: `extend_from_slice` called `memmove`
+                // and `memcpy` for each handle's one or two shards.
+                for &shard in &r.handle.shards {
+                    shards.push(shard);
+                }
             }
             shards.sort_unstable();
             shards.dedup();
