@@ -79,9 +79,8 @@
 //! - **Allocated:** nothing for a subject whose counters exist (inline small
 //!   vectors; benefit ids of up to 30 bytes are stored inline, so a decision
 //!   names its rule by copying, not by touching a shared reference count).
-//!   Batches allocate one small vector per chunk whose requests lock more
-//!   than four shards (holding those guards inline would make every single
-//!   call slower; measured in `BENCHMARKS.md`).
+//!   Batches allocate nothing either, unless a chunk's requests lock more
+//!   than 16 shards (subjects with counters in several shards).
 //!
 //! [`Engine::try_consume_many`] does the same for a batch, resolving a chunk
 //! under one read and locking the union of its shards once. Before reading

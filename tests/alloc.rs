@@ -1,12 +1,13 @@
 //! No allocation on the `check` / `try_consume` / `record` path for a subject
-//! whose counters exist, proven with a counting global allocator.
+//! whose counters exist, nor in batches of them, proven with a counting
+//! global allocator.
 //!
 //! This file holds a single test so no other test thread allocates meanwhile.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use benefit_quota::{Amount, BenefitType, Engine, Member, Subject};
+use benefit_quota::{Amount, BenefitType, Engine, HandleRequest, Member, Request, Subject};
 
 struct Counting;
 
@@ -124,6 +125,43 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
         }
     });
     assert_eq!(n, 0, "allocations when a handle resolves again");
+    // Batches, by subject and through handles, over known devices (each
+    // chunk locks up to 8 shards): nothing either, given room in `out`.
+    let ids: Vec<String> = (0..64).map(|i| format!("batch-{i}")).collect();
+    let devices: Vec<Subject> = ids.iter().map(|d| Subject::device(d)).collect();
+    for s in &devices {
+        e.try_consume(s, PTS, Amount::from_units(1), MIDNIGHT);
+    }
+    let requests: Vec<Request> = devices
+        .iter()
+        .map(|s| Request {
+            subject: *s,
+            benefit_type: PTS,
+            amount: Amount::from_micros(1),
+        })
+        .collect();
+    let mut device_handles: Vec<_> = devices.iter().map(|s| e.handle(s)).collect();
+    for h in &mut device_handles {
+        e.check_handle(h, MIDNIGHT);
+    }
+    let mut handle_requests: Vec<HandleRequest> = device_handles
+        .iter_mut()
+        .map(|h| HandleRequest {
+            handle: h,
+            benefit_type: PTS,
+            amount: Amount::from_micros(1),
+        })
+        .collect();
+    let mut out = Vec::with_capacity(2 * requests.len());
+    let n = allocations_during(|| {
+        for _ in 0..50 {
+            out.clear();
+            e.try_consume_many(&requests, MIDNIGHT + 20, &mut out);
+            e.try_consume_many_handles(&mut handle_requests, MIDNIGHT + 20, &mut out);
+        }
+    });
+    assert_eq!(n, 0, "allocations in batches");
+    assert!(out.len() == 2 * requests.len() && out.iter().all(|d| d.is_allowed()));
     // Both outcomes were exercised: denials name their rule without allocating.
     assert!(
         allowed > 1_000 && denied > 1_000,

@@ -292,8 +292,12 @@ pub(crate) struct Locked<'s> {
     first: Option<Held<'s>>,
     /// The others, ascending; `None` rather than empty, so the usual
     /// one-shard operation has no collection to build or drop (~20–40
-    /// instructions per call).
-    rest: Option<SmallVec<[Held<'s>; 3]>>,
+    /// instructions per call). Room for a whole batch chunk's shards (two
+    /// per request) inline, so batches do not allocate either; single calls
+    /// lock one shard through [`Store::lock_one`], which builds this in place
+    /// (when `lock_many` returned it by value, a larger `Locked` cost every
+    /// call 2 ns).
+    rest: Option<SmallVec<[Held<'s>; 2 * crate::BATCH_CHUNK - 1]>>,
     hasher: &'s OwnerHasher,
     /// Every shard, for publishing a held table's layout when it grows.
     cells: &'s [CachePadded<ShardCell>],
