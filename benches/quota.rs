@@ -339,18 +339,23 @@ fn timed_threads(threads: usize, ops: u64, per_thread: &(dyn Fn(usize, u64) + Sy
     })
 }
 
+/// Thread `t`'s share of a `threads` run: `ops` calls by subject on its
+/// half of `w`'s devices, in `w`'s random order.
+fn disjoint_calls(w: &Workload, t: usize, ops: u64) {
+    let half = w.keys.len() / 2;
+    for i in 0..ops as usize {
+        let k = &w.keys[t * half + w.order[i % w.order.len()] as usize % half];
+        w.engine
+            .try_consume(&Subject::device(k), PTS, ONE, now_at(i));
+    }
+}
+
 fn threads(c: &mut Criterion) {
     let w = workload(1_000);
     let half = w.keys.len() / 2;
     let mut g = c.benchmark_group("threads");
     g.throughput(Throughput::Elements(1));
-    let disjoint = |t: usize, ops: u64| {
-        for i in 0..ops as usize {
-            let k = &w.keys[t * half + w.order[i % w.order.len()] as usize % half];
-            w.engine
-                .try_consume(&Subject::device(k), PTS, ONE, now_at(i));
-        }
-    };
+    let disjoint = |t: usize, ops: u64| disjoint_calls(&w, t, ops);
     let handles: Vec<std::sync::Mutex<Vec<SubjectHandle>>> = (0..2)
         .map(|t| {
             let mut hs = handles_for(&w);
@@ -399,13 +404,7 @@ fn threads(c: &mut Criterion) {
             ..EngineConfig::default()
         },
     );
-    let disjoint_wide = |t: usize, ops: u64| {
-        for i in 0..ops as usize {
-            let k = &wide.keys[t * half + wide.order[i % wide.order.len()] as usize % half];
-            wide.engine
-                .try_consume(&Subject::device(k), PTS, ONE, now_at(i));
-        }
-    };
+    let disjoint_wide = |t: usize, ops: u64| disjoint_calls(&wide, t, ops);
     g.bench_function("1_thread_8192_shards", |b| {
         b.iter_custom(|n| timed_threads(1, n, &disjoint_wide))
     });
