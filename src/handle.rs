@@ -571,7 +571,7 @@ mod tests {
 
     #[test]
     fn handles_stay_small() {
-        // Two rules and two owners inline (the usual device): 496 bytes today,
+        // Two rules and two owners inline (the usual device): 512 bytes today,
         // plus the ids on the heap. A gateway keeps one per connection.
         let size = std::mem::size_of::<SubjectHandle>();
         assert!(size <= 512, "{size}");
