@@ -231,3 +231,44 @@ fn a_handle_respects_the_counter_cap_and_survives_eviction() {
         .try_consume_handle(&mut b, PTS, units(1), MIDNIGHT + DAY)
         .is_allowed());
 }
+
+#[test]
+fn a_handle_rolls_its_windows_as_calls_by_subject_do_back_and_forth() {
+    // A device's 2-minute rule and cumulative rule, and its consumer's
+    // hourly rule (a second counter owner): `now` walks forward with late
+    // requests mixed in (steps of -90..=+150 s), so the handle's windows
+    // roll forwards, and back for a request stamped before its range.
+    let mut t = Twin::new(Subject::device("d").with_consumer("c"));
+    t.create(Rule::all_devices(5).every(2, "minute"));
+    t.create(Rule::all_devices(1_000));
+    t.create(Rule::all_consumers(40).every(1, "hour"));
+    let mut now = MIDNIGHT - 600;
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let (mut allowed, mut denied) = (0, 0);
+    for _ in 0..400 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        now += (x % 241) as i64 - 90;
+        match t.spend(1 + x % 2, now) {
+            Decision::Allowed(_) => allowed += 1,
+            Decision::Denied(_) => denied += 1,
+        }
+    }
+    assert!(
+        allowed > 50 && denied > 50,
+        "allowed {allowed}, denied {denied}"
+    );
+}
+
+#[test]
+fn a_late_request_after_a_look_at_the_next_window_counts_in_its_own() {
+    // The handle's windows roll to the next 2-minute window on a call that
+    // debits nothing, so the counter stays in the window before; a request
+    // stamped in that earlier window must still find it exhausted.
+    let mut t = Twin::new(Subject::device("d"));
+    t.create(Rule::all_devices(3).every(2, "minute"));
+    assert!(t.spend(3, MIDNIGHT).is_allowed());
+    assert!(t.spend(0, MIDNIGHT + 130).is_allowed()); // the next window: fresh
+    assert!(!t.spend(1, MIDNIGHT + 100).is_allowed()); // late: still exhausted
+}
