@@ -194,17 +194,6 @@ pub(crate) fn decide_one_owner<'r>(
     decide_one_owner_general(store, rules, counters, op)
 }
 
-/// [`decide_one_owner`], out of line.
-#[inline(never)]
-pub(crate) fn decide_one_owner_outlined<'r>(
-    store: &Store,
-    rules: &impl Rules<'r>,
-    counters: Option<&mut Counters>,
-    op: Op,
-) -> Decision {
-    decide_one_owner(store, rules, counters, op)
-}
-
 /// [`decide_one_owner`] for any operation: a denied `check` or
 /// `try_consume` whose counters all exist is explained straight from them
 /// ([`denied_known`]); anything else by the rules' state, gathered, then

@@ -379,7 +379,7 @@ impl Engine {
             let o = &mut owners[0];
             let (owner, shard) = (subject.owner(o), o.shard);
             let hint = Some(&mut o.hint);
-            return self.decide_owner::<_, true>(&rules, locked, shard, &owner, hint, op);
+            return self.decide_owner(&rules, locked, shard, &owner, hint, op);
         }
         let h = &*h;
         let mut applied = AppliedVec::new();
