@@ -668,7 +668,7 @@ impl Engine {
     pub(crate) fn lock(&self, applied: &[Applied<'_>]) -> Locked<'_> {
         let first = applied.first().map_or(0, |a| a.shard);
         if applied.iter().all(|a| a.shard == first) {
-            return self.store.lock_one(first);
+            return self.store.lock_many(&[first]);
         }
         let mut shards: SmallVec<[usize; 8]> = SmallVec::new();
         shards.extend(applied.iter().map(|a| a.shard));

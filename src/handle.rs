@@ -334,7 +334,7 @@ impl Engine {
         if self.ready(h, now) {
             // The entries' misses overlap the locking and the version check.
             h.prefetch_entries(&self.store);
-            let mut locked = h.lock(&self.store);
+            let mut locked = self.store.lock_many(&h.shards);
             if self.version.load(Ordering::Acquire) == h.version {
                 return self.decide_cached(h, now, op, &mut locked);
             }
@@ -343,7 +343,7 @@ impl Engine {
         // the version still while this call decides.
         let rules = self.read();
         self.refresh(&rules, h, now);
-        let mut locked = h.lock(&self.store);
+        let mut locked = self.store.lock_many(&h.shards);
         self.decide_cached(h, now, op, &mut locked)
     }
 
@@ -480,15 +480,6 @@ impl SubjectHandle {
             } else {
                 store.prefetch(&self.owner(o));
             }
-        }
-    }
-
-    /// Locks the shards of the handle's counters (usually one).
-    #[inline]
-    fn lock<'s>(&self, store: &'s Store) -> Locked<'s> {
-        match self.shards.as_slice() {
-            &[shard] => store.lock_one(shard),
-            shards => store.lock_many(shards),
         }
     }
 

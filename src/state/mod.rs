@@ -243,11 +243,10 @@ impl Store {
         }
     }
 
-    /// Locks one shard: [`Store::lock_many`] for the usual operation, whose
-    /// counters all live in one shard, inlined (no list to walk, no
-    /// collection to move: 49 → ~10 instructions).
+    /// Locks one shard, inline: the usual operation's counters all live in
+    /// one (no list to walk, no collection to move: 49 → ~10 instructions).
     #[inline]
-    pub fn lock_one(&self, index: usize) -> Locked<'_> {
+    fn lock_one(&self, index: usize) -> Locked<'_> {
         Locked {
             first: Some((index, self.shards[index].lock.lock())),
             rest: None,
@@ -257,8 +256,19 @@ impl Store {
     }
 
     /// Locks the given shards in ascending index order (deadlock-free).
-    /// `indices` must be sorted and deduplicated.
+    /// `indices` must be sorted and deduplicated. One shard, the usual case,
+    /// is locked inline ([`Store::lock_one`]).
+    #[inline]
     pub fn lock_many(&self, indices: &[usize]) -> Locked<'_> {
+        match indices {
+            &[index] => self.lock_one(index),
+            _ => self.lock_several(indices),
+        }
+    }
+
+    /// [`Store::lock_many`] for no shard or several, out of line.
+    #[inline(never)]
+    fn lock_several(&self, indices: &[usize]) -> Locked<'_> {
         let (first, rest) = match indices.split_first() {
             Some((&i, rest)) => (Some((i, self.shards[i].lock.lock())), rest),
             None => (None, indices),
@@ -293,10 +303,10 @@ pub(crate) struct Locked<'s> {
     /// The others, ascending; `None` rather than empty, so the usual
     /// one-shard operation has no collection to build or drop (~20–40
     /// instructions per call). Room for a whole batch chunk's shards (two
-    /// per request) inline, so batches do not allocate either; single calls
-    /// lock one shard through [`Store::lock_one`], which builds this in place
-    /// (when `lock_many` returned it by value, a larger `Locked` cost every
-    /// call 2 ns).
+    /// per request) inline, so batches do not allocate either; one shard is
+    /// locked inline, building this in place (when every lock went through an
+    /// out-of-line function returning it by value, a larger `Locked` cost
+    /// every call 2 ns).
     rest: Option<SmallVec<[Held<'s>; 2 * crate::BATCH_CHUNK - 1]>>,
     hasher: &'s OwnerHasher,
     /// Every shard, for publishing a held table's layout when it grows.
