@@ -697,7 +697,7 @@ fn fewer_left(left: u64, slot: u32, so_far: Option<(u64, u32)>) -> bool {
 /// Keeps in `least` (left, slot, index) the rule with the least left:
 /// rule `i`, in `slot` with `left`, if it has fewer (see [`fewer_left`]).
 #[inline(always)]
-fn keep_least(least: &mut Option<(u64, u32, usize)>, left: u64, slot: u32, i: usize) {
+pub(crate) fn keep_least(least: &mut Option<(u64, u32, usize)>, left: u64, slot: u32, i: usize) {
     if fewer_left(left, slot, least.map(|(l, s, _)| (l, s))) {
         *least = Some((left, slot, i));
     }

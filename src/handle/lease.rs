@@ -1,0 +1,278 @@
+//! Leased handles: headroom taken ahead, spent without locking (rule L1–L5 in
+//! SEMANTICS.md).
+//!
+//! A leased handle's call that takes the shard locks decides exactly as an
+//! exact handle, then *grants* the handle a lease on every rule that is not
+//! frozen: up to the handle's lease size of the rule's headroom, added to the
+//! rule's counter (so every other spender sees it as used) and remembered in
+//! the handle. The next calls spend from those leases with no lock and no
+//! atomic read-modify-write: the handle is `&mut`, so its leases are the
+//! calling thread's alone. A call the leases cannot cover (one is short, a
+//! rule is frozen, a window rolled, the configuration changed) takes the
+//! locks, *settles* (gives the unspent leases back to their counters), decides
+//! exactly and grants again.
+//!
+//! Why a lease-covered call decides as the exact path would when the handle
+//! is its counters' only spender: the counter holds `used + leased` with
+//! `used + leased ≤ limit` (a grant never passes the limit), so a rule whose
+//! lease covers `amount` has `used + amount ≤ limit` and `used < limit`, and
+//! its exact remaining after the debit is `base_left + leased − amount`.
+//! Frozen rules are never leased, so they always take the exact path.
+
+use std::sync::atomic::Ordering;
+
+use crate::amount::Amount;
+use crate::decide::{effective_window, keep_least, Op};
+use crate::decision::{Decision, Headroom};
+use crate::engine::Engine;
+use crate::state::Locked;
+use crate::subject::Subject;
+
+use super::SubjectHandle;
+
+impl Engine {
+    /// A handle on `subject` that takes up to `lease` of every applicable
+    /// rule's headroom ahead and spends it without locking: the fastest way
+    /// to decide for a subject one connection spends for alone.
+    ///
+    /// Calls through it decide exactly as calls by subject while the handle
+    /// is the only spender of its counters (a device or consumer served by
+    /// one connection, its own `single_*` rules): a call the leases cannot
+    /// cover takes the locks and decides the exact way. When others spend on
+    /// the same counters (another handle or call for the same subject, an
+    /// enterprise pool), they see the handle's unspent lease as used, so they
+    /// may be denied up to `lease` per rule earlier than without it, and the
+    /// headroom the handle reports omits what they spent since its last grant.
+    /// It never admits more than a limit allows (see SEMANTICS.md, L1–L5).
+    ///
+    /// The unspent lease counts as used (in [`Engine::usage`] too) until it
+    /// is given back: at the handle's next call after a configuration write
+    /// or a window roll-over, or by [`Engine::release_handle`], which a
+    /// gateway calls when the connection closes. A handle dropped unreleased
+    /// leaves its lease counted as spent: until the window resets for a
+    /// periodic rule, for good for a cumulative one. A `lease` of zero makes
+    /// an exact handle ([`Engine::handle`]).
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::{Amount, BenefitType, Engine, Subject};
+    /// let engine = Engine::new();
+    /// engine.create_json(r#"{"entity_type":"enterprise_all_devices","benefit_info":{
+    ///   "benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,
+    ///   "ended_at":253402300799,"limit":100,"trigger_unit":"day"}}"#).unwrap();
+    /// let (pts, one, now) = (BenefitType::ResourcePoint, Amount::from_units(1), 1_741_708_800);
+    /// let device = Subject::device("sn-1");
+    /// let mut h = engine.handle_with_lease(&device, Amount::from_units(10));
+    /// let d = engine.try_consume_handle(&mut h, pts, one, now); // locks, takes 10 ahead
+    /// assert_eq!(d.headroom().unwrap().remaining, Amount::from_units(99));
+    /// let d = engine.try_consume_handle(&mut h, pts, one, now); // from the lease
+    /// assert_eq!(d.headroom().unwrap().remaining, Amount::from_units(98));
+    /// // Others see the unspent lease as used until it is released.
+    /// assert_eq!(engine.usage(&device, now)[0].used, Amount::from_units(1 + 10));
+    /// engine.release_handle(&mut h);
+    /// assert_eq!(engine.usage(&device, now)[0].used, Amount::from_units(2));
+    /// ```
+    pub fn handle_with_lease(&self, subject: &Subject<'_>, lease: Amount) -> SubjectHandle {
+        let mut h = self.handle(subject);
+        h.lease = lease.as_micros();
+        h
+    }
+
+    /// Gives a leased handle's unspent leases back to their counters (see
+    /// [`Engine::handle_with_lease`]); the next call through it takes new
+    /// ones. Call it before dropping a leased handle. Nothing to do for an
+    /// exact handle, or for a handle of another engine.
+    pub fn release_handle(&self, h: &mut SubjectHandle) {
+        if h.engine == self.id && h.rules.iter().any(|r| r.leased != 0) {
+            let mut locked = self.store.lock_many(&h.shards);
+            settle(h, &mut locked);
+        }
+        h.lease_ok = false;
+    }
+
+    /// A call through a leased handle: spent from its leases when they
+    /// cover it, decided under the locks otherwise.
+    #[inline]
+    pub(super) fn run_leased(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
+        // The version is read with no lock held: a call that reads the
+        // version before a write is ordered before the write (it spends
+        // headroom granted under the old configuration, as a call that took
+        // the locks just before the write would).
+        if h.lease_ok
+            && h.engine == self.id
+            && h.fresh.contains(now)
+            && self.version.load(Ordering::Acquire) == h.version
+        {
+            if let Some(d) = h.spend_leased(op) {
+                return d;
+            }
+        }
+        self.run_leased_locked(h, now, op)
+    }
+
+    /// [`Engine::run_leased`] under the locks: settle, decide exactly as an
+    /// exact handle does, grant again.
+    #[inline(never)]
+    fn run_leased_locked(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
+        if self.ready(h, now) {
+            let mut locked = self.store.lock_many(&h.shards);
+            settle(h, &mut locked);
+            if self.version.load(Ordering::Acquire) == h.version {
+                let d = self.decide_cached(h, now, op, &mut locked);
+                self.grant(h, &mut locked);
+                return d;
+            }
+        } else if h.engine == self.id {
+            // The resolution ends at `now` (an activation boundary): the
+            // leases go back under the previous one's owners.
+            let mut locked = self.store.lock_many(&h.shards);
+            settle(h, &mut locked);
+        } else {
+            // Another engine's leases: they cannot be given back here.
+            for r in h.rules.iter_mut() {
+                r.leased = 0;
+            }
+        }
+        let rules = self.read();
+        self.refresh(&rules, h, now);
+        let mut locked = self.store.lock_many(&h.shards);
+        let d = self.decide_cached(h, now, op, &mut locked);
+        self.grant(h, &mut locked);
+        d
+    }
+
+    /// Takes up to the handle's lease of every rule's headroom (rules not
+    /// frozen whose counter counts in the current window), counting it as
+    /// used on the rule's counter; marks the rules with nothing counted yet
+    /// idle. The handle's leases are settled; `locked` holds its shards,
+    /// under its version.
+    fn grant(&self, h: &mut SubjectHandle, locked: &mut Locked<'_>) {
+        let SubjectHandle {
+            rules,
+            owners,
+            subject,
+            lease,
+            ..
+        } = h;
+        for r in rules.iter_mut() {
+            debug_assert_eq!(r.leased, 0);
+            r.idle = false;
+            if r.frozen || r.limit == 0 {
+                continue;
+            }
+            let o = &mut owners[r.owner as usize];
+            let owner = subject.owner(o);
+            let counter = locked
+                .counters_if_any_hinted(o.shard, &owner, &mut o.hint)
+                .and_then(|cs| cs.iter_mut().find(|c| c.rule == r.slot))
+                .filter(|c| c.is_current(r.generation, r.window));
+            let Some(c) = counter else {
+                // Nothing counts on it in this window yet: it reads as empty
+                // until a debit of its type, which the lease cannot cover, so
+                // takes the locks. Rolling or creating the counter here would
+                // move its window where the exact path does not (D16).
+                r.idle = true;
+                r.base_left = r.limit;
+                r.lease_resets = r.window.map_or(i64::MIN, |w| w.end);
+                continue;
+            };
+            let granted = (*lease).min(r.limit.saturating_sub(c.used));
+            c.add(granted);
+            r.leased = granted;
+            r.base_left = r.limit.saturating_sub(c.used);
+            r.lease_start = c.window_start;
+            r.lease_resets =
+                effective_window(&r.period, r.generation, c, r.window).map_or(i64::MIN, |w| w.end);
+        }
+        h.lease_ok = true;
+    }
+}
+
+/// Gives every unspent lease back to its counter: its usage, if the counter
+/// is still in the window and generation the lease was granted in (else the
+/// counter has started afresh without it), and its lifetime total. `locked`
+/// holds the handle's shards.
+fn settle(h: &mut SubjectHandle, locked: &mut Locked<'_>) {
+    h.lease_ok = false;
+    let SubjectHandle {
+        rules,
+        owners,
+        subject,
+        ..
+    } = h;
+    for r in rules.iter_mut() {
+        let unspent = std::mem::take(&mut r.leased);
+        if unspent == 0 {
+            continue;
+        }
+        let o = &mut owners[r.owner as usize];
+        let owner = subject.owner(o);
+        let Some(cs) = locked.counters_if_any_hinted(o.shard, &owner, &mut o.hint) else {
+            continue; // evicted
+        };
+        if let Some(c) = cs.iter_mut().find(|c| c.rule == r.slot) {
+            if c.generation == r.generation && c.window_start == r.lease_start {
+                c.used = c.used.saturating_sub(unspent);
+            }
+            c.lifetime = c.lifetime.saturating_sub(unspent);
+        }
+    }
+}
+
+impl SubjectHandle {
+    /// The lease size this handle takes ahead per rule (zero for an exact
+    /// handle; see [`Engine::handle_with_lease`]).
+    pub fn lease(&self) -> Amount {
+        Amount::from_micros(self.lease)
+    }
+
+    /// Spends `op` from the leases, as the exact path would decide it (see
+    /// the module docs); `None`, changing nothing, when a lease does not
+    /// cover it: every rule must keep at least one micro-unit (so none is
+    /// exhausted, nor frozen: those are never leased) or be idle (nothing
+    /// counted in its window), and each rule of the debited type `amount` (a
+    /// `try_consume`) or more than `amount` (a `record`, which must leave it
+    /// below its limit to be allowed).
+    #[inline]
+    fn spend_leased(&mut self, op: Op) -> Option<Decision> {
+        let (ty, amount, extra) = match op {
+            Op::Check => (None, 0, 1),
+            Op::TryConsume(ty, amount) => (Some(ty), amount, u64::from(amount == 0)),
+            Op::Record(ty, amount) => (Some(ty), amount, 1),
+        };
+        // The rule with the least left after the debit (of `ty`, or of any
+        // type for a check): left, slot, index.
+        let mut least: Option<(u64, u32, usize)> = None;
+        for (i, r) in self.rules.iter().enumerate() {
+            let of_ty = Some(r.benefit_type) == ty;
+            if of_ty {
+                if r.leased < amount.checked_add(extra)? {
+                    return None;
+                }
+            } else if r.leased == 0 && !r.idle {
+                return None;
+            }
+            if of_ty || ty.is_none() {
+                let left = r.base_left + (r.leased - if of_ty { amount } else { 0 });
+                keep_least(&mut least, left, r.slot, i);
+            }
+        }
+        if let Some(ty) = ty {
+            for r in self.rules.iter_mut() {
+                if r.benefit_type == ty {
+                    r.leased -= amount;
+                }
+            }
+        }
+        let Some((left, _, i)) = least else {
+            return Some(Decision::Allowed(None));
+        };
+        let r = &self.rules[i];
+        Some(Decision::Allowed(Some(Headroom {
+            benefit_id: r.id.clone(),
+            benefit_type: r.benefit_type,
+            remaining: Amount::from_micros(left),
+            resets_at: (r.lease_resets != i64::MIN).then_some(r.lease_resets),
+        })))
+    }
+}
