@@ -252,6 +252,22 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
             w.engine.record_handle(h, PTS, ONE, now_at(i))
         })
     });
+    // Leased handles (`Engine::handle_with_lease`): each device is served by
+    // one connection, as on a gateway, which takes LEASE points of each rule
+    // ahead and spends them without locking.
+    let mut leased = leased_handles_for(&w);
+    g.bench_function("try_consume_leased", |b| {
+        b.iter(|| {
+            i += 1;
+            between(i);
+            let h = &mut leased[w.order[i % n] as usize];
+            w.engine.try_consume_handle(h, PTS, ONE, now_at(i))
+        })
+    });
+    for h in leased.iter_mut() {
+        w.engine.release_handle(h);
+    }
+    drop(leased);
     g.bench_function("governor_check_key", |b| {
         b.iter(|| {
             i += 1;
@@ -301,6 +317,23 @@ fn handles_for(w: &Workload) -> Vec<SubjectHandle> {
         .iter()
         .map(|k| {
             let mut h = w.engine.handle(&Subject::device(k));
+            w.engine.check_handle(&mut h, MIDNIGHT - 60);
+            h
+        })
+        .collect()
+}
+
+/// Points a leased handle takes ahead of each rule: a gateway's choice; at
+/// one point a request, one locked call in 64.
+const LEASE: u64 = 64;
+
+fn leased_handles_for(w: &Workload) -> Vec<SubjectHandle> {
+    w.keys
+        .iter()
+        .map(|k| {
+            let mut h = w
+                .engine
+                .handle_with_lease(&Subject::device(k), Amount::from_units(LEASE));
             w.engine.check_handle(&mut h, MIDNIGHT - 60);
             h
         })
@@ -371,6 +404,21 @@ fn threads(c: &mut Criterion) {
             w.engine.try_consume_handle(h, PTS, ONE, now_at(i));
         }
     };
+    let leased: Vec<std::sync::Mutex<Vec<SubjectHandle>>> = (0..2)
+        .map(|t| {
+            let mut hs = leased_handles_for(&w);
+            hs.truncate((t + 1) * half);
+            hs.drain(..t * half);
+            std::sync::Mutex::new(hs)
+        })
+        .collect();
+    let disjoint_leased = |t: usize, ops: u64| {
+        let mut hs = leased[t].lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..ops as usize {
+            let h = &mut hs[w.order[i % w.order.len()] as usize % half];
+            w.engine.try_consume_handle(h, PTS, ONE, now_at(i));
+        }
+    };
     let shared = |_: usize, ops: u64| {
         for i in 0..ops as usize {
             w.engine
@@ -388,6 +436,12 @@ fn threads(c: &mut Criterion) {
     });
     g.bench_function("2_threads_disjoint_handles", |b| {
         b.iter_custom(|n| timed_threads(2, n, &disjoint_handles))
+    });
+    g.bench_function("1_thread_leased", |b| {
+        b.iter_custom(|n| timed_threads(1, n, &disjoint_leased))
+    });
+    g.bench_function("2_threads_disjoint_leased", |b| {
+        b.iter_custom(|n| timed_threads(2, n, &disjoint_leased))
     });
     g.bench_function("2_threads_one_device", |b| {
         b.iter_custom(|n| timed_threads(2, n, &shared))
@@ -644,6 +698,18 @@ fn report() {
             m("hot", "try_consume_handle"),
             ">= 2.5x",
         ),
+        ns(
+            "hot try_consume_handle, leased (ns/op)",
+            "hot",
+            "try_consume_leased",
+            "< 40",
+        ),
+        ratio(
+            "hot: governor check_key time / leased try_consume_handle time",
+            m("hot", "governor_check_key"),
+            m("hot", "try_consume_leased"),
+            ">= 2.5x",
+        ),
         ns("cold try_consume (ns/op)", "cold", "try_consume", ""),
         ns(
             "cold try_consume_handle (ns/op)",
@@ -680,6 +746,24 @@ fn report() {
             "cold: naive time / try_consume_handle time",
             m("cold", "naive_try_consume"),
             m("cold", "try_consume_handle"),
+            ">= 1x",
+        ),
+        ns(
+            "cold try_consume_handle, leased (ns/op)",
+            "cold",
+            "try_consume_leased",
+            "",
+        ),
+        ratio(
+            "cold: governor check_key time / leased try_consume_handle time",
+            m("cold", "governor_check_key"),
+            m("cold", "try_consume_leased"),
+            ">= 3x",
+        ),
+        ratio(
+            "cold: naive time / leased try_consume_handle time",
+            m("cold", "naive_try_consume"),
+            m("cold", "try_consume_leased"),
             ">= 1x",
         ),
         ns(
@@ -727,6 +811,12 @@ fn report() {
             "",
         ),
         ratio(
+            "spaced, beyond the work: governor check_key time / leased try_consume_handle time",
+            spaced_net("governor_check_key"),
+            spaced_net("try_consume_leased"),
+            "",
+        ),
+        ratio(
             "batch: single calls time / try_consume_many time (1M devices)",
             batch_per("single_calls_64"),
             batch_per("try_consume_many_64"),
@@ -742,6 +832,12 @@ fn report() {
             "threads: 2 disjoint vs 1, handles (throughput)",
             m("threads", "1_thread_handles"),
             m("threads", "2_threads_disjoint_handles"),
+            ">= 1.7x",
+        ),
+        ratio(
+            "threads: 2 disjoint vs 1, leased handles (throughput)",
+            m("threads", "1_thread_leased"),
+            m("threads", "2_threads_disjoint_leased"),
             ">= 1.7x",
         ),
         ratio(

@@ -243,7 +243,9 @@ impl SubjectHandle {
         // The rule with the least left after the debit (of `ty`, or of any
         // type for a check): left, slot, index.
         let mut least: Option<(u64, u32, usize)> = None;
-        for (i, r) in self.rules.iter().enumerate() {
+        // As a slice: indexing the `SmallVec` was a call.
+        let rules = self.rules.as_mut_slice();
+        for (i, r) in rules.iter().enumerate() {
             let of_ty = Some(r.benefit_type) == ty;
             if of_ty {
                 if r.leased < amount.checked_add(extra)? {
@@ -258,7 +260,7 @@ impl SubjectHandle {
             }
         }
         if let Some(ty) = ty {
-            for r in self.rules.iter_mut() {
+            for r in rules.iter_mut() {
                 if r.benefit_type == ty {
                     r.leased -= amount;
                 }
@@ -267,7 +269,7 @@ impl SubjectHandle {
         let Some((left, _, i)) = least else {
             return Some(Decision::Allowed(None));
         };
-        let r = &self.rules[i];
+        let r = &rules[i];
         Some(Decision::Allowed(Some(Headroom {
             benefit_id: r.id.clone(),
             benefit_type: r.benefit_type,

@@ -365,11 +365,20 @@ impl Engine {
         true
     }
 
+    /// A call through a handle: leased ([`Engine::run_leased`], inline) or
+    /// exact ([`Engine::run_exact`]).
+    #[inline]
     fn run_handle(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
         let now = clamp_now(now);
         if h.lease != 0 {
             return self.run_leased(h, now, op);
         }
+        self.run_exact(h, now, op)
+    }
+
+    /// A call through an exact handle, at a clamped `now`.
+    #[inline(never)]
+    fn run_exact(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
         if self.ready(h, now) {
             // The entries' misses overlap the locking and the version check.
             h.prefetch_entries(&self.store);
