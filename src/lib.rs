@@ -103,8 +103,19 @@
 //! minute, hour or day rolls them, out of line, without resolving again.
 //! One shard is locked inline, several through a sorted list. Reading the version under the shard
 //! locks is what keeps these calls exactly as ordered as calls by subject
-//! (see `src/handle.rs`). [`Engine::try_consume_many_handles`] batches them
+//! (see `src/handle/mod.rs`). [`Engine::try_consume_many_handles`] batches them
 //! like [`Engine::try_consume_many`].
+//!
+//! **Through a leased handle** ([`Engine::handle_with_lease`], for a subject
+//! one connection spends for alone), a call takes no lock and no atomic
+//! read-modify-write: it reads the configuration version (a plain load),
+//! checks its cached windows and spends from leases it holds in the handle
+//! itself, which the calling thread owns (`&mut`). A lease is headroom a
+//! locked call took ahead, up to the lease size per rule, added to the
+//! counter so every other spender sees it as used; when a lease runs short,
+//! a write lands or a window rolls, the call takes the locks, gives the
+//! unspent leases back, decides exactly as an exact handle and takes new
+//! ones (`src/handle/lease.rs`, SEMANTICS.md L1–L5).
 //!
 //! **Decided straight from the counters:** when every applicable rule counts
 //! on one owner (a device's all-scope rules, or one pool: the usual case), a

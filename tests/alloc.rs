@@ -91,11 +91,20 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
     for h in &mut handles {
         e.check_handle(h, MIDNIGHT);
     }
+    // Leased handles whose lease (one point) runs short every few calls, so
+    // the locked path that gives it back and takes a new one runs too.
+    let mut leased: Vec<_> = subjects
+        .iter()
+        .map(|s| e.handle_with_lease(s, Amount::from_units(1)))
+        .collect();
+    for h in &mut leased {
+        e.try_consume_handle(h, PTS, Amount::from_micros(1), MIDNIGHT);
+    }
     let mut allowed = 0usize;
     let mut denied = 0usize;
     let n = allocations_during(|| {
         for i in 0..2_000i64 {
-            for (s, h) in subjects.iter().zip(&mut handles) {
+            for ((s, h), l) in subjects.iter().zip(&mut handles).zip(&mut leased) {
                 // crossing an hour and a day boundary on the way
                 let now = MIDNIGHT + i * 60;
                 for d in [
@@ -105,6 +114,9 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
                     e.check_handle(h, now),
                     e.try_consume_handle(h, PTS, Amount::from_micros(160_000), now),
                     e.record_handle(h, PTS, Amount::from_micros(10), now),
+                    e.check_handle(l, now),
+                    e.try_consume_handle(l, PTS, Amount::from_micros(160_000), now),
+                    e.record_handle(l, PTS, Amount::from_micros(10), now),
                 ] {
                     if d.is_allowed() {
                         allowed += 1
@@ -116,6 +128,12 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
         }
     });
     assert_eq!(n, 0, "allocations on the hot path");
+    let n = allocations_during(|| {
+        for l in &mut leased {
+            e.release_handle(l);
+        }
+    });
+    assert_eq!(n, 0, "allocations when leases are given back");
     // A configuration write makes every handle resolve again: still no allocation.
     e.apply_update_json("2", r#"{"limit":501}"#, MIDNIGHT)
         .unwrap();

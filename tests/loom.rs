@@ -1,5 +1,5 @@
 //! Every interleaving (`loom`) of a configuration write racing with a call
-//! through a handle: the version protocol of `src/handle.rs` (RELIABILITY.md
+//! through a handle: the version protocol of `src/handle/mod.rs` (RELIABILITY.md
 //! §6). Built only with `--cfg loom`:
 //!
 //! ```sh

@@ -28,7 +28,7 @@ use crate::engine::Engine;
 use crate::state::Locked;
 use crate::subject::Subject;
 
-use super::SubjectHandle;
+use super::{RuleLease, SubjectHandle};
 
 impl Engine {
     /// A handle on `subject` that takes up to `lease` of every applicable
@@ -83,7 +83,7 @@ impl Engine {
     /// ones. Call it before dropping a leased handle. Nothing to do for an
     /// exact handle, or for a handle of another engine.
     pub fn release_handle(&self, h: &mut SubjectHandle) {
-        if h.engine == self.id && h.rules.iter().any(|r| r.leased != 0) {
+        if h.engine == self.id && h.leases.iter().any(|l| l.leased != 0) {
             let mut locked = self.store.lock_many(&h.shards);
             settle(h, &mut locked);
         }
@@ -92,7 +92,8 @@ impl Engine {
 
     /// A call through a leased handle: spent from its leases when they
     /// cover it, decided under the locks otherwise.
-    #[inline]
+    /// Out of line, so that the exact path does not pay for its registers.
+    #[inline(never)]
     pub(super) fn run_leased(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
         // The version is read with no lock held: a call that reads the
         // version before a write is ordered before the write (it spends
@@ -114,28 +115,26 @@ impl Engine {
     /// exact handle does, grant again.
     #[inline(never)]
     fn run_leased_locked(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
-        if self.ready(h, now) {
-            let mut locked = self.store.lock_many(&h.shards);
-            settle(h, &mut locked);
-            if self.version.load(Ordering::Acquire) == h.version {
-                let d = self.decide_cached(h, now, op, &mut locked);
-                self.grant(h, &mut locked);
-                return d;
-            }
-        } else if h.engine == self.id {
-            // The resolution ends at `now` (an activation boundary): the
-            // leases go back under the previous one's owners.
-            let mut locked = self.store.lock_many(&h.shards);
-            settle(h, &mut locked);
+        let ready = self.ready(h, now);
+        let mut locked = None;
+        if h.engine == self.id {
+            // Under the resolution the leases were granted in, even if it
+            // ends at `now` (an activation boundary).
+            settle(h, locked.insert(self.store.lock_many(&h.shards)));
         } else {
             // Another engine's leases: they cannot be given back here.
-            for r in h.rules.iter_mut() {
-                r.leased = 0;
-            }
+            h.leases.clear();
         }
-        let rules = self.read();
-        self.refresh(&rules, h, now);
-        let mut locked = self.store.lock_many(&h.shards);
+        let locked = match locked {
+            Some(l) if ready && self.version.load(Ordering::Acquire) == h.version => l,
+            stale => {
+                drop(stale);
+                let rules = self.read();
+                self.refresh(&rules, h, now);
+                self.store.lock_many(&h.shards)
+            }
+        };
+        let mut locked = locked;
         let d = self.decide_cached(h, now, op, &mut locked);
         self.grant(h, &mut locked);
         d
@@ -152,37 +151,51 @@ impl Engine {
             owners,
             subject,
             lease,
+            leases,
             ..
         } = h;
+        debug_assert!(leases.iter().all(|l| l.leased == 0));
+        leases.clear();
         for r in rules.iter_mut() {
-            debug_assert_eq!(r.leased, 0);
-            r.idle = false;
-            if r.frozen || r.limit == 0 {
-                continue;
-            }
-            let o = &mut owners[r.owner as usize];
-            let owner = subject.owner(o);
-            let counter = locked
-                .counters_if_any_hinted(o.shard, &owner, &mut o.hint)
-                .and_then(|cs| cs.iter_mut().find(|c| c.rule == r.slot))
-                .filter(|c| c.is_current(r.generation, r.window));
-            let Some(c) = counter else {
-                // Nothing counts on it in this window yet: it reads as empty
-                // until a debit of its type, which the lease cannot cover, so
-                // takes the locks. Rolling or creating the counter here would
-                // move its window where the exact path does not (D16).
-                r.idle = true;
-                r.base_left = r.limit;
-                r.lease_resets = r.window.map_or(i64::MIN, |w| w.end);
-                continue;
+            let mut l = RuleLease {
+                leased: 0,
+                base_left: 0,
+                resets: i64::MIN,
+                start: i64::MIN,
+                slot: r.slot,
+                benefit_type: r.benefit_type,
+                idle: false,
             };
-            let granted = (*lease).min(r.limit.saturating_sub(c.used));
-            c.add(granted);
-            r.leased = granted;
-            r.base_left = r.limit.saturating_sub(c.used);
-            r.lease_start = c.window_start;
-            r.lease_resets =
-                effective_window(&r.period, r.generation, c, r.window).map_or(i64::MIN, |w| w.end);
+            if !r.frozen && r.limit != 0 {
+                let o = &mut owners[r.owner as usize];
+                let owner = subject.owner(o);
+                let counter = locked
+                    .counters_if_any_hinted(o.shard, &owner, &mut o.hint)
+                    .and_then(|cs| cs.iter_mut().find(|c| c.rule == r.slot))
+                    .filter(|c| c.is_current(r.generation, r.window));
+                match counter {
+                    Some(c) => {
+                        let granted = (*lease).min(r.limit.saturating_sub(c.used));
+                        c.add(granted);
+                        l.leased = granted;
+                        l.base_left = r.limit.saturating_sub(c.used);
+                        l.resets = effective_window(&r.period, r.generation, c, r.window)
+                            .map_or(i64::MIN, |w| w.end);
+                        l.start = c.window_start;
+                    }
+                    None => {
+                        // Nothing counts on it in this window yet: it reads
+                        // as empty until a debit of its type, which the lease
+                        // cannot cover, so takes the locks. Rolling or
+                        // creating the counter here would move its window
+                        // where the exact path does not (D16).
+                        l.idle = true;
+                        l.base_left = r.limit;
+                        l.resets = r.window.map_or(i64::MIN, |w| w.end);
+                    }
+                }
+            }
+            leases.push(l);
         }
         h.lease_ok = true;
     }
@@ -198,10 +211,11 @@ fn settle(h: &mut SubjectHandle, locked: &mut Locked<'_>) {
         rules,
         owners,
         subject,
+        leases,
         ..
     } = h;
-    for r in rules.iter_mut() {
-        let unspent = std::mem::take(&mut r.leased);
+    for (r, l) in rules.iter().zip(leases.iter_mut()) {
+        let unspent = std::mem::take(&mut l.leased);
         if unspent == 0 {
             continue;
         }
@@ -211,7 +225,7 @@ fn settle(h: &mut SubjectHandle, locked: &mut Locked<'_>) {
             continue; // evicted
         };
         if let Some(c) = cs.iter_mut().find(|c| c.rule == r.slot) {
-            if c.generation == r.generation && c.window_start == r.lease_start {
+            if c.generation == r.generation && c.window_start == l.start {
                 c.used = c.used.saturating_sub(unspent);
             }
             c.lifetime = c.lifetime.saturating_sub(unspent);
@@ -233,48 +247,52 @@ impl SubjectHandle {
     /// counted in its window), and each rule of the debited type `amount` (a
     /// `try_consume`) or more than `amount` (a `record`, which must leave it
     /// below its limit to be allowed).
-    #[inline]
+    #[inline(always)]
     fn spend_leased(&mut self, op: Op) -> Option<Decision> {
         let (ty, amount, extra) = match op {
             Op::Check => (None, 0, 1),
             Op::TryConsume(ty, amount) => (Some(ty), amount, u64::from(amount == 0)),
             Op::Record(ty, amount) => (Some(ty), amount, 1),
         };
+        let need = amount.checked_add(extra)?;
+        // Once granted, there is one per rule.
+        let leases = self.leases.as_mut_slice();
         // The rule with the least left after the debit (of `ty`, or of any
         // type for a check): left, slot, index.
         let mut least: Option<(u64, u32, usize)> = None;
-        // As a slice: indexing the `SmallVec` was a call.
-        let rules = self.rules.as_mut_slice();
-        for (i, r) in rules.iter().enumerate() {
-            let of_ty = Some(r.benefit_type) == ty;
-            if of_ty {
-                if r.leased < amount.checked_add(extra)? {
-                    return None;
+        // Checked and debited in one pass; undone if a later rule falls short.
+        for i in 0..leases.len() {
+            let l = &mut leases[i];
+            let of_ty = Some(l.benefit_type) == ty;
+            let covered = if of_ty {
+                l.leased >= need
+            } else {
+                l.leased != 0 || l.idle
+            };
+            if !covered {
+                for l in leases[..i].iter_mut() {
+                    if Some(l.benefit_type) == ty {
+                        l.leased += amount;
+                    }
                 }
-            } else if r.leased == 0 && !r.idle {
                 return None;
             }
-            if of_ty || ty.is_none() {
-                let left = r.base_left + (r.leased - if of_ty { amount } else { 0 });
-                keep_least(&mut least, left, r.slot, i);
+            if of_ty {
+                l.leased -= amount;
             }
-        }
-        if let Some(ty) = ty {
-            for r in rules.iter_mut() {
-                if r.benefit_type == ty {
-                    r.leased -= amount;
-                }
+            if of_ty || ty.is_none() {
+                keep_least(&mut least, l.base_left + l.leased, l.slot, i);
             }
         }
         let Some((left, _, i)) = least else {
             return Some(Decision::Allowed(None));
         };
-        let r = &rules[i];
+        let l = &leases[i];
         Some(Decision::Allowed(Some(Headroom {
-            benefit_id: r.id.clone(),
-            benefit_type: r.benefit_type,
+            benefit_id: self.rules.as_slice()[i].id.clone(),
+            benefit_type: l.benefit_type,
             remaining: Amount::from_micros(left),
-            resets_at: (r.lease_resets != i64::MIN).then_some(r.lease_resets),
+            resets_at: (l.resets != i64::MIN).then_some(l.resets),
         })))
     }
 }

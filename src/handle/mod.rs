@@ -39,9 +39,14 @@ mod lease;
 /// Holds an owned copy of the subject's ids, the rules that applied at its
 /// last resolution and where their counters live. Calls through a handle
 /// decide exactly as the same calls by subject would.
+#[repr(C)] // in this order: what every call reads first, in the first line
 pub struct SubjectHandle {
     engine: u64,
     version: u64,
+    /// `valid` narrowed to the cached windows of the rules: within it, a
+    /// call uses the cached rules as they are; outside it but within
+    /// `valid`, their windows roll first ([`Engine::roll_windows`]).
+    fresh: Validity,
     /// Micro-units of every rule's headroom a call takes ahead for the
     /// handle to spend without locking; 0: an exact handle (see
     /// [`Engine::handle_with_lease`]).
@@ -52,15 +57,14 @@ pub struct SubjectHandle {
     /// The range of `now` over which the resolution holds (no activation
     /// boundary of the rules it looked at inside).
     valid: Validity,
-    /// `valid` narrowed to the cached windows of the rules: within it, a
-    /// call uses the cached rules as they are; outside it but within
-    /// `valid`, their windows roll first ([`Engine::roll_windows`]).
-    fresh: Validity,
     subject: OwnedSubject,
     rules: SmallVec<[HandleRule; 2]>,
     owners: SmallVec<[HandleOwner; 2]>,
     /// The owners' shards, sorted and deduplicated (the lock order).
     shards: SmallVec<[usize; 2]>,
+    /// One per cached rule, in the same order, once leases were granted
+    /// (last: an exact call does not read it).
+    leases: SmallVec<[RuleLease; 2]>,
 }
 
 impl std::fmt::Debug for SubjectHandle {
@@ -88,20 +92,27 @@ struct HandleRule {
     window: Option<Window>,
     /// Index of the counter's owner in the handle's owners.
     owner: u32,
-    /// The unspent part of this rule's lease: counted as used on its
-    /// counter, in the window starting at `lease_start`.
+}
+
+/// One rule's lease in a leased handle (see `lease.rs`).
+#[derive(Clone, Copy)]
+struct RuleLease {
+    /// The unspent part: counted as used on the rule's counter, in the
+    /// window starting at `start`.
     leased: u64,
     /// `limit − used` on the counter after the lease was granted: what the
     /// handle saw the others leave.
     base_left: u64,
-    /// The counter's window start when the lease was granted.
-    lease_start: i64,
     /// When the window the lease counts in resets; `i64::MIN`: never
     /// (cumulative).
-    lease_resets: i64,
-    /// At the last grant nothing counted on this rule in its window (no
-    /// counter, or one from an earlier window or generation): it does not
-    /// deny other types' calls, and its own take the locks.
+    resets: i64,
+    /// The counter's window start when the lease was granted.
+    start: i64,
+    slot: u32,
+    benefit_type: BenefitType,
+    /// At the grant nothing counted on this rule in its window (no counter,
+    /// or one from an earlier window or generation): it does not deny other
+    /// types' calls, and its own take the locks.
     idle: bool,
 }
 
@@ -183,6 +194,7 @@ impl Engine {
             version: 0,
             lease: 0,
             lease_ok: false,
+            leases: SmallVec::new(),
             // Empty: the first call resolves.
             valid: Validity { lo: 1, hi: 0 },
             fresh: Validity { lo: 1, hi: 0 },
@@ -396,7 +408,7 @@ impl Engine {
     }
 
     /// Decides `op` with the handle's cached rules; `locked` holds their shards.
-    #[inline]
+    #[inline(always)]
     fn decide_cached(
         &self,
         h: &mut SubjectHandle,
@@ -451,8 +463,9 @@ impl Engine {
         let mut applied = AppliedVec::new();
         let valid = self.resolve(rules, &subject, now, &mut applied, false);
         // Leases were settled under the previous resolution (`run_leased`).
-        debug_assert!(h.rules.iter().all(|r| r.leased == 0));
+        debug_assert!(h.leases.iter().all(|l| l.leased == 0));
         h.lease_ok = false;
+        h.leases.clear();
         h.rules.clear();
         h.owners.clear();
         for (i, a) in applied.iter().enumerate() {
@@ -481,11 +494,6 @@ impl Engine {
                 period: e.period,
                 window: a.window,
                 owner,
-                leased: 0,
-                base_left: 0,
-                lease_start: i64::MIN,
-                lease_resets: i64::MIN,
-                idle: false,
             });
         }
         h.shards.clear();
@@ -618,12 +626,13 @@ mod tests {
 
     #[test]
     fn handles_stay_small() {
-        // Two rules and two owners inline (the usual device): 592 bytes today
-        // (512 before leases: 40 bytes a rule), plus the ids on the heap. A
-        // gateway keeps one per connection.
+        // Two rules and two owners inline (the usual device): 616 bytes today
+        // (512 before leases: the lease size and flag, and two 40-byte rule
+        // leases), plus the ids on the heap. A gateway keeps one per
+        // connection.
         let size = std::mem::size_of::<SubjectHandle>();
-        assert!(size <= 592, "{size}");
-        let rule = std::mem::size_of::<HandleRule>();
-        assert!(rule <= 160, "{rule}");
+        assert!(size <= 616, "{size}");
+        assert!(std::mem::size_of::<HandleRule>() <= 120);
+        assert!(std::mem::size_of::<RuleLease>() <= 40);
     }
 }
