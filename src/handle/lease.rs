@@ -25,6 +25,7 @@ use crate::amount::Amount;
 use crate::decide::{effective_window, keep_least, Op};
 use crate::decision::{Decision, Headroom};
 use crate::engine::Engine;
+use crate::period::clamp_now;
 use crate::state::Locked;
 use crate::subject::Subject;
 
@@ -90,11 +91,12 @@ impl Engine {
         h.lease_ok = false;
     }
 
-    /// A call through a leased handle: spent from its leases when they
-    /// cover it, decided under the locks otherwise.
-    /// Out of line, so that the exact path does not pay for its registers.
-    #[inline(never)]
-    pub(super) fn run_leased(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
+    /// `op` spent from a handle's leases, if they were granted under the
+    /// current version and windows and cover it; `None` (nothing changed)
+    /// otherwise.
+    #[inline(always)]
+    pub(super) fn spend_leased(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Option<Decision> {
+        let now = clamp_now(now);
         // The version is read with no lock held: a call that reads the
         // version before a write is ordered before the write (it spends
         // headroom granted under the old configuration, as a call that took
@@ -104,9 +106,17 @@ impl Engine {
             && h.fresh.contains(now)
             && self.version.load(Ordering::Acquire) == h.version
         {
-            if let Some(d) = h.spend_leased(op) {
-                return d;
-            }
+            return h.spend_from_leases(op);
+        }
+        None
+    }
+
+    /// A call through a leased handle: spent from its leases when they
+    /// cover it, decided under the locks otherwise.
+    #[inline(never)]
+    pub(super) fn run_leased(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
+        if let Some(d) = self.spend_leased(h, now, op) {
+            return d;
         }
         self.run_leased_locked(h, now, op)
     }
@@ -248,7 +258,7 @@ impl SubjectHandle {
     /// `try_consume`) or more than `amount` (a `record`, which must leave it
     /// below its limit to be allowed).
     #[inline(always)]
-    fn spend_leased(&mut self, op: Op) -> Option<Decision> {
+    fn spend_from_leases(&mut self, op: Op) -> Option<Decision> {
         let (ty, amount, extra) = match op {
             Op::Check => (None, 0, 1),
             Op::TryConsume(ty, amount) => (Some(ty), amount, u64::from(amount == 0)),

@@ -218,7 +218,7 @@ impl Engine {
 
     /// [`Engine::check`] through a handle.
     pub fn check_handle(&self, handle: &mut SubjectHandle, now: i64) -> Decision {
-        self.run_handle(handle, now, Op::Check)
+        self.call_handle(handle, now, Op::Check)
     }
 
     /// [`Engine::try_consume`] through a handle.
@@ -229,7 +229,7 @@ impl Engine {
         amount: Amount,
         now: i64,
     ) -> Decision {
-        self.run_handle(
+        self.call_handle(
             handle,
             now,
             Op::TryConsume(benefit_type, amount.as_micros()),
@@ -244,7 +244,20 @@ impl Engine {
         amount: Amount,
         now: i64,
     ) -> Decision {
-        self.run_handle(handle, now, Op::Record(benefit_type, amount.as_micros()))
+        self.call_handle(handle, now, Op::Record(benefit_type, amount.as_micros()))
+    }
+
+    /// A single call through a handle: spent from its leases right here
+    /// when they cover it (inlined into each entry point, so the operation
+    /// is known), else [`Engine::run_handle`].
+    #[inline(always)]
+    fn call_handle(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
+        if h.lease_ok {
+            if let Some(d) = self.spend_leased(h, now, op) {
+                return d;
+            }
+        }
+        self.run_handle(h, now, op)
     }
 
     /// [`Engine::try_consume_handle`] for many requests, appending one
@@ -377,9 +390,9 @@ impl Engine {
         true
     }
 
-    /// A call through a handle: leased ([`Engine::run_leased`], inline) or
-    /// exact ([`Engine::run_exact`]).
-    #[inline]
+    /// A call through a handle: leased ([`Engine::run_leased`]) or exact
+    /// ([`Engine::run_exact`]).
+    #[inline(never)]
     fn run_handle(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
         let now = clamp_now(now);
         if h.lease != 0 {

@@ -607,7 +607,19 @@ pub struct Harness {
     pub subjects: Vec<SubjectIds>,
     /// One handle per subject, made before any rule exists.
     pub handles: Vec<benefit_quota::SubjectHandle>,
+    /// One leased handle per subject (lease sizes from one micro-unit to
+    /// thousands of units), made before any rule exists. A leased handle
+    /// decides as the model only while it is its counters' only spender, so
+    /// every other check or spend first gives all leases back
+    /// ([`Harness::release_except`]): then at most one handle holds leases,
+    /// and only the calls through it spend meanwhile.
+    pub leased: Vec<benefit_quota::SubjectHandle>,
+    /// The leased handle that may hold leases (the last one used).
+    pub holder: Option<usize>,
 }
+
+/// Lease sizes of the harness's leased handles, in micro-units, by subject.
+const LEASES: [u64; 5] = [1, 500_000, 3_000_000, 40_000_000, 5_000_000_000];
 
 impl Harness {
     pub fn new(base: i64, offset_hours: i32, suspend: bool) -> Harness {
@@ -628,6 +640,14 @@ impl Harness {
             .iter()
             .map(|s| engine.handle(&subject_of(s)))
             .collect();
+        let leased = subjects
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let lease = Amount::from_micros(LEASES[i % LEASES.len()]);
+                engine.handle_with_lease(&subject_of(s), lease)
+            })
+            .collect();
         Harness {
             engine,
             model: Model::new(i64::from(config.utc_offset.seconds()), suspend),
@@ -635,7 +655,25 @@ impl Harness {
             now: base,
             subjects,
             handles,
+            leased,
+            holder: None,
         }
+    }
+
+    /// Whether a check or spend with this `subject` byte goes through the
+    /// subject's leased handle.
+    fn is_leased(subject: u8) -> bool {
+        subject >> 7 == 1 && subject & 0x20 != 0
+    }
+
+    /// Gives back the leases of every leased handle but `keep` (a check or
+    /// spend is about to go through it), so that it is the only spender
+    /// holding leases; `None`: of all of them.
+    fn release_except(&mut self, keep: Option<usize>) {
+        if let Some(h) = self.holder.filter(|&h| Some(h) != keep) {
+            self.engine.release_handle(&mut self.leased[h]);
+        }
+        self.holder = keep;
     }
 
     fn target_id(&self, target: u8) -> String {
@@ -684,7 +722,11 @@ impl Harness {
             Op::Check { subject } => {
                 let i = usize::from(*subject) % self.subjects.len();
                 let s = self.subjects[i];
-                let engine = if subject >> 7 == 1 {
+                let leased = Self::is_leased(*subject);
+                self.release_except(leased.then_some(i));
+                let engine = if leased {
+                    self.engine.check_handle(&mut self.leased[i], now)
+                } else if subject >> 7 == 1 {
                     self.engine.check_handle(&mut self.handles[i], now)
                 } else {
                     self.engine.check(&subject_of(&s), now)
@@ -722,7 +764,14 @@ impl Harness {
         let ebt = benefit_quota::BenefitType::from_wire(bt)
             .unwrap_or(benefit_quota::BenefitType::ResourcePoint);
         let (subj, amount, now) = (subject_of(&s), Amount::from_micros(m), self.now);
-        let (e, h) = (&self.engine, &mut self.handles[i]);
+        let leased = Self::is_leased(subject);
+        self.release_except(leased.then_some(i));
+        let e = &self.engine;
+        let h = if leased {
+            &mut self.leased[i]
+        } else {
+            &mut self.handles[i]
+        };
         let engine = match (record, subject >> 7 == 1) {
             (true, false) => e.record(&subj, ebt, amount, now),
             (true, true) => e.record_handle(h, ebt, amount, now),
@@ -757,10 +806,16 @@ impl Harness {
     }
 
     /// Compares everything observable; returns a description of the first difference.
+    /// Usage is compared once no leased handle holds leases (they count as
+    /// used until given back, SEMANTICS.md L1): after the next step that
+    /// does not go through the holder.
     pub fn compare_state(&self) -> Result<(), String> {
         let (er, mr) = (engine_records(&self.engine), self.model.records());
         if er != mr {
             return Err(format!("records differ:\nengine {er:?}\nmodel  {mr:?}"));
+        }
+        if self.holder.is_some() {
+            return Ok(());
         }
         for s in &self.subjects {
             let (eu, mu) = (
