@@ -18,6 +18,9 @@
 //! criterion's `estimates.json`), plus `check` latency percentiles measured
 //! while another thread applies updates continuously.
 //!
+//! Single-thread rows visit their keys through a [`Cursor`] (no division
+//! per call); `hot/loop_alone` times that loop by itself.
+//!
 //! Run: `cargo bench --bench quota` (about two minutes).
 
 use std::collections::HashMap;
@@ -183,6 +186,32 @@ fn gateway_work(i: usize) {
     std::hint::black_box(lanes);
 }
 
+/// Where a single-thread loop is: the call count `i` (it drives the clock)
+/// and the position `j` in the visiting order, kept as `i % n` by wrapping
+/// rather than by a division: a 64-bit `div` on every call would be timed in
+/// every contender's row alike and squeeze their ratios towards 1.
+struct Cursor {
+    i: usize,
+    j: usize,
+    n: usize,
+}
+
+impl Cursor {
+    fn new(n: usize) -> Cursor {
+        Cursor { i: 0, j: 0, n }
+    }
+
+    #[inline(always)]
+    fn step(&mut self) -> (usize, usize) {
+        self.i += 1;
+        self.j += 1;
+        if self.j == self.n {
+            self.j = 0;
+        }
+        (self.i, self.j)
+    }
+}
+
 /// The single-thread scenarios over `devices` devices; `between(i)` runs
 /// before the i-th call of every contender (nothing for `hot` and `cold`).
 fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: impl Fn(usize)) {
@@ -192,37 +221,47 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
     let mut g = c.benchmark_group(name);
     g.throughput(Throughput::Elements(1));
     let n = w.order.len();
-    let key = |i: usize| w.keys[w.order[i % n] as usize].as_str();
-    let mut i = 0usize;
+    let key = |j: usize| w.keys[w.order[j] as usize].as_str();
+    let mut at = Cursor::new(n);
+    if name == "hot" {
+        // Context: what every row below times besides its call (the cursor,
+        // the visiting order, the clock).
+        g.bench_function("loop_alone", |b| {
+            b.iter(|| {
+                let (i, j) = at.step();
+                (w.order[j], now_at(i))
+            })
+        });
+    }
     if name == "spaced" {
         g.bench_function("work_alone", |b| {
             b.iter(|| {
-                i += 1;
+                let (i, _) = at.step();
                 between(i);
             })
         });
     }
     g.bench_function("check", |b| {
         b.iter(|| {
-            i += 1;
+            let (i, j) = at.step();
             between(i);
-            w.engine.check(&Subject::device(key(i)), now_at(i))
+            w.engine.check(&Subject::device(key(j)), now_at(i))
         })
     });
     g.bench_function("try_consume", |b| {
         b.iter(|| {
-            i += 1;
+            let (i, j) = at.step();
             between(i);
             w.engine
-                .try_consume(&Subject::device(key(i)), PTS, ONE, now_at(i))
+                .try_consume(&Subject::device(key(j)), PTS, ONE, now_at(i))
         })
     });
     g.bench_function("record", |b| {
         b.iter(|| {
-            i += 1;
+            let (i, j) = at.step();
             between(i);
             w.engine
-                .record(&Subject::device(key(i)), PTS, ONE, now_at(i))
+                .record(&Subject::device(key(j)), PTS, ONE, now_at(i))
         })
     });
     // One handle per device, resolved once (as a gateway would per connection),
@@ -230,25 +269,25 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
     let mut handles = handles_for(&w);
     g.bench_function("check_handle", |b| {
         b.iter(|| {
-            i += 1;
+            let (i, j) = at.step();
             between(i);
-            let h = &mut handles[w.order[i % n] as usize];
+            let h = &mut handles[w.order[j] as usize];
             w.engine.check_handle(h, now_at(i))
         })
     });
     g.bench_function("try_consume_handle", |b| {
         b.iter(|| {
-            i += 1;
+            let (i, j) = at.step();
             between(i);
-            let h = &mut handles[w.order[i % n] as usize];
+            let h = &mut handles[w.order[j] as usize];
             w.engine.try_consume_handle(h, PTS, ONE, now_at(i))
         })
     });
     g.bench_function("record_handle", |b| {
         b.iter(|| {
-            i += 1;
+            let (i, j) = at.step();
             between(i);
-            let h = &mut handles[w.order[i % n] as usize];
+            let h = &mut handles[w.order[j] as usize];
             w.engine.record_handle(h, PTS, ONE, now_at(i))
         })
     });
@@ -258,9 +297,9 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
     let mut leased = leased_handles_for(&w);
     g.bench_function("try_consume_leased", |b| {
         b.iter(|| {
-            i += 1;
+            let (i, j) = at.step();
             between(i);
-            let h = &mut leased[w.order[i % n] as usize];
+            let h = &mut leased[w.order[j] as usize];
             w.engine.try_consume_handle(h, PTS, ONE, now_at(i))
         })
     });
@@ -270,16 +309,16 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
     drop(leased);
     g.bench_function("governor_check_key", |b| {
         b.iter(|| {
-            i += 1;
+            let (i, j) = at.step();
             between(i);
-            gov.check_key(&w.keys[w.order[i % n] as usize]).is_ok()
+            gov.check_key(&w.keys[w.order[j] as usize]).is_ok()
         })
     });
     g.bench_function("naive_try_consume", |b| {
         b.iter(|| {
-            i += 1;
+            let (i, j) = at.step();
             between(i);
-            naive.try_consume(key(i), 1, now_at(i))
+            naive.try_consume(key(j), 1, now_at(i))
         })
     });
     if name == "hot" {
@@ -296,15 +335,15 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
         assert_eq!(allowed, 0, "the denial rows must measure denials");
         g.bench_function("try_consume_denied", |b| {
             b.iter(|| {
-                i += 1;
+                let (_, j) = at.step();
                 w.engine
-                    .try_consume(&Subject::device(key(i)), PTS, ONE, day)
+                    .try_consume(&Subject::device(key(j)), PTS, ONE, day)
             })
         });
         g.bench_function("try_consume_handle_denied", |b| {
             b.iter(|| {
-                i += 1;
-                let h = &mut handles[w.order[i % n] as usize];
+                let (_, j) = at.step();
+                let h = &mut handles[w.order[j] as usize];
                 w.engine.try_consume_handle(h, PTS, ONE, day)
             })
         });
@@ -651,6 +690,12 @@ fn report() {
         (label.to_owned(), format!("{:.2}x", num / den), target)
     };
     let rows: Vec<(String, String, &str)> = vec![
+        ns(
+            "hot: the loop alone, timed in every row below (ns/op)",
+            "hot",
+            "loop_alone",
+            "(context)",
+        ),
         ns("hot try_consume (ns/op)", "hot", "try_consume", "< 40"),
         ns("hot check (ns/op)", "hot", "check", ""),
         ns("hot record (ns/op)", "hot", "record", ""),

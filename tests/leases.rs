@@ -363,3 +363,25 @@ fn a_lease_given_back_after_another_spender_rolled_the_window_leaves_the_new_one
     assert_eq!(used(&e, &d, &id, MIDNIGHT), units(3));
     assert_eq!(e.usage(&d, MIDNIGHT)[0].lifetime, units(4));
 }
+
+/// Found by the `ops` fuzzer: a grant added to a saturated lifetime total
+/// could not be taken back exactly. Grants count in usage only; the
+/// lifetime total gets what was spent, when the lease is settled.
+#[test]
+fn a_lease_on_a_saturated_lifetime_total_leaves_it_saturated() {
+    let d = Subject::device("d");
+    let (exact, leased) = (Engine::new(), Engine::new());
+    for e in [&exact, &leased] {
+        Rule::all_devices(i64::MAX).daily().create(e);
+        e.record(&d, PTS, Amount::from_micros(u64::MAX), MIDNIGHT - 10);
+    }
+    let mut h = leased.handle_with_lease(&d, units(10));
+    for now in [MIDNIGHT, MIDNIGHT + 1, MIDNIGHT + 2] {
+        let a = exact.try_consume(&d, PTS, units(1), now);
+        assert_eq!(a, leased.try_consume_handle(&mut h, PTS, units(1), now));
+    }
+    leased.release_handle(&mut h);
+    let report = leased.usage(&d, MIDNIGHT + 2);
+    assert_eq!(exact.usage(&d, MIDNIGHT + 2), report);
+    assert_eq!(report[0].lifetime, Amount::from_micros(u64::MAX));
+}

@@ -4,13 +4,14 @@
 //! A leased handle's call that takes the shard locks decides exactly as an
 //! exact handle, then *grants* the handle a lease on every rule that is not
 //! frozen: up to the handle's lease size of the rule's headroom, added to the
-//! rule's counter (so every other spender sees it as used) and remembered in
-//! the handle. The next calls spend from those leases with no lock and no
+//! usage of the rule's counter (so every other spender sees it as used) and
+//! remembered in the handle. The next calls spend from those leases with no lock and no
 //! atomic read-modify-write: the handle is `&mut`, so its leases are the
 //! calling thread's alone. A call the leases cannot cover (one is short, a
 //! rule is frozen, a window rolled, the configuration changed) takes the
-//! locks, *settles* (gives the unspent leases back to their counters), decides
-//! exactly and grants again.
+//! locks, *settles* (gives the unspent leases back to their counters' usage
+//! and adds what was spent to their lifetime totals), decides exactly and
+//! grants again.
 //!
 //! Why a lease-covered call decides as the exact path would when the handle
 //! is its counters' only spender: the counter holds `used + leased` with
@@ -84,7 +85,7 @@ impl Engine {
     /// ones. Call it before dropping a leased handle. Nothing to do for an
     /// exact handle, or for a handle of another engine.
     pub fn release_handle(&self, h: &mut SubjectHandle) {
-        if h.engine == self.id && h.leases.iter().any(|l| l.leased != 0) {
+        if h.engine == self.id && h.leases.iter().any(|l| l.granted != 0) {
             let mut locked = self.store.lock_many(&h.shards);
             settle(h, &mut locked);
         }
@@ -164,11 +165,12 @@ impl Engine {
             leases,
             ..
         } = h;
-        debug_assert!(leases.iter().all(|l| l.leased == 0));
+        debug_assert!(leases.iter().all(|l| l.granted == 0));
         leases.clear();
         for r in rules.iter_mut() {
             let mut l = RuleLease {
                 leased: 0,
+                granted: 0,
                 base_left: 0,
                 resets: i64::MIN,
                 start: i64::MIN,
@@ -186,8 +188,12 @@ impl Engine {
                 match counter {
                     Some(c) => {
                         let granted = (*lease).min(r.limit.saturating_sub(c.used));
-                        c.add(granted);
+                        // Usage only: the lifetime total gets what is spent
+                        // of it, when it is settled (a saturated total could
+                        // not give an unspent lease back exactly).
+                        c.used += granted;
                         l.leased = granted;
+                        l.granted = granted;
                         l.base_left = r.limit.saturating_sub(c.used);
                         l.resets = effective_window(&r.period, r.generation, c, r.window)
                             .map_or(i64::MIN, |w| w.end);
@@ -211,10 +217,10 @@ impl Engine {
     }
 }
 
-/// Gives every unspent lease back to its counter: its usage, if the counter
-/// is still in the window and generation the lease was granted in (else the
-/// counter has started afresh without it), and its lifetime total. `locked`
-/// holds the handle's shards.
+/// Gives every unspent lease back to its counter's usage, if the counter is
+/// still in the window and generation the lease was granted in (else the
+/// counter has started afresh without it), and adds what was spent of it to
+/// the counter's lifetime total. `locked` holds the handle's shards.
 fn settle(h: &mut SubjectHandle, locked: &mut Locked<'_>) {
     h.lease_ok = false;
     let SubjectHandle {
@@ -226,7 +232,8 @@ fn settle(h: &mut SubjectHandle, locked: &mut Locked<'_>) {
     } = h;
     for (r, l) in rules.iter().zip(leases.iter_mut()) {
         let unspent = std::mem::take(&mut l.leased);
-        if unspent == 0 {
+        let granted = std::mem::take(&mut l.granted);
+        if granted == 0 {
             continue;
         }
         let o = &mut owners[r.owner as usize];
@@ -238,7 +245,7 @@ fn settle(h: &mut SubjectHandle, locked: &mut Locked<'_>) {
             if c.generation == r.generation && c.window_start == l.start {
                 c.used = c.used.saturating_sub(unspent);
             }
-            c.lifetime = c.lifetime.saturating_sub(unspent);
+            c.lifetime = c.lifetime.saturating_add(granted - unspent);
         }
     }
 }

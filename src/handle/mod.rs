@@ -100,6 +100,9 @@ struct RuleLease {
     /// The unspent part: counted as used on the rule's counter, in the
     /// window starting at `start`.
     leased: u64,
+    /// What the grant took (the lifetime total gets `granted − leased` when
+    /// the lease is settled).
+    granted: u64,
     /// `limit − used` on the counter after the lease was granted: what the
     /// handle saw the others leave.
     base_left: u64,
@@ -476,7 +479,7 @@ impl Engine {
         let mut applied = AppliedVec::new();
         let valid = self.resolve(rules, &subject, now, &mut applied, false);
         // Leases were settled under the previous resolution (`run_leased`).
-        debug_assert!(h.leases.iter().all(|l| l.leased == 0));
+        debug_assert!(h.leases.iter().all(|l| l.granted == 0));
         h.lease_ok = false;
         h.leases.clear();
         h.rules.clear();
@@ -639,13 +642,13 @@ mod tests {
 
     #[test]
     fn handles_stay_small() {
-        // Two rules and two owners inline (the usual device): 616 bytes today
-        // (512 before leases: the lease size and flag, and two 40-byte rule
+        // Two rules and two owners inline (the usual device): 632 bytes today
+        // (512 before leases: the lease size and flag, and two 48-byte rule
         // leases), plus the ids on the heap. A gateway keeps one per
         // connection.
         let size = std::mem::size_of::<SubjectHandle>();
-        assert!(size <= 616, "{size}");
+        assert!(size <= 632, "{size}");
         assert!(std::mem::size_of::<HandleRule>() <= 120);
-        assert!(std::mem::size_of::<RuleLease>() <= 40);
+        assert!(std::mem::size_of::<RuleLease>() <= 48);
     }
 }
