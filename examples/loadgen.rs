@@ -10,9 +10,11 @@
 //! With `--handles 1`, subjects are split between the threads (as
 //! connections are between a gateway's workers) and each thread spends
 //! through a `SubjectHandle` per subject, made after the warm-up; the memory
-//! the handles add is printed per handle.
+//! the handles add is printed per handle. `--lease N` makes them leased
+//! handles taking N points of each rule ahead (`Engine::handle_with_lease`),
+//! released at the end.
 //!
-//! `cargo run --release --example loadgen -- --subjects 1000000 --threads 2 --seconds 5 [--handles 1]`
+//! `cargo run --release --example loadgen -- --subjects 1000000 --threads 2 --seconds 5 [--handles 1 [--lease 4]]`
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -63,6 +65,7 @@ fn main() {
     let threads = arg("--threads", 2).max(1) as usize;
     let seconds = arg("--seconds", 5).max(1);
     let use_handles = arg("--handles", 0) != 0;
+    let lease = Amount::from_units(arg("--lease", 0));
 
     let keys: Vec<String> = (0..subjects).map(|i| format!("sn-{i:08}")).collect();
     let id_bytes: u64 = keys.iter().map(|k| k.len() as u64).sum();
@@ -94,7 +97,7 @@ fn main() {
     if use_handles {
         let (before, _) = memory();
         for (i, k) in keys.iter().enumerate() {
-            let mut h = engine.handle(&Subject::device(k));
+            let mut h = engine.handle_with_lease(&Subject::device(k), lease);
             engine.check_handle(&mut h, MIDNIGHT - 1);
             handles[i % threads].push(h);
         }
@@ -140,6 +143,10 @@ fn main() {
                     denied.fetch_add(d, Ordering::Relaxed);
                     (a, d) = (0, 0);
                 }
+                // A gateway gives leases back when its connections close.
+                for h in &mut mine {
+                    engine.release_handle(h);
+                }
                 i
             });
         }
@@ -168,7 +175,9 @@ fn main() {
     println!("| subjects / threads / seconds | {subjects} / {threads} / {seconds} |");
     println!(
         "| calls | {} |",
-        if use_handles {
+        if use_handles && lease.as_micros() != 0 {
+            "through leased handles (subjects split between threads)"
+        } else if use_handles {
             "through handles (subjects split between threads)"
         } else {
             "by subject (any thread, any subject)"
