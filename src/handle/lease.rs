@@ -169,6 +169,7 @@ impl Engine {
         leases.clear();
         for r in rules.iter_mut() {
             let mut l = RuleLease {
+                id: r.id.clone(),
                 leased: 0,
                 granted: 0,
                 base_left: 0,
@@ -306,7 +307,7 @@ impl SubjectHandle {
         };
         let l = &leases[i];
         Some(Decision::Allowed(Some(Headroom {
-            benefit_id: self.rules.as_slice()[i].id.clone(),
+            benefit_id: l.id.clone(),
             benefit_type: l.benefit_type,
             remaining: Amount::from_micros(left),
             resets_at: (l.resets != i64::MIN).then_some(l.resets),
