@@ -147,7 +147,12 @@ impl Engine {
         };
         let mut locked = locked;
         let d = self.decide_cached(h, now, op, &mut locked);
-        self.grant(h, &mut locked);
+        // After a denial a rule is frozen, exhausted or short of this
+        // amount: leases would not cover the next calls either, and denied
+        // subjects are called often (each such call takes the locks anyway).
+        if d.is_allowed() {
+            self.grant(h, &mut locked);
+        }
         d
     }
 
