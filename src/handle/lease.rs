@@ -2,8 +2,8 @@
 //! SEMANTICS.md).
 //!
 //! A leased handle's call that takes the shard locks decides exactly as an
-//! exact handle, then *grants* the handle a lease on every rule that is not
-//! frozen: up to the handle's lease size of the rule's headroom, added to the
+//! exact handle, then, if it allowed, *grants* the handle a lease on every
+//! rule that is not frozen: up to the handle's lease size of the rule's headroom, added to the
 //! usage of the rule's counter (so every other spender sees it as used) and
 //! remembered in the handle. The next calls spend from those leases with no lock and no
 //! atomic read-modify-write: the handle is `&mut`, so its leases are the
