@@ -262,8 +262,8 @@ fn try_allow<'r>(
         None => (None, 0),
     };
     let mut pos = [0usize; FAST_RULES];
-    // The rule with the least left (of `ty`, or of any type for a check;
-    // see `conclude`): left, slot, index.
+    // The rule with the least left after the debit (of `ty`, or of any type
+    // for a check; see `conclude`): left, slot, index.
     let mut least: Option<(u64, u32, usize)> = None;
     for (i, at) in pos[..n].iter_mut().enumerate() {
         let (v, w) = rules.rule(i);
@@ -275,11 +275,11 @@ fn try_allow<'r>(
         }
         if of_ty || ty.is_none() {
             let left = v.limit - used; // below the limit: it does not deny
-            keep_least(&mut least, left, v.slot, i);
+            keep_least(&mut least, left_after(left, of_ty, amount), v.slot, i);
         }
     }
     debit_known(&pos[..n], rules, counters, ty, amount);
-    Some(allowed_naming(least, amount, &pos, rules, counters))
+    Some(allowed_naming(least, &pos, rules, counters))
 }
 
 /// The denial of a `check` (`ty` `None`) or a `try_consume` of `amount` of
@@ -340,32 +340,42 @@ fn debit_known<'r>(
     }
 }
 
-/// The allowance naming the tightest rule, `least` (what it had left before
-/// `taken` was debited, its slot, its index; its counter at `pos[index]`),
-/// or none if no rule applies to the operation.
+/// The allowance naming the tightest rule, `least` (what it has left after
+/// the operation, its slot, its index; its counter at `pos[index]`), or none
+/// if no rule applies to the operation.
 #[inline(always)]
 fn allowed_naming<'r>(
     least: Option<(u64, u32, usize)>,
-    taken: u64,
     pos: &[usize],
     rules: &impl Rules<'r>,
     counters: &[CounterState],
 ) -> Decision {
-    let Some((left, _, i)) = least else {
+    let Some((remaining, _, i)) = least else {
         return Decision::Allowed(None);
     };
     let (v, w) = rules.rule(i);
     // Rolled or not, the counter's window is the one its usage belongs to.
     let window = effective_window(v.period, v.generation, &counters[pos[i]], w);
-    // Saturating: a debit that saturates the counter (only possible under a
-    // limit of u64::MAX micro-units) leaves 0, not less.
-    let remaining = left.saturating_sub(taken);
     Decision::Allowed(Some(headroom_of(
         rules.id_of(v.slot),
         v.benefit_type,
         remaining,
         window,
     )))
+}
+
+/// What a rule with `left` has left once a debit of `amount` is booked on
+/// it (if `debited`): saturating, since a debit that saturates its counter
+/// (only possible under a limit of `u64::MAX` micro-units, D14) leaves 0,
+/// not less. Rules are ranked by this, not by what they had before: such a
+/// debit can leave several at 0, and then the tie goes to the lowest slot.
+#[inline(always)]
+fn left_after(left: u64, debited: bool, amount: u64) -> u64 {
+    if debited {
+        left.saturating_sub(amount)
+    } else {
+        left
+    }
 }
 
 /// The usual `record` (every rule's counter exists, so nothing is reserved
@@ -401,7 +411,7 @@ fn record_known<'r>(
             keep_least(&mut least, left, v.slot, i);
         }
     }
-    Some(allowed_naming(least, 0, &pos, rules, counters))
+    Some(allowed_naming(least, &pos, rules, counters))
 }
 
 /// [`recorded`] over the rules' state gathered from `counters`, once a
@@ -479,11 +489,12 @@ pub(crate) fn conclude<'r>(
                 }
                 if s.benefit_type == ty {
                     missing |= !s.exists;
-                    // The debit takes the same amount from each of these
-                    // rules (none of which denies), so the one with the
-                    // least left now is the one with the least left after.
+                    // Ranked by what each will have left after the debit:
+                    // the same amount comes off each, but a debit that
+                    // saturates counters (D14) leaves several at zero, and
+                    // then the tie goes to the lowest slot.
                     let left = s.limit.saturating_sub(s.used);
-                    keep_least(&mut least, left, s.slot, i);
+                    keep_least(&mut least, left_after(left, true, amount), s.slot, i);
                 }
             }
             if let Some((_, i, reason)) = worst {

@@ -432,6 +432,54 @@ fn d14_limits_too_large_for_the_counters_saturate() {
     assert_eq!(denial_of(&e.check(&s, MIDNIGHT)).1, DenyReason::Exhausted);
 }
 
+/// Found by the `ops` fuzzer (third session of 2026-11-26): when a debit
+/// saturates two counters under limits too large for them, both have
+/// nothing left after it, and the tie goes to the rule created first (D13),
+/// whichever had less left before.
+#[test]
+fn d14_a_debit_that_saturates_two_rules_names_the_first_created() {
+    for through_handle in [false, true] {
+        let e = Engine::new();
+        let day = Rule::all_devices(i64::MAX).daily().create(&e);
+        Rule::all_devices(i64::MAX).create(&e);
+        let s = Subject::device("d");
+        let mut h = e.handle(&s);
+        let mut spend = |amount: Amount, at: i64| {
+            if through_handle {
+                e.try_consume_handle(&mut h, PTS, amount, at)
+            } else {
+                e.try_consume(&s, PTS, amount, at)
+            }
+        };
+        assert!(spend(units(5), MIDNIGHT - 10).is_allowed());
+        // A new day: the cumulative rule has 5 points less left than the daily one.
+        assert!(spend(units(1), MIDNIGHT).is_allowed());
+        let d = spend(Amount::from_micros(u64::MAX - 75), MIDNIGHT);
+        let h = d.headroom().unwrap();
+        assert_eq!(
+            (h.benefit_id.as_str(), h.remaining, h.resets_at),
+            (day.as_str(), Amount::ZERO, Some(MIDNIGHT + DAY)),
+            "through a handle: {through_handle}"
+        );
+    }
+    // The same over two owners (a device that is also a consumer), which
+    // the general path decides.
+    let e = Engine::new();
+    let devices = Rule::all_devices(i64::MAX).create(&e);
+    Rule::all_consumers(i64::MAX).create(&e);
+    assert!(e
+        .try_consume(&Subject::consumer("c"), PTS, units(5), MIDNIGHT)
+        .is_allowed());
+    let both = Subject::device("d").with_consumer("c");
+    assert!(e.try_consume(&both, PTS, units(1), MIDNIGHT).is_allowed());
+    let d = e.try_consume(&both, PTS, Amount::from_micros(u64::MAX - 75), MIDNIGHT);
+    let h = d.headroom().unwrap();
+    assert_eq!(
+        (h.benefit_id.as_str(), h.remaining),
+        (devices.as_str(), Amount::ZERO)
+    );
+}
+
 // ---------------------------------------------------------------- F22
 
 #[test]

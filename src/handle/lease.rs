@@ -3,11 +3,11 @@
 //!
 //! A leased handle's call that takes the shard locks decides exactly as an
 //! exact handle, then, if it allowed, *grants* the handle a lease on every
-//! rule that is not frozen: up to the handle's lease size of the rule's headroom, added to the
-//! usage of the rule's counter (so every other spender sees it as used) and
-//! remembered in the handle. The next calls spend from those leases with no lock and no
-//! atomic read-modify-write: the handle is `&mut`, so its leases are the
-//! calling thread's alone. A call the leases cannot cover (one is short, a
+//! rule that is not frozen: up to the handle's lease size of the rule's
+//! headroom, added to the usage of the rule's counter (so every other
+//! spender sees it as used) and remembered in the handle. The next calls
+//! spend from those leases with no lock and no atomic read-modify-write: the
+//! handle is `&mut`, so its leases are the calling thread's alone. A call the leases cannot cover (one is short, a
 //! rule is frozen, a window rolled, the configuration changed) takes the
 //! locks, *settles* (gives the unspent leases back to their counters' usage
 //! and adds what was spent to their lifetime totals), decides exactly and

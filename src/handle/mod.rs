@@ -16,6 +16,9 @@
 //! operation decided with a later version on it: the same order a call by
 //! subject (which holds the rule table's read lock throughout) would give.
 //! `tests/loom.rs` checks this under every interleaving of small races.
+//!
+//! A leased handle (`lease.rs`) puts a path with no lock in front of that:
+//! spending headroom that an earlier locked call took ahead.
 
 use std::sync::atomic::Ordering;
 
@@ -38,7 +41,9 @@ mod lease;
 ///
 /// Holds an owned copy of the subject's ids, the rules that applied at its
 /// last resolution and where their counters live. Calls through a handle
-/// decide exactly as the same calls by subject would.
+/// decide exactly as the same calls by subject would; through a leased
+/// handle ([`Engine::handle_with_lease`]), exactly so while it is its
+/// counters' only spender.
 #[repr(C, align(64))] // in this order: what a leased call reads, from the first line
 pub struct SubjectHandle {
     engine: u64,
@@ -277,7 +282,8 @@ impl Engine {
     /// every counter slot it will need (so the memory misses of independent
     /// subjects overlap instead of queueing) and decides each request in
     /// turn. Other threads working on those shards wait for at most one
-    /// chunk.
+    /// chunk. A chunk with a leased handle in it is decided one call at a
+    /// time, in order (leased calls take no lock to batch).
     ///
     /// # Examples
     /// ```
