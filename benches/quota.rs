@@ -428,42 +428,32 @@ fn disjoint_calls(w: &Workload, t: usize, ops: u64) {
     }
 }
 
+/// `hs` split in two halves, one per thread.
+fn halves(mut hs: Vec<SubjectHandle>) -> [Mutex<Vec<SubjectHandle>>; 2] {
+    let second = hs.split_off(hs.len() / 2);
+    [Mutex::new(hs), Mutex::new(second)]
+}
+
+/// A thread's share of a `threads` run through handles: `ops` calls over
+/// its half `hs`, in `w`'s random order.
+fn disjoint_handle_calls(w: &Workload, hs: &Mutex<Vec<SubjectHandle>>, ops: u64) {
+    let mut hs = hs.lock().unwrap_or_else(|e| e.into_inner());
+    let half = hs.len();
+    for i in 0..ops as usize {
+        let h = &mut hs[w.order[i % w.order.len()] as usize % half];
+        w.engine.try_consume_handle(h, PTS, ONE, now_at(i));
+    }
+}
+
 fn threads(c: &mut Criterion) {
     let w = workload(1_000);
-    let half = w.keys.len() / 2;
     let mut g = c.benchmark_group("threads");
     g.throughput(Throughput::Elements(1));
     let disjoint = |t: usize, ops: u64| disjoint_calls(&w, t, ops);
-    let handles: Vec<std::sync::Mutex<Vec<SubjectHandle>>> = (0..2)
-        .map(|t| {
-            let mut hs = handles_for(&w);
-            hs.truncate((t + 1) * half);
-            hs.drain(..t * half);
-            std::sync::Mutex::new(hs)
-        })
-        .collect();
-    let disjoint_handles = |t: usize, ops: u64| {
-        let mut hs = handles[t].lock().unwrap_or_else(|e| e.into_inner());
-        for i in 0..ops as usize {
-            let h = &mut hs[w.order[i % w.order.len()] as usize % half];
-            w.engine.try_consume_handle(h, PTS, ONE, now_at(i));
-        }
-    };
-    let leased: Vec<std::sync::Mutex<Vec<SubjectHandle>>> = (0..2)
-        .map(|t| {
-            let mut hs = leased_handles_for(&w, MIDNIGHT - 60);
-            hs.truncate((t + 1) * half);
-            hs.drain(..t * half);
-            std::sync::Mutex::new(hs)
-        })
-        .collect();
-    let disjoint_leased = |t: usize, ops: u64| {
-        let mut hs = leased[t].lock().unwrap_or_else(|e| e.into_inner());
-        for i in 0..ops as usize {
-            let h = &mut hs[w.order[i % w.order.len()] as usize % half];
-            w.engine.try_consume_handle(h, PTS, ONE, now_at(i));
-        }
-    };
+    let handles = halves(handles_for(&w));
+    let disjoint_handles = |t: usize, ops: u64| disjoint_handle_calls(&w, &handles[t], ops);
+    let leased = halves(leased_handles_for(&w, MIDNIGHT - 60));
+    let disjoint_leased = |t: usize, ops: u64| disjoint_handle_calls(&w, &leased[t], ops);
     let shared = |_: usize, ops: u64| {
         for i in 0..ops as usize {
             w.engine
