@@ -27,10 +27,10 @@ use crate::decide::{effective_window, keep_least, Op};
 use crate::decision::{Decision, Headroom};
 use crate::engine::Engine;
 use crate::period::clamp_now;
-use crate::state::Locked;
+use crate::state::{CounterState, Locked};
 use crate::subject::Subject;
 
-use super::{RuleLease, SubjectHandle};
+use super::{HandleOwner, HandleRule, OwnedSubject, RuleLease, SubjectHandle};
 
 impl Engine {
     /// A handle on `subject` that takes up to `lease` of every applicable
@@ -185,11 +185,7 @@ impl Engine {
                 idle: false,
             };
             if !r.frozen && r.limit != 0 {
-                let o = &mut owners[r.owner as usize];
-                let owner = subject.owner(o);
-                let counter = locked
-                    .counters_if_any_hinted(o.shard, &owner, &mut o.hint)
-                    .and_then(|cs| cs.iter_mut().find(|c| c.rule == r.slot))
+                let counter = counter_of_rule(locked, owners, subject, r)
                     .filter(|c| c.is_current(r.generation, r.window));
                 match counter {
                     Some(c) => {
@@ -242,18 +238,28 @@ fn settle(h: &mut SubjectHandle, locked: &mut Locked<'_>) {
         if granted == 0 {
             continue;
         }
-        let o = &mut owners[r.owner as usize];
-        let owner = subject.owner(o);
-        let Some(cs) = locked.counters_if_any_hinted(o.shard, &owner, &mut o.hint) else {
-            continue; // evicted
-        };
-        if let Some(c) = cs.iter_mut().find(|c| c.rule == r.slot) {
+        // None: evicted since the grant.
+        if let Some(c) = counter_of_rule(locked, owners, subject, r) {
             if c.generation == r.generation && c.window_start == l.start {
                 c.used = c.used.saturating_sub(unspent);
             }
             c.lifetime = c.lifetime.saturating_add(granted - unspent);
         }
     }
+}
+
+/// The counter of cached rule `r`, if its owner has one (`locked` holds the
+/// owner's shard; the owner's remembered slot is updated).
+fn counter_of_rule<'l>(
+    locked: &'l mut Locked<'_>,
+    owners: &mut [HandleOwner],
+    subject: &OwnedSubject,
+    r: &HandleRule,
+) -> Option<&'l mut CounterState> {
+    let o = &mut owners[r.owner as usize];
+    let owner = subject.owner(o);
+    let counters = locked.counters_if_any_hinted(o.shard, &owner, &mut o.hint)?;
+    counters.iter_mut().find(|c| c.rule == r.slot)
 }
 
 impl SubjectHandle {
