@@ -112,20 +112,11 @@ impl Engine {
         None
     }
 
-    /// A call through a leased handle: spent from its leases when they
-    /// cover it, decided under the locks otherwise.
+    /// A call through a leased handle that its leases did not cover
+    /// ([`Engine::spend_leased`]), under the locks: settle, decide exactly as
+    /// an exact handle does, grant again.
     #[inline(never)]
-    pub(super) fn run_leased(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
-        if let Some(d) = self.spend_leased(h, now, op) {
-            return d;
-        }
-        self.run_leased_locked(h, now, op)
-    }
-
-    /// [`Engine::run_leased`] under the locks: settle, decide exactly as an
-    /// exact handle does, grant again.
-    #[inline(never)]
-    fn run_leased_locked(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
+    pub(super) fn run_leased_locked(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
         let ready = self.ready(h, now);
         let mut locked = None;
         if h.engine == self.id {
@@ -136,7 +127,7 @@ impl Engine {
             // Another engine's leases: they cannot be given back here.
             h.leases.clear();
         }
-        let locked = match locked {
+        let mut locked = match locked {
             Some(l) if ready && self.version.load(Ordering::Acquire) == h.version => l,
             stale => {
                 drop(stale);
@@ -145,7 +136,6 @@ impl Engine {
                 self.store.lock_many(&h.shards)
             }
         };
-        let mut locked = locked;
         let d = self.decide_cached(h, now, op, &mut locked);
         // After a denial a rule is frozen, exhausted or short of this
         // amount: leases would not cover the next calls either, and denied

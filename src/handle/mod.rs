@@ -311,7 +311,7 @@ impl Engine {
                 // Leased handles spend without locking: nothing to batch.
                 for r in chunk.iter_mut() {
                     let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-                    out.push(self.run_handle(r.handle, now, op));
+                    out.push(self.call_handle(r.handle, now, op));
                 }
                 continue;
             }
@@ -401,13 +401,15 @@ impl Engine {
         true
     }
 
-    /// A call through a handle: leased ([`Engine::run_leased`]) or exact
+    /// A call through a handle that its leases, if any, did not cover
+    /// ([`Engine::call_handle`]): through a leased handle under the locks
+    /// ([`Engine::run_leased_locked`]), else the exact way
     /// ([`Engine::run_exact`]).
     #[inline(never)]
     fn run_handle(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
         let now = clamp_now(now);
         if h.lease != 0 {
-            return self.run_leased(h, now, op);
+            return self.run_leased_locked(h, now, op);
         }
         self.run_exact(h, now, op)
     }
@@ -486,7 +488,7 @@ impl Engine {
         let subject = h.subject.borrow();
         let mut applied = AppliedVec::new();
         let valid = self.resolve(rules, &subject, now, &mut applied, false);
-        // Leases were settled under the previous resolution (`run_leased`).
+        // Leases were settled under the previous resolution (`run_leased_locked`).
         debug_assert!(h.leases.iter().all(|l| l.granted == 0));
         h.lease_ok = false;
         h.leases.clear();
