@@ -360,7 +360,7 @@ fn allowed_naming<'r>(
         rules.id_of(v.slot),
         v.benefit_type,
         remaining,
-        window,
+        window.map(|w| w.end),
     )))
 }
 
@@ -718,22 +718,28 @@ pub(crate) fn keep_least(least: &mut Option<(u64, u32, usize)>, left: u64, slot:
 #[inline]
 fn headroom_at<'r>(s: &Seen, rules: &impl Rules<'r>) -> Headroom {
     let remaining = s.limit.saturating_sub(s.used);
-    headroom_of(rules.id_of(s.slot), s.benefit_type, remaining, s.window)
+    headroom_of(
+        rules.id_of(s.slot),
+        s.benefit_type,
+        remaining,
+        s.window.map(|w| w.end),
+    )
 }
 
-/// The headroom of rule `id`, with `remaining` left in `window`.
+/// The headroom of rule `id`, with `remaining` left until `resets_at` (the
+/// end of its window; `None` for a cumulative rule).
 #[inline]
-fn headroom_of(
+pub(crate) fn headroom_of(
     id: &BenefitId,
     benefit_type: BenefitType,
     remaining: u64,
-    window: Option<Window>,
+    resets_at: Option<i64>,
 ) -> Headroom {
     Headroom {
         benefit_id: id.clone(),
         benefit_type,
         remaining: Amount::from_micros(remaining),
-        resets_at: window.map(|w| w.end),
+        resets_at,
     }
 }
 

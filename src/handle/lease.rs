@@ -23,8 +23,8 @@
 use std::sync::atomic::Ordering;
 
 use crate::amount::Amount;
-use crate::decide::{effective_window, keep_least, Op};
-use crate::decision::{Decision, Headroom};
+use crate::decide::{effective_window, headroom_of, keep_least, Op};
+use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::period::clamp_now;
 use crate::state::{CounterState, Locked};
@@ -307,11 +307,12 @@ impl SubjectHandle {
             return Some(Decision::Allowed(None));
         };
         let l = &leases[i];
-        Some(Decision::Allowed(Some(Headroom {
-            benefit_id: l.id.clone(),
-            benefit_type: l.benefit_type,
-            remaining: Amount::from_micros(left),
-            resets_at: (l.resets != i64::MIN).then_some(l.resets),
-        })))
+        let resets_at = (l.resets != i64::MIN).then_some(l.resets);
+        Some(Decision::Allowed(Some(headroom_of(
+            &l.id,
+            l.benefit_type,
+            left,
+            resets_at,
+        ))))
     }
 }
