@@ -701,7 +701,7 @@ fn headroom<'r>(
 /// Whether the rule in `slot`, with `left` remaining, has less left than the
 /// least so far (left, slot); on a tie, the lower slot wins.
 #[inline]
-fn fewer_left(left: u64, slot: u32, so_far: Option<(u64, u32)>) -> bool {
+pub(crate) fn fewer_left(left: u64, slot: u32, so_far: Option<(u64, u32)>) -> bool {
     so_far.is_none_or(|(l, b)| left < l || (left == l && slot < b))
 }
 

@@ -124,58 +124,117 @@ proptest! {
         suspend in prop::bool::weighted(0.25),
         steps in proptest::collection::vec(step(), 20..120),
     ) {
-        let (exact, leased) = (engine(suspend), engine(suspend));
-        let mut h = leased.handle_with_lease(&BOTH, Amount::from_micros(lease_micros));
-        let mut ids: Vec<String> = Vec::new();
-        let mut now = MIDNIGHT - 60;
-        for (i, s) in steps.iter().enumerate() {
-            match *s {
-                Step::Create { scope, unit, time, limit, voice, start_hours, len_hours } => {
-                    let started = MIDNIGHT + i64::from(start_hours) * 3_600;
-                    let ended = len_hours.map_or(benefit_quota::FOREVER, |l| started + i64::from(l) * 3_600);
-                    let rule = create_rule(scope, unit, time, limit, voice).active(started, ended);
-                    let (a, b) = (exact.create_json(rule.body()), leased.create_json(rule.body()));
-                    prop_assert_eq!(&a, &b, "step {}", i);
-                    if let Ok(info) = a {
-                        ids.push(info.benefit_id().to_string());
-                    }
-                }
-                Step::Update { target, body, value } => {
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let id = &ids[usize::from(target) % ids.len()];
-                    let body = update_body(body, value);
-                    let a = exact.apply_update_json(id, &body, now);
-                    let b = leased.apply_update_json(id, &body, now);
-                    prop_assert_eq!(a, b, "step {} {}", i, body);
-                }
-                Step::Spend { kind, voice, micros } => {
-                    let ty = if voice { VOICE } else { PTS };
-                    let amount = Amount::from_micros(u64::from(micros));
-                    let (a, b) = match kind {
-                        0 => (exact.check(&BOTH, now), leased.check_handle(&mut h, now)),
-                        1 => (
-                            exact.try_consume(&BOTH, ty, amount, now),
-                            leased.try_consume_handle(&mut h, ty, amount, now),
-                        ),
-                        _ => (
-                            exact.record(&BOTH, ty, amount, now),
-                            leased.record_handle(&mut h, ty, amount, now),
-                        ),
-                    };
-                    prop_assert_eq!(a, b, "step {} {:?} at {}", i, s, now);
-                }
-                Step::Advance(by) => now += i64::from(by),
-                Step::Release => {
-                    leased.release_handle(&mut h);
-                    prop_assert_eq!(exact.usage(&BOTH, now), leased.usage(&BOTH, now), "step {}", i);
+        sole_spender(lease_micros, suspend, &steps)?;
+    }
+
+    /// The same in whole units (limits are whole units): leases are spent
+    /// to exactly nothing, and rules to exactly their limit, through the
+    /// leases.
+    #[test]
+    fn a_sole_spenders_leased_handle_decides_as_calls_by_subject_in_whole_units(
+        lease_units in prop_oneof![1u64..4, Just(1_000_000)],
+        suspend in prop::bool::weighted(0.25),
+        steps in proptest::collection::vec(step().prop_map(in_whole_units), 20..120),
+    ) {
+        sole_spender(lease_units * 1_000_000, suspend, &steps)?;
+    }
+}
+
+/// A spend of 0 to 3 whole units instead of any amount.
+fn in_whole_units(s: Step) -> Step {
+    match s {
+        Step::Spend {
+            kind,
+            voice,
+            micros,
+        } => Step::Spend {
+            kind,
+            voice,
+            micros: micros % 4 * 1_000_000,
+        },
+        other => other,
+    }
+}
+
+/// The body of the L2 proptests.
+fn sole_spender(lease_micros: u64, suspend: bool, steps: &[Step]) -> Result<(), TestCaseError> {
+    let (exact, leased) = (engine(suspend), engine(suspend));
+    let mut h = leased.handle_with_lease(&BOTH, Amount::from_micros(lease_micros));
+    let mut ids: Vec<String> = Vec::new();
+    let mut now = MIDNIGHT - 60;
+    for (i, s) in steps.iter().enumerate() {
+        match *s {
+            Step::Create {
+                scope,
+                unit,
+                time,
+                limit,
+                voice,
+                start_hours,
+                len_hours,
+            } => {
+                let started = MIDNIGHT + i64::from(start_hours) * 3_600;
+                let ended =
+                    len_hours.map_or(benefit_quota::FOREVER, |l| started + i64::from(l) * 3_600);
+                let rule = create_rule(scope, unit, time, limit, voice).active(started, ended);
+                let (a, b) = (
+                    exact.create_json(rule.body()),
+                    leased.create_json(rule.body()),
+                );
+                prop_assert_eq!(&a, &b, "step {}", i);
+                if let Ok(info) = a {
+                    ids.push(info.benefit_id().to_string());
                 }
             }
+            Step::Update {
+                target,
+                body,
+                value,
+            } => {
+                if ids.is_empty() {
+                    continue;
+                }
+                let id = &ids[usize::from(target) % ids.len()];
+                let body = update_body(body, value);
+                let a = exact.apply_update_json(id, &body, now);
+                let b = leased.apply_update_json(id, &body, now);
+                prop_assert_eq!(a, b, "step {} {}", i, body);
+            }
+            Step::Spend {
+                kind,
+                voice,
+                micros,
+            } => {
+                let ty = if voice { VOICE } else { PTS };
+                let amount = Amount::from_micros(u64::from(micros));
+                let (a, b) = match kind {
+                    0 => (exact.check(&BOTH, now), leased.check_handle(&mut h, now)),
+                    1 => (
+                        exact.try_consume(&BOTH, ty, amount, now),
+                        leased.try_consume_handle(&mut h, ty, amount, now),
+                    ),
+                    _ => (
+                        exact.record(&BOTH, ty, amount, now),
+                        leased.record_handle(&mut h, ty, amount, now),
+                    ),
+                };
+                prop_assert_eq!(a, b, "step {} {:?} at {}", i, s, now);
+            }
+            Step::Advance(by) => now += i64::from(by),
+            Step::Release => {
+                leased.release_handle(&mut h);
+                prop_assert_eq!(
+                    exact.usage(&BOTH, now),
+                    leased.usage(&BOTH, now),
+                    "step {}",
+                    i
+                );
+            }
         }
-        leased.release_handle(&mut h);
-        prop_assert_eq!(exact.usage(&BOTH, now), leased.usage(&BOTH, now));
     }
+    leased.release_handle(&mut h);
+    prop_assert_eq!(exact.usage(&BOTH, now), leased.usage(&BOTH, now));
+    Ok(())
 }
 
 #[test]
@@ -200,6 +259,35 @@ fn a_lease_is_taken_under_the_lock_and_spent_without_it() {
     assert_eq!(used(&e, &d, &id, MIDNIGHT), units(10));
     let report = &e.usage(&d, MIDNIGHT)[0];
     assert_eq!(report.lifetime, units(10));
+}
+
+#[test]
+fn a_lease_spent_to_the_limit_leaves_the_rule_exhausted_for_every_call() {
+    let e = Engine::new();
+    let id = Rule::all_devices(5).daily().create(&e);
+    let d = Subject::device("d");
+    // More than the headroom: the grant takes all of it.
+    let mut h = e.handle_with_lease(&d, units(100));
+    assert!(e
+        .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT)
+        .is_allowed());
+    for left in (0..4).rev() {
+        let dec = e.try_consume_handle(&mut h, PTS, units(1), MIDNIGHT);
+        assert_eq!(dec.headroom().map(|x| x.remaining), Some(units(left)));
+    }
+    // Spent to the limit from the lease: a check, and a spend of a type no
+    // rule limits, are denied as calls by subject are (an exhausted rule
+    // blocks its subject, D13), not answered from the empty lease.
+    for dec in [
+        e.check_handle(&mut h, MIDNIGHT),
+        e.try_consume_handle(&mut h, VOICE, units(1), MIDNIGHT),
+        e.check(&d, MIDNIGHT),
+    ] {
+        let denial = dec.denial().map(|x| (x.benefit_id.as_str(), x.reason));
+        assert_eq!(denial, Some((id.as_str(), DenyReason::Exhausted)));
+    }
+    e.release_handle(&mut h);
+    assert_eq!(used(&e, &d, &id, MIDNIGHT), units(5));
 }
 
 #[test]

@@ -23,14 +23,14 @@
 use std::sync::atomic::Ordering;
 
 use crate::amount::Amount;
-use crate::decide::{effective_window, headroom_of, keep_least, Op};
+use crate::decide::{effective_window, fewer_left, headroom_of, keep_least, Op};
 use crate::decision::Decision;
 use crate::engine::Engine;
-use crate::period::clamp_now;
 use crate::state::{CounterState, Locked};
 use crate::subject::Subject;
+use crate::types::BenefitType;
 
-use super::{HandleOwner, HandleRule, OwnedSubject, RuleLease, SubjectHandle};
+use super::{HandleOwner, HandleRule, OwnedSubject, RuleLease, SubjectHandle, TypeLease};
 
 impl Engine {
     /// A handle on `subject` that takes up to `lease` of every applicable
@@ -97,7 +97,10 @@ impl Engine {
     /// otherwise.
     #[inline(always)]
     pub(super) fn spend_leased(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Option<Decision> {
-        let now = clamp_now(now);
+        // `now` is not clamped (`clamp_now`): nothing here computes with it,
+        // and the cached windows contain the clamped time they were taken
+        // at, so if they contain `now` they contain its clamped value too
+        // (which lies between the two).
         // The version is read with no lock held: a call that reads the
         // version before a write is ordered before the write (it spends
         // headroom granted under the old configuration, as a call that took
@@ -158,54 +161,63 @@ impl Engine {
             subject,
             lease,
             leases,
+            spend,
             ..
         } = h;
         debug_assert!(leases.iter().all(|l| l.granted == 0));
         leases.clear();
+        *spend = [TypeLease::NONE; BenefitType::ALL.len()];
+        // A rule with nothing to lease (it is exhausted): every call takes
+        // the locks.
+        let mut blocked = false;
         for r in rules.iter_mut() {
-            let mut l = RuleLease {
-                id: r.id.clone(),
-                leased: 0,
-                granted: 0,
-                base_left: 0,
-                resets: i64::MIN,
-                start: i64::MIN,
-                slot: r.slot,
-                benefit_type: r.benefit_type,
-                idle: false,
-            };
-            if !r.frozen && r.limit != 0 {
-                let counter = counter_of_rule(locked, owners, subject, r)
-                    .filter(|c| c.is_current(r.generation, r.window));
-                match counter {
-                    Some(c) => {
-                        let granted = (*lease).min(r.limit.saturating_sub(c.used));
-                        // Usage only: the lifetime total gets what is spent
-                        // of it, when it is settled (a saturated total could
-                        // not give an unspent lease back exactly).
-                        c.used += granted;
-                        l.leased = granted;
-                        l.granted = granted;
-                        l.base_left = r.limit.saturating_sub(c.used);
-                        l.resets = effective_window(&r.period, r.generation, c, r.window)
-                            .map_or(i64::MIN, |w| w.end);
-                        l.start = c.window_start;
-                    }
-                    None => {
-                        // Nothing counts on it in this window yet: it reads
-                        // as empty until a debit of its type, which the lease
-                        // cannot cover, so takes the locks. Rolling or
-                        // creating the counter here would move its window
-                        // where the exact path does not (D16).
-                        l.idle = true;
-                        l.base_left = r.limit;
-                        l.resets = r.window.map_or(i64::MIN, |w| w.end);
-                    }
+            // Frozen rules (policy block) and rules with a limit of zero deny
+            // every call, and grants follow allowed calls only.
+            debug_assert!(!r.frozen && r.limit != 0);
+            let t = &mut spend[r.benefit_type as usize];
+            let counter = counter_of_rule(locked, owners, subject, r)
+                .filter(|c| c.is_current(r.generation, r.window));
+            // `limit − used` before the grant, and when that resets.
+            let (left, resets, l) = match counter {
+                Some(c) => {
+                    let left = r.limit.saturating_sub(c.used);
+                    let granted = (*lease).min(left);
+                    // Usage only: the lifetime total gets what is spent of
+                    // it, when it is settled (a saturated total could not
+                    // give an unspent lease back exactly).
+                    c.used += granted;
+                    t.cap = t.cap.min(granted);
+                    blocked |= granted == 0;
+                    let resets = effective_window(&r.period, r.generation, c, r.window);
+                    let l = RuleLease {
+                        granted,
+                        start: c.window_start,
+                    };
+                    (left, resets.map_or(i64::MIN, |w| w.end), l)
                 }
+                None => {
+                    // Nothing counts on it in this window yet: it reads as
+                    // empty until a debit of its type, which the lease cannot
+                    // cover (it is *idle*), so takes the locks. Rolling or
+                    // creating the counter here would move its window where
+                    // the exact path does not (D16).
+                    t.cap = 0;
+                    let l = RuleLease {
+                        granted: 0,
+                        start: i64::MIN,
+                    };
+                    (r.limit, r.window.map_or(i64::MIN, |w| w.end), l)
+                }
+            };
+            if t.id.is_none() || fewer_left(left, r.slot, Some((t.tight, t.slot))) {
+                t.tight = left;
+                t.resets = resets;
+                t.slot = r.slot;
+                t.id = Some(r.id.clone());
             }
             leases.push(l);
         }
-        h.lease_ok = true;
+        h.lease_ok = !blocked;
     }
 }
 
@@ -220,14 +232,15 @@ fn settle(h: &mut SubjectHandle, locked: &mut Locked<'_>) {
         owners,
         subject,
         leases,
+        spend,
         ..
     } = h;
     for (r, l) in rules.iter().zip(leases.iter_mut()) {
-        let unspent = std::mem::take(&mut l.leased);
         let granted = std::mem::take(&mut l.granted);
         if granted == 0 {
             continue;
         }
+        let unspent = granted - spend[r.benefit_type as usize].spent;
         // None: evicted since the grant.
         if let Some(c) = counter_of_rule(locked, owners, subject, r) {
             if c.generation == r.generation && c.window_start == l.start {
@@ -236,6 +249,8 @@ fn settle(h: &mut SubjectHandle, locked: &mut Locked<'_>) {
             c.lifetime = c.lifetime.saturating_add(granted - unspent);
         }
     }
+    // `spend` is read again only after the next grant, which starts it
+    // afresh.
 }
 
 /// The counter of cached rule `r`, if its owner has one (`locked` holds the
@@ -261,58 +276,63 @@ impl SubjectHandle {
 
     /// Spends `op` from the leases, as the exact path would decide it (see
     /// the module docs); `None`, changing nothing, when a lease does not
-    /// cover it: every rule must keep at least one micro-unit (so none is
-    /// exhausted, nor frozen: those are never leased) or be idle (nothing
-    /// counted in its window), and each rule of the debited type `amount` (a
-    /// `try_consume`) or more than `amount` (a `record`, which must leave it
-    /// below its limit to be allowed).
+    /// cover it. Every rule keeps at least one micro-unit (so none is
+    /// exhausted, nor frozen: those are never leased) or is idle (nothing
+    /// counted in its window), or `lease_ok` would be false; each rule of
+    /// the debited type must have `amount` left (a `try_consume`) or more
+    /// than `amount` (a `record`, which must leave it below its limit to be
+    /// allowed), and not be idle.
     #[inline(always)]
     fn spend_from_leases(&mut self, op: Op) -> Option<Decision> {
         let (ty, amount, extra) = match op {
-            Op::Check => (None, 0, 1),
-            Op::TryConsume(ty, amount) => (Some(ty), amount, u64::from(amount == 0)),
-            Op::Record(ty, amount) => (Some(ty), amount, 1),
+            Op::Check => return Some(self.check_from_leases()),
+            Op::TryConsume(ty, amount) => (ty, amount, u64::from(amount == 0)),
+            Op::Record(ty, amount) => (ty, amount, 1),
         };
-        let need = amount.checked_add(extra)?;
-        // Once granted, there is one per rule.
-        let leases = self.leases.as_mut_slice();
-        // The rule with the least left after the debit (of `ty`, or of any
-        // type for a check): left, slot, index.
+        let t = &mut self.spend[ty as usize];
+        let Some(id) = &t.id else {
+            // No rule of the type: nothing to debit, nothing to name.
+            return Some(Decision::Allowed(None));
+        };
+        // `spent ≤ cap` always holds.
+        if amount.checked_add(extra)? > t.cap - t.spent {
+            return None;
+        }
+        t.spent += amount;
+        if t.spent == t.cap {
+            // A rule's lease is spent: it may be exhausted, which would deny
+            // every call, so the next one takes the locks.
+            self.lease_ok = false;
+        }
+        Some(Decision::Allowed(Some(headroom_of(
+            id,
+            ty,
+            t.tight - t.spent,
+            (t.resets != i64::MIN).then_some(t.resets),
+        ))))
+    }
+
+    /// A `check` from the leases (every rule keeps some or is idle): allowed,
+    /// naming the rule with the least left of any type.
+    #[inline(never)]
+    fn check_from_leases(&self) -> Decision {
         let mut least: Option<(u64, u32, usize)> = None;
-        // Checked and debited in one pass; undone if a later rule falls short.
-        for i in 0..leases.len() {
-            let l = &mut leases[i];
-            let of_ty = Some(l.benefit_type) == ty;
-            let covered = if of_ty {
-                l.leased >= need
-            } else {
-                l.leased != 0 || l.idle
-            };
-            if !covered {
-                for l in leases[..i].iter_mut() {
-                    if Some(l.benefit_type) == ty {
-                        l.leased += amount;
-                    }
-                }
-                return None;
-            }
-            if of_ty {
-                l.leased -= amount;
-            }
-            if of_ty || ty.is_none() {
-                keep_least(&mut least, l.base_left + l.leased, l.slot, i);
+        for (i, t) in self.spend.iter().enumerate() {
+            if t.id.is_some() {
+                keep_least(&mut least, t.tight - t.spent, t.slot, i);
             }
         }
         let Some((left, _, i)) = least else {
-            return Some(Decision::Allowed(None));
+            return Decision::Allowed(None);
         };
-        let l = &leases[i];
-        let resets_at = (l.resets != i64::MIN).then_some(l.resets);
-        Some(Decision::Allowed(Some(headroom_of(
-            &l.id,
-            l.benefit_type,
-            left,
-            resets_at,
-        ))))
+        let t = &self.spend[i];
+        Decision::Allowed(t.id.as_ref().map(|id| {
+            headroom_of(
+                id,
+                BenefitType::ALL[i],
+                left,
+                (t.resets != i64::MIN).then_some(t.resets),
+            )
+        }))
     }
 }

@@ -52,13 +52,17 @@ pub struct SubjectHandle {
     /// call uses the cached rules as they are; outside it but within
     /// `valid`, their windows roll first ([`Engine::roll_windows`]).
     fresh: Validity,
+    /// The rules' leases were granted under the cached version, windows and
+    /// generations, and every rule keeps some lease or is idle: calls may
+    /// spend from them (see `lease.rs`).
+    lease_ok: bool,
+    /// What the leases allow per benefit type (indexed by the type), once
+    /// leases were granted: what a leased call reads and writes.
+    spend: [TypeLease; BenefitType::ALL.len()],
     /// Micro-units of every rule's headroom a call takes ahead for the
     /// handle to spend without locking; 0: an exact handle (see
     /// [`Engine::handle_with_lease`]).
     lease: u64,
-    /// The rules' leases were granted under the cached version, windows and
-    /// generations: calls may spend from them (see `lease.rs`).
-    lease_ok: bool,
     /// One per cached rule, in the same order, once leases were granted.
     leases: SmallVec<[RuleLease; 2]>,
     /// The range of `now` over which the resolution holds (no activation
@@ -98,32 +102,50 @@ struct HandleRule {
     owner: u32,
 }
 
-/// One rule's lease in a leased handle (see `lease.rs`).
+/// One rule's lease in a leased handle (see `lease.rs`): what its settling
+/// needs. The unspent part is `granted` less what was spent of the rule's
+/// type since the grant ([`TypeLease::spent`]).
 #[derive(Clone)]
 struct RuleLease {
-    /// The rule's id (a copy: the decision names it without reading the
-    /// cached rules).
-    id: BenefitId,
-    /// The unspent part: counted as used on the rule's counter, in the
-    /// window starting at `start`.
-    leased: u64,
-    /// What the grant took (the lifetime total gets `granted − leased` when
-    /// the lease is settled).
+    /// What the grant took, counted as used on the rule's counter in the
+    /// window starting at `start`; 0 for a rule not leased.
     granted: u64,
-    /// `limit − used` on the counter after the lease was granted: what the
-    /// handle saw the others leave.
-    base_left: u64,
-    /// When the window the lease counts in resets; `i64::MIN`: never
-    /// (cumulative).
-    resets: i64,
     /// The counter's window start when the lease was granted.
     start: i64,
+}
+
+/// The leases of one benefit type's rules, taken together (see `lease.rs`):
+/// every debit of the type comes off all of them alike, so what bounds the
+/// next debit and which rule is the tightest stay fixed between grants.
+#[derive(Clone)]
+struct TypeLease {
+    /// Spent from each of the type's leases since the grant.
+    spent: u64,
+    /// The least granted to one of the type's rules (0 if one of them is
+    /// idle or not leased; `u64::MAX` with no rule of the type): a debit is
+    /// covered while `spent + need ≤ cap`.
+    cap: u64,
+    /// The type's tightest rule (the least left, D13): `limit − used` on its
+    /// counter before the grant, so `tight − spent` is what it has left.
+    tight: u64,
+    /// When the tightest rule's window resets; `i64::MIN`: never (cumulative).
+    resets: i64,
+    /// The tightest rule's slot (ties between types go to the lower one).
     slot: u32,
-    benefit_type: BenefitType,
-    /// At the grant nothing counted on this rule in its window (no counter,
-    /// or one from an earlier window or generation): it does not deny other
-    /// types' calls, and its own take the locks.
-    idle: bool,
+    /// The tightest rule's id; `None`: no rule of the type applies.
+    id: Option<BenefitId>,
+}
+
+impl TypeLease {
+    /// No lease granted, no rule of the type.
+    const NONE: TypeLease = TypeLease {
+        spent: 0,
+        cap: u64::MAX,
+        tight: 0,
+        resets: i64::MIN,
+        slot: 0,
+        id: None,
+    };
 }
 
 /// Where a counter owner's entry lives.
@@ -202,8 +224,9 @@ impl Engine {
         SubjectHandle {
             engine: self.id,
             version: 0,
-            lease: 0,
             lease_ok: false,
+            spend: [TypeLease::NONE; BenefitType::ALL.len()],
+            lease: 0,
             leases: SmallVec::new(),
             // Empty: the first call resolves.
             valid: Validity { lo: 1, hi: 0 },
@@ -654,13 +677,15 @@ mod tests {
 
     #[test]
     fn handles_stay_small() {
-        // Two rules and two owners inline (the usual device): 704 bytes today,
-        // eleven lines (512 before leases: the lease size and flag, two
-        // 80-byte rule leases, alignment to a line), plus the ids on the
+        // Two rules and two owners inline (the usual device): 832 bytes today,
+        // thirteen lines (512 before leases; then the lease size and flag,
+        // the three benefit types' leases with their tightest rule's id, two
+        // 16-byte rule leases, alignment to a line), plus the ids on the
         // heap. A gateway keeps one per connection.
         let size = std::mem::size_of::<SubjectHandle>();
-        assert!(size <= 704, "{size}");
+        assert!(size <= 832, "{size}");
         assert!(std::mem::size_of::<HandleRule>() <= 120);
-        assert!(std::mem::size_of::<RuleLease>() <= 80);
+        assert!(std::mem::size_of::<TypeLease>() <= 72);
+        assert!(std::mem::size_of::<RuleLease>() <= 16);
     }
 }
