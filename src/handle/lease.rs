@@ -19,6 +19,15 @@
 //! lease covers `amount` has `used + amount ≤ limit` and `used < limit`, and
 //! its exact remaining after the debit is `base_left + leased − amount`.
 //! Frozen rules are never leased, so they always take the exact path.
+//!
+//! The leases are kept per benefit type as well as per rule: a debit of a
+//! type comes off every lease of that type alike, so between two grants the
+//! type's least lease is always the same rule's (the debit is covered while
+//! what was spent of the type plus the amount stays within the least
+//! granted), and its tightest rule too (everyone's remaining falls by the
+//! same amount). A covered call therefore reads and writes one small
+//! per-type record, whatever the number of rules; each rule's unspent lease
+//! (its grant less what its type spent) is worked out when it is settled.
 
 use std::sync::atomic::Ordering;
 
