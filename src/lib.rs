@@ -110,7 +110,8 @@
 //! one connection spends for alone), a call takes no lock and no atomic
 //! read-modify-write: it reads the configuration version (a plain load),
 //! checks its cached windows and spends from leases it holds in the handle
-//! itself, which the calling thread owns (`&mut`). A lease is headroom a
+//! itself, which the calling thread owns (`&mut`): one record per benefit
+//! type, since a debit comes off all of a type's leases alike. A lease is headroom a
 //! locked call took ahead, up to the lease size per rule, added to the
 //! counter so every other spender sees it as used; when a lease runs short,
 //! a write lands or a window rolls, the call takes the locks, gives the
