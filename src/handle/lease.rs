@@ -144,10 +144,9 @@ impl Engine {
         }
         // Stale: the shard locks are released, then taken again under the
         // rule table's read lock, as for an exact handle.
-        let rules = self.read();
-        self.refresh(&rules, h, now);
-        let mut locked = self.store.lock_many(&h.shards);
-        self.decide_and_grant(h, now, op, &mut locked)
+        self.run_resolved(h, now, |h, locked| {
+            self.decide_and_grant(h, now, op, locked)
+        })
     }
 
     /// Decides exactly as an exact handle and, if allowed, grants new leases.

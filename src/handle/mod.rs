@@ -448,12 +448,23 @@ impl Engine {
                 return self.decide_cached(h, now, op, &mut locked);
             }
         }
-        // Stale: resolve again under the rule table's read lock, which keeps
-        // the version still while this call decides.
+        self.run_resolved(h, now, |h, locked| self.decide_cached(h, now, op, locked))
+    }
+
+    /// Resolves a stale handle again under the rule table's read lock, which
+    /// keeps the version still while `decide` runs under the handle's shard
+    /// locks (no shard lock may be held on the way in).
+    #[inline(always)]
+    fn run_resolved(
+        &self,
+        h: &mut SubjectHandle,
+        now: i64,
+        decide: impl FnOnce(&mut SubjectHandle, &mut Locked<'_>) -> Decision,
+    ) -> Decision {
         let rules = self.read();
         self.refresh(&rules, h, now);
         let mut locked = self.store.lock_many(&h.shards);
-        self.decide_cached(h, now, op, &mut locked)
+        decide(h, &mut locked)
     }
 
     /// Decides `op` with the handle's cached rules; `locked` holds their shards.
