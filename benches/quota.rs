@@ -218,10 +218,11 @@ impl Cursor {
 /// as the peers' rows do (`check_key(..).is_ok()`, the naive baseline's
 /// bool), with the whole decision kept observable by reference, so it is
 /// built in full. Handing criterion the 72-byte decision by value instead
-/// copies it into `black_box` right after the call wrote it field by field,
-/// and that copy's loads wait for the stores to drain (they cannot be
-/// forwarded): ~5 ns a call in the harness, a cost of the bench's plumbing
-/// that a caller reading the decision's fields does not pay.
+/// copies it into and out of `black_box` right after the call wrote it
+/// field by field (most likely the copies' wide loads cannot be forwarded
+/// from those narrower stores and wait for them to drain): ~5 ns a call in
+/// the harness, a cost of the bench's plumbing that a caller reading the
+/// decision's fields does not pay.
 /// `hot/try_consume_leased_moved` keeps that convention, as context.
 #[inline(always)]
 fn allowed(d: Decision) -> bool {
