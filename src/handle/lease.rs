@@ -17,8 +17,9 @@
 //! is its counters' only spender: the counter holds `used + leased` with
 //! `used + leased ≤ limit` (a grant never passes the limit), so a rule whose
 //! lease covers `amount` has `used + amount ≤ limit` and `used < limit`, and
-//! its exact remaining after the debit is `base_left + leased − amount`.
-//! Frozen rules are never leased, so they always take the exact path.
+//! its exact remaining after the debit is what it had left before the grant
+//! less everything spent since (`tight − spent` in `TypeLease`'s terms).
+//! Frozen rules deny every call, so no grant follows one.
 //!
 //! The leases are kept per benefit type as well as per rule: a debit of a
 //! type comes off every lease of that type alike, so between two grants the
