@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering;
 
 use crate::amount::Amount;
 use crate::decide::{effective_window, fewer_left, headroom_of, keep_least, Op};
-use crate::decision::Decision;
+use crate::decision::{Decision, Headroom};
 use crate::engine::Engine;
 use crate::state::{CounterState, Locked};
 use crate::subject::Subject;
@@ -313,10 +313,10 @@ impl SubjectHandle {
             Op::Record(ty, amount) => (ty, amount, 1),
         };
         let t = &mut self.spend[ty as usize];
-        let Some(id) = &t.id else {
+        if t.id.is_none() {
             // No rule of the type: nothing to debit, nothing to name.
             return Some(Decision::Allowed(None));
-        };
+        }
         // `spent ≤ cap` always holds.
         if amount.checked_add(extra)? > t.cap - t.spent {
             return None;
@@ -327,12 +327,7 @@ impl SubjectHandle {
             // every call, so the next one takes the locks.
             self.lease_ok = false;
         }
-        Some(Decision::Allowed(Some(headroom_of(
-            id,
-            ty,
-            t.tight - t.spent,
-            (t.resets != i64::MIN).then_some(t.resets),
-        ))))
+        Some(Decision::Allowed(t.headroom(ty)))
     }
 
     /// A `check` from the leases (every rule keeps some or is idle): allowed,
@@ -345,17 +340,17 @@ impl SubjectHandle {
                 keep_least(&mut least, t.tight - t.spent, t.slot, i);
             }
         }
-        let Some((left, _, i)) = least else {
-            return Decision::Allowed(None);
-        };
-        let t = &self.spend[i];
-        Decision::Allowed(t.id.as_ref().map(|id| {
-            headroom_of(
-                id,
-                BenefitType::ALL[i],
-                left,
-                (t.resets != i64::MIN).then_some(t.resets),
-            )
-        }))
+        Decision::Allowed(least.and_then(|(_, _, i)| self.spend[i].headroom(BenefitType::ALL[i])))
+    }
+}
+
+impl TypeLease {
+    /// What the type's tightest rule has left, of type `ty` (this record's),
+    /// and when that resets; `None` with no rule of the type.
+    #[inline(always)]
+    fn headroom(&self, ty: BenefitType) -> Option<Headroom> {
+        let resets_at = (self.resets != i64::MIN).then_some(self.resets);
+        let id = self.id.as_ref()?;
+        Some(headroom_of(id, ty, self.tight - self.spent, resets_at))
     }
 }
