@@ -28,11 +28,11 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::{Barrier, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use benefit_quota::{
-    Amount, BenefitType, Decision, Engine, EngineConfig, HandleRequest, Request, Subject,
+    Amount, BenefitType, Decision, Engine, EngineBuilder, HandleRequest, Request, Subject,
     SubjectHandle, UpdateBody,
 };
 use criterion::{Criterion, Throughput};
@@ -64,7 +64,7 @@ fn shuffled(n: usize, seed: u64) -> Vec<u32> {
 }
 
 struct Workload {
-    engine: Engine,
+    engine: Arc<Engine>,
     keys: Vec<String>,
     order: Vec<u32>,
     all_daily: String,
@@ -81,12 +81,12 @@ fn rule_body(entity: &str, unit: &str, limit: u64) -> String {
 }
 
 fn workload(devices: usize) -> Workload {
-    workload_with(devices, EngineConfig::default())
+    workload_with(devices, Engine::builder())
 }
 
 /// [`workload`] on an engine with `config`.
-fn workload_with(devices: usize, config: EngineConfig) -> Workload {
-    let engine = Engine::with_config(config);
+fn workload_with(devices: usize, config: EngineBuilder) -> Workload {
+    let engine = Arc::new(config.build());
     let ok = |r: Result<benefit_quota::BenefitInfo, benefit_quota::ApiError>| match r {
         Ok(i) => i.benefit_id().to_string(),
         Err(e) => panic!("{e}"),
@@ -98,7 +98,7 @@ fn workload_with(devices: usize, config: EngineConfig) -> Workload {
         ok(engine.create_json(rule_body(k, "never", SINGLE_LIMIT)));
     }
     for k in &keys {
-        engine.try_consume(&Subject::device(k), PTS, ONE, MIDNIGHT - 60);
+        let _ = engine.try_consume(&Subject::device(k), PTS, ONE, MIDNIGHT - 60);
     }
     Workload {
         engine,
@@ -293,7 +293,7 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
             let (i, j) = at.step();
             between(i);
             let h = &mut handles[w.order[j] as usize];
-            allowed(w.engine.check_handle(h, now_at(i)))
+            allowed(h.check(now_at(i)))
         })
     });
     g.bench_function("try_consume_handle", |b| {
@@ -301,7 +301,7 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
             let (i, j) = at.step();
             between(i);
             let h = &mut handles[w.order[j] as usize];
-            allowed(w.engine.try_consume_handle(h, PTS, ONE, now_at(i)))
+            allowed(h.try_consume(PTS, ONE, now_at(i)))
         })
     });
     g.bench_function("record_handle", |b| {
@@ -309,7 +309,7 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
             let (i, j) = at.step();
             between(i);
             let h = &mut handles[w.order[j] as usize];
-            allowed(w.engine.record_handle(h, PTS, ONE, now_at(i)))
+            allowed(h.record(PTS, ONE, now_at(i)))
         })
     });
     // Leased handles (`Engine::handle_with_lease`): each device is served by
@@ -321,7 +321,7 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
             let (i, j) = at.step();
             between(i);
             let h = &mut leased[w.order[j] as usize];
-            allowed(w.engine.try_consume_handle(h, PTS, ONE, now_at(i)))
+            allowed(h.try_consume(PTS, ONE, now_at(i)))
         })
     });
     if name == "hot" {
@@ -332,12 +332,12 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
             b.iter(|| {
                 let (i, j) = at.step();
                 let h = &mut leased[w.order[j] as usize];
-                w.engine.try_consume_handle(h, PTS, ONE, now_at(i))
+                h.try_consume(PTS, ONE, now_at(i))
             })
         });
     }
     for h in leased.iter_mut() {
-        w.engine.release_handle(h);
+        h.release();
     }
     drop(leased);
     g.bench_function("governor_check_key", |b| {
@@ -379,7 +379,7 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
             b.iter(|| {
                 let (_, j) = at.step();
                 let h = &mut handles[w.order[j] as usize];
-                allowed(w.engine.try_consume_handle(h, PTS, ONE, day))
+                allowed(h.try_consume(PTS, ONE, day))
             })
         });
     }
@@ -390,8 +390,8 @@ fn handles_for(w: &Workload) -> Vec<SubjectHandle> {
     w.keys
         .iter()
         .map(|k| {
-            let mut h = w.engine.handle(&Subject::device(k));
-            w.engine.check_handle(&mut h, MIDNIGHT - 60);
+            let mut h = w.engine.handle_owned(&Subject::device(k));
+            let _ = h.check(MIDNIGHT - 60);
             h
         })
         .collect()
@@ -413,8 +413,9 @@ fn leased_handles_for(w: &Workload, now: i64) -> Vec<SubjectHandle> {
         .map(|k| {
             let mut h = w
                 .engine
-                .handle_with_lease(&Subject::device(k), Amount::from_units(LEASE));
-            w.engine.check_handle(&mut h, now);
+                .handle_owned(&Subject::device(k))
+                .with_lease(Amount::from_units(LEASE));
+            let _ = h.check(now);
             h
         })
         .collect()
@@ -458,7 +459,8 @@ fn disjoint_calls(w: &Workload, t: usize, ops: u64) {
     let half = w.keys.len() / 2;
     for i in 0..ops as usize {
         let k = &w.keys[t * half + w.order[i % w.order.len()] as usize % half];
-        w.engine
+        let _ = w
+            .engine
             .try_consume(&Subject::device(k), PTS, ONE, now_at(i));
     }
 }
@@ -476,7 +478,7 @@ fn disjoint_handle_calls(w: &Workload, hs: &Mutex<Vec<SubjectHandle>>, ops: u64)
     let half = hs.len();
     for i in 0..ops as usize {
         let h = &mut hs[w.order[i % w.order.len()] as usize % half];
-        w.engine.try_consume_handle(h, PTS, ONE, now_at(i));
+        let _ = h.try_consume(PTS, ONE, now_at(i));
     }
 }
 
@@ -491,7 +493,8 @@ fn threads(c: &mut Criterion) {
     let disjoint_leased = |t: usize, ops: u64| disjoint_handle_calls(&w, &leased[t], ops);
     let shared = |_: usize, ops: u64| {
         for i in 0..ops as usize {
-            w.engine
+            let _ = w
+                .engine
                 .try_consume(&Subject::device(&w.keys[7]), PTS, ONE, now_at(i));
         }
     };
@@ -521,13 +524,7 @@ fn threads(c: &mut Criterion) {
     // a line both write) whenever their devices hash to one; with 500
     // devices each over 1,024 shards that is ~40% of the calls, over 8,192
     // ~6%.
-    let wide = workload_with(
-        1_000,
-        EngineConfig {
-            shards: 8_192,
-            ..EngineConfig::default()
-        },
-    );
+    let wide = workload_with(1_000, Engine::builder().shards(8_192));
     let disjoint_wide = |t: usize, ops: u64| disjoint_calls(&wide, t, ops);
     g.bench_function("1_thread_8192_shards", |b| {
         b.iter_custom(|n| timed_threads(1, n, &disjoint_wide))
@@ -601,11 +598,7 @@ fn batch(c: &mut Criterion) {
             let chunk = &mut shuffled_handles[(j % chunks) * BATCH..][..BATCH];
             let mut allowed = 0;
             for h in chunk {
-                allowed += usize::from(
-                    w.engine
-                        .try_consume_handle(h, PTS, ONE, now_at(j << 6))
-                        .is_allowed(),
-                );
+                allowed += usize::from(h.try_consume(PTS, ONE, now_at(j << 6)).is_allowed());
             }
             allowed
         })
@@ -614,7 +607,7 @@ fn batch(c: &mut Criterion) {
         b.iter(|| {
             j += 1;
             let chunk = &mut shuffled_handles[(j % chunks) * BATCH..][..BATCH];
-            let mut hreqs: Vec<HandleRequest> = chunk
+            let mut hreqs: Vec<HandleRequest<_>> = chunk
                 .iter_mut()
                 .map(|h| HandleRequest {
                     handle: h,
@@ -683,7 +676,7 @@ fn check_latency_under_updates() -> [(f64, f64, f64); 2] {
             for i in 0..400_000usize {
                 let k = &w.keys[w.order[i % w.order.len()] as usize];
                 let t = Instant::now();
-                std::hint::black_box(w.engine.check(&Subject::device(k), now_at(i)));
+                let _ = std::hint::black_box(w.engine.check(&Subject::device(k), now_at(i)));
                 lat.push(t.elapsed().as_nanos() as u64);
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);

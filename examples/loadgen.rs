@@ -77,7 +77,7 @@ fn main() {
     }
     let (rss0, _) = memory();
     for k in &keys {
-        engine.try_consume(
+        let _ = engine.try_consume(
             &Subject::device(k),
             BenefitType::ResourcePoint,
             Amount::from_units(1),
@@ -92,13 +92,13 @@ fn main() {
     );
 
     // Per thread: its share of the subjects, as handles (empty without --handles).
-    let mut handles: Vec<Vec<SubjectHandle>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut handles: Vec<Vec<SubjectHandle<&Engine>>> = (0..threads).map(|_| Vec::new()).collect();
     let mut per_handle = 0.0;
     if use_handles {
         let (before, _) = memory();
         for (i, k) in keys.iter().enumerate() {
-            let mut h = engine.handle_with_lease(&Subject::device(k), lease);
-            engine.check_handle(&mut h, MIDNIGHT - 1);
+            let mut h = engine.handle(&Subject::device(k)).with_lease(lease);
+            let _ = h.check(MIDNIGHT - 1);
             handles[i % threads].push(h);
         }
         let (after, _) = memory();
@@ -129,7 +129,7 @@ fn main() {
                             engine.try_consume(&Subject::device(k), pts, one, now)
                         } else {
                             let n = mine.len() as u64;
-                            engine.try_consume_handle(&mut mine[(x % n) as usize], pts, one, now)
+                            mine[(x % n) as usize].try_consume(pts, one, now)
                         }
                         .is_allowed();
                         if ok {
@@ -145,7 +145,7 @@ fn main() {
                 }
                 // A gateway gives leases back when its connections close.
                 for h in &mut mine {
-                    engine.release_handle(h);
+                    h.release();
                 }
                 i
             });

@@ -4,8 +4,10 @@ use crate::amount::Amount;
 use crate::period::Window;
 use crate::types::{BenefitId, BenefitType, EntityType, Status};
 
-/// Why a request was denied.
+/// Why a request was denied. More reasons will come (a ledger that cannot
+/// be reached, an impossible time): match with a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DenyReason {
     /// An applicable rule is frozen and the engine's policy is *block* (D12).
     Frozen,
@@ -79,6 +81,7 @@ pub struct Headroom {
 /// assert!(d.headroom().is_none());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a decision that is not acted on is a quota that is not enforced"]
 pub enum Decision {
     /// Allowed. Carries the tightest applicable rule, or `None` when no rule
     /// applies (unlimited).

@@ -24,19 +24,10 @@ use crate::types::{BenefitId, BenefitInfo, BenefitType};
 use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
 use crate::wire::{BenefitInfoWire, CreateBody, ListData, ListQuery, Object, UpdateBody};
 
-/// Engine configuration.
-///
-/// # Examples
-/// ```
-/// use benefit_quota::{Engine, EngineConfig, FrozenPolicy, UtcOffset};
-/// let engine = Engine::with_config(EngineConfig {
-///     utc_offset: UtcOffset::UTC,
-///     frozen_policy: FrozenPolicy::Suspend,
-///     ..EngineConfig::default()
-/// });
-/// assert_eq!(engine.config().shards, 1024);
-/// ```
+/// An engine's effective configuration, as [`Engine::config`] reports it;
+/// set through [`Engine::builder`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// Offset in which period boundaries are computed (D15). Default UTC+8.
     pub utc_offset: UtcOffset,
@@ -70,6 +61,54 @@ impl Default for EngineConfig {
             rule_replicas: cpus.min(16),
             max_counters: usize::MAX,
         }
+    }
+}
+
+/// Builds an [`Engine`]: see [`Engine::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct EngineBuilder {
+    config: EngineConfig,
+}
+
+impl EngineBuilder {
+    /// Offset in which period boundaries are computed (D15). Default UTC+8.
+    pub fn utc_offset(mut self, offset: UtcOffset) -> Self {
+        self.config.utc_offset = offset;
+        self
+    }
+
+    /// What a frozen rule does (D12). Default [`FrozenPolicy::Block`].
+    pub fn frozen_policy(mut self, policy: FrozenPolicy) -> Self {
+        self.config.frozen_policy = policy;
+        self
+    }
+
+    /// Number of counter shards, rounded up to a power of two in
+    /// `1..=65536` (see [`EngineConfig::shards`]). Default 1024.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.config.shards = shards;
+        self
+    }
+
+    /// Copies of the rule table, rounded up to a power of two in `1..=64`
+    /// (see [`EngineConfig::rule_replicas`]). Default: the number of CPUs,
+    /// at most 16.
+    pub fn rule_replicas(mut self, replicas: usize) -> Self {
+        self.config.rule_replicas = replicas;
+        self
+    }
+
+    /// Most counters tracked at once (see [`EngineConfig::max_counters`]).
+    /// Default: no cap.
+    pub fn max_counters(mut self, max: usize) -> Self {
+        self.config.max_counters = max;
+        self
+    }
+
+    /// The engine.
+    pub fn build(self) -> Engine {
+        Engine::with_config(self.config)
     }
 }
 
@@ -119,11 +158,30 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine with the default configuration (UTC+8, frozen blocks, 1024 shards).
     pub fn new() -> Engine {
-        Engine::with_config(EngineConfig::default())
+        Engine::builder().build()
+    }
+
+    /// A builder for an engine with another configuration.
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::{Engine, FrozenPolicy, UtcOffset};
+    /// let engine = Engine::builder()
+    ///     .utc_offset(UtcOffset::UTC)
+    ///     .frozen_policy(FrozenPolicy::Suspend)
+    ///     .shards(1000) // rounded up to 1024
+    ///     .build();
+    /// assert_eq!(engine.config().shards, 1024);
+    /// assert_eq!(engine.config().utc_offset, UtcOffset::UTC);
+    /// ```
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            config: EngineConfig::default(),
+        }
     }
 
     /// An engine with `config`.
-    pub fn with_config(config: EngineConfig) -> Engine {
+    fn with_config(config: EngineConfig) -> Engine {
         let shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
         let rule_replicas = config.rule_replicas.clamp(1, 64).next_power_of_two();
         let config = EngineConfig {
@@ -783,8 +841,8 @@ impl Engine {
             None => locked.counters_if_any(shard, owner),
         };
         // An entry that exists has counters (it is dropped when it would be
-        // left with none), and deciding removes none: nothing to clean up.
-        debug_assert!(counters.as_ref().is_none_or(|c| !c.is_empty()));
+        // left with none), or is a leased handle's owner, kept empty until
+        // evicted; deciding removes none: nothing to clean up.
         if counters.is_some() || !op.debits() {
             return decide_one_owner(&self.store, rules, counters, op);
         }

@@ -154,9 +154,9 @@ pub mod wire;
 
 pub use amount::{Amount, ParseAmountError, MICROS_PER_UNIT};
 pub use decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
-pub use engine::{Engine, EngineConfig, Request, BATCH_CHUNK};
+pub use engine::{Engine, EngineBuilder, EngineConfig, Request, BATCH_CHUNK};
 pub use errors::{ApiError, ErrorCode};
-pub use handle::{HandleRequest, SubjectHandle};
+pub use handle::{HandleRequest, Released, SubjectHandle};
 pub use period::{LocalTime, UtcOffset, Window};
 pub use rules::FrozenPolicy;
 pub use subject::{Member, Subject};

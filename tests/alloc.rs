@@ -85,20 +85,20 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
     // Warm up: every counter these subjects touch now exists, and every
     // handle is resolved.
     for s in &subjects {
-        e.try_consume(s, PTS, Amount::from_units(1), MIDNIGHT);
+        let _ = e.try_consume(s, PTS, Amount::from_units(1), MIDNIGHT);
     }
     let mut handles: Vec<_> = subjects.iter().map(|s| e.handle(s)).collect();
     for h in &mut handles {
-        e.check_handle(h, MIDNIGHT);
+        let _ = h.check(MIDNIGHT);
     }
     // Leased handles whose lease (one point) runs short every few calls, so
     // the locked path that gives it back and takes a new one runs too.
     let mut leased: Vec<_> = subjects
         .iter()
-        .map(|s| e.handle_with_lease(s, Amount::from_units(1)))
+        .map(|s| e.handle(s).with_lease(Amount::from_units(1)))
         .collect();
     for h in &mut leased {
-        e.try_consume_handle(h, PTS, Amount::from_micros(1), MIDNIGHT);
+        let _ = h.try_consume(PTS, Amount::from_micros(1), MIDNIGHT);
     }
     let mut allowed = 0usize;
     let mut denied = 0usize;
@@ -111,12 +111,12 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
                     e.check(s, now),
                     e.try_consume(s, PTS, Amount::from_micros(160_000), now),
                     e.record(s, PTS, Amount::from_micros(10), now),
-                    e.check_handle(h, now),
-                    e.try_consume_handle(h, PTS, Amount::from_micros(160_000), now),
-                    e.record_handle(h, PTS, Amount::from_micros(10), now),
-                    e.check_handle(l, now),
-                    e.try_consume_handle(l, PTS, Amount::from_micros(160_000), now),
-                    e.record_handle(l, PTS, Amount::from_micros(10), now),
+                    h.check(now),
+                    h.try_consume(PTS, Amount::from_micros(160_000), now),
+                    h.record(PTS, Amount::from_micros(10), now),
+                    l.check(now),
+                    l.try_consume(PTS, Amount::from_micros(160_000), now),
+                    l.record(PTS, Amount::from_micros(10), now),
                 ] {
                     if d.is_allowed() {
                         allowed += 1
@@ -130,7 +130,7 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
     assert_eq!(n, 0, "allocations on the hot path");
     let n = allocations_during(|| {
         for l in &mut leased {
-            e.release_handle(l);
+            l.release();
         }
     });
     assert_eq!(n, 0, "allocations when leases are given back");
@@ -139,7 +139,7 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
         .unwrap();
     let n = allocations_during(|| {
         for h in &mut handles {
-            std::hint::black_box(e.check_handle(h, MIDNIGHT + 10));
+            let _ = std::hint::black_box(h.check(MIDNIGHT + 10));
         }
     });
     assert_eq!(n, 0, "allocations when a handle resolves again");
@@ -148,7 +148,7 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
     let ids: Vec<String> = (0..64).map(|i| format!("batch-{i}")).collect();
     let devices: Vec<Subject> = ids.iter().map(|d| Subject::device(d)).collect();
     for s in &devices {
-        e.try_consume(s, PTS, Amount::from_units(1), MIDNIGHT);
+        let _ = e.try_consume(s, PTS, Amount::from_units(1), MIDNIGHT);
     }
     let requests: Vec<Request> = devices
         .iter()
@@ -160,9 +160,9 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
         .collect();
     let mut device_handles: Vec<_> = devices.iter().map(|s| e.handle(s)).collect();
     for h in &mut device_handles {
-        e.check_handle(h, MIDNIGHT);
+        let _ = h.check(MIDNIGHT);
     }
-    let mut handle_requests: Vec<HandleRequest> = device_handles
+    let mut handle_requests: Vec<HandleRequest<_>> = device_handles
         .iter_mut()
         .map(|h| HandleRequest {
             handle: h,

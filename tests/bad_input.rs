@@ -75,8 +75,8 @@ fn seeded() -> Engine {
     let c = Rule::device("c", 5).create(&e); // 4
     e.apply_update_json(&c, r#"{"status":"cancel"}"#, MIDNIGHT)
         .unwrap();
-    e.try_consume(&Subject::device("d"), PTS, units(3), MIDNIGHT);
-    e.try_consume(&Subject::device("z"), PTS, units(2), MIDNIGHT);
+    let _ = e.try_consume(&Subject::device("d"), PTS, units(3), MIDNIGHT);
+    let _ = e.try_consume(&Subject::device("z"), PTS, units(2), MIDNIGHT);
     e
 }
 

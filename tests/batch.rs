@@ -2,17 +2,14 @@
 
 mod common;
 
-use benefit_quota::{Amount, BenefitType, Engine, EngineConfig, Request, Subject};
+use benefit_quota::{Amount, BenefitType, Engine, Request, Subject};
 use common::*;
 use proptest::prelude::*;
 
 const DEVICES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
 fn setup(shards: usize) -> Engine {
-    let e = Engine::with_config(EngineConfig {
-        shards,
-        ..EngineConfig::default()
-    });
+    let e = Engine::builder().shards(shards).build();
     Rule::all_devices(20).create(&e);
     Rule::all_devices(7).daily().create(&e);
     Rule::device("c", 3).create(&e);

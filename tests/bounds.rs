@@ -3,16 +3,13 @@
 
 mod common;
 
-use benefit_quota::{Decision, DenyReason, Engine, EngineConfig, Subject};
+use benefit_quota::{Decision, DenyReason, Engine, Subject};
 use common::*;
 use proptest::prelude::*;
 
 #[test]
 fn the_counter_cap_refuses_new_counters_and_changes_nothing() {
-    let e = Engine::with_config(EngineConfig {
-        max_counters: 3,
-        ..EngineConfig::default()
-    });
+    let e = Engine::builder().max_counters(3).build();
     let cum = Rule::all_devices(100).create(&e);
     let daily = Rule::all_devices(10).daily().create(&e);
     let (a, b) = (Subject::device("a"), Subject::device("b"));
@@ -51,8 +48,8 @@ fn eviction_frees_exactly_the_counters_that_no_longer_matter() {
     let hourly = Rule::device("h", 10).every(1, "hour").create(&e);
     let s = Subject::device("d");
     let h = Subject::device("h");
-    e.try_consume(&s, PTS, units(3), MIDNIGHT);
-    e.try_consume(&h, PTS, units(3), MIDNIGHT);
+    let _ = e.try_consume(&s, PTS, units(3), MIDNIGHT);
+    let _ = e.try_consume(&h, PTS, units(3), MIDNIGHT);
     // d: all-devices cumulative + daily; h: all-devices cumulative + its own
     // hourly rule, which replaces the all-devices daily rule (D11).
     assert_eq!(e.counter_count(), 4);
@@ -63,7 +60,7 @@ fn eviction_frees_exactly_the_counters_that_no_longer_matter() {
     assert_eq!(used(&e, &s, &daily, MIDNIGHT + DAY), units(0));
     assert_eq!(used(&e, &h, &hourly, MIDNIGHT + DAY), units(0));
     // An update that resets usage (new window length) makes the counter evictable at once.
-    e.try_consume(&s, PTS, units(1), MIDNIGHT + DAY);
+    let _ = e.try_consume(&s, PTS, units(1), MIDNIGHT + DAY);
     e.apply_update_json(&daily, r#"{"trigger_time":3}"#, MIDNIGHT + DAY)
         .unwrap();
     assert_eq!(e.evict(MIDNIGHT + DAY), 1);

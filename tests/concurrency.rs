@@ -97,7 +97,7 @@ fn devices_and_a_shared_pool_together_never_over_admit() {
                         let mut h = (d.ends_with(['1', '3', '5', '7'])).then(|| e.handle(&subj));
                         let got: Vec<Decision> = (0..1_200)
                             .map(|_| match h.as_mut() {
-                                Some(h) => e.try_consume_handle(h, PTS, units(1), MIDNIGHT),
+                                Some(h) => h.try_consume(PTS, units(1), MIDNIGHT),
                                 None => e.try_consume(&subj, PTS, units(1), MIDNIGHT),
                             })
                             .collect();
@@ -144,7 +144,7 @@ fn record_under_contention_loses_nothing() {
                         let mut sum = 0u64;
                         for i in 0..3_000u64 {
                             let micros = (i * 7_919 + t as u64 * 104_729) % 1_000_003;
-                            e.record(&subj, PTS, Amount::from_micros(micros), MIDNIGHT);
+                            let _ = e.record(&subj, PTS, Amount::from_micros(micros), MIDNIGHT);
                             sum += micros;
                         }
                         sum
@@ -294,12 +294,7 @@ fn handles_and_calls_by_subject_are_linearizable_under_updates() {
                                         0 => {
                                             out.push(e.try_consume(&subj, PTS, units(1), MIDNIGHT))
                                         }
-                                        1 => out.push(e.try_consume_handle(
-                                            &mut h,
-                                            PTS,
-                                            units(1),
-                                            MIDNIGHT,
-                                        )),
+                                        1 => out.push(h.try_consume(PTS, units(1), MIDNIGHT)),
                                         // a batch of four handles on the same device
                                         _ => {
                                             let mut reqs = point_requests(

@@ -5,22 +5,22 @@
 
 mod common;
 
-use benefit_quota::{Decision, DenyReason, Engine, Member, Subject};
+use benefit_quota::{Decision, DenyReason, Engine, HandleRequest, Member, Subject};
 use common::*;
 
 /// Two engines fed the same writes: one is used by subject, the other
 /// through a handle made once, before anything else happens.
 struct Twin {
     by_subject: Engine,
-    by_handle: Engine,
+    by_handle: std::sync::Arc<Engine>,
     handle: benefit_quota::SubjectHandle,
     subject: Subject<'static>,
 }
 
 impl Twin {
     fn new(subject: Subject<'static>) -> Twin {
-        let by_handle = Engine::new();
-        let handle = by_handle.handle(&subject);
+        let by_handle = std::sync::Arc::new(Engine::new());
+        let handle = by_handle.handle_owned(&subject);
         Twin {
             by_subject: Engine::new(),
             by_handle,
@@ -46,12 +46,10 @@ impl Twin {
         let spent = self
             .by_subject
             .try_consume(&self.subject, PTS, units(n), now);
-        let b = self
-            .by_handle
-            .try_consume_handle(&mut self.handle, PTS, units(n), now);
+        let b = self.handle.try_consume(PTS, units(n), now);
         assert_eq!(spent, b, "try_consume at {now}");
         let a = self.by_subject.check(&self.subject, now);
-        let b = self.by_handle.check_handle(&mut self.handle, now);
+        let b = self.handle.check(now);
         assert_eq!(a, b, "check at {now}");
         spent
     }
@@ -78,12 +76,12 @@ fn a_handle_follows_configuration_writes() {
         r#"{"status":"valid","trigger_unit":"hour"}"#,
         MIDNIGHT,
     );
-    t.spend(3, MIDNIGHT + 60); // a new window (D16): usage restarts
+    let _ = t.spend(3, MIDNIGHT + 60); // a new window (D16): usage restarts
     t.create(Rule::device("d", 2)); // replaces nothing: cumulative slot
     let d = t.spend(2, MIDNIGHT + 60);
     assert_eq!(d.denial().map(|d| d.reason), Some(DenyReason::Insufficient));
     t.update(&daily, r#"{"status":"cancel"}"#, MIDNIGHT + 60);
-    t.spend(2, MIDNIGHT + 60);
+    let _ = t.spend(2, MIDNIGHT + 60);
     assert_eq!(
         t.spend(1, MIDNIGHT + 60).denial().map(|d| d.reason),
         Some(DenyReason::Exhausted)
@@ -110,7 +108,7 @@ fn a_handle_follows_activation_boundaries_and_windows() {
         (DAY, 1),     // a new day
         (DAY - 1, 1), // a late request counts in the newer window
     ] {
-        t.spend(n, MIDNIGHT + dt);
+        let _ = t.spend(n, MIDNIGHT + dt);
     }
 }
 
@@ -125,37 +123,48 @@ fn a_handle_counts_on_the_same_counters_as_calls_by_subject() {
     });
     let mut h = e.handle(&s);
     assert_eq!(h.subject(), s);
-    assert!(e
-        .try_consume_handle(&mut h, PTS, units(3), MIDNIGHT)
-        .is_allowed());
+    assert!(h.try_consume(PTS, units(3), MIDNIGHT).is_allowed());
     assert!(e.try_consume(&s, PTS, units(3), MIDNIGHT).is_allowed());
     // the device's cumulative cap (6) is reached, whichever path asks
-    assert!(!e.check_handle(&mut h, MIDNIGHT).is_allowed());
+    assert!(!h.check(MIDNIGHT).is_allowed());
     assert!(!e.check(&s, MIDNIGHT).is_allowed());
     assert_eq!(used(&e, &s, &pool, MIDNIGHT), units(6));
     // record goes past the limit through a handle too
-    let d = e.record_handle(&mut h, PTS, units(5), MIDNIGHT);
+    let d = h.record(PTS, units(5), MIDNIGHT);
     assert_eq!(d.denial().map(|d| d.reason), Some(DenyReason::Exhausted));
     assert_eq!(used(&e, &s, &pool, MIDNIGHT), units(11));
 }
 
 #[test]
-fn a_handle_used_with_another_engine_resolves_there() {
+fn a_batch_decides_a_handle_of_another_engine_with_that_engine() {
+    // A handle carries its engine, so it cannot be used with another one;
+    // a batch given another engine's handle decides it with the handle's own.
     let a = Engine::new();
     let b = Engine::new();
     Rule::all_devices(1).create(&a);
     Rule::all_devices(3).create(&b);
-    let mut h = a.handle(&Subject::device("d"));
-    assert!(a
-        .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT)
-        .is_allowed());
-    assert!(!a.check_handle(&mut h, MIDNIGHT).is_allowed());
-    // same ids, other engine: its own rules and counters
-    assert!(b
-        .try_consume_handle(&mut h, PTS, units(2), MIDNIGHT)
-        .is_allowed());
-    assert!(b.check_handle(&mut h, MIDNIGHT).is_allowed());
-    assert!(!a.check_handle(&mut h, MIDNIGHT).is_allowed());
+    let mut ha = a.handle(&Subject::device("d"));
+    let mut hb = b.handle(&Subject::device("d"));
+    assert!(ha.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+    let mut out = Vec::new();
+    let mut reqs = vec![
+        HandleRequest {
+            handle: &mut ha,
+            benefit_type: PTS,
+            amount: units(1),
+        },
+        HandleRequest {
+            handle: &mut hb,
+            benefit_type: PTS,
+            amount: units(2),
+        },
+    ];
+    b.try_consume_many_handles(&mut reqs, MIDNIGHT, &mut out);
+    // `ha` on `a`: its limit of 1 is spent; `hb` on `b`: 2 of 3.
+    assert!(!out[0].is_allowed());
+    assert_eq!(out[1].headroom().map(|h| h.remaining), Some(units(1)));
+    assert_eq!(a.usage(&Subject::device("d"), MIDNIGHT)[0].used, units(1));
+    assert_eq!(b.usage(&Subject::device("d"), MIDNIGHT)[0].used, units(2));
 }
 
 #[test]
@@ -190,33 +199,28 @@ fn a_handle_batch_decides_as_single_calls_in_order() {
 
 #[test]
 fn a_handle_respects_the_counter_cap_and_survives_eviction() {
-    let e = Engine::with_config(benefit_quota::EngineConfig {
-        max_counters: 3,
-        ..benefit_quota::EngineConfig::default()
-    });
+    let e = Engine::builder().max_counters(3).build();
     let cum = Rule::all_devices(100).create(&e);
     let daily = Rule::all_devices(10).daily().create(&e);
     let (mut a, mut b) = (
         e.handle(&Subject::device("a")),
         e.handle(&Subject::device("b")),
     );
-    assert!(e
-        .try_consume_handle(&mut a, PTS, units(1), MIDNIGHT)
-        .is_allowed());
+    assert!(a.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
     assert_eq!(e.counter_count(), 2);
     // b needs two new counters: 4 > 3; nothing changes.
-    let d = e.try_consume_handle(&mut b, PTS, units(1), MIDNIGHT);
+    let d = b.try_consume(PTS, units(1), MIDNIGHT);
     let den = d.denial().expect("denied");
     assert_eq!(
         (den.reason, den.benefit_id.as_str()),
         (DenyReason::CounterCapacity, cum.as_str())
     );
     assert_eq!(e.counter_count(), 2);
-    assert!(e.check_handle(&mut b, MIDNIGHT).is_allowed());
+    assert!(b.check(MIDNIGHT).is_allowed());
     // The next day, yesterday's daily counter of a is evicted; a's handle
     // keeps counting on the same owner, from a fresh daily counter.
     assert_eq!(e.evict(MIDNIGHT + DAY), 1);
-    let d = e.try_consume_handle(&mut a, PTS, units(2), MIDNIGHT + DAY);
+    let d = a.try_consume(PTS, units(2), MIDNIGHT + DAY);
     assert!(d.is_allowed());
     assert_eq!(
         used(&e, &Subject::device("a"), &daily, MIDNIGHT + DAY),
@@ -227,9 +231,7 @@ fn a_handle_respects_the_counter_cap_and_survives_eviction() {
         units(3)
     );
     // b's two counters still do not fit (2 + 2 > 3).
-    assert!(!e
-        .try_consume_handle(&mut b, PTS, units(1), MIDNIGHT + DAY)
-        .is_allowed());
+    assert!(!b.try_consume(PTS, units(1), MIDNIGHT + DAY).is_allowed());
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use benefit_quota::{Amount, Decision, DenyReason, Engine, EngineConfig, FrozenPolicy, Subject};
+use benefit_quota::{Amount, Decision, DenyReason, Engine, FrozenPolicy, Subject};
 use common::*;
 use proptest::prelude::*;
 
@@ -97,15 +97,14 @@ fn update_body(body: u8, value: u16) -> String {
 }
 
 fn engine(suspend: bool) -> Engine {
-    Engine::with_config(EngineConfig {
-        shards: 4,
-        frozen_policy: if suspend {
+    Engine::builder()
+        .shards(4)
+        .frozen_policy(if suspend {
             FrozenPolicy::Suspend
         } else {
             FrozenPolicy::Block
-        },
-        ..EngineConfig::default()
-    })
+        })
+        .build()
 }
 
 proptest! {
@@ -159,7 +158,9 @@ fn in_whole_units(s: Step) -> Step {
 /// The body of the L2 proptests.
 fn sole_spender(lease_micros: u64, suspend: bool, steps: &[Step]) -> Result<(), TestCaseError> {
     let (exact, leased) = (engine(suspend), engine(suspend));
-    let mut h = leased.handle_with_lease(&BOTH, Amount::from_micros(lease_micros));
+    let mut h = leased
+        .handle(&BOTH)
+        .with_lease(Amount::from_micros(lease_micros));
     let mut ids: Vec<String> = Vec::new();
     let mut now = MIDNIGHT - 60;
     for (i, s) in steps.iter().enumerate() {
@@ -208,21 +209,21 @@ fn sole_spender(lease_micros: u64, suspend: bool, steps: &[Step]) -> Result<(), 
                 let ty = if voice { VOICE } else { PTS };
                 let amount = Amount::from_micros(u64::from(micros));
                 let (a, b) = match kind {
-                    0 => (exact.check(&BOTH, now), leased.check_handle(&mut h, now)),
+                    0 => (exact.check(&BOTH, now), h.check(now)),
                     1 => (
                         exact.try_consume(&BOTH, ty, amount, now),
-                        leased.try_consume_handle(&mut h, ty, amount, now),
+                        h.try_consume(ty, amount, now),
                     ),
                     _ => (
                         exact.record(&BOTH, ty, amount, now),
-                        leased.record_handle(&mut h, ty, amount, now),
+                        h.record(ty, amount, now),
                     ),
                 };
                 prop_assert_eq!(a, b, "step {} {:?} at {}", i, s, now);
             }
             Step::Advance(by) => now += i64::from(by),
             Step::Release => {
-                leased.release_handle(&mut h);
+                h.release();
                 prop_assert_eq!(
                     exact.usage(&BOTH, now),
                     leased.usage(&BOTH, now),
@@ -232,7 +233,7 @@ fn sole_spender(lease_micros: u64, suspend: bool, steps: &[Step]) -> Result<(), 
             }
         }
     }
-    leased.release_handle(&mut h);
+    h.release();
     prop_assert_eq!(exact.usage(&BOTH, now), leased.usage(&BOTH, now));
     Ok(())
 }
@@ -242,20 +243,18 @@ fn a_lease_is_taken_under_the_lock_and_spent_without_it() {
     let e = Engine::new();
     let id = Rule::all_devices(100).daily().create(&e);
     let d = Subject::device("d");
-    let mut h = e.handle_with_lease(&d, units(10));
+    let mut h = e.handle(&d).with_lease(units(10));
     assert_eq!(h.lease(), units(10));
-    assert!(e
-        .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT)
-        .is_allowed());
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
     // 1 spent + 10 leased, as every other spender sees it
     assert_eq!(used(&e, &d, &id, MIDNIGHT), units(11));
     for n in 2..=10 {
-        let dec = e.try_consume_handle(&mut h, PTS, units(1), MIDNIGHT);
+        let dec = h.try_consume(PTS, units(1), MIDNIGHT);
         assert_eq!(dec.headroom().map(|x| x.remaining), Some(units(100 - n)));
         // spent from the lease: the counter does not move
         assert_eq!(used(&e, &d, &id, MIDNIGHT), units(11));
     }
-    e.release_handle(&mut h);
+    h.release();
     assert_eq!(used(&e, &d, &id, MIDNIGHT), units(10));
     let report = &e.usage(&d, MIDNIGHT)[0];
     assert_eq!(report.lifetime, units(10));
@@ -267,26 +266,24 @@ fn a_lease_spent_to_the_limit_leaves_the_rule_exhausted_for_every_call() {
     let id = Rule::all_devices(5).daily().create(&e);
     let d = Subject::device("d");
     // More than the headroom: the grant takes all of it.
-    let mut h = e.handle_with_lease(&d, units(100));
-    assert!(e
-        .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT)
-        .is_allowed());
+    let mut h = e.handle(&d).with_lease(units(100));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
     for left in (0..4).rev() {
-        let dec = e.try_consume_handle(&mut h, PTS, units(1), MIDNIGHT);
+        let dec = h.try_consume(PTS, units(1), MIDNIGHT);
         assert_eq!(dec.headroom().map(|x| x.remaining), Some(units(left)));
     }
     // Spent to the limit from the lease: a check, and a spend of a type no
     // rule limits, are denied as calls by subject are (an exhausted rule
     // blocks its subject, D13), not answered from the empty lease.
     for dec in [
-        e.check_handle(&mut h, MIDNIGHT),
-        e.try_consume_handle(&mut h, VOICE, units(1), MIDNIGHT),
+        h.check(MIDNIGHT),
+        h.try_consume(VOICE, units(1), MIDNIGHT),
         e.check(&d, MIDNIGHT),
     ] {
         let denial = dec.denial().map(|x| (x.benefit_id.as_str(), x.reason));
         assert_eq!(denial, Some((id.as_str(), DenyReason::Exhausted)));
     }
-    e.release_handle(&mut h);
+    h.release();
     assert_eq!(used(&e, &d, &id, MIDNIGHT), units(5));
 }
 
@@ -295,10 +292,8 @@ fn other_spenders_see_the_unspent_lease_as_used_but_no_limit_is_passed() {
     let e = Engine::new();
     Rule::all_devices(10).create(&e);
     let d = Subject::device("d");
-    let mut h = e.handle_with_lease(&d, units(4));
-    assert!(e
-        .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT)
-        .is_allowed());
+    let mut h = e.handle(&d).with_lease(units(4));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
     // 1 spent + 4 leased: a call by subject finds 5 left, not 9
     let denied = e.try_consume(&d, PTS, units(6), MIDNIGHT);
     assert_eq!(
@@ -308,13 +303,11 @@ fn other_spenders_see_the_unspent_lease_as_used_but_no_limit_is_passed() {
     assert!(e.try_consume(&d, PTS, units(5), MIDNIGHT).is_allowed());
     // the handle spends its lease, then the exact path finds nothing left
     for _ in 0..4 {
-        assert!(e
-            .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT)
-            .is_allowed());
+        assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
     }
-    let last = e.try_consume_handle(&mut h, PTS, units(1), MIDNIGHT);
+    let last = h.try_consume(PTS, units(1), MIDNIGHT);
     assert_eq!(last.denial().map(|x| x.reason), Some(DenyReason::Exhausted));
-    e.release_handle(&mut h);
+    h.release();
     assert_eq!(e.usage(&d, MIDNIGHT)[0].used, units(10));
 }
 
@@ -323,22 +316,18 @@ fn a_write_stops_lease_spending_at_the_next_call() {
     let e = Engine::new();
     let id = Rule::all_devices(100).create(&e);
     let d = Subject::device("d");
-    let mut h = e.handle_with_lease(&d, units(50));
-    assert!(e
-        .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT)
-        .is_allowed());
+    let mut h = e.handle(&d).with_lease(units(50));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
     e.apply_update_json(&id, r#"{"status":"frozen"}"#, MIDNIGHT)
         .unwrap();
-    let dec = e.try_consume_handle(&mut h, PTS, units(1), MIDNIGHT);
+    let dec = h.try_consume(PTS, units(1), MIDNIGHT);
     assert_eq!(dec.denial().map(|x| x.reason), Some(DenyReason::Frozen));
     // the lease went back when the call settled: only the spent point counts
     assert_eq!(used(&e, &d, &id, MIDNIGHT), units(1));
     e.apply_update_json(&id, r#"{"status":"valid","limit":2}"#, MIDNIGHT)
         .unwrap();
-    assert!(e
-        .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT)
-        .is_allowed());
-    let dec = e.try_consume_handle(&mut h, PTS, units(1), MIDNIGHT);
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+    let dec = h.try_consume(PTS, units(1), MIDNIGHT);
     assert_eq!(dec.denial().map(|x| x.reason), Some(DenyReason::Exhausted));
 }
 
@@ -347,36 +336,34 @@ fn a_lease_ends_with_its_window() {
     let e = Engine::new();
     let id = Rule::all_devices(5).daily().create(&e);
     let d = Subject::device("d");
-    let mut h = e.handle_with_lease(&d, units(3));
-    assert!(e
-        .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT - 1)
-        .is_allowed());
-    let dec = e.try_consume_handle(&mut h, PTS, units(1), MIDNIGHT - 1);
+    let mut h = e.handle(&d).with_lease(units(3));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT - 1).is_allowed());
+    let dec = h.try_consume(PTS, units(1), MIDNIGHT - 1);
     assert_eq!(dec.headroom().and_then(|x| x.resets_at), Some(MIDNIGHT));
     // the next day starts from zero: yesterday's unspent lease is not carried
-    let dec = e.try_consume_handle(&mut h, PTS, units(1), MIDNIGHT);
+    let dec = h.try_consume(PTS, units(1), MIDNIGHT);
     assert_eq!(dec.headroom().map(|x| x.remaining), Some(units(4)));
     assert_eq!(
         dec.headroom().and_then(|x| x.resets_at),
         Some(MIDNIGHT + DAY)
     );
-    e.release_handle(&mut h);
+    h.release();
     assert_eq!(used(&e, &d, &id, MIDNIGHT), units(1));
     // lifetime: the two points of yesterday and today's one, no lease
     assert_eq!(e.usage(&d, MIDNIGHT)[0].lifetime, units(3));
 }
 
 #[test]
-fn a_dropped_unreleased_lease_stays_counted_as_spent() {
+fn a_dropped_handle_gives_its_lease_back() {
     let e = Engine::new();
     let id = Rule::all_devices(10).create(&e);
     let d = Subject::device("d");
-    let mut h = e.handle_with_lease(&d, units(4));
-    assert!(e
-        .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT)
-        .is_allowed());
-    drop(h);
+    let mut h = e.handle(&d).with_lease(units(4));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
     assert_eq!(used(&e, &d, &id, MIDNIGHT), units(5));
+    drop(h);
+    assert_eq!(used(&e, &d, &id, MIDNIGHT), units(1));
+    assert_eq!(e.usage(&d, MIDNIGHT)[0].lifetime, units(1));
 }
 
 #[test]
@@ -385,7 +372,7 @@ fn leased_handles_in_a_batch_decide_one_by_one() {
     Rule::all_devices(3).create(&e);
     let mut handles: Vec<_> = ["a", "b", "a"]
         .iter()
-        .map(|d| e.handle_with_lease(&Subject::device(d), units(2)))
+        .map(|d| e.handle(&Subject::device(d)).with_lease(units(2)))
         .collect();
     let mut reqs = point_requests(&mut handles, [1, 1, 1]);
     let mut out = Vec::new();
@@ -410,17 +397,19 @@ fn threads_with_leased_handles_never_pass_a_shared_limit() {
             .map(|t| {
                 let e = &e;
                 s.spawn(move || {
-                    let mut h = e.handle_with_lease(&d, Amount::from_micros(1 + t * 7_000_000));
+                    let mut h = e
+                        .handle(&d)
+                        .with_lease(Amount::from_micros(1 + t * 7_000_000));
                     let mut n = 0;
                     for i in 0..10_000 {
                         let ok = if t == 3 && i % 2 == 0 {
                             e.try_consume(&d, PTS, units(1), MIDNIGHT + 5)
                         } else {
-                            e.try_consume_handle(&mut h, PTS, units(1), MIDNIGHT + 5)
+                            h.try_consume(PTS, units(1), MIDNIGHT + 5)
                         };
                         n += u64::from(ok.is_allowed());
                     }
-                    e.release_handle(&mut h);
+                    h.release();
                     n
                 })
             })
@@ -440,13 +429,11 @@ fn a_lease_given_back_after_another_spender_rolled_the_window_leaves_the_new_one
     let e = Engine::new();
     let id = Rule::all_devices(10).daily().create(&e);
     let d = Subject::device("d");
-    let mut h = e.handle_with_lease(&d, units(5));
-    assert!(e
-        .try_consume_handle(&mut h, PTS, units(1), MIDNIGHT - 1)
-        .is_allowed());
+    let mut h = e.handle(&d).with_lease(units(5));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT - 1).is_allowed());
     // a call by subject stamped in the next day rolls the counter over
     assert!(e.try_consume(&d, PTS, units(3), MIDNIGHT).is_allowed());
-    e.release_handle(&mut h);
+    h.release();
     // yesterday's unspent lease does not come off today's usage
     assert_eq!(used(&e, &d, &id, MIDNIGHT), units(3));
     assert_eq!(e.usage(&d, MIDNIGHT)[0].lifetime, units(4));
@@ -461,14 +448,14 @@ fn a_lease_on_a_saturated_lifetime_total_leaves_it_saturated() {
     let (exact, leased) = (Engine::new(), Engine::new());
     for e in [&exact, &leased] {
         Rule::all_devices(i64::MAX).daily().create(e);
-        e.record(&d, PTS, Amount::from_micros(u64::MAX), MIDNIGHT - 10);
+        let _ = e.record(&d, PTS, Amount::from_micros(u64::MAX), MIDNIGHT - 10);
     }
-    let mut h = leased.handle_with_lease(&d, units(10));
+    let mut h = leased.handle(&d).with_lease(units(10));
     for now in [MIDNIGHT, MIDNIGHT + 1, MIDNIGHT + 2] {
         let a = exact.try_consume(&d, PTS, units(1), now);
-        assert_eq!(a, leased.try_consume_handle(&mut h, PTS, units(1), now));
+        assert_eq!(a, h.try_consume(PTS, units(1), now));
     }
-    leased.release_handle(&mut h);
+    h.release();
     let report = leased.usage(&d, MIDNIGHT + 2);
     assert_eq!(exact.usage(&d, MIDNIGHT + 2), report);
     assert_eq!(report[0].lifetime, Amount::from_micros(u64::MAX));

@@ -18,9 +18,7 @@
 
 use std::sync::Arc;
 
-use benefit_quota::{
-    Amount, BenefitType, Engine, EngineConfig, HandleRequest, Subject, SubjectHandle,
-};
+use benefit_quota::{Amount, BenefitType, Engine, HandleRequest, Subject, SubjectHandle};
 
 const NOW: i64 = 1_000;
 const DEVICE: &str = "sn-1";
@@ -28,11 +26,7 @@ const DEVICE: &str = "sn-1";
 /// A one-shard engine with one all-devices rule of `limit` points, its id,
 /// and a handle on the device resolved at that configuration.
 fn setup(limit: u64) -> (Arc<Engine>, String, SubjectHandle) {
-    let e = Engine::with_config(EngineConfig {
-        shards: 1,
-        rule_replicas: 1,
-        ..EngineConfig::default()
-    });
+    let e = Engine::builder().shards(1).rule_replicas(1).build();
     let body = format!(
         r#"{{"entity_type":"enterprise_all_devices","benefit_info":{{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"never"}}}}"#
     );
@@ -41,7 +35,7 @@ fn setup(limit: u64) -> (Arc<Engine>, String, SubjectHandle) {
         Err(err) => panic!("{err}"),
     };
     let mut h = e.handle(&Subject::device(DEVICE));
-    assert!(e.check_handle(&mut h, NOW).is_allowed());
+    assert!(h.check(NOW).is_allowed());
     (Arc::new(e), id, h)
 }
 
@@ -73,7 +67,7 @@ enum Via {
 fn spend(e: &Engine, h: &mut SubjectHandle, via: Via) -> bool {
     let (ty, one) = (BenefitType::ResourcePoint, Amount::from_units(1));
     match via {
-        Via::Single => e.try_consume_handle(h, ty, one, NOW).is_allowed(),
+        Via::Single => h.try_consume(ty, one, NOW).is_allowed(),
         Via::Batch => {
             let mut out = Vec::new();
             let mut reqs = [HandleRequest {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use benefit_quota::{Engine, EngineConfig, Request, Subject};
+use benefit_quota::{Engine, Request, Subject};
 use common::*;
 
 const DEVICES: usize = 20_000;
@@ -21,10 +21,7 @@ fn spent(i: usize) -> u64 {
 
 #[test]
 fn many_devices_in_two_shards_keep_their_own_counters() {
-    let e = Engine::with_config(EngineConfig {
-        shards: 2,
-        ..EngineConfig::default()
-    });
+    let e = Engine::builder().shards(2).build();
     let cum = Rule::all_devices(1_000).create(&e);
     let daily = Rule::all_devices(100).daily().create(&e);
     let ids: Vec<String> = (0..DEVICES).map(id).collect();
@@ -41,9 +38,7 @@ fn many_devices_in_two_shards_keep_their_own_counters() {
         .collect();
     for (k, h) in handles.iter_mut().enumerate() {
         let i = third + k;
-        assert!(e
-            .try_consume_handle(h, PTS, units(spent(i)), MIDNIGHT)
-            .is_allowed());
+        assert!(h.try_consume(PTS, units(spent(i)), MIDNIGHT).is_allowed());
     }
     let reqs: Vec<Request> = ids[2 * third..]
         .iter()
@@ -92,7 +87,7 @@ fn many_devices_in_two_shards_keep_their_own_counters() {
     }
     for (k, h) in handles.iter_mut().enumerate() {
         let i = third + k;
-        let d = e.check_handle(h, tomorrow);
+        let d = h.check(tomorrow);
         let left = d.headroom().map(|h| h.remaining);
         assert_eq!(left, Some(units(100)), "daily headroom of {}", id(i));
     }

@@ -4,8 +4,8 @@
 mod common;
 
 use benefit_quota::{
-    Amount, BenefitType, Decision, DenyReason, Engine, EngineConfig, FrozenPolicy, Member, Subject,
-    UtcOffset, Window, FOREVER,
+    Amount, BenefitType, Decision, DenyReason, Engine, FrozenPolicy, Member, Subject, UtcOffset,
+    Window, FOREVER,
 };
 use common::*;
 
@@ -423,11 +423,11 @@ fn d14_limits_too_large_for_the_counters_saturate() {
     // A debit whose sum passes the counter's range fits (the sum saturates
     // at the limit) and leaves nothing.
     let to_one_below = u64::MAX - 1 - 1_000_000_000_000_000;
-    e.record(&s, PTS, Amount::from_micros(to_one_below), MIDNIGHT);
+    let _ = e.record(&s, PTS, Amount::from_micros(to_one_below), MIDNIGHT);
     let d = e.try_consume(&s, PTS, Amount::from_micros(2), MIDNIGHT);
     assert_eq!(d.headroom().unwrap().remaining, Amount::ZERO);
     // Post-paid usage saturates the counter at the top of its range: only then is it blocked.
-    e.record(&s, PTS, Amount::MAX, MIDNIGHT);
+    let _ = e.record(&s, PTS, Amount::MAX, MIDNIGHT);
     assert_eq!(used(&e, &s, &id, MIDNIGHT), Amount::MAX);
     assert_eq!(denial_of(&e.check(&s, MIDNIGHT)).1, DenyReason::Exhausted);
 }
@@ -446,7 +446,7 @@ fn d14_a_debit_that_saturates_two_rules_names_the_first_created() {
         let mut h = e.handle(&s);
         let mut spend = |amount: Amount, at: i64| {
             if through_handle {
-                e.try_consume_handle(&mut h, PTS, amount, at)
+                h.try_consume(PTS, amount, at)
             } else {
                 e.try_consume(&s, PTS, amount, at)
             }
@@ -565,7 +565,7 @@ fn d12_frozen_rule_blocks_by_default_and_keeps_usage() {
         (own.clone(), DenyReason::Frozen, units(6), None)
     );
     // Post-paid usage is still booked while frozen.
-    e.record(&s, PTS, units(1), MIDNIGHT);
+    let _ = e.record(&s, PTS, units(1), MIDNIGHT);
     e.apply_update_json(&own, r#"{"status":"valid"}"#, MIDNIGHT)
         .unwrap();
     assert_eq!(used(&e, &s, &own, MIDNIGHT), units(5));
@@ -588,10 +588,9 @@ fn d12_frozen_rule_still_replaces_the_all_scope_rule_under_block() {
 
 #[test]
 fn d12_suspend_policy_treats_frozen_rules_as_not_in_effect() {
-    let e = Engine::with_config(EngineConfig {
-        frozen_policy: FrozenPolicy::Suspend,
-        ..EngineConfig::default()
-    });
+    let e = Engine::builder()
+        .frozen_policy(FrozenPolicy::Suspend)
+        .build();
     let all = Rule::all_devices(2).create(&e);
     Rule::device("d", 10).status("frozen").create(&e);
     let s = Subject::device("d");
@@ -656,7 +655,7 @@ fn d13_a_blocked_type_blocks_other_types_but_headroom_is_per_type() {
         d.headroom().unwrap().benefit_type,
         BenefitType::ResourcePoint
     );
-    e.record(
+    let _ = e.record(
         &s,
         BenefitType::VoiceUnifiedDurationCustom,
         units(1),
@@ -714,10 +713,7 @@ fn d15_daily_windows_reset_at_local_midnight_utc8() {
 
 #[test]
 fn d15_offset_is_configurable() {
-    let e = Engine::with_config(EngineConfig {
-        utc_offset: UtcOffset::UTC,
-        ..EngineConfig::default()
-    });
+    let e = Engine::builder().utc_offset(UtcOffset::UTC).build();
     Rule::all_devices(1).daily().create(&e);
     let s = Subject::device("d");
     let utc_midnight = MIDNIGHT + 8 * 3600; // 2025-03-12 00:00 UTC
@@ -808,7 +804,7 @@ fn d16_update_mid_window_keeps_usage() {
     let e = Engine::new();
     let id = Rule::all_devices(10).daily().create(&e);
     let s = Subject::device("d");
-    e.try_consume(&s, PTS, units(6), MIDNIGHT + 100);
+    let _ = e.try_consume(&s, PTS, units(6), MIDNIGHT + 100);
     e.apply_update_json(
         &id,
         r#"{"limit":8,"ended_at":"253402300799"}"#,
@@ -827,7 +823,7 @@ fn d16_lowering_the_limit_below_usage_blocks_until_the_next_reset() {
     let e = Engine::new();
     let id = Rule::all_devices(10).daily().create(&e);
     let s = Subject::device("d");
-    e.try_consume(&s, PTS, units(6), MIDNIGHT + 100);
+    let _ = e.try_consume(&s, PTS, units(6), MIDNIGHT + 100);
     e.apply_update_json(&id, r#"{"limit":4}"#, MIDNIGHT + 200)
         .unwrap();
     assert_eq!(
@@ -849,7 +845,7 @@ fn d16_cumulative_usage_survives_every_update() {
     let e = Engine::new();
     let id = Rule::device("d", 10).create(&e);
     let s = Subject::device("d");
-    e.try_consume(&s, PTS, units(7), MIDNIGHT);
+    let _ = e.try_consume(&s, PTS, units(7), MIDNIGHT);
     e.apply_update_json(
         &id,
         r#"{"started_at":5,"ended_at":253402300000,"limit":9,"trigger_time":4}"#,
@@ -871,7 +867,7 @@ fn d16_changing_the_period_keeps_usage_only_if_the_window_is_unchanged() {
         .active(MIDNIGHT, FOREVER)
         .create(&e);
     let s = Subject::device("d");
-    e.try_consume(&s, PTS, units(6), MIDNIGHT + 3600);
+    let _ = e.try_consume(&s, PTS, units(6), MIDNIGHT + 3600);
     // 1 day → 24 hours anchored at the same midnight: same window, usage kept.
     e.apply_update_json(
         &id,
@@ -889,7 +885,7 @@ fn d16_changing_the_period_keeps_usage_only_if_the_window_is_unchanged() {
     .unwrap();
     assert_eq!(used(&e, &s, &id, MIDNIGHT + 7200), Amount::ZERO);
     assert_eq!(e.usage(&s, MIDNIGHT + 7200)[0].lifetime, units(6));
-    e.try_consume(&s, PTS, units(1), MIDNIGHT + 7300);
+    let _ = e.try_consume(&s, PTS, units(1), MIDNIGHT + 7300);
     // Moving started_at by whole windows keeps the window: usage kept.
     e.apply_update_json(&id, r#"{"started_at":1741536000}"#, MIDNIGHT + 7400)
         .unwrap();
@@ -905,7 +901,7 @@ fn d16_a_reset_is_not_undone_by_changing_the_period_back() {
     let e = Engine::new();
     let id = Rule::all_devices(10).daily().create(&e);
     let s = Subject::device("d");
-    e.try_consume(&s, PTS, units(6), MIDNIGHT + 100);
+    let _ = e.try_consume(&s, PTS, units(6), MIDNIGHT + 100);
     e.apply_update_json(&id, r#"{"trigger_time":2}"#, MIDNIGHT + 200)
         .unwrap();
     e.apply_update_json(&id, r#"{"trigger_time":1}"#, MIDNIGHT + 300)
@@ -918,11 +914,11 @@ fn d16_switching_between_never_and_periodic_starts_from_zero() {
     let e = Engine::new();
     let id = Rule::device("d", 10).create(&e);
     let s = Subject::device("d");
-    e.try_consume(&s, PTS, units(6), MIDNIGHT);
+    let _ = e.try_consume(&s, PTS, units(6), MIDNIGHT);
     e.apply_update_json(&id, r#"{"trigger_unit":"day"}"#, MIDNIGHT)
         .unwrap();
     assert_eq!(used(&e, &s, &id, MIDNIGHT), Amount::ZERO);
-    e.try_consume(&s, PTS, units(2), MIDNIGHT);
+    let _ = e.try_consume(&s, PTS, units(2), MIDNIGHT);
     e.apply_update_json(&id, r#"{"trigger_unit":"never"}"#, MIDNIGHT)
         .unwrap();
     assert_eq!(used(&e, &s, &id, MIDNIGHT), Amount::ZERO);
@@ -985,7 +981,7 @@ fn d17_denials_name_the_rule_reason_remaining_and_reset() {
     let cum = Rule::device("d", 100).create(&e);
     let day = Rule::device("d", 10).daily().create(&e);
     let s = Subject::device("d");
-    e.try_consume(&s, PTS, units(8), MIDNIGHT + 5);
+    let _ = e.try_consume(&s, PTS, units(8), MIDNIGHT + 5);
     let d = e.try_consume(&s, PTS, units(5), MIDNIGHT + 6);
     assert_eq!(
         denial_of(&d),
@@ -996,7 +992,7 @@ fn d17_denials_name_the_rule_reason_remaining_and_reset() {
             Some(MIDNIGHT + DAY)
         )
     );
-    e.record(&s, PTS, units(92), MIDNIGHT + 7);
+    let _ = e.record(&s, PTS, units(92), MIDNIGHT + 7);
     // Both exhausted: the cumulative cap (no reset) is the one that lasts.
     let d = e.check(&s, MIDNIGHT + 8);
     assert_eq!(

@@ -17,8 +17,8 @@ fn engine() -> (Engine, String, String) {
     let e = Engine::new();
     let all = Rule::all_devices(100).daily().create(&e);
     let own = Rule::device("d", 50).create(&e);
-    e.try_consume(&Subject::device("d"), PTS, units(3), MIDNIGHT);
-    e.try_consume(&Subject::device("other"), PTS, units(4), MIDNIGHT);
+    let _ = e.try_consume(&Subject::device("d"), PTS, units(3), MIDNIGHT);
+    let _ = e.try_consume(&Subject::device("other"), PTS, units(4), MIDNIGHT);
     (e, all, own)
 }
 

@@ -19,10 +19,7 @@ pub fn subjects() -> [Subject<'static>; 3] {
 /// A default engine with few shards: the shard count changes no decision,
 /// and a fresh engine per input stays cheap.
 pub fn small_engine() -> Engine {
-    Engine::with_config(benefit_quota::EngineConfig {
-        shards: 4,
-        ..benefit_quota::EngineConfig::default()
-    })
+    Engine::builder().shards(4).build()
 }
 
 /// An engine holding a few rules (one cancelled) with some usage.

@@ -32,72 +32,21 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::amount::Amount;
 use crate::decide::{effective_window, fewer_left, headroom_of, keep_least, Op};
 use crate::decision::{Decision, Headroom};
 use crate::engine::Engine;
 use crate::state::{CounterState, Locked};
-use crate::subject::Subject;
 use crate::types::BenefitType;
 
-use super::{HandleOwner, HandleRule, OwnedSubject, RuleLease, SubjectHandle, TypeLease};
+use super::{HandleOwner, HandleRule, HandleState, OwnedSubject, RuleLease, TypeLease, Watch};
 
 impl Engine {
-    /// A handle on `subject` that takes up to `lease` of every applicable
-    /// rule's headroom ahead and spends it without locking: the fastest way
-    /// to decide for a subject one connection spends for alone.
-    ///
-    /// Calls through it decide exactly as calls by subject while the handle
-    /// is the only spender of its counters (a device or consumer served by
-    /// one connection, its own `single_*` rules): a call the leases cannot
-    /// cover takes the locks and decides the exact way. When others spend on
-    /// the same counters (another handle or call for the same subject, an
-    /// enterprise pool), they see the handle's unspent lease as used, so they
-    /// may be denied up to `lease` per rule earlier than without it, and the
-    /// headroom the handle reports omits what they spent since its last grant.
-    /// It never admits more than a limit allows (see SEMANTICS.md, L1–L5).
-    ///
-    /// The unspent lease counts as used (in [`Engine::usage`] too) until it
-    /// is given back: at the handle's next call after a configuration write
-    /// or a window roll-over, or by [`Engine::release_handle`], which a
-    /// gateway calls when the connection closes. A handle dropped unreleased
-    /// leaves its lease counted as spent: until the window resets for a
-    /// periodic rule, for good for a cumulative one. A `lease` of zero makes
-    /// an exact handle ([`Engine::handle`]).
-    ///
-    /// # Examples
-    /// ```
-    /// use benefit_quota::{Amount, BenefitType, Engine, Subject};
-    /// let engine = Engine::new();
-    /// engine.create_json(r#"{"entity_type":"enterprise_all_devices","benefit_info":{
-    ///   "benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,
-    ///   "ended_at":253402300799,"limit":100,"trigger_unit":"day"}}"#).unwrap();
-    /// let (pts, one, now) = (BenefitType::ResourcePoint, Amount::from_units(1), 1_741_708_800);
-    /// let device = Subject::device("sn-1");
-    /// let mut h = engine.handle_with_lease(&device, Amount::from_units(10));
-    /// let d = engine.try_consume_handle(&mut h, pts, one, now); // locks, takes 10 ahead
-    /// assert_eq!(d.headroom().unwrap().remaining, Amount::from_units(99));
-    /// let d = engine.try_consume_handle(&mut h, pts, one, now); // from the lease
-    /// assert_eq!(d.headroom().unwrap().remaining, Amount::from_units(98));
-    /// // Others see the unspent lease as used until it is released.
-    /// assert_eq!(engine.usage(&device, now)[0].used, Amount::from_units(1 + 10));
-    /// engine.release_handle(&mut h);
-    /// assert_eq!(engine.usage(&device, now)[0].used, Amount::from_units(2));
-    /// ```
-    pub fn handle_with_lease(&self, subject: &Subject<'_>, lease: Amount) -> SubjectHandle {
-        let mut h = self.handle(subject);
-        h.lease = lease.as_micros();
-        h
-    }
-
-    /// Gives a leased handle's unspent leases back to their counters (see
-    /// [`Engine::handle_with_lease`]); the next call through it takes new
-    /// ones. Call it before dropping a leased handle. Nothing to do for an
-    /// exact handle, or for a handle of another engine.
-    pub fn release_handle(&self, h: &mut SubjectHandle) {
+    /// Gives a handle's unspent leases back to their counters, reporting
+    /// each (rule, amount given back); the next call takes new ones.
+    pub(super) fn settle_state(&self, h: &mut HandleState, report: impl FnMut(BenefitType, u64)) {
         if h.engine == self.id && h.leases.iter().any(|l| l.granted != 0) {
             let mut locked = self.store.lock_many(&h.shards);
-            settle(h, &mut locked);
+            settle(h, &mut locked, report);
         }
         h.lease_ok = false;
     }
@@ -106,7 +55,7 @@ impl Engine {
     /// current version and windows and cover it; `None` (nothing changed)
     /// otherwise.
     #[inline(always)]
-    pub(super) fn spend_leased(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Option<Decision> {
+    pub(super) fn spend_leased(&self, h: &mut HandleState, now: i64, op: Op) -> Option<Decision> {
         // `now` is not clamped (`clamp_now`): nothing here computes with it,
         // and the cached windows contain the clamped time they were taken
         // at, so if they contain `now` they contain its clamped value too
@@ -115,10 +64,15 @@ impl Engine {
         // version before a write is ordered before the write (it spends
         // headroom granted under the old configuration, as a call that took
         // the locks just before the write would).
+        // Each owner's stamp likewise: a call that reads it before another
+        // caller's write is ordered before that write.
         if h.lease_ok
             && h.engine == self.id
             && h.fresh.contains(now)
             && self.version.load(Ordering::Acquire) == h.version
+            && h.watch[..usize::from(h.watched)]
+                .iter()
+                .all(|w| self.store.stamps.get(w.stripe) == w.stamp)
         {
             return h.spend_from_leases(op);
         }
@@ -129,13 +83,13 @@ impl Engine {
     /// ([`Engine::spend_leased`]), under the locks: settle, decide exactly as
     /// an exact handle does, grant again.
     #[inline(never)]
-    pub(super) fn run_leased_locked(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
+    pub(super) fn run_leased_locked(&self, h: &mut HandleState, now: i64, op: Op) -> Decision {
         let ready = self.ready(h, now);
         if h.engine == self.id {
             let mut locked = self.store.lock_many(&h.shards);
             // Under the resolution the leases were granted in, even if it
             // ends at `now` (an activation boundary).
-            settle(h, &mut locked);
+            settle(h, &mut locked, |_, _| {});
             if ready && self.version.load(Ordering::Acquire) == h.version {
                 return self.decide_and_grant(h, now, op, &mut locked);
             }
@@ -157,7 +111,7 @@ impl Engine {
     #[inline(always)]
     fn decide_and_grant(
         &self,
-        h: &mut SubjectHandle,
+        h: &mut HandleState,
         now: i64,
         op: Op,
         locked: &mut Locked<'_>,
@@ -177,19 +131,30 @@ impl Engine {
     /// used on the rule's counter; marks the rules with nothing counted yet
     /// idle. The handle's leases are settled; `locked` holds its shards,
     /// under its version.
-    fn grant(&self, h: &mut SubjectHandle, locked: &mut Locked<'_>) {
-        let SubjectHandle {
+    fn grant(&self, h: &mut HandleState, locked: &mut Locked<'_>) {
+        let HandleState {
             rules,
             owners,
             subject,
             lease,
             leases,
             spend,
+            watch,
+            watched,
+            lease_ok,
             ..
         } = h;
         debug_assert!(leases.iter().all(|l| l.granted == 0));
         leases.clear();
         *spend = [TypeLease::NONE; BenefitType::ALL.len()];
+        *watched = 0;
+        *lease_ok = false;
+        // Counters other subjects spend too are never leased (L6): a lease
+        // there would be headroom one member holds while others starve, and
+        // their writes would end it at every call anyway.
+        if owners.len() > watch.len() || owners.iter().any(|o| o.shared) {
+            return;
+        }
         // A rule with nothing to lease (it is exhausted): every call takes
         // the locks.
         let mut blocked = false;
@@ -240,7 +205,21 @@ impl Engine {
             }
             leases.push(l);
         }
-        h.lease_ok = !blocked;
+        if blocked {
+            return;
+        }
+        // From here every write to the owners' counters by another caller
+        // (a `record`, a debit of any type that may exhaust a rule, D13, a
+        // window rolled) changes their stamp, which the lock-free path
+        // compares: an owner with no entry yet gets an empty one, so the
+        // write that creates its first counter is seen too.
+        for (o, w) in owners.iter_mut().zip(watch.iter_mut()) {
+            let owner = subject.owner(o);
+            let (stripe, stamp) = locked.lease_owner(o.shard, &owner, &mut o.hint);
+            *w = Watch { stripe, stamp };
+        }
+        *watched = owners.len() as u8;
+        *lease_ok = true;
     }
 }
 
@@ -248,9 +227,9 @@ impl Engine {
 /// still in the window and generation the lease was granted in (else the
 /// counter has started afresh without it), and adds what was spent of it to
 /// the counter's lifetime total. `locked` holds the handle's shards.
-fn settle(h: &mut SubjectHandle, locked: &mut Locked<'_>) {
+fn settle(h: &mut HandleState, locked: &mut Locked<'_>, mut report: impl FnMut(BenefitType, u64)) {
     h.lease_ok = false;
-    let SubjectHandle {
+    let HandleState {
         rules,
         owners,
         subject,
@@ -264,6 +243,7 @@ fn settle(h: &mut SubjectHandle, locked: &mut Locked<'_>) {
             continue;
         }
         let unspent = granted - spend[r.benefit_type as usize].spent;
+        report(r.benefit_type, unspent);
         // None: evicted since the grant.
         if let Some(c) = counter_of_rule(locked, owners, subject, r) {
             if c.generation == r.generation && c.window_start == l.start {
@@ -290,13 +270,7 @@ fn counter_of_rule<'l>(
     counters.iter_mut().find(|c| c.rule == r.slot)
 }
 
-impl SubjectHandle {
-    /// The lease size this handle takes ahead per rule (zero for an exact
-    /// handle; see [`Engine::handle_with_lease`]).
-    pub fn lease(&self) -> Amount {
-        Amount::from_micros(self.lease)
-    }
-
+impl HandleState {
     /// Spends `op` from the leases, as the exact path would decide it (see
     /// the module docs); `None`, changing nothing, when a lease does not
     /// cover it. Every rule keeps at least one micro-unit (so none is

@@ -20,7 +20,9 @@
 //! A leased handle (`lease.rs`) puts a path with no lock in front of that:
 //! spending headroom that an earlier locked call took ahead.
 
+use std::ops::Deref;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 
@@ -32,22 +34,22 @@ use crate::period::{clamp_now, Period, Window};
 use crate::rules::{Applied, AppliedVec, RuleSet, Validity};
 use crate::state::{Locked, Owner, OwnerKind, SlotHint, Store};
 use crate::subject::{Member, Subject};
-use crate::types::{BenefitId, BenefitType};
+use crate::types::{BenefitId, BenefitType, Family};
 
 mod lease;
 
-/// A subject resolved once (per connection, per session), for calls that
-/// skip resolution: see [`Engine::handle`].
-///
-/// Holds an owned copy of the subject's ids, the rules that applied at its
-/// last resolution and where their counters live. Calls through a handle
-/// decide exactly as the same calls by subject would; through a leased
-/// handle ([`Engine::handle_with_lease`]), exactly so while it is its
-/// counters' only spender.
-#[repr(C, align(64))] // in this order: what a leased call reads, from the first line
-pub struct SubjectHandle {
+/// What a handle caches: an owned copy of the subject's ids, the rules that
+/// applied at its last resolution, where their counters live, and its
+/// leases.
+#[repr(C)] // in this order: what a leased call reads, from the first line
+pub(crate) struct HandleState {
     engine: u64,
     version: u64,
+    /// The owners' stamps when the leases were granted (see
+    /// `state::Stamps`): the first `watched` entries; a leased call spends
+    /// only while each is unchanged.
+    watch: [Watch; 2],
+    watched: u8,
     /// `valid` narrowed to the cached windows of the rules: within it, a
     /// call uses the cached rules as they are; outside it but within
     /// `valid`, their windows roll first ([`Engine::roll_windows`]).
@@ -75,16 +77,23 @@ pub struct SubjectHandle {
     shards: SmallVec<[usize; 2]>,
 }
 
-impl std::fmt::Debug for SubjectHandle {
+impl std::fmt::Debug for HandleState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubjectHandle")
-            .field("subject", &self.subject())
+        f.debug_struct("HandleState")
+            .field("subject", &self.subject.borrow())
             .field(
                 "rules",
                 &self.rules.iter().map(|r| &r.id).collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
+}
+
+/// One counter owner's stamp stripe and the stamp a grant saw there.
+#[derive(Clone, Copy, Default)]
+struct Watch {
+    stripe: u32,
+    stamp: u64,
 }
 
 /// One applicable rule, as cached in a handle.
@@ -151,6 +160,9 @@ impl TypeLease {
 /// Where a counter owner's entry lives.
 struct HandleOwner {
     kind: OwnerKind,
+    /// Its counters may be spent by other subjects too (a rule's pool of the
+    /// enterprise family): never leased.
+    shared: bool,
     pool: u32,
     hash: u64,
     shard: usize,
@@ -165,13 +177,6 @@ struct OwnedSubject {
     device: Option<Box<str>>,
     consumer: Option<Box<str>>,
     member: Option<[Option<Box<str>>; 4]>,
-}
-
-impl SubjectHandle {
-    /// The subject this handle decides for.
-    pub fn subject(&self) -> Subject<'_> {
-        self.subject.borrow()
-    }
 }
 
 impl OwnedSubject {
@@ -190,40 +195,91 @@ impl OwnedSubject {
     }
 }
 
+/// A subject resolved once (per connection, per session), with the verbs of
+/// the engine it was made by: [`SubjectHandle::check`],
+/// [`SubjectHandle::try_consume`], [`SubjectHandle::record`].
+///
+/// Made by [`Engine::handle`] (borrowing the engine) or
+/// [`Engine::handle_owned`] (sharing it through an `Arc`, for a handle kept
+/// in a task or a connection state). A handle caches what a call by subject
+/// computes each time: the applicable rules and where their counters live.
+/// A call through it locks the shards of the subject's counters and
+/// decides, with no hashing, no rule lookup and no lock on the rule table.
+/// The first call, and the first after any configuration write or after
+/// `now` crosses an activation boundary of the subject's rules, resolves
+/// again (as a call by subject would). Decisions are exactly those of the
+/// calls by subject. Creating a handle copies the ids (it allocates); calls
+/// through it allocate nothing, except the first one that tracks a new
+/// owner.
+///
+/// **Leases** ([`SubjectHandle::with_lease`]): a leased handle takes up to
+/// the lease of every rule's headroom ahead, under the locks, and spends it
+/// with no lock while nothing else writes to its counters (SEMANTICS.md,
+/// L1–L6). Dropping the handle gives the unspent leases back
+/// ([`SubjectHandle::release`] does it explicitly and says what it gave
+/// back).
+///
+/// # Examples
+/// ```
+/// use benefit_quota::{Amount, BenefitType, Engine, Subject};
+/// let engine = Engine::new();
+/// engine.create_json(r#"{"entity_type":"enterprise_all_devices","benefit_info":{
+///   "benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,
+///   "ended_at":253402300799,"limit":2,"trigger_unit":"day"}}"#).unwrap();
+/// let mut h = engine.handle(&Subject::device("sn-1"));
+/// let (pts, one, now) = (BenefitType::ResourcePoint, Amount::from_units(1), 1_741_708_800);
+/// assert!(h.try_consume(pts, one, now).is_allowed());
+/// assert!(engine.try_consume(&Subject::device("sn-1"), pts, one, now).is_allowed());
+/// assert!(!h.try_consume(pts, one, now).is_allowed()); // same counter
+/// assert!(h.check(now + 86_400).is_allowed()); // next day
+/// ```
+#[repr(C, align(64))] // the engine, then what a leased call reads, from the first line
+pub struct SubjectHandle<E: Deref<Target = Engine> = Arc<Engine>> {
+    engine: E,
+    state: HandleState,
+}
+
+impl<E: Deref<Target = Engine>> std::fmt::Debug for SubjectHandle<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.state.fmt(f)
+    }
+}
+
 impl Engine {
-    /// A handle on `subject`, for calls that skip resolution
-    /// ([`Engine::check_handle`], [`Engine::try_consume_handle`],
-    /// [`Engine::record_handle`], [`Engine::try_consume_many_handles`]).
-    ///
-    /// Resolve a subject once per connection or session and keep the handle:
-    /// a call through it locks the shards of the subject's counters and decides, with
-    /// no hashing, no rule lookup and no lock on the rule table. The first
-    /// call, and the first after any configuration write or after `now`
-    /// crosses an activation boundary of the subject's rules, resolves again
-    /// (as a call by subject would). Decisions are exactly those of the calls
-    /// by subject. Creating a handle copies the ids (it allocates); calls
-    /// through it allocate nothing, except the first one that tracks a new
-    /// owner.
+    /// A handle on `subject` that borrows this engine (see [`SubjectHandle`]).
+    pub fn handle(&self, subject: &Subject<'_>) -> SubjectHandle<&Engine> {
+        SubjectHandle {
+            state: self.handle_state(subject),
+            engine: self,
+        }
+    }
+
+    /// A handle on `subject` that shares this engine through its `Arc`, so
+    /// it can live as long as a connection or a task does (see
+    /// [`SubjectHandle`]).
     ///
     /// # Examples
     /// ```
-    /// use benefit_quota::{Amount, BenefitType, Engine, Subject};
-    /// let engine = Engine::new();
-    /// engine.create_json(r#"{"entity_type":"enterprise_all_devices","benefit_info":{
-    ///   "benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,
-    ///   "ended_at":253402300799,"limit":2,"trigger_unit":"day"}}"#).unwrap();
-    /// let mut h = engine.handle(&Subject::device("sn-1"));
-    /// let (pts, one, now) = (BenefitType::ResourcePoint, Amount::from_units(1), 1_741_708_800);
-    /// assert!(engine.try_consume_handle(&mut h, pts, one, now).is_allowed());
-    /// assert!(engine.try_consume(&Subject::device("sn-1"), pts, one, now).is_allowed());
-    /// assert!(!engine.try_consume_handle(&mut h, pts, one, now).is_allowed()); // same counter
-    /// assert!(engine.check_handle(&mut h, now + 86_400).is_allowed()); // next day
+    /// use std::sync::Arc;
+    /// use benefit_quota::{Engine, Subject};
+    /// let engine = Arc::new(Engine::new());
+    /// let mut h = engine.handle_owned(&Subject::device("sn-1"));
+    /// std::thread::spawn(move || assert!(h.check(0).is_allowed())).join().unwrap();
     /// ```
-    pub fn handle(&self, subject: &Subject<'_>) -> SubjectHandle {
-        let own = |s: Option<&str>| s.map(Box::from);
+    pub fn handle_owned(self: &Arc<Self>, subject: &Subject<'_>) -> SubjectHandle<Arc<Engine>> {
         SubjectHandle {
+            state: self.handle_state(subject),
+            engine: Arc::clone(self),
+        }
+    }
+
+    fn handle_state(&self, subject: &Subject<'_>) -> HandleState {
+        let own = |s: Option<&str>| s.map(Box::from);
+        HandleState {
             engine: self.id,
             version: 0,
+            watch: [Watch::default(); 2],
+            watched: 0,
             lease_ok: false,
             spend: [TypeLease::NONE; BenefitType::ALL.len()],
             lease: 0,
@@ -248,43 +304,147 @@ impl Engine {
             shards: SmallVec::new(),
         }
     }
+}
 
-    /// [`Engine::check`] through a handle.
-    pub fn check_handle(&self, handle: &mut SubjectHandle, now: i64) -> Decision {
-        self.call_handle(handle, now, Op::Check)
+impl<E: Deref<Target = Engine>> SubjectHandle<E> {
+    /// This handle, taking up to `lease` of every applicable rule's
+    /// headroom ahead and spending it without locking: the fastest way to
+    /// decide for a subject one connection spends for alone. A `lease` of
+    /// zero (the default) makes an exact handle.
+    ///
+    /// A leased call admits only what the exact path would admit at that
+    /// moment: the lease is counted as used on the counters (others see it),
+    /// and any write to the subject's counters by another caller, a
+    /// configuration write or a new window sends the next call through the
+    /// locks, which gives the unspent lease back and decides exactly.
+    /// Counters other subjects share (pools of the enterprise family) are
+    /// never leased: a handle whose subject has any works as an exact one.
+    /// Others see the unspent lease as used, so they may be denied up to
+    /// `lease` per rule earlier than without it (SEMANTICS.md, L1–L6).
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::{Amount, BenefitType, Engine, Subject};
+    /// let engine = Engine::new();
+    /// engine.create_json(r#"{"entity_type":"enterprise_all_devices","benefit_info":{
+    ///   "benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,
+    ///   "ended_at":253402300799,"limit":100,"trigger_unit":"day"}}"#).unwrap();
+    /// let (pts, one, now) = (BenefitType::ResourcePoint, Amount::from_units(1), 1_741_708_800);
+    /// let device = Subject::device("sn-1");
+    /// let mut h = engine.handle(&device).with_lease(Amount::from_units(10));
+    /// let d = h.try_consume(pts, one, now); // locks, takes 10 ahead
+    /// assert_eq!(d.headroom().unwrap().remaining, Amount::from_units(99));
+    /// let d = h.try_consume(pts, one, now); // from the lease
+    /// assert_eq!(d.headroom().unwrap().remaining, Amount::from_units(98));
+    /// // Others see the unspent lease as used until it is given back.
+    /// assert_eq!(engine.usage(&device, now)[0].used, Amount::from_units(1 + 10));
+    /// drop(h); // gives it back
+    /// assert_eq!(engine.usage(&device, now)[0].used, Amount::from_units(2));
+    /// ```
+    #[must_use]
+    pub fn with_lease(mut self, lease: Amount) -> Self {
+        self.engine.settle_state(&mut self.state, |_, _| {});
+        self.state.lease = lease.as_micros();
+        self
     }
 
-    /// [`Engine::try_consume`] through a handle.
-    pub fn try_consume_handle(
-        &self,
-        handle: &mut SubjectHandle,
-        benefit_type: BenefitType,
-        amount: Amount,
-        now: i64,
-    ) -> Decision {
-        self.call_handle(
-            handle,
-            now,
-            Op::TryConsume(benefit_type, amount.as_micros()),
-        )
+    /// [`Engine::check`] for this handle's subject.
+    pub fn check(&mut self, now: i64) -> Decision {
+        self.engine.call_handle(&mut self.state, now, Op::Check)
     }
 
-    /// [`Engine::record`] through a handle.
-    pub fn record_handle(
-        &self,
-        handle: &mut SubjectHandle,
-        benefit_type: BenefitType,
-        amount: Amount,
-        now: i64,
-    ) -> Decision {
-        self.call_handle(handle, now, Op::Record(benefit_type, amount.as_micros()))
+    /// [`Engine::try_consume`] for this handle's subject.
+    pub fn try_consume(&mut self, benefit_type: BenefitType, amount: Amount, now: i64) -> Decision {
+        let op = Op::TryConsume(benefit_type, amount.as_micros());
+        self.engine.call_handle(&mut self.state, now, op)
     }
 
+    /// [`Engine::record`] for this handle's subject.
+    pub fn record(&mut self, benefit_type: BenefitType, amount: Amount, now: i64) -> Decision {
+        let op = Op::Record(benefit_type, amount.as_micros());
+        self.engine.call_handle(&mut self.state, now, op)
+    }
+
+    /// Gives the unspent leases back to their counters and says how much
+    /// was given back (nothing for an exact handle). The next call takes new
+    /// leases. Dropping the handle does the same.
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::{Amount, BenefitType, Engine, Subject};
+    /// let engine = Engine::new();
+    /// engine.create_json(r#"{"entity_type":"enterprise_all_devices","benefit_info":{
+    ///   "benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,
+    ///   "ended_at":253402300799,"limit":100,"trigger_unit":"never"}}"#).unwrap();
+    /// let pts = BenefitType::ResourcePoint;
+    /// let mut h = engine.handle(&Subject::device("sn-1")).with_lease(Amount::from_units(10));
+    /// // Decided under the locks, which then take 10 ahead...
+    /// assert!(h.try_consume(pts, Amount::from_units(3), 0).is_allowed());
+    /// // ...of which this spends 2.
+    /// assert!(h.try_consume(pts, Amount::from_units(2), 0).is_allowed());
+    /// assert_eq!(h.release().given_back(pts), Amount::from_units(8));
+    /// assert_eq!(engine.usage(&Subject::device("sn-1"), 0)[0].used, Amount::from_units(5));
+    /// ```
+    pub fn release(&mut self) -> Released {
+        let mut back = Released::default();
+        let report = |ty: BenefitType, unspent: u64| {
+            let t = &mut back.per_type[ty as usize];
+            *t = t.saturating_add(unspent);
+        };
+        self.engine.settle_state(&mut self.state, report);
+        back
+    }
+
+    /// The lease size this handle takes ahead per rule (zero for an exact
+    /// handle; see [`SubjectHandle::with_lease`]).
+    pub fn lease(&self) -> Amount {
+        Amount::from_micros(self.state.lease)
+    }
+
+    /// The subject this handle decides for.
+    pub fn subject(&self) -> Subject<'_> {
+        self.state.subject.borrow()
+    }
+
+    /// The engine this handle decides with.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// What [`SubjectHandle::release`] gave back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Micro-units, summed over the rules of each benefit type.
+    per_type: [u64; BenefitType::ALL.len()],
+}
+
+impl Released {
+    /// The unspent leases given back to the rules of `benefit_type`, summed
+    /// over those rules (each rule had its own lease).
+    pub fn given_back(&self, benefit_type: BenefitType) -> Amount {
+        Amount::from_micros(self.per_type[benefit_type as usize])
+    }
+
+    /// Nothing was given back (an exact handle, or no lease held).
+    pub fn is_empty(&self) -> bool {
+        self.per_type.iter().all(|&n| n == 0)
+    }
+}
+
+impl<E: Deref<Target = Engine>> Drop for SubjectHandle<E> {
+    /// Gives the unspent leases back (see [`SubjectHandle::release`]).
+    fn drop(&mut self) {
+        self.engine.settle_state(&mut self.state, |_, _| {});
+    }
+}
+
+impl Engine {
     /// A single call through a handle: spent from its leases right here
     /// when they cover it (inlined into each entry point, so the operation
     /// is known), else [`Engine::run_handle`].
     #[inline(always)]
-    fn call_handle(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
+    fn call_handle(&self, h: &mut HandleState, now: i64, op: Op) -> Decision {
         if h.lease_ok {
             if let Some(d) = self.spend_leased(h, now, op) {
                 return d;
@@ -293,7 +453,7 @@ impl Engine {
         self.run_handle(h, now, op)
     }
 
-    /// [`Engine::try_consume_handle`] for many requests, appending one
+    /// [`SubjectHandle::try_consume`] for many requests, appending one
     /// decision per request to `out`, in order; each is decided exactly as
     /// separate calls in slice order would be.
     ///
@@ -305,15 +465,16 @@ impl Engine {
     /// every counter slot it will need (so the memory misses of independent
     /// subjects overlap instead of queueing) and decides each request in
     /// turn. Other threads working on those shards wait for at most one
-    /// chunk. A chunk with a leased handle in it is decided one call at a
-    /// time, in order (leased calls take no lock to batch).
+    /// chunk. A chunk with a leased handle, or a handle of another engine,
+    /// in it is decided one call at a time, in order (leased calls take no
+    /// lock to batch).
     ///
     /// # Examples
     /// ```
     /// use benefit_quota::{Amount, BenefitType, Engine, HandleRequest, Subject};
     /// let engine = Engine::new();
     /// let mut handles: Vec<_> = ["a", "b"].iter().map(|d| engine.handle(&Subject::device(d))).collect();
-    /// let mut reqs: Vec<HandleRequest> = handles
+    /// let mut reqs: Vec<HandleRequest<_>> = handles
     ///     .iter_mut()
     ///     .map(|h| HandleRequest { handle: h, benefit_type: BenefitType::ResourcePoint, amount: Amount::from_units(1) })
     ///     .collect();
@@ -321,43 +482,44 @@ impl Engine {
     /// engine.try_consume_many_handles(&mut reqs, 0, &mut out);
     /// assert!(out.iter().all(|d| d.is_allowed()));
     /// ```
-    pub fn try_consume_many_handles(
+    pub fn try_consume_many_handles<E: Deref<Target = Engine>>(
         &self,
-        requests: &mut [HandleRequest<'_>],
+        requests: &mut [HandleRequest<'_, E>],
         now: i64,
         out: &mut Vec<Decision>,
     ) {
         let now = clamp_now(now);
         out.reserve(requests.len());
         for chunk in requests.chunks_mut(crate::BATCH_CHUNK) {
-            if chunk.iter().any(|r| r.handle.lease != 0) {
-                // Leased handles spend without locking: nothing to batch.
+            let mine = |r: &HandleRequest<'_, E>| std::ptr::eq(&*r.handle.engine, self);
+            if chunk.iter().any(|r| r.handle.state.lease != 0 || !mine(r)) {
+                // Leased handles spend without locking: nothing to batch; a
+                // handle of another engine is decided by its own.
                 for r in chunk.iter_mut() {
-                    let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-                    out.push(self.call_handle(r.handle, now, op));
+                    out.push(r.handle.try_consume(r.benefit_type, r.amount, now));
                 }
                 continue;
             }
             // Ask for every handle of the chunk, then for their ids, before
             // reading them: the misses of the chunk are in flight together.
             for r in chunk.iter() {
-                crate::prefetch::value(&*r.handle);
+                crate::prefetch::value(&r.handle.state);
             }
             for r in chunk.iter() {
-                r.handle.prefetch_ids();
+                r.handle.state.prefetch_ids();
             }
             let current =
-                |h: &mut SubjectHandle, version: u64| self.ready(h, now) && h.version == version;
+                |h: &mut HandleState, version: u64| self.ready(h, now) && h.version == version;
             let version = self.version.load(Ordering::Acquire);
             let mut stale = false;
             for r in chunk.iter_mut() {
-                stale |= !current(r.handle, version);
+                stale |= !current(&mut r.handle.state, version);
             }
             if stale {
                 let rules = self.read();
                 for r in chunk.iter_mut() {
-                    if !current(r.handle, version) {
-                        self.refresh(&rules, r.handle, now);
+                    if !current(&mut r.handle.state, version) {
+                        self.refresh(&rules, &mut r.handle.state, now);
                     }
                 }
             }
@@ -365,7 +527,7 @@ impl Engine {
             for r in chunk.iter() {
                 // One push at a time: `extend_from_slice` called `memmove`
                 // and `memcpy` for each handle's one or two shards.
-                for &shard in &r.handle.shards {
+                for &shard in &r.handle.state.shards {
                     shards.push(shard);
                 }
             }
@@ -373,25 +535,25 @@ impl Engine {
             shards.dedup();
             let mut locked = self.store.lock_many(&shards);
             let version = self.version.load(Ordering::Acquire);
-            if chunk.iter().any(|r| r.handle.version != version) {
+            if chunk.iter().any(|r| r.handle.state.version != version) {
                 // A write landed meanwhile: decide one by one (each resolves again).
                 drop(locked);
                 for r in chunk.iter_mut() {
                     let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-                    out.push(self.run_handle(r.handle, now, op));
+                    out.push(self.run_handle(&mut r.handle.state, now, op));
                 }
                 continue;
             }
             // Ask for every counter entry before deciding (see `prefetch`).
             for r in chunk.iter() {
-                let h = &*r.handle;
+                let h = &r.handle.state;
                 for o in &h.owners {
                     locked.prefetch_hinted(o.shard, &h.owner(o), o.hint);
                 }
             }
             for r in chunk.iter_mut() {
                 let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-                out.push(self.decide_cached(r.handle, now, op, &mut locked));
+                out.push(self.decide_cached(&mut r.handle.state, now, op, &mut locked));
             }
         }
     }
@@ -400,7 +562,7 @@ impl Engine {
     /// its windows rolled to `now` if they were not current (the version is
     /// checked separately, under the shard locks).
     #[inline]
-    fn ready(&self, h: &mut SubjectHandle, now: i64) -> bool {
+    fn ready(&self, h: &mut HandleState, now: i64) -> bool {
         (h.engine == self.id && h.fresh.contains(now)) || self.roll_windows(h, now)
     }
 
@@ -409,7 +571,7 @@ impl Engine {
     /// those that do (a new minute, hour or day), and `true`.
     #[cold]
     #[inline(never)]
-    fn roll_windows(&self, h: &mut SubjectHandle, now: i64) -> bool {
+    fn roll_windows(&self, h: &mut HandleState, now: i64) -> bool {
         if h.engine != self.id || !h.valid.contains(now) {
             return false;
         }
@@ -429,7 +591,7 @@ impl Engine {
     /// ([`Engine::run_leased_locked`]), else the exact way
     /// ([`Engine::run_exact`]).
     #[inline(never)]
-    fn run_handle(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
+    fn run_handle(&self, h: &mut HandleState, now: i64, op: Op) -> Decision {
         let now = clamp_now(now);
         if h.lease != 0 {
             return self.run_leased_locked(h, now, op);
@@ -439,7 +601,7 @@ impl Engine {
 
     /// A call through an exact handle, at a clamped `now`.
     #[inline(never)]
-    fn run_exact(&self, h: &mut SubjectHandle, now: i64, op: Op) -> Decision {
+    fn run_exact(&self, h: &mut HandleState, now: i64, op: Op) -> Decision {
         if self.ready(h, now) {
             // The entries' misses overlap the locking and the version check.
             h.prefetch_entries(&self.store);
@@ -457,9 +619,9 @@ impl Engine {
     #[inline(always)]
     fn run_resolved(
         &self,
-        h: &mut SubjectHandle,
+        h: &mut HandleState,
         now: i64,
-        decide: impl FnOnce(&mut SubjectHandle, &mut Locked<'_>) -> Decision,
+        decide: impl FnOnce(&mut HandleState, &mut Locked<'_>) -> Decision,
     ) -> Decision {
         let rules = self.read();
         self.refresh(&rules, h, now);
@@ -473,7 +635,7 @@ impl Engine {
     #[inline(always)]
     fn decide_cached(
         &self,
-        h: &mut SubjectHandle,
+        h: &mut HandleState,
         now: i64,
         op: Op,
         locked: &mut Locked<'_>,
@@ -490,7 +652,7 @@ impl Engine {
         if h.owners.len() == 1 {
             // The usual subject: every rule counts on one owner, whose slot
             // the handle remembers (see `SlotHint`).
-            let SubjectHandle {
+            let HandleState {
                 rules,
                 owners,
                 subject,
@@ -519,7 +681,7 @@ impl Engine {
 
     /// Resolves the handle's subject at `now`; the caller holds `rules`.
     /// Reuses the handle's buffers, so resolving again allocates nothing.
-    fn refresh(&self, rules: &RuleSet, h: &mut SubjectHandle, now: i64) {
+    fn refresh(&self, rules: &RuleSet, h: &mut HandleState, now: i64) {
         let policy = self.config.frozen_policy;
         let subject = h.subject.borrow();
         let mut applied = AppliedVec::new();
@@ -534,8 +696,11 @@ impl Engine {
             let owner = match applied[..i].iter().position(|b| b.owner.same(&a.owner)) {
                 Some(j) => h.rules[j].owner,
                 None => {
+                    let e = &rules.rules[a.slot as usize];
                     h.owners.push(HandleOwner {
                         kind: a.owner.kind,
+                        shared: a.owner.kind == OwnerKind::Pool
+                            && e.info.entity_type.family() == Family::Enterprise,
                         pool: a.owner.pool,
                         hash: a.owner.hash,
                         shard: a.shard,
@@ -570,8 +735,8 @@ impl Engine {
     }
 }
 
-impl SubjectHandle {
-    /// [`SubjectHandle::valid`] narrowed to the cached windows.
+impl HandleState {
+    /// [`HandleState::valid`] narrowed to the cached windows.
     fn fresh_range(&self) -> Validity {
         let mut fresh = self.valid;
         for w in self.rules.iter().filter_map(|r| r.window) {
@@ -673,9 +838,9 @@ impl HandleRule {
 
 /// One request of a handle batch (see [`Engine::try_consume_many_handles`]).
 #[derive(Debug)]
-pub struct HandleRequest<'a> {
+pub struct HandleRequest<'a, E: Deref<Target = Engine> = Arc<Engine>> {
     /// The subject's handle.
-    pub handle: &'a mut SubjectHandle,
+    pub handle: &'a mut SubjectHandle<E>,
     /// What is spent.
     pub benefit_type: BenefitType,
     /// How much.
@@ -693,7 +858,7 @@ mod tests {
         // the three benefit types' leases with their tightest rule's id, two
         // 16-byte rule leases, alignment to a line), plus the ids on the
         // heap. A gateway keeps one per connection.
-        let size = std::mem::size_of::<SubjectHandle>();
+        let size = std::mem::size_of::<HandleState>();
         assert!(size <= 832, "{size}");
         assert!(std::mem::size_of::<HandleRule>() <= 120);
         assert!(std::mem::size_of::<TypeLease>() <= 72);

@@ -24,6 +24,7 @@ use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 
 use self::table::{Probe, SlotsView, Table};
+use crate::sync::AtomicU64;
 use crate::sync::{Mutex, MutexGuard};
 use crate::types::SmallStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +53,10 @@ pub(crate) struct Owner<'a> {
 
 struct Entry {
     kind: OwnerKind,
+    /// A leased handle relies on this owner's stamp (see [`Stamps`]): every
+    /// write to the entry bumps it. Set by a grant, cleared only with the
+    /// entry (whose removal bumps the stamp too).
+    leased: bool,
     pool: u32,
     /// Inline up to 22 bytes (typical device ids): comparing it costs no
     /// extra cache miss.
@@ -119,9 +124,64 @@ impl OwnerHasher {
     }
 }
 
+/// Per-owner change stamps, striped: `stamp(owner)` changes whenever a
+/// locked call writes to the counters of an owner a leased handle relies on
+/// (an entry marked `leased`), or such an entry is evicted. A leased handle
+/// snapshots its owners' stamps when it is granted, and its lock-free path
+/// spends only while they are unchanged, with one atomic load per owner: so
+/// a `record`, another caller's debit (which may exhaust a rule of any
+/// benefit type, D13) or a window rolled by another caller sends the
+/// handle's next call through the locks. Owners share a stripe by hash: a
+/// write to another owner of the stripe only costs a lease refill.
+pub(crate) struct Stamps(Box<[AtomicU64]>);
+
+/// Stripes: 32 KiB, written only by calls on leased owners.
+#[cfg(not(loom))]
+const STAMP_STRIPES: usize = 4096;
+#[cfg(loom)]
+const STAMP_STRIPES: usize = 2;
+
+impl Stamps {
+    fn new() -> Stamps {
+        Stamps((0..STAMP_STRIPES).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// The stripe of the owner with hash `hash`.
+    #[inline]
+    pub fn index(hash: u64) -> u32 {
+        // The low bits place entries in a shard's table, the top ones pick
+        // the shard: the middle ones spread a shard's owners over stripes.
+        ((hash >> 20) as usize & (STAMP_STRIPES - 1)) as u32
+    }
+
+    /// The stripe's current stamp.
+    #[inline(always)]
+    pub fn get(&self, index: u32) -> u64 {
+        self.0[index as usize].load(Ordering::Acquire)
+    }
+
+    /// The counters of `e`, handed out for writing: if a leased handle
+    /// relies on the entry, its stamp changes first.
+    #[inline(always)]
+    fn writing<'e>(&self, e: &'e mut Entry, hash: u64) -> &'e mut Counters {
+        if e.leased {
+            self.bump(hash);
+        }
+        &mut e.counters
+    }
+
+    /// Changes the stripe's stamp; returns the new value.
+    #[inline]
+    fn bump(&self, hash: u64) -> u64 {
+        self.0[Stamps::index(hash) as usize].fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
 /// The sharded counter store.
 pub(crate) struct Store {
     shards: Box<[CachePadded<ShardCell>]>,
+    /// See [`Stamps`].
+    pub stamps: Stamps,
     shift: u32,
     hasher: OwnerHasher,
     /// Counters in existence (maintained on creation and eviction only).
@@ -150,6 +210,7 @@ impl Store {
             .collect();
         Store {
             shards: v.into_boxed_slice(),
+            stamps: Stamps::new(),
             shift: 64 - shards.trailing_zeros(),
             hasher,
             count: CachePadded::new(AtomicUsize::new(0)),
@@ -172,7 +233,7 @@ impl Store {
     /// none), one shard at a time; returns how many were removed.
     pub fn evict(&self, mut drop: impl FnMut(&CounterState) -> bool) -> usize {
         let mut removed = 0;
-        let hasher = &self.hasher;
+        let (hasher, stamps) = (&self.hasher, &self.stamps);
         for shard in self.shards.iter() {
             let mut shard = shard.lock.lock();
             shard.table.retain(
@@ -180,6 +241,9 @@ impl Store {
                     let before = e.counters.len();
                     e.counters.retain(|c| !drop(c));
                     removed += before - e.counters.len();
+                    if e.leased && e.counters.len() != before {
+                        stamps.bump(hasher.of_entry(e));
+                    }
                     !e.counters.is_empty()
                 },
                 |e| hasher.of_entry(e),
@@ -252,6 +316,7 @@ impl Store {
             rest: None,
             hasher: &self.hasher,
             cells: &self.shards,
+            stamps: &self.stamps,
         }
     }
 
@@ -283,6 +348,7 @@ impl Store {
             rest: others,
             hasher: &self.hasher,
             cells: &self.shards,
+            stamps: &self.stamps,
         }
     }
 
@@ -311,6 +377,8 @@ pub(crate) struct Locked<'s> {
     hasher: &'s OwnerHasher,
     /// Every shard, for publishing a held table's layout when it grows.
     cells: &'s [CachePadded<ShardCell>],
+    /// Bumped for every leased entry handed out for writing.
+    stamps: &'s Stamps,
 }
 
 impl Locked<'_> {
@@ -384,6 +452,7 @@ impl Locked<'_> {
         owner: &Owner<'_>,
         hint: &mut SlotHint,
     ) -> Option<&mut Counters> {
+        let stamps = self.stamps;
         let table = self.table_mut(shard);
         let slot = match table.remembered(hint.slot, hint.epoch) {
             Some(i) => i,
@@ -393,15 +462,32 @@ impl Locked<'_> {
                 i
             }
         };
-        Some(&mut table.at_mut(slot).counters)
+        Some(stamps.writing(table.at_mut(slot), owner.hash))
     }
 
     /// The counters of `owner`, if it has any, for writing.
     #[inline]
     pub fn counters_if_any(&mut self, shard: usize, owner: &Owner<'_>) -> Option<&mut Counters> {
+        let stamps = self.stamps;
         self.table_mut(shard)
             .find_mut(owner.hash, |e| e.is(owner))
-            .map(|e| &mut e.counters)
+            .map(|e| stamps.writing(e, owner.hash))
+    }
+
+    /// Marks `owner`'s entry (created empty if missing: it stays while
+    /// marked, until evicted) as one a leased handle relies on, and returns
+    /// its stamp stripe and stamp, which changes with every later write to
+    /// the entry (see [`Stamps`]). `hint` is updated.
+    pub fn lease_owner(
+        &mut self,
+        shard: usize,
+        owner: &Owner<'_>,
+        hint: &mut SlotHint,
+    ) -> (u32, u64) {
+        let stamps = self.stamps;
+        let entry = self.owner_entry_hinted(shard, owner, hint);
+        entry.table.at_mut(entry.slot).leased = true;
+        (Stamps::index(owner.hash), stamps.bump(owner.hash))
     }
 
     /// The counters of `owner`, its entry created if missing. Creating an
@@ -420,8 +506,10 @@ impl<'s> Locked<'s> {
     #[inline]
     pub fn owner_entry(&mut self, shard: usize, owner: &Owner<'_>) -> OwnerEntry<'_> {
         let (hasher, view) = (self.hasher, &self.cells[shard].slots);
+        let stamps = self.stamps;
         let table = self.table_mut(shard);
         let slot = slot_of(table, view, hasher, owner);
+        stamps.writing(table.at_mut(slot), owner.hash);
         OwnerEntry {
             table,
             slot,
@@ -438,7 +526,7 @@ impl<'s> Locked<'s> {
         owner: &Owner<'_>,
         hint: &mut SlotHint,
     ) -> OwnerEntry<'_> {
-        let (hasher, view) = (self.hasher, &self.cells[shard].slots);
+        let (hasher, view, stamps) = (self.hasher, &self.cells[shard].slots, self.stamps);
         let table = self.table_mut(shard);
         let slot = match table.remembered(hint.slot, hint.epoch) {
             Some(slot) => {
@@ -451,6 +539,7 @@ impl<'s> Locked<'s> {
                 slot
             }
         };
+        stamps.writing(table.at_mut(slot), owner.hash);
         OwnerEntry {
             table,
             slot,
@@ -476,6 +565,7 @@ fn slot_of(
                 i,
                 Entry {
                     kind: owner.kind,
+                    leased: false,
                     pool: owner.pool,
                     id: SmallStr::new(owner.id),
                     counters: SmallVec::new(),

@@ -18,10 +18,10 @@ pub fn units(n: u64) -> Amount {
 
 /// One request per handle, spending `amounts` points (in order) of
 /// `resource_point`.
-pub fn point_requests<'h>(
-    handles: &'h mut [SubjectHandle],
+pub fn point_requests<'h, E: std::ops::Deref<Target = Engine>>(
+    handles: &'h mut [SubjectHandle<E>],
     amounts: impl IntoIterator<Item = u64>,
-) -> Vec<HandleRequest<'h>> {
+) -> Vec<HandleRequest<'h, E>> {
     handles
         .iter_mut()
         .zip(amounts)

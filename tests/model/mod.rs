@@ -10,6 +10,8 @@
 
 pub mod ops;
 
+use std::sync::Arc;
+
 use benefit_quota::{Amount, Decision, DenyReason, Engine, Member, Subject};
 use ops::*;
 use serde_json::{json, Value};
@@ -558,6 +560,7 @@ pub fn outcome_of(d: Decision) -> Outcome {
                 DenyReason::Exhausted => "exhausted",
                 DenyReason::Insufficient => "insufficient",
                 DenyReason::CounterCapacity => "counter_capacity",
+                other => panic!("a reason the model does not know: {other}"),
             },
             d.remaining.as_micros(),
             d.resets_at,
@@ -600,7 +603,7 @@ fn config_outcome(r: Result<benefit_quota::BenefitInfo, benefit_quota::ApiError>
 
 /// A run: the engine, the model, the clock, and the fixed subjects.
 pub struct Harness {
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
     pub model: Model,
     pub base: i64,
     pub now: i64,
@@ -623,34 +626,35 @@ const LEASES: [u64; 5] = [1, 500_000, 3_000_000, 40_000_000, 5_000_000_000];
 
 impl Harness {
     pub fn new(base: i64, offset_hours: i32, suspend: bool) -> Harness {
-        let config = benefit_quota::EngineConfig {
-            utc_offset: benefit_quota::UtcOffset::from_hours(offset_hours).unwrap_or_default(),
-            frozen_policy: if suspend {
-                benefit_quota::FrozenPolicy::Suspend
-            } else {
-                benefit_quota::FrozenPolicy::Block
-            },
-            shards: 4,
-            rule_replicas: 2,
-            max_counters: usize::MAX,
-        };
-        let engine = Engine::with_config(config);
+        let utc_offset = benefit_quota::UtcOffset::from_hours(offset_hours).unwrap_or_default();
+        let engine = Arc::new(
+            Engine::builder()
+                .utc_offset(utc_offset)
+                .frozen_policy(if suspend {
+                    benefit_quota::FrozenPolicy::Suspend
+                } else {
+                    benefit_quota::FrozenPolicy::Block
+                })
+                .shards(4)
+                .rule_replicas(2)
+                .build(),
+        );
         let subjects = subjects();
         let handles = subjects
             .iter()
-            .map(|s| engine.handle(&subject_of(s)))
+            .map(|s| engine.handle_owned(&subject_of(s)))
             .collect();
         let leased = subjects
             .iter()
             .enumerate()
             .map(|(i, s)| {
                 let lease = Amount::from_micros(LEASES[i % LEASES.len()]);
-                engine.handle_with_lease(&subject_of(s), lease)
+                engine.handle_owned(&subject_of(s)).with_lease(lease)
             })
             .collect();
         Harness {
             engine,
-            model: Model::new(i64::from(config.utc_offset.seconds()), suspend),
+            model: Model::new(i64::from(utc_offset.seconds()), suspend),
             base,
             now: base,
             subjects,
@@ -674,7 +678,7 @@ impl Harness {
     /// holding leases; `None`: of all of them.
     fn release_except(&mut self, keep: Option<usize>) {
         if let Some(h) = self.holder.filter(|&h| Some(h) != keep) {
-            self.engine.release_handle(&mut self.leased[h]);
+            self.leased[h].release();
         }
         self.holder = keep;
     }
@@ -728,9 +732,9 @@ impl Harness {
                 let leased = Self::is_leased(*subject);
                 self.release_except(leased.then_some(i));
                 let engine = if leased {
-                    self.engine.check_handle(&mut self.leased[i], now)
+                    self.leased[i].check(now)
                 } else if subject >> 7 == 1 {
-                    self.engine.check_handle(&mut self.handles[i], now)
+                    self.handles[i].check(now)
                 } else {
                     self.engine.check(&subject_of(&s), now)
                 };
@@ -782,7 +786,7 @@ impl Harness {
         };
         let engine = match (record, through_handle) {
             (true, false) => e.record(&subj, ebt, amount, now),
-            (true, true) => e.record_handle(h, ebt, amount, now),
+            (true, true) => h.record(ebt, amount, now),
             (false, false) => e.try_consume(&subj, ebt, amount, now),
             (false, true) if batch => {
                 // through the batch entry point, as a batch of one
@@ -795,7 +799,7 @@ impl Harness {
                 e.try_consume_many_handles(&mut reqs, now, &mut out);
                 out.pop().unwrap_or(benefit_quota::Decision::Allowed(None))
             }
-            (false, true) => e.try_consume_handle(h, ebt, amount, now),
+            (false, true) => h.try_consume(ebt, amount, now),
         };
         let model = if record {
             self.model.record(&s, bt, m, now)

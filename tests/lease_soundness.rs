@@ -1,0 +1,200 @@
+//! Leases under other callers (SEMANTICS.md L6–L8): each test is one way a
+//! gateway mixes a leased handle with other calls, and each failed before
+//! leases watched their owners' stamps, skipped shared pools and were given
+//! back on drop. A leased call must never admit what the exact path would
+//! deny; the only difference allowed is others' under-admission while a
+//! lease is held.
+
+mod common;
+
+use benefit_quota::{DenyReason, Engine, Member, Subject};
+use common::*;
+
+/// Spends one point at a time through `h` until a call is denied; returns
+/// how many were admitted (at most `cap`).
+fn spend_ones<E: std::ops::Deref<Target = Engine>>(
+    h: &mut benefit_quota::SubjectHandle<E>,
+    now: i64,
+    cap: u64,
+) -> u64 {
+    let mut admitted = 0;
+    while admitted < cap && h.try_consume(PTS, units(1), now).is_allowed() {
+        admitted += 1;
+    }
+    admitted
+}
+
+#[test]
+fn another_callers_record_ends_the_lease() {
+    let e = Engine::new();
+    let daily = Rule::all_devices(100).daily().create(&e);
+    let d = Subject::device("sn-1");
+    let mut h = e.handle(&d).with_lease(units(10));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+    // Post-paid usage booked by another path: the real usage is now 96.
+    let _ = e.record(&d, PTS, units(95), MIDNIGHT + 1);
+    // The handle admits exactly the 4 points the limit has left, no more.
+    assert_eq!(spend_ones(&mut h, MIDNIGHT + 2, 50), 4);
+    let denied = h.try_consume(PTS, units(1), MIDNIGHT + 2);
+    assert_eq!(
+        denied.denial().map(|x| x.reason),
+        Some(DenyReason::Exhausted)
+    );
+    drop(h);
+    assert_eq!(used(&e, &d, &daily, MIDNIGHT + 3), units(100));
+}
+
+#[test]
+fn a_record_past_the_limit_denies_the_next_leased_call() {
+    let e = Engine::new();
+    Rule::all_devices(100).daily().create(&e);
+    let d = Subject::device("sn-1");
+    let mut h = e.handle(&d).with_lease(units(10));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+    let _ = e.record(&d, PTS, units(120), MIDNIGHT + 1);
+    let denied = h.try_consume(PTS, units(1), MIDNIGHT + 2);
+    assert_eq!(
+        denied.denial().map(|x| x.reason),
+        Some(DenyReason::Exhausted)
+    );
+    assert!(!h.check(MIDNIGHT + 2).is_allowed());
+}
+
+#[test]
+fn another_benefit_type_exhausted_elsewhere_blocks_the_leased_handle() {
+    let e = Engine::new();
+    Rule::all_devices(100).daily().create(&e);
+    let voice = Rule::all_devices(60)
+        .daily()
+        .of("voice_unified_duration_system")
+        .create(&e);
+    let d = Subject::device("sn-1");
+    let mut h = e.handle(&d).with_lease(units(10));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+    // Another caller spends all the voice: the device is blocked (D13).
+    assert!(e
+        .try_consume(&d, VOICE, units(60), MIDNIGHT + 1)
+        .is_allowed());
+    let denied = h.try_consume(PTS, units(1), MIDNIGHT + 2);
+    let denial = denied
+        .denial()
+        .expect("blocked by the exhausted voice rule");
+    assert_eq!(denial.reason, DenyReason::Exhausted);
+    assert_eq!(denial.benefit_id.as_str(), voice);
+    assert!(!h.check(MIDNIGHT + 2).is_allowed());
+}
+
+#[test]
+fn a_voice_rule_first_used_elsewhere_is_seen_by_the_leased_handle() {
+    // The voice rule has no counter when the lease is granted (nothing spent
+    // yet); the first voice debit, by another caller, creates it.
+    let e = Engine::new();
+    Rule::all_devices(100).daily().create(&e);
+    Rule::device("sn-1", 60)
+        .daily()
+        .of("voice_unified_duration_system")
+        .create(&e);
+    let d = Subject::device("sn-1");
+    let mut h = e.handle(&d).with_lease(units(10));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+    assert!(e
+        .try_consume(&d, VOICE, units(60), MIDNIGHT + 1)
+        .is_allowed());
+    assert!(!h.try_consume(PTS, units(1), MIDNIGHT + 2).is_allowed());
+}
+
+#[test]
+fn a_shared_pool_is_never_leased_so_every_member_is_served() {
+    let e = Engine::new();
+    let pool = Rule::new("coze_organization", Some("org-1"), 100).create(&e);
+    let users: Vec<String> = (0..20).map(|i| format!("user-{i}")).collect();
+    let subjects: Vec<Subject<'_>> = users
+        .iter()
+        .map(|u| {
+            Subject::member(Member {
+                coze_user_id: Some(u),
+                organization_id: Some("org-1"),
+                ..Member::default()
+            })
+        })
+        .collect();
+    let mut handles: Vec<_> = subjects
+        .iter()
+        .map(|s| e.handle(s).with_lease(units(10)))
+        .collect();
+    for h in &mut handles {
+        assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+    }
+    // Nothing is held ahead: the pool reads exactly what was spent.
+    assert_eq!(used(&e, &subjects[0], &pool, MIDNIGHT), units(20));
+    // And the pool can be spent to its last unit by the members.
+    let mut admitted = 20;
+    for round in 0..200 {
+        let h = &mut handles[round % 20];
+        admitted += u64::from(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+    }
+    assert_eq!(admitted, 100);
+}
+
+#[test]
+fn dropped_handles_give_their_leases_back() {
+    let e = Engine::new();
+    let cap = Rule::all_devices(100).create(&e); // cumulative: for good
+    let d = Subject::device("sn-1");
+    for _ in 0..10 {
+        let mut h = e.handle(&d).with_lease(units(10));
+        assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+        // the connection ends without an explicit release
+    }
+    assert_eq!(used(&e, &d, &cap, MIDNIGHT), units(10));
+    assert!(e.try_consume(&d, PTS, units(90), MIDNIGHT).is_allowed());
+    assert!(!e.check(&d, MIDNIGHT).is_allowed());
+}
+
+#[test]
+fn lifetime_meters_exactly_what_was_spent_once_the_lease_is_settled() {
+    let e = Engine::new();
+    let daily = Rule::all_devices(100).daily().create(&e);
+    let d = Subject::device("sn-1");
+    let mut h = e.handle(&d).with_lease(units(10));
+    for _ in 0..7 {
+        assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+    }
+    // While held, the unspent lease counts as used.
+    assert_eq!(used(&e, &d, &daily, MIDNIGHT), units(1 + 10));
+    let back = h.release();
+    assert_eq!(back.given_back(PTS), units(4));
+    let usage = e.usage(&d, MIDNIGHT);
+    assert_eq!(usage[0].used, units(7));
+    assert_eq!(usage[0].lifetime, units(7));
+    // Dropping after more calls settles again.
+    assert!(h.try_consume(PTS, units(2), MIDNIGHT).is_allowed());
+    drop(h);
+    let usage = e.usage(&d, MIDNIGHT);
+    assert_eq!((usage[0].used, usage[0].lifetime), (units(9), units(9)));
+}
+
+#[test]
+fn two_leased_handles_on_one_device_never_pass_the_limit_together() {
+    let e = Engine::new();
+    let daily = Rule::all_devices(25).daily().create(&e);
+    let d = Subject::device("sn-1");
+    let (mut a, mut b) = (
+        e.handle(&d).with_lease(units(10)),
+        e.handle(&d).with_lease(units(10)),
+    );
+    let mut admitted = 0;
+    for i in 0..60 {
+        let h = if i % 3 == 0 { &mut a } else { &mut b };
+        admitted += u64::from(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+        admitted += u64::from(e.try_consume(&d, PTS, units(1), MIDNIGHT).is_allowed());
+    }
+    drop((a, b));
+    assert!(admitted <= 25, "{admitted}");
+    assert_eq!(used(&e, &d, &daily, MIDNIGHT), units(admitted));
+    // Once the leases are back, the rest of the limit is reachable.
+    while e.try_consume(&d, PTS, units(1), MIDNIGHT).is_allowed() {
+        admitted += 1;
+    }
+    assert_eq!(admitted, 25);
+}
