@@ -14,9 +14,16 @@
 //! older than a decision already made with the new ones on the same counter.
 //! A third test puts the write and the call by subject on two threads, so a
 //! call by subject can decide between the write and its version bump.
+//!
+//! The last test races a leased handle's lock-free spend with another
+//! caller's `record`: the owner's stamp (`src/state/mod.rs`, `Stamps`) that
+//! the lock-free path reads with one atomic load must make every spend that
+//! starts after the record has returned take the locks and see it.
 #![cfg(loom)]
 
 use std::sync::Arc;
+
+use loom::sync::atomic::{AtomicBool, Ordering};
 
 use benefit_quota::{Amount, BenefitType, Engine, HandleRequest, Subject, SubjectHandle};
 
@@ -26,7 +33,7 @@ const DEVICE: &str = "sn-1";
 /// A one-shard engine with one all-devices rule of `limit` points, its id,
 /// and a handle on the device resolved at that configuration.
 fn setup(limit: u64) -> (Arc<Engine>, String, SubjectHandle) {
-    let e = Engine::builder().shards(1).rule_replicas(1).build();
+    let e = Arc::new(Engine::builder().shards(1).rule_replicas(1).build());
     let body = format!(
         r#"{{"entity_type":"enterprise_all_devices","benefit_info":{{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"never"}}}}"#
     );
@@ -34,9 +41,9 @@ fn setup(limit: u64) -> (Arc<Engine>, String, SubjectHandle) {
         Ok(info) => info.benefit_id().to_string(),
         Err(err) => panic!("{err}"),
     };
-    let mut h = e.handle(&Subject::device(DEVICE));
+    let mut h = e.handle_owned(&Subject::device(DEVICE));
     assert!(h.check(NOW).is_allowed());
-    (Arc::new(e), id, h)
+    (e, id, h)
 }
 
 /// Sets the rule's limit.
@@ -146,4 +153,45 @@ fn a_call_by_subject_never_sees_a_write_before_handles_do() {
             }
         });
     }
+}
+
+#[test]
+fn a_leased_spend_after_another_callers_record_sees_it() {
+    loom::model(|| {
+        let (e, _, h) = setup(3);
+        let mut h = h.with_lease(Amount::from_units(1));
+        // Under the locks: 1 spent, 1 more taken ahead (2 of 3 counted).
+        assert!(h
+            .try_consume(BenefitType::ResourcePoint, Amount::from_units(1), NOW)
+            .is_allowed());
+        let recorded = Arc::new(AtomicBool::new(false));
+        let recorder = {
+            let (e, recorded) = (Arc::clone(&e), Arc::clone(&recorded));
+            loom::thread::spawn(move || {
+                let d = e.record(
+                    &Subject::device(DEVICE),
+                    BenefitType::ResourcePoint,
+                    Amount::from_units(5),
+                    NOW,
+                );
+                assert!(!d.is_allowed()); // 6 of 3 really used
+                recorded.store(true, Ordering::SeqCst);
+            })
+        };
+        let after = recorded.load(Ordering::SeqCst);
+        let spent = h
+            .try_consume(BenefitType::ResourcePoint, Amount::from_units(1), NOW)
+            .is_allowed();
+        if after {
+            // The record returned before this spend began: the rule is
+            // exhausted (6 of 3), whatever the lease still holds.
+            assert!(!spent, "a lease admitted past a record it should have seen");
+        }
+        recorder
+            .join()
+            .unwrap_or_else(|_| panic!("the recorder panicked"));
+        drop(h);
+        let used = e.usage(&Subject::device(DEVICE), NOW)[0].used;
+        assert_eq!(used, Amount::from_units(if spent { 7 } else { 6 }));
+    });
 }

@@ -9,6 +9,8 @@
 #![allow(dead_code)]
 
 pub mod ops;
+#[cfg(not(fuzzing))]
+pub mod strategy;
 
 use std::sync::Arc;
 
@@ -476,6 +478,11 @@ impl Model {
         self.headroom(&seen, Some(ty))
     }
 
+    /// Whether [`Model::try_consume`] would allow, changing nothing.
+    pub fn would_consume(&self, s: &SubjectIds, ty: &'static str, micros: u64, now: i64) -> bool {
+        self.deny(&self.seen(s, now), Some(ty), micros).is_none()
+    }
+
     pub fn record(&mut self, s: &SubjectIds, ty: &'static str, micros: u64, now: i64) -> Outcome {
         let seen = self.seen(s, now);
         self.debit(&seen, ty, micros);
@@ -594,7 +601,7 @@ pub fn engine_records(e: &Engine) -> Vec<Value> {
         .collect()
 }
 
-fn config_outcome(r: Result<benefit_quota::BenefitInfo, benefit_quota::ApiError>) -> Outcome {
+pub fn config_outcome(r: Result<benefit_quota::BenefitInfo, benefit_quota::ApiError>) -> Outcome {
     Outcome::Config(
         r.map(|i| serde_json::to_value(&i).unwrap_or(Value::Null))
             .map_err(|e| e.code().as_u32()),
