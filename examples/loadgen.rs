@@ -11,7 +11,7 @@
 //! connections are between a gateway's workers) and each thread spends
 //! through a `SubjectHandle` per subject, made after the warm-up; the memory
 //! the handles add is printed per handle. `--lease N` makes them leased
-//! handles taking N points of each rule ahead (`Engine::handle_with_lease`),
+//! handles taking N points of each rule ahead (`SubjectHandle::with_lease`),
 //! released at the end.
 //!
 //! `cargo run --release --example loadgen -- --subjects 1000000 --threads 2 --seconds 5 [--handles 1 [--lease 4]]`

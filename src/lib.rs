@@ -31,6 +31,21 @@
 //! assert!(engine.check(&dev, now + 86_400).is_allowed()); // a new day
 //! ```
 //!
+//! ## Which call when
+//! - A stateless request: [`Engine::try_consume`] (or [`Engine::check`],
+//!   [`Engine::record`]) with the request's [`Subject`].
+//! - Many requests at once: [`Engine::try_consume_many`].
+//! - A connection or session: a [`SubjectHandle`] made once
+//!   ([`Engine::handle`], or [`Engine::handle_owned`] to keep it beside an
+//!   `Arc<Engine>`), then [`SubjectHandle::try_consume`],
+//!   [`SubjectHandle::check`], [`SubjectHandle::record`]; batches of them
+//!   through [`Engine::try_consume_many_handles`].
+//! - A connection that does most of a device's or consumer's spending:
+//!   the same, with [`SubjectHandle::with_lease`].
+//!
+//! Every one of them decides as a call by subject would (a leased handle's
+//! only difference: others may be denied up to its unspent lease earlier).
+//!
 //! ## Layout
 //! - [`wire`]: serde mirrors of the platform JSON (create, update, list, envelope).
 //! - `validate`: wire → validated domain types ([`types`]), errors as [`ApiError`].
@@ -106,17 +121,21 @@
 //! (see `src/handle/mod.rs`). [`Engine::try_consume_many_handles`] batches them
 //! like [`Engine::try_consume_many`].
 //!
-//! **Through a leased handle** ([`Engine::handle_with_lease`], for a subject
-//! one connection spends for alone), a call takes no lock and no atomic
-//! read-modify-write: it reads the configuration version (a plain load),
-//! checks its cached windows and spends from leases it holds in the handle
-//! itself, which the calling thread owns (`&mut`): one record per benefit
-//! type, since a debit comes off all of a type's leases alike. A lease is headroom a
-//! locked call took ahead, up to the lease size per rule, added to the
-//! counter so every other spender sees it as used; when a lease runs short,
-//! a write lands or a window rolls, the call takes the locks, gives the
-//! unspent leases back, decides exactly as an exact handle and takes new
-//! ones (`src/handle/lease.rs`, SEMANTICS.md L1–L5).
+//! **Through a leased handle** ([`SubjectHandle::with_lease`], for a subject
+//! one connection spends for), a call takes no lock and no atomic
+//! read-modify-write: it reads the configuration version and its counter
+//! owners' stamps (plain loads), checks its cached windows and spends from
+//! leases it holds in the handle itself, which the calling thread owns
+//! (`&mut`): one record per benefit type, since a debit comes off all of a
+//! type's leases alike. A lease is headroom a locked call took ahead, up to
+//! the lease size per rule, added to the counter so every other spender
+//! sees it as used. Every locked call that writes to a leased owner's
+//! counters bumps the owner's stamp (an atomic in a striped array), so when
+//! a lease runs short, a configuration write lands, another caller writes
+//! to the counters or a window rolls, the next call takes the locks, gives
+//! the unspent leases back, decides exactly as an exact handle and takes
+//! new ones. Pools shared by several subjects are never leased; dropping the
+//! handle gives its leases back (`src/handle/lease.rs`, SEMANTICS.md L1–L8).
 //!
 //! **Decided straight from the counters:** when every applicable rule counts
 //! on one owner (a device's all-scope rules, or one pool: the usual case), a

@@ -1,4 +1,4 @@
-//! Leased handles (`Engine::handle_with_lease`, SEMANTICS.md L1–L5): a
+//! Leased handles (`SubjectHandle::with_lease`, SEMANTICS.md L1–L8): a
 //! leased handle that is its counters' only spender decides exactly as calls
 //! by subject, and once released leaves exactly the same usage; shared with
 //! other spenders, it never lets a limit be passed.

@@ -1,4 +1,4 @@
-//! Leased handles: headroom taken ahead, spent without locking (rule L1–L5 in
+//! Leased handles: headroom taken ahead, spent without locking (rules L1–L8 in
 //! SEMANTICS.md).
 //!
 //! A leased handle's call that takes the shard locks decides exactly as an
@@ -13,8 +13,17 @@
 //! and adds what was spent to their lifetime totals), decides exactly and
 //! grants again.
 //!
-//! Why a lease-covered call decides as the exact path would when the handle
-//! is its counters' only spender: the counter holds `used + leased` with
+//! Other callers: a grant marks the handle's counter owners as leased and
+//! remembers their stamps (`state::Stamps`); every locked call that takes a
+//! leased owner's counters for writing bumps its stamp, and the lock-free
+//! path spends only while every stamp is unchanged. So the counters a
+//! covered call relies on have seen no write but the grant since it was
+//! taken: the argument below holds whoever else spends on them. Counters of
+//! pools several subjects share are never leased (a lease there would be
+//! headroom one member holds while the others starve).
+//!
+//! Why a lease-covered call decides as the exact path would when the
+//! counters have seen no other write since the grant: the counter holds `used + leased` with
 //! `used + leased ≤ limit` (a grant never passes the limit), so a rule whose
 //! lease covers `amount` has `used + amount ≤ limit` and `used < limit`, and
 //! its exact remaining after the debit is what it had left before the grant

@@ -63,7 +63,7 @@ pub(crate) struct HandleState {
     spend: [TypeLease; BenefitType::ALL.len()],
     /// Micro-units of every rule's headroom a call takes ahead for the
     /// handle to spend without locking; 0: an exact handle (see
-    /// [`Engine::handle_with_lease`]).
+    /// [`SubjectHandle::with_lease`]).
     lease: u64,
     /// One per cached rule, in the same order, once leases were granted.
     leases: SmallVec<[RuleLease; 2]>,
