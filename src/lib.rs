@@ -130,7 +130,7 @@
 //! type's leases alike. A lease is headroom a locked call took ahead, up to
 //! the lease size per rule, added to the counter so every other spender
 //! sees it as used. Every locked call that writes to a leased owner's
-//! counters bumps the owner's stamp (an atomic in a striped array), so when
+//! counters bumps the owner's stamp (an atomic of its own), so when
 //! a lease runs short, a configuration write lands, another caller writes
 //! to the counters or a window rolls, the next call takes the locks, gives
 //! the unspent leases back, decides exactly as an exact handle and takes

@@ -14,7 +14,7 @@
 //! grants again.
 //!
 //! Other callers: a grant marks the handle's counter owners as leased and
-//! remembers their stamps (`state::Stamps`); every locked call that takes a
+//! remembers their stamps (`state::Stamp`); every locked call that takes a
 //! leased owner's counters for writing bumps its stamp, and the lock-free
 //! path spends only while every stamp is unchanged. So the counters a
 //! covered call relies on have seen no write but the grant since it was
@@ -79,9 +79,11 @@ impl Engine {
             && h.engine == self.id
             && h.fresh.contains(now)
             && self.version.load(Ordering::Acquire) == h.version
-            && h.watch[..usize::from(h.watched)]
-                .iter()
-                .all(|w| self.store.stamps.get(w.stripe) == w.stamp)
+            && h.watch[..usize::from(h.watched)].iter().all(|w| {
+                w.stamp
+                    .as_ref()
+                    .is_some_and(|s| s.load(Ordering::Acquire) == w.seen)
+            })
         {
             return h.spend_from_leases(op);
         }
@@ -224,8 +226,11 @@ impl Engine {
         // write that creates its first counter is seen too.
         for (o, w) in owners.iter_mut().zip(watch.iter_mut()) {
             let owner = subject.owner(o);
-            let (stripe, stamp) = locked.lease_owner(o.shard, &owner, &mut o.hint);
-            *w = Watch { stripe, stamp };
+            let (stamp, seen) = locked.lease_owner(o.shard, &owner, &mut o.hint);
+            *w = Watch {
+                stamp: Some(stamp),
+                seen,
+            };
         }
         *watched = owners.len() as u8;
         *lease_ok = true;

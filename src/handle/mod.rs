@@ -32,7 +32,7 @@ use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::period::{clamp_now, Period, Window};
 use crate::rules::{Applied, AppliedVec, RuleSet, Validity};
-use crate::state::{Locked, Owner, OwnerKind, SlotHint, Store};
+use crate::state::{Locked, Owner, OwnerKind, SlotHint, Stamp, Store};
 use crate::subject::{Member, Subject};
 use crate::types::{BenefitId, BenefitType, Family};
 
@@ -45,9 +45,9 @@ mod lease;
 pub(crate) struct HandleState {
     engine: u64,
     version: u64,
-    /// The owners' stamps when the leases were granted (see
-    /// `state::Stamps`): the first `watched` entries; a leased call spends
-    /// only while each is unchanged.
+    /// The owners' stamps and their values when the leases were granted
+    /// (see `state::Stamp`): the first `watched` entries; a leased call
+    /// spends only while each is unchanged.
     watch: [Watch; 2],
     watched: u8,
     /// `valid` narrowed to the cached windows of the rules: within it, a
@@ -89,11 +89,11 @@ impl std::fmt::Debug for HandleState {
     }
 }
 
-/// One counter owner's stamp stripe and the stamp a grant saw there.
-#[derive(Clone, Copy, Default)]
+/// One counter owner's stamp and the value a grant saw there.
+#[derive(Clone, Default)]
 struct Watch {
-    stripe: u32,
-    stamp: u64,
+    stamp: Option<Stamp>,
+    seen: u64,
 }
 
 /// One applicable rule, as cached in a handle.
@@ -278,7 +278,7 @@ impl Engine {
         HandleState {
             engine: self.id,
             version: 0,
-            watch: [Watch::default(); 2],
+            watch: [Watch::default(), Watch::default()],
             watched: 0,
             lease_ok: false,
             spend: [TypeLease::NONE; BenefitType::ALL.len()],

@@ -28,6 +28,7 @@ use crate::sync::AtomicU64;
 use crate::sync::{Mutex, MutexGuard};
 use crate::types::SmallStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Who a counter belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,10 +54,10 @@ pub(crate) struct Owner<'a> {
 
 struct Entry {
     kind: OwnerKind,
-    /// A leased handle relies on this owner's stamp (see [`Stamps`]): every
-    /// write to the entry bumps it. Set by a grant, cleared only with the
-    /// entry (whose removal bumps the stamp too).
-    leased: bool,
+    /// The owner's stamp, once a leased handle relies on it (see [`Stamp`]):
+    /// every write to the entry bumps it. Set by a grant, dropped only with
+    /// the entry (whose removal bumps it too).
+    stamp: Option<Stamp>,
     pool: u32,
     /// Inline up to 22 bytes (typical device ids): comparing it costs no
     /// extra cache miss.
@@ -124,64 +125,38 @@ impl OwnerHasher {
     }
 }
 
-/// Per-owner change stamps, striped: `stamp(owner)` changes whenever a
-/// locked call writes to the counters of an owner a leased handle relies on
-/// (an entry marked `leased`), or such an entry is evicted. A leased handle
-/// snapshots its owners' stamps when it is granted, and its lock-free path
-/// spends only while they are unchanged, with one atomic load per owner: so
+/// An owner's change stamp: it changes whenever a locked call takes the
+/// counters of an owner a leased handle relies on for writing, or `evict`
+/// removes one of them. A leased handle keeps a reference to the stamp of
+/// each of its owners and the value it saw at its grant, and its lock-free
+/// path spends only while they are unchanged (one atomic load per owner): so
 /// a `record`, another caller's debit (which may exhaust a rule of any
 /// benefit type, D13) or a window rolled by another caller sends the
-/// handle's next call through the locks. Owners share a stripe by hash: a
-/// write to another owner of the stripe only costs a lease refill.
-pub(crate) struct Stamps(Box<[AtomicU64]>);
+/// handle's next call through the locks. One stamp per owner, in its own
+/// allocation (entries move when a table grows; the stamp must not): a
+/// stamp shared by several owners made each one's refills end the others'
+/// leases, over and over.
+pub(crate) type Stamp = Arc<AtomicU64>;
 
-/// Stripes: 32 KiB, written only by calls on leased owners.
-#[cfg(not(loom))]
-const STAMP_STRIPES: usize = 4096;
-#[cfg(loom)]
-const STAMP_STRIPES: usize = 2;
+/// Changes `stamp`; returns its new value.
+#[inline]
+fn bump(stamp: &Stamp) -> u64 {
+    stamp.fetch_add(1, Ordering::AcqRel) + 1
+}
 
-impl Stamps {
-    fn new() -> Stamps {
-        Stamps((0..STAMP_STRIPES).map(|_| AtomicU64::new(0)).collect())
+/// The counters of `e`, handed out for writing: if a leased handle relies
+/// on the entry, its stamp changes first.
+#[inline(always)]
+fn writing(e: &mut Entry) -> &mut Counters {
+    if let Some(stamp) = &e.stamp {
+        bump(stamp);
     }
-
-    /// The stripe of the owner with hash `hash`.
-    #[inline]
-    pub fn index(hash: u64) -> u32 {
-        // The low bits place entries in a shard's table, the top ones pick
-        // the shard: the middle ones spread a shard's owners over stripes.
-        ((hash >> 20) as usize & (STAMP_STRIPES - 1)) as u32
-    }
-
-    /// The stripe's current stamp.
-    #[inline(always)]
-    pub fn get(&self, index: u32) -> u64 {
-        self.0[index as usize].load(Ordering::Acquire)
-    }
-
-    /// The counters of `e`, handed out for writing: if a leased handle
-    /// relies on the entry, its stamp changes first.
-    #[inline(always)]
-    fn writing<'e>(&self, e: &'e mut Entry, hash: u64) -> &'e mut Counters {
-        if e.leased {
-            self.bump(hash);
-        }
-        &mut e.counters
-    }
-
-    /// Changes the stripe's stamp; returns the new value.
-    #[inline]
-    fn bump(&self, hash: u64) -> u64 {
-        self.0[Stamps::index(hash) as usize].fetch_add(1, Ordering::AcqRel) + 1
-    }
+    &mut e.counters
 }
 
 /// The sharded counter store.
 pub(crate) struct Store {
     shards: Box<[CachePadded<ShardCell>]>,
-    /// See [`Stamps`].
-    pub stamps: Stamps,
     shift: u32,
     hasher: OwnerHasher,
     /// Counters in existence (maintained on creation and eviction only).
@@ -210,7 +185,6 @@ impl Store {
             .collect();
         Store {
             shards: v.into_boxed_slice(),
-            stamps: Stamps::new(),
             shift: 64 - shards.trailing_zeros(),
             hasher,
             count: CachePadded::new(AtomicUsize::new(0)),
@@ -233,7 +207,7 @@ impl Store {
     /// none), one shard at a time; returns how many were removed.
     pub fn evict(&self, mut drop: impl FnMut(&CounterState) -> bool) -> usize {
         let mut removed = 0;
-        let (hasher, stamps) = (&self.hasher, &self.stamps);
+        let hasher = &self.hasher;
         for shard in self.shards.iter() {
             let mut shard = shard.lock.lock();
             shard.table.retain(
@@ -241,8 +215,8 @@ impl Store {
                     let before = e.counters.len();
                     e.counters.retain(|c| !drop(c));
                     removed += before - e.counters.len();
-                    if e.leased && e.counters.len() != before {
-                        stamps.bump(hasher.of_entry(e));
+                    if let Some(stamp) = e.stamp.as_ref().filter(|_| e.counters.len() != before) {
+                        bump(stamp);
                     }
                     !e.counters.is_empty()
                 },
@@ -316,7 +290,6 @@ impl Store {
             rest: None,
             hasher: &self.hasher,
             cells: &self.shards,
-            stamps: &self.stamps,
         }
     }
 
@@ -348,7 +321,6 @@ impl Store {
             rest: others,
             hasher: &self.hasher,
             cells: &self.shards,
-            stamps: &self.stamps,
         }
     }
 
@@ -377,8 +349,6 @@ pub(crate) struct Locked<'s> {
     hasher: &'s OwnerHasher,
     /// Every shard, for publishing a held table's layout when it grows.
     cells: &'s [CachePadded<ShardCell>],
-    /// Bumped for every leased entry handed out for writing.
-    stamps: &'s Stamps,
 }
 
 impl Locked<'_> {
@@ -452,7 +422,6 @@ impl Locked<'_> {
         owner: &Owner<'_>,
         hint: &mut SlotHint,
     ) -> Option<&mut Counters> {
-        let stamps = self.stamps;
         let table = self.table_mut(shard);
         let slot = match table.remembered(hint.slot, hint.epoch) {
             Some(i) => i,
@@ -462,32 +431,31 @@ impl Locked<'_> {
                 i
             }
         };
-        Some(stamps.writing(table.at_mut(slot), owner.hash))
+        Some(writing(table.at_mut(slot)))
     }
 
     /// The counters of `owner`, if it has any, for writing.
     #[inline]
     pub fn counters_if_any(&mut self, shard: usize, owner: &Owner<'_>) -> Option<&mut Counters> {
-        let stamps = self.stamps;
         self.table_mut(shard)
             .find_mut(owner.hash, |e| e.is(owner))
-            .map(|e| stamps.writing(e, owner.hash))
+            .map(writing)
     }
 
-    /// Marks `owner`'s entry (created empty if missing: it stays while
-    /// marked, until evicted) as one a leased handle relies on, and returns
-    /// its stamp stripe and stamp, which changes with every later write to
-    /// the entry (see [`Stamps`]). `hint` is updated.
+    /// `owner`'s stamp (see [`Stamp`]), made if the entry had none, and
+    /// its value after this call: its entry is created empty if missing
+    /// (it stays, marked, until evicted), so that the write creating its
+    /// first counter is seen too. `hint` is updated.
     pub fn lease_owner(
         &mut self,
         shard: usize,
         owner: &Owner<'_>,
         hint: &mut SlotHint,
-    ) -> (u32, u64) {
-        let stamps = self.stamps;
+    ) -> (Stamp, u64) {
         let entry = self.owner_entry_hinted(shard, owner, hint);
-        entry.table.at_mut(entry.slot).leased = true;
-        (Stamps::index(owner.hash), stamps.bump(owner.hash))
+        let e = entry.table.at_mut(entry.slot);
+        let stamp = e.stamp.get_or_insert_with(|| Arc::new(AtomicU64::new(0)));
+        (Arc::clone(stamp), bump(stamp))
     }
 
     /// The counters of `owner`, its entry created if missing. Creating an
@@ -506,10 +474,9 @@ impl<'s> Locked<'s> {
     #[inline]
     pub fn owner_entry(&mut self, shard: usize, owner: &Owner<'_>) -> OwnerEntry<'_> {
         let (hasher, view) = (self.hasher, &self.cells[shard].slots);
-        let stamps = self.stamps;
         let table = self.table_mut(shard);
         let slot = slot_of(table, view, hasher, owner);
-        stamps.writing(table.at_mut(slot), owner.hash);
+        writing(table.at_mut(slot));
         OwnerEntry {
             table,
             slot,
@@ -526,7 +493,7 @@ impl<'s> Locked<'s> {
         owner: &Owner<'_>,
         hint: &mut SlotHint,
     ) -> OwnerEntry<'_> {
-        let (hasher, view, stamps) = (self.hasher, &self.cells[shard].slots, self.stamps);
+        let (hasher, view) = (self.hasher, &self.cells[shard].slots);
         let table = self.table_mut(shard);
         let slot = match table.remembered(hint.slot, hint.epoch) {
             Some(slot) => {
@@ -539,7 +506,7 @@ impl<'s> Locked<'s> {
                 slot
             }
         };
-        stamps.writing(table.at_mut(slot), owner.hash);
+        writing(table.at_mut(slot));
         OwnerEntry {
             table,
             slot,
@@ -565,7 +532,7 @@ fn slot_of(
                 i,
                 Entry {
                     kind: owner.kind,
-                    leased: false,
+                    stamp: None,
                     pool: owner.pool,
                     id: SmallStr::new(owner.id),
                     counters: SmallVec::new(),
@@ -669,9 +636,10 @@ mod tests {
 
     #[test]
     fn entries_are_small() {
-        // id (24) + kind and pool (8) + two inline counters (64) + SmallVec tag (8)
+        // id (24) + kind and pool (8) + the stamp a leased handle watches (8)
+        // + two inline counters (64) + SmallVec tag (8)
         assert!(
-            std::mem::size_of::<Entry>() <= 104,
+            std::mem::size_of::<Entry>() <= 112,
             "{}",
             std::mem::size_of::<Entry>()
         );
