@@ -57,7 +57,7 @@ impl Engine {
             let mut locked = self.store.lock_many(&h.shards);
             settle(h, &mut locked, report);
         }
-        h.lease_ok = false;
+        h.unwatch();
     }
 
     /// `op` spent from a handle's leases, if they were granted under the
@@ -242,6 +242,8 @@ impl Engine {
 /// counter has started afresh without it), and adds what was spent of it to
 /// the counter's lifetime total. `locked` holds the handle's shards.
 fn settle(h: &mut HandleState, locked: &mut Locked<'_>, mut report: impl FnMut(BenefitType, u64)) {
+    // The owners' stamps stay held: a refill takes the same ones again
+    // (letting go here would have each refill drop and make them anew).
     h.lease_ok = false;
     let HandleState {
         rules,
@@ -285,6 +287,16 @@ fn counter_of_rule<'l>(
 }
 
 impl HandleState {
+    /// Stops spending from the leases and lets go of the owners' stamps (an
+    /// owner no handle watches stops bumping its stamp).
+    fn unwatch(&mut self) {
+        self.lease_ok = false;
+        self.watched = 0;
+        for w in &mut self.watch {
+            w.stamp = None;
+        }
+    }
+
     /// Spends `op` from the leases, as the exact path would decide it (see
     /// the module docs); `None`, changing nothing, when a lease does not
     /// cover it. Every rule keeps at least one micro-unit (so none is

@@ -145,11 +145,19 @@ fn bump(stamp: &Stamp) -> u64 {
 }
 
 /// The counters of `e`, handed out for writing: if a leased handle relies
-/// on the entry, its stamp changes first.
+/// on the entry, its stamp changes first. A stamp no handle holds any more
+/// is dropped instead, so that writes to an owner whose leased handles are
+/// gone cost nothing: handles take their references under this entry's
+/// shard lock only (in a grant), so a count of one, read under it, stays
+/// one until the lock is released.
 #[inline(always)]
 fn writing(e: &mut Entry) -> &mut Counters {
     if let Some(stamp) = &e.stamp {
-        bump(stamp);
+        if Arc::strong_count(stamp) == 1 {
+            e.stamp = None;
+        } else {
+            bump(stamp);
+        }
     }
     &mut e.counters
 }
@@ -643,6 +651,38 @@ mod tests {
             "{}",
             std::mem::size_of::<Entry>()
         );
+    }
+
+    #[test]
+    fn a_leased_owners_stamp_changes_with_every_write_until_no_handle_holds_it() {
+        let store = Store::new(1, OwnerHasher::new(), usize::MAX);
+        let h = store.hasher.entity(OwnerKind::Device as u8, "d");
+        let d = store.entity(OwnerKind::Device, "d", h);
+        let mut hint = SlotHint::default();
+        let mut l = store.lock_many(&[0]);
+        // No entry yet: one is made, empty, to carry the stamp.
+        let (stamp, seen) = l.lease_owner(0, &d, &mut hint);
+        assert_eq!(stamp.load(Ordering::Relaxed), seen);
+        assert!(l.counters(0, &d).is_some_and(|c| c.is_empty()));
+        counter_of(l.counters_mut(0, &d), 1).add(1);
+        assert_ne!(stamp.load(Ordering::Relaxed), seen);
+        let seen = stamp.load(Ordering::Relaxed);
+        // Reading changes nothing; any write path does.
+        let _ = l.counters(0, &d);
+        assert_eq!(stamp.load(Ordering::Relaxed), seen);
+        let _ = l.counters_if_any(0, &d);
+        assert_ne!(stamp.load(Ordering::Relaxed), seen);
+        // A second lease takes the same stamp.
+        let (again, _) = l.lease_owner(0, &d, &mut hint);
+        assert!(Arc::ptr_eq(&stamp, &again));
+        // Once no handle holds it, the next write drops it.
+        drop((stamp, again));
+        let _ = l.counters_if_any(0, &d);
+        let slot = l
+            .table(0)
+            .find_index(d.hash, |e| e.is(&d))
+            .unwrap_or(usize::MAX);
+        assert!(l.table_mut(0).at_mut(slot).stamp.is_none());
     }
 
     #[test]
