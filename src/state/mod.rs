@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 
 use self::table::{Probe, SlotsView, Table};
 use crate::sync::AtomicU64;
-use crate::sync::{Mutex, MutexGuard};
+use crate::sync::{SpinGuard as MutexGuard, SpinLock as Mutex};
 use crate::types::SmallStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
