@@ -1,7 +1,7 @@
 //! Deciding one operation over the counters of its rules (D13, D14, D17).
 //!
 //! Both enforcement paths end here: a call by subject (rules resolved under
-//! the rule table's read lock) and a call through a [`crate::SubjectHandle`]
+//! a copy of the rule table, locked) and a call through a [`crate::SubjectHandle`]
 //! (rules and counter locations cached in the handle). The caller holds the
 //! lock of every counter shard the operation touches.
 

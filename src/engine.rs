@@ -40,10 +40,11 @@ pub struct EngineConfig {
     /// barely beat one), few enough that the locks stay in cache (128 KiB;
     /// more shards made cold lookups slower).
     pub shards: usize,
-    /// Copies of the rule table. Each thread reads one copy (threads are
-    /// spread over the copies), so concurrent checks never write to a shared
-    /// lock word; configuration writes update every copy. Rounded up to a
-    /// power of two in `1..=64`. Default: the number of CPUs, at most 16.
+    /// Copies of the rule table. Each thread reads its own copy (threads are
+    /// spread over the copies), or the next free one when another thread
+    /// holds it, so concurrent checks rarely write to a shared lock word;
+    /// configuration writes update every copy. Rounded up to a power of two
+    /// in `1..=64`. Default: the number of CPUs, at most 16.
     pub rule_replicas: usize,
     /// Most counters tracked at once. A request that would create more is
     /// denied with [`crate::DenyReason::CounterCapacity`] and changes nothing;
@@ -119,9 +120,9 @@ pub struct Engine {
     /// Identical copies of the rule table; see [`EngineConfig::rule_replicas`].
     replicas: Box<[CachePadded<SpinLock<RuleSet>>]>,
     /// Serialises configuration writes: a writer validates against replica 0
-    /// under a read lock, then write-locks every replica only to apply.
+    /// with replica 0 locked, then locks every replica only to apply.
     writer: Mutex<()>,
-    /// Bumped by every configuration write, under the replicas' write locks:
+    /// Bumped by every configuration write, with every replica locked:
     /// a [`crate::SubjectHandle`] compares it, under its shard locks, with the
     /// version it resolved at.
     pub(crate) version: CachePadded<AtomicU64>,
@@ -550,7 +551,7 @@ impl Engine {
     /// window of `now` may then find a fresh counter in its old window (it is
     /// not rolled into the newer one). Lifetime totals of freed counters are
     /// gone: read [`Engine::usage`] first if you meter with them. The sweep
-    /// locks one shard at a time and holds a read lock on the rule table, so
+    /// locks one shard at a time and holds a copy of the rule table, so
     /// configuration writes wait for it.
     ///
     /// # Examples

@@ -62,19 +62,21 @@
 //! ## Hot path
 //! What a `check` / `try_consume` / `record` does, in order:
 //!
-//! - **Locked, shared:** one copy of the rule table, read-locked. The table is
-//!   replicated ([`EngineConfig::rule_replicas`], one copy per CPU by default)
-//!   and each thread reads its own copy, so concurrent checks do not write to
+//! - **Locked, one of several:** one copy of the rule table. The table is
+//!   replicated ([`EngineConfig::rule_replicas`], one copy per CPU by
+//!   default), each copy behind a spin lock (one compare-and-swap to take,
+//!   a plain store to release); a thread takes its own copy, or the next
+//!   free one if another thread has it, so concurrent checks do not write to
 //!   a shared lock word. A configuration write validates against one copy
-//!   under a writer mutex, then write-locks every copy just long enough to
-//!   apply the change: it is O(1) in the number of tracked counters.
+//!   under a writer mutex, then locks every copy just long enough to apply
+//!   the change: it is O(1) in the number of tracked counters.
 //! - **Hashed once:** the device or consumer id, with a per-engine keyed
 //!   `ahash`; the same hash finds the entity's single-entity rules and its
 //!   counters.
 //! - **Locked, exclusive:** the one counter shard that holds the entity's
 //!   counters (more shards, locked in ascending order, when the subject also
 //!   touches rule pools or several families). The shard is a cache-padded
-//!   `parking_lot::Mutex` around an open-addressing table whose slots hold
+//!   spin lock around an open-addressing table whose slots hold
 //!   the entries themselves: one probe, usually one cache miss, finds the
 //!   entity's entry, whose counters (two inline) are read, decided on and
 //!   debited under that lock: all or nothing. When the tables are larger
@@ -110,7 +112,7 @@
 //! lookups and, while the shard's table layout is unchanged (an epoch), the
 //! probe for its counter entry, whose slot it remembers: it locks the shards
 //! the handle remembers, compares the engine's configuration version (an
-//! atomic bumped by every write under the rule table's write locks) with the
+//! atomic bumped by every write with every copy of the rule table locked) with the
 //! handle's, and decides with the rules the handle cached; on a mismatch, or
 //! when `now` crosses an activation boundary, it resolves again first. Its
 //! rules' windows are checked by one range test (the range of `now` over

@@ -109,7 +109,7 @@ impl Engine {
             h.leases.clear();
         }
         // Stale: the shard locks are released, then taken again under the
-        // rule table's read lock, as for an exact handle.
+        // rule table's lock, as for an exact handle.
         self.run_resolved(h, now, |h, locked| {
             self.decide_and_grant(h, now, op, locked)
         })

@@ -10,11 +10,11 @@
 //! `ended_at + 1`) of a rule the resolution looked at.
 //!
 //! Why that is exact: the version is read while every shard of the operation
-//! is locked, and writers bump it under the rule table's write locks. On each
+//! is locked, and writers bump it with every copy of the rule table locked. On each
 //! shard, operations therefore see non-decreasing versions in lock order, so
 //! every operation decided with version `v` on a counter comes before every
 //! operation decided with a later version on it: the same order a call by
-//! subject (which holds the rule table's read lock throughout) would give.
+//! subject (which holds a copy of the rule table locked throughout) would give.
 //! `tests/loom.rs` checks this under every interleaving of small races.
 //!
 //! A leased handle (`lease.rs`) puts a path with no lock in front of that:
@@ -613,7 +613,7 @@ impl Engine {
         self.run_resolved(h, now, |h, locked| self.decide_cached(h, now, op, locked))
     }
 
-    /// Resolves a stale handle again under the rule table's read lock, which
+    /// Resolves a stale handle again with a copy of the rule table locked, which
     /// keeps the version still while `decide` runs under the handle's shard
     /// locks (no shard lock may be held on the way in).
     #[inline(always)]
@@ -730,7 +730,7 @@ impl Engine {
         h.engine = self.id;
         h.valid = valid;
         h.fresh = h.fresh_range();
-        // Stable while the caller holds the read lock.
+        // Stable while the caller holds a copy of the rule table.
         h.version = self.version.load(Ordering::Acquire);
     }
 }

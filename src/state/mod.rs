@@ -1,6 +1,6 @@
 //! Lock-sharded counter state.
 //!
-//! Counters live in `2^k` shards, each a `parking_lot::Mutex` around an
+//! Counters live in `2^k` shards, each a spin lock (`crate::sync::SpinLock`) around an
 //! open-addressing [`table::Table`], padded to its own cache line. Entries
 //! are keyed by *owner*: a device or consumer (its counters under `enterprise_all_*`
 //! rules, one per rule), or a rule's own pool (the single counter of a
