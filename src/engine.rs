@@ -1011,7 +1011,7 @@ fn owner_runs<'s>(applied: &'s [Applied<'_>]) -> impl Iterator<Item = std::ops::
 ///
 /// Eight requests' cache misses in flight already hide most of the memory
 /// latency; larger chunks only crowd the L1 cache with lines fetched early
-/// (measured at 1M devices: 8 is ~13% faster per request than 32, BENCHMARKS.md).
+/// (at 1M devices, chunks of 8 decided faster per request than chunks of 32).
 pub const BATCH_CHUNK: usize = 8;
 
 /// One request of a batch (see [`Engine::try_consume_many`]).

@@ -5,7 +5,7 @@
 //! would do it too, but a load that misses holds its place in the reorder
 //! buffer until the line arrives, so a loop of loads stalls after a handful
 //! of misses; a prefetch retires at once, so a whole chunk's misses are in
-//! flight together (measured in BENCHMARKS.md: the batch rows).
+//! flight together (the batch rows of BENCHMARKS.md measure what it buys).
 //!
 //! A prefetch is a hint: it never faults, whatever the address (null,
 //! dangling, unmapped), and changes no value the program can observe. The
