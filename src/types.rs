@@ -15,7 +15,7 @@ pub const FOREVER: i64 = 253_402_300_799;
 pub const MAX_ID_LEN: usize = 256;
 
 macro_rules! wire_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident => $s:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident => $s:literal $(| $alias:literal)*),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $name { $($(#[$vm])* $var),+ }
@@ -29,9 +29,9 @@ macro_rules! wire_enum {
                 match self { $($name::$var => $s),+ }
             }
 
-            /// Parses the exact wire string.
+            /// Parses the exact wire string (or one of its accepted aliases).
             pub fn from_wire(s: &str) -> Option<Self> {
-                match s { $($s => Some($name::$var),)+ _ => None }
+                match s { $($s $(| $alias)* => Some($name::$var),)+ _ => None }
             }
 
             /// The accepted wire strings, for error messages.
@@ -56,10 +56,11 @@ wire_enum! {
         EnterpriseAllDevices => "enterprise_all_devices",
         /// One device.
         SingleDevice => "single_device",
-        /// Every custom consumer, each with its own counter.
-        EnterpriseAllCustomConsumers => "enterprise_all_custom_consumers",
-        /// One custom consumer.
-        SingleCustomConsumer => "single_custom_consumer",
+        /// Every custom consumer, each with its own counter. Also read as
+        /// `enterprise_all_identifiers`, the official Java SDK's name (D18).
+        EnterpriseAllCustomConsumers => "enterprise_all_custom_consumers" | "enterprise_all_identifiers",
+        /// One custom consumer. Also read as `single_identifier` (D18).
+        SingleCustomConsumer => "single_custom_consumer" | "single_identifier",
         /// One Coze user (enterprise family).
         CozeUserId => "coze_user_id",
         /// A role: `EnterpriseGuest`, `EnterpriseMember` or `EnterpriseAdmin` (enterprise family).

@@ -331,6 +331,12 @@ pub(crate) fn update(
             ));
         }
     }
+    // D19: typed clients (the official Java SDK) send every primitive field;
+    // `ended_at: 0` (a window ending at the epoch) means "not sent", and so
+    // does a `started_at: 0` beside it. A lone `started_at: 0` is a value,
+    // and so is `limit: 0` (it blocks).
+    let unsent_window = int(body.ended_at) == Some(0);
+    let sent = |v: Option<Int64>| int(v).filter(|_| !unsent_window || int(v) != Some(0));
     let draft = build(Raw {
         entity_prefix: "",
         info_prefix: "",
@@ -342,8 +348,8 @@ pub(crate) fn update(
                 .as_deref()
                 .unwrap_or(current.active_mode.as_str()),
         ),
-        started_at: Some(int(body.started_at).unwrap_or(current.started_at)),
-        ended_at: Some(int(body.ended_at).unwrap_or(current.ended_at)),
+        started_at: Some(sent(body.started_at).unwrap_or(current.started_at)),
+        ended_at: Some(sent(body.ended_at).unwrap_or(current.ended_at)),
         limit: Some(int(body.limit).unwrap_or(current.limit)),
         status: Some(body.status.as_deref().unwrap_or(current.status.as_str())),
         trigger_unit: Some(

@@ -447,3 +447,102 @@ fn f10_page_size_defaults_to_20_and_allows_200() {
         (5, false, "")
     );
 }
+
+/// The official Java SDK's create body for every custom consumer, as its
+/// Jackson mapping writes it: its entity name (D18), `entity_id` left out,
+/// the nested record's unset fields as `null`, no reset period.
+const JAVA_SDK_CREATE_ALL_IDENTIFIERS: &str = r#"{"entity_type":"enterprise_all_identifiers","benefit_info":{"benefit_id":null,"benefit_type":"resource_point","active_mode":"absolute_time","started_at":1741536000,"ended_at":253402300799,"limit":1000,"status":null}}"#;
+
+#[test]
+fn d18_the_java_sdks_entity_names_are_read_and_the_docs_names_written() {
+    let e = Engine::new();
+    let all = e.create_json(JAVA_SDK_CREATE_ALL_IDENTIFIERS).unwrap();
+    assert_eq!(
+        all.entity_type().as_str(),
+        "enterprise_all_custom_consumers"
+    );
+    assert_eq!(all.reset().unit().as_str(), "never"); // F8: cumulative
+    let one = e
+        .create_json(
+            r#"{"entity_type":"single_identifier","entity_id":"consumer-7","benefit_info":{"benefit_id":null,"benefit_type":"resource_point","active_mode":"absolute_time","started_at":1741536000,"ended_at":253402300799,"limit":5,"status":null}}"#,
+        )
+        .unwrap();
+    assert_eq!(one.entity_type().as_str(), "single_custom_consumer");
+    let out: Value = serde_json::to_value(&one).unwrap();
+    assert_eq!(out["entity_type"], "single_custom_consumer");
+    // The list query takes either spelling, and lists the same rules.
+    for spelling in [
+        "enterprise_all_identifiers",
+        "enterprise_all_custom_consumers",
+    ] {
+        let q = format!("entity_type={spelling}&benefit_type=resource_point");
+        let page = e.list_query_string(q).unwrap();
+        let ids: Vec<&str> = page
+            .benefit_infos
+            .iter()
+            .map(|i| i.benefit_id().as_str())
+            .collect();
+        assert_eq!(ids, [all.benefit_id().as_str()], "{spelling}");
+    }
+    // So does an import of a record in the SDK's spelling.
+    let imported = e
+        .import_json(
+            r#"{"benefit_id":"9001","entity_type":"single_identifier","entity_id":"consumer-8","benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":3,"status":"valid","trigger_unit":"never","trigger_time":1}"#,
+            MIDNIGHT,
+        )
+        .unwrap();
+    assert_eq!(imported.entity_type().as_str(), "single_custom_consumer");
+    // And the rules decide for the consumers as any other.
+    let c = benefit_quota::Subject::consumer("consumer-7");
+    assert!(e.try_consume(&c, PTS, units(5), MIDNIGHT).is_allowed());
+    assert!(!e.try_consume(&c, PTS, units(1), MIDNIGHT).is_allowed());
+}
+
+#[test]
+fn d19_the_java_sdks_update_with_zeroed_primitives_changes_only_the_limit() {
+    let e = Engine::new();
+    let info = e.create_json(JAVA_SDK_CREATE_ALL_IDENTIFIERS).unwrap();
+    let id = info.benefit_id().as_str();
+    // The SDK's CrudExample: `.limit(2000)`, started_at and ended_at sent as 0.
+    let updated = e
+        .apply_update_json(
+            id,
+            r#"{"started_at":0,"ended_at":0,"limit":2000}"#,
+            MIDNIGHT,
+        )
+        .unwrap();
+    assert_eq!(updated.limit(), 2000);
+    assert_eq!(
+        (updated.started_at(), updated.ended_at()),
+        (1741536000, 253402300799)
+    );
+    // Decimal strings too (D1).
+    let updated = e
+        .apply_update_json(
+            id,
+            r#"{"started_at":"0","ended_at":"0","limit":"2500"}"#,
+            MIDNIGHT,
+        )
+        .unwrap();
+    assert_eq!((updated.limit(), updated.ended_at()), (2500, 253402300799));
+    // `limit: 0` stays a value: it blocks.
+    let updated = e
+        .apply_update_json(id, r#"{"started_at":0,"ended_at":0,"limit":0}"#, MIDNIGHT)
+        .unwrap();
+    assert_eq!((updated.limit(), updated.started_at()), (0, 1741536000));
+    let c = benefit_quota::Subject::consumer("anyone");
+    assert!(!e.check(&c, MIDNIGHT).is_allowed());
+    // A lone `started_at: 0` beside a real `ended_at`, or without one, is a value.
+    let updated = e
+        .apply_update_json(id, r#"{"started_at":0,"ended_at":1900000000}"#, MIDNIGHT)
+        .unwrap();
+    assert_eq!((updated.started_at(), updated.ended_at()), (0, 1900000000));
+    let updated = e
+        .apply_update_json(id, r#"{"started_at":5}"#, MIDNIGHT)
+        .unwrap();
+    assert_eq!(updated.started_at(), 5);
+    let updated = e
+        .apply_update_json(id, r#"{"started_at":0}"#, MIDNIGHT)
+        .unwrap();
+    assert_eq!(updated.started_at(), 0);
+}
