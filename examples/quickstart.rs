@@ -39,7 +39,7 @@ fn main() {
             );
             id
         }
-        Err(e) => return println!("{}", Envelope::<()>::error(&e, "qs-1").to_json()),
+        Err(e) => return println!("{}", Envelope::error(&e, "qs-1").to_json()),
     };
 
     println!("\n== PUT /v1/commerce/benefit/limitations/12345*** (the seed's example)");
@@ -48,14 +48,14 @@ fn main() {
     }
     match engine.apply_update_json("12345***", SEED_PUT_BODY, now) {
         Ok(info) => println!("{}", Envelope::ok(info, "qs-2").to_json()),
-        Err(e) => println!("{}", Envelope::<()>::error(&e, "qs-2").to_json()),
+        Err(e) => println!("{}", Envelope::error(&e, "qs-2").to_json()),
     }
 
     println!("\n== PUT /v1/commerce/benefit/limitations/{created} with a bad body");
     let bad = r#"{"limit": -5, "trigger_unit": "day"}"#;
     match engine.apply_update_json(&created, bad, now) {
         Ok(info) => println!("{}", Envelope::ok(info, "qs-3").to_json()),
-        Err(e) => println!("{}", Envelope::<()>::error(&e, "qs-3").to_json()),
+        Err(e) => println!("{}", Envelope::error(&e, "qs-3").to_json()),
     }
 
     println!(
@@ -114,6 +114,6 @@ fn main() {
     println!("\n== GET /v1/commerce/benefit/limitations?entity_type=single_device&benefit_type=resource_point");
     match engine.list_query_string("entity_type=single_device&benefit_type=resource_point") {
         Ok(page) => println!("{}", Envelope::ok(page, "qs-4").to_json()),
-        Err(e) => println!("{}", Envelope::<()>::error(&e, "qs-4").to_json()),
+        Err(e) => println!("{}", Envelope::error(&e, "qs-4").to_json()),
     }
 }

@@ -2,19 +2,28 @@
 
 use std::fmt;
 
-/// The platform's error codes (F13).
+/// The platform's error codes (F13). Each variant's discriminant is its
+/// code, so `code as u32` and [`ErrorCode::as_u32`] agree.
+///
+/// # Examples
+/// ```
+/// use benefit_quota::ErrorCode;
+/// assert_eq!(ErrorCode::NotFound as u32, 4200);
+/// assert_eq!(ErrorCode::NotFound as i64, 4200);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
 pub enum ErrorCode {
     /// 4000: a parameter is missing, malformed or out of range.
-    InvalidParameter,
+    InvalidParameter = 4000,
     /// 4100: the access token is invalid (not produced by this library; listed for completeness).
-    BadToken,
+    BadToken = 4100,
     /// 4101: the token lacks the permission (not produced by this library).
-    PermissionDenied,
+    PermissionDenied = 4101,
     /// 4200: the benefit limitation does not exist.
-    NotFound,
+    NotFound = 4200,
     /// 5000: internal error; also used when a configured resource bound is hit.
-    Internal,
+    Internal = 5000,
 }
 
 impl ErrorCode {
@@ -25,13 +34,7 @@ impl ErrorCode {
     /// assert_eq!(benefit_quota::ErrorCode::InvalidParameter.as_u32(), 4000);
     /// ```
     pub const fn as_u32(self) -> u32 {
-        match self {
-            ErrorCode::InvalidParameter => 4000,
-            ErrorCode::BadToken => 4100,
-            ErrorCode::PermissionDenied => 4101,
-            ErrorCode::NotFound => 4200,
-            ErrorCode::Internal => 5000,
-        }
+        self as u32
     }
 }
 

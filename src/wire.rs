@@ -316,7 +316,7 @@ pub struct ResponseDetail {
 /// # Examples
 /// ```
 /// use benefit_quota::{ApiError, Envelope};
-/// let e = Envelope::<()>::error(&ApiError::not_found("42"), "log-1");
+/// let e = Envelope::error(&ApiError::not_found("42"), "log-1");
 /// let json = serde_json::to_string(&e).unwrap();
 /// assert!(json.starts_with(r#"{"code":4200,"msg":"#));
 /// assert!(json.ends_with(r#""detail":{"logid":"log-1"}}"#));
@@ -353,8 +353,11 @@ impl<T> Envelope<T> {
         }
     }
 
-    /// An error envelope with the error's code and message and no `data`.
-    pub fn error(err: &crate::ApiError, logid: impl Into<String>) -> Self {
+    /// An error envelope with the error's code and message and no `data`,
+    /// typed as the success envelope it stands in for (a handler that
+    /// answers `Envelope<BenefitInfo>` either way); [`Envelope::error`] when
+    /// no type is at hand.
+    pub fn from_error(err: &crate::ApiError, logid: impl Into<String>) -> Self {
         Envelope {
             code: err.code().as_u32(),
             msg: err.msg().to_owned(),
@@ -363,6 +366,20 @@ impl<T> Envelope<T> {
                 logid: logid.into(),
             },
         }
+    }
+}
+
+impl Envelope<()> {
+    /// An error envelope with the error's code and message and no `data`.
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::{ApiError, Envelope};
+    /// let json = Envelope::error(&ApiError::not_found("42"), "log-1").to_json();
+    /// assert!(json.starts_with(r#"{"code":4200,"#));
+    /// ```
+    pub fn error(err: &crate::ApiError, logid: impl Into<String>) -> Self {
+        Envelope::from_error(err, logid)
     }
 }
 

@@ -353,7 +353,7 @@ fn list_accepts_a_json_query_with_string_or_integer_page_size() {
 #[test]
 fn envelopes_render_errors_and_parse_back() {
     let err = ApiError::invalid("limit", "bad");
-    let json = Envelope::<()>::error(&err, "id-1").to_json();
+    let json = Envelope::error(&err, "id-1").to_json();
     assert_eq!(
         json,
         r#"{"code":4000,"msg":"invalid parameter `limit`: bad","detail":{"logid":"id-1"}}"#
@@ -393,6 +393,10 @@ fn f13_error_codes_are_the_platforms() {
     .map(|c| c.as_u32())
     .collect();
     assert_eq!(codes, [4000, 4100, 4101, 4200, 5000]);
+    // No numeric trap: a cast gives the platform's number, not an index.
+    let err = ApiError::not_found("42");
+    assert_eq!(err.code() as i64, 4200);
+    assert_eq!(InvalidParameter as u32, 4000);
 }
 
 #[test]
