@@ -92,6 +92,7 @@ fn main() {
                 t = den.resets_at.unwrap_or(t);
                 break;
             }
+            other => return println!("  not decided: {other:?}"),
         }
         t += 60;
     }

@@ -82,12 +82,40 @@ pub struct Headroom {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "a decision that is not acted on is a quota that is not enforced"]
+#[non_exhaustive]
 pub enum Decision {
     /// Allowed. Carries the tightest applicable rule, or `None` when no rule
-    /// applies (unlimited).
+    /// applies (unlimited: [`Decision::is_unlimited`]).
     Allowed(Option<Headroom>),
-    /// Denied, with the explanation.
+    /// Denied by a rule, with the explanation.
     Denied(Denial),
+    /// Not decided: the call itself is wrong (see [`Rejection`]). Nothing
+    /// was counted; the request should not proceed.
+    Rejected(Rejection),
+}
+
+/// Why a call was not decided at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// `now` is not a time in unix seconds the platform knows
+    /// (`0..=253402300799`): most likely milliseconds. Decided with it,
+    /// every rule would look expired and every call allowed and unlimited.
+    ImpossibleTime {
+        /// The `now` passed.
+        now: i64,
+    },
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::ImpossibleTime { now } => write!(
+                f,
+                "now = {now} is not a time in unix seconds (0..=253402300799); milliseconds?"
+            ),
+        }
+    }
 }
 
 impl Decision {
@@ -96,11 +124,17 @@ impl Decision {
         matches!(self, Decision::Allowed(_))
     }
 
-    /// The denial, if denied.
+    /// True when allowed because no rule applies to the subject (nothing is
+    /// counted for it): distinct from allowed with headroom.
+    pub fn is_unlimited(&self) -> bool {
+        matches!(self, Decision::Allowed(None))
+    }
+
+    /// The denial, if denied by a rule.
     pub fn denial(&self) -> Option<&Denial> {
         match self {
             Decision::Denied(d) => Some(d),
-            Decision::Allowed(_) => None,
+            _ => None,
         }
     }
 
@@ -108,8 +142,21 @@ impl Decision {
     pub fn headroom(&self) -> Option<&Headroom> {
         match self {
             Decision::Allowed(h) => h.as_ref(),
-            Decision::Denied(_) => None,
+            _ => None,
         }
+    }
+
+    /// Why the call was not decided, if it was rejected.
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Decision::Rejected(r) => Some(*r),
+            _ => None,
+        }
+    }
+
+    /// The rejection of a call at an impossible `now`.
+    pub(crate) fn impossible_time(now: i64) -> Decision {
+        Decision::Rejected(Rejection::ImpossibleTime { now })
     }
 }
 

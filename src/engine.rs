@@ -13,7 +13,7 @@ use crate::decide::{
 };
 use crate::decision::{Decision, UsageReport};
 use crate::errors::ApiError;
-use crate::period::{clamp_now, rule_window, UtcOffset, Window};
+use crate::period::{possible_now, rule_window, UtcOffset, Window};
 use crate::rules::{
     d5_error, Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet, RuleShape, Validity,
 };
@@ -128,6 +128,9 @@ pub struct Engine {
     pub(crate) version: CachePadded<AtomicU64>,
     /// Tells this engine's handles from another's.
     pub(crate) id: u64,
+    /// Some configuration was written or imported (see
+    /// [`Engine::is_configured`]).
+    configured: std::sync::atomic::AtomicBool,
     pub(crate) store: Store,
     pub(crate) config: EngineConfig,
     token_key: ahash::RandomState,
@@ -205,6 +208,7 @@ impl Engine {
             config,
             token_key: ahash::RandomState::new(),
             version: CachePadded::new(AtomicU64::new(0)),
+            configured: std::sync::atomic::AtomicBool::new(false),
             id: {
                 static NEXT_ENGINE: std::sync::atomic::AtomicU64 =
                     std::sync::atomic::AtomicU64::new(1);
@@ -253,6 +257,25 @@ impl Engine {
             apply(r);
         }
         self.version.fetch_add(1, Ordering::Release);
+        self.configured.store(true, Ordering::Release);
+    }
+
+    /// Whether any rule was ever created, updated or imported here (an
+    /// import of an empty listing counts: the platform may have no rule).
+    /// An engine that was never configured allows every call as unlimited;
+    /// a gateway can hold traffic, or answer "not ready", until this is
+    /// true.
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::Engine;
+    /// let engine = Engine::new();
+    /// assert!(!engine.is_configured());
+    /// engine.import_response_json(r#"{"code":0,"msg":"","data":{"has_more":false,"page_token":"","benefit_infos":[]}}"#, 0).unwrap();
+    /// assert!(engine.is_configured());
+    /// ```
+    pub fn is_configured(&self) -> bool {
+        self.configured.load(Ordering::Acquire)
     }
 
     /// The effective configuration.
@@ -315,7 +338,7 @@ impl Engine {
         body: &UpdateBody,
         now: i64,
     ) -> Result<BenefitInfo, ApiError> {
-        let now = clamp_now(now);
+        let now = possible(now)?;
         let _writer = self.writer.lock();
         let rules = self.replicas[0].lock();
         let slot = rules
@@ -442,7 +465,7 @@ impl Engine {
     }
 
     fn import_all(&self, infos: Vec<BenefitInfo>, now: i64) -> Result<Vec<BenefitInfo>, ApiError> {
-        let now = clamp_now(now);
+        let now = possible(now)?;
         let _writer = self.writer.lock();
         let rules = self.replicas[0].lock();
         // Validate the whole batch against the state it would produce.
@@ -515,6 +538,7 @@ impl Engine {
                 }
             }
         });
+        self.configured.store(true, Ordering::Release);
         Ok(infos)
     }
 
@@ -567,7 +591,10 @@ impl Engine {
     /// assert_eq!(e.counter_count(), 0);
     /// ```
     pub fn evict(&self, now: i64) -> usize {
-        let now = clamp_now(now);
+        if !possible_now(now) {
+            // Every window would look ended: nothing is evicted on it.
+            return 0;
+        }
         let rules = self.read();
         self.store.evict(|c| {
             let Some(e) = rules.rules.get(c.rule as usize) else {
@@ -720,7 +747,9 @@ impl Engine {
 
     /// Every applicable rule's counter for the subject at `now`.
     pub fn usage(&self, subject: &Subject<'_>, now: i64) -> Vec<UsageReport> {
-        let now = clamp_now(now);
+        if !possible_now(now) {
+            return Vec::new();
+        }
         let rules = self.read();
         let mut applied = AppliedVec::new();
         self.resolve(&rules, subject, now, &mut applied, false);
@@ -764,7 +793,9 @@ impl Engine {
     }
 
     fn run(&self, subject: &Subject<'_>, now: i64, op: Op) -> Decision {
-        let now = clamp_now(now);
+        if !possible_now(now) {
+            return Decision::impossible_time(now);
+        }
         let rules = self.read();
         let mut applied = AppliedVec::new();
         self.resolve(&rules, subject, now, &mut applied, true);
@@ -918,7 +949,10 @@ impl Engine {
     /// assert!(out.iter().all(|d| d.is_allowed()));
     /// ```
     pub fn try_consume_many(&self, requests: &[Request<'_>], now: i64, out: &mut Vec<Decision>) {
-        let now = clamp_now(now);
+        if !possible_now(now) {
+            out.extend(requests.iter().map(|_| Decision::impossible_time(now)));
+            return;
+        }
         out.reserve(requests.len());
         let rules = self.read();
         for chunk in requests.chunks(BATCH_CHUNK) {
@@ -958,6 +992,20 @@ impl Engine {
                 start = end;
             }
         }
+    }
+}
+
+/// `now` if it is a time in unix seconds the platform knows; else a 4000
+/// naming `now` (a configuration write at such a time would decide D16's
+/// resets against it).
+fn possible(now: i64) -> Result<i64, ApiError> {
+    if possible_now(now) {
+        Ok(now)
+    } else {
+        Err(ApiError::invalid(
+            "now",
+            format_args!("{now} is not a time in unix seconds (0..=253402300799); milliseconds?"),
+        ))
     }
 }
 

@@ -174,7 +174,7 @@ mod validate;
 pub mod wire;
 
 pub use amount::{Amount, ParseAmountError, MICROS_PER_UNIT};
-pub use decision::{Decision, Denial, DenyReason, Headroom, UsageReport};
+pub use decision::{Decision, Denial, DenyReason, Headroom, Rejection, UsageReport};
 pub use engine::{Engine, EngineBuilder, EngineConfig, Request, BATCH_CHUNK};
 pub use errors::{ApiError, ErrorCode};
 pub use handle::{HandleRequest, Released, SubjectHandle};

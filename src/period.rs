@@ -130,6 +130,14 @@ impl Default for UtcOffset {
 /// Bound on `|now|` so window arithmetic cannot overflow.
 pub(crate) const NOW_BOUND: i64 = 1 << 40;
 
+/// Whether `now` can be a time in unix seconds the platform knows:
+/// `0..=253402300799` (1970 to 9999, D4's range). A time in milliseconds
+/// (anything after 1977) or a negative one is not.
+#[inline(always)]
+pub(crate) const fn possible_now(now: i64) -> bool {
+    0 <= now && now <= crate::types::FOREVER
+}
+
 /// Clamps a caller-supplied time into the range the arithmetic supports.
 pub(crate) const fn clamp_now(now: i64) -> i64 {
     if now > NOW_BOUND {

@@ -255,6 +255,7 @@ fn a_handle_rolls_its_windows_as_calls_by_subject_do_back_and_forth() {
         match t.spend(1 + x % 2, now) {
             Decision::Allowed(_) => allowed += 1,
             Decision::Denied(_) => denied += 1,
+            other => panic!("{other:?}"),
         }
     }
     assert!(

@@ -238,7 +238,12 @@ fn d10_forever_is_the_last_second_of_9999() {
     Rule::device("d", 0).create(&e);
     let s = Subject::device("d");
     assert!(!e.check(&s, FOREVER).is_allowed());
-    assert!(e.check(&s, FOREVER + 1).is_allowed());
+    // The second after it is past every time the platform knows: rejected
+    // (T1), not decided as "expired, so unlimited".
+    assert_eq!(
+        e.check(&s, FOREVER + 1).rejection(),
+        Some(benefit_quota::Rejection::ImpossibleTime { now: FOREVER + 1 })
+    );
 }
 
 #[test]

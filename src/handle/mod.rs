@@ -30,7 +30,7 @@ use crate::amount::Amount;
 use crate::decide::{Op, RuleView, Rules};
 use crate::decision::Decision;
 use crate::engine::Engine;
-use crate::period::{clamp_now, Period, Window};
+use crate::period::{possible_now, Period, Window};
 use crate::rules::{Applied, AppliedVec, RuleSet, Validity};
 use crate::state::{Locked, Owner, OwnerKind, SlotHint, Stamp, Store};
 use crate::subject::{Member, Subject};
@@ -488,7 +488,10 @@ impl Engine {
         now: i64,
         out: &mut Vec<Decision>,
     ) {
-        let now = clamp_now(now);
+        if !possible_now(now) {
+            out.extend(requests.iter().map(|_| Decision::impossible_time(now)));
+            return;
+        }
         out.reserve(requests.len());
         for chunk in requests.chunks_mut(crate::BATCH_CHUNK) {
             let mine = |r: &HandleRequest<'_, E>| std::ptr::eq(&*r.handle.engine, self);
@@ -592,7 +595,11 @@ impl Engine {
     /// ([`Engine::run_exact`]).
     #[inline(never)]
     fn run_handle(&self, h: &mut HandleState, now: i64, op: Op) -> Decision {
-        let now = clamp_now(now);
+        // A leased call at an impossible `now` gets here: no cached window
+        // contains it.
+        if !possible_now(now) {
+            return Decision::impossible_time(now);
+        }
         if h.lease != 0 {
             return self.run_leased_locked(h, now, op);
         }
@@ -737,8 +744,12 @@ impl Engine {
 
 impl HandleState {
     /// [`HandleState::valid`] narrowed to the cached windows.
+    /// Never beyond the times the platform knows, so that a leased call at
+    /// an impossible `now` takes the locked path, which rejects it.
     fn fresh_range(&self) -> Validity {
         let mut fresh = self.valid;
+        fresh.lo = fresh.lo.max(0);
+        fresh.hi = fresh.hi.min(crate::types::FOREVER + 1);
         for w in self.rules.iter().filter_map(|r| r.window) {
             fresh.lo = fresh.lo.max(w.start);
             fresh.hi = fresh.hi.min(w.end);

@@ -572,6 +572,7 @@ pub fn outcome_of(d: Decision) -> Outcome {
             d.remaining.as_micros(),
             d.resets_at,
         ),
+        other => panic!("the model's times are all possible: {other:?}"),
     }
 }
 
