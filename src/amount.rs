@@ -17,9 +17,41 @@ pub const MICROS_PER_UNIT: u64 = 1_000_000;
 /// assert_eq!(a.as_micros(), 160_000);
 /// assert_eq!(a.to_string(), "0.16");
 /// assert_eq!(Amount::from_units(3).to_string(), "3");
+/// assert_eq!(format!("{a:?}"), "Amount(0.16)"); // in units too
+/// // Sums saturate, as counters do (D14).
+/// let total: Amount = [a, a, Amount::from_units(1)].into_iter().sum();
+/// assert_eq!(total.to_string(), "1.32");
+/// assert_eq!(Amount::MAX + a, Amount::MAX);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Amount(u64);
+
+impl fmt::Debug for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Amount({self})")
+    }
+}
+
+impl std::ops::Add for Amount {
+    type Output = Amount;
+
+    /// Saturating, as counters add (D14).
+    fn add(self, other: Amount) -> Amount {
+        self.saturating_add(other)
+    }
+}
+
+impl std::ops::AddAssign for Amount {
+    fn add_assign(&mut self, other: Amount) {
+        *self = self.saturating_add(other);
+    }
+}
+
+impl std::iter::Sum for Amount {
+    fn sum<I: Iterator<Item = Amount>>(iter: I) -> Amount {
+        iter.fold(Amount::ZERO, Amount::saturating_add)
+    }
+}
 
 impl Amount {
     /// Zero.
@@ -75,6 +107,16 @@ impl FromStr for Amount {
             Some((i, f)) => (i, Some(f)),
             None => (s, None),
         };
+        if s.starts_with('-') {
+            return Err(ParseAmountError("an amount cannot be negative"));
+        }
+        if let Some(c) = s.bytes().find(|b| !b.is_ascii_digit() && *b != b'.') {
+            return Err(ParseAmountError(match c {
+                b'e' | b'E' => "exponents are not accepted: write the amount out (1000, not 1e3)",
+                b'+' => "write the amount without a sign",
+                _ => "expected a plain decimal amount: digits, then optionally a point and up to six digits",
+            }));
+        }
         if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ParseAmountError("expected digits before the decimal point"));
         }
@@ -157,6 +199,17 @@ mod tests {
         ] {
             assert!(s.parse::<Amount>().is_err(), "{s:?}");
         }
+        // Each mistake says what it is.
+        let why = |s: &str| s.parse::<Amount>().unwrap_err().to_string();
+        assert_eq!(why("-1"), "an amount cannot be negative");
+        assert!(why("1e3").starts_with("exponents are not accepted"));
+        assert_eq!(why("+1"), "write the amount without a sign");
+        assert!(why(" 1").starts_with("expected a plain decimal amount"));
+        assert_eq!(why(".5"), "expected digits before the decimal point");
+        assert_eq!(
+            why("1."),
+            "expected one to six digits after the decimal point"
+        );
         assert!("18446744073709551616".parse::<Amount>().is_err());
         assert!("18446744073709.551616".parse::<Amount>().is_err());
         assert_eq!(

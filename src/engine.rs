@@ -289,6 +289,9 @@ impl Engine {
 
     /// Creates a rule from a create body (F9), assigning a fresh decimal id (D7).
     ///
+    /// Takes no `now`, unlike the other writes: a new rule has no usage to
+    /// keep or reset (D16), so nothing it does depends on the time.
+    ///
     /// # Errors
     /// 4000 with the field named if the body is invalid (D4) or would break
     /// D5. Nothing changes on error.
@@ -423,7 +426,9 @@ impl Engine {
     ///
     /// # Errors
     /// 4000 naming the field (e.g. `data.benefit_infos[2].limit`) if any record is
-    /// invalid; the envelope's own code if it is not 0. Nothing changes on error.
+    /// invalid; the envelope's own code and message if its `code` is not 0
+    /// (an error the platform answered: 5000 for a code the platform does
+    /// not list). Nothing changes on error.
     pub fn import_response_json(
         &self,
         response: impl AsRef<[u8]>,
@@ -432,11 +437,13 @@ impl Engine {
         let v: serde_json::Value = validate::parse_json(response.as_ref(), MAX_IMPORT_BYTES)?;
         let (data, prefix) = match v.get("code") {
             Some(code) => {
-                if code.as_u64() != Some(0) {
-                    return Err(ApiError::invalid(
-                        "code",
-                        "the response is an error envelope; nothing to import",
-                    ));
+                match code.as_u64() {
+                    Some(0) => {}
+                    Some(code) => {
+                        let msg = v.get("msg").and_then(|m| m.as_str()).unwrap_or_default();
+                        return Err(ApiError::from_platform(code, msg));
+                    }
+                    None => return Err(ApiError::invalid("code", "expected an integer")),
                 }
                 (v.get("data").cloned().unwrap_or_default(), "data.")
             }

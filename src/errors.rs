@@ -58,6 +58,28 @@ impl ApiError {
         }
     }
 
+    /// The error the platform answered (an envelope whose `code` is not 0),
+    /// passed on: its own code when it is one of the platform's (F13),
+    /// 5000 otherwise, with its message.
+    pub fn from_platform(code: u64, msg: &str) -> Self {
+        let known = [
+            ErrorCode::InvalidParameter,
+            ErrorCode::BadToken,
+            ErrorCode::PermissionDenied,
+            ErrorCode::NotFound,
+            ErrorCode::Internal,
+        ]
+        .into_iter()
+        .find(|c| u64::from(c.as_u32()) == code);
+        ApiError {
+            code: known.unwrap_or(ErrorCode::Internal),
+            msg: format!(
+                "the platform answered code {code}: {}",
+                truncate_for_message(msg)
+            ),
+        }
+    }
+
     /// A 4200 error for an unknown benefit id.
     pub fn not_found(benefit_id: &str) -> Self {
         ApiError {

@@ -16,6 +16,45 @@ pub struct Member<'a> {
     pub organization_id: Option<&'a str>,
 }
 
+impl<'a> Member<'a> {
+    /// A member known by their Coze user id.
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::{Member, Subject};
+    /// let s = Subject::member(Member::user("u-9").in_workspace("ws-1").in_organization("org-1"));
+    /// let m = s.member.unwrap();
+    /// assert_eq!((m.coze_user_id, m.workspace_id, m.organization_id), (Some("u-9"), Some("ws-1"), Some("org-1")));
+    /// ```
+    pub const fn user(coze_user_id: &'a str) -> Self {
+        Member {
+            coze_user_id: Some(coze_user_id),
+            coze_role: None,
+            workspace_id: None,
+            organization_id: None,
+        }
+    }
+
+    /// This member context with the role (`EnterpriseGuest`,
+    /// `EnterpriseMember` or `EnterpriseAdmin`).
+    pub const fn with_role(mut self, role: &'a str) -> Self {
+        self.coze_role = Some(role);
+        self
+    }
+
+    /// This member context in a workspace.
+    pub const fn in_workspace(mut self, workspace_id: &'a str) -> Self {
+        self.workspace_id = Some(workspace_id);
+        self
+    }
+
+    /// This member context in an organization.
+    pub const fn in_organization(mut self, organization_id: &'a str) -> Self {
+        self.organization_id = Some(organization_id);
+        self
+    }
+}
+
 /// A request's subject: optional device, optional custom consumer, optional
 /// member context (D9). Each family it carries is resolved independently and
 /// every resolved rule must pass.
@@ -25,10 +64,7 @@ pub struct Member<'a> {
 /// # Examples
 /// ```
 /// use benefit_quota::{Member, Subject};
-/// let s = Subject::device("dev-1").with_member(Member {
-///     coze_user_id: Some("u-9"),
-///     ..Member::default()
-/// });
+/// let s = Subject::device("dev-1").with_member(Member::user("u-9"));
 /// assert_eq!(s.device_id, Some("dev-1"));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -409,10 +409,25 @@ fn import_of_a_list_is_all_or_nothing_and_names_the_item() {
     assert_rejects(&e, 4000, "data.benefit_infos[1].limit", |e| {
         e.import_response_json(resp.to_string(), MIDNIGHT)
     });
+    // An error the platform answered is passed on with its own code and
+    // message (a code it does not list becomes 5000), importing nothing.
+    let before = snapshot(&e, &subjects(), MIDNIGHT);
     let err_env = json!({"code": 4101, "msg": "no permission", "detail": {"logid": "z"}});
+    let err = e
+        .import_response_json(err_env.to_string(), MIDNIGHT)
+        .unwrap_err();
+    assert_eq!(err.code().as_u32(), 4101);
+    assert_eq!(err.msg(), "the platform answered code 4101: no permission");
+    let err_env = json!({"code": 700012006, "msg": "throttled"});
+    let err = e
+        .import_response_json(err_env.to_string(), MIDNIGHT)
+        .unwrap_err();
+    assert_eq!(err.code().as_u32(), 5000);
+    assert!(err.msg().contains("700012006") && err.msg().contains("throttled"));
     assert_rejects(&e, 4000, "code", |e| {
-        e.import_response_json(err_env.to_string(), MIDNIGHT)
+        e.import_response_json(r#"{"code":"x","data":{}}"#, MIDNIGHT)
     });
+    assert_eq!(snapshot(&e, &subjects(), MIDNIGHT), before);
 }
 
 #[test]
