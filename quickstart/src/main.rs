@@ -46,7 +46,9 @@ fn main() {
         Err(e) => return println!("   response: {}", Envelope::error(&e, "qs-1").to_json()),
     };
 
-    println!("\n2. The gateway mirrors a rule the platform already has, then applies an update to it.");
+    println!(
+        "\n2. The gateway mirrors a rule the platform already has, then applies an update to it."
+    );
     match engine.import_json(PLATFORM_RECORD, now) {
         Ok(before) => println!("   before:   {}", record_json(&before)),
         Err(e) => return println!("   import failed: {e}"),
@@ -103,7 +105,10 @@ fn main() {
         t += 60;
     }
 
-    println!("\n5. At {}, the next local midnight, the day starts again.", tz.local(t));
+    println!(
+        "\n5. At {}, the next local midnight, the day starts again.",
+        tz.local(t)
+    );
     let d = engine.try_consume(&device, BenefitType::ResourcePoint, thirty, t);
     println!("   spend 30: allowed = {}", d.is_allowed());
     for u in engine.usage(&device, t) {
