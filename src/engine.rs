@@ -472,9 +472,27 @@ impl Engine {
     }
 
     fn import_all(&self, infos: Vec<BenefitInfo>, now: i64) -> Result<Vec<BenefitInfo>, ApiError> {
+        let (infos, _) = self.import_batch(infos, now, |_, _| Vec::new())?;
+        Ok(infos)
+    }
+
+    /// Imports `infos` (upserts, D7) and, in the same atomic step, cancels
+    /// as *withdrawn* the records `withdraw` picks from the rule set as it
+    /// stands under the writer lock (S2; given the records being imported).
+    /// All or nothing. Returns the imported records and what happened to
+    /// each record, the withdrawn ones last.
+    pub(crate) fn import_batch(
+        &self,
+        mut infos: Vec<BenefitInfo>,
+        now: i64,
+        withdraw: impl FnOnce(&RuleSet, &[BenefitInfo]) -> Vec<BenefitInfo>,
+    ) -> Result<Imported, ApiError> {
         let now = possible(now)?;
         let _writer = self.writer.lock();
         let rules = self.replicas[0].lock();
+        let listed = infos.len();
+        let withdrawn = withdraw(&rules, &infos);
+        infos.extend(withdrawn);
         // Validate the whole batch against the state it would produce.
         let slots: Vec<Option<u32>> = infos
             .iter()
@@ -501,7 +519,11 @@ impl Engine {
                         ));
                     }
                 }
-                if cur.status == crate::Status::Cancel && info.status != crate::Status::Cancel {
+                let entry = &rules.rules[*slot as usize];
+                if cur.status == crate::Status::Cancel
+                    && info.status != crate::Status::Cancel
+                    && !entry.withdrawn
+                {
                     return Err(ApiError::invalid(
                         "status",
                         format_args!(
@@ -533,12 +555,41 @@ impl Engine {
                 None => (None, false),
             })
             .collect();
+        let changes: Vec<(BenefitId, Change)> = infos
+            .iter()
+            .zip(&slots)
+            .enumerate()
+            .map(|(i, (info, slot))| {
+                (
+                    info.benefit_id.clone(),
+                    match slot {
+                        _ if i >= listed => Change::Withdrawn,
+                        None => Change::Created,
+                        Some(slot) => {
+                            let cur = &rules.rules[*slot as usize].info;
+                            if cur == info {
+                                Change::Unchanged
+                            } else if cur.status == crate::Status::Cancel
+                                && info.status != crate::Status::Cancel
+                            {
+                                Change::Revived
+                            } else {
+                                Change::Updated
+                            }
+                        }
+                    },
+                )
+            })
+            .collect();
         drop(rules);
         self.publish(|r| {
             let next_id = r.next_id();
-            for (info, (slot, bump)) in infos.iter().zip(&plan) {
+            for (i, (info, (slot, bump))) in infos.iter().zip(&plan).enumerate() {
                 match slot {
-                    Some(slot) => r.replace(*slot, info.clone(), *bump),
+                    Some(slot) => {
+                        r.replace(*slot, info.clone(), *bump);
+                        r.rules[*slot as usize].withdrawn = i >= listed;
+                    }
                     None => {
                         r.insert(info.clone(), next_id);
                     }
@@ -546,7 +597,8 @@ impl Engine {
             }
         });
         self.configured.store(true, Ordering::Release);
-        Ok(infos)
+        infos.truncate(listed);
+        Ok((infos, changes))
     }
 
     /// The stored record of `benefit_id`.
@@ -607,7 +659,10 @@ impl Engine {
             let Some(e) = rules.rules.get(c.rule as usize) else {
                 return true;
             };
-            if e.info.status == crate::Status::Cancel || c.generation != e.generation {
+            // A withdrawn rule may be listed again, with its counters (S3).
+            if (e.info.status == crate::Status::Cancel && !e.withdrawn)
+                || c.generation != e.generation
+            {
                 return true;
             }
             e.window(now).is_some_and(|w| c.window_start < w.start)
@@ -1000,6 +1055,22 @@ impl Engine {
             }
         }
     }
+}
+
+/// The records an import took in, and what it did to each record (the
+/// withdrawn ones last): see [`Engine::import_batch`].
+pub(crate) type Imported = (Vec<BenefitInfo>, Vec<(BenefitId, Change)>);
+
+/// What an import did to one record (see [`Engine::import_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    Created,
+    Updated,
+    Unchanged,
+    /// Listed again after a sync had withdrawn it.
+    Revived,
+    /// Left out of a sync's listing: cancelled here.
+    Withdrawn,
 }
 
 /// `now` if it is a time in unix seconds the platform knows; else a 4000

@@ -163,6 +163,7 @@ mod decision;
 mod engine;
 mod errors;
 mod handle;
+mod mirror;
 mod period;
 mod prefetch;
 mod rules;
@@ -178,6 +179,7 @@ pub use decision::{Decision, Denial, DenyReason, Headroom, Rejection, UsageRepor
 pub use engine::{Engine, EngineBuilder, EngineConfig, Request, BATCH_CHUNK};
 pub use errors::{ApiError, ErrorCode};
 pub use handle::{HandleRequest, Released, SubjectHandle};
+pub use mirror::{Listing, SyncReport};
 pub use period::{LocalTime, UtcOffset, Window};
 pub use rules::FrozenPolicy;
 pub use subject::{Member, Subject};

@@ -50,6 +50,10 @@ pub(crate) struct RuleEntry {
     live: (i64, i64),
     /// See [`RuleEntry::slot_bit`].
     slot_bit: u8,
+    /// Cancelled here because a full sync's listing left it out (S2), not
+    /// by the platform: a later listing may bring it back, with its
+    /// counters, which `evict` keeps meanwhile (S3).
+    pub withdrawn: bool,
 }
 
 impl RuleEntry {
@@ -75,6 +79,7 @@ impl RuleEntry {
             live,
             slot_bit: 1 << (bt_index(info.benefit_type) * 2 + kind as usize),
             info,
+            withdrawn: false,
         }
     }
 
@@ -403,14 +408,20 @@ impl RuleSet {
     }
 
     /// Replaces a rule's record; the scope and benefit type never change.
+    /// A cancelled rule comes back only when it was withdrawn (S3): it is
+    /// indexed again, in slot order.
     pub fn replace(&mut self, slot: u32, info: BenefitInfo, bump_generation: bool) {
-        let newly_cancelled = {
-            let e = &self.rules[slot as usize];
-            e.info.status != Status::Cancel && info.status == Status::Cancel
-        };
-        if newly_cancelled {
+        let (was, now) = (self.rules[slot as usize].info.status, info.status);
+        if was != Status::Cancel && now == Status::Cancel {
             if let Some(list) = self.index_list(&info) {
                 list.retain(|s| *s != slot);
+            }
+        } else if was == Status::Cancel && now != Status::Cancel {
+            debug_assert!(self.rules[slot as usize].withdrawn);
+            if let Some(list) = self.index_list(&info) {
+                if let Err(at) = list.binary_search(&slot) {
+                    list.insert(at, slot);
+                }
             }
         }
         let e = &mut self.rules[slot as usize];
