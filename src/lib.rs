@@ -165,6 +165,8 @@ mod errors;
 mod handle;
 mod mirror;
 mod period;
+#[cfg(feature = "poller")]
+mod poller;
 mod prefetch;
 mod rules;
 mod state;
@@ -181,6 +183,8 @@ pub use errors::{ApiError, ErrorCode};
 pub use handle::{HandleRequest, Released, SubjectHandle};
 pub use mirror::{Listing, SyncReport};
 pub use period::{LocalTime, UtcOffset, Window};
+#[cfg(feature = "poller")]
+pub use poller::{PollError, PollState, Poller, PollerBuilder, RunningPoller};
 pub use rules::FrozenPolicy;
 pub use subject::{Member, Subject};
 pub use types::{
