@@ -131,6 +131,8 @@ pub struct Engine {
     /// Some configuration was written or imported (see
     /// [`Engine::is_configured`]).
     configured: std::sync::atomic::AtomicBool,
+    /// Metric handles (feature `metrics`; empty otherwise).
+    pub(crate) observe: crate::observe::Observe,
     pub(crate) store: Store,
     pub(crate) config: EngineConfig,
     token_key: ahash::RandomState,
@@ -209,6 +211,7 @@ impl Engine {
             token_key: ahash::RandomState::new(),
             version: CachePadded::new(AtomicU64::new(0)),
             configured: std::sync::atomic::AtomicBool::new(false),
+            observe: crate::observe::Observe::new(),
             id: {
                 static NEXT_ENGINE: std::sync::atomic::AtomicU64 =
                     std::sync::atomic::AtomicU64::new(1);
@@ -296,6 +299,22 @@ impl Engine {
     /// 4000 with the field named if the body is invalid (D4) or would break
     /// D5. Nothing changes on error.
     pub fn create(&self, body: &CreateBody) -> Result<BenefitInfo, ApiError> {
+        self.observed("create", || self.create_unobserved(body))
+    }
+
+    /// A configuration write of `kind`, counted and traced (see `observe`).
+    pub(crate) fn observed<T>(
+        &self,
+        kind: &'static str,
+        write: impl FnOnce() -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let _span = crate::observe::span!("benefit_quota.config_write", kind = kind);
+        let result = write();
+        self.observe.config_write(kind, result.is_ok());
+        result
+    }
+
+    fn create_unobserved(&self, body: &CreateBody) -> Result<BenefitInfo, ApiError> {
         let draft = validate::create(body)?;
         let _writer = self.writer.lock();
         let rules = self.replicas[0].lock();
@@ -336,6 +355,15 @@ impl Engine {
     /// mismatch, a cancelled rule (D6), an invalid merged record (D4) or a D5
     /// conflict. Nothing changes on error.
     pub fn apply_update(
+        &self,
+        benefit_id: &str,
+        body: &UpdateBody,
+        now: i64,
+    ) -> Result<BenefitInfo, ApiError> {
+        self.observed("update", || self.update_unobserved(benefit_id, body, now))
+    }
+
+    fn update_unobserved(
         &self,
         benefit_id: &str,
         body: &UpdateBody,
@@ -472,8 +500,10 @@ impl Engine {
     }
 
     fn import_all(&self, infos: Vec<BenefitInfo>, now: i64) -> Result<Vec<BenefitInfo>, ApiError> {
-        let (infos, _) = self.import_batch(infos, now, |_, _| Vec::new())?;
-        Ok(infos)
+        self.observed("import", || {
+            let (infos, _) = self.import_batch(infos, now, |_, _| Vec::new())?;
+            Ok(infos)
+        })
     }
 
     /// Imports `infos` (upserts, D7) and, in the same atomic step, cancels
@@ -655,7 +685,7 @@ impl Engine {
             return 0;
         }
         let rules = self.read();
-        self.store.evict(|c| {
+        let removed = self.store.evict(|c| {
             let Some(e) = rules.rules.get(c.rule as usize) else {
                 return true;
             };
@@ -666,7 +696,9 @@ impl Engine {
                 return true;
             }
             e.window(now).is_some_and(|w| c.window_start < w.start)
-        })
+        });
+        self.observe.evicted(removed, self.store.len());
+        removed
     }
 
     /// Lists rules as the platform's GET does (F10, D8): creation order, opaque
@@ -774,7 +806,9 @@ impl Engine {
     /// block) or has `used ≥ limit`. When allowed, the headroom names the
     /// applicable rule with the least remaining (each in its own unit).
     pub fn check(&self, subject: &Subject<'_>, now: i64) -> Decision {
-        self.run(subject, now, Op::Check)
+        let d = self.run(subject, now, Op::Check);
+        self.observe.decision(None, &d);
+        d
     }
 
     /// Debits `amount` of `benefit_type` if, and only if, the subject is not
@@ -787,11 +821,10 @@ impl Engine {
         amount: Amount,
         now: i64,
     ) -> Decision {
-        self.run(
-            subject,
-            now,
-            Op::TryConsume(benefit_type, amount.as_micros()),
-        )
+        let op = Op::TryConsume(benefit_type, amount.as_micros());
+        let d = self.run(subject, now, op);
+        self.observe.decision(Some(benefit_type), &d);
+        d
     }
 
     /// Books usage that already happened (post-paid, D13): adds `amount` to every
@@ -804,7 +837,9 @@ impl Engine {
         amount: Amount,
         now: i64,
     ) -> Decision {
-        self.run(subject, now, Op::Record(benefit_type, amount.as_micros()))
+        let d = self.run(subject, now, Op::Record(benefit_type, amount.as_micros()));
+        self.observe.decision(Some(benefit_type), &d);
+        d
     }
 
     /// Every applicable rule's counter for the subject at `now`.
@@ -1011,6 +1046,15 @@ impl Engine {
     /// assert!(out.iter().all(|d| d.is_allowed()));
     /// ```
     pub fn try_consume_many(&self, requests: &[Request<'_>], now: i64, out: &mut Vec<Decision>) {
+        let start = out.len();
+        self.decide_many(requests, now, out);
+        for (r, d) in requests.iter().zip(&out[start..]) {
+            self.observe.decision(Some(r.benefit_type), d);
+        }
+    }
+
+    /// [`Engine::try_consume_many`], unobserved.
+    fn decide_many(&self, requests: &[Request<'_>], now: i64, out: &mut Vec<Decision>) {
         if !possible_now(now) {
             out.extend(requests.iter().map(|_| Decision::impossible_time(now)));
             return;

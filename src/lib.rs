@@ -164,6 +164,7 @@ mod engine;
 mod errors;
 mod handle;
 mod mirror;
+mod observe;
 mod period;
 #[cfg(feature = "poller")]
 mod poller;

@@ -247,6 +247,12 @@ impl Engine {
     /// assert!(engine.sync(&listing, 0).unwrap().is_unchanged());
     /// ```
     pub fn sync(&self, listing: &Listing, now: i64) -> Result<SyncReport, ApiError> {
+        let report = self.observed("sync", || self.sync_unobserved(listing, now))?;
+        self.observe.sync_changes(&report);
+        Ok(report)
+    }
+
+    fn sync_unobserved(&self, listing: &Listing, now: i64) -> Result<SyncReport, ApiError> {
         if let Some(s) = listing.scopes.iter().find(|s| !s.complete) {
             return Err(ApiError::invalid(
                 "has_more",

@@ -350,19 +350,25 @@ impl<E: Deref<Target = Engine>> SubjectHandle<E> {
 
     /// [`Engine::check`] for this handle's subject.
     pub fn check(&mut self, now: i64) -> Decision {
-        self.engine.call_handle(&mut self.state, now, Op::Check)
+        let d = self.engine.call_handle(&mut self.state, now, Op::Check);
+        self.engine.observe.decision(None, &d);
+        d
     }
 
     /// [`Engine::try_consume`] for this handle's subject.
     pub fn try_consume(&mut self, benefit_type: BenefitType, amount: Amount, now: i64) -> Decision {
         let op = Op::TryConsume(benefit_type, amount.as_micros());
-        self.engine.call_handle(&mut self.state, now, op)
+        let d = self.engine.call_handle(&mut self.state, now, op);
+        self.engine.observe.decision(Some(benefit_type), &d);
+        d
     }
 
     /// [`Engine::record`] for this handle's subject.
     pub fn record(&mut self, benefit_type: BenefitType, amount: Amount, now: i64) -> Decision {
         let op = Op::Record(benefit_type, amount.as_micros());
-        self.engine.call_handle(&mut self.state, now, op)
+        let d = self.engine.call_handle(&mut self.state, now, op);
+        self.engine.observe.decision(Some(benefit_type), &d);
+        d
     }
 
     /// Gives the unspent leases back to their counters and says how much
@@ -488,6 +494,20 @@ impl Engine {
         now: i64,
         out: &mut Vec<Decision>,
     ) {
+        let start = out.len();
+        self.decide_many_handles(requests, now, out);
+        for (r, d) in requests.iter().zip(&out[start..]) {
+            self.observe.decision(Some(r.benefit_type), d);
+        }
+    }
+
+    /// [`Engine::try_consume_many_handles`], unobserved.
+    fn decide_many_handles<E: Deref<Target = Engine>>(
+        &self,
+        requests: &mut [HandleRequest<'_, E>],
+        now: i64,
+        out: &mut Vec<Decision>,
+    ) {
         if !possible_now(now) {
             out.extend(requests.iter().map(|_| Decision::impossible_time(now)));
             return;
@@ -499,7 +519,9 @@ impl Engine {
                 // Leased handles spend without locking: nothing to batch; a
                 // handle of another engine is decided by its own.
                 for r in chunk.iter_mut() {
-                    out.push(r.handle.try_consume(r.benefit_type, r.amount, now));
+                    let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
+                    let h = &mut *r.handle;
+                    out.push(h.engine.call_handle(&mut h.state, now, op));
                 }
                 continue;
             }
