@@ -61,8 +61,8 @@ impl<'r> RuleView<'r> {
 ///
 /// Implementations mark every method `#[inline(always)]`: the decision
 /// calls them in its loops, and LLVM's own choice (when they were closures)
-/// flipped with unrelated changes, costing 5–60 ns a call when it outlined
-/// one.
+/// flipped with unrelated changes, outlining one now and then into a call
+/// per rule per decision.
 pub(crate) trait Rules<'r> {
     /// How many rules apply.
     fn len(&self) -> usize;
@@ -287,7 +287,7 @@ fn try_allow<'r>(
 /// [`decide_by_state`] reads it, one at a time, and ranked by [`deny`]'s
 /// helpers (D17), with nothing gathered. Called by the general path after
 /// [`try_allow`] declined, not by `try_allow` itself: called from there, even
-/// out of line, it made the allowed path 35–50 instructions longer. `None` if
+/// out of line, it lengthened the allowed path (the common one). `None` if
 /// a counter is missing or no rule denies.
 #[inline(never)]
 #[cold]

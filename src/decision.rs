@@ -41,7 +41,13 @@ impl std::fmt::Display for DenyReason {
 }
 
 /// A denial: which benefit denied, why, what remains and when it resets (D17).
+///
+/// Outputs of a decision are plain data read through public fields (they
+/// hold no invariant to protect; fields may be added, hence
+/// `#[non_exhaustive]`). A [`crate::BenefitInfo`], which is validated, is
+/// read through getters instead, so it cannot be built invalid.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Denial {
     /// The rule that denied.
     pub benefit_id: BenefitId,
@@ -56,8 +62,10 @@ pub struct Denial {
     pub resets_at: Option<i64>,
 }
 
-/// How much room the tightest applicable rule leaves.
+/// How much room the tightest applicable rule leaves (plain data, as
+/// [`Denial`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Headroom {
     /// The tightest rule.
     pub benefit_id: BenefitId,
@@ -160,8 +168,10 @@ impl Decision {
     }
 }
 
-/// One applicable rule's counter, as reported by `usage`.
+/// One applicable rule's counter, as reported by `usage` (plain data, as
+/// [`Denial`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct UsageReport {
     /// The rule.
     pub benefit_id: BenefitId,

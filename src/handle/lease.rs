@@ -117,8 +117,8 @@ impl Engine {
 
     /// Decides exactly as an exact handle and, if allowed, grants new leases.
     /// The caller uses each `Locked` where it built it: moving one copies
-    /// its inline guards (two `memcpy` calls a refill, ~140 instructions,
-    /// when one `Option<Locked>` was carried through both cases).
+    /// its inline guards (two `memcpy` calls a refill when one
+    /// `Option<Locked>` was carried through both cases).
     #[inline(always)]
     fn decide_and_grant(
         &self,

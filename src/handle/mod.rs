@@ -659,8 +659,8 @@ impl Engine {
     }
 
     /// Decides `op` with the handle's cached rules; `locked` holds their shards.
-    /// Always inlined: since the leased path calls it too, LLVM outlined it
-    /// (+32 instructions on every exact handle call, 506 → 538).
+    /// Always inlined: since the leased path calls it too, LLVM would
+    /// outline it, adding a call and its spills to every exact handle call.
     #[inline(always)]
     fn decide_cached(
         &self,

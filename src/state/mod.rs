@@ -290,7 +290,7 @@ impl Store {
     }
 
     /// Locks one shard, inline: the usual operation's counters all live in
-    /// one (no list to walk, no collection to move: 49 → ~10 instructions).
+    /// one (no list to walk, no collection to move).
     #[inline]
     fn lock_one(&self, index: usize) -> Locked<'_> {
         Locked {
@@ -347,12 +347,11 @@ pub(crate) struct Locked<'s> {
     /// costs no collection.
     first: Option<Held<'s>>,
     /// The others, ascending; `None` rather than empty, so the usual
-    /// one-shard operation has no collection to build or drop (~20–40
-    /// instructions per call). Room for a whole batch chunk's shards (two
-    /// per request) inline, so batches do not allocate either; one shard is
-    /// locked inline, building this in place (when every lock went through an
-    /// out-of-line function returning it by value, a larger `Locked` cost
-    /// every call 2 ns).
+    /// one-shard operation has no collection to build or drop. Room for a
+    /// whole batch chunk's shards (two per request) inline, so batches do
+    /// not allocate either; one shard is locked inline, building this in
+    /// place (an out-of-line function returning it by value would copy the
+    /// whole `Locked` on every call).
     rest: Option<SmallVec<[Held<'s>; 2 * crate::BATCH_CHUNK - 1]>>,
     hasher: &'s OwnerHasher,
     /// Every shard, for publishing a held table's layout when it grows.
@@ -422,7 +421,7 @@ impl Locked<'_> {
     /// [`Locked::counters_if_any`] for an owner whose slot `hint` may
     /// remember (then without probing or comparing ids); `hint` is updated.
     /// Always inlined: a handle's decision finds its entry through it, and
-    /// once leases called it too LLVM outlined it (+43 instructions a call).
+    /// once leases called it too LLVM would outline it into every call.
     #[inline(always)]
     pub fn counters_if_any_hinted(
         &mut self,
