@@ -452,6 +452,11 @@ impl Engine {
     /// update response (`data` is the record). The envelope may be omitted
     /// (the `data` object alone). All or nothing.
     ///
+    /// It adds and updates only: a list page is imported as it is, whether
+    /// or not more pages follow, and rules it does not hold stay as they
+    /// are. To make the rules equal to the platform's whole listing, collect
+    /// its pages in a [`crate::Listing`] and call [`Engine::sync`].
+    ///
     /// # Errors
     /// 4000 naming the field (e.g. `data.benefit_infos[2].limit`) if any record is
     /// invalid; the envelope's own code and message if its `code` is not 0
