@@ -21,7 +21,7 @@ use crate::state::{CounterState, Locked, Owner, OwnerHasher, SlotHint, Store};
 use crate::subject::{prefetch_ids, Subject};
 use crate::sync::{AtomicU64, Mutex, SpinGuard, SpinLock};
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
-use crate::validate::{self, MAX_BODY_BYTES, MAX_IMPORT_BYTES};
+use crate::validate::{self, MAX_BODY_BYTES};
 use crate::wire::{BenefitInfoWire, CreateBody, ListData, ListQuery, Object, UpdateBody};
 
 /// An engine's effective configuration, as [`Engine::config`] reports it;
@@ -467,21 +467,7 @@ impl Engine {
         response: impl AsRef<[u8]>,
         now: i64,
     ) -> Result<Vec<BenefitInfo>, ApiError> {
-        let v: serde_json::Value = validate::parse_json(response.as_ref(), MAX_IMPORT_BYTES)?;
-        let (data, prefix) = match v.get("code") {
-            Some(code) => {
-                match code.as_u64() {
-                    Some(0) => {}
-                    Some(code) => {
-                        let msg = v.get("msg").and_then(|m| m.as_str()).unwrap_or_default();
-                        return Err(ApiError::from_platform(code, msg));
-                    }
-                    None => return Err(ApiError::invalid("code", "expected an integer")),
-                }
-                (v.get("data").cloned().unwrap_or_default(), "data.")
-            }
-            None => (v, ""),
-        };
+        let (data, prefix) = validate::response_data(response.as_ref())?;
         let mut infos = Vec::new();
         if let Some(list) = data.get("benefit_infos") {
             let wires: Vec<BenefitInfoWire> = serde_json::from_value(list.clone())

@@ -13,7 +13,7 @@
 use crate::engine::{Change, Engine};
 use crate::errors::ApiError;
 use crate::types::{BenefitId, BenefitInfo, BenefitType, EntityType, Status};
-use crate::validate::{self, MAX_IMPORT_BYTES};
+use crate::validate;
 use crate::wire::BenefitInfoWire;
 
 /// The platform's listing of one or more scopes (an `entity_type` and a
@@ -65,21 +65,7 @@ impl Listing {
         benefit_type: BenefitType,
         page: impl AsRef<[u8]>,
     ) -> Result<Option<String>, ApiError> {
-        let v: serde_json::Value = validate::parse_json(page.as_ref(), MAX_IMPORT_BYTES)?;
-        let (data, prefix) = match v.get("code") {
-            Some(code) => {
-                match code.as_u64() {
-                    Some(0) => {}
-                    Some(code) => {
-                        let msg = v.get("msg").and_then(|m| m.as_str()).unwrap_or_default();
-                        return Err(ApiError::from_platform(code, msg));
-                    }
-                    None => return Err(ApiError::invalid("code", "expected an integer")),
-                }
-                (v.get("data").cloned().unwrap_or_default(), "data.")
-            }
-            None => (v, ""),
-        };
+        let (data, prefix) = validate::response_data(page.as_ref())?;
         let has_more = match data.get("has_more") {
             Some(serde_json::Value::Bool(b)) => *b,
             Some(_) => {

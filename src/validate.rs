@@ -18,6 +18,26 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub const MAX_IMPORT_BYTES: usize = 64 << 20;
 
 /// Parses a JSON object into `T`, naming the field of any type error.
+/// The `data` of a platform response (the whole value when it has no
+/// envelope) and the prefix that names its fields in errors (`data.` or
+/// nothing); the platform's own error if the envelope's `code` is not 0.
+pub(crate) fn response_data(
+    response: &[u8],
+) -> Result<(serde_json::Value, &'static str), ApiError> {
+    let v: serde_json::Value = parse_json(response, MAX_IMPORT_BYTES)?;
+    let Some(code) = v.get("code") else {
+        return Ok((v, ""));
+    };
+    match code.as_u64() {
+        Some(0) => Ok((v.get("data").cloned().unwrap_or_default(), "data.")),
+        Some(code) => {
+            let msg = v.get("msg").and_then(|m| m.as_str()).unwrap_or_default();
+            Err(ApiError::from_platform(code, msg))
+        }
+        None => Err(ApiError::invalid("code", "expected an integer")),
+    }
+}
+
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8], max: usize) -> Result<T, ApiError> {
     if body.len() > max {
         return Err(ApiError::invalid(
