@@ -157,12 +157,16 @@
 #![deny(unsafe_code)] // allowed in `prefetch` only
 #![deny(missing_docs)]
 
+#[cfg(feature = "axum")]
+mod admin;
 mod amount;
 mod decide;
 mod decision;
 mod engine;
 mod errors;
 mod handle;
+#[cfg(feature = "tower")]
+mod middleware;
 mod mirror;
 mod observe;
 mod period;
@@ -177,11 +181,18 @@ pub mod types;
 mod validate;
 pub mod wire;
 
+#[cfg(feature = "axum")]
+pub use admin::{admin_router, AdminAuth};
 pub use amount::{Amount, ParseAmountError, MICROS_PER_UNIT};
 pub use decision::{Decision, Denial, DenyReason, Headroom, Rejection, UsageReport};
 pub use engine::{Engine, EngineBuilder, EngineConfig, Request, BATCH_CHUNK};
 pub use errors::{ApiError, ErrorCode};
 pub use handle::{HandleRequest, Released, SubjectHandle};
+#[cfg(feature = "tower")]
+pub use middleware::{
+    ConsumerHeader, DeviceHeader, ExtractError, MemberHeaders, QuotaLayer, QuotaService,
+    RequestSubject, SubjectExtractor, Used, QUOTA_DENIED_CODE,
+};
 pub use mirror::{Listing, SyncReport};
 pub use period::{LocalTime, UtcOffset, Window};
 #[cfg(feature = "poller")]

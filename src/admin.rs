@@ -1,0 +1,163 @@
+//! Admin routes in the platform's shape (feature `axum`): `POST`, `GET`
+//! and `PUT /v1/commerce/benefit/limitations[/{benefit_id}]` answering as
+//! the platform does, so a tool that speaks the platform's API (its SDKs
+//! included) can write rules straight to a gateway.
+//!
+//! Every route takes `Authorization: Bearer <token>`. A missing, malformed
+//! or unknown token is answered 401 with code 4100; a read-only token on a
+//! write, 403 with code 4101 (F13, F14). Other errors keep their code:
+//! 400 for 4000 (the field named), 404 for 4200.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+
+use crate::engine::Engine;
+use crate::errors::{ApiError, ErrorCode};
+use crate::wire::{CreateData, Envelope};
+
+/// Who may call the admin routes: tokens that may write (create, update)
+/// and list, and tokens that may only list.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAuth {
+    tokens: Vec<(String, bool)>,
+}
+
+impl AdminAuth {
+    /// A token that may create, update and list.
+    pub fn new(token: impl Into<String>) -> AdminAuth {
+        AdminAuth {
+            tokens: vec![(token.into(), true)],
+        }
+    }
+
+    /// Adds a token that may only list.
+    #[must_use]
+    pub fn read_only(mut self, token: impl Into<String>) -> AdminAuth {
+        self.tokens.push((token.into(), false));
+        self
+    }
+
+    /// `Ok` if the request's bearer token may do this (`write`: create or
+    /// update).
+    fn check(&self, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let known = token.and_then(|t| self.tokens.iter().find(|(k, _)| k.as_str() == t));
+        match known {
+            None => Err(ApiError::from_platform(
+                4100,
+                "the access token is missing or invalid",
+            )),
+            Some((_, false)) if write => Err(ApiError::from_platform(
+                4101,
+                "the access token lacks this permission",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    engine: Arc<Engine>,
+    auth: Arc<AdminAuth>,
+}
+
+/// The admin routes over `engine`, for tokens `auth`: merge them into a
+/// gateway's router (`router.merge(admin_router(..))`).
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use benefit_quota::{admin_router, AdminAuth, Engine};
+/// let engine = Arc::new(Engine::new());
+/// let app: axum::Router = admin_router(engine, AdminAuth::new("admin-secret").read_only("viewer"));
+/// # let _ = app;
+/// ```
+pub fn admin_router(engine: Arc<Engine>, auth: AdminAuth) -> Router {
+    let state = AdminState {
+        engine,
+        auth: Arc::new(auth),
+    };
+    Router::new()
+        .route("/v1/commerce/benefit/limitations", get(list).post(create))
+        .route("/v1/commerce/benefit/limitations/{benefit_id}", put(update))
+        .with_state(state)
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn logid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "bq-admin-{:x}-{:x}",
+        now(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An answer in the platform's envelope.
+fn envelope<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
+    let (status, json) = match result {
+        Ok(data) => (StatusCode::OK, Envelope::ok(data, logid()).to_json()),
+        Err(e) => {
+            let status = match e.code() {
+                ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
+                ErrorCode::BadToken => StatusCode::UNAUTHORIZED,
+                ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+                ErrorCode::NotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (status, Envelope::error(&e, logid()).to_json())
+        }
+    };
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response()
+}
+
+async fn create(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    envelope(s.auth.check(&headers, true).and_then(|()| {
+        let info = s.engine.create_json(&body)?;
+        Ok(CreateData { benefit_info: info })
+    }))
+}
+
+async fn list(State(s): State<AdminState>, headers: HeaderMap, uri: Uri) -> Response {
+    envelope(
+        s.auth
+            .check(&headers, false)
+            .and_then(|()| s.engine.list_query_string(uri.query().unwrap_or_default())),
+    )
+}
+
+async fn update(
+    State(s): State<AdminState>,
+    Path(benefit_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    envelope(
+        s.auth
+            .check(&headers, true)
+            .and_then(|()| s.engine.apply_update_json(&benefit_id, &body, now())),
+    )
+}

@@ -1,0 +1,441 @@
+//! A tower middleware (feature `tower`): [`QuotaLayer`] in front of any
+//! `http::Request` service (axum, hyper, tonic), deciding each request with
+//! the engine before the inner service runs (pre-paid) or booking what the
+//! response says was used after it (post-paid).
+//!
+//! A denial is answered `429 Too Many Requests` with a body in the
+//! platform's envelope shape and the headers a client needs to back off:
+//! `Retry-After` (seconds until the denying rule's window resets; none for a
+//! cumulative cap or a frozen rule, which no wait lifts), `RateLimit-Remaining`
+//! and `RateLimit-Reset` (the two fields of the IETF rate-limit headers
+//! draft that a decision carries; `RateLimit-Limit` is not sent, since
+//! knowing it would cost a second lookup per request). Allowed responses
+//! carry `RateLimit-Remaining` and `RateLimit-Reset` too when a rule
+//! applies.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+
+use crate::amount::Amount;
+use crate::decision::Decision;
+use crate::engine::Engine;
+use crate::subject::{Member, Subject};
+use crate::types::BenefitType;
+
+/// The envelope `code` of a 429 answer. The platform has no code for an
+/// end user's quota being spent (its codes are about the API's own
+/// callers), so this one is the middleware's, in the platform's 4xxx range.
+pub const QUOTA_DENIED_CODE: u32 = 4029;
+
+/// A subject's ids, owned: what a [`SubjectExtractor`] takes from a request
+/// (the request itself moves on to the inner service).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestSubject {
+    /// The device id.
+    pub device_id: Option<String>,
+    /// The custom consumer id.
+    pub custom_consumer_id: Option<String>,
+    /// The member context: user, role, workspace, organization.
+    pub member: Option<[Option<String>; 4]>,
+}
+
+impl RequestSubject {
+    /// The subject as the engine takes it.
+    pub fn subject(&self) -> Subject<'_> {
+        Subject {
+            device_id: self.device_id.as_deref(),
+            custom_consumer_id: self.custom_consumer_id.as_deref(),
+            member: self.member.as_ref().map(|m| Member {
+                coze_user_id: m[0].as_deref(),
+                coze_role: m[1].as_deref(),
+                workspace_id: m[2].as_deref(),
+                organization_id: m[3].as_deref(),
+            }),
+        }
+    }
+}
+
+/// Why no subject could be taken from a request: answered with
+/// [`QuotaLayer::on_missing_subject`]'s status (400 by default) and an
+/// envelope with code 4000 naming what is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractError(pub String);
+
+/// Takes the subject out of a request's head.
+pub trait SubjectExtractor: Send + Sync + 'static {
+    /// The subject of a request with these headers and extensions.
+    ///
+    /// # Errors
+    /// [`ExtractError`] naming what is missing or malformed.
+    fn extract(&self, head: &http::request::Parts) -> Result<RequestSubject, ExtractError>;
+}
+
+impl<F> SubjectExtractor for F
+where
+    F: Fn(&http::request::Parts) -> Result<RequestSubject, ExtractError> + Send + Sync + 'static,
+{
+    fn extract(&self, head: &http::request::Parts) -> Result<RequestSubject, ExtractError> {
+        self(head)
+    }
+}
+
+fn header(head: &http::request::Parts, name: &HeaderName) -> Option<String> {
+    head.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// The device id from a header (e.g. `x-device-id`).
+#[derive(Debug, Clone)]
+pub struct DeviceHeader(pub HeaderName);
+
+impl SubjectExtractor for DeviceHeader {
+    fn extract(&self, head: &http::request::Parts) -> Result<RequestSubject, ExtractError> {
+        let id = header(head, &self.0)
+            .ok_or_else(|| ExtractError(format!("header `{}` is missing or empty", self.0)))?;
+        Ok(RequestSubject {
+            device_id: Some(id),
+            ..RequestSubject::default()
+        })
+    }
+}
+
+/// The custom consumer id from a header (e.g. `x-consumer-id`).
+#[derive(Debug, Clone)]
+pub struct ConsumerHeader(pub HeaderName);
+
+impl SubjectExtractor for ConsumerHeader {
+    fn extract(&self, head: &http::request::Parts) -> Result<RequestSubject, ExtractError> {
+        let id = header(head, &self.0)
+            .ok_or_else(|| ExtractError(format!("header `{}` is missing or empty", self.0)))?;
+        Ok(RequestSubject {
+            custom_consumer_id: Some(id),
+            ..RequestSubject::default()
+        })
+    }
+}
+
+/// A member context from four headers (user, role, workspace,
+/// organization); the user header is required, the others optional.
+#[derive(Debug, Clone)]
+pub struct MemberHeaders {
+    /// The Coze user id header (default `x-coze-user-id`).
+    pub user: HeaderName,
+    /// The role header (default `x-coze-role`).
+    pub role: HeaderName,
+    /// The workspace header (default `x-coze-workspace-id`).
+    pub workspace: HeaderName,
+    /// The organization header (default `x-coze-organization-id`).
+    pub organization: HeaderName,
+}
+
+impl Default for MemberHeaders {
+    fn default() -> Self {
+        MemberHeaders {
+            user: HeaderName::from_static("x-coze-user-id"),
+            role: HeaderName::from_static("x-coze-role"),
+            workspace: HeaderName::from_static("x-coze-workspace-id"),
+            organization: HeaderName::from_static("x-coze-organization-id"),
+        }
+    }
+}
+
+impl SubjectExtractor for MemberHeaders {
+    fn extract(&self, head: &http::request::Parts) -> Result<RequestSubject, ExtractError> {
+        let user = header(head, &self.user)
+            .ok_or_else(|| ExtractError(format!("header `{}` is missing or empty", self.user)))?;
+        Ok(RequestSubject {
+            member: Some([
+                Some(user),
+                header(head, &self.role),
+                header(head, &self.workspace),
+                header(head, &self.organization),
+            ]),
+            ..RequestSubject::default()
+        })
+    }
+}
+
+/// What a handler reports it used, for the post-paid mode: put it in the
+/// response's extensions (`response.extensions_mut().insert(Used(..))`).
+/// Without it, the [`Used`] header of [`QuotaLayer::post_paid`] is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used(pub BenefitType, pub Amount);
+
+/// What a request costs (pre-paid), from its head.
+pub type CostFn = dyn Fn(&http::request::Parts) -> (BenefitType, Amount) + Send + Sync;
+
+/// Where "now" comes from: the system clock unless injected.
+pub type ClockFn = dyn Fn() -> i64 + Send + Sync;
+
+#[derive(Clone)]
+enum Mode {
+    PrePaid(Arc<CostFn>),
+    /// Check before; book what the response says after. The header names
+    /// the amount when no [`Used`] extension is set.
+    PostPaid(BenefitType, HeaderName),
+}
+
+/// The middleware: see the module docs.
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use benefit_quota::{DeviceHeader, Engine, QuotaLayer};
+/// let engine = Arc::new(Engine::new());
+/// let layer = QuotaLayer::new(Arc::clone(&engine), DeviceHeader(http::HeaderName::from_static("x-device-id")));
+/// // axum: Router::new().route(..).layer(layer)
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct QuotaLayer {
+    engine: Arc<Engine>,
+    extractor: Arc<dyn SubjectExtractor>,
+    mode: Mode,
+    clock: Arc<ClockFn>,
+    missing_status: StatusCode,
+}
+
+impl std::fmt::Debug for QuotaLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaLayer").finish_non_exhaustive()
+    }
+}
+
+fn system_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl QuotaLayer {
+    /// Pre-paid, one `resource_point` per request, the system clock, 400 for
+    /// a request without a subject.
+    pub fn new(engine: Arc<Engine>, extractor: impl SubjectExtractor) -> QuotaLayer {
+        QuotaLayer {
+            engine,
+            extractor: Arc::new(extractor),
+            mode: Mode::PrePaid(Arc::new(|_| {
+                (BenefitType::ResourcePoint, Amount::from_units(1))
+            })),
+            clock: Arc::new(system_now),
+            missing_status: StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Pre-paid, each request costing what `cost` says (per route, from a
+    /// header...).
+    #[must_use]
+    pub fn cost(
+        mut self,
+        cost: impl Fn(&http::request::Parts) -> (BenefitType, Amount) + Send + Sync + 'static,
+    ) -> Self {
+        self.mode = Mode::PrePaid(Arc::new(cost));
+        self
+    }
+
+    /// Post-paid: a request is refused only if its subject is blocked
+    /// already; once the inner service has answered, what the response
+    /// reports (a [`Used`] extension, else the decimal amount in `header`)
+    /// is booked with `record` in `benefit_type`.
+    #[must_use]
+    pub fn post_paid(mut self, benefit_type: BenefitType, header: HeaderName) -> Self {
+        self.mode = Mode::PostPaid(benefit_type, header);
+        self
+    }
+
+    /// The clock (unix seconds) instead of the system's.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The status for a request with no subject (default 400; 401 suits a
+    /// subject taken from credentials).
+    #[must_use]
+    pub fn on_missing_subject(mut self, status: StatusCode) -> Self {
+        self.missing_status = status;
+        self
+    }
+}
+
+impl<S> tower_layer::Layer<S> for QuotaLayer {
+    type Service = QuotaService<S>;
+
+    fn layer(&self, inner: S) -> QuotaService<S> {
+        QuotaService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`QuotaLayer`] wraps around another.
+#[derive(Clone, Debug)]
+pub struct QuotaService<S> {
+    inner: S,
+    layer: QuotaLayer,
+}
+
+/// A log id for an answer of the middleware itself.
+fn logid() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "bq-{:x}-{:x}",
+        system_now(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An answer of the middleware itself: `status`, an envelope body.
+fn answer<B: From<String>>(
+    status: StatusCode,
+    code: u32,
+    msg: &str,
+    headers: HeaderMap,
+) -> Response<B> {
+    let body =
+        serde_json::json!({"code": code, "msg": msg, "detail": {"logid": logid()}}).to_string();
+    let mut resp = Response::new(B::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().extend(headers);
+    resp
+}
+
+/// The rate-limit headers of a decision at `now`.
+fn limit_headers(d: &Decision, now: i64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let (remaining, resets_at) = match d {
+        Decision::Allowed(Some(room)) => (Some(room.remaining), room.resets_at),
+        Decision::Denied(den) => (Some(den.remaining), den.resets_at),
+        _ => (None, None),
+    };
+    let num = |n: u64| HeaderValue::from(n);
+    if let Some(r) = remaining {
+        // Whole units, rounded down: a header carries an integer.
+        h.insert(
+            "ratelimit-remaining",
+            num(r.as_micros() / crate::amount::MICROS_PER_UNIT),
+        );
+    }
+    if let Some(at) = resets_at {
+        h.insert("ratelimit-reset", num(at.saturating_sub(now).max(0) as u64));
+    }
+    if let (Decision::Denied(_), Some(at)) = (d, resets_at) {
+        h.insert(
+            http::header::RETRY_AFTER,
+            num(at.saturating_sub(now).max(0) as u64),
+        );
+    }
+    h
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for QuotaService<S>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<ResBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The service that was polled ready handles this request; a clone
+        // takes its place for the next one (tower's usual pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        let (head, body) = req.into_parts();
+        let now = (layer.clock)();
+        let subject = match layer.extractor.extract(&head) {
+            Ok(s) => s,
+            Err(ExtractError(why)) => {
+                let msg = format!("invalid parameter `subject`: {why}");
+                let resp = answer(layer.missing_status, 4000, &msg, HeaderMap::new());
+                return Box::pin(async move { Ok(resp) });
+            }
+        };
+        let decision = match &layer.mode {
+            Mode::PrePaid(cost) => {
+                let (ty, amount) = cost(&head);
+                layer
+                    .engine
+                    .try_consume(&subject.subject(), ty, amount, now)
+            }
+            Mode::PostPaid(..) => layer.engine.check(&subject.subject(), now),
+        };
+        let headers = limit_headers(&decision, now);
+        if let Some(resp) = refusal(&decision, headers.clone()) {
+            return Box::pin(async move { Ok(resp) });
+        }
+        let req = Request::from_parts(head, body);
+        Box::pin(async move {
+            let mut resp = inner.call(req).await?;
+            if let Mode::PostPaid(ty, header) = &layer.mode {
+                let used = resp.extensions().get::<Used>().copied().or_else(|| {
+                    let v = resp.headers().get(header)?.to_str().ok()?;
+                    Some(Used(*ty, v.trim().parse().ok()?))
+                });
+                if let Some(Used(ty, amount)) = used {
+                    let d = layer
+                        .engine
+                        .record(&subject.subject(), ty, amount, (layer.clock)());
+                    resp.headers_mut().extend(limit_headers(&d, now));
+                    return Ok(resp);
+                }
+            }
+            resp.headers_mut().extend(headers);
+            Ok(resp)
+        })
+    }
+}
+
+/// The answer to a request the engine did not allow, if it did not.
+fn refusal<B: From<String>>(d: &Decision, headers: HeaderMap) -> Option<Response<B>> {
+    match d {
+        Decision::Allowed(_) => None,
+        Decision::Denied(den) => {
+            let msg = format!(
+                "benefit {} ({}) denied: {}, {} left",
+                den.benefit_id, den.benefit_type, den.reason, den.remaining
+            );
+            Some(answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                QUOTA_DENIED_CODE,
+                &msg,
+                headers,
+            ))
+        }
+        Decision::Rejected(r) => Some(answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            5000,
+            &r.to_string(),
+            headers,
+        )),
+    }
+}

@@ -1,0 +1,326 @@
+//! The tower middleware and the admin routes over real HTTP on loopback
+//! (features `tower`, `axum`): an axum server on an ephemeral port, a
+//! reqwest client.
+#![cfg(all(feature = "tower", feature = "axum"))]
+
+mod common;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use benefit_quota::{
+    admin_router, AdminAuth, DeviceHeader, Engine, QuotaLayer, Subject, Used, QUOTA_DENIED_CODE,
+};
+use common::*;
+use serde_json::Value;
+
+/// 2025-03-12 11:00:00 +08:00: 13 hours before the next local midnight.
+const ELEVEN: i64 = MIDNIGHT + 11 * 3600;
+
+/// Serves `app` on an ephemeral loopback port; returns its base URL.
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+fn device_header() -> DeviceHeader {
+    DeviceHeader(http::HeaderName::from_static("x-device-id"))
+}
+
+/// A gateway: `/chat` behind the layer (the clock fixed at `clock`), the
+/// admin routes beside it.
+fn gateway(engine: &Arc<Engine>, clock: Arc<AtomicI64>) -> Router {
+    let layer = QuotaLayer::new(Arc::clone(engine), device_header())
+        .clock(move || clock.load(Ordering::Relaxed));
+    Router::new()
+        .route("/chat", get(|| async { "upstream" }))
+        .layer(layer)
+        .merge(admin_router(
+            Arc::clone(engine),
+            AdminAuth::new("admin").read_only("viewer"),
+        ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_limit_is_served_to_concurrent_clients_then_429_with_headers() {
+    let engine = Arc::new(Engine::new());
+    let daily = Rule::all_devices(50).daily().create(&engine);
+    let base = serve(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN)))).await;
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (client, url) = (client.clone(), format!("{base}/chat"));
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..10 {
+                let r = client
+                    .get(&url)
+                    .header("x-device-id", "sn-1")
+                    .send()
+                    .await
+                    .expect("answer");
+                ok += u32::from(r.status() == 200);
+            }
+            ok
+        }));
+    }
+    let mut served = 0;
+    for t in tasks {
+        served += t.await.expect("task");
+    }
+    assert_eq!(served, 50);
+    assert_eq!(
+        used(&engine, &Subject::device("sn-1"), &daily, ELEVEN),
+        units(50)
+    );
+    // The next one: 429, the platform's envelope, when to come back.
+    let r = client
+        .get(format!("{base}/chat"))
+        .header("x-device-id", "sn-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let h = r.headers().clone();
+    assert_eq!(h["retry-after"], "46800"); // 13 hours to the next local midnight
+    assert_eq!(h["ratelimit-reset"], "46800");
+    assert_eq!(h["ratelimit-remaining"], "0");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], QUOTA_DENIED_CODE);
+    let msg = body["msg"].as_str().unwrap();
+    assert!(msg.contains(&daily) && msg.contains("exhausted"), "{msg}");
+    assert!(body["detail"]["logid"]
+        .as_str()
+        .is_some_and(|l| !l.is_empty()));
+    // Allowed answers carry what is left.
+    let r = client
+        .get(format!("{base}/chat"))
+        .header("x-device-id", "sn-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ratelimit-remaining"], "49");
+    assert_eq!(r.text().await.unwrap(), "upstream");
+}
+
+#[tokio::test]
+async fn a_frozen_rule_is_429_with_no_retry_after_and_no_subject_is_400() {
+    let engine = Arc::new(Engine::new());
+    Rule::all_devices(50).status("frozen").create(&engine);
+    let base = serve(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN)))).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{base}/chat"))
+        .header("x-device-id", "sn-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_none());
+    let body: Value = r.json().await.unwrap();
+    assert!(body["msg"].as_str().unwrap().contains("frozen"));
+    let r = client.get(format!("{base}/chat")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 4000);
+    assert!(body["msg"].as_str().unwrap().contains("x-device-id"));
+}
+
+#[tokio::test]
+async fn post_paid_usage_is_booked_from_the_response() {
+    let engine = Arc::new(Engine::new());
+    let voice = Rule::all_devices(100)
+        .daily()
+        .of("voice_unified_duration_system")
+        .create(&engine);
+    let layer = QuotaLayer::new(Arc::clone(&engine), device_header())
+        .post_paid(VOICE, http::HeaderName::from_static("x-voice-seconds"))
+        .clock(|| ELEVEN);
+    let app = Router::new()
+        // The handler knows the seconds only at the end: an extension...
+        .route(
+            "/call",
+            get(|| async {
+                let mut r = axum::response::Response::new(axum::body::Body::from("call ended"));
+                r.extensions_mut().insert(Used(VOICE, units(30)));
+                r
+            }),
+        )
+        // ...or a header.
+        .route(
+            "/short",
+            get(|| async { ([("x-voice-seconds", "2.5")], "ok") }),
+        )
+        .layer(layer);
+    let base = serve(app).await;
+    let client = reqwest::Client::new();
+    let d = Subject::device("sn-1");
+    let r = client
+        .get(format!("{base}/call"))
+        .header("x-device-id", "sn-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ratelimit-remaining"], "70");
+    assert_eq!(used(&engine, &d, &voice, ELEVEN), units(30));
+    client
+        .get(format!("{base}/short"))
+        .header("x-device-id", "sn-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(used(&engine, &d, &voice, ELEVEN), "32.5".parse().unwrap());
+    // Past the limit (post-paid usage may pass it), the next call is refused.
+    for _ in 0..3 {
+        client
+            .get(format!("{base}/call"))
+            .header("x-device-id", "sn-1")
+            .send()
+            .await
+            .unwrap();
+    }
+    let r = client
+        .get(format!("{base}/call"))
+        .header("x-device-id", "sn-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(used(&engine, &d, &voice, ELEVEN), "122.5".parse().unwrap());
+}
+
+/// The official Java SDK's create body and limit-only update (D18, D19).
+const SDK_CREATE: &str = r#"{"entity_type":"enterprise_all_identifiers","benefit_info":{"benefit_id":null,"benefit_type":"resource_point","active_mode":"absolute_time","started_at":1741536000,"ended_at":253402300799,"limit":1000,"status":null}}"#;
+const SDK_UPDATE: &str = r#"{"started_at":0,"ended_at":0,"limit":2000}"#;
+
+#[tokio::test]
+async fn admin_routes_answer_as_the_platform_with_tokens_checked() {
+    let engine = Arc::new(Engine::new());
+    let base = serve(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN)))).await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/commerce/benefit/limitations");
+    // Create, as the SDK sends it.
+    let r = client
+        .post(&url)
+        .bearer_auth("admin")
+        .body(SDK_CREATE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["code"].as_u64(), body["msg"].as_str()),
+        (Some(0), Some(""))
+    );
+    let info = &body["data"]["benefit_info"];
+    assert_eq!(info["entity_type"], "enterprise_all_custom_consumers");
+    let id = info["benefit_id"].as_str().unwrap().to_owned();
+    // Update, as the SDK sends it: only the limit changes.
+    let r = client
+        .put(format!("{url}/{id}"))
+        .bearer_auth("admin")
+        .body(SDK_UPDATE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["data"]["limit"], 2000);
+    assert_eq!(body["data"]["started_at"], 1741536000);
+    // List, with a read-only token.
+    let r = client
+        .get(format!(
+            "{url}?entity_type=enterprise_all_identifiers&benefit_type=resource_point"
+        ))
+        .bearer_auth("viewer")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["data"]["benefit_infos"][0]["benefit_id"], id.as_str());
+    assert_eq!(body["data"]["has_more"], false);
+    let before = engine.records();
+    // A bad body: 4000 naming the field.
+    let r = client
+        .put(format!("{url}/{id}"))
+        .bearer_auth("admin")
+        .body(r#"{"limit":-1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 4000);
+    assert!(body["msg"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid parameter `limit`"));
+    // An unknown id: 4200.
+    let r = client
+        .put(format!("{url}/404"))
+        .bearer_auth("admin")
+        .body(SDK_UPDATE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap()["code"].as_u64()
+        ),
+        (404, Some(4200))
+    );
+    // No token, a wrong one: 4100; a read-only one writing: 4101.
+    let r = client.post(&url).body(SDK_CREATE).send().await.unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap()["code"].as_u64()
+        ),
+        (401, Some(4100))
+    );
+    let r = client
+        .post(&url)
+        .bearer_auth("nope")
+        .body(SDK_CREATE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap()["code"].as_u64()
+        ),
+        (401, Some(4100))
+    );
+    let r = client
+        .put(format!("{url}/{id}"))
+        .bearer_auth("viewer")
+        .body(SDK_UPDATE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap()["code"].as_u64()
+        ),
+        (403, Some(4101))
+    );
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Nothing of that changed anything.
+    assert_eq!(engine.records(), before);
+}
