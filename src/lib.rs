@@ -190,8 +190,8 @@ pub use errors::{ApiError, ErrorCode};
 pub use handle::{HandleRequest, Released, SubjectHandle};
 #[cfg(feature = "tower")]
 pub use middleware::{
-    ConsumerHeader, DeviceHeader, ExtractError, MemberHeaders, QuotaLayer, QuotaService,
-    RequestSubject, SubjectExtractor, Used, QUOTA_DENIED_CODE,
+    After, ConsumerHeader, DeviceHeader, ExtractError, MemberHeaders, QuotaFuture, QuotaLayer,
+    QuotaService, RequestSubject, SubjectExtractor, Used, QUOTA_DENIED_CODE,
 };
 pub use mirror::{Listing, SyncReport};
 pub use period::{LocalTime, UtcOffset, Window};

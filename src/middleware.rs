@@ -13,6 +13,7 @@
 //! carry `RateLimit-Remaining` and `RateLimit-Reset` too when a rule
 //! applies.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,19 +34,30 @@ use crate::types::BenefitType;
 /// callers), so this one is the middleware's, in the platform's 4xxx range.
 pub const QUOTA_DENIED_CODE: u32 = 4029;
 
-/// A subject's ids, owned: what a [`SubjectExtractor`] takes from a request
-/// (the request itself moves on to the inner service).
+/// A subject's ids as a [`SubjectExtractor`] takes them from a request:
+/// borrowed from its headers where they can be (a pre-paid decision needs
+/// them only until the request moves on), owned otherwise.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestSubject {
+pub struct RequestSubject<'h> {
     /// The device id.
-    pub device_id: Option<String>,
+    pub device_id: Option<Cow<'h, str>>,
     /// The custom consumer id.
-    pub custom_consumer_id: Option<String>,
+    pub custom_consumer_id: Option<Cow<'h, str>>,
     /// The member context: user, role, workspace, organization.
-    pub member: Option<[Option<String>; 4]>,
+    pub member: Option<[Option<Cow<'h, str>>; 4]>,
 }
 
-impl RequestSubject {
+impl RequestSubject<'_> {
+    /// The same ids, owned (for a post-paid booking after the response).
+    pub fn into_owned(self) -> RequestSubject<'static> {
+        let own = |v: Option<Cow<'_, str>>| v.map(|c| Cow::Owned(c.into_owned()));
+        RequestSubject {
+            device_id: own(self.device_id),
+            custom_consumer_id: own(self.custom_consumer_id),
+            member: self.member.map(|m| m.map(own)),
+        }
+    }
+
     /// The subject as the engine takes it.
     pub fn subject(&self) -> Subject<'_> {
         Subject {
@@ -73,25 +85,34 @@ pub trait SubjectExtractor: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`ExtractError`] naming what is missing or malformed.
-    fn extract(&self, head: &http::request::Parts) -> Result<RequestSubject, ExtractError>;
+    fn extract<'h>(
+        &self,
+        head: &'h http::request::Parts,
+    ) -> Result<RequestSubject<'h>, ExtractError>;
 }
 
 impl<F> SubjectExtractor for F
 where
-    F: Fn(&http::request::Parts) -> Result<RequestSubject, ExtractError> + Send + Sync + 'static,
+    F: for<'h> Fn(&'h http::request::Parts) -> Result<RequestSubject<'h>, ExtractError>
+        + Send
+        + Sync
+        + 'static,
 {
-    fn extract(&self, head: &http::request::Parts) -> Result<RequestSubject, ExtractError> {
+    fn extract<'h>(
+        &self,
+        head: &'h http::request::Parts,
+    ) -> Result<RequestSubject<'h>, ExtractError> {
         self(head)
     }
 }
 
-fn header(head: &http::request::Parts, name: &HeaderName) -> Option<String> {
+fn header<'h>(head: &'h http::request::Parts, name: &HeaderName) -> Option<Cow<'h, str>> {
     head.headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .map(str::to_owned)
+        .map(Cow::Borrowed)
 }
 
 /// The device id from a header (e.g. `x-device-id`).
@@ -99,7 +120,10 @@ fn header(head: &http::request::Parts, name: &HeaderName) -> Option<String> {
 pub struct DeviceHeader(pub HeaderName);
 
 impl SubjectExtractor for DeviceHeader {
-    fn extract(&self, head: &http::request::Parts) -> Result<RequestSubject, ExtractError> {
+    fn extract<'h>(
+        &self,
+        head: &'h http::request::Parts,
+    ) -> Result<RequestSubject<'h>, ExtractError> {
         let id = header(head, &self.0)
             .ok_or_else(|| ExtractError(format!("header `{}` is missing or empty", self.0)))?;
         Ok(RequestSubject {
@@ -114,7 +138,10 @@ impl SubjectExtractor for DeviceHeader {
 pub struct ConsumerHeader(pub HeaderName);
 
 impl SubjectExtractor for ConsumerHeader {
-    fn extract(&self, head: &http::request::Parts) -> Result<RequestSubject, ExtractError> {
+    fn extract<'h>(
+        &self,
+        head: &'h http::request::Parts,
+    ) -> Result<RequestSubject<'h>, ExtractError> {
         let id = header(head, &self.0)
             .ok_or_else(|| ExtractError(format!("header `{}` is missing or empty", self.0)))?;
         Ok(RequestSubject {
@@ -150,7 +177,10 @@ impl Default for MemberHeaders {
 }
 
 impl SubjectExtractor for MemberHeaders {
-    fn extract(&self, head: &http::request::Parts) -> Result<RequestSubject, ExtractError> {
+    fn extract<'h>(
+        &self,
+        head: &'h http::request::Parts,
+    ) -> Result<RequestSubject<'h>, ExtractError> {
         let user = header(head, &self.user)
             .ok_or_else(|| ExtractError(format!("header `{}` is missing or empty", self.user)))?;
         Ok(RequestSubject {
@@ -197,12 +227,18 @@ enum Mode {
 /// # let _ = layer;
 /// ```
 #[derive(Clone)]
-pub struct QuotaLayer {
+pub struct QuotaLayer(Arc<LayerConfig>);
+
+/// A [`QuotaLayer`]'s settings, shared by its services (one reference
+/// count a request, not one per setting).
+#[derive(Clone)]
+struct LayerConfig {
     engine: Arc<Engine>,
     extractor: Arc<dyn SubjectExtractor>,
     mode: Mode,
     clock: Arc<ClockFn>,
     missing_status: StatusCode,
+    headers_when_allowed: bool,
 }
 
 impl std::fmt::Debug for QuotaLayer {
@@ -221,7 +257,7 @@ impl QuotaLayer {
     /// Pre-paid, one `resource_point` per request, the system clock, 400 for
     /// a request without a subject.
     pub fn new(engine: Arc<Engine>, extractor: impl SubjectExtractor) -> QuotaLayer {
-        QuotaLayer {
+        QuotaLayer(Arc::new(LayerConfig {
             engine,
             extractor: Arc::new(extractor),
             mode: Mode::PrePaid(Arc::new(|_| {
@@ -229,18 +265,32 @@ impl QuotaLayer {
             })),
             clock: Arc::new(system_now),
             missing_status: StatusCode::BAD_REQUEST,
-        }
+            headers_when_allowed: false,
+        }))
+    }
+
+    fn with(mut self, change: impl FnOnce(&mut LayerConfig)) -> Self {
+        change(Arc::make_mut(&mut self.0));
+        self
+    }
+
+    /// Whether allowed responses carry `RateLimit-Remaining` and
+    /// `RateLimit-Reset` too (default: only 429 answers carry them, as
+    /// `tower_governor` does unless told otherwise; each header is bytes on
+    /// every response).
+    #[must_use]
+    pub fn headers_when_allowed(self, on: bool) -> Self {
+        self.with(|c| c.headers_when_allowed = on)
     }
 
     /// Pre-paid, each request costing what `cost` says (per route, from a
     /// header...).
     #[must_use]
     pub fn cost(
-        mut self,
+        self,
         cost: impl Fn(&http::request::Parts) -> (BenefitType, Amount) + Send + Sync + 'static,
     ) -> Self {
-        self.mode = Mode::PrePaid(Arc::new(cost));
-        self
+        self.with(|c| c.mode = Mode::PrePaid(Arc::new(cost)))
     }
 
     /// Post-paid: a request is refused only if its subject is blocked
@@ -248,24 +298,21 @@ impl QuotaLayer {
     /// reports (a [`Used`] extension, else the decimal amount in `header`)
     /// is booked with `record` in `benefit_type`.
     #[must_use]
-    pub fn post_paid(mut self, benefit_type: BenefitType, header: HeaderName) -> Self {
-        self.mode = Mode::PostPaid(benefit_type, header);
-        self
+    pub fn post_paid(self, benefit_type: BenefitType, header: HeaderName) -> Self {
+        self.with(|c| c.mode = Mode::PostPaid(benefit_type, header))
     }
 
     /// The clock (unix seconds) instead of the system's.
     #[must_use]
-    pub fn clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
-        self.clock = Arc::new(clock);
-        self
+    pub fn clock(self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.with(|c| c.clock = Arc::new(clock))
     }
 
     /// The status for a request with no subject (default 400; 401 suits a
     /// subject taken from credentials).
     #[must_use]
-    pub fn on_missing_subject(mut self, status: StatusCode) -> Self {
-        self.missing_status = status;
-        self
+    pub fn on_missing_subject(self, status: StatusCode) -> Self {
+        self.with(|c| c.missing_status = status)
     }
 }
 
@@ -275,16 +322,22 @@ impl<S> tower_layer::Layer<S> for QuotaLayer {
     fn layer(&self, inner: S) -> QuotaService<S> {
         QuotaService {
             inner,
-            layer: self.clone(),
+            layer: Arc::clone(&self.0),
         }
     }
 }
 
 /// The service [`QuotaLayer`] wraps around another.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct QuotaService<S> {
     inner: S,
-    layer: QuotaLayer,
+    layer: Arc<LayerConfig>,
+}
+
+impl<S> std::fmt::Debug for QuotaService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaService").finish_non_exhaustive()
+    }
 }
 
 /// A log id for an answer of the middleware itself.
@@ -298,12 +351,7 @@ fn logid() -> String {
 }
 
 /// An answer of the middleware itself: `status`, an envelope body.
-fn answer<B: From<String>>(
-    status: StatusCode,
-    code: u32,
-    msg: &str,
-    headers: HeaderMap,
-) -> Response<B> {
+fn answer<B: From<String>>(status: StatusCode, code: u32, msg: &str) -> Response<B> {
     let body =
         serde_json::json!({"code": code, "msg": msg, "detail": {"logid": logid()}}).to_string();
     let mut resp = Response::new(B::from(body));
@@ -312,13 +360,11 @@ fn answer<B: From<String>>(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    resp.headers_mut().extend(headers);
     resp
 }
 
-/// The rate-limit headers of a decision at `now`.
-fn limit_headers(d: &Decision, now: i64) -> HeaderMap {
-    let mut h = HeaderMap::new();
+/// Adds the rate-limit headers of a decision at `now` to `h`.
+fn limit_headers(h: &mut HeaderMap, d: &Decision, now: i64) {
     let (remaining, resets_at) = match d {
         Decision::Allowed(Some(room)) => (Some(room.remaining), room.resets_at),
         Decision::Denied(den) => (Some(den.remaining), den.resets_at),
@@ -341,43 +387,119 @@ fn limit_headers(d: &Decision, now: i64) -> HeaderMap {
             num(at.saturating_sub(now).max(0) as u64),
         );
     }
-    h
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+mod future {
+    // pin_project_lite takes no attributes on an enum's fields: the
+    // variants' docs say what they hold.
+    #![allow(missing_docs)]
+    use super::{After, Response};
+
+    pin_project_lite::pin_project! {
+        /// The future of a [`QuotaService`] call: the middleware's own answer,
+        /// or the inner service's future and what to do once it has answered.
+        #[project = QuotaFutureProj]
+        pub enum QuotaFuture<F, B> {
+            /// Answered by the middleware itself (a denial, no subject).
+            Answered { response: Option<Response<B>> },
+            /// The inner service's answer, with a post-paid booking or the
+            /// rate-limit headers to add to it, if any.
+            Inner {
+                #[pin]
+                inner: F,
+                after: Option<Box<After>>,
+            },
+        }
+    }
+}
+pub use future::QuotaFuture;
+use future::QuotaFutureProj;
+
+/// What a call does once the inner service has answered.
+#[derive(Debug)]
+pub struct After {
+    layer: Arc<LayerConfig>,
+    subject: RequestSubject<'static>,
+    decision: Decision,
+    now: i64,
+}
+
+impl std::fmt::Debug for LayerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerConfig").finish_non_exhaustive()
+    }
+}
+
+impl After {
+    fn finish<B>(self, resp: &mut Response<B>) {
+        let mut shown = self.decision;
+        if let Mode::PostPaid(ty, header) = &self.layer.mode {
+            let used = resp.extensions().get::<Used>().copied().or_else(|| {
+                let v = resp.headers().get(header)?.to_str().ok()?;
+                Some(Used(*ty, v.trim().parse().ok()?))
+            });
+            if let Some(Used(ty, amount)) = used {
+                let now = (self.layer.clock)();
+                shown = self
+                    .layer
+                    .engine
+                    .record(&self.subject.subject(), ty, amount, now);
+            }
+        }
+        if self.layer.headers_when_allowed {
+            limit_headers(resp.headers_mut(), &shown, self.now);
+        }
+    }
+}
+
+impl<F, B, E> Future for QuotaFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            QuotaFutureProj::Answered { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("QuotaFuture polled after it completed"))),
+            QuotaFutureProj::Inner { inner, after } => {
+                let mut resp = match inner.poll(cx) {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => return Poll::Pending,
+                };
+                if let Some(after) = after.take() {
+                    after.finish(&mut resp);
+                }
+                Poll::Ready(Ok(resp))
+            }
+        }
+    }
+}
 
 impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for QuotaService<S>
 where
-    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: From<String> + Send + 'static,
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: From<String>,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<ResBody>, S::Error>>;
+    type Future = QuotaFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // The service that was polled ready handles this request; a clone
-        // takes its place for the next one (tower's usual pattern).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
+        let layer = &self.layer;
         let (head, body) = req.into_parts();
         let now = (layer.clock)();
         let subject = match layer.extractor.extract(&head) {
             Ok(s) => s,
             Err(ExtractError(why)) => {
                 let msg = format!("invalid parameter `subject`: {why}");
-                let resp = answer(layer.missing_status, 4000, &msg, HeaderMap::new());
-                return Box::pin(async move { Ok(resp) });
+                let response = Some(answer(layer.missing_status, 4000, &msg));
+                return QuotaFuture::Answered { response };
             }
         };
         let decision = match &layer.mode {
@@ -389,34 +511,38 @@ where
             }
             Mode::PostPaid(..) => layer.engine.check(&subject.subject(), now),
         };
-        let headers = limit_headers(&decision, now);
-        if let Some(resp) = refusal(&decision, headers.clone()) {
-            return Box::pin(async move { Ok(resp) });
+        if let Some(mut resp) = refusal(&decision) {
+            limit_headers(resp.headers_mut(), &decision, now);
+            return QuotaFuture::Answered {
+                response: Some(resp),
+            };
         }
-        let req = Request::from_parts(head, body);
-        Box::pin(async move {
-            let mut resp = inner.call(req).await?;
-            if let Mode::PostPaid(ty, header) = &layer.mode {
-                let used = resp.extensions().get::<Used>().copied().or_else(|| {
-                    let v = resp.headers().get(header)?.to_str().ok()?;
-                    Some(Used(*ty, v.trim().parse().ok()?))
-                });
-                if let Some(Used(ty, amount)) = used {
-                    let d = layer
-                        .engine
-                        .record(&subject.subject(), ty, amount, (layer.clock)());
-                    resp.headers_mut().extend(limit_headers(&d, now));
-                    return Ok(resp);
-                }
-            }
-            resp.headers_mut().extend(headers);
-            Ok(resp)
-        })
+        let post_paid = matches!(layer.mode, Mode::PostPaid(..));
+        let after = (post_paid || layer.headers_when_allowed).then(|| {
+            Box::new(After {
+                layer: Arc::clone(layer),
+                subject: if post_paid {
+                    subject.into_owned()
+                } else {
+                    RequestSubject::default()
+                },
+                decision,
+                now,
+            })
+        });
+        // The service that was polled ready handles this request; a clone
+        // takes its place for the next one (tower's usual pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        QuotaFuture::Inner {
+            inner: inner.call(Request::from_parts(head, body)),
+            after,
+        }
     }
 }
 
 /// The answer to a request the engine did not allow, if it did not.
-fn refusal<B: From<String>>(d: &Decision, headers: HeaderMap) -> Option<Response<B>> {
+fn refusal<B: From<String>>(d: &Decision) -> Option<Response<B>> {
     match d {
         Decision::Allowed(_) => None,
         Decision::Denied(den) => {
@@ -428,14 +554,12 @@ fn refusal<B: From<String>>(d: &Decision, headers: HeaderMap) -> Option<Response
                 StatusCode::TOO_MANY_REQUESTS,
                 QUOTA_DENIED_CODE,
                 &msg,
-                headers,
             ))
         }
         Decision::Rejected(r) => Some(answer(
             StatusCode::INTERNAL_SERVER_ERROR,
             5000,
             &r.to_string(),
-            headers,
         )),
     }
 }

@@ -39,6 +39,7 @@ fn device_header() -> DeviceHeader {
 /// admin routes beside it.
 fn gateway(engine: &Arc<Engine>, clock: Arc<AtomicI64>) -> Router {
     let layer = QuotaLayer::new(Arc::clone(engine), device_header())
+        .headers_when_allowed(true)
         .clock(move || clock.load(Ordering::Relaxed));
     Router::new()
         .route("/chat", get(|| async { "upstream" }))
@@ -100,7 +101,7 @@ async fn exactly_the_limit_is_served_to_concurrent_clients_then_429_with_headers
     assert!(body["detail"]["logid"]
         .as_str()
         .is_some_and(|l| !l.is_empty()));
-    // Allowed answers carry what is left.
+    // Allowed answers carry what is left (`headers_when_allowed`).
     let r = client
         .get(format!("{base}/chat"))
         .header("x-device-id", "sn-2")
@@ -144,6 +145,7 @@ async fn post_paid_usage_is_booked_from_the_response() {
         .create(&engine);
     let layer = QuotaLayer::new(Arc::clone(&engine), device_header())
         .post_paid(VOICE, http::HeaderName::from_static("x-voice-seconds"))
+        .headers_when_allowed(true)
         .clock(|| ELEVEN);
     let app = Router::new()
         // The handler knows the seconds only at the end: an extension...
