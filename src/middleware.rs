@@ -115,6 +115,14 @@ fn header<'h>(head: &'h http::request::Parts, name: &HeaderName) -> Option<Cow<'
         .map(Cow::Borrowed)
 }
 
+/// A header that must be there, non-empty.
+fn required<'h>(
+    head: &'h http::request::Parts,
+    name: &HeaderName,
+) -> Result<Cow<'h, str>, ExtractError> {
+    header(head, name).ok_or_else(|| ExtractError(format!("header `{name}` is missing or empty")))
+}
+
 /// The device id from a header (e.g. `x-device-id`).
 #[derive(Debug, Clone)]
 pub struct DeviceHeader(pub HeaderName);
@@ -124,10 +132,8 @@ impl SubjectExtractor for DeviceHeader {
         &self,
         head: &'h http::request::Parts,
     ) -> Result<RequestSubject<'h>, ExtractError> {
-        let id = header(head, &self.0)
-            .ok_or_else(|| ExtractError(format!("header `{}` is missing or empty", self.0)))?;
         Ok(RequestSubject {
-            device_id: Some(id),
+            device_id: Some(required(head, &self.0)?),
             ..RequestSubject::default()
         })
     }
@@ -142,10 +148,8 @@ impl SubjectExtractor for ConsumerHeader {
         &self,
         head: &'h http::request::Parts,
     ) -> Result<RequestSubject<'h>, ExtractError> {
-        let id = header(head, &self.0)
-            .ok_or_else(|| ExtractError(format!("header `{}` is missing or empty", self.0)))?;
         Ok(RequestSubject {
-            custom_consumer_id: Some(id),
+            custom_consumer_id: Some(required(head, &self.0)?),
             ..RequestSubject::default()
         })
     }
@@ -181,8 +185,7 @@ impl SubjectExtractor for MemberHeaders {
         &self,
         head: &'h http::request::Parts,
     ) -> Result<RequestSubject<'h>, ExtractError> {
-        let user = header(head, &self.user)
-            .ok_or_else(|| ExtractError(format!("header `{}` is missing or empty", self.user)))?;
+        let user = required(head, &self.user)?;
         Ok(RequestSubject {
             member: Some([
                 Some(user),
