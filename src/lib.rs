@@ -190,8 +190,9 @@ pub use errors::{ApiError, ErrorCode};
 pub use handle::{HandleRequest, Released, SubjectHandle};
 #[cfg(feature = "tower")]
 pub use middleware::{
-    After, ConsumerHeader, DeviceHeader, ExtractError, MemberHeaders, QuotaFuture, QuotaLayer,
-    QuotaService, RequestSubject, SubjectExtractor, Used, QUOTA_DENIED_CODE,
+    After, Answers, ConsumerHeader, DeviceHeader, ExtractError, Grpc, Http, MemberHeaders,
+    QuotaFuture, QuotaLayer, QuotaService, Refusal, RequestSubject, SubjectExtractor, Used,
+    QUOTA_DENIED_CODE,
 };
 pub use mirror::{Listing, SyncReport};
 pub use period::{LocalTime, UtcOffset, Window};

@@ -230,7 +230,7 @@ enum Mode {
 /// # let _ = layer;
 /// ```
 #[derive(Clone)]
-pub struct QuotaLayer(Arc<LayerConfig>);
+pub struct QuotaLayer<R = Http>(Arc<LayerConfig>, std::marker::PhantomData<R>);
 
 /// A [`QuotaLayer`]'s settings, shared by its services (one reference
 /// count a request, not one per setting).
@@ -244,7 +244,7 @@ struct LayerConfig {
     headers_when_allowed: bool,
 }
 
-impl std::fmt::Debug for QuotaLayer {
+impl<R> std::fmt::Debug for QuotaLayer<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuotaLayer").finish_non_exhaustive()
     }
@@ -256,22 +256,33 @@ fn system_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-impl QuotaLayer {
+impl QuotaLayer<Http> {
     /// Pre-paid, one `resource_point` per request, the system clock, 400 for
-    /// a request without a subject.
-    pub fn new(engine: Arc<Engine>, extractor: impl SubjectExtractor) -> QuotaLayer {
-        QuotaLayer(Arc::new(LayerConfig {
-            engine,
-            extractor: Arc::new(extractor),
-            mode: Mode::PrePaid(Arc::new(|_| {
-                (BenefitType::ResourcePoint, Amount::from_units(1))
-            })),
-            clock: Arc::new(system_now),
-            missing_status: StatusCode::BAD_REQUEST,
-            headers_when_allowed: false,
-        }))
+    /// a request without a subject, answers in HTTP (see [`Http`]).
+    pub fn new(engine: Arc<Engine>, extractor: impl SubjectExtractor) -> QuotaLayer<Http> {
+        QuotaLayer(
+            Arc::new(LayerConfig {
+                engine,
+                extractor: Arc::new(extractor),
+                mode: Mode::PrePaid(Arc::new(|_| {
+                    (BenefitType::ResourcePoint, Amount::from_units(1))
+                })),
+                clock: Arc::new(system_now),
+                missing_status: StatusCode::BAD_REQUEST,
+                headers_when_allowed: false,
+            }),
+            std::marker::PhantomData,
+        )
     }
 
+    /// This layer answering as a gRPC service does (see [`Grpc`]): for a
+    /// tonic server, whose response body is not built from a string.
+    pub fn grpc(self) -> QuotaLayer<Grpc> {
+        QuotaLayer(self.0, std::marker::PhantomData)
+    }
+}
+
+impl<R> QuotaLayer<R> {
     fn with(mut self, change: impl FnOnce(&mut LayerConfig)) -> Self {
         change(Arc::make_mut(&mut self.0));
         self
@@ -319,25 +330,36 @@ impl QuotaLayer {
     }
 }
 
-impl<S> tower_layer::Layer<S> for QuotaLayer {
-    type Service = QuotaService<S>;
+impl<S, R> tower_layer::Layer<S> for QuotaLayer<R> {
+    type Service = QuotaService<S, R>;
 
-    fn layer(&self, inner: S) -> QuotaService<S> {
+    fn layer(&self, inner: S) -> QuotaService<S, R> {
         QuotaService {
             inner,
             layer: Arc::clone(&self.0),
+            answers: std::marker::PhantomData,
         }
     }
 }
 
 /// The service [`QuotaLayer`] wraps around another.
-#[derive(Clone)]
-pub struct QuotaService<S> {
+pub struct QuotaService<S, R = Http> {
     inner: S,
     layer: Arc<LayerConfig>,
+    answers: std::marker::PhantomData<fn() -> R>,
 }
 
-impl<S> std::fmt::Debug for QuotaService<S> {
+impl<S: Clone, R> Clone for QuotaService<S, R> {
+    fn clone(&self) -> Self {
+        QuotaService {
+            inner: self.inner.clone(),
+            layer: Arc::clone(&self.layer),
+            answers: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S, R> std::fmt::Debug for QuotaService<S, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuotaService").finish_non_exhaustive()
     }
@@ -353,17 +375,89 @@ fn logid() -> String {
     )
 }
 
-/// An answer of the middleware itself: `status`, an envelope body.
-fn answer<B: From<String>>(status: StatusCode, code: u32, msg: &str) -> Response<B> {
-    let body =
-        serde_json::json!({"code": code, "msg": msg, "detail": {"logid": logid()}}).to_string();
-    let mut resp = Response::new(B::from(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+/// Why the middleware answers a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A rule denied it (HTTP 429, envelope code [`QUOTA_DENIED_CODE`];
+    /// gRPC `RESOURCE_EXHAUSTED`).
+    Denied,
+    /// No subject could be taken from it (the layer's status, code 4000;
+    /// gRPC `INVALID_ARGUMENT`).
+    NoSubject(StatusCode),
+    /// It was not decided: the clock gave an impossible time (HTTP 500,
+    /// code 5000; gRPC `INTERNAL`).
+    NotDecided,
+}
+
+/// How the middleware's own answers are made, for a response body type
+/// `B`: [`Http`] or [`Grpc`].
+pub trait Answers<B> {
+    /// The answer to a refused request, explained by `msg`.
+    fn answer(why: Refusal, msg: &str) -> Response<B>;
+}
+
+/// Answers as HTTP: the status of the [`Refusal`], a JSON body in the
+/// platform's envelope (`{code, msg, detail:{logid}}`). For any body built
+/// from a `String` (axum's, hyper's `Full`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Http;
+
+impl<B: From<String>> Answers<B> for Http {
+    fn answer(why: Refusal, msg: &str) -> Response<B> {
+        let (status, code) = match why {
+            Refusal::Denied => (StatusCode::TOO_MANY_REQUESTS, QUOTA_DENIED_CODE),
+            Refusal::NoSubject(status) => (status, 4000),
+            Refusal::NotDecided => (StatusCode::INTERNAL_SERVER_ERROR, 5000),
+        };
+        let body =
+            serde_json::json!({"code": code, "msg": msg, "detail": {"logid": logid()}}).to_string();
+        let mut resp = Response::new(B::from(body));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+/// Answers as a gRPC server does: HTTP 200, an empty body, `grpc-status`
+/// (8 `RESOURCE_EXHAUSTED` for a denial, 3 `INVALID_ARGUMENT` without a
+/// subject, 13 `INTERNAL` when not decided) and `grpc-message` in the
+/// headers (a trailers-only response). For any body with a `Default`
+/// (tonic's).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Grpc;
+
+impl<B: Default> Answers<B> for Grpc {
+    fn answer(why: Refusal, msg: &str) -> Response<B> {
+        let code: u16 = match why {
+            Refusal::Denied => 8,
+            Refusal::NoSubject(_) => 3,
+            Refusal::NotDecided => 13,
+        };
+        let mut resp = Response::new(B::default());
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(code));
+        // gRPC percent-encodes the message; these are printable ASCII
+        // except for what the encoding covers.
+        let encoded: String = msg
+            .bytes()
+            .map(|b| match b {
+                b' '..=b'~' if b != b'%' => char::from(b).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&encoded) {
+            h.insert("grpc-message", v);
+        }
+        resp
+    }
 }
 
 /// Adds the rate-limit headers of a decision at `now` to `h`.
@@ -480,10 +574,10 @@ where
     }
 }
 
-impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for QuotaService<S>
+impl<S, R, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for QuotaService<S, R>
 where
     S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    ResBody: From<String>,
+    R: Answers<ResBody>,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -501,7 +595,7 @@ where
             Ok(s) => s,
             Err(ExtractError(why)) => {
                 let msg = format!("invalid parameter `subject`: {why}");
-                let response = Some(answer(layer.missing_status, 4000, &msg));
+                let response = Some(R::answer(Refusal::NoSubject(layer.missing_status), &msg));
                 return QuotaFuture::Answered { response };
             }
         };
@@ -514,7 +608,7 @@ where
             }
             Mode::PostPaid(..) => layer.engine.check(&subject.subject(), now),
         };
-        if let Some(mut resp) = refusal(&decision) {
+        if let Some(mut resp) = refusal::<R, ResBody>(&decision) {
             limit_headers(resp.headers_mut(), &decision, now);
             return QuotaFuture::Answered {
                 response: Some(resp),
@@ -545,7 +639,7 @@ where
 }
 
 /// The answer to a request the engine did not allow, if it did not.
-fn refusal<B: From<String>>(d: &Decision) -> Option<Response<B>> {
+fn refusal<R: Answers<B>, B>(d: &Decision) -> Option<Response<B>> {
     match d {
         Decision::Allowed(_) => None,
         Decision::Denied(den) => {
@@ -553,16 +647,8 @@ fn refusal<B: From<String>>(d: &Decision) -> Option<Response<B>> {
                 "benefit {} ({}) denied: {}, {} left",
                 den.benefit_id, den.benefit_type, den.reason, den.remaining
             );
-            Some(answer(
-                StatusCode::TOO_MANY_REQUESTS,
-                QUOTA_DENIED_CODE,
-                &msg,
-            ))
+            Some(R::answer(Refusal::Denied, &msg))
         }
-        Decision::Rejected(r) => Some(answer(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            5000,
-            &r.to_string(),
-        )),
+        Decision::Rejected(r) => Some(R::answer(Refusal::NotDecided, &r.to_string())),
     }
 }
