@@ -2,7 +2,7 @@
 //! writers, calls by subject and handle calls rests on (the rule replicas'
 //! locks, the writers' mutex, the shard locks, the configuration version,
 //! the leased owners' stamps): spin locks, `parking_lot`'s mutex and std's
-//! atomics in normal builds, `loom`'s models when built with `--cfg loom`,
+//! atomics in normal builds, `loom`'s models when built with `--cfg benefit_quota_loom`,
 //! so that `tests/loom.rs` can explore every interleaving of a write racing
 //! with handle calls.
 //!
@@ -11,9 +11,9 @@
 //! counters) stay std's: they are hints or tallies, not part of the ordering
 //! argument (RELIABILITY.md §6).
 
-#[cfg(not(loom))]
+#[cfg(not(benefit_quota_loom))]
 pub(crate) use parking_lot::Mutex;
-#[cfg(not(loom))]
+#[cfg(not(benefit_quota_loom))]
 pub(crate) use std::sync::atomic::AtomicU64;
 /// The locks held for the span of one decision (a counter shard, a copy of
 /// the rule table): taken with one compare-and-swap and released with a
@@ -22,22 +22,22 @@ pub(crate) use std::sync::atomic::AtomicU64;
 /// takes and releases with one each. What they guard is held for tens of
 /// nanoseconds, so a waiter spins, yielding its core now and then in case
 /// the holder was preempted.
-#[cfg(not(loom))]
+#[cfg(not(benefit_quota_loom))]
 pub(crate) type SpinLock<T> = spin::mutex::SpinMutex<T, SpinThenYield>;
-#[cfg(not(loom))]
+#[cfg(not(benefit_quota_loom))]
 pub(crate) type SpinGuard<'a, T> = spin::mutex::SpinMutexGuard<'a, T>;
-#[cfg(loom)]
+#[cfg(benefit_quota_loom)]
 pub(crate) type SpinLock<T> = Mutex<T>;
-#[cfg(loom)]
+#[cfg(benefit_quota_loom)]
 pub(crate) type SpinGuard<'a, T> = MutexGuard<'a, T>;
 
 /// How a [`SpinLock`] waits: a pause instruction, and every 32nd time the
 /// rest of the time slice (the holder may be preempted: on two cores a
 /// waiter that only spun could burn the slice the holder needs).
-#[cfg(not(loom))]
+#[cfg(not(benefit_quota_loom))]
 pub(crate) struct SpinThenYield;
 
-#[cfg(not(loom))]
+#[cfg(not(benefit_quota_loom))]
 impl spin::RelaxStrategy for SpinThenYield {
     #[inline]
     fn relax() {
@@ -56,17 +56,17 @@ impl spin::RelaxStrategy for SpinThenYield {
     }
 }
 
-#[cfg(loom)]
+#[cfg(benefit_quota_loom)]
 pub(crate) use loom::sync::atomic::AtomicU64;
-#[cfg(loom)]
+#[cfg(benefit_quota_loom)]
 pub(crate) use loom::sync::MutexGuard;
 
 /// `loom`'s mutex with `parking_lot`'s signature (no poisoning).
-#[cfg(loom)]
+#[cfg(benefit_quota_loom)]
 #[derive(Debug)]
 pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
 
-#[cfg(loom)]
+#[cfg(benefit_quota_loom)]
 impl<T> Mutex<T> {
     pub(crate) fn new(value: T) -> Self {
         Mutex(loom::sync::Mutex::new(value))

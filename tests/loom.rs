@@ -1,9 +1,11 @@
 //! Every interleaving (`loom`) of a configuration write racing with a call
 //! through a handle: the version protocol of `src/handle/mod.rs` (RELIABILITY.md
-//! §6). Built only with `--cfg loom`:
+//! §6). Built only with `--cfg benefit_quota_loom` (a name of the crate's own:
+//! under the usual `--cfg loom`, tokio, a dev-dependency of the HTTP tests,
+//! drops its networking and the crates built on it stop compiling):
 //!
 //! ```sh
-//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom
+//! RUSTFLAGS="--cfg benefit_quota_loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom
 //! ```
 //!
 //! Thread A raises (or lowers) the device's limit and then spends by subject;
@@ -19,7 +21,7 @@
 //! caller's `record`: the owner's stamp (`src/state/mod.rs`, `Stamps`) that
 //! the lock-free path reads with one atomic load must make every spend that
 //! starts after the record has returned take the locks and see it.
-#![cfg(loom)]
+#![cfg(benefit_quota_loom)]
 
 use std::sync::Arc;
 
