@@ -126,8 +126,6 @@ pub struct Engine {
     /// a [`crate::SubjectHandle`] compares it, under its shard locks, with the
     /// version it resolved at.
     pub(crate) version: CachePadded<AtomicU64>,
-    /// Tells this engine's handles from another's.
-    pub(crate) id: u64,
     /// Some configuration was written or imported (see
     /// [`Engine::is_configured`]).
     configured: std::sync::atomic::AtomicBool,
@@ -212,11 +210,6 @@ impl Engine {
             version: CachePadded::new(AtomicU64::new(0)),
             configured: std::sync::atomic::AtomicBool::new(false),
             observe: crate::observe::Observe::new(),
-            id: {
-                static NEXT_ENGINE: std::sync::atomic::AtomicU64 =
-                    std::sync::atomic::AtomicU64::new(1);
-                NEXT_ENGINE.fetch_add(1, Ordering::Relaxed)
-            },
         }
     }
 

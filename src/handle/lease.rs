@@ -53,7 +53,7 @@ impl Engine {
     /// Gives a handle's unspent leases back to their counters, reporting
     /// each (rule, amount given back); the next call takes new ones.
     pub(super) fn settle_state(&self, h: &mut HandleState, report: impl FnMut(BenefitType, u64)) {
-        if h.engine == self.id && h.leases.iter().any(|l| l.granted != 0) {
+        if h.leases.iter().any(|l| l.granted != 0) {
             let mut locked = self.store.lock_many(&h.shards);
             settle(h, &mut locked, report);
         }
@@ -76,7 +76,6 @@ impl Engine {
         // Each owner's stamp likewise: a call that reads it before another
         // caller's write is ordered before that write.
         if h.lease_ok
-            && h.engine == self.id
             && h.fresh.contains(now)
             && self.version.load(Ordering::Acquire) == h.version
             && h.watch[..usize::from(h.watched)].iter().all(|w| {
@@ -96,7 +95,7 @@ impl Engine {
     #[inline(never)]
     pub(super) fn run_leased_locked(&self, h: &mut HandleState, now: i64, op: Op) -> Decision {
         let ready = self.ready(h, now);
-        if h.engine == self.id {
+        {
             let mut locked = self.store.lock_many(&h.shards);
             // Under the resolution the leases were granted in, even if it
             // ends at `now` (an activation boundary).
@@ -104,9 +103,6 @@ impl Engine {
             if ready && self.version.load(Ordering::Acquire) == h.version {
                 return self.decide_and_grant(h, now, op, &mut locked);
             }
-        } else {
-            // Another engine's leases: they cannot be given back here.
-            h.leases.clear();
         }
         // Stale: the shard locks are released, then taken again under the
         // rule table's lock, as for an exact handle.

@@ -43,7 +43,6 @@ mod lease;
 /// leases.
 #[repr(C)] // in this order: what a leased call reads, from the first line
 pub(crate) struct HandleState {
-    engine: u64,
     version: u64,
     /// The owners' stamps and their values when the leases were granted
     /// (see `state::Stamp`): the first `watched` entries; a leased call
@@ -276,7 +275,6 @@ impl Engine {
     fn handle_state(&self, subject: &Subject<'_>) -> HandleState {
         let own = |s: Option<&str>| s.map(Box::from);
         HandleState {
-            engine: self.id,
             version: 0,
             watch: [Watch::default(), Watch::default()],
             watched: 0,
@@ -583,12 +581,12 @@ impl Engine {
         }
     }
 
-    /// Whether `h` was resolved by this engine for a range holding `now`,
+    /// Whether `h` was resolved for a range holding `now`,
     /// its windows rolled to `now` if they were not current (the version is
     /// checked separately, under the shard locks).
     #[inline]
     fn ready(&self, h: &mut HandleState, now: i64) -> bool {
-        (h.engine == self.id && h.fresh.contains(now)) || self.roll_windows(h, now)
+        h.fresh.contains(now) || self.roll_windows(h, now)
     }
 
     /// The cold half of [`Engine::ready`]: if the resolution still holds at
@@ -597,7 +595,7 @@ impl Engine {
     #[cold]
     #[inline(never)]
     fn roll_windows(&self, h: &mut HandleState, now: i64) -> bool {
-        if h.engine != self.id || !h.valid.contains(now) {
+        if !h.valid.contains(now) {
             return false;
         }
         for r in h.rules.iter_mut() {
@@ -756,7 +754,6 @@ impl Engine {
         h.shards.extend(h.owners.iter().map(|o| o.shard));
         h.shards.sort_unstable();
         h.shards.dedup();
-        h.engine = self.id;
         h.valid = valid;
         h.fresh = h.fresh_range();
         // Stable while the caller holds a copy of the rule table.
