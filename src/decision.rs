@@ -20,16 +20,22 @@ pub enum DenyReason {
     /// [`crate::EngineConfig::max_counters`] is reached; nothing was changed.
     /// Not a quota decision: retry after [`crate::Engine::evict`] or raise the cap.
     CounterCapacity,
+    /// The engine keeps its usage in a ledger, the request needed a new
+    /// grant from it, and the ledger could not give one (unreachable,
+    /// failing, or granting less than asked). Not a quota decision: the
+    /// engine fails closed rather than admit what the ledger does not hold.
+    LedgerUnavailable,
 }
 
 impl DenyReason {
-    /// `"frozen"`, `"exhausted"`, `"insufficient"` or `"counter_capacity"`.
+    /// `"frozen"`, `"exhausted"`, `"insufficient"`, `"counter_capacity"` or `"ledger_unavailable"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             DenyReason::Frozen => "frozen",
             DenyReason::Exhausted => "exhausted",
             DenyReason::Insufficient => "insufficient",
             DenyReason::CounterCapacity => "counter_capacity",
+            DenyReason::LedgerUnavailable => "ledger_unavailable",
         }
     }
 }

@@ -134,6 +134,9 @@ pub struct Engine {
     pub(crate) store: Store,
     pub(crate) config: EngineConfig,
     token_key: ahash::RandomState,
+    /// The ledger and its writer, when usage is kept outside the process
+    /// (see `grant`); `None` (the default) costs one branch per call.
+    pub(crate) grants: Option<Box<crate::grant::Grants>>,
 }
 
 /// This thread's rule-table replica (threads are numbered round-robin).
@@ -210,6 +213,7 @@ impl Engine {
             version: CachePadded::new(AtomicU64::new(0)),
             configured: std::sync::atomic::AtomicBool::new(false),
             observe: crate::observe::Observe::new(),
+            grants: None,
         }
     }
 
@@ -247,7 +251,14 @@ impl Engine {
     /// Applies a configuration change to every copy, locked in index order
     /// (writers serialise on the writer mutex first), and bumps the version
     /// before releasing them.
-    fn publish(&self, mut apply: impl FnMut(&mut RuleSet)) {
+    fn publish(&self, apply: impl FnMut(&mut RuleSet)) {
+        self.publish_unpersisted(apply);
+        self.persist_rules();
+    }
+
+    /// [`Engine::publish`], without storing the rules in the ledger (a
+    /// restore from it).
+    pub(crate) fn publish_unpersisted(&self, mut apply: impl FnMut(&mut RuleSet)) {
         let mut all: Vec<SpinGuard<'_, RuleSet>> = self.replicas.iter().map(|r| r.lock()).collect();
         for r in all.iter_mut() {
             apply(r);
@@ -669,8 +680,25 @@ impl Engine {
             return 0;
         }
         let rules = self.read();
-        let removed = self.store.evict(|c| {
-            let Some(e) = rules.rules.get(c.rule as usize) else {
+        let mut gone = Vec::new();
+        let keep_keys = self.grants.is_some();
+        let removed = self.store.evict(|owner, c| {
+            let slot = c.rule & !crate::grant::CEILING;
+            let drop = self.evictable(&rules, slot, c, now);
+            if drop && keep_keys && c.rule & crate::grant::CEILING == 0 {
+                gone.push((owner.0, owner.1.to_owned(), slot));
+            }
+            drop
+        });
+        self.forget(&rules, gone);
+        self.observe.evicted(removed, self.store.len());
+        removed
+    }
+
+    /// Whether `evict` at `now` frees counter `c` of rule `slot`.
+    fn evictable(&self, rules: &RuleSet, slot: u32, c: &CounterState, now: i64) -> bool {
+        {
+            let Some(e) = rules.rules.get(slot as usize) else {
                 return true;
             };
             // A withdrawn rule may be listed again, with its counters (S3).
@@ -680,9 +708,7 @@ impl Engine {
                 return true;
             }
             e.window(now).is_some_and(|w| c.window_start < w.start)
-        });
-        self.observe.evicted(removed, self.store.len());
-        removed
+        }
     }
 
     /// Lists rules as the platform's GET does (F10, D8): creation order, opaque
@@ -873,7 +899,10 @@ impl Engine {
         self.store.lock_many(&shards)
     }
 
-    fn run(&self, subject: &Subject<'_>, now: i64, op: Op) -> Decision {
+    pub(crate) fn run(&self, subject: &Subject<'_>, now: i64, op: Op) -> Decision {
+        if let Some(g) = self.grants.as_deref() {
+            return self.run_granted(g, subject, now, op);
+        }
         if !possible_now(now) {
             return Decision::impossible_time(now);
         }
@@ -1039,6 +1068,14 @@ impl Engine {
 
     /// [`Engine::try_consume_many`], unobserved.
     fn decide_many(&self, requests: &[Request<'_>], now: i64, out: &mut Vec<Decision>) {
+        if self.grants.is_some() {
+            // One at a time: a request may wait on a grant, without locks.
+            out.extend(requests.iter().map(|r| {
+                let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
+                self.run(&r.subject, now, op)
+            }));
+            return;
+        }
         if !possible_now(now) {
             out.extend(requests.iter().map(|_| Decision::impossible_time(now)));
             return;
@@ -1116,10 +1153,10 @@ fn possible(now: i64) -> Result<i64, ApiError> {
 }
 
 /// The rules of a call by subject: `applied`, read from the rule table.
-struct TableRules<'r, 'a> {
-    table: &'r RuleSet,
-    applied: &'a [Applied<'r>],
-    policy: FrozenPolicy,
+pub(crate) struct TableRules<'r, 'a> {
+    pub(crate) table: &'r RuleSet,
+    pub(crate) applied: &'a [Applied<'r>],
+    pub(crate) policy: FrozenPolicy,
 }
 
 impl<'r> Rules<'r> for TableRules<'r, '_> {

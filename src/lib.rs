@@ -164,7 +164,9 @@ mod decide;
 mod decision;
 mod engine;
 mod errors;
+mod grant;
 mod handle;
+pub mod ledger;
 #[cfg(feature = "tower")]
 mod middleware;
 mod mirror;
@@ -187,7 +189,9 @@ pub use amount::{Amount, ParseAmountError, MICROS_PER_UNIT};
 pub use decision::{Decision, Denial, DenyReason, Headroom, Rejection, UsageReport};
 pub use engine::{Engine, EngineBuilder, EngineConfig, Request, BATCH_CHUNK};
 pub use errors::{ApiError, ErrorCode};
+pub use grant::{LedgerStats, LedgeredBuilder};
 pub use handle::{HandleRequest, Released, SubjectHandle};
+pub use ledger::{Ledger, LedgerError, LedgerErrorKind, MemoryLedger};
 #[cfg(feature = "tower")]
 pub use middleware::{
     After, Answers, ConsumerHeader, DeviceHeader, ExtractError, Grpc, Http, MemberHeaders,

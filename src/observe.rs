@@ -33,7 +33,7 @@ pub(crate) struct Observe {
 }
 
 #[cfg(feature = "metrics")]
-const OUTCOMES: [(&str, &str); 7] = [
+const OUTCOMES: [(&str, &str); 8] = [
     ("allowed", ""),
     ("unlimited", ""),
     ("denied", "frozen"),
@@ -41,6 +41,7 @@ const OUTCOMES: [(&str, &str); 7] = [
     ("denied", "insufficient"),
     ("denied", "counter_capacity"),
     ("rejected", "impossible_time"),
+    ("denied", "ledger_unavailable"),
 ];
 
 #[cfg(feature = "metrics")]
@@ -52,6 +53,7 @@ fn outcome_index(d: &Decision) -> usize {
             DenyReason::Frozen => 2,
             DenyReason::Exhausted => 3,
             DenyReason::Insufficient => 4,
+            DenyReason::LedgerUnavailable => 7,
             _ => 5,
         },
         Decision::Rejected(Rejection::ImpossibleTime { .. }) => 6,

@@ -449,6 +449,12 @@ impl Engine {
     /// is known), else [`Engine::run_handle`].
     #[inline(always)]
     fn call_handle(&self, h: &mut HandleState, now: i64, op: Op) -> Decision {
+        if self.grants.is_some() {
+            // With a ledger, every debit is made out of a durable grant
+            // (`crate::grant`): a handle decides as a call by subject, and
+            // takes no lease of its own.
+            return self.run(&h.subject.borrow(), now, op);
+        }
         if h.lease_ok {
             if let Some(d) = self.spend_leased(h, now, op) {
                 return d;
@@ -513,7 +519,8 @@ impl Engine {
         out.reserve(requests.len());
         for chunk in requests.chunks_mut(crate::BATCH_CHUNK) {
             let mine = |r: &HandleRequest<'_, E>| std::ptr::eq(&*r.handle.engine, self);
-            if chunk.iter().any(|r| r.handle.state.lease != 0 || !mine(r)) {
+            if self.grants.is_some() || chunk.iter().any(|r| r.handle.state.lease != 0 || !mine(r))
+            {
                 // Leased handles spend without locking: nothing to batch; a
                 // handle of another engine is decided by its own.
                 for r in chunk.iter_mut() {

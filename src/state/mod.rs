@@ -213,7 +213,11 @@ impl Store {
 
     /// Removes every counter for which `drop` is true (and owners left with
     /// none), one shard at a time; returns how many were removed.
-    pub fn evict(&self, mut drop: impl FnMut(&CounterState) -> bool) -> usize {
+    ///
+    /// `drop` is given each counter's owner (kind and entity id, empty for
+    /// a pool). Counters whose rule slot has `crate::grant::CEILING` set
+    /// (a ledger's ceilings) are removed the same way but not counted.
+    pub fn evict(&self, mut drop: impl FnMut((OwnerKind, &str), &CounterState) -> bool) -> usize {
         let mut removed = 0;
         let hasher = &self.hasher;
         for shard in self.shards.iter() {
@@ -221,8 +225,12 @@ impl Store {
             shard.table.retain(
                 |e| {
                     let before = e.counters.len();
-                    e.counters.retain(|c| !drop(c));
-                    removed += before - e.counters.len();
+                    let owner = (e.kind, e.id.as_str());
+                    e.counters.retain(|c| {
+                        let gone = drop(owner, c);
+                        removed += usize::from(gone && c.rule & crate::grant::CEILING == 0);
+                        !gone
+                    });
                     if let Some(stamp) = e.stamp.as_ref().filter(|_| e.counters.len() != before) {
                         bump(stamp);
                     }
@@ -233,6 +241,24 @@ impl Store {
         }
         self.count.fetch_sub(removed, Ordering::Relaxed);
         removed
+    }
+
+    /// Calls `f` with every owner's kind, pool slot, entity id and counters,
+    /// one shard locked at a time (a ledger's shutdown).
+    pub fn visit_mut(&self, mut f: impl FnMut(OwnerKind, u32, &str, &mut Counters)) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock.lock();
+            shard.table.for_each_mut(|e| {
+                let (kind, pool) = (e.kind, e.pool);
+                let id = e.id.as_str().to_owned();
+                f(kind, pool, &id, writing(e));
+            });
+        }
+    }
+
+    /// The owner hasher.
+    pub fn hasher(&self) -> &OwnerHasher {
+        &self.hasher
     }
 
     /// The owner key of an entity's counters.
@@ -753,7 +779,7 @@ mod tests {
         assert!(!d1.same(&c1));
         drop(l);
         assert_eq!(store.len(), 3);
-        assert_eq!(store.evict(|c| c.rule == 4), 1);
+        assert_eq!(store.evict(|_, c| c.rule == 4), 1);
         assert_eq!(store.len(), 2);
         let capped = Store::new(1, OwnerHasher::new(), 2);
         assert!(capped.reserve(2));

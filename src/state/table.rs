@@ -203,6 +203,13 @@ impl<T> Table<T> {
         Some(removed)
     }
 
+    /// Calls `f` with every entry, in place (nothing moves).
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut T)) {
+        for e in self.slots.iter_mut().flatten() {
+            f(e);
+        }
+    }
+
     /// Keeps the entries for which `keep` is true (it may also change them).
     pub fn retain(&mut self, mut keep: impl FnMut(&mut T) -> bool, hash_of: impl Fn(&T) -> u64) {
         self.epoch += 1;

@@ -1,0 +1,833 @@
+//! Write-ahead grants: an engine's side of a [`Ledger`].
+//!
+//! With a ledger, every counter the engine debits has a *ceiling*: what the
+//! ledger holds for it durably (grants and records, less give-backs). A
+//! debit goes through only while it stays under its counter's ceiling; when
+//! it would not, the call takes a new grant first: it marks the grant as
+//! pending on the counter (so concurrent callers do not ask twice), sends it
+//! to the ledger's writer, releases its locks and waits until the writer has
+//! committed it, then raises the ceiling and decides again. So a unit is
+//! admitted only out of a grant that is already durable, and after a crash
+//! the ledger holds at least every admitted unit.
+//!
+//! A ceiling is kept beside its counter, in the owner's entry, as a second
+//! [`CounterState`] whose rule slot has [`CEILING`] set (`used`: the
+//! ceiling; `lifetime`: the pending grant; window and generation: the
+//! window the ceiling belongs to). Engines without a ledger have none.
+//!
+//! Grants adapt: an eighth of what the limit has left beyond the ceiling,
+//! at most [`LedgeredBuilder::max_grant`], never less than the call needs
+//! and never past the limit. So far from the limit one durable write serves
+//! many calls, and near it the last units are granted exactly as asked
+//! (none is stranded in a grant).
+//!
+//! The writer thread commits every change waiting when it wakes in one
+//! batch (group commit): concurrent grants share one durable write. Records
+//! (post-paid usage) do not wait: the writer holds them up to the record
+//! interval, or commits them with the next grant.
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+
+use crate::amount::Amount;
+use crate::decide::{Op, Rules};
+use crate::decision::{Decision, Denial, DenyReason};
+use crate::engine::{Engine, EngineBuilder, TableRules};
+use crate::ledger::{
+    Change, CounterKey, CounterOwner, Ledger, LedgerError, LedgerErrorKind, RuleRecord, WindowId,
+};
+use crate::period::possible_now;
+use crate::rules::{AppliedVec, RuleSet};
+use crate::state::{counter_of, CounterState, Counters, OwnerKind};
+
+/// Set in the rule slot of a ceiling (see the module documentation); rule
+/// slots stay far below it.
+pub(crate) const CEILING: u32 = 1 << 31;
+
+/// A grant is this fraction (a shift) of what the limit has left.
+const GRANT_SHIFT: u32 = 3;
+
+/// Refill rounds one call goes through before it gives up (a ledger that
+/// grants less than asked, e.g. a shared one whose limit others reached).
+const MAX_ROUNDS: usize = 4;
+
+/// Counters of a ledger's activity (see [`Engine::ledger_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LedgerStats {
+    /// Batches committed (each one durable write).
+    pub commits: u64,
+    /// Grants asked for.
+    pub grants: u64,
+    /// Records sent.
+    pub records: u64,
+    /// Commits that failed.
+    pub errors: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    commits: std::sync::atomic::AtomicU64,
+    grants: std::sync::atomic::AtomicU64,
+    records: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
+}
+
+type Reply = SyncSender<Result<Vec<u64>, LedgerError>>;
+
+struct Job {
+    changes: Vec<Change>,
+    /// Who waits for the commit (`None`: records, which do not).
+    reply: Option<Reply>,
+}
+
+/// An engine's ledger, its writer thread and its grant policy.
+pub(crate) struct Grants {
+    tx: Mutex<Option<Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    max_grant: u64,
+    stats: Arc<Stats>,
+    /// The rules as last committed, by slot.
+    persisted: Mutex<Vec<RuleRecord>>,
+    location: String,
+}
+
+impl Grants {
+    fn start(ledger: Arc<dyn Ledger>, max_grant: u64, interval: Duration) -> Grants {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let writer = {
+            let stats = Arc::clone(&stats);
+            std::thread::Builder::new()
+                .name("benefit-quota-ledger".into())
+                .spawn(move || write_loop(&*ledger, rx, interval, &stats))
+                .ok()
+        };
+        Grants {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(writer),
+            max_grant,
+            stats,
+            persisted: Mutex::new(Vec::new()),
+            location: String::new(),
+        }
+    }
+
+    fn closed(&self) -> LedgerError {
+        LedgerError::new(
+            LedgerErrorKind::Closed,
+            self.location.clone(),
+            "the ledger's writer stopped",
+        )
+    }
+
+    /// Queues `changes`; with `wait`, the receiver of the commit's answer.
+    fn send(
+        &self,
+        changes: Vec<Change>,
+        wait: bool,
+    ) -> Option<Receiver<Result<Vec<u64>, LedgerError>>> {
+        let (reply, rx) = if wait {
+            let (s, r) = mpsc::sync_channel(1);
+            (Some(s), Some(r))
+        } else {
+            (None, None)
+        };
+        let sent = self
+            .tx
+            .lock()
+            .as_ref()
+            .is_some_and(|tx| tx.send(Job { changes, reply }).is_ok());
+        if sent {
+            rx
+        } else {
+            None
+        }
+    }
+
+    /// Queues `changes` and waits until they are committed.
+    fn commit(&self, changes: Vec<Change>) -> Result<Vec<u64>, LedgerError> {
+        match self.send(changes, true) {
+            Some(rx) => rx.recv().unwrap_or_else(|_| Err(self.closed())),
+            None => Err(self.closed()),
+        }
+    }
+
+    /// The grant to ask for a counter with `limit`, `used` and `reserved`
+    /// (ceiling and pending grants), when `want` more is needed.
+    fn size(&self, limit: u64, used: u64, reserved: u64, want: u64) -> u64 {
+        let room = limit.saturating_sub(reserved.max(used));
+        let ahead = (room >> GRANT_SHIFT).min(self.max_grant);
+        want.max(ahead).min(room.max(want))
+    }
+
+    fn stop(&self) {
+        drop(self.tx.lock().take());
+        if let Some(w) = self.writer.lock().take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The writer: commits every job waiting when it wakes in one batch; holds
+/// records alone up to `interval`.
+fn write_loop(ledger: &dyn Ledger, rx: Receiver<Job>, interval: Duration, stats: &Stats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut held: Vec<Change> = Vec::new();
+    let mut since: Option<Instant> = None;
+    let mut open = true;
+    // Who waits for the next commit, and how many grants each asked for.
+    let mut waiting: Vec<(usize, Reply)> = Vec::new();
+    while open || !held.is_empty() || !waiting.is_empty() {
+        let first = match since {
+            _ if !open => Err(RecvTimeoutError::Disconnected),
+            _ if !waiting.is_empty() => Err(RecvTimeoutError::Timeout),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(t) => rx.recv_timeout((t + interval).saturating_duration_since(Instant::now())),
+        };
+        let mut take = |mut job: Job, held: &mut Vec<Change>| {
+            if let Some(reply) = job.reply {
+                let grants = job
+                    .changes
+                    .iter()
+                    .filter(|c| matches!(c, Change::Grant { .. }))
+                    .count();
+                waiting.push((grants, reply));
+            }
+            held.append(&mut job.changes);
+        };
+        match first {
+            Ok(job) => take(job, &mut held),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        while let Ok(job) = rx.try_recv() {
+            take(job, &mut held);
+        }
+        let due = since.is_some_and(|t| t.elapsed() >= interval);
+        if waiting.is_empty() && open && !due {
+            if !held.is_empty() && since.is_none() {
+                since = Some(Instant::now());
+            }
+            continue;
+        }
+        let batch = std::mem::take(&mut held);
+        since = None;
+        let result = if batch.is_empty() {
+            Ok(Vec::new())
+        } else {
+            ledger.commit(&batch)
+        };
+        if !batch.is_empty() {
+            stats.commits.fetch_add(1, Relaxed);
+        }
+        if result.is_err() {
+            stats.errors.fetch_add(1, Relaxed);
+        }
+        let mut granted = match &result {
+            Ok(g) => g.iter().copied(),
+            Err(_) => [].iter().copied(),
+        };
+        for (grants, reply) in waiting.drain(..) {
+            let answer = match &result {
+                Ok(_) => Ok(granted.by_ref().take(grants).collect()),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = reply.send(answer);
+        }
+        if result.is_err() {
+            // Records stand (the usage happened): they wait for the next
+            // commit (a bounded number, and none once the engine is gone).
+            // Grants were refused to their callers; give-backs are dropped
+            // (what they gave back counts as used: under-admission only).
+            if open {
+                held = batch
+                    .into_iter()
+                    .filter(|c| matches!(c, Change::Record { .. }))
+                    .take(1 << 20)
+                    .collect();
+                since = (!held.is_empty()).then(Instant::now);
+            }
+        }
+    }
+}
+
+/// An [`EngineBuilder`] with a ledger: [`LedgeredBuilder::open`] loads
+/// what the ledger holds and starts its writer.
+#[must_use]
+pub struct LedgeredBuilder {
+    base: EngineBuilder,
+    ledger: Box<dyn FnOnce() -> Result<Arc<dyn Ledger>, LedgerError> + Send>,
+    max_grant: u64,
+    record_interval: Duration,
+}
+
+impl std::fmt::Debug for LedgeredBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgeredBuilder")
+            .field("base", &self.base)
+            .field("max_grant", &self.max_grant)
+            .field("record_interval", &self.record_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    /// This engine, with its usage and rules kept in `ledger` (see
+    /// [`crate::ledger`]); open it with [`LedgeredBuilder::open`].
+    pub fn ledger(self, ledger: impl Ledger) -> LedgeredBuilder {
+        let ledger: Arc<dyn Ledger> = Arc::new(ledger);
+        self.ledger_with(move || Ok(ledger))
+    }
+
+    /// This engine, with its usage and rules kept in the file at `path`
+    /// (created if missing; feature `durable`): see
+    /// [`crate::ledger::FileLedger`] and RELIABILITY.md.
+    #[cfg(feature = "durable")]
+    pub fn durable(self, path: impl AsRef<std::path::Path>) -> LedgeredBuilder {
+        let path = path.as_ref().to_path_buf();
+        self.ledger_with(move || {
+            let l: Arc<dyn Ledger> = Arc::new(crate::ledger::FileLedger::open(&path)?);
+            Ok(l)
+        })
+    }
+
+    fn ledger_with(
+        self,
+        open: impl FnOnce() -> Result<Arc<dyn Ledger>, LedgerError> + Send + 'static,
+    ) -> LedgeredBuilder {
+        LedgeredBuilder {
+            base: self,
+            ledger: Box::new(open),
+            max_grant: Amount::from_units(1_000).as_micros(),
+            record_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+impl LedgeredBuilder {
+    /// The largest grant one durable write takes for a counter (default:
+    /// 1,000 units). A crash strands at most this much (plus the request
+    /// being decided) per counter; a larger grant means fewer writes.
+    pub fn max_grant(mut self, max: Amount) -> Self {
+        self.max_grant = max.as_micros().max(1);
+        self
+    }
+
+    /// How long post-paid usage ([`Engine::record`]) may wait before it is
+    /// durable (default: 100 ms); a grant's commit takes it along sooner.
+    pub fn record_interval(mut self, interval: Duration) -> Self {
+        self.record_interval = interval;
+        self
+    }
+
+    /// Opens the ledger and the engine: the rules and the usage it holds
+    /// are restored (the unspent part of grants a crash left counts as used).
+    ///
+    /// # Errors
+    /// The ledger's error when it cannot be opened or read (a damaged,
+    /// foreign or newer-format file, an I/O error); nothing is started empty
+    /// over it.
+    pub fn open(self) -> Result<Engine, LedgerError> {
+        let ledger = (self.ledger)()?;
+        let snapshot = ledger.load()?;
+        let mut engine = self.base.build();
+        let mut grants = Grants::start(ledger, self.max_grant, self.record_interval);
+        grants.location = String::from("ledger");
+        engine.grants = Some(Box::new(grants));
+        engine.restore(snapshot)?;
+        Ok(engine)
+    }
+}
+
+/// A counter a call waits on a grant for.
+struct Refill {
+    shard: usize,
+    kind: OwnerKind,
+    pool: u32,
+    id: String,
+    hash: u64,
+    slot: u32,
+    window: WindowId,
+    asked: u64,
+}
+
+/// The window a debit of rule (`generation`, `window`) lands in, given its
+/// counter: the counter's own if it is current (a newer one included),
+/// else the caller's.
+fn landing(c: Option<&CounterState>, generation: u32, window: Option<crate::Window>) -> WindowId {
+    match c {
+        Some(c) if c.is_current(generation, window) => WindowId {
+            generation: c.generation,
+            start: c.window_start,
+        },
+        _ => WindowId {
+            generation,
+            start: window.map_or(i64::MIN, |w| w.start),
+        },
+    }
+}
+
+/// `counters`' ceiling of rule `slot`, moved to `window` (starting from
+/// nothing) if it belonged to another.
+fn ceiling_at(counters: &mut Counters, slot: u32, window: WindowId) -> &mut CounterState {
+    let p = counter_of(counters, slot | CEILING);
+    if p.generation != window.generation || p.window_start != window.start {
+        p.used = 0;
+        p.lifetime = 0;
+        p.generation = window.generation;
+        p.window_start = window.start;
+    }
+    p
+}
+
+fn key_of(rules: &RuleSet, slot: u32, kind: OwnerKind, id: &str) -> CounterKey {
+    CounterKey {
+        benefit_id: rules.rules[slot as usize].info.benefit_id.clone(),
+        owner: match kind {
+            OwnerKind::Device => CounterOwner::Device(id.to_owned()),
+            OwnerKind::Consumer => CounterOwner::Consumer(id.to_owned()),
+            OwnerKind::Pool => CounterOwner::Pool,
+        },
+    }
+}
+
+fn unavailable(rules: &RuleSet, slot: u32) -> Decision {
+    let e = &rules.rules[slot as usize];
+    Decision::Denied(Denial {
+        benefit_id: e.info.benefit_id.clone(),
+        benefit_type: e.info.benefit_type,
+        reason: DenyReason::LedgerUnavailable,
+        remaining: Amount::from_micros(0),
+        resets_at: None,
+    })
+}
+
+impl Engine {
+    /// What the ledger did so far; `None` for an engine without one.
+    pub fn ledger_stats(&self) -> Option<LedgerStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.grants.as_ref()?.stats;
+        Some(LedgerStats {
+            commits: s.commits.load(Relaxed),
+            grants: s.grants.load(Relaxed),
+            records: s.records.load(Relaxed),
+            errors: s.errors.load(Relaxed),
+        })
+    }
+
+    /// Gives every unspent grant back to the ledger and waits until that and
+    /// every record booked so far are durable: what a clean shutdown does
+    /// (dropping the engine does it too). The next debits take new grants.
+    /// Does nothing without a ledger.
+    ///
+    /// # Errors
+    /// The ledger's, if the final commit fails (what was given back then
+    /// stays counted as used).
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        let Some(g) = self.grants.as_deref() else {
+            return Ok(());
+        };
+        let rules = self.read();
+        let mut changes = Vec::new();
+        self.store.visit_mut(|kind, pool, id, counters| {
+            let mut i = 0;
+            while i < counters.len() {
+                let p = counters[i];
+                i += 1;
+                if p.rule & CEILING == 0 {
+                    continue;
+                }
+                let slot = p.rule & !CEILING;
+                let window = WindowId {
+                    generation: p.generation,
+                    start: p.window_start,
+                };
+                let spent = counters
+                    .iter()
+                    .find(|c| c.rule == slot)
+                    .filter(|c| c.generation == p.generation && c.window_start == p.window_start)
+                    .map_or(0, |c| c.used);
+                let unspent = p.used.saturating_sub(spent);
+                if unspent == 0 || (slot as usize) >= rules.rules.len() {
+                    continue;
+                }
+                let id = if kind == OwnerKind::Pool { "" } else { id };
+                let _ = pool;
+                changes.push(Change::GiveBack {
+                    key: key_of(&rules, slot, kind, id),
+                    window,
+                    amount: unspent,
+                });
+                counters[i - 1].used = spent;
+            }
+        });
+        drop(rules);
+        g.commit(changes).map(|_| ())
+    }
+
+    /// Restores what a ledger held: rules first (in their order, with their
+    /// generations), then the counters of rules still known, each at its
+    /// ledger value (unspent grants of a crash count as used).
+    fn restore(&self, snapshot: crate::ledger::Snapshot) -> Result<(), LedgerError> {
+        let corrupt = |detail: String| LedgerError::new(LedgerErrorKind::Corrupt, "ledger", detail);
+        if !snapshot.rules.is_empty() {
+            let mut bad = None;
+            self.publish_unpersisted(|r| {
+                for rec in &snapshot.rules {
+                    if r.slot_of(rec.info.benefit_id.as_str()).is_some() {
+                        bad = Some(rec.info.benefit_id.clone());
+                        continue;
+                    }
+                    let next = r.next_id();
+                    let slot = r.insert(rec.info.clone(), next);
+                    let e = &mut r.rules[slot as usize];
+                    e.generation = rec.generation;
+                    e.withdrawn = rec.withdrawn;
+                }
+            });
+            if let Some(id) = bad {
+                return Err(corrupt(format!("rule {id} is stored twice")));
+            }
+            if let Some(g) = self.grants.as_deref() {
+                *g.persisted.lock() = snapshot.rules.clone();
+            }
+        }
+        let rules = self.read();
+        for (key, rec) in snapshot.counters {
+            let Some(slot) = rules.slot_of(key.benefit_id.as_str()) else {
+                continue; // a rule the ledger no longer holds: nothing counts on it
+            };
+            if rules.rules[slot as usize].generation != rec.window.generation {
+                continue; // reset by an update since (D16)
+            }
+            let (kind, id) = match &key.owner {
+                CounterOwner::Device(d) => (OwnerKind::Device, d.as_str()),
+                CounterOwner::Consumer(c) => (OwnerKind::Consumer, c.as_str()),
+                CounterOwner::Pool => (OwnerKind::Pool, ""),
+            };
+            let owner = match kind {
+                OwnerKind::Pool => self.store.pool(slot),
+                k => {
+                    let hash = self.store.hasher().entity(k as u8, id);
+                    self.store.entity(k, id, hash)
+                }
+            };
+            if !self.store.reserve(1) {
+                return Err(corrupt(format!(
+                    "more counters than max_counters ({})",
+                    self.config.max_counters
+                )));
+            }
+            let shard = self.store.shard_index(&owner);
+            let mut locked = self.store.lock_many(&[shard]);
+            let counters = locked.counters_mut(shard, &owner);
+            let c = CounterState {
+                used: rec.used,
+                lifetime: rec.lifetime,
+                window_start: rec.window.start,
+                generation: rec.window.generation,
+                rule: slot,
+            };
+            *counter_of(counters, slot) = c;
+            *counter_of(counters, slot | CEILING) = CounterState {
+                lifetime: 0,
+                rule: slot | CEILING,
+                ..c
+            };
+        }
+        Ok(())
+    }
+
+    /// Stores the rules a configuration write changed (compared with what
+    /// was last stored), waiting until they are durable. A failure is
+    /// counted ([`LedgerStats::errors`]) and the rules are sent again with
+    /// the next write.
+    pub(crate) fn persist_rules(&self) {
+        let Some(g) = self.grants.as_deref() else {
+            return;
+        };
+        let mut persisted = g.persisted.lock();
+        let changed: Vec<RuleRecord> = {
+            let rules = self.read();
+            rules
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(i, e)| {
+                    persisted.get(*i).is_none_or(|p| {
+                        p.info != e.info
+                            || p.generation != e.generation
+                            || p.withdrawn != e.withdrawn
+                    })
+                })
+                .map(|(i, e)| RuleRecord {
+                    position: i as u32,
+                    info: e.info.clone(),
+                    generation: e.generation,
+                    withdrawn: e.withdrawn,
+                })
+                .collect()
+        };
+        if changed.is_empty() {
+            return;
+        }
+        let changes = changed.iter().cloned().map(Change::Rule).collect();
+        if g.commit(changes).is_ok() {
+            for r in changed {
+                let i = r.position as usize;
+                if i < persisted.len() {
+                    persisted[i] = r;
+                } else {
+                    persisted.push(r);
+                }
+            }
+        }
+    }
+
+    /// Tells the ledger which counters `evict` removed.
+    pub(crate) fn forget(&self, rules: &RuleSet, gone: Vec<(OwnerKind, String, u32)>) {
+        let Some(g) = self.grants.as_deref() else {
+            return;
+        };
+        let changes: Vec<Change> = gone
+            .into_iter()
+            .filter(|(_, _, slot)| (*slot as usize) < rules.rules.len())
+            .map(|(kind, id, slot)| Change::Forget {
+                key: key_of(rules, slot, kind, &id),
+            })
+            .collect();
+        if !changes.is_empty() {
+            g.send(changes, false);
+        }
+    }
+
+    /// [`Engine::run`] with a ledger: a debit goes through only under its
+    /// counters' durable ceilings, taking grants first when it would not.
+    pub(crate) fn run_granted(
+        &self,
+        g: &Grants,
+        subject: &crate::Subject<'_>,
+        now: i64,
+        op: Op,
+    ) -> Decision {
+        if !possible_now(now) {
+            return Decision::impossible_time(now);
+        }
+        for _ in 0..MAX_ROUNDS {
+            let (rx, refills, first_slot) = {
+                let rules = self.read();
+                let mut applied = AppliedVec::new();
+                self.resolve(&rules, subject, now, &mut applied, true);
+                if applied.is_empty() {
+                    return Decision::Allowed(None);
+                }
+                let applied = applied.as_slice();
+                let mut locked = self.lock(applied);
+                let table = TableRules {
+                    table: &rules,
+                    applied,
+                    policy: self.config.frozen_policy,
+                };
+                let mut refills: SmallVec<[Refill; 4]> = SmallVec::new();
+                let mut changes = Vec::new();
+                let mut wait = false;
+                if let Op::TryConsume(ty, amount) = op {
+                    for (i, a) in applied.iter().enumerate() {
+                        let (v, w) = table.rule(i);
+                        if v.benefit_type != ty || v.frozen || amount == 0 {
+                            continue;
+                        }
+                        let cs = locked.counters(a.shard, &a.owner);
+                        let c = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot));
+                        let used = c.map_or(0, |c| c.effective_used(v.generation, w));
+                        let window = landing(c, v.generation, w);
+                        let Some(need) = used.checked_add(amount).filter(|&n| n <= v.limit) else {
+                            continue; // the rule denies it anyway
+                        };
+                        let p = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot | CEILING));
+                        let (ceiling, pending) = match p {
+                            Some(p)
+                                if p.generation == window.generation
+                                    && p.window_start == window.start =>
+                            {
+                                (p.used, p.lifetime)
+                            }
+                            _ => (0, 0),
+                        };
+                        if need <= ceiling {
+                            continue;
+                        }
+                        if need <= ceiling + pending {
+                            wait = true; // another call's grant covers it
+                            continue;
+                        }
+                        let asked =
+                            g.size(v.limit, used, ceiling + pending, need - ceiling - pending);
+                        let counters = locked.counters_mut(a.shard, &a.owner);
+                        ceiling_at(counters, v.slot, window).lifetime += asked;
+                        changes.push(Change::Grant {
+                            key: key_of(&rules, v.slot, a.owner.kind, a.owner.id),
+                            window,
+                            amount: asked,
+                            limit: v.limit,
+                        });
+                        refills.push(Refill {
+                            shard: a.shard,
+                            kind: a.owner.kind,
+                            pool: a.owner.pool,
+                            id: a.owner.id.to_owned(),
+                            hash: a.owner.hash,
+                            slot: v.slot,
+                            window,
+                            asked,
+                        });
+                    }
+                }
+                if refills.is_empty() && !wait {
+                    let before = match op {
+                        Op::Record(ty, _) => self.lifetimes(&table, applied, &locked, ty),
+                        _ => SmallVec::new(),
+                    };
+                    let d = self.decide(applied, &table, &mut locked, op);
+                    if let Op::Record(ty, _) = op {
+                        self.book_record(g, &table, applied, &mut locked, ty, &before);
+                    }
+                    return d;
+                }
+                // Sent under the locks: per counter, the ledger sees changes in
+                // the order the counters saw them.
+                g.stats
+                    .grants
+                    .fetch_add(refills.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let rx = g.send(changes, true);
+                let first_slot = refills.first().map_or(applied[0].slot, |r| r.slot);
+                (rx, refills, first_slot)
+            };
+            let answer = match rx {
+                Some(rx) => rx.recv().unwrap_or_else(|_| Err(g.closed())),
+                None => Err(g.closed()),
+            };
+            let granted = answer.as_ref().map(|v| v.as_slice()).unwrap_or(&[]);
+            let mut shards: SmallVec<[usize; 4]> = refills.iter().map(|r| r.shard).collect();
+            shards.sort_unstable();
+            shards.dedup();
+            let mut locked = self.store.lock_many(&shards);
+            for (i, r) in refills.iter().enumerate() {
+                let owner = crate::state::Owner {
+                    kind: r.kind,
+                    pool: r.pool,
+                    id: &r.id,
+                    hash: r.hash,
+                };
+                let Some(counters) = locked.counters_if_any(r.shard, &owner) else {
+                    continue;
+                };
+                let Some(p) = counters.iter_mut().find(|c| c.rule == r.slot | CEILING) else {
+                    continue;
+                };
+                if p.generation == r.window.generation && p.window_start == r.window.start {
+                    p.lifetime = p.lifetime.saturating_sub(r.asked);
+                    p.used += granted.get(i).copied().unwrap_or(0);
+                }
+            }
+            drop(locked);
+            if answer.is_err() {
+                let rules = self.read();
+                return unavailable(&rules, first_slot);
+            }
+        }
+        // Grants kept coming back short: the ledger refuses more.
+        let rules = self.read();
+        let mut applied = AppliedVec::new();
+        self.resolve(&rules, subject, now, &mut applied, false);
+        unavailable(&rules, applied.first().map_or(0, |a| a.slot))
+    }
+
+    /// The lifetime totals of the counters of type `ty` among `applied`.
+    fn lifetimes(
+        &self,
+        table: &TableRules<'_, '_>,
+        applied: &[crate::rules::Applied<'_>],
+        locked: &crate::state::Locked<'_>,
+        ty: crate::BenefitType,
+    ) -> SmallVec<[u64; 4]> {
+        applied
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let (v, _) = table.rule(i);
+                if v.benefit_type != ty {
+                    return 0;
+                }
+                locked
+                    .counters(a.shard, &a.owner)
+                    .and_then(|cs| cs.iter().find(|c| c.rule == v.slot))
+                    .map_or(0, |c| c.lifetime)
+            })
+            .collect()
+    }
+
+    /// After a `record` of `ty`: raises each counter's ceiling by what was
+    /// booked on it (the usage happened; what was granted stays what is
+    /// left to spend) and sends the records to the ledger.
+    fn book_record(
+        &self,
+        g: &Grants,
+        table: &TableRules<'_, '_>,
+        applied: &[crate::rules::Applied<'_>],
+        locked: &mut crate::state::Locked<'_>,
+        ty: crate::BenefitType,
+        before: &[u64],
+    ) {
+        let mut changes = Vec::new();
+        for (i, a) in applied.iter().enumerate() {
+            let (v, w) = table.rule(i);
+            if v.benefit_type != ty {
+                continue;
+            }
+            let Some(counters) = locked.counters_if_any(a.shard, &a.owner) else {
+                continue;
+            };
+            let Some(c) = counters.iter().find(|c| c.rule == v.slot).copied() else {
+                continue;
+            };
+            let booked = c
+                .lifetime
+                .saturating_sub(before.get(i).copied().unwrap_or(0));
+            if booked == 0 {
+                continue;
+            }
+            let window = landing(Some(&c), v.generation, w);
+            let p = ceiling_at(counters, v.slot, window);
+            p.used = p.used.saturating_add(booked);
+            changes.push(Change::Record {
+                key: key_of(table.table, v.slot, a.owner.kind, a.owner.id),
+                window,
+                amount: booked,
+            });
+        }
+        if !changes.is_empty() {
+            g.stats
+                .records
+                .fetch_add(changes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            g.send(changes, false);
+        }
+    }
+}
+
+impl Drop for Engine {
+    /// With a ledger: gives the unspent grants back, waits until every
+    /// record is durable, and stops the writer.
+    fn drop(&mut self) {
+        if let Some(g) = self.grants.as_deref() {
+            let _ = self.flush();
+            g.stop();
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! A ledger in one crash-safe file (feature `durable`), on `redb`: a
+//! pure-Rust embedded store with ACID transactions, copy-on-write pages and
+//! checksums, so a commit is either entirely on disk or not at all, whatever
+//! kills the process. Each commit is one write transaction, made durable
+//! (fsynced) before it returns; the engine's writer puts every change waiting
+//! at that moment into one commit (group commit).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+
+use super::codec::{self, FORMAT};
+use super::{apply_counter_change, Change, Ledger, LedgerError, LedgerErrorKind, Snapshot};
+
+const META: TableDefinition<&str, u32> = TableDefinition::new("benefit_quota_meta");
+const COUNTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("counters");
+/// Keyed by rule id.
+const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
+
+/// The first bytes of every redb file.
+const REDB_MAGIC: &[u8] = b"redb";
+
+/// Usage and rules in one file; see [`crate::EngineBuilder::durable`].
+///
+/// # Examples
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("bq-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// use benefit_quota::{Amount, BenefitType, Engine, Subject};
+/// let path = dir.join("quota.db");
+/// let engine = Engine::builder().durable(&path).open()?;
+/// engine.create_json(r#"{"entity_type":"enterprise_all_devices","benefit_info":{"benefit_type":"resource_point",
+///   "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":5}}"#).unwrap();
+/// let (dev, pts) = (Subject::device("d"), BenefitType::ResourcePoint);
+/// assert!(engine.try_consume(&dev, pts, Amount::from_units(3), 0).is_allowed());
+/// drop(engine);
+///
+/// // A restart knows the rule and the usage: 2 left of the cumulative 5.
+/// let engine = Engine::builder().durable(&path).open()?;
+/// assert!(!engine.try_consume(&dev, pts, Amount::from_units(3), 0).is_allowed());
+/// assert!(engine.try_consume(&dev, pts, Amount::from_units(2), 0).is_allowed());
+/// # drop(engine); std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), benefit_quota::LedgerError>(())
+/// ```
+pub struct FileLedger {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for FileLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileLedger")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl FileLedger {
+    /// Opens the ledger at `path`, creating it if the file does not exist.
+    ///
+    /// # Errors
+    /// [`LedgerErrorKind::Foreign`] for a file that is not a ledger,
+    /// [`LedgerErrorKind::NewerFormat`] for one a newer version wrote,
+    /// [`LedgerErrorKind::Corrupt`] for a damaged one, [`LedgerErrorKind::Io`]
+    /// when it cannot be read or written (or another process has it open);
+    /// each names the path. Nothing is started from zero over a file that
+    /// exists.
+    pub fn open(path: impl AsRef<Path>) -> Result<FileLedger, LedgerError> {
+        let path = path.as_ref().to_path_buf();
+        let at = path.display().to_string();
+        let fail = |kind, detail: String| LedgerError::new(kind, at.clone(), detail);
+        match std::fs::File::open(&path) {
+            Ok(mut f) => {
+                let mut head = [0u8; 4];
+                let mut n = 0;
+                while n < head.len() {
+                    match f.read(&mut head[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) => return Err(fail(LedgerErrorKind::Io, e.to_string())),
+                    }
+                }
+                if n == 0 {
+                    return Err(fail(
+                        LedgerErrorKind::Corrupt,
+                        "the file is empty (truncated?)".into(),
+                    ));
+                }
+                if head[..n] != REDB_MAGIC[..n] || n < REDB_MAGIC.len() {
+                    return Err(fail(
+                        LedgerErrorKind::Foreign,
+                        "the file does not start as a redb database does".into(),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(LedgerErrorKind::Io, e.to_string())),
+        }
+        let db = Database::create(&path).map_err(|e| db_error(&at, e))?;
+        let ledger = FileLedger { db, path };
+        ledger.check_format()?;
+        Ok(ledger)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn at(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Marks a new file as a ledger; checks an existing one is a ledger of
+    /// a format this version reads.
+    fn check_format(&self) -> Result<(), LedgerError> {
+        let at = self.at();
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| redb_error(&at, e.into()))?;
+        let tables: Vec<String> = r
+            .list_tables()
+            .map_err(|e| redb_error(&at, e.into()))?
+            .map(|t| t.name().to_owned())
+            .collect();
+        let format = match r.open_table(META) {
+            Ok(t) => t
+                .get("format")
+                .map_err(|e| redb_error(&at, e.into()))?
+                .map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(redb_error(&at, e.into())),
+        };
+        drop(r);
+        match format {
+            Some(f) if f == u32::from(FORMAT) => Ok(()),
+            Some(f) if f > u32::from(FORMAT) => Err(LedgerError::new(
+                LedgerErrorKind::NewerFormat,
+                at,
+                format!("ledger format {f}, this version reads up to {FORMAT}"),
+            )),
+            Some(f) => Err(LedgerError::new(
+                LedgerErrorKind::Corrupt,
+                at,
+                format!("unknown ledger format {f}"),
+            )),
+            None if tables.is_empty() => {
+                let w = self
+                    .db
+                    .begin_write()
+                    .map_err(|e| redb_error(&at, e.into()))?;
+                {
+                    let mut meta = w.open_table(META).map_err(|e| redb_error(&at, e.into()))?;
+                    meta.insert("format", u32::from(FORMAT))
+                        .map_err(|e| redb_error(&at, e.into()))?;
+                    w.open_table(COUNTERS)
+                        .map_err(|e| redb_error(&at, e.into()))?;
+                    w.open_table(RULES).map_err(|e| redb_error(&at, e.into()))?;
+                }
+                w.commit().map_err(|e| redb_error(&at, e.into()))
+            }
+            None => Err(LedgerError::new(
+                LedgerErrorKind::Foreign,
+                at,
+                format!(
+                    "a redb database without a benefit-quota format marker (tables: {})",
+                    tables.join(", ")
+                ),
+            )),
+        }
+    }
+}
+
+impl Ledger for FileLedger {
+    fn load(&self) -> Result<Snapshot, LedgerError> {
+        let at = self.at();
+        let e = |err: redb::Error| redb_error(&at, err);
+        let r = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let mut snap = Snapshot::default();
+        let rules = r.open_table(RULES).map_err(|x| e(x.into()))?;
+        for item in rules.iter().map_err(|x| e(x.into()))? {
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            let rec = codec::decode_rule(v.value()).map_err(|d| {
+                LedgerError::new(
+                    LedgerErrorKind::Corrupt,
+                    at.clone(),
+                    format!("rule {}: {d}", k.value()),
+                )
+            })?;
+            snap.rules.push(rec);
+        }
+        snap.rules.sort_by_key(|r| r.position);
+        let counters = r.open_table(COUNTERS).map_err(|x| e(x.into()))?;
+        for item in counters.iter().map_err(|x| e(x.into()))? {
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            let corrupt = |d: codec::DecodeError| {
+                LedgerError::new(
+                    LedgerErrorKind::Corrupt,
+                    at.clone(),
+                    format!("counter {:?}: {d}", k.value()),
+                )
+            };
+            let key = codec::decode_counter_key(k.value()).map_err(corrupt)?;
+            let rec = codec::decode_counter(v.value()).map_err(corrupt)?;
+            snap.counters.push((key, rec));
+        }
+        Ok(snap)
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<Vec<u64>, LedgerError> {
+        let at = self.at();
+        let e = |err: redb::Error| redb_error(&at, err);
+        let w = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let mut granted = Vec::new();
+        {
+            let mut counters = w.open_table(COUNTERS).map_err(|x| e(x.into()))?;
+            let mut rules = w.open_table(RULES).map_err(|x| e(x.into()))?;
+            for change in changes {
+                match change {
+                    Change::Rule(r) => {
+                        rules
+                            .insert(
+                                r.info.benefit_id().as_str(),
+                                codec::encode_rule(r).as_slice(),
+                            )
+                            .map_err(|x| e(x.into()))?;
+                    }
+                    Change::Forget { key } => {
+                        counters
+                            .remove(codec::encode_counter_key(key).as_slice())
+                            .map_err(|x| e(x.into()))?;
+                    }
+                    Change::Grant { key, .. }
+                    | Change::GiveBack { key, .. }
+                    | Change::Record { key, .. } => {
+                        let k = codec::encode_counter_key(key);
+                        let stored = match counters.get(k.as_slice()).map_err(|x| e(x.into()))? {
+                            Some(v) => Some(codec::decode_counter(v.value()).map_err(|d| {
+                                LedgerError::new(
+                                    LedgerErrorKind::Corrupt,
+                                    at.clone(),
+                                    format!("counter {k:?}: {d}"),
+                                )
+                            })?),
+                            None => None,
+                        };
+                        let (rec, g) = apply_counter_change(stored, change);
+                        if let Some(rec) = rec {
+                            counters
+                                .insert(k.as_slice(), codec::encode_counter(&rec).as_slice())
+                                .map_err(|x| e(x.into()))?;
+                        }
+                        if matches!(change, Change::Grant { .. }) {
+                            granted.push(g);
+                        }
+                    }
+                }
+            }
+        }
+        w.commit().map_err(|x| e(x.into()))?;
+        Ok(granted)
+    }
+}
+
+fn db_error(at: &str, err: redb::DatabaseError) -> LedgerError {
+    match err {
+        redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::new(
+            LedgerErrorKind::Io,
+            at,
+            "already open (by this or another process)",
+        ),
+        redb::DatabaseError::UpgradeRequired(v) => LedgerError::new(
+            LedgerErrorKind::NewerFormat,
+            at,
+            format!("redb file format {v} is not the one this version reads"),
+        ),
+        other => redb_error(at, other.into()),
+    }
+}
+
+fn redb_error(at: &str, err: redb::Error) -> LedgerError {
+    let kind = match &err {
+        redb::Error::Corrupted(_) | redb::Error::ValueTooLarge(_) => LedgerErrorKind::Corrupt,
+        redb::Error::UpgradeRequired(_) => LedgerErrorKind::NewerFormat,
+        redb::Error::TableDoesNotExist(_) | redb::Error::TableTypeMismatch { .. } => {
+            LedgerErrorKind::Foreign
+        }
+        _ => LedgerErrorKind::Io,
+    };
+    LedgerError::new(kind, at, err.to_string())
+}

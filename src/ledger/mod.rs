@@ -1,0 +1,376 @@
+//! Where authoritative usage lives: the ledger seam.
+//!
+//! An engine decides locally, out of *grants*: before a unit of a counter
+//! is spent, the engine has reserved it in the ledger (a [`Change::Grant`]),
+//! and the ledger has confirmed that reservation durably. So whatever stops
+//! the process, the ledger holds at least what was admitted: after a crash
+//! the unspent part of a grant counts as used (under-admission bounded by
+//! the grant, never over-admission). Unspent grants go back on a clean
+//! shutdown ([`Change::GiveBack`]); post-paid usage is added as it is
+//! booked ([`Change::Record`]). A ledger is consulted only to take or return
+//! grants and to book records, never once per request in the steady state.
+//!
+//! [`Engine::new`](crate::Engine::new) has no ledger: its counters are the
+//! authority, in memory, at no cost. [`MemoryLedger`] keeps the same records
+//! a durable ledger would, in memory (a test double of the seam, and the
+//! reference the others are tested against); `FileLedger` (feature
+//! `durable`) keeps them in a crash-safe file.
+//!
+//! A counter is named by its rule and owner ([`CounterKey`]) and counts in
+//! one window at a time ([`WindowId`]): a change for a newer window starts
+//! the counter again from zero, so a ledger keeps one record per live
+//! counter, whatever the number of windows it went through.
+
+mod codec;
+mod memory;
+
+#[cfg(feature = "durable")]
+mod file;
+
+pub use codec::{
+    decode_counter, decode_counter_key, decode_rule, encode_counter, encode_counter_key,
+    encode_rule, DecodeError,
+};
+#[cfg(feature = "durable")]
+pub use file::FileLedger;
+pub use memory::MemoryLedger;
+
+use crate::types::{BenefitId, BenefitInfo};
+
+/// Whose counter it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CounterOwner {
+    /// A device's counter of an `enterprise_all_devices` rule.
+    Device(String),
+    /// A custom consumer's counter of an `enterprise_all_custom_consumers` rule.
+    Consumer(String),
+    /// The rule's own counter (a single-entity or enterprise-family rule).
+    Pool,
+}
+
+/// One counter: a rule (by id) and an owner.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    /// The rule.
+    pub benefit_id: BenefitId,
+    /// The owner.
+    pub owner: CounterOwner,
+}
+
+/// The window a counter counts in: the rule's generation (bumped by an
+/// update that starts usage from zero) and the window's start in unix
+/// seconds (`i64::MIN` for a cumulative rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WindowId {
+    /// The rule's generation.
+    pub generation: u32,
+    /// The window's start (`i64::MIN`: cumulative).
+    pub start: i64,
+}
+
+impl WindowId {
+    /// Whether a change for `self` replaces a counter that counts in
+    /// `stored` (a later window, or another generation: the engine only
+    /// ever moves a counter forward).
+    pub fn supersedes(&self, stored: &WindowId) -> bool {
+        self.generation != stored.generation || self.start > stored.start
+    }
+}
+
+/// What a ledger holds for one counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterRecord {
+    /// The window `used` belongs to.
+    pub window: WindowId,
+    /// Micro-units granted or recorded in the window, less what was given
+    /// back: at least what was spent.
+    pub used: u64,
+    /// Micro-units granted or recorded across windows, less what was given back.
+    pub lifetime: u64,
+}
+
+/// One rule as the engine knows it: the platform's record, its generation
+/// and whether a full sync withdrew it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRecord {
+    /// The rule's position in creation order (its list order).
+    pub position: u32,
+    /// The platform's record.
+    pub info: BenefitInfo,
+    /// Bumped by every update that started usage from zero.
+    pub generation: u32,
+    /// Missing from the last complete listing (cancelled here, counters kept).
+    pub withdrawn: bool,
+}
+
+/// A change to a ledger. A batch of them is applied all or nothing, in
+/// order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Reserve up to `amount` micro-units of a counter in `window`, keeping
+    /// its `used` at or under `limit`; the ledger answers with what it
+    /// granted.
+    Grant {
+        /// The counter.
+        key: CounterKey,
+        /// Its window.
+        window: WindowId,
+        /// Asked for.
+        amount: u64,
+        /// The rule's limit, in micro-units.
+        limit: u64,
+    },
+    /// Give back `amount` unspent micro-units of a grant in `window`
+    /// (nothing if the counter already moved to another window).
+    GiveBack {
+        /// The counter.
+        key: CounterKey,
+        /// Its window.
+        window: WindowId,
+        /// Given back.
+        amount: u64,
+    },
+    /// Add post-paid usage, even past the limit.
+    Record {
+        /// The counter.
+        key: CounterKey,
+        /// Its window.
+        window: WindowId,
+        /// Booked.
+        amount: u64,
+    },
+    /// Drop a counter that can no longer count (its window ended, its rule
+    /// was cancelled or reset).
+    Forget {
+        /// The counter.
+        key: CounterKey,
+    },
+    /// Store a rule (replacing the one with the same id).
+    Rule(RuleRecord),
+}
+
+/// Everything a ledger holds, read once when an engine opens it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Rules, in position order.
+    pub rules: Vec<RuleRecord>,
+    /// Counters.
+    pub counters: Vec<(CounterKey, CounterRecord)>,
+}
+
+/// Where authoritative usage lives (see the module documentation).
+///
+/// Implementations apply [`Change`]s with the semantics of
+/// [`apply_counter_change`], all or nothing per batch, and return from
+/// [`Ledger::commit`] only once the batch is as durable as the ledger
+/// promises to be.
+pub trait Ledger: Send + Sync + 'static {
+    /// Everything the ledger holds.
+    ///
+    /// # Errors
+    /// When the ledger cannot be read, or what it holds is not a ledger of
+    /// a format this version knows.
+    fn load(&self) -> Result<Snapshot, LedgerError>;
+
+    /// Applies `changes`, in order, all or nothing, and returns the amount
+    /// granted for each [`Change::Grant`] among them, in order.
+    ///
+    /// # Errors
+    /// When the batch could not be made durable; then none of it was applied.
+    fn commit(&self, changes: &[Change]) -> Result<Vec<u64>, LedgerError>;
+}
+
+impl<L: Ledger + ?Sized> Ledger for std::sync::Arc<L> {
+    fn load(&self) -> Result<Snapshot, LedgerError> {
+        (**self).load()
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<Vec<u64>, LedgerError> {
+        (**self).commit(changes)
+    }
+}
+
+/// A counter's record after `change` (one of `Grant`, `GiveBack`, `Record`
+/// for `window`), and what it granted: the semantics every ledger applies.
+///
+/// - A change for a window that supersedes the stored one starts the
+///   window's usage from zero; one for an older window counts in the
+///   lifetime total only (and grants nothing).
+/// - A grant takes what is asked, up to the limit: `used` never passes the
+///   limit through a grant.
+/// - A give-back takes off at most what the window holds.
+pub fn apply_counter_change(
+    stored: Option<CounterRecord>,
+    change: &Change,
+) -> (Option<CounterRecord>, u64) {
+    let (window, amount) = match change {
+        Change::Grant { window, amount, .. }
+        | Change::GiveBack { window, amount, .. }
+        | Change::Record { window, amount, .. } => (*window, *amount),
+        Change::Forget { .. } => return (None, 0),
+        Change::Rule(_) => return (stored, 0),
+    };
+    let mut rec = stored.unwrap_or(CounterRecord {
+        window,
+        used: 0,
+        lifetime: 0,
+    });
+    let current = if rec.window == window {
+        true
+    } else if window.supersedes(&rec.window) {
+        rec.window = window;
+        rec.used = 0;
+        true
+    } else {
+        false
+    };
+    let granted = match change {
+        Change::Grant { limit, .. } => {
+            let granted = if current {
+                amount.min(limit.saturating_sub(rec.used))
+            } else {
+                0
+            };
+            rec.used += granted;
+            rec.lifetime = rec.lifetime.saturating_add(granted);
+            granted
+        }
+        Change::Record { .. } => {
+            if current {
+                rec.used = rec.used.saturating_add(amount);
+            }
+            rec.lifetime = rec.lifetime.saturating_add(amount);
+            0
+        }
+        _ => {
+            if current {
+                let back = amount.min(rec.used);
+                rec.used -= back;
+                rec.lifetime = rec.lifetime.saturating_sub(back);
+            }
+            0
+        }
+    };
+    (Some(rec), granted)
+}
+
+/// What went wrong with a ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LedgerErrorKind {
+    /// Reading or writing failed (a disk error, a full disk, permissions).
+    Io,
+    /// The file is damaged: truncated, or a record does not decode.
+    Corrupt,
+    /// The file is not a benefit-quota ledger.
+    Foreign,
+    /// The file was written by a newer version of this library.
+    NewerFormat,
+    /// The ledger is closed or its writer stopped.
+    Closed,
+}
+
+/// A ledger's error: what kind, where, and the detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerError {
+    /// What kind of failure.
+    pub kind: LedgerErrorKind,
+    /// The ledger's location (a path for a file).
+    pub location: String,
+    /// What exactly is wrong.
+    pub detail: String,
+}
+
+impl LedgerError {
+    /// An error of `kind` at `location`.
+    pub fn new(
+        kind: LedgerErrorKind,
+        location: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        LedgerError {
+            kind,
+            location: location.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.kind {
+            LedgerErrorKind::Io => "input/output error",
+            LedgerErrorKind::Corrupt => "corrupted",
+            LedgerErrorKind::Foreign => "not a benefit-quota ledger",
+            LedgerErrorKind::NewerFormat => "written by a newer version",
+            LedgerErrorKind::Closed => "closed",
+        };
+        write!(f, "quota ledger {}: {what}: {}", self.location, self.detail)
+    }
+}
+
+impl std::error::Error for LedgerError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> CounterKey {
+        CounterKey {
+            benefit_id: BenefitId::new("7").unwrap(),
+            owner: CounterOwner::Device("d".into()),
+        }
+    }
+
+    const W1: WindowId = WindowId {
+        generation: 0,
+        start: 100,
+    };
+    const W2: WindowId = WindowId {
+        generation: 0,
+        start: 200,
+    };
+
+    fn grant(window: WindowId, amount: u64, limit: u64) -> Change {
+        Change::Grant {
+            key: key(),
+            window,
+            amount,
+            limit,
+        }
+    }
+
+    #[test]
+    fn grants_stop_at_the_limit_and_windows_start_from_zero() {
+        let (r, g) = apply_counter_change(None, &grant(W1, 8, 10));
+        assert_eq!((r.unwrap().used, g), (8, 8));
+        let (r, g) = apply_counter_change(r, &grant(W1, 8, 10));
+        assert_eq!((r.unwrap().used, r.unwrap().lifetime, g), (10, 10, 2));
+        let (r, g) = apply_counter_change(r, &grant(W2, 3, 10));
+        assert_eq!((r.unwrap().used, r.unwrap().lifetime, g), (3, 13, 3));
+        // a late grant for the old window grants nothing
+        let (r, g) = apply_counter_change(r, &grant(W1, 3, 10));
+        assert_eq!((r.unwrap().used, g), (3, 0));
+    }
+
+    #[test]
+    fn records_pass_the_limit_and_give_backs_stay_in_their_window() {
+        let rec = Change::Record {
+            key: key(),
+            window: W1,
+            amount: 15,
+        };
+        let (r, _) = apply_counter_change(None, &rec);
+        assert_eq!(r.unwrap().used, 15);
+        let back = |w, amount| Change::GiveBack {
+            key: key(),
+            window: w,
+            amount,
+        };
+        let (r, _) = apply_counter_change(r, &back(W1, 20));
+        assert_eq!((r.unwrap().used, r.unwrap().lifetime), (0, 0));
+        let (r, _) = apply_counter_change(r, &grant(W2, 5, 10));
+        let (r, _) = apply_counter_change(r, &back(W1, 5));
+        assert_eq!((r.unwrap().used, r.unwrap().window), (5, W2));
+    }
+}

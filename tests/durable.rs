@@ -1,0 +1,236 @@
+//! Usage kept in a ledger: restarts, crashes, grants, records, failures,
+//! compaction, and the file ledger's bad files.
+
+use std::sync::Arc;
+
+use benefit_quota::ledger::{CounterKey, CounterOwner};
+use benefit_quota::{Amount, BenefitType, DenyReason, Engine, MemoryLedger, Subject};
+
+const PTS: BenefitType = BenefitType::ResourcePoint;
+/// 2025-03-12 00:00:00 +08:00, a local midnight.
+const T0: i64 = 1_741_708_800;
+
+fn units(n: u64) -> Amount {
+    Amount::from_units(n)
+}
+
+fn rule(limit: u64, unit: &str) -> String {
+    format!(
+        r#"{{"entity_type":"enterprise_all_devices","benefit_info":{{"benefit_type":"resource_point",
+        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"{unit}"}}}}"#
+    )
+}
+
+fn open(ledger: &Arc<MemoryLedger>) -> Engine {
+    Engine::builder().ledger(Arc::clone(ledger)).open().unwrap()
+}
+
+/// A crash: the engine goes without giving anything back (its writer
+/// thread stays idle, like a process that is gone).
+fn crash(engine: Engine) {
+    std::mem::forget(engine);
+}
+
+fn admitted(e: &Engine, dev: &str, n: usize, at: i64) -> usize {
+    (0..n)
+        .filter(|_| {
+            e.try_consume(&Subject::device(dev), PTS, units(1), at)
+                .is_allowed()
+        })
+        .count()
+}
+
+#[test]
+fn a_clean_restart_keeps_rules_and_usage_exactly() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(100, "never")).unwrap();
+    e.create_json(rule(10, "day")).unwrap();
+    assert_eq!(admitted(&e, "d", 7, T0), 7);
+    assert!(e
+        .record(&Subject::device("d"), PTS, units(2), T0)
+        .is_allowed());
+    drop(e);
+    let e = open(&ledger);
+    assert_eq!(e.rule_count(), 2);
+    let usage = e.usage(&Subject::device("d"), T0);
+    assert_eq!(usage[0].used, units(9));
+    assert_eq!(usage[1].used, units(9));
+    assert_eq!(usage[0].lifetime, units(9));
+    assert_eq!(admitted(&e, "d", 5, T0), 1);
+    // the next day the daily rule starts again, the cumulative one does not
+    assert_eq!(admitted(&e, "d", 20, T0 + 86_400), 10);
+    assert_eq!(
+        e.usage(&Subject::device("d"), T0 + 86_400)[0].used,
+        units(20)
+    );
+}
+
+#[test]
+fn a_crash_never_admits_more_than_the_limit_and_strands_at_most_a_grant() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let max_grant = 16;
+    let mut total = 0;
+    let mut lives = 0;
+    {
+        let e = open(&ledger);
+        e.create_json(rule(1_000, "never")).unwrap();
+        drop(e);
+    }
+    for life in 0..30 {
+        let e = Engine::builder()
+            .ledger(Arc::clone(&ledger))
+            .max_grant(units(max_grant))
+            .open()
+            .unwrap();
+        let got = admitted(&e, "d", 7 + life % 5, T0);
+        total += got;
+        lives += 1;
+        // the engine counts every admission, and what earlier crashes stranded
+        let used = e.usage(&Subject::device("d"), T0)[0].used;
+        assert!(
+            used >= units(total as u64),
+            "life {life}: {used:?} < {total}"
+        );
+        crash(e);
+        // what the ledger holds covers every admission
+        let key = CounterKey {
+            benefit_id: benefit_quota::types::BenefitId::new("1").unwrap(),
+            owner: CounterOwner::Device("d".into()),
+        };
+        let held = ledger.counter(&key).map_or(0, |r| r.used);
+        assert!(
+            held >= units(total as u64).as_micros(),
+            "life {life}: {held} < {total}"
+        );
+        assert!(
+            held <= units(total as u64 + lives * max_grant).as_micros(),
+            "life {life}: {held} strands more than a grant per crash"
+        );
+    }
+    let e = open(&ledger);
+    let rest = admitted(&e, "d", 2_000, T0);
+    assert!(total + rest <= 1_000);
+    assert!(total + rest >= 1_000 - (lives as usize) * max_grant as usize);
+}
+
+#[test]
+fn the_last_units_are_granted_exactly_as_asked() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(10, "never")).unwrap();
+    // two devices, one limit each: every unit is reachable
+    assert_eq!(admitted(&e, "a", 15, T0), 10);
+    assert_eq!(admitted(&e, "b", 15, T0), 10);
+    crash(e);
+    let e = open(&ledger);
+    assert_eq!(admitted(&e, "a", 1, T0), 0);
+}
+
+#[test]
+fn far_from_the_limit_one_durable_write_serves_many_calls() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(10_000_000, "never")).unwrap();
+    e.create_json(rule(1_000_000, "day")).unwrap();
+    let before = e.ledger_stats().unwrap().commits;
+    let n = 64_000;
+    assert_eq!(admitted(&e, "d", n, T0), n);
+    let commits = e.ledger_stats().unwrap().commits - before;
+    assert!(commits * 32 <= n as u64, "{commits} commits for {n} calls");
+}
+
+#[test]
+fn a_failing_ledger_denies_with_its_own_reason_and_then_recovers() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(100, "never")).unwrap();
+    ledger.fail_next(1);
+    let d = e.try_consume(&Subject::device("d"), PTS, units(1), T0);
+    assert_eq!(d.denial().unwrap().reason, DenyReason::LedgerUnavailable);
+    assert!(e.ledger_stats().unwrap().errors >= 1);
+    // nothing was admitted; the next call takes a grant
+    assert!(e
+        .try_consume(&Subject::device("d"), PTS, units(1), T0)
+        .is_allowed());
+    assert_eq!(e.usage(&Subject::device("d"), T0)[0].used, units(1));
+    // checks never need a grant
+    ledger.fail_next(5);
+    assert!(e.check(&Subject::device("d"), T0).is_allowed());
+}
+
+#[test]
+fn records_are_durable_after_a_flush_and_lift_the_ceiling() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(100, "never")).unwrap();
+    assert_eq!(admitted(&e, "d", 5, T0), 5);
+    let d = e.record(&Subject::device("d"), PTS, units(90), T0);
+    assert!(d.is_allowed());
+    e.flush().unwrap();
+    crash(e);
+    let e = open(&ledger);
+    assert_eq!(e.usage(&Subject::device("d"), T0)[0].used, units(95));
+    assert_eq!(admitted(&e, "d", 10, T0), 5);
+}
+
+#[test]
+fn evicted_counters_leave_the_ledger() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(10, "day")).unwrap();
+    assert_eq!(admitted(&e, "d", 3, T0), 3);
+    e.flush().unwrap();
+    let key = CounterKey {
+        benefit_id: benefit_quota::types::BenefitId::new("1").unwrap(),
+        owner: CounterOwner::Device("d".into()),
+    };
+    assert!(ledger.counter(&key).is_some());
+    assert_eq!(e.evict(T0 + 86_400), 1);
+    e.flush().unwrap();
+    assert!(ledger.counter(&key).is_none());
+}
+
+#[test]
+fn an_update_that_resets_usage_is_restored_as_reset() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(10, "day")).unwrap();
+    assert_eq!(admitted(&e, "d", 4, T0), 4);
+    // a new period starts usage from zero (D16)
+    e.apply_update_json("1", r#"{"trigger_unit":"hour"}"#, T0 + 10)
+        .unwrap();
+    assert_eq!(admitted(&e, "d", 3, T0 + 20), 3);
+    crash(e);
+    let e = open(&ledger);
+    let used = e.usage(&Subject::device("d"), T0 + 30)[0].used;
+    assert!(used >= units(3) && used <= units(10), "{used:?}");
+    assert_eq!(e.get("1").unwrap().reset().unit().as_str(), "hour");
+}
+
+#[test]
+fn handles_and_batches_spend_out_of_grants_too() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(10, "never")).unwrap();
+    let mut h = e.handle(&Subject::device("d")).with_lease(units(5));
+    let n = (0..20)
+        .filter(|_| h.try_consume(PTS, units(1), T0).is_allowed())
+        .count();
+    assert_eq!(n, 10);
+    drop(h);
+    let reqs: Vec<_> = (0..5)
+        .map(|_| benefit_quota::Request {
+            subject: Subject::device("e"),
+            benefit_type: PTS,
+            amount: units(3),
+        })
+        .collect();
+    let mut out = Vec::new();
+    e.try_consume_many(&reqs, T0, &mut out);
+    assert_eq!(out.iter().filter(|d| d.is_allowed()).count(), 3);
+    crash(e);
+    let e = open(&ledger);
+    assert_eq!(admitted(&e, "d", 1, T0), 0);
+    assert_eq!(admitted(&e, "e", 5, T0), 1);
+}
