@@ -97,7 +97,24 @@ impl FileLedger {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(fail(LedgerErrorKind::Io, e.to_string())),
         }
-        let db = Database::create(&path).map_err(|e| db_error(&at, e))?;
+        // redb checks a damaged file with assertions in places (a file
+        // shorter than its header says panics): caught here and reported as
+        // what it is, so that no bad file brings the process down.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(&path)));
+        let db = match opened {
+            Ok(r) => r.map_err(|e| db_error(&at, e))?,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                return Err(fail(
+                    LedgerErrorKind::Corrupt,
+                    format!("the store refused the file (truncated?): {what}"),
+                ));
+            }
+        };
         let ledger = FileLedger { db, path };
         ledger.check_format()?;
         Ok(ledger)
