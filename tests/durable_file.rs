@@ -38,7 +38,11 @@ fn rule(limit: u64, unit: &str) -> String {
 }
 
 fn open_err(path: &PathBuf) -> LedgerError {
-    Engine::builder().durable(path).open().err().expect("opening must fail")
+    Engine::builder()
+        .durable(path)
+        .open()
+        .err()
+        .expect("opening must fail")
 }
 
 #[test]
@@ -49,7 +53,9 @@ fn a_restart_on_the_file_keeps_rules_and_usage() {
     e.create_json(rule(50, "day")).unwrap();
     let dev = Subject::device("sn-1");
     for _ in 0..20 {
-        assert!(e.try_consume(&dev, PTS, Amount::from_units(1), T0).is_allowed());
+        assert!(e
+            .try_consume(&dev, PTS, Amount::from_units(1), T0)
+            .is_allowed());
     }
     assert!(e.record(&dev, PTS, Amount::from_units(5), T0).is_allowed());
     drop(e);
@@ -98,14 +104,18 @@ fn a_truncated_file_is_an_error_not_a_panic() {
         e.create_json(rule(50, "never")).unwrap();
         for i in 0..200 {
             let d = format!("dev-{i}");
-            assert!(e.try_consume(&Subject::device(&d), PTS, Amount::from_units(1), T0).is_allowed());
+            assert!(e
+                .try_consume(&Subject::device(&d), PTS, Amount::from_units(1), T0)
+                .is_allowed());
         }
     }
     let full = std::fs::read(&path).unwrap();
     for cut in [full.len() / 2, full.len() / 8, 100, 5] {
         std::fs::write(&path, &full[..cut]).unwrap();
         let r = Engine::builder().durable(&path).open();
-        let err = r.err().unwrap_or_else(|| panic!("a file cut to {cut} bytes opened"));
+        let err = r
+            .err()
+            .unwrap_or_else(|| panic!("a file cut to {cut} bytes opened"));
         assert!(err.to_string().contains("quota.db"), "{err}");
     }
 }
@@ -132,7 +142,8 @@ fn set_meta(path: &PathBuf, format: u32) {
     let db = redb::Database::create(path).unwrap();
     let w = db.begin_write().unwrap();
     {
-        let def: redb::TableDefinition<&str, u32> = redb::TableDefinition::new("benefit_quota_meta");
+        let def: redb::TableDefinition<&str, u32> =
+            redb::TableDefinition::new("benefit_quota_meta");
         w.open_table(def).unwrap().insert("format", format).unwrap();
     }
     w.commit().unwrap();
@@ -156,7 +167,9 @@ fn a_damaged_record_is_named() {
     {
         let e = Engine::builder().durable(&path).open().unwrap();
         e.create_json(rule(50, "never")).unwrap();
-        assert!(e.try_consume(&Subject::device("d"), PTS, Amount::from_units(1), T0).is_allowed());
+        assert!(e
+            .try_consume(&Subject::device("d"), PTS, Amount::from_units(1), T0)
+            .is_allowed());
     }
     {
         let db = redb::Database::create(&path).unwrap();
@@ -166,7 +179,10 @@ fn a_damaged_record_is_named() {
             let mut t = w.open_table(def).unwrap();
             let keys: Vec<Vec<u8>> = {
                 use redb::ReadableTable;
-                t.iter().unwrap().map(|r| r.unwrap().0.value().to_vec()).collect()
+                t.iter()
+                    .unwrap()
+                    .map(|r| r.unwrap().0.value().to_vec())
+                    .collect()
             };
             t.insert(keys[0].as_slice(), &[1u8, 2, 3][..]).unwrap();
         }
@@ -188,12 +204,17 @@ fn the_file_does_not_grow_with_time_at_constant_live_counters() {
     for day in 0..12 {
         let now = T0 + day * 86_400;
         for d in &devices {
-            assert!(e.try_consume(&Subject::device(d), PTS, Amount::from_units(1), now).is_allowed());
+            assert!(e
+                .try_consume(&Subject::device(d), PTS, Amount::from_units(1), now)
+                .is_allowed());
         }
         e.evict(now);
         e.flush().unwrap();
         sizes.push(std::fs::metadata(&path).unwrap().len());
     }
     let (early, late) = (sizes[2], *sizes.last().unwrap());
-    assert!(late <= early * 2, "file grew from {early} to {late} bytes: {sizes:?}");
+    assert!(
+        late <= early * 2,
+        "file grew from {early} to {late} bytes: {sizes:?}"
+    );
 }

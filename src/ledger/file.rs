@@ -100,7 +100,8 @@ impl FileLedger {
         // redb checks a damaged file with assertions in places (a file
         // shorter than its header says panics): caught here and reported as
         // what it is, so that no bad file brings the process down.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(&path)));
+        let opened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(&path)));
         let db = match opened {
             Ok(r) => r.map_err(|e| db_error(&at, e))?,
             Err(panic) => {

@@ -1,0 +1,138 @@
+//! A gateway process on a durable engine, for the crash test
+//! (`tests/crash.rs`), which kills it with SIGKILL at random moments and
+//! starts it again on the same file.
+//!
+//! Rules (created by the first life, restored by the others): every device
+//! 40 points per local day and 60 for good; organization `org` a pool of
+//! 400 for good. Two threads spend for 20 devices (by subject, through
+//! short-lived handles, and 1-point records) and 10 members of `org`. The
+//! clock runs at 10 simulated seconds per wall-clock second from
+//! `--clock-zero` (unix milliseconds, shared by every life), starting 30
+//! simulated seconds before a local midnight, so daily windows roll over
+//! during the test.
+//!
+//! Every admission is printed once it is decided — `A <subject> <now>
+//! <units>` — and every record `R <subject> <now> <units>`, one line each.
+//! With `--ops N` the process runs N operations per thread and exits
+//! cleanly (dropping the engine gives unspent grants back).
+//!
+//! `cargo run --release --features durable --example crash_child -- --path quota.db --clock-zero <ms> --seed 1 [--ops 500]`
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use benefit_quota::{Amount, BenefitType, Engine, Member, Subject};
+
+/// 30 simulated seconds before 2025-03-12 00:00:00 +08:00.
+pub const CLOCK_BASE: i64 = 1_741_708_800 - 30;
+/// Simulated seconds per wall-clock second.
+pub const SPEED: i64 = 10;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).cloned()
+}
+
+fn now(zero_ms: i64) -> i64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    CLOCK_BASE + (ms - zero_ms) * SPEED / 1000
+}
+
+/// xorshift64*: a thread's own random numbers.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+fn main() {
+    let path = arg("--path").expect("--path");
+    let zero: i64 = arg("--clock-zero")
+        .and_then(|v| v.parse().ok())
+        .expect("--clock-zero");
+    let seed: u64 = arg("--seed").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let ops: Option<u64> = arg("--ops").and_then(|v| v.parse().ok());
+    let engine = Engine::builder()
+        .durable(&path)
+        .max_grant(Amount::from_units(8))
+        .record_interval(std::time::Duration::from_millis(20))
+        .open()
+        .unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(2)
+        });
+    if engine.rule_count() == 0 {
+        for body in [
+            r#"{"entity_type":"enterprise_all_devices","benefit_info":{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":40,"trigger_unit":"day"}}"#,
+            r#"{"entity_type":"enterprise_all_devices","benefit_info":{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":60,"trigger_unit":"never"}}"#,
+            r#"{"entity_type":"coze_organization","entity_id":"org","benefit_info":{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":400,"trigger_unit":"never"}}"#,
+        ] {
+            engine.create_json(body).expect("rule");
+        }
+    }
+    let engine = Arc::new(engine);
+    println!("READY");
+    let threads: Vec<_> = (0..2u64)
+        .map(|t| {
+            let engine = Arc::clone(&engine);
+            std::thread::spawn(move || run(&engine, zero, seed * 2 + t + 1, ops))
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    // A clean exit: the engine is dropped here, giving unspent grants back.
+    drop(engine);
+    println!("DONE");
+}
+
+fn run(engine: &Engine, zero: i64, seed: u64, ops: Option<u64>) {
+    let pts = BenefitType::ResourcePoint;
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let out = std::io::stdout();
+    let mut done = 0;
+    while ops.is_none_or(|n| done < n) {
+        done += 1;
+        let dice = rng.below(100);
+        let units = 1 + rng.below(3);
+        let amount = Amount::from_units(units);
+        if dice < 15 {
+            let user = format!("u{}", rng.below(10));
+            let s = Subject::member(Member::user(&user).in_organization("org"));
+            let t = now(zero);
+            if engine.try_consume(&s, pts, amount, t).is_allowed() {
+                let _ = writeln!(out.lock(), "A org {t} {units}");
+            }
+            continue;
+        }
+        let dev = format!("d{}", rng.below(20));
+        let s = Subject::device(&dev);
+        if dice < 25 {
+            let t = now(zero);
+            let _ = engine.record(&s, pts, Amount::from_units(1), t);
+            let _ = writeln!(out.lock(), "R {dev} {t} 1");
+        } else if dice < 40 {
+            let mut h = engine.handle(&s);
+            for _ in 0..3 {
+                let t = now(zero);
+                if h.try_consume(pts, amount, t).is_allowed() {
+                    let _ = writeln!(out.lock(), "A {dev} {t} {units}");
+                }
+            }
+        } else {
+            let t = now(zero);
+            if engine.try_consume(&s, pts, amount, t).is_allowed() {
+                let _ = writeln!(out.lock(), "A {dev} {t} {units}");
+            }
+        }
+    }
+}
