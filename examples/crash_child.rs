@@ -4,7 +4,7 @@
 //!
 //! Rules (created by the first life, restored by the others): every device
 //! 40 points per local day and 60 for good; organization `org` a pool of
-//! 400 for good. Two threads spend for 20 devices (by subject, through
+//! 20,000 for good. Two threads spend for 20 devices (by subject, through
 //! short-lived handles, and 1-point records) and 10 members of `org`. The
 //! clock runs at 10 simulated seconds per wall-clock second from
 //! `--clock-zero` (unix milliseconds, shared by every life), starting 30
@@ -74,7 +74,7 @@ fn main() {
         for body in [
             r#"{"entity_type":"enterprise_all_devices","benefit_info":{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":40,"trigger_unit":"day"}}"#,
             r#"{"entity_type":"enterprise_all_devices","benefit_info":{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":60,"trigger_unit":"never"}}"#,
-            r#"{"entity_type":"coze_organization","entity_id":"org","benefit_info":{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":400,"trigger_unit":"never"}}"#,
+            r#"{"entity_type":"coze_organization","entity_id":"org","benefit_info":{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":20000,"trigger_unit":"never"}}"#,
         ] {
             engine.create_json(body).expect("rule");
         }

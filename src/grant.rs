@@ -78,12 +78,23 @@ struct Stats {
     errors: std::sync::atomic::AtomicU64,
 }
 
-type Reply = SyncSender<Result<Vec<u64>, LedgerError>>;
+type Reply = SyncSender<Result<(), LedgerError>>;
 
 struct Job {
     changes: Vec<Change>,
-    /// Who waits for the commit (`None`: records, which do not).
+    /// The counters of the job's grants, in the order of its `Grant` changes.
+    refills: Vec<Refill>,
+    /// Who waits for the commit (`None`: records and grants taken ahead,
+    /// which do not).
     reply: Option<Reply>,
+}
+
+/// Grants the writer committed (or failed to: granted 0), waiting to be
+/// added to their counters' ceilings by the next call that looks.
+#[derive(Default)]
+struct Done {
+    queue: Mutex<Vec<(Refill, u64)>>,
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// An engine's ledger, its writer thread and its grant policy.
@@ -92,6 +103,7 @@ pub(crate) struct Grants {
     writer: Mutex<Option<JoinHandle<()>>>,
     max_grant: u64,
     stats: Arc<Stats>,
+    done: Arc<Done>,
     /// The rules as last committed, by slot.
     persisted: Mutex<Vec<RuleRecord>>,
     location: String,
@@ -101,11 +113,12 @@ impl Grants {
     fn start(ledger: Arc<dyn Ledger>, max_grant: u64, interval: Duration) -> Grants {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
+        let done = Arc::new(Done::default());
         let writer = {
-            let stats = Arc::clone(&stats);
+            let (stats, done) = (Arc::clone(&stats), Arc::clone(&done));
             std::thread::Builder::new()
                 .name("benefit-quota-ledger".into())
-                .spawn(move || write_loop(&*ledger, rx, interval, &stats))
+                .spawn(move || write_loop(&*ledger, rx, interval, &stats, &done))
                 .ok()
         };
         Grants {
@@ -113,6 +126,7 @@ impl Grants {
             writer: Mutex::new(writer),
             max_grant,
             stats,
+            done,
             persisted: Mutex::new(Vec::new()),
             location: String::new(),
         }
@@ -126,33 +140,52 @@ impl Grants {
         )
     }
 
-    /// Queues `changes`; with `wait`, the receiver of the commit's answer.
+    /// Queues `changes` (`refills`: the counters of its grants, in order);
+    /// with `wait`, the receiver of the commit's answer. `None` when the
+    /// writer is gone (then nothing was queued).
     fn send(
         &self,
         changes: Vec<Change>,
+        refills: Vec<Refill>,
         wait: bool,
-    ) -> Option<Receiver<Result<Vec<u64>, LedgerError>>> {
+    ) -> Result<Option<Receiver<Result<(), LedgerError>>>, LedgerError> {
         let (reply, rx) = if wait {
             let (s, r) = mpsc::sync_channel(1);
             (Some(s), Some(r))
         } else {
             (None, None)
         };
-        let sent = self
-            .tx
-            .lock()
-            .as_ref()
-            .is_some_and(|tx| tx.send(Job { changes, reply }).is_ok());
-        if sent {
-            rx
-        } else {
-            None
+        let job = Job {
+            changes,
+            refills,
+            reply,
+        };
+        match self.tx.lock().as_ref().map(|tx| tx.send(job)) {
+            Some(Ok(())) => Ok(rx),
+            Some(Err(mpsc::SendError(job))) => {
+                self.complete_unsent(job.refills);
+                Err(self.closed())
+            }
+            None => Err(self.closed()),
+        }
+    }
+
+    /// Grants that never reached the writer: their pending amounts go.
+    fn complete_unsent(&self, refills: Vec<Refill>) {
+        if !refills.is_empty() {
+            self.done
+                .queue
+                .lock()
+                .extend(refills.into_iter().map(|r| (r, 0)));
+            self.done
+                .ready
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
     /// Queues `changes` and waits until they are committed.
-    fn commit(&self, changes: Vec<Change>) -> Result<Vec<u64>, LedgerError> {
-        match self.send(changes, true) {
+    fn commit(&self, changes: Vec<Change>) -> Result<(), LedgerError> {
+        match self.send(changes, Vec::new(), true)? {
             Some(rx) => rx.recv().unwrap_or_else(|_| Err(self.closed())),
             None => Err(self.closed()),
         }
@@ -175,42 +208,43 @@ impl Grants {
 }
 
 /// The writer: commits every job waiting when it wakes in one batch; holds
-/// records alone up to `interval`.
-fn write_loop(ledger: &dyn Ledger, rx: Receiver<Job>, interval: Duration, stats: &Stats) {
-    use std::sync::atomic::Ordering::Relaxed;
+/// records alone up to `interval`. After each commit, the grants it carried
+/// go to `done` (granted amounts, or 0 if it failed) before anybody waiting
+/// is answered, so a caller woken finds its grant there.
+fn write_loop(
+    ledger: &dyn Ledger,
+    rx: Receiver<Job>,
+    interval: Duration,
+    stats: &Stats,
+    done: &Done,
+) {
+    use std::sync::atomic::Ordering::{Relaxed, Release};
     let mut held: Vec<Change> = Vec::new();
+    let mut refills: Vec<Refill> = Vec::new();
     let mut since: Option<Instant> = None;
     let mut open = true;
-    // Who waits for the next commit, and how many grants each asked for.
-    let mut waiting: Vec<(usize, Reply)> = Vec::new();
-    while open || !held.is_empty() || !waiting.is_empty() {
+    let mut waiting: Vec<Reply> = Vec::new();
+    while open || !held.is_empty() || !refills.is_empty() {
         let first = match since {
             _ if !open => Err(RecvTimeoutError::Disconnected),
-            _ if !waiting.is_empty() => Err(RecvTimeoutError::Timeout),
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(t) => rx.recv_timeout((t + interval).saturating_duration_since(Instant::now())),
         };
-        let mut take = |mut job: Job, held: &mut Vec<Change>| {
-            if let Some(reply) = job.reply {
-                let grants = job
-                    .changes
-                    .iter()
-                    .filter(|c| matches!(c, Change::Grant { .. }))
-                    .count();
-                waiting.push((grants, reply));
-            }
+        let mut take = |mut job: Job, held: &mut Vec<Change>, refills: &mut Vec<Refill>| {
+            waiting.extend(job.reply);
             held.append(&mut job.changes);
+            refills.append(&mut job.refills);
         };
         match first {
-            Ok(job) => take(job, &mut held),
+            Ok(job) => take(job, &mut held, &mut refills),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => open = false,
         }
         while let Ok(job) = rx.try_recv() {
-            take(job, &mut held);
+            take(job, &mut held, &mut refills);
         }
         let due = since.is_some_and(|t| t.elapsed() >= interval);
-        if waiting.is_empty() && open && !due {
+        if waiting.is_empty() && refills.is_empty() && open && !due {
             if !held.is_empty() && since.is_none() {
                 since = Some(Instant::now());
             }
@@ -221,38 +255,37 @@ fn write_loop(ledger: &dyn Ledger, rx: Receiver<Job>, interval: Duration, stats:
         let result = if batch.is_empty() {
             Ok(Vec::new())
         } else {
-            ledger.commit(&batch)
-        };
-        if !batch.is_empty() {
+            let r = ledger.commit(&batch);
             stats.commits.fetch_add(1, Relaxed);
-        }
-        if result.is_err() {
-            stats.errors.fetch_add(1, Relaxed);
-        }
-        let mut granted = match &result {
-            Ok(g) => g.iter().copied(),
-            Err(_) => [].iter().copied(),
+            if r.is_err() {
+                stats.errors.fetch_add(1, Relaxed);
+            }
+            r
         };
-        for (grants, reply) in waiting.drain(..) {
-            let answer = match &result {
-                Ok(_) => Ok(granted.by_ref().take(grants).collect()),
-                Err(e) => Err(e.clone()),
-            };
-            let _ = reply.send(answer);
+        let granted = result.as_deref().unwrap_or(&[]);
+        let mut amounts = granted.iter().copied();
+        let finished: Vec<(Refill, u64)> = refills
+            .drain(..)
+            .map(|r| (r, amounts.next().unwrap_or(0)))
+            .collect();
+        if !finished.is_empty() {
+            done.queue.lock().extend(finished);
+            done.ready.store(true, Release);
         }
-        if result.is_err() {
+        for reply in waiting.drain(..) {
+            let _ = reply.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
+        }
+        if result.is_err() && open {
             // Records stand (the usage happened): they wait for the next
             // commit (a bounded number, and none once the engine is gone).
-            // Grants were refused to their callers; give-backs are dropped
-            // (what they gave back counts as used: under-admission only).
-            if open {
-                held = batch
-                    .into_iter()
-                    .filter(|c| matches!(c, Change::Record { .. }))
-                    .take(1 << 20)
-                    .collect();
-                since = (!held.is_empty()).then(Instant::now);
-            }
+            // Grants were refused; give-backs are dropped (what they gave
+            // back counts as used: under-admission only).
+            held = batch
+                .into_iter()
+                .filter(|c| matches!(c, Change::Record { .. }))
+                .take(1 << 20)
+                .collect();
+            since = (!held.is_empty()).then(Instant::now);
         }
     }
 }
@@ -433,6 +466,10 @@ impl Engine {
         let Some(g) = self.grants.as_deref() else {
             return Ok(());
         };
+        // Every grant sent so far committed and on its ceiling first, so
+        // that what is given back is what is really unspent.
+        g.commit(Vec::new())?;
+        self.apply_done(g);
         let rules = self.read();
         let mut changes = Vec::new();
         self.store.visit_mut(|kind, pool, id, counters| {
@@ -468,7 +505,7 @@ impl Engine {
             }
         });
         drop(rules);
-        g.commit(changes).map(|_| ())
+        g.commit(changes)
     }
 
     /// Restores what a ledger held: rules first (in their order, with their
@@ -603,12 +640,49 @@ impl Engine {
             })
             .collect();
         if !changes.is_empty() {
-            g.send(changes, false);
+            let _ = g.send(changes, Vec::new(), false);
+        }
+    }
+
+    /// Adds the grants the writer finished to their counters' ceilings
+    /// (those still in the window they were asked for), and takes them off
+    /// the pending amounts.
+    fn apply_done(&self, g: &Grants) {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        if !g.done.ready.load(Acquire) {
+            return;
+        }
+        let finished = {
+            let mut q = g.done.queue.lock();
+            g.done.ready.store(false, Relaxed);
+            std::mem::take(&mut *q)
+        };
+        for (r, granted) in finished {
+            let owner = crate::state::Owner {
+                kind: r.kind,
+                pool: r.pool,
+                id: &r.id,
+                hash: r.hash,
+            };
+            let mut locked = self.store.lock_many(&[r.shard]);
+            let Some(counters) = locked.counters_if_any(r.shard, &owner) else {
+                continue;
+            };
+            let Some(p) = counters.iter_mut().find(|c| c.rule == r.slot | CEILING) else {
+                continue;
+            };
+            if p.generation == r.window.generation && p.window_start == r.window.start {
+                p.lifetime = p.lifetime.saturating_sub(r.asked);
+                p.used = p.used.saturating_add(granted);
+            }
         }
     }
 
     /// [`Engine::run`] with a ledger: a debit goes through only under its
-    /// counters' durable ceilings, taking grants first when it would not.
+    /// counters' durable ceilings. A call whose debit would pass one takes a
+    /// grant and waits for it; a call that leaves a counter with less than
+    /// half a grant's worth takes the next grant ahead, without waiting (so
+    /// a counter in steady use seldom makes anybody wait).
     pub(crate) fn run_granted(
         &self,
         g: &Grants,
@@ -620,126 +694,114 @@ impl Engine {
             return Decision::impossible_time(now);
         }
         for _ in 0..MAX_ROUNDS {
-            let (rx, refills, first_slot) = {
-                let rules = self.read();
-                let mut applied = AppliedVec::new();
-                self.resolve(&rules, subject, now, &mut applied, true);
-                if applied.is_empty() {
-                    return Decision::Allowed(None);
-                }
-                let applied = applied.as_slice();
-                let mut locked = self.lock(applied);
-                let table = TableRules {
-                    table: &rules,
-                    applied,
-                    policy: self.config.frozen_policy,
-                };
-                let mut refills: SmallVec<[Refill; 4]> = SmallVec::new();
-                let mut changes = Vec::new();
-                let mut wait = false;
-                if let Op::TryConsume(ty, amount) = op {
-                    for (i, a) in applied.iter().enumerate() {
-                        let (v, w) = table.rule(i);
-                        if v.benefit_type != ty || v.frozen || amount == 0 {
-                            continue;
-                        }
-                        let cs = locked.counters(a.shard, &a.owner);
-                        let c = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot));
-                        let used = c.map_or(0, |c| c.effective_used(v.generation, w));
-                        let window = landing(c, v.generation, w);
-                        let Some(need) = used.checked_add(amount).filter(|&n| n <= v.limit) else {
-                            continue; // the rule denies it anyway
-                        };
-                        let p = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot | CEILING));
-                        let (ceiling, pending) = match p {
-                            Some(p)
-                                if p.generation == window.generation
-                                    && p.window_start == window.start =>
-                            {
-                                (p.used, p.lifetime)
-                            }
-                            _ => (0, 0),
-                        };
-                        if need <= ceiling {
-                            continue;
-                        }
-                        if need <= ceiling + pending {
-                            wait = true; // another call's grant covers it
-                            continue;
-                        }
-                        let asked =
-                            g.size(v.limit, used, ceiling + pending, need - ceiling - pending);
-                        let counters = locked.counters_mut(a.shard, &a.owner);
-                        ceiling_at(counters, v.slot, window).lifetime += asked;
-                        changes.push(Change::Grant {
-                            key: key_of(&rules, v.slot, a.owner.kind, a.owner.id),
-                            window,
-                            amount: asked,
-                            limit: v.limit,
-                        });
-                        refills.push(Refill {
-                            shard: a.shard,
-                            kind: a.owner.kind,
-                            pool: a.owner.pool,
-                            id: a.owner.id.to_owned(),
-                            hash: a.owner.hash,
-                            slot: v.slot,
-                            window,
-                            asked,
-                        });
+            self.apply_done(g);
+            let rules = self.read();
+            let mut applied = AppliedVec::new();
+            self.resolve(&rules, subject, now, &mut applied, true);
+            if applied.is_empty() {
+                return Decision::Allowed(None);
+            }
+            let applied = applied.as_slice();
+            let mut locked = self.lock(applied);
+            let table = TableRules {
+                table: &rules,
+                applied,
+                policy: self.config.frozen_policy,
+            };
+            let mut refills: Vec<Refill> = Vec::new();
+            let mut changes = Vec::new();
+            let mut wait = false;
+            if let Op::TryConsume(ty, amount) = op {
+                for (i, a) in applied.iter().enumerate() {
+                    let (v, w) = table.rule(i);
+                    if v.benefit_type != ty || v.frozen || amount == 0 {
+                        continue;
                     }
-                }
-                if refills.is_empty() && !wait {
-                    let before = match op {
-                        Op::Record(ty, _) => self.lifetimes(&table, applied, &locked, ty),
-                        _ => SmallVec::new(),
+                    let cs = locked.counters(a.shard, &a.owner);
+                    let c = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot));
+                    let used = c.map_or(0, |c| c.effective_used(v.generation, w));
+                    let window = landing(c, v.generation, w);
+                    let Some(need) = used.checked_add(amount).filter(|&n| n <= v.limit) else {
+                        continue; // the rule denies it anyway
                     };
-                    let d = self.decide(applied, &table, &mut locked, op);
-                    if let Op::Record(ty, _) = op {
-                        self.book_record(g, &table, applied, &mut locked, ty, &before);
-                    }
-                    return d;
+                    let p = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot | CEILING));
+                    let (ceiling, pending) = match p {
+                        Some(p)
+                            if p.generation == window.generation
+                                && p.window_start == window.start =>
+                        {
+                            (p.used, p.lifetime)
+                        }
+                        _ => (0, 0),
+                    };
+                    let asked = if need > ceiling {
+                        wait = true;
+                        if need <= ceiling.saturating_add(pending) {
+                            continue; // a grant on its way covers it
+                        }
+                        g.size(v.limit, used, ceiling + pending, need - ceiling - pending)
+                    } else {
+                        if pending > 0 || ceiling >= v.limit {
+                            continue; // the next one is on its way, or none can be
+                        }
+                        let next = g.size(v.limit, need, ceiling, 1);
+                        if ceiling - need >= next / 2 || next < amount {
+                            continue; // enough left, or too near the limit to
+                                      // take more than the next call needs
+                        }
+                        next
+                    };
+                    let counters = locked.counters_mut(a.shard, &a.owner);
+                    ceiling_at(counters, v.slot, window).lifetime += asked;
+                    changes.push(Change::Grant {
+                        key: key_of(&rules, v.slot, a.owner.kind, a.owner.id),
+                        window,
+                        amount: asked,
+                        limit: v.limit,
+                    });
+                    refills.push(Refill {
+                        shard: a.shard,
+                        kind: a.owner.kind,
+                        pool: a.owner.pool,
+                        id: a.owner.id.to_owned(),
+                        hash: a.owner.hash,
+                        slot: v.slot,
+                        window,
+                        asked,
+                    });
                 }
-                // Sent under the locks: per counter, the ledger sees changes in
-                // the order the counters saw them.
+            }
+            // Sent under the locks: per counter, the ledger sees changes in
+            // the order the counters saw them.
+            let sent = if refills.is_empty() && !wait {
+                Ok(None)
+            } else {
                 g.stats
                     .grants
                     .fetch_add(refills.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                let rx = g.send(changes, true);
-                let first_slot = refills.first().map_or(applied[0].slot, |r| r.slot);
-                (rx, refills, first_slot)
+                g.send(changes, refills, wait)
             };
-            let answer = match rx {
-                Some(rx) => rx.recv().unwrap_or_else(|_| Err(g.closed())),
-                None => Err(g.closed()),
-            };
-            let granted = answer.as_ref().map(|v| v.as_slice()).unwrap_or(&[]);
-            let mut shards: SmallVec<[usize; 4]> = refills.iter().map(|r| r.shard).collect();
-            shards.sort_unstable();
-            shards.dedup();
-            let mut locked = self.store.lock_many(&shards);
-            for (i, r) in refills.iter().enumerate() {
-                let owner = crate::state::Owner {
-                    kind: r.kind,
-                    pool: r.pool,
-                    id: &r.id,
-                    hash: r.hash,
+            if !wait {
+                let before = match op {
+                    Op::Record(ty, _) => self.lifetimes(&table, applied, &locked, ty),
+                    _ => SmallVec::new(),
                 };
-                let Some(counters) = locked.counters_if_any(r.shard, &owner) else {
-                    continue;
-                };
-                let Some(p) = counters.iter_mut().find(|c| c.rule == r.slot | CEILING) else {
-                    continue;
-                };
-                if p.generation == r.window.generation && p.window_start == r.window.start {
-                    p.lifetime = p.lifetime.saturating_sub(r.asked);
-                    p.used += granted.get(i).copied().unwrap_or(0);
+                let d = self.decide(applied, &table, &mut locked, op);
+                if let Op::Record(ty, _) = op {
+                    self.book_record(g, &table, applied, &mut locked, ty, &before);
                 }
+                return d;
             }
+            let slot = applied[0].slot;
             drop(locked);
+            let answer = match sent {
+                Ok(Some(rx)) => rx.recv().unwrap_or_else(|_| Err(g.closed())),
+                Ok(None) => Err(g.closed()),
+                Err(e) => Err(e),
+            };
             if answer.is_err() {
-                let rules = self.read();
-                return unavailable(&rules, first_slot);
+                self.apply_done(g);
+                return unavailable(&rules, slot);
             }
         }
         // Grants kept coming back short: the ledger refuses more.
@@ -816,7 +878,7 @@ impl Engine {
             g.stats
                 .records
                 .fetch_add(changes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            g.send(changes, false);
+            let _ = g.send(changes, Vec::new(), false);
         }
     }
 }
