@@ -41,8 +41,7 @@ fn open_err(path: &PathBuf) -> LedgerError {
     Engine::builder()
         .durable(path)
         .open()
-        .err()
-        .expect("opening must fail")
+        .expect_err("opening must fail")
 }
 
 #[test]
