@@ -54,7 +54,7 @@ const GRANT_SHIFT: u32 = 3;
 
 /// Refill rounds one call goes through before it gives up (a ledger that
 /// grants less than asked, e.g. a shared one whose limit others reached).
-const MAX_ROUNDS: usize = 4;
+const MAX_ROUNDS: usize = 8;
 
 /// Counters of a ledger's activity (see [`Engine::ledger_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,8 +93,12 @@ struct Job {
 /// added to their counters' ceilings by the next call that looks.
 #[derive(Default)]
 struct Done {
+    /// Locked briefly, never while a shard is locked by its holder.
     queue: Mutex<Vec<(Refill, u64)>>,
+    /// Set (under `queue`'s lock) when it holds anything.
     ready: std::sync::atomic::AtomicBool,
+    /// Held by the caller adding finished grants to their ceilings.
+    applying: Mutex<()>,
 }
 
 /// An engine's ledger, its writer thread and its grant policy.
@@ -269,7 +273,8 @@ fn write_loop(
             .map(|r| (r, amounts.next().unwrap_or(0)))
             .collect();
         if !finished.is_empty() {
-            done.queue.lock().extend(finished);
+            let mut q = done.queue.lock();
+            q.extend(finished);
             done.ready.store(true, Release);
         }
         for reply in waiting.drain(..) {
@@ -652,28 +657,37 @@ impl Engine {
         if !g.done.ready.load(Acquire) {
             return;
         }
-        let finished = {
-            let mut q = g.done.queue.lock();
-            g.done.ready.store(false, Relaxed);
-            std::mem::take(&mut *q)
-        };
-        for (r, granted) in finished {
-            let owner = crate::state::Owner {
-                kind: r.kind,
-                pool: r.pool,
-                id: &r.id,
-                hash: r.hash,
+        // One applier at a time, and the flag cleared only once the queue
+        // is found empty: a caller that saw it set waits here until every
+        // grant finished so far, its own included, is on its ceiling.
+        let _applying = g.done.applying.lock();
+        loop {
+            let finished = {
+                let mut q = g.done.queue.lock();
+                if q.is_empty() {
+                    g.done.ready.store(false, Relaxed);
+                    return;
+                }
+                std::mem::take(&mut *q)
             };
-            let mut locked = self.store.lock_many(&[r.shard]);
-            let Some(counters) = locked.counters_if_any(r.shard, &owner) else {
-                continue;
-            };
-            let Some(p) = counters.iter_mut().find(|c| c.rule == r.slot | CEILING) else {
-                continue;
-            };
-            if p.generation == r.window.generation && p.window_start == r.window.start {
-                p.lifetime = p.lifetime.saturating_sub(r.asked);
-                p.used = p.used.saturating_add(granted);
+            for (r, granted) in finished {
+                let owner = crate::state::Owner {
+                    kind: r.kind,
+                    pool: r.pool,
+                    id: &r.id,
+                    hash: r.hash,
+                };
+                let mut locked = self.store.lock_many(&[r.shard]);
+                let Some(counters) = locked.counters_if_any(r.shard, &owner) else {
+                    continue;
+                };
+                let Some(p) = counters.iter_mut().find(|c| c.rule == r.slot | CEILING) else {
+                    continue;
+                };
+                if p.generation == r.window.generation && p.window_start == r.window.start {
+                    p.lifetime = p.lifetime.saturating_sub(r.asked);
+                    p.used = p.used.saturating_add(granted);
+                }
             }
         }
     }

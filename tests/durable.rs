@@ -234,3 +234,45 @@ fn handles_and_batches_spend_out_of_grants_too() {
     assert_eq!(admitted(&e, "d", 1, T0), 0);
     assert_eq!(admitted(&e, "e", 5, T0), 1);
 }
+
+#[test]
+fn concurrent_callers_share_grants_without_losing_or_passing_a_unit() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = Engine::builder()
+        .ledger(Arc::clone(&ledger))
+        .max_grant(units(7))
+        .open()
+        .unwrap();
+    e.create_json(rule(500, "never")).unwrap();
+    e.create_json(rule(300, "day")).unwrap();
+    let devices = ["a", "b", "c"];
+    let admitted: Vec<usize> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|t| {
+                let e = &e;
+                s.spawn(move || {
+                    let mut n = [0usize; 3];
+                    for i in 0..400 {
+                        let k = (i + t) % 3;
+                        let d = e.try_consume(&Subject::device(devices[k]), PTS, units(1), T0);
+                        if let Some(den) = d.denial() {
+                            assert_ne!(den.reason, DenyReason::LedgerUnavailable);
+                        }
+                        n[k] += usize::from(d.is_allowed());
+                    }
+                    n
+                })
+            })
+            .collect();
+        let per: Vec<[usize; 3]> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        (0..3).map(|k| per.iter().map(|n| n[k]).sum()).collect()
+    });
+    // demand (about 1,067 a device) exceeds the daily 300: all of it, no more
+    assert_eq!(admitted, vec![300, 300, 300]);
+    e.flush().unwrap();
+    crash(e);
+    let e = open(&ledger);
+    for d in devices {
+        assert_eq!(e.usage(&Subject::device(d), T0)[0].used, units(300), "{d}");
+    }
+}
