@@ -46,6 +46,13 @@
 //! Every one of them decides as a call by subject would (a leased handle's
 //! only difference: others may be denied up to its unspent lease earlier).
 //!
+//! ## Usage that survives restarts
+//! [`Engine::new`] keeps usage in memory. An engine opened with a ledger
+//! (`Engine::builder().durable(path).open()` with the `durable` feature, or
+//! [`EngineBuilder::ledger`]) keeps usage and rules there, and admits a
+//! unit only out of a grant the ledger has already committed, so a crash
+//! never causes over-admission (see [`ledger`] and RELIABILITY.md §7).
+//!
 //! ## Layout
 //! - [`wire`]: serde mirrors of the platform JSON (create, update, list, envelope).
 //! - `validate`: wire → validated domain types ([`types`]), errors as [`ApiError`].
@@ -55,6 +62,10 @@
 //! - `decide`: one decision over a subject's counters (D13, D17).
 //! - [`Engine`]: the configuration plane and the enforcement API;
 //!   [`SubjectHandle`]: a subject resolved once.
+//! - [`ledger`]: where usage lives durably (the [`Ledger`] trait,
+//!   [`MemoryLedger`], `FileLedger` with the `durable` feature); `grant`:
+//!   the engine's write-ahead grants out of a ledger
+//!   ([`EngineBuilder::ledger`], [`LedgeredBuilder`]).
 //!
 //! The rules the engine enforces are written down, one by one with the test
 //! that pins each, in `SEMANTICS.md`.

@@ -319,6 +319,8 @@ impl<E: Deref<Target = Engine>> SubjectHandle<E> {
     /// never leased: a handle whose subject has any works as an exact one.
     /// Others see the unspent lease as used, so they may be denied up to
     /// `lease` per rule earlier than without it (SEMANTICS.md, L1–L6).
+    /// On an engine with a ledger, handles take no lease of their own (the
+    /// ledger's grants play that part) and decide as calls by subject.
     ///
     /// # Examples
     /// ```
