@@ -202,8 +202,10 @@ fn open_time(devices: usize) -> (Duration, u64, usize) {
                     owner: CounterOwner::Device(format!("sn-{i:08}")),
                 },
                 window,
+                at_least: 7_000_000,
                 amount: 7_000_000,
                 limit: u64::MAX,
+                expires: None,
             });
         }
     }

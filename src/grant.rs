@@ -52,10 +52,6 @@ pub(crate) const CEILING: u32 = 1 << 31;
 /// A grant is this fraction (a shift) of what the limit has left.
 const GRANT_SHIFT: u32 = 3;
 
-/// Refill rounds one call goes through before it gives up (a ledger that
-/// grants less than asked, e.g. a shared one whose limit others reached).
-const MAX_ROUNDS: usize = 8;
-
 /// Counters of a ledger's activity (see [`Engine::ledger_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -78,7 +74,9 @@ struct Stats {
     errors: std::sync::atomic::AtomicU64,
 }
 
-type Reply = SyncSender<Result<(), LedgerError>>;
+/// The answer to a caller waiting for a commit: whether a grant it asked
+/// for came back short (the ledger had not even its minimum left).
+type Reply = SyncSender<Result<bool, LedgerError>>;
 
 struct Job {
     changes: Vec<Change>,
@@ -99,6 +97,10 @@ struct Done {
     ready: std::sync::atomic::AtomicBool,
     /// Held by the caller adding finished grants to their ceilings.
     applying: Mutex<()>,
+    /// Admitted without a grant under [`LedgerFailure::SafeCapacity`] while
+    /// the ledger was failing, per counter window; cleared by the next
+    /// successful commit.
+    unbacked: Mutex<std::collections::HashMap<(CounterKey, WindowId), u64>>,
 }
 
 /// An engine's ledger, its writer thread and its grant policy.
@@ -111,6 +113,8 @@ pub(crate) struct Grants {
     /// The rules as last committed, by slot.
     persisted: Mutex<Vec<RuleRecord>>,
     location: String,
+    failure: LedgerFailure,
+    grant_timeout: Duration,
 }
 
 impl Grants {
@@ -133,6 +137,8 @@ impl Grants {
             done,
             persisted: Mutex::new(Vec::new()),
             location: String::new(),
+            failure: LedgerFailure::FailClosed,
+            grant_timeout: Duration::from_secs(2),
         }
     }
 
@@ -152,7 +158,7 @@ impl Grants {
         changes: Vec<Change>,
         refills: Vec<Refill>,
         wait: bool,
-    ) -> Result<Option<Receiver<Result<(), LedgerError>>>, LedgerError> {
+    ) -> Result<Option<Receiver<Result<bool, LedgerError>>>, LedgerError> {
         let (reply, rx) = if wait {
             let (s, r) = mpsc::sync_channel(1);
             (Some(s), Some(r))
@@ -190,7 +196,7 @@ impl Grants {
     /// Queues `changes` and waits until they are committed.
     fn commit(&self, changes: Vec<Change>) -> Result<(), LedgerError> {
         match self.send(changes, Vec::new(), true)? {
-            Some(rx) => rx.recv().unwrap_or_else(|_| Err(self.closed())),
+            Some(rx) => rx.recv().unwrap_or_else(|_| Err(self.closed())).map(|_| ()),
             None => Err(self.closed()),
         }
     }
@@ -227,7 +233,8 @@ fn write_loop(
     let mut refills: Vec<Refill> = Vec::new();
     let mut since: Option<Instant> = None;
     let mut open = true;
-    let mut waiting: Vec<Reply> = Vec::new();
+    // Who waits for the next commit, and which of `refills` are theirs.
+    let mut waiting: Vec<(Reply, std::ops::Range<usize>)> = Vec::new();
     while open || !held.is_empty() || !refills.is_empty() {
         let first = match since {
             _ if !open => Err(RecvTimeoutError::Disconnected),
@@ -235,9 +242,12 @@ fn write_loop(
             Some(t) => rx.recv_timeout((t + interval).saturating_duration_since(Instant::now())),
         };
         let mut take = |mut job: Job, held: &mut Vec<Change>, refills: &mut Vec<Refill>| {
-            waiting.extend(job.reply);
+            let start = refills.len();
             held.append(&mut job.changes);
             refills.append(&mut job.refills);
+            if let Some(reply) = job.reply {
+                waiting.push((reply, start..refills.len()));
+            }
         };
         match first {
             Ok(job) => take(job, &mut held, &mut refills),
@@ -272,13 +282,21 @@ fn write_loop(
             .drain(..)
             .map(|r| (r, amounts.next().unwrap_or(0)))
             .collect();
+        let short: Vec<bool> = finished.iter().map(|(r, g)| *g < r.at_least).collect();
+        if result.is_ok() {
+            done.unbacked.lock().clear();
+        }
         if !finished.is_empty() {
             let mut q = done.queue.lock();
             q.extend(finished);
             done.ready.store(true, Release);
         }
-        for reply in waiting.drain(..) {
-            let _ = reply.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
+        for (reply, mine) in waiting.drain(..) {
+            let answer = match &result {
+                Ok(_) => Ok(short.get(mine).is_some_and(|s| s.iter().any(|&x| x))),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = reply.send(answer);
         }
         if result.is_err() && open {
             // Records stand (the usage happened): they wait for the next
@@ -295,6 +313,26 @@ fn write_loop(
     }
 }
 
+/// What a call that needs a new grant does when the ledger cannot give one
+/// (unreachable, failing, or slower than [`LedgeredBuilder::grant_timeout`]).
+/// Calls covered by grants already held are not affected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LedgerFailure {
+    /// Deny it, with [`DenyReason::LedgerUnavailable`] (the default).
+    #[default]
+    FailClosed,
+    /// Decide it locally, as an engine without a ledger would, and book
+    /// what it admits as post-paid usage, which reaches the ledger once it
+    /// is back. Over-admission is possible while the ledger is away (other
+    /// instances do not see it yet).
+    FailOpen,
+    /// [`LedgerFailure::FailOpen`] for at most this much per counter and
+    /// window while the ledger is failing (reset by its next successful
+    /// commit); beyond it, [`LedgerFailure::FailClosed`].
+    SafeCapacity(Amount),
+}
+
 /// An [`EngineBuilder`] with a ledger: [`LedgeredBuilder::open`] loads
 /// what the ledger holds and starts its writer.
 #[must_use]
@@ -303,6 +341,8 @@ pub struct LedgeredBuilder {
     ledger: Box<dyn FnOnce() -> Result<Arc<dyn Ledger>, LedgerError> + Send>,
     max_grant: u64,
     record_interval: Duration,
+    failure: LedgerFailure,
+    grant_timeout: Duration,
 }
 
 impl std::fmt::Debug for LedgeredBuilder {
@@ -311,6 +351,8 @@ impl std::fmt::Debug for LedgeredBuilder {
             .field("base", &self.base)
             .field("max_grant", &self.max_grant)
             .field("record_interval", &self.record_interval)
+            .field("failure", &self.failure)
+            .field("grant_timeout", &self.grant_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -344,7 +386,24 @@ impl EngineBuilder {
             ledger: Box::new(open),
             max_grant: Amount::from_units(1_000).as_micros(),
             record_interval: Duration::from_millis(100),
+            failure: LedgerFailure::FailClosed,
+            grant_timeout: Duration::from_secs(2),
         }
+    }
+
+    /// This engine, with usage shared through Redis at `url` by every
+    /// engine opened on it (a fleet of gateways; feature `redis`): see
+    /// [`crate::ledger::RedisLedger`] (keys under `bq:`, 500 ms per round
+    /// trip; build one with [`crate::ledger::RedisLedger::new`] and pass it
+    /// to [`EngineBuilder::ledger`] for others) and RELIABILITY.md §8.
+    #[cfg(feature = "redis")]
+    pub fn redis(self, url: &str) -> LedgeredBuilder {
+        let url = url.to_owned();
+        self.ledger_with(move || {
+            let l = crate::ledger::RedisLedger::new(&url, "bq", Duration::from_millis(500))?;
+            let l: Arc<dyn Ledger> = Arc::new(l);
+            Ok(l)
+        })
     }
 }
 
@@ -364,6 +423,20 @@ impl LedgeredBuilder {
         self
     }
 
+    /// What a call needing a new grant does when the ledger cannot give one
+    /// (default: [`LedgerFailure::FailClosed`]).
+    pub fn on_ledger_failure(mut self, policy: LedgerFailure) -> Self {
+        self.failure = policy;
+        self
+    }
+
+    /// How long a call waits for its grant before the ledger counts as
+    /// failing for it (default: 2 s).
+    pub fn grant_timeout(mut self, timeout: Duration) -> Self {
+        self.grant_timeout = timeout;
+        self
+    }
+
     /// Opens the ledger and the engine: the rules and the usage it holds
     /// are restored (the unspent part of grants a crash left counts as used).
     ///
@@ -377,6 +450,8 @@ impl LedgeredBuilder {
         let mut engine = self.base.build();
         let mut grants = Grants::start(ledger, self.max_grant, self.record_interval);
         grants.location = String::from("ledger");
+        grants.failure = self.failure;
+        grants.grant_timeout = self.grant_timeout;
         engine.grants = Some(Box::new(grants));
         engine.restore(snapshot)?;
         Ok(engine)
@@ -393,6 +468,8 @@ struct Refill {
     slot: u32,
     window: WindowId,
     asked: u64,
+    /// The least of it the call needed (0 for a grant taken ahead).
+    at_least: u64,
 }
 
 /// The window a debit of rule (`generation`, `window`) lands in, given its
@@ -435,15 +512,39 @@ fn key_of(rules: &RuleSet, slot: u32, kind: OwnerKind, id: &str) -> CounterKey {
     }
 }
 
-fn unavailable(rules: &RuleSet, slot: u32) -> Decision {
+/// The denial of a call the ledger could not grant for, naming the rule.
+fn unavailable(rules: &RuleSet, slot: u32, resets_at: Option<i64>) -> Denial {
     let e = &rules.rules[slot as usize];
-    Decision::Denied(Denial {
+    Denial {
         benefit_id: e.info.benefit_id.clone(),
         benefit_type: e.info.benefit_type,
         reason: DenyReason::LedgerUnavailable,
         remaining: Amount::from_micros(0),
-        resets_at: None,
-    })
+        resets_at,
+    }
+}
+
+/// When a counter of rule `slot` counting in `window` stops counting
+/// (`None`: cumulative).
+fn window_end(rules: &RuleSet, slot: u32, window: WindowId) -> Option<i64> {
+    if window.start == i64::MIN {
+        return None;
+    }
+    rules.rules[slot as usize]
+        .period
+        .window(window.start)
+        .map(|w| w.end)
+}
+
+/// What a round of a call with a ledger came to.
+enum Round {
+    Decided(Decision),
+    /// Grants sent (or not, if the writer is gone), and the denial to give
+    /// if the ledger fails.
+    Wait(
+        Result<Option<Receiver<Result<bool, LedgerError>>>, LedgerError>,
+        Denial,
+    ),
 }
 
 impl Engine {
@@ -707,95 +808,151 @@ impl Engine {
         if !possible_now(now) {
             return Decision::impossible_time(now);
         }
-        for _ in 0..MAX_ROUNDS {
+        // Rounds until decided: a grant this call waited for may be spent by
+        // another call before this one decides again (each round, somebody
+        // progresses), so the bound is the grant timeout, not a count.
+        let deadline = Instant::now() + g.grant_timeout;
+        loop {
             self.apply_done(g);
-            let rules = self.read();
-            let mut applied = AppliedVec::new();
-            self.resolve(&rules, subject, now, &mut applied, true);
-            if applied.is_empty() {
-                return Decision::Allowed(None);
-            }
-            let applied = applied.as_slice();
-            let mut locked = self.lock(applied);
-            let table = TableRules {
-                table: &rules,
-                applied,
-                policy: self.config.frozen_policy,
+            // Decided, or a grant to wait for (with no lock held meanwhile).
+            let (sent, denial) = match self.round(g, subject, now, op) {
+                Round::Decided(d) => return d,
+                Round::Wait(sent, denial) => (sent, denial),
             };
-            let mut refills: Vec<Refill> = Vec::new();
-            let mut changes = Vec::new();
-            let mut wait = false;
-            if let Op::TryConsume(ty, amount) = op {
-                for (i, a) in applied.iter().enumerate() {
-                    let (v, w) = table.rule(i);
-                    if v.benefit_type != ty || v.frozen || amount == 0 {
-                        continue;
-                    }
-                    let cs = locked.counters(a.shard, &a.owner);
-                    let c = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot));
-                    let used = c.map_or(0, |c| c.effective_used(v.generation, w));
-                    let window = landing(c, v.generation, w);
-                    let Some(need) = used.checked_add(amount).filter(|&n| n <= v.limit) else {
-                        continue; // the rule denies it anyway
-                    };
-                    let p = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot | CEILING));
-                    let (ceiling, pending) = match p {
-                        Some(p)
-                            if p.generation == window.generation
-                                && p.window_start == window.start =>
-                        {
-                            (p.used, p.lifetime)
-                        }
-                        _ => (0, 0),
-                    };
-                    let asked = if need > ceiling {
-                        wait = true;
-                        if need <= ceiling.saturating_add(pending) {
-                            continue; // a grant on its way covers it
-                        }
-                        g.size(v.limit, used, ceiling + pending, need - ceiling - pending)
-                    } else {
-                        if pending > 0 || ceiling >= v.limit {
-                            continue; // the next one is on its way, or none can be
-                        }
-                        let next = g.size(v.limit, need, ceiling, 1);
-                        if ceiling - need >= next / 2 || next < amount {
-                            continue; // enough left, or too near the limit to
-                                      // take more than the next call needs
-                        }
-                        next
-                    };
-                    let counters = locked.counters_mut(a.shard, &a.owner);
-                    ceiling_at(counters, v.slot, window).lifetime += asked;
-                    changes.push(Change::Grant {
-                        key: key_of(&rules, v.slot, a.owner.kind, a.owner.id),
-                        window,
-                        amount: asked,
-                        limit: v.limit,
-                    });
-                    refills.push(Refill {
-                        shard: a.shard,
-                        kind: a.owner.kind,
-                        pool: a.owner.pool,
-                        id: a.owner.id.to_owned(),
-                        hash: a.owner.hash,
-                        slot: v.slot,
-                        window,
-                        asked,
+            let answer = match sent {
+                Ok(Some(rx)) => rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .unwrap_or_else(|_| Err(g.closed())),
+                Ok(None) => Err(g.closed()),
+                Err(e) => Err(e),
+            };
+            let late = Instant::now() >= deadline;
+            match answer {
+                Ok(false) if !late => {} // granted: decide again with it
+                Ok(true) => {
+                    // Not even the minimum was left: the ledger's limit (a
+                    // fleet's, across instances) is reached.
+                    self.apply_done(g);
+                    return Decision::Denied(Denial {
+                        reason: DenyReason::Insufficient,
+                        ..denial
                     });
                 }
+                Ok(false) | Err(_) => {
+                    self.apply_done(g);
+                    return match g.failure {
+                        LedgerFailure::FailClosed => Decision::Denied(denial),
+                        LedgerFailure::FailOpen => self.decide_unbacked(g, subject, now, op, None),
+                        LedgerFailure::SafeCapacity(cap) => {
+                            self.decide_unbacked(g, subject, now, op, Some(cap.as_micros()))
+                        }
+                    };
+                }
             }
-            // Sent under the locks: per counter, the ledger sees changes in
-            // the order the counters saw them.
-            let sent = if refills.is_empty() && !wait {
-                Ok(None)
-            } else {
-                g.stats
-                    .grants
-                    .fetch_add(refills.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                g.send(changes, refills, wait)
-            };
-            if !wait {
+        }
+    }
+
+    /// One round of [`Engine::run_granted`]: decided under the locks if
+    /// every counter's ceiling covers the debit (sending grants taken
+    /// ahead), else the grants asked for and the denial to give if the
+    /// ledger fails (`ledger_unavailable`, naming the first rule waited on).
+    fn round(&self, g: &Grants, subject: &crate::Subject<'_>, now: i64, op: Op) -> Round {
+        let rules = self.read();
+        let mut applied = AppliedVec::new();
+        self.resolve(&rules, subject, now, &mut applied, true);
+        if applied.is_empty() {
+            return Round::Decided(Decision::Allowed(None));
+        }
+        let applied = applied.as_slice();
+        let mut locked = self.lock(applied);
+        let table = TableRules {
+            table: &rules,
+            applied,
+            policy: self.config.frozen_policy,
+        };
+        let mut refills: Vec<Refill> = Vec::new();
+        let mut changes = Vec::new();
+        // The first rule this call must wait on, and its window's end.
+        let mut waits_on: Option<(u32, Option<i64>)> = None;
+        if let Op::TryConsume(ty, amount) = op {
+            for (i, a) in applied.iter().enumerate() {
+                let (v, w) = table.rule(i);
+                if v.benefit_type != ty || v.frozen || amount == 0 {
+                    continue;
+                }
+                let cs = locked.counters(a.shard, &a.owner);
+                let c = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot));
+                let used = c.map_or(0, |c| c.effective_used(v.generation, w));
+                let window = landing(c, v.generation, w);
+                let Some(need) = used.checked_add(amount).filter(|&n| n <= v.limit) else {
+                    continue; // the rule denies it anyway
+                };
+                let p = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot | CEILING));
+                let (ceiling, pending) = match p {
+                    Some(p)
+                        if p.generation == window.generation && p.window_start == window.start =>
+                    {
+                        (p.used, p.lifetime)
+                    }
+                    _ => (0, 0),
+                };
+                // What to ask for, the least of it worth granting, and
+                // whether this call waits for it.
+                let (asked, at_least, waits) = if need > ceiling {
+                    waits_on = waits_on.or(Some((v.slot, w.map(|w| w.end))));
+                    if need <= ceiling.saturating_add(pending) {
+                        continue; // a grant on its way covers it
+                    }
+                    let want = need - ceiling - pending;
+                    (g.size(v.limit, used, ceiling + pending, want), want, true)
+                } else {
+                    if pending > 0 || ceiling >= v.limit {
+                        continue; // the next one is on its way, or none can be
+                    }
+                    let next = g.size(v.limit, need, ceiling, 1);
+                    if ceiling - need >= next / 2 || next < amount {
+                        // Enough left, or too near the limit to take more
+                        // than the next call needs.
+                        continue;
+                    }
+                    (next, amount, false)
+                };
+                let counters = locked.counters_mut(a.shard, &a.owner);
+                ceiling_at(counters, v.slot, window).lifetime += asked;
+                changes.push(Change::Grant {
+                    key: key_of(&rules, v.slot, a.owner.kind, a.owner.id),
+                    window,
+                    at_least,
+                    amount: asked,
+                    limit: v.limit,
+                    expires: window_end(&rules, v.slot, window),
+                });
+                refills.push(Refill {
+                    shard: a.shard,
+                    kind: a.owner.kind,
+                    pool: a.owner.pool,
+                    id: a.owner.id.to_owned(),
+                    hash: a.owner.hash,
+                    slot: v.slot,
+                    window,
+                    asked,
+                    at_least: if waits { at_least } else { 0 },
+                });
+            }
+        }
+        // Sent under the locks: per counter, the ledger sees changes in the
+        // order the counters saw them.
+        let wait = waits_on.is_some();
+        let sent = if refills.is_empty() && !wait {
+            Ok(None)
+        } else {
+            g.stats
+                .grants
+                .fetch_add(refills.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            g.send(changes, refills, wait)
+        };
+        match waits_on {
+            None => {
                 let before = match op {
                     Op::Record(ty, _) => self.lifetimes(&table, applied, &locked, ty),
                     _ => SmallVec::new(),
@@ -804,25 +961,69 @@ impl Engine {
                 if let Op::Record(ty, _) = op {
                     self.book_record(g, &table, applied, &mut locked, ty, &before);
                 }
-                return d;
+                Round::Decided(d)
             }
-            let slot = applied[0].slot;
-            drop(locked);
-            let answer = match sent {
-                Ok(Some(rx)) => rx.recv().unwrap_or_else(|_| Err(g.closed())),
-                Ok(None) => Err(g.closed()),
-                Err(e) => Err(e),
-            };
-            if answer.is_err() {
-                self.apply_done(g);
-                return unavailable(&rules, slot);
-            }
+            Some((slot, resets_at)) => Round::Wait(sent, unavailable(&rules, slot, resets_at)),
         }
-        // Grants kept coming back short: the ledger refuses more.
+    }
+
+    /// A call the ledger could not grant for, under
+    /// [`LedgerFailure::FailOpen`] (`cap` `None`) or
+    /// [`LedgerFailure::SafeCapacity`]: decided locally and booked as
+    /// post-paid usage (sent to the ledger, which takes it once back).
+    fn decide_unbacked(
+        &self,
+        g: &Grants,
+        subject: &crate::Subject<'_>,
+        now: i64,
+        op: Op,
+        cap: Option<u64>,
+    ) -> Decision {
+        let Op::TryConsume(ty, amount) = op else {
+            return self.run_granted(g, subject, now, op);
+        };
         let rules = self.read();
         let mut applied = AppliedVec::new();
-        self.resolve(&rules, subject, now, &mut applied, false);
-        unavailable(&rules, applied.first().map_or(0, |a| a.slot))
+        self.resolve(&rules, subject, now, &mut applied, true);
+        let applied = applied.as_slice();
+        let mut locked = self.lock(applied);
+        let table = TableRules {
+            table: &rules,
+            applied,
+            policy: self.config.frozen_policy,
+        };
+        let mut keys = Vec::new();
+        if let Some(cap) = cap {
+            let unbacked = g.done.unbacked.lock();
+            for (i, a) in applied.iter().enumerate() {
+                let (v, w) = table.rule(i);
+                if v.benefit_type != ty {
+                    continue;
+                }
+                let c = locked
+                    .counters(a.shard, &a.owner)
+                    .and_then(|cs| cs.iter().find(|c| c.rule == v.slot));
+                let key = (
+                    key_of(&rules, v.slot, a.owner.kind, a.owner.id),
+                    landing(c, v.generation, w),
+                );
+                let so_far = unbacked.get(&key).copied().unwrap_or(0);
+                if so_far.saturating_add(amount) > cap {
+                    return Decision::Denied(unavailable(&rules, v.slot, w.map(|w| w.end)));
+                }
+                keys.push(key);
+            }
+        }
+        let before = self.lifetimes(&table, applied, &locked, ty);
+        let d = self.decide(applied, &table, &mut locked, op);
+        if d.is_allowed() {
+            self.book_record(g, &table, applied, &mut locked, ty, &before);
+            let mut unbacked = g.done.unbacked.lock();
+            for key in keys {
+                *unbacked.entry(key).or_default() += amount;
+            }
+        }
+        d
     }
 
     /// The lifetime totals of the counters of type `ty` among `applied`.
@@ -886,6 +1087,7 @@ impl Engine {
                 key: key_of(table.table, v.slot, a.owner.kind, a.owner.id),
                 window,
                 amount: booked,
+                expires: window_end(table.table, v.slot, window),
             });
         }
         if !changes.is_empty() {

@@ -26,7 +26,11 @@ mod memory;
 
 #[cfg(feature = "durable")]
 mod file;
+#[cfg(feature = "redis")]
+mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisLedger;
 pub use codec::{
     decode_counter, decode_counter_key, decode_rule, encode_counter, encode_counter_key,
     encode_rule, DecodeError,
@@ -107,18 +111,26 @@ pub struct RuleRecord {
 /// order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Reserve up to `amount` micro-units of a counter in `window`, keeping
-    /// its `used` at or under `limit`; the ledger answers with what it
-    /// granted.
+    /// Reserve between `at_least` and `amount` micro-units of a counter in
+    /// `window`, keeping its `used` at or under `limit`: at most an eighth
+    /// of what the limit has left (unless that is less than `at_least`),
+    /// and nothing if not even `at_least` fits. The ledger answers with
+    /// what it granted. (A ledger shared by several engines sees what the
+    /// others hold; one engine alone asks for what it will be granted.)
     Grant {
         /// The counter.
         key: CounterKey,
         /// Its window.
         window: WindowId,
+        /// Granted in full or not at all.
+        at_least: u64,
         /// Asked for.
         amount: u64,
         /// The rule's limit, in micro-units.
         limit: u64,
+        /// When the window ends (unix seconds; `None`: cumulative), for
+        /// ledgers that let ended windows expire.
+        expires: Option<i64>,
     },
     /// Give back `amount` unspent micro-units of a grant in `window`
     /// (nothing if the counter already moved to another window).
@@ -138,6 +150,8 @@ pub enum Change {
         window: WindowId,
         /// Booked.
         amount: u64,
+        /// As for [`Change::Grant`].
+        expires: Option<i64>,
     },
     /// Drop a counter that can no longer count (its window ended, its rule
     /// was cancelled or reset).
@@ -196,8 +210,9 @@ impl<L: Ledger + ?Sized> Ledger for std::sync::Arc<L> {
 /// - A change for a window that supersedes the stored one starts the
 ///   window's usage from zero; one for an older window counts in the
 ///   lifetime total only (and grants nothing).
-/// - A grant takes what is asked, up to the limit: `used` never passes the
-///   limit through a grant.
+/// - A grant takes what is asked, within an eighth of what the limit has
+///   left unless that is less than `at_least`, and nothing when not even
+///   `at_least` fits: `used` never passes the limit through a grant.
 /// - A give-back takes off at most what the window holds.
 pub fn apply_counter_change(
     stored: Option<CounterRecord>,
@@ -225,9 +240,12 @@ pub fn apply_counter_change(
         false
     };
     let granted = match change {
-        Change::Grant { limit, .. } => {
-            let granted = if current {
-                amount.min(limit.saturating_sub(rec.used))
+        Change::Grant {
+            limit, at_least, ..
+        } => {
+            let room = limit.saturating_sub(rec.used);
+            let granted = if current && room > 0 && room >= *at_least {
+                amount.min((room >> 3).max(*at_least)).min(room)
             } else {
                 0
             };
@@ -331,26 +349,39 @@ mod tests {
         start: 200,
     };
 
-    fn grant(window: WindowId, amount: u64, limit: u64) -> Change {
+    fn grant(window: WindowId, at_least: u64, amount: u64, limit: u64) -> Change {
         Change::Grant {
             key: key(),
             window,
+            at_least,
             amount,
             limit,
+            expires: None,
         }
     }
 
     #[test]
     fn grants_stop_at_the_limit_and_windows_start_from_zero() {
-        let (r, g) = apply_counter_change(None, &grant(W1, 8, 10));
+        let (r, g) = apply_counter_change(None, &grant(W1, 8, 8, 10));
         assert_eq!((r.unwrap().used, g), (8, 8));
-        let (r, g) = apply_counter_change(r, &grant(W1, 8, 10));
+        // not even `at_least` fits: nothing
+        let (r, g) = apply_counter_change(r, &grant(W1, 3, 8, 10));
+        assert_eq!((r.unwrap().used, g), (8, 0));
+        let (r, g) = apply_counter_change(r, &grant(W1, 2, 8, 10));
         assert_eq!((r.unwrap().used, r.unwrap().lifetime, g), (10, 10, 2));
-        let (r, g) = apply_counter_change(r, &grant(W2, 3, 10));
+        let (r, g) = apply_counter_change(r, &grant(W2, 3, 3, 10));
         assert_eq!((r.unwrap().used, r.unwrap().lifetime, g), (3, 13, 3));
         // a late grant for the old window grants nothing
-        let (r, g) = apply_counter_change(r, &grant(W1, 3, 10));
+        let (r, g) = apply_counter_change(r, &grant(W1, 1, 3, 10));
         assert_eq!((r.unwrap().used, g), (3, 0));
+    }
+
+    #[test]
+    fn grants_take_at_most_an_eighth_of_what_is_left_beyond_the_minimum() {
+        let (r, g) = apply_counter_change(None, &grant(W1, 1, 500, 800));
+        assert_eq!((r.unwrap().used, g), (100, 100));
+        let (_, g) = apply_counter_change(r, &grant(W1, 300, 500, 800));
+        assert_eq!(g, 300);
     }
 
     #[test]
@@ -359,6 +390,7 @@ mod tests {
             key: key(),
             window: W1,
             amount: 15,
+            expires: None,
         };
         let (r, _) = apply_counter_change(None, &rec);
         assert_eq!(r.unwrap().used, 15);
@@ -369,7 +401,7 @@ mod tests {
         };
         let (r, _) = apply_counter_change(r, &back(W1, 20));
         assert_eq!((r.unwrap().used, r.unwrap().lifetime), (0, 0));
-        let (r, _) = apply_counter_change(r, &grant(W2, 5, 10));
+        let (r, _) = apply_counter_change(r, &grant(W2, 5, 5, 10));
         let (r, _) = apply_counter_change(r, &back(W1, 5));
         assert_eq!((r.unwrap().used, r.unwrap().window), (5, W2));
     }

@@ -153,3 +153,4 @@ pub fn device_maybe_in_workspace(
         Subject::device(d)
     }
 }
+pub mod redis;

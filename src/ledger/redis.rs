@@ -1,0 +1,322 @@
+//! A ledger in Redis (feature `redis`), shared by a fleet of gateways.
+//!
+//! Each counter window is one Redis integer (micro-units granted or
+//! recorded by every instance), keyed by rule, owner, generation and window
+//! start, expiring a day after its window ends. A batch of changes is one
+//! Lua script, so Redis applies it atomically: a grant checks the limit
+//! against what every instance holds, so the fleet never admits more than
+//! the limit. Grants adapt to the fleet: at most an eighth of what the limit
+//! has left across the fleet, at least what the call needs, or nothing.
+//!
+//! Exactly once: each batch carries an id, and Redis remembers what a batch
+//! did (for an hour). When a connection breaks with a batch in flight, its
+//! outcome is unknown; before the next batch the ledger *cancels* it: if it
+//! was applied, its effect is undone, and in any case a late arrival of it
+//! does nothing. So a failed commit has applied nothing, as the [`Ledger`]
+//! contract says, and records the engine sends again are never counted
+//! twice.
+//!
+//! Rules stay per instance (each gateway syncs them from the platform), and
+//! so does local usage: [`Ledger::load`] returns nothing, and a restarted
+//! instance takes fresh grants, which the fleet's counters bound.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::codec::encode_counter_key;
+use super::{Change, Ledger, LedgerError, LedgerErrorKind, Snapshot};
+
+/// How long Redis remembers a batch (for replays and cancellation).
+const BATCH_TTL_S: u64 = 3600;
+/// How long a counter key lives past its window's end.
+const KEY_GRACE_S: i64 = 86_400;
+
+const APPLY: &str = r#"
+local status = redis.call('GET', KEYS[1])
+if status then
+  if status == 'x' then return {-1} end
+  return cjson.decode(status).g
+end
+local out = {}
+local undo = {}
+for i = 2, #KEYS do
+  local k = KEYS[i]
+  local base = 2 + (i - 2) * 5
+  local op = ARGV[base + 1]
+  local at_least = tonumber(ARGV[base + 2])
+  local amount = tonumber(ARGV[base + 3])
+  local limit = tonumber(ARGV[base + 4])
+  local expire_at = tonumber(ARGV[base + 5])
+  local used = tonumber(redis.call('GET', k) or '0')
+  if op == 'g' then
+    local room = limit - used
+    local g = 0
+    if room >= at_least and room > 0 then
+      g = math.min(amount, math.max(at_least, math.floor(room / 8)), room)
+    end
+    if g > 0 then
+      redis.call('INCRBY', k, string.format('%.0f', g))
+      undo[#undo + 1] = {k, -g}
+    end
+    out[#out + 1] = g
+  elseif op == 'r' then
+    redis.call('INCRBY', k, string.format('%.0f', amount))
+    undo[#undo + 1] = {k, -amount}
+  elseif op == 'b' then
+    local b = math.min(amount, used)
+    if b > 0 then
+      redis.call('DECRBY', k, string.format('%.0f', b))
+      undo[#undo + 1] = {k, b}
+    end
+  end
+  if expire_at > 0 and op ~= 'b' then
+    redis.call('EXPIREAT', k, string.format('%.0f', expire_at))
+  end
+end
+redis.call('SET', KEYS[1], cjson.encode({g = out, u = undo}), 'EX', ARGV[2])
+return out
+"#;
+
+const CANCEL: &str = r#"
+local status = redis.call('GET', KEYS[1])
+if status and status ~= 'x' then
+  local rec = cjson.decode(status)
+  for _, u in ipairs(rec.u) do
+    if u[2] < 0 then
+      local cur = tonumber(redis.call('GET', u[1]) or '0')
+      local d = math.min(-u[2], cur)
+      if d > 0 then redis.call('DECRBY', u[1], string.format('%.0f', d)) end
+    else
+      redis.call('INCRBY', u[1], string.format('%.0f', u[2]))
+    end
+  end
+end
+redis.call('SET', KEYS[1], 'x', 'EX', ARGV[1])
+return 1
+"#;
+
+struct Conn {
+    con: Option<redis::Connection>,
+    /// No new connection is tried before this (backoff after a failure).
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// A batch whose outcome a broken connection left unknown.
+    in_doubt: Option<String>,
+}
+
+/// Usage shared through Redis; see the module documentation and
+/// [`crate::EngineBuilder::redis`].
+pub struct RedisLedger {
+    client: redis::Client,
+    location: String,
+    prefix: String,
+    timeout: Duration,
+    instance: String,
+    seq: AtomicU64,
+    conn: Mutex<Conn>,
+    apply: redis::Script,
+    cancel: redis::Script,
+}
+
+impl std::fmt::Debug for RedisLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLedger")
+            .field("location", &self.location)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLedger {
+    /// A ledger at `url` (`redis://[:password@]host:port/db`; `rediss://`
+    /// for TLS when the `redis` crate's TLS feature is enabled), keys under
+    /// `prefix`, every round trip bounded by `timeout`. Connects lazily:
+    /// an unreachable server is an error of the first commit, not of this.
+    ///
+    /// # Errors
+    /// A URL the `redis` crate does not accept.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisLedger, LedgerError> {
+        let location = redact(url);
+        let client = redis::Client::open(url)
+            .map_err(|e| LedgerError::new(LedgerErrorKind::Io, location.clone(), e.to_string()))?;
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Ok(RedisLedger {
+            client,
+            location,
+            prefix: prefix.to_owned(),
+            timeout,
+            instance: format!("{:x}-{:x}", std::process::id(), nonce),
+            seq: AtomicU64::new(0),
+            conn: Mutex::new(Conn {
+                con: None,
+                retry_at: None,
+                backoff: Duration::from_millis(50),
+                in_doubt: None,
+            }),
+            apply: redis::Script::new(APPLY),
+            cancel: redis::Script::new(CANCEL),
+        })
+    }
+
+    fn error(&self, kind: LedgerErrorKind, e: impl std::fmt::Display) -> LedgerError {
+        LedgerError::new(kind, self.location.clone(), e.to_string())
+    }
+
+    fn counter_key(&self, key: &super::CounterKey, window: &super::WindowId) -> Vec<u8> {
+        let mut k = format!("{}:c:", self.prefix).into_bytes();
+        k.extend_from_slice(&encode_counter_key(key));
+        k.extend_from_slice(&window.generation.to_be_bytes());
+        k.extend_from_slice(&window.start.to_be_bytes());
+        k
+    }
+
+    /// The connection, made if needed (unless backing off).
+    fn connected<'c>(&self, c: &'c mut Conn) -> Result<&'c mut redis::Connection, LedgerError> {
+        if c.con.is_none() {
+            if c.retry_at.is_some_and(|t| Instant::now() < t) {
+                return Err(self.error(LedgerErrorKind::Io, "unreachable (backing off)"));
+            }
+            let made = self
+                .client
+                .get_connection_with_timeout(self.timeout)
+                .and_then(|con| {
+                    con.set_read_timeout(Some(self.timeout))?;
+                    con.set_write_timeout(Some(self.timeout))?;
+                    Ok(con)
+                });
+            match made {
+                Ok(con) => {
+                    c.con = Some(con);
+                    c.retry_at = None;
+                    c.backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    c.retry_at = Some(Instant::now() + c.backoff);
+                    c.backoff = (c.backoff * 2).min(Duration::from_secs(2));
+                    return Err(self.error(LedgerErrorKind::Io, e));
+                }
+            }
+        }
+        c.con
+            .as_mut()
+            .ok_or_else(|| self.error(LedgerErrorKind::Io, "no connection"))
+    }
+
+    /// After an error: a server's answer leaves the connection usable; any
+    /// other drops it (and leaves `id`, if given, in doubt).
+    fn failed(&self, c: &mut Conn, e: &redis::RedisError, id: Option<String>) -> LedgerError {
+        if e.kind() == redis::ErrorKind::ResponseError
+            || e.kind() == redis::ErrorKind::ExtensionError
+        {
+            return self.error(LedgerErrorKind::Corrupt, e);
+        }
+        c.con = None;
+        c.retry_at = Some(Instant::now() + c.backoff);
+        c.backoff = (c.backoff * 2).min(Duration::from_secs(2));
+        if id.is_some() {
+            c.in_doubt = id;
+        }
+        self.error(LedgerErrorKind::Io, e)
+    }
+}
+
+impl Ledger for RedisLedger {
+    fn load(&self) -> Result<Snapshot, LedgerError> {
+        Ok(Snapshot::default())
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<Vec<u64>, LedgerError> {
+        let mut inv = self.apply.prepare_invoke();
+        let id = format!(
+            "{}:b:{}:{}",
+            self.prefix,
+            self.instance,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        inv.key(&id).arg(&id).arg(BATCH_TTL_S);
+        let mut grants = 0usize;
+        for change in changes {
+            let (op, key, window, at_least, amount, limit, expires) = match change {
+                Change::Grant {
+                    key,
+                    window,
+                    at_least,
+                    amount,
+                    limit,
+                    expires,
+                } => ("g", key, window, *at_least, *amount, *limit, *expires),
+                Change::GiveBack {
+                    key,
+                    window,
+                    amount,
+                } => ("b", key, window, 0, *amount, 0, None),
+                Change::Record {
+                    key,
+                    window,
+                    amount,
+                    expires,
+                } => ("r", key, window, 0, *amount, 0, *expires),
+                Change::Forget { .. } | Change::Rule(_) => continue,
+            };
+            grants += usize::from(op == "g");
+            let expire_at = expires.map_or(0, |e| e.saturating_add(KEY_GRACE_S).max(1));
+            inv.key(self.counter_key(key, window))
+                .arg(op)
+                .arg(at_least)
+                .arg(amount)
+                .arg(limit)
+                .arg(expire_at);
+        }
+        if grants == 0
+            && !changes
+                .iter()
+                .any(|c| matches!(c, Change::GiveBack { .. } | Change::Record { .. }))
+        {
+            return Ok(Vec::new()); // rules and forgets stay per instance
+        }
+        let mut c = self.conn.lock();
+        if let Some(doubt) = c.in_doubt.clone() {
+            let con = self.connected(&mut c)?;
+            match self.cancel.key(&doubt).arg(BATCH_TTL_S).invoke::<i64>(con) {
+                Ok(_) => c.in_doubt = None,
+                Err(e) => return Err(self.failed(&mut c, &e, None)),
+            }
+        }
+        let con = self.connected(&mut c)?;
+        let granted: Vec<i64> = match inv.invoke(con) {
+            Ok(g) => g,
+            Err(e) => return Err(self.failed(&mut c, &e, Some(id))),
+        };
+        if granted.first() == Some(&-1) || granted.len() != grants {
+            return Err(self.error(
+                LedgerErrorKind::Corrupt,
+                format!("batch {id} answered {} grants for {grants}", granted.len()),
+            ));
+        }
+        Ok(granted.into_iter().map(|g| g.max(0) as u64).collect())
+    }
+}
+
+/// `url` without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            super::redact("redis://:pw@h:6379/0"),
+            "redis://***@h:6379/0"
+        );
+        assert_eq!(super::redact("redis://h:6379"), "redis://h:6379");
+    }
+}

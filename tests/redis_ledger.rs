@@ -1,0 +1,158 @@
+//! Usage shared through Redis (feature `redis`): several engines (the
+//! instances of a fleet) on one server never admit more than a limit
+//! together, give unspent grants back, and follow the failure policy when
+//! the server goes away.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::Duration;
+
+use benefit_quota::ledger::RedisLedger;
+use benefit_quota::{Amount, BenefitType, DenyReason, Engine, LedgerFailure, Subject};
+use common::redis::RedisServer;
+
+const PTS: BenefitType = BenefitType::ResourcePoint;
+const T0: i64 = 1_741_708_800;
+
+/// An instance: its own engine and rules (as each gateway syncs them), the
+/// fleet's counters in Redis under `prefix`.
+fn instance(url: &str, prefix: &str, policy: LedgerFailure) -> Engine {
+    let ledger = RedisLedger::new(url, prefix, Duration::from_millis(300)).unwrap();
+    let e = Engine::builder()
+        .ledger(ledger)
+        .max_grant(Amount::from_units(10))
+        .on_ledger_failure(policy)
+        .grant_timeout(Duration::from_secs(2))
+        .open()
+        .unwrap();
+    // the same rule ids on every instance, as imported from the platform
+    e.import_json(
+        r#"{"benefit_id":"7001","entity_type":"enterprise_all_devices","benefit_type":"resource_point",
+        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":100,"trigger_unit":"never"}"#,
+        T0,
+    )
+    .unwrap();
+    e
+}
+
+fn spend(e: &Engine, dev: &str, n: usize) -> usize {
+    (0..n)
+        .filter(|_| {
+            e.try_consume(&Subject::device(dev), PTS, Amount::from_units(1), T0)
+                .is_allowed()
+        })
+        .count()
+}
+
+#[test]
+fn instances_share_one_limit_exactly() {
+    let Some(server) = RedisServer::start("share") else {
+        return;
+    };
+    let a = instance(&server.url, "share", LedgerFailure::FailClosed);
+    let b = instance(&server.url, "share", LedgerFailure::FailClosed);
+    let mut total = 0;
+    for _ in 0..40 {
+        total += spend(&a, "d", 3) + spend(&b, "d", 3);
+    }
+    // demand 240 for a limit of 100: exactly 100, less what the other
+    // instance still holds in grants
+    assert!(total <= 100, "{total}");
+    assert!(total >= 100 - 2 * 10, "{total}");
+    drop(a); // gives its unspent grants back
+    total += spend(&b, "d", 200);
+    assert_eq!(total, 100);
+    let denied = b.try_consume(&Subject::device("d"), PTS, Amount::from_units(1), T0);
+    assert!(!denied.is_allowed());
+}
+
+#[test]
+fn threads_of_several_instances_never_pass_the_limit() {
+    let Some(server) = RedisServer::start("threads") else {
+        return;
+    };
+    let engines: Vec<Engine> = (0..3)
+        .map(|_| instance(&server.url, "threads", LedgerFailure::FailClosed))
+        .collect();
+    let admitted: usize = std::thread::scope(|s| {
+        let hs: Vec<_> = engines
+            .iter()
+            .flat_map(|e| (0..2).map(move |_| e))
+            .map(|e| s.spawn(move || spend(e, "d", 120)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert!(admitted <= 100, "{admitted}");
+    for e in &engines {
+        let d = e.try_consume(&Subject::device("d"), PTS, Amount::from_units(1), T0);
+        if let Some(den) = d.denial() {
+            assert_ne!(den.reason, DenyReason::LedgerUnavailable);
+        }
+    }
+    drop(engines);
+    let last = instance(&server.url, "threads", LedgerFailure::FailClosed);
+    assert_eq!(admitted + spend(&last, "d", 200), 100);
+}
+
+#[test]
+fn an_outage_fails_closed_then_recovers_without_counting_twice() {
+    let Some(mut server) = RedisServer::start("outage") else {
+        return;
+    };
+    let e = instance(&server.url, "outage", LedgerFailure::FailClosed);
+    assert_eq!(spend(&e, "a", 5), 5);
+    server.stop();
+    // what is already granted is spent; beyond it, the ledger's own denial
+    let mut reasons = Vec::new();
+    for _ in 0..30 {
+        let d = e.try_consume(&Subject::device("a"), PTS, Amount::from_units(1), T0);
+        if let Some(den) = d.denial() {
+            reasons.push(den.reason);
+        }
+    }
+    assert!(!reasons.is_empty());
+    assert!(reasons.iter().all(|r| *r == DenyReason::LedgerUnavailable));
+    assert!(e.ledger_stats().unwrap().errors > 0);
+    server.restart(); // its append-only file kept the counters
+    std::thread::sleep(Duration::from_millis(2_100)); // past the reconnect backoff
+    let before = 5 + (30 - reasons.len());
+    let more = spend(&e, "a", 200);
+    assert_eq!(before + more, 100);
+}
+
+#[test]
+fn fail_open_books_what_it_admits_once_the_server_is_back() {
+    let Some(mut server) = RedisServer::start("open") else {
+        return;
+    };
+    let e = instance(&server.url, "open", LedgerFailure::FailOpen);
+    assert_eq!(spend(&e, "a", 5), 5);
+    server.stop();
+    assert_eq!(spend(&e, "a", 20), 20); // admitted locally, booked as records
+    server.restart();
+    std::thread::sleep(Duration::from_millis(2_100));
+    e.flush().unwrap();
+    drop(e);
+    // another instance sees the 25 (no more, no less): 75 left
+    let other = instance(&server.url, "open", LedgerFailure::FailClosed);
+    assert_eq!(spend(&other, "a", 200), 75);
+}
+
+#[test]
+fn safe_capacity_bounds_what_an_outage_admits_per_counter() {
+    let Some(mut server) = RedisServer::start("safe") else {
+        return;
+    };
+    let e = instance(
+        &server.url,
+        "safe",
+        LedgerFailure::SafeCapacity(Amount::from_units(4)),
+    );
+    assert_eq!(spend(&e, "a", 1), 1);
+    server.stop();
+    // the rest of its grant, then 4 more, then the ledger's denial
+    let got = spend(&e, "a", 40);
+    assert!((4..=4 + 10).contains(&got), "{got}");
+    assert_eq!(spend(&e, "b", 40), 4);
+}
