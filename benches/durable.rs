@@ -205,7 +205,7 @@ fn open_time(devices: usize) -> (Duration, u64, usize) {
                 at_least: 7_000_000,
                 amount: 7_000_000,
                 limit: u64::MAX,
-                expires: None,
+                ends_in: None,
             });
         }
     }

@@ -49,6 +49,12 @@ use crate::state::{counter_of, CounterState, Counters, OwnerKind};
 /// slots stay far below it.
 pub(crate) const CEILING: u32 = 1 << 31;
 
+/// Set in a ceiling's pending amount once the ledger refused a grant for
+/// its window (not even the call's minimum was left, across every engine
+/// sharing the ledger): calls past the ceiling are then denied without
+/// asking again, until the window changes. Pending amounts stay far below.
+const REFUSED: u64 = 1 << 63;
+
 /// A grant is this fraction (a shift) of what the limit has left.
 const GRANT_SHIFT: u32 = 3;
 
@@ -87,12 +93,13 @@ struct Job {
     reply: Option<Reply>,
 }
 
-/// Grants the writer committed (or failed to: granted 0), waiting to be
-/// added to their counters' ceilings by the next call that looks.
+/// Grants the writer committed (with what was granted) or failed to
+/// commit (`None`), waiting to be added to their counters' ceilings by the
+/// next call that looks.
 #[derive(Default)]
 struct Done {
     /// Locked briefly, never while a shard is locked by its holder.
-    queue: Mutex<Vec<(Refill, u64)>>,
+    queue: Mutex<Vec<(Refill, Option<u64>)>>,
     /// Set (under `queue`'s lock) when it holds anything.
     ready: std::sync::atomic::AtomicBool,
     /// Held by the caller adding finished grants to their ceilings.
@@ -186,7 +193,7 @@ impl Grants {
             self.done
                 .queue
                 .lock()
-                .extend(refills.into_iter().map(|r| (r, 0)));
+                .extend(refills.into_iter().map(|r| (r, None)));
             self.done
                 .ready
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -278,11 +285,14 @@ fn write_loop(
         };
         let granted = result.as_deref().unwrap_or(&[]);
         let mut amounts = granted.iter().copied();
-        let finished: Vec<(Refill, u64)> = refills
+        let finished: Vec<(Refill, Option<u64>)> = refills
             .drain(..)
-            .map(|r| (r, amounts.next().unwrap_or(0)))
+            .map(|r| (r, result.is_ok().then(|| amounts.next().unwrap_or(0))))
             .collect();
-        let short: Vec<bool> = finished.iter().map(|(r, g)| *g < r.at_least).collect();
+        let short: Vec<bool> = finished
+            .iter()
+            .map(|(r, g)| g.is_some_and(|g| g < r.at_least))
+            .collect();
         if result.is_ok() {
             done.unbacked.lock().clear();
         }
@@ -524,16 +534,14 @@ fn unavailable(rules: &RuleSet, slot: u32, resets_at: Option<i64>) -> Denial {
     }
 }
 
-/// When a counter of rule `slot` counting in `window` stops counting
-/// (`None`: cumulative).
-fn window_end(rules: &RuleSet, slot: u32, window: WindowId) -> Option<i64> {
+/// Seconds from `now` until a counter of rule `slot` counting in `window`
+/// stops counting (`None`: cumulative).
+fn ends_in(rules: &RuleSet, slot: u32, window: WindowId, now: i64) -> Option<u64> {
     if window.start == i64::MIN {
         return None;
     }
-    rules.rules[slot as usize]
-        .period
-        .window(window.start)
-        .map(|w| w.end)
+    let end = rules.rules[slot as usize].period.window(window.start)?.end;
+    Some(end.saturating_sub(now).max(0) as u64)
 }
 
 /// What a round of a call with a ledger came to.
@@ -786,7 +794,11 @@ impl Engine {
                     continue;
                 };
                 if p.generation == r.window.generation && p.window_start == r.window.start {
-                    p.lifetime = p.lifetime.saturating_sub(r.asked);
+                    let refused =
+                        p.lifetime & REFUSED != 0 || granted.is_some_and(|g| g < r.at_least);
+                    let granted = granted.unwrap_or(0);
+                    let pending = (p.lifetime & !REFUSED).saturating_sub(r.asked);
+                    p.lifetime = pending | if refused { REFUSED } else { 0 };
                     p.used = p.used.saturating_add(granted);
                 }
             }
@@ -888,14 +900,22 @@ impl Engine {
                     continue; // the rule denies it anyway
                 };
                 let p = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot | CEILING));
-                let (ceiling, pending) = match p {
+                let (ceiling, pending, refused) = match p {
                     Some(p)
                         if p.generation == window.generation && p.window_start == window.start =>
                     {
-                        (p.used, p.lifetime)
+                        (p.used, p.lifetime & !REFUSED, p.lifetime & REFUSED != 0)
                     }
-                    _ => (0, 0),
+                    _ => (0, 0, false),
                 };
+                if refused && need > ceiling {
+                    // The ledger had not even this window's minimum left
+                    // (another instance holds or spent the rest): denied
+                    // here, without asking again.
+                    let mut d = unavailable(&rules, v.slot, w.map(|w| w.end));
+                    d.reason = DenyReason::Insufficient;
+                    return Round::Decided(Decision::Denied(d));
+                }
                 // What to ask for, the least of it worth granting, and
                 // whether this call waits for it.
                 let (asked, at_least, waits) = if need > ceiling {
@@ -906,7 +926,7 @@ impl Engine {
                     let want = need - ceiling - pending;
                     (g.size(v.limit, used, ceiling + pending, want), want, true)
                 } else {
-                    if pending > 0 || ceiling >= v.limit {
+                    if pending > 0 || refused || ceiling >= v.limit {
                         continue; // the next one is on its way, or none can be
                     }
                     let next = g.size(v.limit, need, ceiling, 1);
@@ -925,7 +945,7 @@ impl Engine {
                     at_least,
                     amount: asked,
                     limit: v.limit,
-                    expires: window_end(&rules, v.slot, window),
+                    ends_in: ends_in(&rules, v.slot, window, now),
                 });
                 refills.push(Refill {
                     shard: a.shard,
@@ -959,7 +979,7 @@ impl Engine {
                 };
                 let d = self.decide(applied, &table, &mut locked, op);
                 if let Op::Record(ty, _) = op {
-                    self.book_record(g, &table, applied, &mut locked, ty, &before);
+                    self.book_record(&table, applied, &mut locked, ty, &before, now);
                 }
                 Round::Decided(d)
             }
@@ -1017,7 +1037,7 @@ impl Engine {
         let before = self.lifetimes(&table, applied, &locked, ty);
         let d = self.decide(applied, &table, &mut locked, op);
         if d.is_allowed() {
-            self.book_record(g, &table, applied, &mut locked, ty, &before);
+            self.book_record(&table, applied, &mut locked, ty, &before, now);
             let mut unbacked = g.done.unbacked.lock();
             for key in keys {
                 *unbacked.entry(key).or_default() += amount;
@@ -1055,12 +1075,12 @@ impl Engine {
     /// left to spend) and sends the records to the ledger.
     fn book_record(
         &self,
-        g: &Grants,
         table: &TableRules<'_, '_>,
         applied: &[crate::rules::Applied<'_>],
         locked: &mut crate::state::Locked<'_>,
         ty: crate::BenefitType,
         before: &[u64],
+        now: i64,
     ) {
         let mut changes = Vec::new();
         for (i, a) in applied.iter().enumerate() {
@@ -1087,9 +1107,12 @@ impl Engine {
                 key: key_of(table.table, v.slot, a.owner.kind, a.owner.id),
                 window,
                 amount: booked,
-                expires: window_end(table.table, v.slot, window),
+                ends_in: ends_in(table.table, v.slot, window, now),
             });
         }
+        let Some(g) = self.grants.as_deref() else {
+            return;
+        };
         if !changes.is_empty() {
             g.stats
                 .records

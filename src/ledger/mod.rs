@@ -128,9 +128,11 @@ pub enum Change {
         amount: u64,
         /// The rule's limit, in micro-units.
         limit: u64,
-        /// When the window ends (unix seconds; `None`: cumulative), for
-        /// ledgers that let ended windows expire.
-        expires: Option<i64>,
+        /// Seconds from the call until the window ends (`None`:
+        /// cumulative), for ledgers that let ended windows expire. Relative
+        /// to the caller's clock, so that a ledger's own clock never
+        /// shortens a window the engine still counts in.
+        ends_in: Option<u64>,
     },
     /// Give back `amount` unspent micro-units of a grant in `window`
     /// (nothing if the counter already moved to another window).
@@ -151,7 +153,7 @@ pub enum Change {
         /// Booked.
         amount: u64,
         /// As for [`Change::Grant`].
-        expires: Option<i64>,
+        ends_in: Option<u64>,
     },
     /// Drop a counter that can no longer count (its window ended, its rule
     /// was cancelled or reset).
@@ -356,7 +358,7 @@ mod tests {
             at_least,
             amount,
             limit,
-            expires: None,
+            ends_in: None,
         }
     }
 
@@ -390,7 +392,7 @@ mod tests {
             key: key(),
             window: W1,
             amount: 15,
-            expires: None,
+            ends_in: None,
         };
         let (r, _) = apply_counter_change(None, &rec);
         assert_eq!(r.unwrap().used, 15);

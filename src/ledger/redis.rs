@@ -2,7 +2,8 @@
 //!
 //! Each counter window is one Redis integer (micro-units granted or
 //! recorded by every instance), keyed by rule, owner, generation and window
-//! start, expiring a day after its window ends. A batch of changes is one
+//! start, expiring a day after its window ends (by the callers' clocks: a
+//! key's time to live only grows). A batch of changes is one
 //! Lua script, so Redis applies it atomically: a grant checks the limit
 //! against what every instance holds, so the fleet never admits more than
 //! the limit. Grants adapt to the fleet: at most an eighth of what the limit
@@ -31,7 +32,7 @@ use super::{Change, Ledger, LedgerError, LedgerErrorKind, Snapshot};
 /// How long Redis remembers a batch (for replays and cancellation).
 const BATCH_TTL_S: u64 = 3600;
 /// How long a counter key lives past its window's end.
-const KEY_GRACE_S: i64 = 86_400;
+const KEY_GRACE_S: u64 = 86_400;
 
 const APPLY: &str = r#"
 local status = redis.call('GET', KEYS[1])
@@ -48,7 +49,7 @@ for i = 2, #KEYS do
   local at_least = tonumber(ARGV[base + 2])
   local amount = tonumber(ARGV[base + 3])
   local limit = tonumber(ARGV[base + 4])
-  local expire_at = tonumber(ARGV[base + 5])
+  local ttl = tonumber(ARGV[base + 5])
   local used = tonumber(redis.call('GET', k) or '0')
   if op == 'g' then
     local room = limit - used
@@ -71,8 +72,9 @@ for i = 2, #KEYS do
       undo[#undo + 1] = {k, b}
     end
   end
-  if expire_at > 0 and op ~= 'b' then
-    redis.call('EXPIREAT', k, string.format('%.0f', expire_at))
+  if ttl > 0 and op ~= 'b' then
+    local left = redis.call('TTL', k)
+    if left < ttl then redis.call('EXPIRE', k, string.format('%.0f', ttl)) end
   end
 end
 redis.call('SET', KEYS[1], cjson.encode({g = out, u = undo}), 'EX', ARGV[2])
@@ -240,15 +242,15 @@ impl Ledger for RedisLedger {
         inv.key(&id).arg(&id).arg(BATCH_TTL_S);
         let mut grants = 0usize;
         for change in changes {
-            let (op, key, window, at_least, amount, limit, expires) = match change {
+            let (op, key, window, at_least, amount, limit, ends_in) = match change {
                 Change::Grant {
                     key,
                     window,
                     at_least,
                     amount,
                     limit,
-                    expires,
-                } => ("g", key, window, *at_least, *amount, *limit, *expires),
+                    ends_in,
+                } => ("g", key, window, *at_least, *amount, *limit, *ends_in),
                 Change::GiveBack {
                     key,
                     window,
@@ -258,18 +260,18 @@ impl Ledger for RedisLedger {
                     key,
                     window,
                     amount,
-                    expires,
-                } => ("r", key, window, 0, *amount, 0, *expires),
+                    ends_in,
+                } => ("r", key, window, 0, *amount, 0, *ends_in),
                 Change::Forget { .. } | Change::Rule(_) => continue,
             };
             grants += usize::from(op == "g");
-            let expire_at = expires.map_or(0, |e| e.saturating_add(KEY_GRACE_S).max(1));
+            let ttl = ends_in.map_or(0, |e| e.saturating_add(KEY_GRACE_S).max(1));
             inv.key(self.counter_key(key, window))
                 .arg(op)
                 .arg(at_least)
                 .arg(amount)
                 .arg(limit)
-                .arg(expire_at);
+                .arg(ttl);
         }
         if grants == 0
             && !changes

@@ -1,0 +1,145 @@
+//! One gateway of a fleet sharing its quotas through Redis, for the fleet
+//! test (`tests/fleet.rs`), which runs four of them against one server.
+//!
+//! Rules (imported with the same ids by every instance, as each syncs them
+//! from the platform): every device 20 points per local day (`7001`);
+//! organization `org` a pool of 2,000 for good (`7002`). Two threads spend
+//! 1 to 3 points at a time for 1,000 devices and, one call in five, for 50
+//! members of `org`, until `--seconds` have passed. The clock runs at 10
+//! simulated seconds per wall-clock second from `--clock-zero` (unix
+//! milliseconds, shared by the fleet), starting 10 simulated seconds before
+//! a local midnight.
+//!
+//! At the end it prints, per counter window (the one the engine counted an
+//! admission in, from the decision), what it asked for and what it was
+//! admitted: `T <counter> <day> <asked units> <admitted units>`
+//! (`<counter>`: a device id, or `org`), then `DONE`.
+//!
+//! `cargo run --release --features redis --example fleet_child -- --url redis://127.0.0.1:6379/0 --prefix t1 --clock-zero <ms> --seed 1 --seconds 3`
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use benefit_quota::ledger::RedisLedger;
+use benefit_quota::{Amount, BenefitType, Engine, LedgerFailure, Member, Subject};
+
+/// 10 simulated seconds before 2025-03-12 00:00:00 +08:00.
+const CLOCK_BASE: i64 = 1_741_708_800 - 10;
+const SPEED: i64 = 10;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).cloned()
+}
+
+fn now(zero_ms: i64) -> i64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    CLOCK_BASE + (ms - zero_ms) * SPEED / 1000
+}
+
+fn day(now: i64) -> i64 {
+    (now + 8 * 3600).div_euclid(86_400)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// (counter, day) → (asked, admitted)
+type Tally = HashMap<(String, i64), (u64, u64)>;
+
+fn main() {
+    let url = arg("--url").expect("--url");
+    let prefix = arg("--prefix").unwrap_or_else(|| "bq".into());
+    let zero: i64 = arg("--clock-zero")
+        .and_then(|v| v.parse().ok())
+        .expect("--clock-zero");
+    let seed: u64 = arg("--seed").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let seconds: u64 = arg("--seconds").and_then(|v| v.parse().ok()).unwrap_or(3);
+    let ledger = RedisLedger::new(&url, &prefix, Duration::from_millis(500)).expect("url");
+    let engine = Engine::builder()
+        .ledger(ledger)
+        .max_grant(Amount::from_units(10))
+        .on_ledger_failure(LedgerFailure::FailClosed)
+        .open()
+        .expect("open");
+    engine
+        .import_response_json(
+            r#"{"code":0,"msg":"","data":{"has_more":false,"page_token":"","benefit_infos":[
+            {"benefit_id":"7001","entity_type":"enterprise_all_devices","benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":20,"status":"valid","trigger_unit":"day","trigger_time":1},
+            {"benefit_id":"7002","entity_type":"coze_organization","entity_id":"org","benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":2000,"status":"valid","trigger_unit":"never","trigger_time":1}]}}"#,
+            CLOCK_BASE,
+        )
+        .expect("rules");
+    let engine = Arc::new(engine);
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let threads: Vec<_> = (0..2u64)
+        .map(|t| {
+            let engine = Arc::clone(&engine);
+            std::thread::spawn(move || run(&engine, zero, seed * 2 + t + 1, until))
+        })
+        .collect();
+    let mut tally = Tally::new();
+    for t in threads {
+        for (k, (a, b)) in t.join().expect("thread") {
+            let e = tally.entry(k).or_default();
+            e.0 += a;
+            e.1 += b;
+        }
+    }
+    drop(engine); // gives unspent grants back
+    let mut lines: Vec<String> = tally
+        .into_iter()
+        .map(|((c, d), (a, b))| format!("T {c} {d} {a} {b}"))
+        .collect();
+    lines.sort();
+    println!("{}\nDONE", lines.join("\n"));
+}
+
+fn run(engine: &Engine, zero: i64, seed: u64, until: Instant) -> Tally {
+    let pts = BenefitType::ResourcePoint;
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut tally = Tally::new();
+    while Instant::now() < until {
+        let units = 1 + rng.below(3);
+        let t = now(zero);
+        let (counter, allowed) = if rng.below(5) == 0 {
+            let user = format!("u{}", rng.below(50));
+            let s = Subject::member(Member::user(&user).in_organization("org"));
+            (
+                "org".to_owned(),
+                engine.try_consume(&s, pts, Amount::from_units(units), t),
+            )
+        } else {
+            let dev = format!("d{}", rng.below(1000));
+            let s = Subject::device(&dev);
+            let d = engine.try_consume(&s, pts, Amount::from_units(units), t);
+            (dev, d)
+        };
+        // The window the engine counted in: the daily rule's (named by the
+        // decision, ending at its reset), which may be a newer one than
+        // `t`'s when another thread's call already moved the counter on.
+        let day = match (&*counter, allowed.headroom().and_then(|h| h.resets_at)) {
+            ("org", _) => 0,
+            (_, Some(end)) => day(end - 1),
+            _ => day(t),
+        };
+        let e = tally.entry((counter, day)).or_default();
+        e.0 += units;
+        if allowed.is_allowed() {
+            e.1 += units;
+        }
+    }
+    tally
+}
