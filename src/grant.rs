@@ -52,8 +52,13 @@ pub(crate) const CEILING: u32 = 1 << 31;
 /// Set in a ceiling's pending amount once the ledger refused a grant for
 /// its window (not even the call's minimum was left, across every engine
 /// sharing the ledger): calls past the ceiling are then denied without
-/// asking again, until the window changes. Pending amounts stay far below.
+/// asking again for [`REFUSED_FOR`] (`Done::refused` says until when).
+/// Pending amounts stay far below.
 const REFUSED: u64 = 1 << 63;
+
+/// How long a refused counter window is denied locally before the ledger
+/// is asked again.
+const REFUSED_FOR: Duration = Duration::from_secs(1);
 
 /// A grant is this fraction (a shift) of what the limit has left.
 const GRANT_SHIFT: u32 = 3;
@@ -108,6 +113,9 @@ struct Done {
     /// the ledger was failing, per counter window; cleared by the next
     /// successful commit.
     unbacked: Mutex<std::collections::HashMap<(CounterKey, WindowId), u64>>,
+    /// Counter windows the ledger refused a grant for, and until when calls
+    /// past their ceilings are denied without asking again.
+    refused: Mutex<std::collections::HashMap<(CounterKey, WindowId), Instant>>,
 }
 
 /// An engine's ledger, its writer thread and its grant policy.
@@ -480,6 +488,8 @@ struct Refill {
     asked: u64,
     /// The least of it the call needed (0 for a grant taken ahead).
     at_least: u64,
+    /// The counter, as the ledger names it.
+    key: CounterKey,
 }
 
 /// The window a debit of rule (`generation`, `window`) lands in, given its
@@ -794,8 +804,16 @@ impl Engine {
                     continue;
                 };
                 if p.generation == r.window.generation && p.window_start == r.window.start {
-                    let refused =
-                        p.lifetime & REFUSED != 0 || granted.is_some_and(|g| g < r.at_least);
+                    let short = granted.is_some_and(|g| g < r.at_least);
+                    if short {
+                        let now = Instant::now();
+                        let mut marks = g.done.refused.lock();
+                        if marks.len() >= 4_096 {
+                            marks.retain(|_, until| *until > now);
+                        }
+                        marks.insert((r.key.clone(), r.window), now + REFUSED_FOR);
+                    }
+                    let refused = p.lifetime & REFUSED != 0 || short;
                     let granted = granted.unwrap_or(0);
                     let pending = (p.lifetime & !REFUSED).saturating_sub(r.asked);
                     p.lifetime = pending | if refused { REFUSED } else { 0 };
@@ -908,13 +926,25 @@ impl Engine {
                     }
                     _ => (0, 0, false),
                 };
+                let mut refused = refused;
                 if refused && need > ceiling {
-                    // The ledger had not even this window's minimum left
-                    // (another instance holds or spent the rest): denied
-                    // here, without asking again.
-                    let mut d = unavailable(&rules, v.slot, w.map(|w| w.end));
-                    d.reason = DenyReason::Insufficient;
-                    return Round::Decided(Decision::Denied(d));
+                    let key = (key_of(&rules, v.slot, a.owner.kind, a.owner.id), window);
+                    let mut marks = g.done.refused.lock();
+                    if marks.get(&key).is_some_and(|&until| Instant::now() < until) {
+                        // The ledger had not even this call's minimum left
+                        // a moment ago (other engines hold or spent the
+                        // rest): denied here, without asking again.
+                        let mut d = unavailable(&rules, v.slot, w.map(|w| w.end));
+                        d.reason = DenyReason::Insufficient;
+                        return Round::Decided(Decision::Denied(d));
+                    }
+                    // Time to ask again (others may have given grants back,
+                    // or the limit grown).
+                    marks.remove(&key);
+                    drop(marks);
+                    refused = false;
+                    let counters = locked.counters_mut(a.shard, &a.owner);
+                    ceiling_at(counters, v.slot, window).lifetime &= !REFUSED;
                 }
                 // What to ask for, the least of it worth granting, and
                 // whether this call waits for it.
@@ -957,6 +987,7 @@ impl Engine {
                     window,
                     asked,
                     at_least: if waits { at_least } else { 0 },
+                    key: key_of(&rules, v.slot, a.owner.kind, a.owner.id),
                 });
             }
         }

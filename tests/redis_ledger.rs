@@ -61,6 +61,8 @@ fn instances_share_one_limit_exactly() {
     assert!(total <= 100, "{total}");
     assert!(total >= 100 - 2 * 10, "{total}");
     drop(a); // gives its unspent grants back
+             // b, refused a grant a moment ago, asks the ledger again after a second
+    std::thread::sleep(Duration::from_millis(1_100));
     total += spend(&b, "d", 200);
     assert_eq!(total, 100);
     let denied = b.try_consume(&Subject::device("d"), PTS, Amount::from_units(1), T0);
