@@ -841,7 +841,8 @@ impl Engine {
         // Rounds until decided: a grant this call waited for may be spent by
         // another call before this one decides again (each round, somebody
         // progresses), so the bound is the grant timeout, not a count.
-        let deadline = Instant::now() + g.grant_timeout;
+        // Read the clock only once a call has to wait (most never do).
+        let mut deadline: Option<Instant> = None;
         loop {
             self.apply_done(g);
             // Decided, or a grant to wait for (with no lock held meanwhile).
@@ -849,6 +850,7 @@ impl Engine {
                 Round::Decided(d) => return d,
                 Round::Wait(sent, denial) => (sent, denial),
             };
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + g.grant_timeout);
             let answer = match sent {
                 Ok(Some(rx)) => rx
                     .recv_timeout(deadline.saturating_duration_since(Instant::now()))
