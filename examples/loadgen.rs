@@ -14,7 +14,12 @@
 //! handles taking N points of each rule ahead (`SubjectHandle::with_lease`),
 //! released at the end.
 //!
+//! With `--redis URL` (feature `redis`), usage is shared through Redis
+//! (`EngineBuilder::redis`): run several at once for a fleet; the round
+//! trips per allowed call are printed.
+//!
 //! `cargo run --release --example loadgen -- --subjects 1000000 --threads 2 --seconds 5 [--handles 1 [--lease 4]]`
+//! `cargo run --release --features redis --example loadgen -- --subjects 100000 --redis redis://127.0.0.1:6379/0`
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -60,6 +65,21 @@ fn rule(engine: &Engine, entity: Option<&str>, unit: &str, limit: u64) {
     }
 }
 
+/// An engine whose usage is shared through Redis at `url`.
+#[cfg(feature = "redis")]
+fn open_redis(url: &str) -> Engine {
+    Engine::builder().redis(url).open().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    })
+}
+
+#[cfg(not(feature = "redis"))]
+fn open_redis(_: &str) -> Engine {
+    eprintln!("--redis needs the `redis` feature: cargo run --release --features redis --example loadgen -- --redis URL");
+    std::process::exit(2)
+}
+
 fn main() {
     let subjects = arg("--subjects", 1_000_000).max(1) as usize;
     let threads = arg("--threads", 2).max(1) as usize;
@@ -69,7 +89,11 @@ fn main() {
 
     let keys: Vec<String> = (0..subjects).map(|i| format!("sn-{i:08}")).collect();
     let id_bytes: u64 = keys.iter().map(|k| k.len() as u64).sum();
-    let engine = Engine::new();
+    let redis_url = std::env::args().skip_while(|a| a != "--redis").nth(1);
+    let engine = match &redis_url {
+        None => Engine::new(),
+        Some(url) => open_redis(url),
+    };
     rule(&engine, None, "never", 1_000_000);
     rule(&engine, None, "day", 5);
     for k in keys.iter().step_by(100) {
@@ -185,6 +209,13 @@ fn main() {
     );
     println!("| throughput | {:.0} ops/s |", (a + d) as f64 / elapsed);
     println!("| allowed / denied | {a} / {d} |");
+    if let Some(stats) = engine.ledger_stats() {
+        println!(
+            "| ledger commits (Redis round trips) | {} (1 per {:.0} allowed) |",
+            stats.commits,
+            a as f64 / stats.commits.max(1) as f64
+        );
+    }
     println!("| tracked counters | {counters} |");
     println!(
         "| memory per counter beyond the id string (after warm-up) | {:.1} bytes |",

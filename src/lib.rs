@@ -52,6 +52,9 @@
 //! [`EngineBuilder::ledger`]) keeps usage and rules there, and admits a
 //! unit only out of a grant the ledger has already committed, so a crash
 //! never causes over-admission (see [`ledger`] and RELIABILITY.md §7).
+//! With the `redis` feature, `Engine::builder().redis(url).open()` on every
+//! gateway of a fleet shares the counters through Redis, checked against
+//! the limit across the fleet (RELIABILITY.md §8).
 //!
 //! ## Layout
 //! - [`wire`]: serde mirrors of the platform JSON (create, update, list, envelope).
@@ -63,7 +66,8 @@
 //! - [`Engine`]: the configuration plane and the enforcement API;
 //!   [`SubjectHandle`]: a subject resolved once.
 //! - [`ledger`]: where usage lives durably (the [`Ledger`] trait,
-//!   [`MemoryLedger`], `FileLedger` with the `durable` feature); `grant`:
+//!   [`MemoryLedger`], `FileLedger` with the `durable` feature,
+//!   `RedisLedger` with `redis`); `grant`:
 //!   the engine's write-ahead grants out of a ledger
 //!   ([`EngineBuilder::ledger`], [`LedgeredBuilder`]).
 //!
