@@ -252,19 +252,35 @@ impl Engine {
     /// (writers serialise on the writer mutex first), and bumps the version
     /// before releasing them.
     fn publish(&self, apply: impl FnMut(&mut RuleSet)) {
-        self.publish_unpersisted(apply);
-        self.persist_rules();
+        // With a ledger, the changed rules are queued to its writer before
+        // the copies are released, so that any grant for them (which only
+        // a call that sees them can ask for) is committed after them; then
+        // this waits until they are durable.
+        let pending = self.publish_with(apply, |r| self.send_rules(r));
+        self.await_rules(pending);
     }
 
     /// [`Engine::publish`], without storing the rules in the ledger (a
     /// restore from it).
-    pub(crate) fn publish_unpersisted(&self, mut apply: impl FnMut(&mut RuleSet)) {
+    pub(crate) fn publish_unpersisted(&self, apply: impl FnMut(&mut RuleSet)) {
+        self.publish_with(apply, |_| ());
+    }
+
+    /// Applies a configuration change to every copy and calls `then` with
+    /// the first, all still locked.
+    fn publish_with<T>(
+        &self,
+        mut apply: impl FnMut(&mut RuleSet),
+        then: impl FnOnce(&RuleSet) -> T,
+    ) -> T {
         let mut all: Vec<SpinGuard<'_, RuleSet>> = self.replicas.iter().map(|r| r.lock()).collect();
         for r in all.iter_mut() {
             apply(r);
         }
+        let out = then(&all[0]);
         self.version.fetch_add(1, Ordering::Release);
         self.configured.store(true, Ordering::Release);
+        out
     }
 
     /// Whether any rule was ever created, updated or imported here (an
@@ -685,8 +701,16 @@ impl Engine {
         let removed = self.store.evict(|owner, c| {
             let slot = c.rule & !crate::grant::CEILING;
             let drop = self.evictable(&rules, slot, c, now);
-            if drop && keep_keys && c.rule & crate::grant::CEILING == 0 {
-                gone.push((owner.0, owner.1.to_owned(), slot));
+            if drop && keep_keys {
+                // Ceilings too: a ceiling-only counter window (its grant
+                // taken, its debit denied) leaves the ledger with it.
+                gone.push((
+                    owner.0,
+                    owner.1.to_owned(),
+                    slot,
+                    c.generation,
+                    c.window_start,
+                ));
             }
             drop
         });

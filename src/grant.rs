@@ -232,6 +232,34 @@ impl Grants {
     }
 }
 
+/// `changes` with the records of one counter window added into one (at the
+/// first one's place): records commute, and after an outage under
+/// `FailOpen` a batch holds one per admitted call.
+fn merge_records(changes: Vec<Change>) -> Vec<Change> {
+    let mut at: std::collections::HashMap<(CounterKey, WindowId), usize> =
+        std::collections::HashMap::new();
+    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+    for c in changes {
+        if let Change::Record {
+            key,
+            window,
+            amount,
+            ..
+        } = &c
+        {
+            if let Some(&i) = at.get(&(key.clone(), *window)) {
+                if let Change::Record { amount: total, .. } = &mut out[i] {
+                    *total = total.saturating_add(*amount);
+                }
+                continue;
+            }
+            at.insert((key.clone(), *window), out.len());
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The writer: commits every job waiting when it wakes in one batch; holds
 /// records alone up to `interval`. After each commit, the grants it carried
 /// go to `done` (granted amounts, or 0 if it failed) before anybody waiting
@@ -279,7 +307,7 @@ fn write_loop(
             }
             continue;
         }
-        let batch = std::mem::take(&mut held);
+        let batch = merge_records(std::mem::take(&mut held));
         since = None;
         let result = if batch.is_empty() {
             Ok(Vec::new())
@@ -435,9 +463,10 @@ impl LedgeredBuilder {
     }
 
     /// How long post-paid usage ([`Engine::record`]) may wait before it is
-    /// durable (default: 100 ms); a grant's commit takes it along sooner.
+    /// durable (default: 100 ms, at most an hour); a grant's commit takes
+    /// it along sooner.
     pub fn record_interval(mut self, interval: Duration) -> Self {
-        self.record_interval = interval;
+        self.record_interval = interval.min(Duration::from_secs(3_600));
         self
     }
 
@@ -449,9 +478,9 @@ impl LedgeredBuilder {
     }
 
     /// How long a call waits for its grant before the ledger counts as
-    /// failing for it (default: 2 s).
+    /// failing for it (default: 2 s, at most an hour).
     pub fn grant_timeout(mut self, timeout: Duration) -> Self {
-        self.grant_timeout = timeout;
+        self.grant_timeout = timeout.min(Duration::from_secs(3_600));
         self
     }
 
@@ -552,6 +581,12 @@ fn ends_in(rules: &RuleSet, slot: u32, window: WindowId, now: i64) -> Option<u64
     }
     let end = rules.rules[slot as usize].period.window(window.start)?.end;
     Some(end.saturating_sub(now).max(0) as u64)
+}
+
+/// Rules queued to the ledger's writer by a configuration write.
+pub(crate) struct PendingRules {
+    rx: Receiver<Result<bool, LedgerError>>,
+    changed: Vec<RuleRecord>,
 }
 
 /// What a round of a call with a ledger came to.
@@ -667,6 +702,9 @@ impl Engine {
             if rules.rules[slot as usize].generation != rec.window.generation {
                 continue; // reset by an update since (D16)
             }
+            if rec.used == 0 && rec.lifetime == 0 {
+                continue; // nothing counts (grants that all came back)
+            }
             let (kind, id) = match &key.owner {
                 CounterOwner::Device(d) => (OwnerKind::Device, d.as_str()),
                 CounterOwner::Consumer(c) => (OwnerKind::Consumer, c.as_str()),
@@ -705,42 +743,45 @@ impl Engine {
         Ok(())
     }
 
-    /// Stores the rules a configuration write changed (compared with what
-    /// was last stored), waiting until they are durable. A failure is
-    /// counted ([`LedgerStats::errors`]) and the rules are sent again with
-    /// the next write.
-    pub(crate) fn persist_rules(&self) {
-        let Some(g) = self.grants.as_deref() else {
-            return;
-        };
-        let mut persisted = g.persisted.lock();
-        let changed: Vec<RuleRecord> = {
-            let rules = self.read();
-            rules
-                .rules
-                .iter()
-                .enumerate()
-                .filter(|(i, e)| {
-                    persisted.get(*i).is_none_or(|p| {
-                        p.info != e.info
-                            || p.generation != e.generation
-                            || p.withdrawn != e.withdrawn
-                    })
+    /// Queues the rules of `rules` that changed since they were last stored
+    /// (with the writer: see `Engine::publish`); what to wait for.
+    pub(crate) fn send_rules(&self, rules: &RuleSet) -> Option<PendingRules> {
+        let g = self.grants.as_deref()?;
+        let persisted = g.persisted.lock();
+        let changed: Vec<RuleRecord> = rules
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                persisted.get(*i).is_none_or(|p| {
+                    p.info != e.info || p.generation != e.generation || p.withdrawn != e.withdrawn
                 })
-                .map(|(i, e)| RuleRecord {
-                    position: i as u32,
-                    info: e.info.clone(),
-                    generation: e.generation,
-                    withdrawn: e.withdrawn,
-                })
-                .collect()
-        };
+            })
+            .map(|(i, e)| RuleRecord {
+                position: i as u32,
+                info: e.info.clone(),
+                generation: e.generation,
+                withdrawn: e.withdrawn,
+            })
+            .collect();
         if changed.is_empty() {
-            return;
+            return None;
         }
         let changes = changed.iter().cloned().map(Change::Rule).collect();
-        if g.commit(changes).is_ok() {
-            for r in changed {
+        let rx = g.send(changes, Vec::new(), true).ok().flatten()?;
+        Some(PendingRules { rx, changed })
+    }
+
+    /// Waits until the rules `send_rules` queued are durable, and remembers
+    /// them as stored. A failure is counted ([`LedgerStats::errors`]) and
+    /// the rules are sent again with the next configuration write.
+    pub(crate) fn await_rules(&self, pending: Option<PendingRules>) {
+        let (Some(g), Some(p)) = (self.grants.as_deref(), pending) else {
+            return;
+        };
+        if matches!(p.rx.recv(), Ok(Ok(_))) {
+            let mut persisted = g.persisted.lock();
+            for r in p.changed {
                 let i = r.position as usize;
                 if i < persisted.len() {
                     persisted[i] = r;
@@ -751,16 +792,18 @@ impl Engine {
         }
     }
 
-    /// Tells the ledger which counters `evict` removed.
-    pub(crate) fn forget(&self, rules: &RuleSet, gone: Vec<(OwnerKind, String, u32)>) {
+    /// Tells the ledger which counter windows `evict` removed (a record
+    /// of another window, granted since, stays).
+    pub(crate) fn forget(&self, rules: &RuleSet, gone: Vec<(OwnerKind, String, u32, u32, i64)>) {
         let Some(g) = self.grants.as_deref() else {
             return;
         };
         let changes: Vec<Change> = gone
             .into_iter()
-            .filter(|(_, _, slot)| (*slot as usize) < rules.rules.len())
-            .map(|(kind, id, slot)| Change::Forget {
+            .filter(|(_, _, slot, ..)| (*slot as usize) < rules.rules.len())
+            .map(|(kind, id, slot, generation, start)| Change::Forget {
                 key: key_of(rules, slot, kind, &id),
+                window: WindowId { generation, start },
             })
             .collect();
         if !changes.is_empty() {
@@ -913,13 +956,53 @@ impl Engine {
                     continue;
                 }
                 let cs = locked.counters(a.shard, &a.owner);
-                let c = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot));
-                let used = c.map_or(0, |c| c.effective_used(v.generation, w));
-                let window = landing(c, v.generation, w);
+                let mut c = cs
+                    .and_then(|cs| cs.iter().find(|c| c.rule == v.slot))
+                    .copied();
+                let p = cs
+                    .and_then(|cs| cs.iter().find(|c| c.rule == v.slot | CEILING))
+                    .copied();
+                let mut window = landing(c.as_ref(), v.generation, w);
+                if let Some(p) =
+                    p.filter(|p| p.generation == window.generation && p.window_start > window.start)
+                {
+                    // A call whose clock is in a newer window took a grant
+                    // there; this late call counts in that window too
+                    // (windows only move forward, D16): the counter moves
+                    // now, so that its debit lands where its ceiling is.
+                    let newer = crate::Window {
+                        start: p.window_start,
+                        end: p.window_start,
+                    };
+                    let exists = c.is_some();
+                    if !exists && !self.store.reserve(1) {
+                        continue; // no room for its counter: denied by the decision
+                    }
+                    let counters = locked.counters_mut(a.shard, &a.owner);
+                    let cur = counter_of(counters, v.slot);
+                    cur.roll(v.generation, Some(newer));
+                    c = Some(*cur);
+                    window = WindowId {
+                        generation: p.generation,
+                        start: p.window_start,
+                    };
+                }
+                let used = match c {
+                    Some(c)
+                        if c.generation == window.generation && c.window_start == window.start =>
+                    {
+                        c.used
+                    }
+                    _ => 0,
+                };
                 let Some(need) = used.checked_add(amount).filter(|&n| n <= v.limit) else {
                     continue; // the rule denies it anyway
                 };
-                let p = cs.and_then(|cs| cs.iter().find(|c| c.rule == v.slot | CEILING));
+                if c.is_none() && self.store.is_full() {
+                    // Its counter cannot be created (`max_counters`): the
+                    // decision denies it; no grant, no entry.
+                    continue;
+                }
                 let (ceiling, pending, refused) = match p {
                     Some(p)
                         if p.generation == window.generation && p.window_start == window.start =>
@@ -938,6 +1021,12 @@ impl Engine {
                         // rest): denied here, without asking again.
                         let mut d = unavailable(&rules, v.slot, w.map(|w| w.end));
                         d.reason = DenyReason::Insufficient;
+                        // Grants this call already marked pending for
+                        // earlier rules still go (their pending amounts are
+                        // cleared only when they come back).
+                        if !refills.is_empty() {
+                            let _ = g.send(changes, refills, false);
+                        }
                         return Round::Decided(Decision::Denied(d));
                     }
                     // Time to ask again (others may have given grants back,
@@ -1134,8 +1223,17 @@ impl Engine {
                 continue;
             }
             let window = landing(Some(&c), v.generation, w);
-            let p = ceiling_at(counters, v.slot, window);
-            p.used = p.used.saturating_add(booked);
+            let newer = counters.iter().any(|p| {
+                p.rule == v.slot | CEILING
+                    && p.generation == window.generation
+                    && p.window_start > window.start
+            });
+            if !newer {
+                // (A ceiling already in a newer window stays there: the
+                // record counts in its own window, in the ledger too.)
+                let p = ceiling_at(counters, v.slot, window);
+                p.used = p.used.saturating_add(booked);
+            }
             changes.push(Change::Record {
                 key: key_of(table.table, v.slot, a.owner.kind, a.owner.id),
                 window,

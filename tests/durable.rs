@@ -276,3 +276,81 @@ fn concurrent_callers_share_grants_without_losing_or_passing_a_unit() {
         assert_eq!(e.usage(&Subject::device(d), T0)[0].used, units(300), "{d}");
     }
 }
+
+#[test]
+fn evicting_a_window_keeps_the_newer_window_granted_since() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(100, "day")).unwrap(); // "1"
+    e.create_json(rule(5, "never")).unwrap(); // "2", exhausted below
+    assert_eq!(admitted(&e, "d", 5, T0), 5);
+    // The next day the daily rule takes a grant in the new window, then the
+    // cumulative rule denies: the daily counter stays in yesterday's window.
+    let d = e.try_consume(&Subject::device("d"), PTS, units(1), T0 + 86_400);
+    assert_eq!(d.denial().unwrap().benefit_id.as_str(), "2");
+    e.evict(T0 + 86_400);
+    crash(e); // no give-back: the ledger keeps what the grant took
+    std::thread::sleep(std::time::Duration::from_millis(400)); // the queued forget is committed
+    let key = CounterKey {
+        benefit_id: benefit_quota::types::BenefitId::new("1").unwrap(),
+        owner: CounterOwner::Device("d".into()),
+    };
+    // The forget of yesterday's window left today's record, and its grant,
+    // alone: a restart counts it.
+    let rec = ledger.counter(&key).expect("today's record stays");
+    assert_eq!(rec.window.start, T0 + 86_400);
+    assert!(rec.used >= units(1).as_micros());
+}
+
+#[test]
+fn a_refused_pool_does_not_strand_the_grant_of_another_rule() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let member_rule = r#"{"benefit_id":"9","entity_type":"coze_organization","entity_id":"org","benefit_type":"resource_point",
+        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":3,"trigger_unit":"never"}"#;
+    let device_rule = r#"{"benefit_id":"8","entity_type":"enterprise_all_devices","benefit_type":"resource_point",
+        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":100,"trigger_unit":"never"}"#;
+    let engines: Vec<Engine> = (0..2)
+        .map(|_| {
+            let e = Engine::builder()
+                .ledger(Arc::clone(&ledger))
+                .max_grant(units(1))
+                .open()
+                .unwrap();
+            e.import_json(device_rule, T0).unwrap();
+            e.import_json(member_rule, T0).unwrap();
+            e
+        })
+        .collect();
+    let m = benefit_quota::Member::user("u").in_organization("org");
+    let both = Subject::device("d").with_member(m);
+    // the first engine spends the pool
+    let n = (0..5)
+        .filter(|_| {
+            engines[0]
+                .try_consume(&both, PTS, units(1), T0)
+                .is_allowed()
+        })
+        .count();
+    assert_eq!(n, 3);
+    // the second is refused by the pool, each call asking the device rule
+    // for a new grant of one unit
+    for _ in 0..3 {
+        let d = engines[1].try_consume(&both, PTS, units(1), T0);
+        assert_eq!(d.denial().unwrap().reason, DenyReason::Insufficient);
+    }
+    // Calls for the device alone spend its grants; calls with the member
+    // need a new device grant while the pool is refused: that grant must
+    // still come back, or the device's next call waits on it in vain.
+    let dev = Subject::device("d");
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let d = engines[1].try_consume(&dev, PTS, units(1), T0);
+        assert!(d.is_allowed(), "{d:?}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "the call waited on a lost grant"
+        );
+        let d = engines[1].try_consume(&both, PTS, units(1), T0);
+        assert_eq!(d.denial().unwrap().reason, DenyReason::Insufficient);
+    }
+}

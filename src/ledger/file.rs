@@ -245,10 +245,15 @@ impl Ledger for FileLedger {
                             )
                             .map_err(|x| e(x.into()))?;
                     }
-                    Change::Forget { key } => {
-                        counters
-                            .remove(codec::encode_counter_key(key).as_slice())
-                            .map_err(|x| e(x.into()))?;
+                    Change::Forget { key, .. } => {
+                        let k = codec::encode_counter_key(key);
+                        let stored = match counters.get(k.as_slice()).map_err(|x| e(x.into()))? {
+                            Some(v) => codec::decode_counter(v.value()).ok(),
+                            None => None,
+                        };
+                        if stored.is_some() && apply_counter_change(stored, change).0.is_none() {
+                            counters.remove(k.as_slice()).map_err(|x| e(x.into()))?;
+                        }
                     }
                     Change::Grant { key, .. }
                     | Change::GiveBack { key, .. }

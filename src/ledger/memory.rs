@@ -90,8 +90,11 @@ impl Ledger for MemoryLedger {
                     s.rules
                         .insert(r.info.benefit_id().as_str().to_owned(), r.clone());
                 }
-                Change::Forget { key } => {
-                    s.counters.remove(key);
+                Change::Forget { key, .. } => {
+                    let stored = s.counters.get(key).copied();
+                    if apply_counter_change(stored, change).0.is_none() {
+                        s.counters.remove(key);
+                    }
                 }
                 Change::Grant { key, .. }
                 | Change::GiveBack { key, .. }

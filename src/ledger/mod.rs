@@ -155,11 +155,14 @@ pub enum Change {
         /// As for [`Change::Grant`].
         ends_in: Option<u64>,
     },
-    /// Drop a counter that can no longer count (its window ended, its rule
-    /// was cancelled or reset).
+    /// Drop a counter's record of `window`, which can no longer count (it
+    /// ended, or its rule was cancelled or reset); a record of another
+    /// window (a newer one, granted since) stays.
     Forget {
         /// The counter.
         key: CounterKey,
+        /// The window evicted.
+        window: WindowId,
     },
     /// Store a rule (replacing the one with the same id).
     Rule(RuleRecord),
@@ -224,7 +227,12 @@ pub fn apply_counter_change(
         Change::Grant { window, amount, .. }
         | Change::GiveBack { window, amount, .. }
         | Change::Record { window, amount, .. } => (*window, *amount),
-        Change::Forget { .. } => return (None, 0),
+        Change::Forget { window, .. } => {
+            return match stored {
+                Some(rec) if rec.window == *window => (None, 0),
+                other => (other, 0),
+            };
+        }
         Change::Rule(_) => return (stored, 0),
     };
     let mut rec = stored.unwrap_or(CounterRecord {

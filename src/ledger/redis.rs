@@ -31,6 +31,8 @@ use super::{Change, Ledger, LedgerError, LedgerErrorKind, Snapshot};
 
 /// How long Redis remembers a batch (for replays and cancellation).
 const BATCH_TTL_S: u64 = 3600;
+/// The largest amount passed to Redis (see `commit`).
+const EXACT: u64 = (1 << 53) - 1;
 /// How long a counter key lives past its window's end.
 const KEY_GRACE_S: u64 = 86_400;
 
@@ -265,6 +267,11 @@ impl Ledger for RedisLedger {
                 Change::Forget { .. } | Change::Rule(_) => continue,
             };
             grants += usize::from(op == "g");
+            // Lua computes in doubles: amounts stay exact below 2^53
+            // micro-units (9×10⁹ units), and are held there so that no
+            // INCRBY can overflow mid-script.
+            let (at_least, amount, limit) =
+                (at_least.min(EXACT), amount.min(EXACT), limit.min(EXACT));
             let ttl = ends_in.map_or(0, |e| e.saturating_add(KEY_GRACE_S).max(1));
             inv.key(self.counter_key(key, window))
                 .arg(op)

@@ -358,6 +358,11 @@ impl Store {
         }
     }
 
+    /// Whether no counter can be created without passing the cap.
+    pub fn is_full(&self) -> bool {
+        self.count.load(Ordering::Relaxed) >= self.cap
+    }
+
     /// Number of tracked counters.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
