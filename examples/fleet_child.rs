@@ -10,6 +10,9 @@
 //! milliseconds, shared by the fleet), starting 10 simulated seconds before
 //! a local midnight.
 //!
+//! With `--print-admissions`, every admission is also printed as it is
+//! decided: `A <counter> <day> <units>` (for a test that kills the process).
+//!
 //! At the end it prints, per counter window (the one the engine counted an
 //! admission in, from the decision), what it asked for and what it was
 //! admitted: `T <counter> <day> <asked units> <admitted units>`
@@ -67,6 +70,7 @@ fn main() {
         .expect("--clock-zero");
     let seed: u64 = arg("--seed").and_then(|v| v.parse().ok()).unwrap_or(1);
     let seconds: u64 = arg("--seconds").and_then(|v| v.parse().ok()).unwrap_or(3);
+    let print = std::env::args().any(|a| a == "--print-admissions");
     let ledger = RedisLedger::new(&url, &prefix, Duration::from_millis(500)).expect("url");
     let engine = Engine::builder()
         .ledger(ledger)
@@ -87,7 +91,7 @@ fn main() {
     let threads: Vec<_> = (0..2u64)
         .map(|t| {
             let engine = Arc::clone(&engine);
-            std::thread::spawn(move || run(&engine, zero, seed * 2 + t + 1, until))
+            std::thread::spawn(move || run(&engine, zero, seed * 2 + t + 1, until, print))
         })
         .collect();
     let mut tally = Tally::new();
@@ -107,7 +111,9 @@ fn main() {
     println!("{}\nDONE", lines.join("\n"));
 }
 
-fn run(engine: &Engine, zero: i64, seed: u64, until: Instant) -> Tally {
+fn run(engine: &Engine, zero: i64, seed: u64, until: Instant, print: bool) -> Tally {
+    use std::io::Write;
+    let out = std::io::stdout();
     let pts = BenefitType::ResourcePoint;
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut tally = Tally::new();
@@ -135,10 +141,13 @@ fn run(engine: &Engine, zero: i64, seed: u64, until: Instant) -> Tally {
             (_, Some(end)) => day(end - 1),
             _ => day(t),
         };
-        let e = tally.entry((counter, day)).or_default();
+        let e = tally.entry((counter.clone(), day)).or_default();
         e.0 += units;
         if allowed.is_allowed() {
             e.1 += units;
+            if print {
+                let _ = writeln!(out.lock(), "A {counter} {day} {units}");
+            }
         }
     }
     tally
