@@ -26,6 +26,9 @@ use benefit_quota::ledger::{Change, CounterKey, CounterOwner, FileLedger, Window
 use benefit_quota::{Amount, BenefitType, Decision, Engine, Ledger, Subject};
 use criterion::{Criterion, Throughput};
 
+mod common;
+use common::{median_ns, shuffled};
+
 const MIDNIGHT: i64 = 1_741_708_800; // 2025-03-12 00:00:00 +08:00
 const PTS: BenefitType = BenefitType::ResourcePoint;
 const ONE: Amount = Amount::from_units(1);
@@ -37,18 +40,6 @@ const SINGLE_LIMIT: u64 = 2_000_000_000;
 #[inline]
 fn now_at(i: usize) -> i64 {
     MIDNIGHT + 60 + (i >> 14) as i64
-}
-
-fn shuffled(n: usize, seed: u64) -> Vec<u32> {
-    let mut v: Vec<u32> = (0..n as u32).collect();
-    let mut x = seed | 1;
-    for i in (1..n).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    v
 }
 
 fn rule_body(entity: &str, unit: &str, limit: u64) -> String {
@@ -228,20 +219,6 @@ fn open_time(devices: usize) -> (Duration, u64, usize) {
     times.sort();
     let _ = std::fs::remove_dir_all(&dir);
     (times[1], size, counters)
-}
-
-fn median_ns(group: &str, id: &str) -> Option<f64> {
-    let dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    let path = dir
-        .join("criterion")
-        .join(group)
-        .join(id)
-        .join("new")
-        .join("estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["median"]["point_estimate"].as_f64()
 }
 
 fn cleanup(p: Pair) {

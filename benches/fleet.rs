@@ -18,7 +18,6 @@
 //! Run: `cargo bench --features redis --bench fleet` (about a minute; needs
 //! `redis-server` on the PATH).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use benefit_quota::ledger::RedisLedger;
@@ -28,6 +27,9 @@ use criterion::{Criterion, Throughput};
 #[allow(dead_code)]
 #[path = "../tests/common/redis.rs"]
 mod redis_server;
+
+mod common;
+use common::{median_ns, shuffled};
 
 const MIDNIGHT: i64 = 1_741_708_800;
 const PTS: BenefitType = BenefitType::ResourcePoint;
@@ -55,18 +57,6 @@ fn rules(engine: &Engine) {
             )
             .unwrap();
     }
-}
-
-fn order() -> Vec<u32> {
-    let mut v: Vec<u32> = (0..DEVICES as u32).collect();
-    let mut x = 0x9E37_79B9_7F4A_7C15_u64;
-    for i in (1..v.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    v
 }
 
 /// The naive limiter: exact, one round trip per request (two when it
@@ -105,20 +95,6 @@ fn allowed(d: Decision) -> bool {
     std::hint::black_box(&d).is_allowed()
 }
 
-fn median_ns(group: &str, id: &str) -> Option<f64> {
-    let dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    let path = dir
-        .join("criterion")
-        .join(group)
-        .join(id)
-        .join("new")
-        .join("estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["median"]["point_estimate"].as_f64()
-}
-
 fn main() {
     let server = match std::env::var("BENEFIT_QUOTA_REDIS_URL") {
         Ok(url) => (url, None),
@@ -129,7 +105,7 @@ fn main() {
     };
     let url = server.0.clone();
     let keys: Vec<String> = (0..DEVICES).map(|i| format!("sn-{i:08}")).collect();
-    let order = order();
+    let order = shuffled(DEVICES, 0x9E37_79B9_7F4A_7C15);
     let memory = Engine::new();
     rules(&memory);
     let prefix = format!("bench{}", std::process::id());

@@ -27,7 +27,6 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +36,9 @@ use benefit_quota::{
 };
 use criterion::{Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+mod common;
+use common::{median_ns, shuffled};
 
 const MIDNIGHT: i64 = 1_741_708_800; // 2025-03-12 00:00:00 +08:00
 const PTS: BenefitType = BenefitType::ResourcePoint;
@@ -48,19 +50,6 @@ const SINGLE_LIMIT: u64 = 2_000_000_000;
 #[inline]
 fn now_at(i: usize) -> i64 {
     MIDNIGHT - 30 + (i >> 14) as i64
-}
-
-/// A pseudo-random permutation of `0..n` (xorshift-driven Fisher–Yates).
-fn shuffled(n: usize, seed: u64) -> Vec<u32> {
-    let mut v: Vec<u32> = (0..n as u32).collect();
-    let mut x = seed | 1;
-    for i in (1..n).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    v
 }
 
 struct Workload {
@@ -691,20 +680,6 @@ fn check_latency_under_updates() -> [(f64, f64, f64); 2] {
         result[slot] = (p(0.5), p(0.99), p(0.999));
     }
     result
-}
-
-fn median_ns(group: &str, id: &str) -> Option<f64> {
-    let dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    let path = dir
-        .join("criterion")
-        .join(group)
-        .join(id)
-        .join("new")
-        .join("estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["median"]["point_estimate"].as_f64()
 }
 
 fn report() {
