@@ -20,39 +20,14 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use benefit_quota::{Amount, BenefitType, Engine, Member, Subject};
 
+mod child;
+use child::{arg, now, Rng};
+
 /// 30 simulated seconds before 2025-03-12 00:00:00 +08:00.
-pub const CLOCK_BASE: i64 = 1_741_708_800 - 30;
-/// Simulated seconds per wall-clock second.
-pub const SPEED: i64 = 10;
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    let i = args.iter().position(|a| a == name)?;
-    args.get(i + 1).cloned()
-}
-
-fn now(zero_ms: i64) -> i64 {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    CLOCK_BASE + (ms - zero_ms) * SPEED / 1000
-}
-
-/// xorshift64*: a thread's own random numbers.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
+const CLOCK_BASE: i64 = 1_741_708_800 - 30;
 
 fn main() {
     let path = arg("--path").expect("--path");
@@ -108,7 +83,7 @@ fn run(engine: &Engine, zero: i64, seed: u64, ops: Option<u64>) {
         if dice < 15 {
             let user = format!("u{}", rng.below(10));
             let s = Subject::member(Member::user(&user).in_organization("org"));
-            let t = now(zero);
+            let t = now(CLOCK_BASE, zero);
             if engine.try_consume(&s, pts, amount, t).is_allowed() {
                 let _ = writeln!(out.lock(), "A org {t} {units}");
             }
@@ -117,19 +92,19 @@ fn run(engine: &Engine, zero: i64, seed: u64, ops: Option<u64>) {
         let dev = format!("d{}", rng.below(20));
         let s = Subject::device(&dev);
         if dice < 25 {
-            let t = now(zero);
+            let t = now(CLOCK_BASE, zero);
             let _ = engine.record(&s, pts, Amount::from_units(1), t);
             let _ = writeln!(out.lock(), "R {dev} {t} 1");
         } else if dice < 40 {
             let mut h = engine.handle(&s);
             for _ in 0..3 {
-                let t = now(zero);
+                let t = now(CLOCK_BASE, zero);
                 if h.try_consume(pts, amount, t).is_allowed() {
                     let _ = writeln!(out.lock(), "A {dev} {t} {units}");
                 }
             }
         } else {
-            let t = now(zero);
+            let t = now(CLOCK_BASE, zero);
             if engine.try_consume(&s, pts, amount, t).is_allowed() {
                 let _ = writeln!(out.lock(), "A {dev} {t} {units}");
             }

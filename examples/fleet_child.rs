@@ -22,41 +22,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use benefit_quota::ledger::RedisLedger;
 use benefit_quota::{Amount, BenefitType, Engine, LedgerFailure, Member, Subject};
 
+mod child;
+use child::{arg, now, Rng};
+
 /// 10 simulated seconds before 2025-03-12 00:00:00 +08:00.
 const CLOCK_BASE: i64 = 1_741_708_800 - 10;
-const SPEED: i64 = 10;
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    let i = args.iter().position(|a| a == name)?;
-    args.get(i + 1).cloned()
-}
-
-fn now(zero_ms: i64) -> i64 {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    CLOCK_BASE + (ms - zero_ms) * SPEED / 1000
-}
 
 fn day(now: i64) -> i64 {
     (now + 8 * 3600).div_euclid(86_400)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
 }
 
 /// (counter, day) → (asked, admitted)
@@ -119,7 +97,7 @@ fn run(engine: &Engine, zero: i64, seed: u64, until: Instant, print: bool) -> Ta
     let mut tally = Tally::new();
     while Instant::now() < until {
         let units = 1 + rng.below(3);
-        let t = now(zero);
+        let t = now(CLOCK_BASE, zero);
         let (counter, allowed) = if rng.below(5) == 0 {
             let user = format!("u{}", rng.below(50));
             let s = Subject::member(Member::user(&user).in_organization("org"));

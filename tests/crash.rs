@@ -11,6 +11,8 @@
 //! flight.
 #![cfg(all(feature = "durable", unix))]
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -26,19 +28,6 @@ const POOL_LIMIT: u64 = 20_000;
 /// what two threads may have admitted or recorded and not yet printed (2 × 3).
 const STRANDED_PER_CRASH: u64 = 12 + 3 + 6;
 const CRASHES: u64 = 20;
-
-fn child_binary() -> PathBuf {
-    // target/<profile>/deps/crash-<hash> → target/<profile>/examples/crash_child
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("examples").join("crash_child");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with --features durable (cargo builds examples for `cargo test`)",
-        bin.display()
-    );
-    bin
-}
 
 fn day(now: i64) -> i64 {
     (now + 8 * 3600).div_euclid(86_400)
@@ -129,7 +118,7 @@ fn temp_file(name: &str) -> (PathBuf, PathBuf) {
 
 #[test]
 fn sigkill_at_random_moments_never_over_admits() {
-    let bin = child_binary();
+    let bin = common::example_binary("crash_child", "durable");
     let (path, dir) = temp_file("kill");
     let zero = wall_ms();
     let mut tally = Tally::default();
@@ -257,7 +246,7 @@ fn super_base() -> i64 {
 
 #[test]
 fn a_clean_shutdown_loses_nothing() {
-    let bin = child_binary();
+    let bin = common::example_binary("crash_child", "durable");
     let (path, dir) = temp_file("clean");
     let zero = wall_ms();
     let mut tally = Tally::default();

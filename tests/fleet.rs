@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::redis::RedisServer;
@@ -23,25 +22,13 @@ const INSTANCES: u64 = 4;
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const LARGEST_REQUEST: u64 = 3;
 
-fn child_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("examples").join("fleet_child");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with --features redis (cargo builds examples for `cargo test`)",
-        bin.display()
-    );
-    bin
-}
-
 #[test]
 fn four_instances_never_pass_a_limit_and_leave_little_unused() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(server) = RedisServer::start("fleet") else {
         return;
     };
-    let bin = child_binary();
+    let bin = common::example_binary("fleet_child", "redis");
     let zero = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -125,7 +112,7 @@ fn an_instance_killed_while_holding_grants_leaves_the_others_going() {
     let Some(server) = RedisServer::start("fleet-kill") else {
         return;
     };
-    let bin = child_binary();
+    let bin = common::example_binary("fleet_child", "redis");
     let zero = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

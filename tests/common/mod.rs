@@ -154,3 +154,18 @@ pub fn device_maybe_in_workspace(
     }
 }
 pub mod redis;
+
+/// The example binary `name`, which `cargo test` builds beside the test
+/// binaries (target/<profile>/deps/<test> → target/<profile>/examples/<name>)
+/// when the features it requires (`feature`) are on.
+pub fn example_binary(name: &str, feature: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(std::path::Path::parent).unwrap();
+    let bin = dir.join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with --features {feature} (cargo builds examples for `cargo test`)",
+        bin.display()
+    );
+    bin
+}
