@@ -145,7 +145,6 @@ impl LedgeredBuilder {
         let snapshot = ledger.load()?;
         let mut engine = self.base.build();
         let mut grants = Grants::start(ledger, self.max_grant, self.record_interval);
-        grants.location = String::from("ledger");
         grants.failure = self.failure;
         grants.grant_timeout = self.grant_timeout;
         engine.grants = Some(Box::new(grants));

@@ -178,7 +178,7 @@ impl Engine {
         self.apply_done(g);
         let rules = self.read();
         let mut changes = Vec::new();
-        self.store.visit_mut(|kind, pool, id, counters| {
+        self.store.visit_mut(|kind, id, counters| {
             let mut i = 0;
             while i < counters.len() {
                 let p = counters[i];
@@ -200,8 +200,6 @@ impl Engine {
                 if unspent == 0 || (slot as usize) >= rules.rules.len() {
                     continue;
                 }
-                let id = if kind == OwnerKind::Pool { "" } else { id };
-                let _ = pool;
                 changes.push(Change::GiveBack {
                     key: key_of(&rules, slot, kind, id),
                     window,

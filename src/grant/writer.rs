@@ -94,7 +94,6 @@ pub(crate) struct Grants {
     pub(crate) done: Arc<Done>,
     /// The rules as last committed, by slot.
     pub(crate) persisted: Mutex<Vec<RuleRecord>>,
-    pub(crate) location: String,
     pub(crate) failure: LedgerFailure,
     pub(crate) grant_timeout: Duration,
 }
@@ -118,7 +117,6 @@ impl Grants {
             stats,
             done,
             persisted: Mutex::new(Vec::new()),
-            location: String::new(),
             failure: LedgerFailure::FailClosed,
             grant_timeout: Duration::from_secs(2),
         }
@@ -127,7 +125,7 @@ impl Grants {
     pub(crate) fn closed(&self) -> LedgerError {
         LedgerError::new(
             LedgerErrorKind::Closed,
-            self.location.clone(),
+            "ledger",
             "the ledger's writer stopped",
         )
     }

@@ -243,15 +243,15 @@ impl Store {
         removed
     }
 
-    /// Calls `f` with every owner's kind, pool slot, entity id and counters,
-    /// one shard locked at a time (a ledger's shutdown).
-    pub fn visit_mut(&self, mut f: impl FnMut(OwnerKind, u32, &str, &mut Counters)) {
+    /// Calls `f` with every owner's kind, entity id and counters, one shard
+    /// locked at a time (a ledger's shutdown).
+    pub fn visit_mut(&self, mut f: impl FnMut(OwnerKind, &str, &mut Counters)) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock.lock();
             shard.table.for_each_mut(|e| {
-                let (kind, pool) = (e.kind, e.pool);
+                let kind = e.kind;
                 let id = e.id.as_str().to_owned();
-                f(kind, pool, &id, writing(e));
+                f(kind, &id, writing(e));
             });
         }
     }
