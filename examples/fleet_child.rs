@@ -8,7 +8,8 @@
 //! members of `org`, until `--seconds` have passed. The clock runs at 10
 //! simulated seconds per wall-clock second from `--clock-zero` (unix
 //! milliseconds, shared by the fleet), starting 10 simulated seconds before
-//! a local midnight.
+//! a local midnight. Unspent grants of counters idle for a sweep go back
+//! every 200 ms ([`Engine::give_back_every`]), so sweeps race the load.
 //!
 //! With `--print-admissions`, every admission is also printed as it is
 //! decided: `A <counter> <day> <units>` (for a test that kills the process).
@@ -65,6 +66,7 @@ fn main() {
         )
         .expect("rules");
     let engine = Arc::new(engine);
+    let _sweeps = Engine::give_back_every(&engine, Duration::from_millis(200));
     let until = Instant::now() + Duration::from_secs(seconds);
     let threads: Vec<_> = (0..2u64)
         .map(|t| {

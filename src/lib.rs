@@ -204,7 +204,7 @@ pub use amount::{Amount, ParseAmountError, MICROS_PER_UNIT};
 pub use decision::{Decision, Denial, DenyReason, Headroom, Rejection, UsageReport};
 pub use engine::{Engine, EngineBuilder, EngineConfig, Request, BATCH_CHUNK};
 pub use errors::{ApiError, ErrorCode};
-pub use grant::{LedgerFailure, LedgerStats, LedgeredBuilder};
+pub use grant::{GiveBackTimer, LedgerFailure, LedgerStats, LedgeredBuilder};
 pub use handle::{HandleRequest, Released, SubjectHandle};
 pub use ledger::{Ledger, LedgerError, LedgerErrorKind, MemoryLedger};
 #[cfg(feature = "tower")]

@@ -70,6 +70,27 @@ fn instances_share_one_limit_exactly() {
 }
 
 #[test]
+fn an_idle_instance_gives_its_grants_to_the_others_and_then_a_crash_strands_nothing() {
+    let Some(server) = RedisServer::start("idle") else {
+        return;
+    };
+    let a = instance(&server.url, "idle", LedgerFailure::FailClosed);
+    let b = instance(&server.url, "idle", LedgerFailure::FailClosed);
+    assert_eq!(spend(&a, "d", 4), 4);
+    // a holds more than it spent; b gets the rest of the limit but that
+    let mut total = 4 + spend(&b, "d", 200);
+    assert!(total < 100, "a's unspent grant is not b's: {total}");
+    // a goes idle: two sweeps give its unspent grant back...
+    a.give_back_idle().unwrap();
+    assert_eq!(a.give_back_idle().unwrap(), 1);
+    // ...and then a crash of a strands nothing
+    std::mem::forget(a);
+    std::thread::sleep(Duration::from_millis(1_100)); // b's refusal mark lapses
+    total += spend(&b, "d", 200);
+    assert_eq!(total, 100, "every unit of the limit was reachable");
+}
+
+#[test]
 fn threads_of_several_instances_never_pass_the_limit() {
     let Some(server) = RedisServer::start("threads") else {
         return;
@@ -157,4 +178,36 @@ fn safe_capacity_bounds_what_an_outage_admits_per_counter() {
     let got = spend(&e, "a", 40);
     assert!((4..=4 + 10).contains(&got), "{got}");
     assert_eq!(spend(&e, "b", 40), 4);
+}
+
+#[test]
+fn a_tls_url_is_spoken_in_tls_and_a_failed_handshake_fails_closed() {
+    let Some(server) = RedisServer::start("tls") else {
+        return;
+    };
+    // the throwaway server speaks plain text: a TLS client cannot talk to it
+    let url = server.url.replacen("redis://", "rediss://", 1);
+    let made = RedisLedger::new(&url, "tls", Duration::from_millis(300));
+    if !cfg!(feature = "redis-tls") {
+        let e = made.expect_err("rediss:// needs the redis-tls feature");
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        return;
+    }
+    let e = Engine::builder()
+        .ledger(made.unwrap())
+        .grant_timeout(Duration::from_secs(2))
+        .open()
+        .unwrap();
+    e.import_json(
+        r#"{"benefit_id":"7001","entity_type":"enterprise_all_devices","benefit_type":"resource_point",
+        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":100,"trigger_unit":"never"}"#,
+        T0,
+    )
+    .unwrap();
+    let d = e.try_consume(&Subject::device("d"), PTS, Amount::from_units(1), T0);
+    assert_eq!(
+        d.denial().map(|d| d.reason),
+        Some(DenyReason::LedgerUnavailable)
+    );
+    assert!(e.ledger_stats().unwrap().errors > 0);
 }

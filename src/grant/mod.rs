@@ -12,8 +12,14 @@
 //!
 //! A ceiling is kept beside its counter, in the owner's entry, as a second
 //! [`CounterState`] whose rule slot has [`CEILING`] set (`used`: the
-//! ceiling; `lifetime`: the pending grant; window and generation: the
-//! window the ceiling belongs to). Engines without a ledger have none.
+//! ceiling; `lifetime`: the pending grant and two flags, refused and
+//! active; window and generation: the window the ceiling belongs to).
+//! Engines without a ledger have none.
+//!
+//! Unspent grants go back at [`Engine::flush`] (and drop), and, for
+//! counters no debit touched between two idle sweeps, at every sweep
+//! ([`Engine::give_back_idle`], or its timer [`Engine::give_back_every`]):
+//! so what a crash strands is held by counters active at the time.
 //!
 //! Grants adapt: an eighth of what the limit has left beyond the ceiling,
 //! at most [`LedgeredBuilder::max_grant`], never less than the call needs
@@ -27,9 +33,11 @@
 //! interval, or commits them with the next grant.
 
 mod builder;
+mod idle;
 mod writer;
 
 pub use builder::{LedgerFailure, LedgeredBuilder};
+pub use idle::GiveBackTimer;
 pub(crate) use writer::Grants;
 pub use writer::LedgerStats;
 use writer::Refill;
@@ -60,6 +68,14 @@ pub(crate) const CEILING: u32 = 1 << 31;
 /// asking again for [`REFUSED_FOR`] (`Done::refused` says until when).
 /// Pending amounts stay far below.
 const REFUSED: u64 = 1 << 63;
+
+/// Set in a ceiling's pending amount by a debit spent under it since the
+/// last idle sweep (see `idle`): a ceiling without it is idle, and its
+/// unspent grant goes back. Pending amounts stay far below.
+pub(crate) const ACTIVE: u64 = 1 << 62;
+
+/// The pending amount of a ceiling's `lifetime` (its flags masked off).
+pub(crate) const PENDING: u64 = !(REFUSED | ACTIVE);
 
 /// How long a refused counter window is denied locally before the ledger
 /// is asked again.
@@ -403,8 +419,9 @@ impl Engine {
                     }
                     let refused = p.lifetime & REFUSED != 0 || short;
                     let granted = granted.unwrap_or(0);
-                    let pending = (p.lifetime & !REFUSED).saturating_sub(r.asked);
-                    p.lifetime = pending | if refused { REFUSED } else { 0 };
+                    let pending = (p.lifetime & PENDING).saturating_sub(r.asked);
+                    p.lifetime =
+                        pending | (p.lifetime & ACTIVE) | if refused { REFUSED } else { 0 };
                     p.used = p.used.saturating_add(granted);
                 }
             }
@@ -552,7 +569,13 @@ impl Engine {
                     Some(p)
                         if p.generation == window.generation && p.window_start == window.start =>
                     {
-                        (p.used, p.lifetime & !REFUSED, p.lifetime & REFUSED != 0)
+                        if p.lifetime & ACTIVE == 0 {
+                            // Spent since the last idle sweep: its grant
+                            // stays (written once per sweep, not per call).
+                            let counters = locked.counters_mut(a.shard, &a.owner);
+                            ceiling_at(counters, v.slot, window).lifetime |= ACTIVE;
+                        }
+                        (p.used, p.lifetime & PENDING, p.lifetime & REFUSED != 0)
                     }
                     _ => (0, 0, false),
                 };

@@ -134,8 +134,8 @@ impl std::fmt::Debug for RedisLedger {
 }
 
 impl RedisLedger {
-    /// A ledger at `url` (`redis://[:password@]host:port/db`; `rediss://`
-    /// for TLS when the `redis` crate's TLS feature is enabled), keys under
+    /// A ledger at `url` (`redis://[user:password@]host:port/db`;
+    /// `rediss://` for TLS with the `redis-tls` feature), keys under
     /// `prefix`, every round trip bounded by `timeout`. Connects lazily:
     /// an unreachable server is an error of the first commit, not of this.
     ///

@@ -1,0 +1,149 @@
+//! Idle give-back: unspent grants of counters nobody spends from go back
+//! to the ledger on a timer, so that other engines sharing it (a fleet)
+//! can have them, and so that a crash strands only what active counters
+//! held.
+
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{key_of, ACTIVE, CEILING, PENDING};
+use crate::engine::Engine;
+use crate::ledger::{Change, LedgerError, WindowId};
+
+impl Engine {
+    /// One idle sweep: every counter whose grant no debit spent from since
+    /// the previous sweep gives its unspent grant back to the ledger; the
+    /// others are marked, to be looked at again by the next sweep. Returns
+    /// how many counters gave grants back. Does nothing without a ledger.
+    ///
+    /// A counter with a grant in flight is left alone (its ceiling is not
+    /// final yet). Only what is above the counter's usage goes back, under
+    /// the counter's lock, so a debit racing the sweep either lands under
+    /// the old ceiling before it or takes a new grant after it: no unit is
+    /// admitted that the ledger does not hold.
+    ///
+    /// Call it from a timer ([`Engine::give_back_every`] runs one): a
+    /// counter then gives back after one to two periods without debits. A
+    /// period short next to the gap between a subject's requests makes each
+    /// of its requests wait for a new grant; a few seconds suit gateways.
+    ///
+    /// # Errors
+    /// The ledger's, if the commit fails (what was given back then stays
+    /// counted as used: under-admission, never over-admission).
+    ///
+    /// # Examples
+    /// ```
+    /// use benefit_quota::{Amount, BenefitType, Engine, MemoryLedger, Subject};
+    /// let engine = Engine::builder().ledger(MemoryLedger::new()).open()?;
+    /// engine.create_json(r#"{"entity_type":"enterprise_all_devices","benefit_info":{
+    ///     "benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,
+    ///     "ended_at":253402300799,"limit":100,"trigger_unit":"never"}}"#)?;
+    /// let now = 1_767_225_600;
+    /// let one = Amount::from_units(1);
+    /// let spent = engine.try_consume(&Subject::device("d"), BenefitType::ResourcePoint, one, now);
+    /// assert!(spent.is_allowed());
+    /// assert_eq!(engine.give_back_idle()?, 0); // spent since the last sweep: kept
+    /// assert_eq!(engine.give_back_idle()?, 1); // idle since: given back
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn give_back_idle(&self) -> Result<usize, LedgerError> {
+        let Some(g) = self.grants.as_deref() else {
+            return Ok(0);
+        };
+        self.apply_done(g);
+        let rules = self.read();
+        let mut changes = Vec::new();
+        self.store.visit_mut(|kind, id, counters| {
+            for i in 0..counters.len() {
+                let p = counters[i];
+                if p.rule & CEILING == 0 || p.lifetime & PENDING != 0 {
+                    continue;
+                }
+                if p.lifetime & ACTIVE != 0 {
+                    counters[i].lifetime &= !ACTIVE;
+                    continue;
+                }
+                let slot = p.rule & !CEILING;
+                let spent = counters
+                    .iter()
+                    .find(|c| c.rule == slot)
+                    .filter(|c| c.generation == p.generation && c.window_start == p.window_start)
+                    .map_or(0, |c| c.used);
+                let unspent = p.used.saturating_sub(spent);
+                if unspent == 0 || (slot as usize) >= rules.rules.len() {
+                    continue;
+                }
+                changes.push(Change::GiveBack {
+                    key: key_of(&rules, slot, kind, id),
+                    window: WindowId {
+                        generation: p.generation,
+                        start: p.window_start,
+                    },
+                    amount: unspent,
+                });
+                counters[i].used = spent;
+            }
+        });
+        drop(rules);
+        let n = changes.len();
+        if n > 0 {
+            g.commit(changes)?;
+        }
+        Ok(n)
+    }
+
+    /// Runs [`Engine::give_back_idle`] every `period` on a thread of its
+    /// own, until the returned timer is dropped or the engine is (the
+    /// thread holds the engine weakly). A failed sweep is counted in
+    /// [`Engine::ledger_stats`] and the next one tries again.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use benefit_quota::{Engine, MemoryLedger};
+    /// let engine = Arc::new(Engine::builder().ledger(MemoryLedger::new()).open()?);
+    /// let timer = Engine::give_back_every(&engine, Duration::from_secs(5));
+    /// drop(timer); // stops the sweeps
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use = "dropping the timer stops it"]
+    pub fn give_back_every(engine: &Arc<Engine>, period: Duration) -> GiveBackTimer {
+        let weak: Weak<Engine> = Arc::downgrade(engine);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("benefit-quota-give-back".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(period)
+                {
+                    let Some(engine) = weak.upgrade() else {
+                        return;
+                    };
+                    let _ = engine.give_back_idle();
+                }
+            })
+            .ok();
+        GiveBackTimer {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+/// The thread of [`Engine::give_back_every`]: stopped (and joined) on
+/// drop.
+#[derive(Debug)]
+pub struct GiveBackTimer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for GiveBackTimer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Idle give-back: unspent grants of counters nobody spends from go back
+//! to the ledger on a sweep (or its timer), never a unit that was spent,
+//! and what a crash then strands is only what active counters held.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use benefit_quota::ledger::{CounterKey, CounterOwner};
+use benefit_quota::types::BenefitId;
+use benefit_quota::{Amount, BenefitType, Engine, MemoryLedger, Subject};
+
+const PTS: BenefitType = BenefitType::ResourcePoint;
+const T0: i64 = 1_741_708_800;
+
+fn rule(entity: &str, limit: u64) -> String {
+    format!(
+        r#"{{"entity_type":"{entity}","benefit_info":{{"benefit_type":"resource_point",
+        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"never"}}}}"#
+    )
+}
+
+fn open(ledger: &Arc<MemoryLedger>, limit: u64) -> Engine {
+    let e = Engine::builder()
+        .ledger(Arc::clone(ledger))
+        .max_grant(Amount::from_units(50))
+        .open()
+        .unwrap();
+    if e.rule_count() == 0 {
+        e.create_json(rule("enterprise_all_devices", limit))
+            .unwrap();
+    }
+    e
+}
+
+fn spend(e: &Engine, dev: &str, n: u64) -> u64 {
+    (0..n)
+        .filter(|_| {
+            e.try_consume(&Subject::device(dev), PTS, Amount::from_units(1), T0)
+                .is_allowed()
+        })
+        .count() as u64
+}
+
+/// What the ledger holds for a device's counter of rule "1", in units.
+fn held(ledger: &MemoryLedger, dev: &str) -> u64 {
+    let key = CounterKey {
+        benefit_id: BenefitId::new("1").unwrap(),
+        owner: CounterOwner::Device(dev.into()),
+    };
+    ledger.counter(&key).map_or(0, |r| r.used) / Amount::from_units(1).as_micros()
+}
+
+#[test]
+fn idle_counters_give_their_grants_back_and_active_ones_keep_them() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger, 1_000);
+    assert_eq!(spend(&e, "a", 1) + spend(&e, "b", 1), 2);
+    assert!(
+        held(&ledger, "a") > 1 && held(&ledger, "b") > 1,
+        "grants were taken"
+    );
+    // both spent since the last sweep: kept, and marked
+    assert_eq!(e.give_back_idle().unwrap(), 0);
+    assert_eq!(spend(&e, "a", 1), 1);
+    // b spent nothing since: its unspent grant goes back, to the unit
+    assert_eq!(e.give_back_idle().unwrap(), 1);
+    assert_eq!(held(&ledger, "b"), 1);
+    assert!(held(&ledger, "a") > 2);
+    // a, idle from now on, goes back at the next sweep
+    assert_eq!(e.give_back_idle().unwrap(), 1);
+    assert_eq!(held(&ledger, "a"), 2);
+    assert_eq!(e.give_back_idle().unwrap(), 0, "nothing left to give back");
+    // spending again takes a new grant and counts on from what was spent
+    assert_eq!(spend(&e, "b", 3), 3);
+    assert_eq!(
+        e.usage(&Subject::device("b"), T0)[0].used,
+        Amount::from_units(4)
+    );
+}
+
+#[test]
+fn a_crash_after_an_idle_sweep_strands_nothing() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger, 100);
+    assert_eq!(spend(&e, "d", 7), 7);
+    assert!(held(&ledger, "d") > 7);
+    e.give_back_idle().unwrap();
+    e.give_back_idle().unwrap();
+    assert_eq!(held(&ledger, "d"), 7);
+    std::mem::forget(e); // a crash: nothing given back at shutdown
+    let e = open(&ledger, 100);
+    assert_eq!(
+        e.usage(&Subject::device("d"), T0)[0].used,
+        Amount::from_units(7)
+    );
+    assert_eq!(
+        spend(&e, "d", 200),
+        93,
+        "all of the limit is reachable again"
+    );
+}
+
+#[test]
+fn sweeps_racing_debits_never_give_back_a_spent_unit() {
+    // Four devices every thread spends from, a sweeper sweeping as fast as
+    // it can: every admission is still backed, and once demand passed the
+    // limits exactly the limits were admitted.
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = Engine::builder()
+        .ledger(Arc::clone(&ledger))
+        .max_grant(Amount::from_units(8))
+        .open()
+        .unwrap();
+    e.create_json(rule("enterprise_all_devices", 500)).unwrap();
+    let e = Arc::new(e);
+    let admitted = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let sweeps = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                e.give_back_idle().unwrap();
+                sweeps.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let workers: Vec<_> = (0..3)
+            .map(|t| {
+                let (e, admitted) = (&e, &admitted);
+                s.spawn(move || {
+                    for i in 0..1_500u64 {
+                        let dev = format!("d{}", (i + t) % 4);
+                        if e.try_consume(&Subject::device(&dev), PTS, Amount::from_units(1), T0)
+                            .is_allowed()
+                        {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    assert!(sweeps.load(Ordering::Relaxed) > 1);
+    let admitted = admitted.load(Ordering::Relaxed) as u64;
+    assert_eq!(admitted, 2_000, "demand was 4,500 for 4 devices × 500");
+    // every admitted unit is held, and after the final sweeps no more
+    e.give_back_idle().unwrap();
+    e.give_back_idle().unwrap();
+    let total: u64 = (0..4).map(|d| held(&ledger, &format!("d{d}"))).sum();
+    assert_eq!(total, admitted);
+}
+
+#[test]
+fn the_timer_gives_idle_grants_back_and_stops_with_the_engine() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = Arc::new(open(&ledger, 1_000));
+    let timer = Engine::give_back_every(&e, Duration::from_millis(10));
+    assert_eq!(spend(&e, "d", 3), 3);
+    let until = Instant::now() + Duration::from_secs(10);
+    while held(&ledger, "d") != 3 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(held(&ledger, "d"), 3, "the idle grant came back");
+    // the timer holds the engine weakly: dropping the engine ends it
+    drop(e);
+    drop(timer);
+}
+
+#[test]
+fn without_a_ledger_a_sweep_does_nothing() {
+    let e = Engine::new();
+    e.create_json(rule("enterprise_all_devices", 10)).unwrap();
+    assert_eq!(spend(&e, "d", 1), 1);
+    assert_eq!(e.give_back_idle().unwrap(), 0);
+    assert_eq!(e.give_back_idle().unwrap(), 0);
+}
