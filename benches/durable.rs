@@ -179,10 +179,12 @@ fn open_time(devices: usize) -> (Duration, u64, usize) {
     let day = WindowId {
         generation: 0,
         start: MIDNIGHT,
+        end: MIDNIGHT + 86_400,
     };
     let cumulative = WindowId {
         generation: 0,
         start: i64::MIN,
+        end: i64::MAX,
     };
     let mut changes = Vec::with_capacity(devices * 2);
     for i in 0..devices {

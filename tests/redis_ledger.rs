@@ -211,3 +211,58 @@ fn a_tls_url_is_spoken_in_tls_and_a_failed_handshake_fails_closed() {
     );
     assert!(e.ledger_stats().unwrap().errors > 0);
 }
+
+/// Rule 7002: 100 points per `unit` for every device, as the platform
+/// lists it.
+fn periodic(unit: &str) -> String {
+    format!(
+        r#"{{"benefit_id":"7002","entity_type":"enterprise_all_devices","benefit_type":"resource_point",
+        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":100,"trigger_unit":"{unit}","trigger_time":1}}"#
+    )
+}
+
+fn periodic_instance(url: &str, unit: &str, now: i64) -> Engine {
+    let ledger = RedisLedger::new(url, "reset", Duration::from_millis(300)).unwrap();
+    let e = Engine::builder()
+        .ledger(ledger)
+        .max_grant(Amount::from_units(10))
+        .open()
+        .unwrap();
+    e.import_json(periodic(unit), now).unwrap();
+    e
+}
+
+fn spend_at(e: &Engine, n: usize, now: i64) -> usize {
+    (0..n)
+        .filter(|_| {
+            e.try_consume(&Subject::device("d"), PTS, Amount::from_units(1), now)
+                .is_allowed()
+        })
+        .count()
+}
+
+#[test]
+fn an_instance_started_after_a_reset_counts_with_the_ones_that_saw_it() {
+    // Each instance counts its own resets (D16 generations): one that saw
+    // the update has counted one, one started after it none. They must
+    // still share the window's counter.
+    let Some(server) = RedisServer::start("reset") else {
+        return;
+    };
+    let a = periodic_instance(&server.url, "day", T0);
+    assert_eq!(spend_at(&a, 60, T0 + 60), 60);
+    // the platform changes the rule to hourly: a new window, usage from zero
+    let later = T0 + 1_800;
+    a.import_json(periodic("hour"), later).unwrap();
+    let b = periodic_instance(&server.url, "hour", later);
+    let c = periodic_instance(&server.url, "hour", later);
+    let mut total = 0;
+    for _ in 0..30 {
+        total += spend_at(&a, 3, later) + spend_at(&b, 3, later) + spend_at(&c, 3, later);
+    }
+    assert!(total <= 100, "the fleet admitted {total} of an hourly 100");
+    drop((a, b));
+    std::thread::sleep(Duration::from_millis(1_100)); // c's refusal mark lapses
+    total += spend_at(&c, 200, later);
+    assert_eq!(total, 100);
+}

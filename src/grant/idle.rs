@@ -7,9 +7,9 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{key_of, ACTIVE, CEILING, PENDING};
+use super::{key_of, window_id, ACTIVE, CEILING, PENDING};
 use crate::engine::Engine;
-use crate::ledger::{Change, LedgerError, WindowId};
+use crate::ledger::{Change, LedgerError};
 
 impl Engine {
     /// One idle sweep: every counter whose grant no debit spent from since
@@ -76,10 +76,7 @@ impl Engine {
                 }
                 changes.push(Change::GiveBack {
                     key: key_of(&rules, slot, kind, id),
-                    window: WindowId {
-                        generation: p.generation,
-                        start: p.window_start,
-                    },
+                    window: window_id(&rules, slot, p.generation, p.window_start),
                     amount: unspent,
                 });
                 counters[i].used = spent;

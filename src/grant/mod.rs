@@ -84,19 +84,47 @@ const REFUSED_FOR: Duration = Duration::from_secs(1);
 /// A grant is this fraction (a shift) of what the limit has left.
 const GRANT_SHIFT: u32 = 3;
 
-/// The window a debit of rule (`generation`, `window`) lands in, given its
-/// counter: the counter's own if it is current (a newer one included),
-/// else the caller's.
-fn landing(c: Option<&CounterState>, generation: u32, window: Option<crate::Window>) -> WindowId {
-    match c {
-        Some(c) if c.is_current(generation, window) => WindowId {
-            generation: c.generation,
-            start: c.window_start,
-        },
-        _ => WindowId {
+/// The window a debit of rule `slot` (at `generation`, in `window`) lands
+/// in, given its counter: the counter's own if it is current (a newer one
+/// included), else the caller's.
+fn landing(
+    rules: &RuleSet,
+    slot: u32,
+    c: Option<&CounterState>,
+    generation: u32,
+    window: Option<crate::Window>,
+) -> WindowId {
+    match (c, window) {
+        (Some(c), Some(w)) if c.is_current(generation, window) && c.window_start == w.start => {
+            WindowId {
+                generation: c.generation,
+                start: w.start,
+                end: w.end,
+            }
+        }
+        (Some(c), _) if c.is_current(generation, window) => {
+            window_id(rules, slot, c.generation, c.window_start)
+        }
+        (_, Some(w)) => WindowId {
             generation,
-            start: window.map_or(i64::MIN, |w| w.start),
+            start: w.start,
+            end: w.end,
         },
+        (_, None) => window_id(rules, slot, generation, i64::MIN),
+    }
+}
+
+/// Rule `slot`'s window of `generation` starting at `start` (`i64::MIN`:
+/// cumulative), its end as the rule's period puts it.
+fn window_id(rules: &RuleSet, slot: u32, generation: u32, start: i64) -> WindowId {
+    let end = match rules.rules.get(slot as usize) {
+        Some(r) if start != i64::MIN => r.period.window(start).map_or(i64::MAX, |w| w.end),
+        _ => i64::MAX,
+    };
+    WindowId {
+        generation,
+        start,
+        end,
     }
 }
 
@@ -138,12 +166,11 @@ fn unavailable(rules: &RuleSet, slot: u32, resets_at: Option<i64>) -> Denial {
 
 /// Seconds from `now` until a counter of rule `slot` counting in `window`
 /// stops counting (`None`: cumulative).
-fn ends_in(rules: &RuleSet, slot: u32, window: WindowId, now: i64) -> Option<u64> {
-    if window.start == i64::MIN {
+fn ends_in(window: WindowId, now: i64) -> Option<u64> {
+    if window.end == i64::MAX {
         return None;
     }
-    let end = rules.rules[slot as usize].period.window(window.start)?.end;
-    Some(end.saturating_sub(now).max(0) as u64)
+    Some(window.end.saturating_sub(now).max(0) as u64)
 }
 
 /// Rules queued to the ledger's writer by a configuration write.
@@ -203,10 +230,7 @@ impl Engine {
                     continue;
                 }
                 let slot = p.rule & !CEILING;
-                let window = WindowId {
-                    generation: p.generation,
-                    start: p.window_start,
-                };
+                let window = window_id(&rules, slot, p.generation, p.window_start);
                 let spent = counters
                     .iter()
                     .find(|c| c.rule == slot)
@@ -364,7 +388,7 @@ impl Engine {
             .filter(|(_, _, slot, ..)| (*slot as usize) < rules.rules.len())
             .map(|(kind, id, slot, generation, start)| Change::Forget {
                 key: key_of(rules, slot, kind, &id),
-                window: WindowId { generation, start },
+                window: window_id(rules, slot, generation, start),
             })
             .collect();
         if !changes.is_empty() {
@@ -524,7 +548,7 @@ impl Engine {
                 let p = cs
                     .and_then(|cs| cs.iter().find(|c| c.rule == v.slot | CEILING))
                     .copied();
-                let mut window = landing(c.as_ref(), v.generation, w);
+                let mut window = landing(&rules, v.slot, c.as_ref(), v.generation, w);
                 if let Some(p) =
                     p.filter(|p| p.generation == window.generation && p.window_start > window.start)
                 {
@@ -544,10 +568,7 @@ impl Engine {
                     let cur = counter_of(counters, v.slot);
                     cur.roll(v.generation, Some(newer));
                     c = Some(*cur);
-                    window = WindowId {
-                        generation: p.generation,
-                        start: p.window_start,
-                    };
+                    window = window_id(&rules, v.slot, p.generation, p.window_start);
                 }
                 let used = match c {
                     Some(c)
@@ -634,7 +655,7 @@ impl Engine {
                     at_least,
                     amount: asked,
                     limit: v.limit,
-                    ends_in: ends_in(&rules, v.slot, window, now),
+                    ends_in: ends_in(window, now),
                 });
                 refills.push(Refill {
                     shard: a.shard,
@@ -715,7 +736,7 @@ impl Engine {
                     .and_then(|cs| cs.iter().find(|c| c.rule == v.slot));
                 let key = (
                     key_of(&rules, v.slot, a.owner.kind, a.owner.id),
-                    landing(c, v.generation, w),
+                    landing(&rules, v.slot, c, v.generation, w),
                 );
                 let so_far = unbacked.get(&key).copied().unwrap_or(0);
                 if so_far.saturating_add(amount) > cap {
@@ -790,7 +811,7 @@ impl Engine {
             if booked == 0 {
                 continue;
             }
-            let window = landing(Some(&c), v.generation, w);
+            let window = landing(table.table, v.slot, Some(&c), v.generation, w);
             let newer = counters.iter().any(|p| {
                 p.rule == v.slot | CEILING
                     && p.generation == window.generation
@@ -806,7 +827,7 @@ impl Engine {
                 key: key_of(table.table, v.slot, a.owner.kind, a.owner.id),
                 window,
                 amount: booked,
-                ends_in: ends_in(table.table, v.slot, window, now),
+                ends_in: ends_in(window, now),
             });
         }
         let Some(g) = self.grants.as_deref() else {

@@ -12,7 +12,7 @@ use super::{CounterKey, CounterOwner, CounterRecord, RuleRecord, WindowId};
 use crate::types::{BenefitId, BenefitInfo};
 
 /// The record format this version writes and reads.
-pub(crate) const FORMAT: u8 = 1;
+pub(crate) const FORMAT: u8 = 2;
 
 /// Why bytes are not a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,17 +88,18 @@ pub fn decode_counter_key(bytes: &[u8]) -> Result<CounterKey, DecodeError> {
 }
 
 /// Length of a counter record.
-const COUNTER_LEN: usize = 1 + 4 + 8 + 8 + 8;
+const COUNTER_LEN: usize = 1 + 4 + 8 + 8 + 8 + 8;
 
-/// A counter record's bytes: format, generation, window start, used,
-/// lifetime (big-endian).
+/// A counter record's bytes: format, generation, window start, window end,
+/// used, lifetime (big-endian).
 pub fn encode_counter(rec: &CounterRecord) -> [u8; COUNTER_LEN] {
     let mut out = [0u8; COUNTER_LEN];
     out[0] = FORMAT;
     out[1..5].copy_from_slice(&rec.window.generation.to_be_bytes());
     out[5..13].copy_from_slice(&rec.window.start.to_be_bytes());
-    out[13..21].copy_from_slice(&rec.used.to_be_bytes());
-    out[21..29].copy_from_slice(&rec.lifetime.to_be_bytes());
+    out[13..21].copy_from_slice(&rec.window.end.to_be_bytes());
+    out[21..29].copy_from_slice(&rec.used.to_be_bytes());
+    out[29..37].copy_from_slice(&rec.lifetime.to_be_bytes());
     out
 }
 
@@ -124,9 +125,10 @@ pub fn decode_counter(bytes: &[u8]) -> Result<CounterRecord, DecodeError> {
         window: WindowId {
             generation: u32_at(1),
             start: u64_at(5) as i64,
+            end: u64_at(13) as i64,
         },
-        used: u64_at(13),
-        lifetime: u64_at(21),
+        used: u64_at(21),
+        lifetime: u64_at(29),
     })
 }
 
@@ -195,6 +197,7 @@ mod tests {
             window: WindowId {
                 generation: 3,
                 start: i64::MIN,
+                end: i64::MAX,
             },
             used: 5,
             lifetime: u64::MAX,
@@ -205,13 +208,14 @@ mod tests {
     #[test]
     fn damaged_bytes_are_errors() {
         assert!(decode_counter_key(&[]).is_err());
-        assert!(decode_counter_key(&[1, 0, 0, 9, b'1']).is_err());
-        assert!(decode_counter_key(&[1, 2, 0, 1, b'1', b'x']).is_err());
-        assert!(decode_counter_key(&[1, 7, 0, 1, b'1']).is_err());
-        assert!(decode_counter_key(&[2, 0, 0, 1, b'1']).is_err());
-        assert!(decode_counter(&[1; 28]).is_err());
-        assert!(decode_counter(&[2; 29]).is_err());
-        assert!(decode_rule(b"\x01{}").is_err());
+        assert!(decode_counter_key(&[FORMAT, 0, 0, 9, b'1']).is_err());
+        assert!(decode_counter_key(&[FORMAT, 2, 0, 1, b'1', b'x']).is_err());
+        assert!(decode_counter_key(&[FORMAT, 7, 0, 1, b'1']).is_err());
+        assert!(decode_counter_key(&[FORMAT + 1, 0, 0, 1, b'1']).is_err());
+        assert!(decode_counter_key(&[FORMAT - 1, 0, 0, 1, b'1']).is_err());
+        assert!(decode_counter(&[FORMAT; 36]).is_err());
+        assert!(decode_counter(&[FORMAT + 1; 37]).is_err());
+        assert!(decode_rule(&[FORMAT, b'{', b'}']).is_err());
         assert!(decode_rule(b"").is_err());
     }
 }

@@ -162,7 +162,10 @@ impl FileLedger {
             Some(f) => Err(LedgerError::new(
                 LedgerErrorKind::Corrupt,
                 at,
-                format!("unknown ledger format {f}"),
+                format!(
+                    "ledger format {f}, older than this version's {FORMAT} (counter records \
+                     gained their window's end; no migration: start from a new file)"
+                ),
             )),
             None if tables.is_empty() => {
                 let w = self

@@ -62,17 +62,31 @@ pub struct CounterKey {
 }
 
 /// The window a counter counts in: the rule's generation (bumped by an
-/// update that starts usage from zero) and the window's start in unix
-/// seconds (`i64::MIN` for a cumulative rule).
+/// update that starts usage from zero), and the window's start and end in
+/// unix seconds (`i64::MIN` and `i64::MAX` for a cumulative rule).
+///
+/// Within one engine the generation and start name a window. The
+/// generation is the engine's own count of resets, though: engines that
+/// share a ledger (a fleet) name a window by its start and end, which every
+/// engine with the same rules computes alike, whenever it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WindowId {
     /// The rule's generation.
     pub generation: u32,
     /// The window's start (`i64::MIN`: cumulative).
     pub start: i64,
+    /// The window's end, its first second after it (`i64::MAX`: cumulative).
+    pub end: i64,
 }
 
 impl WindowId {
+    /// Whether `self` and `other` are one window of one engine (same
+    /// generation and start; the end follows from them, as the rule's
+    /// period computes it).
+    pub fn same(&self, other: &WindowId) -> bool {
+        self.generation == other.generation && self.start == other.start
+    }
+
     /// Whether a change for `self` replaces a counter that counts in
     /// `stored` (a later window, or another generation: the engine only
     /// ever moves a counter forward).
@@ -229,7 +243,7 @@ pub fn apply_counter_change(
         | Change::Record { window, amount, .. } => (*window, *amount),
         Change::Forget { window, .. } => {
             return match stored {
-                Some(rec) if rec.window == *window => (None, 0),
+                Some(rec) if rec.window.same(window) => (None, 0),
                 other => (other, 0),
             };
         }
@@ -240,7 +254,7 @@ pub fn apply_counter_change(
         used: 0,
         lifetime: 0,
     });
-    let current = if rec.window == window {
+    let current = if rec.window.same(&window) {
         true
     } else if window.supersedes(&rec.window) {
         rec.window = window;
@@ -353,10 +367,12 @@ mod tests {
     const W1: WindowId = WindowId {
         generation: 0,
         start: 100,
+        end: 200,
     };
     const W2: WindowId = WindowId {
         generation: 0,
         start: 200,
+        end: 300,
     };
 
     fn grant(window: WindowId, at_least: u64, amount: u64, limit: u64) -> Change {

@@ -1,8 +1,8 @@
 //! A ledger in Redis (feature `redis`), shared by a fleet of gateways.
 //!
 //! Each counter window is one Redis integer (micro-units granted or
-//! recorded by every instance), keyed by rule, owner, generation and window
-//! start, expiring a day after its window ends (by the callers' clocks: a
+//! recorded by every instance), keyed by rule, owner and window (start and
+//! end), expiring a day after its window ends (by the callers' clocks: a
 //! key's time to live only grows). A batch of changes is one
 //! Lua script, so Redis applies it atomically: a grant checks the limit
 //! against what every instance holds, so the fleet never admits more than
@@ -173,8 +173,11 @@ impl RedisLedger {
     fn counter_key(&self, key: &super::CounterKey, window: &super::WindowId) -> Vec<u8> {
         let mut k = format!("{}:c:", self.prefix).into_bytes();
         k.extend_from_slice(&encode_counter_key(key));
-        k.extend_from_slice(&window.generation.to_be_bytes());
+        // Start and end, not the generation: each instance counts its own
+        // generations (a restarted one starts again at zero), while every
+        // instance with the rule computes the same window.
         k.extend_from_slice(&window.start.to_be_bytes());
+        k.extend_from_slice(&window.end.to_be_bytes());
         k
     }
 
