@@ -85,7 +85,7 @@ impl Engine {
         drop(rules);
         let n = changes.len();
         if n > 0 {
-            g.commit(changes)?;
+            g.commit_in_turns(changes)?;
         }
         Ok(n)
     }

@@ -152,6 +152,13 @@ fn bump(stamp: &Stamp) -> u64 {
 /// one until the lock is released.
 #[inline(always)]
 fn writing(e: &mut Entry) -> &mut Counters {
+    stamp_write(e);
+    &mut e.counters
+}
+
+/// The stamp side of [`writing`].
+#[inline(always)]
+fn stamp_write(e: &mut Entry) {
     if let Some(stamp) = &e.stamp {
         if Arc::strong_count(stamp) == 1 {
             e.stamp = None;
@@ -159,7 +166,6 @@ fn writing(e: &mut Entry) -> &mut Counters {
             bump(stamp);
         }
     }
-    &mut e.counters
 }
 
 /// The sharded counter store.
@@ -249,9 +255,8 @@ impl Store {
         for shard in self.shards.iter() {
             let mut shard = shard.lock.lock();
             shard.table.for_each_mut(|e| {
-                let kind = e.kind;
-                let id = e.id.as_str().to_owned();
-                f(kind, &id, writing(e));
+                stamp_write(e);
+                f(e.kind, e.id.as_str(), &mut e.counters);
             });
         }
     }
