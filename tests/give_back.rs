@@ -178,3 +178,23 @@ fn without_a_ledger_a_sweep_does_nothing() {
     assert_eq!(e.give_back_idle().unwrap(), 0);
     assert_eq!(e.give_back_idle().unwrap(), 0);
 }
+
+#[test]
+fn a_large_sweep_commits_in_turns_and_gives_everything_back() {
+    // 20,000 idle counters: given back in turns (each a commit of at most
+    // 8,192), so that grants asked for meanwhile wait for a turn, not for
+    // the whole sweep.
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger, 1_000);
+    let devices = 20_000;
+    for i in 0..devices {
+        assert_eq!(spend(&e, &format!("d{i}"), 1), 1);
+    }
+    e.give_back_idle().unwrap();
+    let before = ledger.commits();
+    assert_eq!(e.give_back_idle().unwrap(), devices);
+    assert!(ledger.commits() - before >= 3, "{} commits", ledger.commits() - before);
+    for i in (0..devices).step_by(997) {
+        assert_eq!(held(&ledger, &format!("d{i}")), 1);
+    }
+}
