@@ -193,7 +193,11 @@ fn a_large_sweep_commits_in_turns_and_gives_everything_back() {
     e.give_back_idle().unwrap();
     let before = ledger.commits();
     assert_eq!(e.give_back_idle().unwrap(), devices);
-    assert!(ledger.commits() - before >= 3, "{} commits", ledger.commits() - before);
+    assert!(
+        ledger.commits() - before >= 3,
+        "{} commits",
+        ledger.commits() - before
+    );
     for i in (0..devices).step_by(997) {
         assert_eq!(held(&ledger, &format!("d{i}")), 1);
     }

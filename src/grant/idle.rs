@@ -7,9 +7,9 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{key_of, window_id, ACTIVE, CEILING, PENDING};
+use super::{ACTIVE, PENDING};
 use crate::engine::Engine;
-use crate::ledger::{Change, LedgerError};
+use crate::ledger::LedgerError;
 
 impl Engine {
     /// One idle sweep: every counter whose grant no debit spent from since
@@ -52,37 +52,16 @@ impl Engine {
             return Ok(0);
         };
         self.apply_done(g);
-        let rules = self.read();
-        let mut changes = Vec::new();
-        self.store.visit_mut(|kind, id, counters| {
-            for i in 0..counters.len() {
-                let p = counters[i];
-                if p.rule & CEILING == 0 || p.lifetime & PENDING != 0 {
-                    continue;
-                }
-                if p.lifetime & ACTIVE != 0 {
-                    counters[i].lifetime &= !ACTIVE;
-                    continue;
-                }
-                let slot = p.rule & !CEILING;
-                let spent = counters
-                    .iter()
-                    .find(|c| c.rule == slot)
-                    .filter(|c| c.generation == p.generation && c.window_start == p.window_start)
-                    .map_or(0, |c| c.used);
-                let unspent = p.used.saturating_sub(spent);
-                if unspent == 0 || (slot as usize) >= rules.rules.len() {
-                    continue;
-                }
-                changes.push(Change::GiveBack {
-                    key: key_of(&rules, slot, kind, id),
-                    window: window_id(&rules, slot, p.generation, p.window_start),
-                    amount: unspent,
-                });
-                counters[i].used = spent;
+        let changes = self.take_back(|p| {
+            if p.lifetime & PENDING != 0 {
+                false // its ceiling moves when the grant comes back
+            } else if p.lifetime & ACTIVE != 0 {
+                p.lifetime &= !ACTIVE; // spent from: kept, until a sweep finds it idle
+                false
+            } else {
+                true
             }
         });
-        drop(rules);
         let n = changes.len();
         if n > 0 {
             g.commit_in_turns(changes)?;

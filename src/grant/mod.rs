@@ -219,18 +219,23 @@ impl Engine {
         // that what is given back is what is really unspent.
         g.commit(Vec::new())?;
         self.apply_done(g);
+        let changes = self.take_back(|_| true);
+        g.commit(changes)
+    }
+
+    /// Lowers every ceiling `pick` chooses to its counter's usage, under
+    /// its owner's lock (`pick` may also update the ceiling's flags), and
+    /// returns the give-backs of what was above it, to commit.
+    pub(crate) fn take_back(&self, mut pick: impl FnMut(&mut CounterState) -> bool) -> Vec<Change> {
         let rules = self.read();
         let mut changes = Vec::new();
         self.store.visit_mut(|kind, id, counters| {
-            let mut i = 0;
-            while i < counters.len() {
-                let p = counters[i];
-                i += 1;
-                if p.rule & CEILING == 0 {
+            for i in 0..counters.len() {
+                if counters[i].rule & CEILING == 0 || !pick(&mut counters[i]) {
                     continue;
                 }
+                let p = counters[i];
                 let slot = p.rule & !CEILING;
-                let window = window_id(&rules, slot, p.generation, p.window_start);
                 let spent = counters
                     .iter()
                     .find(|c| c.rule == slot)
@@ -242,14 +247,13 @@ impl Engine {
                 }
                 changes.push(Change::GiveBack {
                     key: key_of(&rules, slot, kind, id),
-                    window,
+                    window: window_id(&rules, slot, p.generation, p.window_start),
                     amount: unspent,
                 });
-                counters[i - 1].used = spent;
+                counters[i].used = spent;
             }
         });
-        drop(rules);
-        g.commit(changes)
+        changes
     }
 
     /// Restores what a ledger held: rules first (in their order, with their
