@@ -294,7 +294,7 @@ fn main() {
             mark.as_secs_f64() * 1e3
         );
         println!(
-            "| idle sweep, every counter idle ({given} given back, one commit) | {:.0} ms | |",
+            "| idle sweep, every counter idle ({given} given back, in turns of 8,192) | {:.0} ms | |",
             give.as_secs_f64() * 1e3
         );
     }

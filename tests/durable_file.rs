@@ -160,6 +160,18 @@ fn a_newer_format_is_refused_with_its_version() {
 }
 
 #[test]
+fn an_older_format_is_refused_saying_so() {
+    let dir = Dir::new("older");
+    let path = dir.file("quota.db");
+    drop(Engine::builder().durable(&path).open().unwrap());
+    set_meta(&path, 1);
+    let err = open_err(&path);
+    assert_eq!(err.kind, LedgerErrorKind::OlderFormat, "{err}");
+    assert!(err.to_string().contains("older"), "{err}");
+    assert!(err.detail.contains("format 1"), "{err}");
+}
+
+#[test]
 fn a_damaged_record_is_named() {
     let dir = Dir::new("damaged");
     let path = dir.file("quota.db");

@@ -103,37 +103,58 @@ fn a_crash_after_an_idle_sweep_strands_nothing() {
 
 #[test]
 fn sweeps_racing_debits_never_give_back_a_spent_unit() {
-    // Four devices every thread spends from, a sweeper sweeping as fast as
-    // it can: every admission is still backed, and once demand passed the
-    // limits exactly the limits were admitted.
+    // Three threads spend from 64 devices picked at random (most of them
+    // idle between two sweeps), a sweeper sweeps as fast as it can, and a
+    // checker reads, device by device, what was admitted and then what the
+    // ledger holds: every admitted unit is held at every moment, and once
+    // demand passed the limits exactly the limits were admitted.
+    const DEVICES: usize = 64;
+    const LIMIT: u64 = 40;
     let ledger = Arc::new(MemoryLedger::new());
     let e = Engine::builder()
         .ledger(Arc::clone(&ledger))
         .max_grant(Amount::from_units(8))
         .open()
         .unwrap();
-    e.create_json(rule("enterprise_all_devices", 500)).unwrap();
-    let e = Arc::new(e);
-    let admitted = AtomicUsize::new(0);
+    e.create_json(rule("enterprise_all_devices", LIMIT))
+        .unwrap();
+    let admitted: Vec<AtomicUsize> = (0..DEVICES).map(|_| AtomicUsize::new(0)).collect();
     let done = AtomicBool::new(false);
     let sweeps = AtomicUsize::new(0);
+    let given_back = AtomicUsize::new(0);
+    let checks = AtomicUsize::new(0);
     std::thread::scope(|s| {
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
-                e.give_back_idle().unwrap();
+                given_back.fetch_add(e.give_back_idle().unwrap(), Ordering::Relaxed);
                 sweeps.fetch_add(1, Ordering::Relaxed);
             }
         });
-        let workers: Vec<_> = (0..3)
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                for (d, n) in admitted.iter().enumerate() {
+                    let seen = n.load(Ordering::SeqCst) as u64;
+                    let held = held(&ledger, &format!("d{d}"));
+                    assert!(held >= seen, "d{d}: {seen} admitted, {held} held");
+                }
+                checks.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let workers: Vec<_> = (0..3u64)
             .map(|t| {
                 let (e, admitted) = (&e, &admitted);
                 s.spawn(move || {
-                    for i in 0..1_500u64 {
-                        let dev = format!("d{}", (i + t) % 4);
+                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t + 1);
+                    for _ in 0..6_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let d = (x % DEVICES as u64) as usize;
+                        let dev = format!("d{d}");
                         if e.try_consume(&Subject::device(&dev), PTS, Amount::from_units(1), T0)
                             .is_allowed()
                         {
-                            admitted.fetch_add(1, Ordering::Relaxed);
+                            admitted[d].fetch_add(1, Ordering::SeqCst);
                         }
                     }
                 })
@@ -144,18 +165,29 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
         }
         done.store(true, Ordering::Relaxed);
     });
-    assert!(sweeps.load(Ordering::Relaxed) > 1);
-    let admitted = admitted.load(Ordering::Relaxed) as u64;
-    assert_eq!(admitted, 2_000, "demand was 4,500 for 4 devices × 500");
-    // every admitted unit is held, and after the final sweeps no more
+    assert!(
+        sweeps.load(Ordering::Relaxed) > 10,
+        "the sweeper barely ran"
+    );
+    assert!(
+        given_back.load(Ordering::Relaxed) > 0,
+        "no sweep gave anything back"
+    );
+    assert!(checks.load(Ordering::Relaxed) > 0);
+    // demand was 18,000 for 64 devices × 40: every device reached its limit
+    for (d, n) in admitted.iter().enumerate() {
+        assert_eq!(n.load(Ordering::Relaxed) as u64, LIMIT, "d{d}");
+    }
+    // and after two more sweeps the ledger holds exactly what was admitted
     e.give_back_idle().unwrap();
     e.give_back_idle().unwrap();
-    let total: u64 = (0..4).map(|d| held(&ledger, &format!("d{d}"))).sum();
-    assert_eq!(total, admitted);
+    for d in 0..DEVICES {
+        assert_eq!(held(&ledger, &format!("d{d}")), LIMIT, "d{d}");
+    }
 }
 
 #[test]
-fn the_timer_gives_idle_grants_back_and_stops_with_the_engine() {
+fn the_timer_gives_idle_grants_back_and_does_not_keep_the_engine_alive() {
     let ledger = Arc::new(MemoryLedger::new());
     let e = Arc::new(open(&ledger, 1_000));
     let timer = Engine::give_back_every(&e, Duration::from_millis(10));
@@ -165,9 +197,17 @@ fn the_timer_gives_idle_grants_back_and_stops_with_the_engine() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(held(&ledger, "d"), 3, "the idle grant came back");
-    // the timer holds the engine weakly: dropping the engine ends it
-    drop(e);
     drop(timer);
+    // A timer that does not fire for an hour holds the engine weakly:
+    // dropping the last handle to the engine drops it (its shutdown gives
+    // the grant back) while the timer still exists.
+    let e = Arc::new(open(&ledger, 1_000));
+    let timer = Engine::give_back_every(&e, Duration::from_secs(3_600));
+    assert_eq!(spend(&e, "d", 2), 2);
+    assert!(held(&ledger, "d") > 5, "a grant is held");
+    drop(e);
+    assert_eq!(held(&ledger, "d"), 5, "the engine was dropped and flushed");
+    drop(timer); // stops at once, without waiting for its hour
 }
 
 #[test]

@@ -266,3 +266,30 @@ fn an_instance_started_after_a_reset_counts_with_the_ones_that_saw_it() {
     total += spend_at(&c, 200, later);
     assert_eq!(total, 100);
 }
+
+#[test]
+fn a_grant_of_a_window_an_update_reset_goes_back_to_that_window_only() {
+    // An instance holds part of a daily grant when the rule becomes hourly
+    // (a new window, D16), and gives it back later: the hourly window,
+    // which starts at the same second, must not receive it.
+    let Some(server) = RedisServer::start("stale") else {
+        return;
+    };
+    let a = periodic_instance(&server.url, "day", T0);
+    assert_eq!(spend_at(&a, 3, T0 + 60), 3); // a grant of 10: 7 unspent
+    let later = T0 + 1_800;
+    a.import_json(periodic("hour"), later).unwrap();
+    let b = periodic_instance(&server.url, "hour", later);
+    let mut total = spend_at(&b, 200, later);
+    assert_eq!(total, 100, "the hourly window is b's alone");
+    a.give_back_idle().unwrap();
+    a.give_back_idle().unwrap();
+    drop(a); // and what a clean shutdown gives back
+             // a third instance, with nothing counted locally, asks the fleet
+    let c = periodic_instance(&server.url, "hour", later);
+    total += spend_at(&c, 200, later);
+    assert_eq!(
+        total, 100,
+        "a's daily grant went back into the hourly window"
+    );
+}

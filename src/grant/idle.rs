@@ -12,19 +12,24 @@ use crate::engine::Engine;
 use crate::ledger::LedgerError;
 
 impl Engine {
-    /// One idle sweep: every counter whose grant no debit spent from since
-    /// the previous sweep gives its unspent grant back to the ledger; the
-    /// others are marked, to be looked at again by the next sweep. Returns
-    /// how many counters gave grants back. Does nothing without a ledger.
+    /// One idle sweep: every counter that no call touched since the
+    /// previous sweep (a call marks a counter when it looks at its grant
+    /// for a debit or asks for one) gives its unspent grant back to the
+    /// ledger; the marks of the others are cleared, for the next sweep to
+    /// look again. Returns how many counters gave grants back. Does nothing
+    /// without a ledger.
     ///
     /// A counter with a grant in flight is left alone (its ceiling is not
     /// final yet). Only what is above the counter's usage goes back, under
-    /// the counter's lock, so a debit racing the sweep either lands under
-    /// the old ceiling before it or takes a new grant after it: no unit is
-    /// admitted that the ledger does not hold.
+    /// the counter's lock, and it is queued to the ledger before the lock
+    /// is released, so a debit racing the sweep either lands under the old
+    /// ceiling before it or takes a new grant that the ledger sees after
+    /// the give-back: no unit is admitted that the ledger does not hold.
+    /// Give-backs commit in turns (grants asked for meanwhile wait for a
+    /// turn, not for the whole sweep).
     ///
     /// Call it from a timer ([`Engine::give_back_every`] runs one): a
-    /// counter then gives back after one to two periods without debits. A
+    /// counter then gives back after one to two periods without calls. A
     /// period short next to the gap between a subject's requests makes each
     /// of its requests wait for a new grant; a few seconds suit gateways.
     ///
@@ -52,21 +57,16 @@ impl Engine {
             return Ok(0);
         };
         self.apply_done(g);
-        let changes = self.take_back(|p| {
+        self.take_back(g, true, |p| {
             if p.lifetime & PENDING != 0 {
                 false // its ceiling moves when the grant comes back
             } else if p.lifetime & ACTIVE != 0 {
-                p.lifetime &= !ACTIVE; // spent from: kept, until a sweep finds it idle
+                p.lifetime &= !ACTIVE; // touched: kept, until a sweep finds it idle
                 false
             } else {
                 true
             }
-        });
-        let n = changes.len();
-        if n > 0 {
-            g.commit_in_turns(changes)?;
-        }
-        Ok(n)
+        })
     }
 
     /// Runs [`Engine::give_back_idle`] every `period` on a thread of its

@@ -69,12 +69,16 @@ pub(crate) const CEILING: u32 = 1 << 31;
 /// Pending amounts stay far below.
 const REFUSED: u64 = 1 << 63;
 
-/// Set in a ceiling's pending amount by a debit spent under it since the
-/// last idle sweep (see `idle`): a ceiling without it is idle, and its
-/// unspent grant goes back. Pending amounts stay far below.
+/// Set in a ceiling's pending amount by every call that looks at it for a
+/// debit, and by every grant asked for it, since the last idle sweep (see
+/// `idle`): a ceiling without it is idle, and its unspent grant goes back.
 pub(crate) const ACTIVE: u64 = 1 << 62;
 
-/// The pending amount of a ceiling's `lifetime` (its flags masked off).
+/// The pending amount of a ceiling's `lifetime` (its flags masked off);
+/// also its cap: pending amounts saturate there, below the flags (a limit
+/// may be as large as `u64::MAX` micro-units). A saturated pending amount
+/// reads lower than the grants in flight once they come back, which at
+/// worst asks for a grant again: it never raises a ceiling.
 pub(crate) const PENDING: u64 = !(REFUSED | ACTIVE);
 
 /// How long a refused counter window is denied locally before the ledger
@@ -95,14 +99,8 @@ fn landing(
     window: Option<crate::Window>,
 ) -> WindowId {
     match (c, window) {
-        (Some(c), Some(w)) if c.is_current(generation, window) && c.window_start == w.start => {
-            WindowId {
-                generation: c.generation,
-                start: w.start,
-                end: w.end,
-            }
-        }
-        (Some(c), _) if c.is_current(generation, window) => {
+        // a newer window than the caller's (another caller's clock is ahead)
+        (Some(c), Some(w)) if c.is_current(generation, window) && c.window_start != w.start => {
             window_id(rules, slot, c.generation, c.window_start)
         }
         (_, Some(w)) => WindowId {
@@ -110,7 +108,11 @@ fn landing(
             start: w.start,
             end: w.end,
         },
-        (_, None) => window_id(rules, slot, generation, i64::MIN),
+        (_, None) => WindowId {
+            generation,
+            start: i64::MIN,
+            end: i64::MAX,
+        },
     }
 }
 
@@ -219,41 +221,114 @@ impl Engine {
         // that what is given back is what is really unspent.
         g.commit(Vec::new())?;
         self.apply_done(g);
-        let changes = self.take_back(|_| true);
-        g.commit(changes)
+        self.take_back(g, false, |_| true)?;
+        // (and records booked since, if the sweep gave nothing back)
+        g.commit(Vec::new())
     }
 
     /// Lowers every ceiling `pick` chooses to its counter's usage, under
     /// its owner's lock (`pick` may also update the ceiling's flags), and
-    /// returns the give-backs of what was above it, to commit.
-    pub(crate) fn take_back(&self, mut pick: impl FnMut(&mut CounterState) -> bool) -> Vec<Change> {
-        let rules = self.read();
-        let mut changes = Vec::new();
-        self.store.visit_mut(|kind, id, counters| {
-            for i in 0..counters.len() {
-                if counters[i].rule & CEILING == 0 || !pick(&mut counters[i]) {
-                    continue;
+    /// gives back what was above it; returns how many ceilings gave back.
+    ///
+    /// A shard's give-backs are queued to the writer before the shard is
+    /// unlocked: per counter, the ledger sees a give-back before any grant
+    /// asked for after it (a give-back arriving later would be counted
+    /// against that grant's room). With `turns`, the sweep waits for the
+    /// queued give-backs to commit every [`writer::GIVE_BACK_CHUNK`] of
+    /// them, with no shard locked: grants asked for meanwhile wait for a
+    /// turn, not for the whole sweep (a file ledger rewrites what each turn
+    /// touches, so a shutdown, with nobody waiting, takes no turns).
+    ///
+    /// A ceiling of an earlier generation of its rule (an update reset the
+    /// rule's usage since) gives nothing back: its window's end would be
+    /// computed from the rule's new period, which may name a window other
+    /// engines count in now (a fleet's key), and its grant counts only in
+    /// a window nobody counts in any more.
+    ///
+    /// # Errors
+    /// The first failed commit's (what it would have given back stays
+    /// counted as used).
+    pub(crate) fn take_back(
+        &self,
+        g: &Grants,
+        turns: bool,
+        mut pick: impl FnMut(&mut CounterState) -> bool,
+    ) -> Result<usize, LedgerError> {
+        type Reply = Receiver<Result<bool, LedgerError>>;
+        let wait = |rx: Reply| rx.recv().unwrap_or_else(|_| Err(g.closed())).map(|_| ());
+        // Give-backs queued and not waited for, the last one's reply, how
+        // many in all, the first error.
+        let sent: std::cell::RefCell<(usize, Option<Reply>, usize, Option<LedgerError>)> =
+            Default::default();
+        self.store.visit_mut(
+            || {
+                let mut s = sent.borrow_mut();
+                if turns && s.0 >= writer::GIVE_BACK_CHUNK {
+                    if let Err(e) = s.1.take().map_or(Ok(()), wait) {
+                        s.3.get_or_insert(e);
+                    }
+                    s.0 = 0;
                 }
-                let p = counters[i];
-                let slot = p.rule & !CEILING;
-                let spent = counters
-                    .iter()
-                    .find(|c| c.rule == slot)
-                    .filter(|c| c.generation == p.generation && c.window_start == p.window_start)
-                    .map_or(0, |c| c.used);
-                let unspent = p.used.saturating_sub(spent);
-                if unspent == 0 || (slot as usize) >= rules.rules.len() {
-                    continue;
+                (self.read(), Vec::new())
+            },
+            |(rules, changes), kind, id, counters| {
+                for i in 0..counters.len() {
+                    if counters[i].rule & CEILING == 0 || !pick(&mut counters[i]) {
+                        continue;
+                    }
+                    let p = counters[i];
+                    let slot = p.rule & !CEILING;
+                    if rules
+                        .rules
+                        .get(slot as usize)
+                        .is_none_or(|r| r.generation != p.generation)
+                    {
+                        continue;
+                    }
+                    let spent = counters
+                        .iter()
+                        .find(|c| c.rule == slot)
+                        .filter(|c| {
+                            c.generation == p.generation && c.window_start == p.window_start
+                        })
+                        .map_or(0, |c| c.used);
+                    let unspent = p.used.saturating_sub(spent);
+                    if unspent == 0 {
+                        continue;
+                    }
+                    changes.push(Change::GiveBack {
+                        key: key_of(rules, slot, kind, id),
+                        window: window_id(rules, slot, p.generation, p.window_start),
+                        amount: unspent,
+                    });
+                    counters[i].used = spent;
                 }
-                changes.push(Change::GiveBack {
-                    key: key_of(&rules, slot, kind, id),
-                    window: window_id(&rules, slot, p.generation, p.window_start),
-                    amount: unspent,
-                });
-                counters[i].used = spent;
-            }
-        });
-        changes
+            },
+            |(rules, changes)| {
+                drop(rules);
+                if changes.is_empty() {
+                    return;
+                }
+                let mut s = sent.borrow_mut();
+                s.0 += changes.len();
+                s.2 += changes.len();
+                match g.send(changes, Vec::new(), true) {
+                    Ok(Some(rx)) => s.1 = Some(rx),
+                    Ok(None) => {
+                        s.3.get_or_insert(g.closed());
+                    }
+                    Err(e) => {
+                        s.3.get_or_insert(e);
+                    }
+                }
+            },
+        );
+        let (_, last, n, error) = sent.into_inner();
+        let last = last.map_or(Ok(()), wait);
+        match error {
+            Some(e) => Err(e),
+            None => last.map(|()| n),
+        }
     }
 
     /// Restores what a ledger held: rules first (in their order, with their
@@ -652,7 +727,12 @@ impl Engine {
                     (next, amount, false)
                 };
                 let counters = locked.counters_mut(a.shard, &a.owner);
-                ceiling_at(counters, v.slot, window).lifetime += asked;
+                let p = ceiling_at(counters, v.slot, window);
+                // (Active: the grant is for a call, not to be swept back
+                // before that call comes back for it.)
+                p.lifetime = (p.lifetime & !PENDING)
+                    | ACTIVE
+                    | (p.lifetime & PENDING).saturating_add(asked).min(PENDING);
                 changes.push(Change::Grant {
                     key: key_of(&rules, v.slot, a.owner.kind, a.owner.id),
                     window,

@@ -52,7 +52,8 @@ pub(crate) struct Stats {
     pub(crate) errors: std::sync::atomic::AtomicU64,
 }
 
-/// Most changes [`Grants::commit_in_turns`] commits at once.
+/// How many give-backs an idle sweep queues before it waits for them to
+/// commit (see `Engine::take_back`).
 pub(crate) const GIVE_BACK_CHUNK: usize = 8192;
 
 /// The answer to a caller waiting for a commit: whether a grant it asked
@@ -181,25 +182,6 @@ impl Grants {
         match self.send(changes, Vec::new(), true)? {
             Some(rx) => rx.recv().unwrap_or_else(|_| Err(self.closed())).map(|_| ()),
             None => Err(self.closed()),
-        }
-    }
-
-    /// [`Grants::commit`] in turns of at most [`GIVE_BACK_CHUNK`] changes,
-    /// each waited for before the next is queued: an idle sweep giving
-    /// back a million grants then holds up grants asked for meanwhile by a
-    /// turn or two, not by one huge commit (and keeps each Redis script
-    /// short). It costs throughput (a file ledger rewrites the pages a turn
-    /// touches, turn after turn), which a shutdown, with nobody waiting,
-    /// does not pay: `flush` commits at once. A failed turn stops there:
-    /// what it and later turns would have given back stays counted as used.
-    pub(crate) fn commit_in_turns(&self, mut changes: Vec<Change>) -> Result<(), LedgerError> {
-        loop {
-            let rest = changes.split_off(changes.len().min(GIVE_BACK_CHUNK));
-            self.commit(changes)?;
-            if rest.is_empty() {
-                return Ok(());
-            }
-            changes = rest;
         }
     }
 

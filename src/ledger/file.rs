@@ -62,6 +62,8 @@ impl FileLedger {
     /// # Errors
     /// [`LedgerErrorKind::Foreign`] for a file that is not a ledger,
     /// [`LedgerErrorKind::NewerFormat`] for one a newer version wrote,
+    /// [`LedgerErrorKind::OlderFormat`] for one in a format this version no
+    /// longer reads,
     /// [`LedgerErrorKind::Corrupt`] for a damaged one, [`LedgerErrorKind::Io`]
     /// when it cannot be read or written (or another process has it open);
     /// each names the path. Nothing is started from zero over a file that
@@ -160,7 +162,7 @@ impl FileLedger {
                 format!("ledger format {f}, this version reads up to {FORMAT}"),
             )),
             Some(f) => Err(LedgerError::new(
-                LedgerErrorKind::Corrupt,
+                LedgerErrorKind::OlderFormat,
                 at,
                 format!(
                     "ledger format {f}, older than this version's {FORMAT} (counter records \

@@ -149,7 +149,8 @@ pub enum Change {
         ends_in: Option<u64>,
     },
     /// Give back `amount` unspent micro-units of a grant in `window`
-    /// (nothing if the counter already moved to another window).
+    /// (nothing if the counter already moved to another window, older or
+    /// newer: a give-back never creates or moves a record).
     GiveBack {
         /// The counter.
         key: CounterKey,
@@ -238,6 +239,12 @@ pub fn apply_counter_change(
     change: &Change,
 ) -> (Option<CounterRecord>, u64) {
     let (window, amount) = match change {
+        // A give-back takes back only what its own window was granted: one
+        // that arrives after the counter moved on (a sweep's, queued before
+        // a newer grant, even of a newer generation) changes nothing.
+        Change::GiveBack { window, .. } if !stored.is_some_and(|r| r.window.same(window)) => {
+            return (stored, 0);
+        }
         Change::Grant { window, amount, .. }
         | Change::GiveBack { window, amount, .. }
         | Change::Record { window, amount, .. } => (*window, *amount),
@@ -308,6 +315,10 @@ pub enum LedgerErrorKind {
     Foreign,
     /// The file was written by a newer version of this library.
     NewerFormat,
+    /// The file was written by an older version of this library, in a
+    /// format this one does not read (there is no migration: start from a
+    /// new file; the platform's rules come back with the next sync).
+    OlderFormat,
     /// The ledger is closed or its writer stopped.
     Closed,
 }
@@ -345,6 +356,7 @@ impl std::fmt::Display for LedgerError {
             LedgerErrorKind::Corrupt => "corrupted",
             LedgerErrorKind::Foreign => "not a benefit-quota ledger",
             LedgerErrorKind::NewerFormat => "written by a newer version",
+            LedgerErrorKind::OlderFormat => "written by an older version",
             LedgerErrorKind::Closed => "closed",
         };
         write!(f, "quota ledger {}: {what}: {}", self.location, self.detail)
@@ -430,5 +442,17 @@ mod tests {
         let (r, _) = apply_counter_change(r, &grant(W2, 5, 5, 10));
         let (r, _) = apply_counter_change(r, &back(W1, 5));
         assert_eq!((r.unwrap().used, r.unwrap().window), (5, W2));
+        // a give-back of an earlier generation, arriving after a grant of
+        // the next (a sweep's give-back queued before an update), changes
+        // nothing: it neither moves the counter back nor clears its usage
+        let next = WindowId {
+            generation: 1,
+            ..W2
+        };
+        let (r, _) = apply_counter_change(r, &grant(next, 4, 4, 10));
+        let (r, _) = apply_counter_change(r, &back(W2, 5));
+        assert_eq!((r.unwrap().used, r.unwrap().window), (4, next));
+        // and none creates a record
+        assert_eq!(apply_counter_change(None, &back(W1, 5)), (None, 0));
     }
 }

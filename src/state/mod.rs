@@ -250,14 +250,26 @@ impl Store {
     }
 
     /// Calls `f` with every owner's kind, entity id and counters, one shard
-    /// locked at a time (a ledger's shutdown).
-    pub fn visit_mut(&self, mut f: impl FnMut(OwnerKind, &str, &mut Counters)) {
+    /// locked at a time, and with the state `enter` made for that shard
+    /// just before its lock was taken; `leave` gets the state back while
+    /// the shard is still locked. A ledger's sweeps and shutdown hold a
+    /// rule-table copy for one shard at a time (taken before the shard's
+    /// lock, as every call takes them), and send what they took back from
+    /// the shard's counters before any later call can change them.
+    pub fn visit_mut<S>(
+        &self,
+        mut enter: impl FnMut() -> S,
+        mut f: impl FnMut(&mut S, OwnerKind, &str, &mut Counters),
+        mut leave: impl FnMut(S),
+    ) {
         for shard in self.shards.iter() {
+            let mut state = enter();
             let mut shard = shard.lock.lock();
             shard.table.for_each_mut(|e| {
                 stamp_write(e);
-                f(e.kind, e.id.as_str(), &mut e.counters);
+                f(&mut state, e.kind, e.id.as_str(), &mut e.counters);
             });
+            leave(state);
         }
     }
 
