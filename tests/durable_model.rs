@@ -1,7 +1,8 @@
 //! Random sequences against a durable engine (on `MemoryLedger`) and a
-//! plain model, with crashes (an engine dropped without its shutdown) and
-//! clean restarts between the calls: no counter window ever admits more
-//! than its limit across all lives, and after a clean restart with no crash
+//! plain model, with crashes (an engine dropped without its shutdown),
+//! clean restarts and idle sweeps between the calls: no counter window
+//! ever admits more than its limit across all lives, and after a clean
+//! restart with no crash
 //! in the run, usage is exactly what was admitted and recorded.
 
 use std::collections::HashMap;
@@ -25,6 +26,8 @@ enum Op {
     Crash,
     Restart,
     Evict,
+    /// An idle sweep (`give_back_idle`).
+    Sweep,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -35,6 +38,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Crash),
         1 => Just(Op::Restart),
         1 => Just(Op::Evict),
+        2 => Just(Op::Sweep),
     ]
 }
 
@@ -113,6 +117,9 @@ proptest! {
                 }
                 Op::Evict => {
                     e.evict(now);
+                }
+                Op::Sweep => {
+                    e.give_back_idle().unwrap();
                 }
             }
         }
