@@ -2,8 +2,8 @@
 //! plain model, with crashes (an engine dropped without its shutdown),
 //! clean restarts and idle sweeps between the calls: no counter window
 //! ever admits more than its limit across all lives, and after a clean
-//! restart with no crash
-//! in the run, usage is exactly what was admitted and recorded.
+//! restart with no crash in the run, usage is exactly what was admitted
+//! and recorded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
