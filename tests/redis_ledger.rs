@@ -15,10 +15,22 @@ use common::redis::RedisServer;
 const PTS: BenefitType = BenefitType::ResourcePoint;
 const T0: i64 = 1_741_708_800;
 
-/// An instance: its own engine and rules (as each gateway syncs them), the
-/// fleet's counters in Redis under `prefix`.
-fn instance(url: &str, prefix: &str, policy: LedgerFailure) -> Engine {
-    let ledger = RedisLedger::new(url, prefix, Duration::from_millis(300)).unwrap();
+/// Rule 7001: 100 points for good for every device, as the platform
+/// lists it.
+const CUMULATIVE: &str = r#"{"benefit_id":"7001","entity_type":"enterprise_all_devices","benefit_type":"resource_point",
+    "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":100,"trigger_unit":"never"}"#;
+
+/// Rule 7002: 100 points per `unit` for every device.
+fn periodic(unit: &str) -> String {
+    format!(
+        r#"{{"benefit_id":"7002","entity_type":"enterprise_all_devices","benefit_type":"resource_point",
+        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":100,"trigger_unit":"{unit}","trigger_time":1}}"#
+    )
+}
+
+/// An instance on `ledger`: its own engine and rules (the same rule ids on
+/// every instance, as each gateway imports them from the platform).
+fn engine_on(ledger: RedisLedger, policy: LedgerFailure, rule: &str, now: i64) -> Engine {
     let e = Engine::builder()
         .ledger(ledger)
         .max_grant(Amount::from_units(10))
@@ -26,23 +38,35 @@ fn instance(url: &str, prefix: &str, policy: LedgerFailure) -> Engine {
         .grant_timeout(Duration::from_secs(2))
         .open()
         .unwrap();
-    // the same rule ids on every instance, as imported from the platform
-    e.import_json(
-        r#"{"benefit_id":"7001","entity_type":"enterprise_all_devices","benefit_type":"resource_point",
-        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":100,"trigger_unit":"never"}"#,
-        T0,
-    )
-    .unwrap();
+    e.import_json(rule, now).unwrap();
     e
 }
 
-fn spend(e: &Engine, dev: &str, n: usize) -> usize {
+/// An instance under [`CUMULATIVE`], the fleet's counters in Redis under
+/// `prefix`.
+fn instance(url: &str, prefix: &str, policy: LedgerFailure) -> Engine {
+    let ledger = RedisLedger::new(url, prefix, Duration::from_millis(300)).unwrap();
+    engine_on(ledger, policy, CUMULATIVE, T0)
+}
+
+/// An instance under rule 7002 with `unit`, imported at `now`.
+fn periodic_instance(url: &str, unit: &str, now: i64) -> Engine {
+    let ledger = RedisLedger::new(url, "reset", Duration::from_millis(300)).unwrap();
+    engine_on(ledger, LedgerFailure::FailClosed, &periodic(unit), now)
+}
+
+/// Calls spending 1 point each for `dev` at `now`; how many were admitted.
+fn spend_at(e: &Engine, dev: &str, n: usize, now: i64) -> usize {
     (0..n)
         .filter(|_| {
-            e.try_consume(&Subject::device(dev), PTS, Amount::from_units(1), T0)
+            e.try_consume(&Subject::device(dev), PTS, Amount::from_units(1), now)
                 .is_allowed()
         })
         .count()
+}
+
+fn spend(e: &Engine, dev: &str, n: usize) -> usize {
+    spend_at(e, dev, n, T0)
 }
 
 #[test]
@@ -193,52 +217,13 @@ fn a_tls_url_is_spoken_in_tls_and_a_failed_handshake_fails_closed() {
         assert!(e.to_string().contains("rediss://"), "{e}");
         return;
     }
-    let e = Engine::builder()
-        .ledger(made.unwrap())
-        .grant_timeout(Duration::from_secs(2))
-        .open()
-        .unwrap();
-    e.import_json(
-        r#"{"benefit_id":"7001","entity_type":"enterprise_all_devices","benefit_type":"resource_point",
-        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":100,"trigger_unit":"never"}"#,
-        T0,
-    )
-    .unwrap();
+    let e = engine_on(made.unwrap(), LedgerFailure::FailClosed, CUMULATIVE, T0);
     let d = e.try_consume(&Subject::device("d"), PTS, Amount::from_units(1), T0);
     assert_eq!(
         d.denial().map(|d| d.reason),
         Some(DenyReason::LedgerUnavailable)
     );
     assert!(e.ledger_stats().unwrap().errors > 0);
-}
-
-/// Rule 7002: 100 points per `unit` for every device, as the platform
-/// lists it.
-fn periodic(unit: &str) -> String {
-    format!(
-        r#"{{"benefit_id":"7002","entity_type":"enterprise_all_devices","benefit_type":"resource_point",
-        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":100,"trigger_unit":"{unit}","trigger_time":1}}"#
-    )
-}
-
-fn periodic_instance(url: &str, unit: &str, now: i64) -> Engine {
-    let ledger = RedisLedger::new(url, "reset", Duration::from_millis(300)).unwrap();
-    let e = Engine::builder()
-        .ledger(ledger)
-        .max_grant(Amount::from_units(10))
-        .open()
-        .unwrap();
-    e.import_json(periodic(unit), now).unwrap();
-    e
-}
-
-fn spend_at(e: &Engine, n: usize, now: i64) -> usize {
-    (0..n)
-        .filter(|_| {
-            e.try_consume(&Subject::device("d"), PTS, Amount::from_units(1), now)
-                .is_allowed()
-        })
-        .count()
 }
 
 #[test]
@@ -250,7 +235,7 @@ fn an_instance_started_after_a_reset_counts_with_the_ones_that_saw_it() {
         return;
     };
     let a = periodic_instance(&server.url, "day", T0);
-    assert_eq!(spend_at(&a, 60, T0 + 60), 60);
+    assert_eq!(spend_at(&a, "d", 60, T0 + 60), 60);
     // the platform changes the rule to hourly: a new window, usage from zero
     let later = T0 + 1_800;
     a.import_json(periodic("hour"), later).unwrap();
@@ -258,12 +243,13 @@ fn an_instance_started_after_a_reset_counts_with_the_ones_that_saw_it() {
     let c = periodic_instance(&server.url, "hour", later);
     let mut total = 0;
     for _ in 0..30 {
-        total += spend_at(&a, 3, later) + spend_at(&b, 3, later) + spend_at(&c, 3, later);
+        total +=
+            spend_at(&a, "d", 3, later) + spend_at(&b, "d", 3, later) + spend_at(&c, "d", 3, later);
     }
     assert!(total <= 100, "the fleet admitted {total} of an hourly 100");
     drop((a, b));
     std::thread::sleep(Duration::from_millis(1_100)); // c's refusal mark lapses
-    total += spend_at(&c, 200, later);
+    total += spend_at(&c, "d", 200, later);
     assert_eq!(total, 100);
 }
 
@@ -276,18 +262,18 @@ fn a_grant_of_a_window_an_update_reset_goes_back_to_that_window_only() {
         return;
     };
     let a = periodic_instance(&server.url, "day", T0);
-    assert_eq!(spend_at(&a, 3, T0 + 60), 3); // a grant of 10: 7 unspent
+    assert_eq!(spend_at(&a, "d", 3, T0 + 60), 3); // a grant of 10: 7 unspent
     let later = T0 + 1_800;
     a.import_json(periodic("hour"), later).unwrap();
     let b = periodic_instance(&server.url, "hour", later);
-    let mut total = spend_at(&b, 200, later);
+    let mut total = spend_at(&b, "d", 200, later);
     assert_eq!(total, 100, "the hourly window is b's alone");
     a.give_back_idle().unwrap();
     a.give_back_idle().unwrap();
     drop(a); // and what a clean shutdown gives back
              // a third instance, with nothing counted locally, asks the fleet
     let c = periodic_instance(&server.url, "hour", later);
-    total += spend_at(&c, 200, later);
+    total += spend_at(&c, "d", 200, later);
     assert_eq!(
         total, 100,
         "a's daily grant went back into the hourly window"
