@@ -23,33 +23,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use benefit_quota::ledger::{Change, CounterKey, CounterOwner, FileLedger, WindowId};
-use benefit_quota::{Amount, BenefitType, Decision, Engine, Ledger, Subject};
+use benefit_quota::{Decision, Engine, Ledger, Subject};
 use criterion::{Criterion, Throughput};
 
 mod common;
-use common::{median_ns, shuffled};
-
-const MIDNIGHT: i64 = 1_741_708_800; // 2025-03-12 00:00:00 +08:00
-const PTS: BenefitType = BenefitType::ResourcePoint;
-const ONE: Amount = Amount::from_units(1);
-const CUMULATIVE_LIMIT: u64 = 1_000_000_000;
-const DAILY_LIMIT: u64 = 100_000_000;
-const SINGLE_LIMIT: u64 = 2_000_000_000;
+use common::{
+    median_ns, rule_body, shuffled, CUMULATIVE_LIMIT, DAILY_LIMIT, MIDNIGHT, ONE, PTS, SINGLE_LIMIT,
+};
 
 /// Inside the day that starts at `MIDNIGHT`, for any plausible call count.
 #[inline]
 fn now_at(i: usize) -> i64 {
     MIDNIGHT + 60 + (i >> 14) as i64
-}
-
-fn rule_body(entity: &str, unit: &str, limit: u64) -> String {
-    let (t, id) = match entity {
-        "" => ("enterprise_all_devices", String::new()),
-        d => ("single_device", format!(r#""entity_id":"{d}","#)),
-    };
-    format!(
-        r#"{{"entity_type":"{t}",{id}"benefit_info":{{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"{unit}","trigger_time":1}}}}"#
-    )
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use benefit_quota::ledger::RedisLedger;
-use benefit_quota::{Amount, BenefitType, Decision, Engine, Subject};
+use benefit_quota::{Decision, Engine, Subject};
 use criterion::{Criterion, Throughput};
 
 #[allow(dead_code)]
@@ -29,13 +29,8 @@ use criterion::{Criterion, Throughput};
 mod redis_server;
 
 mod common;
-use common::{median_ns, shuffled};
+use common::{median_ns, shuffled, CUMULATIVE_LIMIT, DAILY_LIMIT, MIDNIGHT, ONE, PTS};
 
-const MIDNIGHT: i64 = 1_741_708_800;
-const PTS: BenefitType = BenefitType::ResourcePoint;
-const ONE: Amount = Amount::from_units(1);
-const CUMULATIVE_LIMIT: u64 = 1_000_000_000;
-const DAILY_LIMIT: u64 = 100_000_000;
 const DEVICES: usize = 1_000;
 
 #[inline]
