@@ -1,5 +1,6 @@
-//! A fleet (and, below, the same fleet with one instance killed): four gateway processes (the `fleet_child` example), two threads
-//! each, share one Redis: 1,000 devices under a daily limit of 20 and an
+//! A fleet (and, below, the same fleet with one instance killed): four
+//! gateway processes (the `fleet_child` example), two threads each, share
+//! one Redis: 1,000 devices under a daily limit of 20 and an
 //! organization pool of 2,000; the clock crosses a local midnight; demand is
 //! several times the supply. For every counter window, what the fleet
 //! admitted is at most the limit, and once demand passed three times the
@@ -11,7 +12,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use common::redis::RedisServer;
 
@@ -22,35 +23,49 @@ const INSTANCES: u64 = 4;
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const LARGEST_REQUEST: u64 = 3;
 
-#[test]
-fn four_instances_never_pass_a_limit_and_leave_little_unused() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(server) = RedisServer::start("fleet") else {
-        return;
-    };
+/// Starts the fleet: `INSTANCES` `fleet_child` processes on `server`'s
+/// Redis under `prefix`, sharing one clock zero (now), seeded from `seed`
+/// on, each running for `seconds` with `extra` arguments, output piped.
+fn start_fleet(
+    server: &RedisServer,
+    prefix: &str,
+    seed: u64,
+    seconds: &str,
+    extra: &[&str],
+) -> Vec<Child> {
     let bin = common::example_binary("fleet_child", "redis");
     let zero = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis()
         .to_string();
-    let children: Vec<_> = (0..INSTANCES)
+    (0..INSTANCES)
         .map(|i| {
             Command::new(&bin)
                 .args([
                     "--url",
                     &server.url,
                     "--prefix",
-                    "fleet",
+                    prefix,
                     "--clock-zero",
                     &zero,
                 ])
-                .args(["--seed", &(i + 1).to_string(), "--seconds", "5"])
+                .args(["--seed", &(seed + i).to_string(), "--seconds", seconds])
+                .args(extra)
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn four_instances_never_pass_a_limit_and_leave_little_unused() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(server) = RedisServer::start("fleet") else {
+        return;
+    };
+    let children = start_fleet(&server, "fleet", 1, "5", &[]);
     // (counter, day) → (asked, admitted), summed over the fleet
     let mut fleet: HashMap<(String, i64), (u64, u64)> = HashMap::new();
     for mut child in children {
@@ -112,33 +127,9 @@ fn an_instance_killed_while_holding_grants_leaves_the_others_going() {
     let Some(server) = RedisServer::start("fleet-kill") else {
         return;
     };
-    let bin = common::example_binary("fleet_child", "redis");
-    let zero = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        .to_string();
-    let mut children: Vec<_> = (0..INSTANCES)
-        .map(|i| {
-            let mut c = Command::new(&bin)
-                .args([
-                    "--url",
-                    &server.url,
-                    "--prefix",
-                    "kill",
-                    "--clock-zero",
-                    &zero,
-                ])
-                .args([
-                    "--seed",
-                    &(i + 11).to_string(),
-                    "--seconds",
-                    "3",
-                    "--print-admissions",
-                ])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
+    let mut children: Vec<_> = start_fleet(&server, "kill", 11, "3", &["--print-admissions"])
+        .into_iter()
+        .map(|mut c| {
             let out = c.stdout.take().unwrap();
             let reader = std::thread::spawn(move || {
                 BufReader::new(out)
