@@ -930,11 +930,43 @@ impl Engine {
         if !possible_now(now) {
             return Decision::impossible_time(now);
         }
+        // `with_applied`, spelled out: this is every stateless request's
+        // path, and the closures cost it (the commit that added
+        // `with_applied` has the measurement).
         let rules = self.read();
         let mut applied = AppliedVec::new();
         self.resolve(&rules, subject, now, &mut applied, true);
         if applied.is_empty() {
             return Decision::Allowed(None); // F16: unlimited, nothing tracked
+        }
+        let applied = applied.as_slice();
+        let mut locked = self.lock(applied);
+        let table = TableRules {
+            table: &rules,
+            applied,
+            policy: self.config.frozen_policy,
+        };
+        self.decide(applied, &table, &mut locked, op)
+    }
+
+    /// What every decision by subject starts from: the rules that apply to
+    /// `subject` at `now`, read from a rule-table copy, with their
+    /// counters' shards locked; `decide` decides with them (both held until
+    /// it returns). A subject no rule applies to gets `unlimited()`, with
+    /// no lock taken (F16: nothing tracked).
+    #[inline(always)]
+    pub(crate) fn with_applied<R>(
+        &self,
+        subject: &Subject<'_>,
+        now: i64,
+        unlimited: impl FnOnce() -> R,
+        decide: impl FnOnce(&TableRules<'_, '_>, &mut Locked<'_>) -> R,
+    ) -> R {
+        let rules = self.read();
+        let mut applied = AppliedVec::new();
+        self.resolve(&rules, subject, now, &mut applied, true);
+        if applied.is_empty() {
+            return unlimited();
         }
         // A plain slice from here on: indexing the small vector checks
         // whether it spilled on every access.
@@ -945,7 +977,7 @@ impl Engine {
             applied,
             policy: self.config.frozen_policy,
         };
-        self.decide(applied, &table, &mut locked, op)
+        decide(&table, &mut locked)
     }
 
     /// Collects the rules that apply to `subject` at `now` into `out`;

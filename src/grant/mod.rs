@@ -55,8 +55,8 @@ use crate::ledger::{
     Change, CounterKey, CounterOwner, LedgerError, LedgerErrorKind, RuleRecord, WindowId,
 };
 use crate::period::possible_now;
-use crate::rules::{AppliedVec, RuleSet};
-use crate::state::{counter_of, CounterState, Counters, OwnerKind};
+use crate::rules::RuleSet;
+use crate::state::{counter_of, CounterState, Counters, Locked, OwnerKind};
 
 /// Set in the rule slot of a ceiling (see the module documentation); rule
 /// slots stay far below it.
@@ -597,19 +597,24 @@ impl Engine {
     /// ahead), else the grants asked for and the denial to give if the
     /// ledger fails (`ledger_unavailable`, naming the first rule waited on).
     fn round(&self, g: &Grants, subject: &crate::Subject<'_>, now: i64, op: Op) -> Round {
-        let rules = self.read();
-        let mut applied = AppliedVec::new();
-        self.resolve(&rules, subject, now, &mut applied, true);
-        if applied.is_empty() {
-            return Round::Decided(Decision::Allowed(None));
-        }
-        let applied = applied.as_slice();
-        let mut locked = self.lock(applied);
-        let table = TableRules {
-            table: &rules,
-            applied,
-            policy: self.config.frozen_policy,
-        };
+        self.with_applied(
+            subject,
+            now,
+            || Round::Decided(Decision::Allowed(None)),
+            |table, locked| self.round_locked(g, table, locked, now, op),
+        )
+    }
+
+    /// [`Engine::round`] once its rules are resolved and their shards locked.
+    fn round_locked(
+        &self,
+        g: &Grants,
+        table: &TableRules<'_, '_>,
+        locked: &mut Locked<'_>,
+        now: i64,
+        op: Op,
+    ) -> Round {
+        let (rules, applied) = (table.table, table.applied);
         let mut refills: Vec<Refill> = Vec::new();
         let mut changes = Vec::new();
         // The first rule this call must wait on, and its window's end.
@@ -627,7 +632,7 @@ impl Engine {
                 let p = cs
                     .and_then(|cs| cs.iter().find(|c| c.rule == v.slot | CEILING))
                     .copied();
-                let mut window = landing(&rules, v.slot, c.as_ref(), v.generation, w);
+                let mut window = landing(rules, v.slot, c.as_ref(), v.generation, w);
                 if let Some(p) =
                     p.filter(|p| p.generation == window.generation && p.window_start > window.start)
                 {
@@ -647,7 +652,7 @@ impl Engine {
                     let cur = counter_of(counters, v.slot);
                     cur.roll(v.generation, Some(newer));
                     c = Some(*cur);
-                    window = window_id(&rules, v.slot, p.generation, p.window_start);
+                    window = window_id(rules, v.slot, p.generation, p.window_start);
                 }
                 let used = match c {
                     Some(c)
@@ -681,13 +686,13 @@ impl Engine {
                 };
                 let mut refused = refused;
                 if refused && need > ceiling {
-                    let key = (key_of(&rules, v.slot, a.owner.kind, a.owner.id), window);
+                    let key = (key_of(rules, v.slot, a.owner.kind, a.owner.id), window);
                     let mut marks = g.done.refused.lock();
                     if marks.get(&key).is_some_and(|&until| Instant::now() < until) {
                         // The ledger had not even this call's minimum left
                         // a moment ago (other engines hold or spent the
                         // rest): denied here, without asking again.
-                        let mut d = unavailable(&rules, v.slot, w.map(|w| w.end));
+                        let mut d = unavailable(rules, v.slot, w.map(|w| w.end));
                         d.reason = DenyReason::Insufficient;
                         // Grants this call already marked pending for
                         // earlier rules still go (their pending amounts are
@@ -734,7 +739,7 @@ impl Engine {
                     | ACTIVE
                     | (p.lifetime & PENDING).saturating_add(asked).min(PENDING);
                 changes.push(Change::Grant {
-                    key: key_of(&rules, v.slot, a.owner.kind, a.owner.id),
+                    key: key_of(rules, v.slot, a.owner.kind, a.owner.id),
                     window,
                     at_least,
                     amount: asked,
@@ -751,7 +756,7 @@ impl Engine {
                     window,
                     asked,
                     at_least: if waits { at_least } else { 0 },
-                    key: key_of(&rules, v.slot, a.owner.kind, a.owner.id),
+                    key: key_of(rules, v.slot, a.owner.kind, a.owner.id),
                 });
             }
         }
@@ -769,16 +774,16 @@ impl Engine {
         match waits_on {
             None => {
                 let before = match op {
-                    Op::Record(ty, _) => self.lifetimes(&table, applied, &locked, ty),
+                    Op::Record(ty, _) => self.lifetimes(table, applied, locked, ty),
                     _ => SmallVec::new(),
                 };
-                let d = self.decide(applied, &table, &mut locked, op);
+                let d = self.decide(applied, table, locked, op);
                 if let Op::Record(ty, _) = op {
-                    self.book_record(&table, applied, &mut locked, ty, &before, now);
+                    self.book_record(table, applied, locked, ty, &before, now);
                 }
                 Round::Decided(d)
             }
-            Some((slot, resets_at)) => Round::Wait(sent, unavailable(&rules, slot, resets_at)),
+            Some((slot, resets_at)) => Round::Wait(sent, unavailable(rules, slot, resets_at)),
         }
     }
 
@@ -797,16 +802,26 @@ impl Engine {
         let Op::TryConsume(ty, amount) = op else {
             return self.run_granted(g, subject, now, op);
         };
-        let rules = self.read();
-        let mut applied = AppliedVec::new();
-        self.resolve(&rules, subject, now, &mut applied, true);
-        let applied = applied.as_slice();
-        let mut locked = self.lock(applied);
-        let table = TableRules {
-            table: &rules,
-            applied,
-            policy: self.config.frozen_policy,
-        };
+        self.with_applied(
+            subject,
+            now,
+            || Decision::Allowed(None),
+            |table, locked| self.decide_unbacked_locked(g, table, locked, (ty, amount), now, cap),
+        )
+    }
+
+    /// [`Engine::decide_unbacked`] of a debit of `amount` of `ty`, once its
+    /// rules are resolved and their shards locked.
+    fn decide_unbacked_locked(
+        &self,
+        g: &Grants,
+        table: &TableRules<'_, '_>,
+        locked: &mut Locked<'_>,
+        (ty, amount): (crate::BenefitType, u64),
+        now: i64,
+        cap: Option<u64>,
+    ) -> Decision {
+        let (rules, applied) = (table.table, table.applied);
         let mut keys = Vec::new();
         if let Some(cap) = cap {
             let unbacked = g.done.unbacked.lock();
@@ -819,20 +834,20 @@ impl Engine {
                     .counters(a.shard, &a.owner)
                     .and_then(|cs| cs.iter().find(|c| c.rule == v.slot));
                 let key = (
-                    key_of(&rules, v.slot, a.owner.kind, a.owner.id),
-                    landing(&rules, v.slot, c, v.generation, w),
+                    key_of(rules, v.slot, a.owner.kind, a.owner.id),
+                    landing(rules, v.slot, c, v.generation, w),
                 );
                 let so_far = unbacked.get(&key).copied().unwrap_or(0);
                 if so_far.saturating_add(amount) > cap {
-                    return Decision::Denied(unavailable(&rules, v.slot, w.map(|w| w.end)));
+                    return Decision::Denied(unavailable(rules, v.slot, w.map(|w| w.end)));
                 }
                 keys.push(key);
             }
         }
-        let before = self.lifetimes(&table, applied, &locked, ty);
-        let d = self.decide(applied, &table, &mut locked, op);
+        let before = self.lifetimes(table, applied, locked, ty);
+        let d = self.decide(applied, table, locked, Op::TryConsume(ty, amount));
         if d.is_allowed() {
-            self.book_record(&table, applied, &mut locked, ty, &before, now);
+            self.book_record(table, applied, locked, ty, &before, now);
             let mut unbacked = g.done.unbacked.lock();
             for key in keys {
                 *unbacked.entry(key).or_default() += amount;
