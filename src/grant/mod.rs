@@ -254,20 +254,24 @@ impl Engine {
         turns: bool,
         mut pick: impl FnMut(&mut CounterState) -> bool,
     ) -> Result<usize, LedgerError> {
-        type Reply = Receiver<Result<bool, LedgerError>>;
-        let wait = |rx: Reply| rx.recv().unwrap_or_else(|_| Err(g.closed())).map(|_| ());
-        // Give-backs queued and not waited for, the last one's reply, how
-        // many in all, the first error.
-        let sent: std::cell::RefCell<(usize, Option<Reply>, usize, Option<LedgerError>)> =
-            Default::default();
+        /// What the sweep queued: give-backs not waited for yet, the last
+        /// commit queued, how many give-backs in all, the first error.
+        #[derive(Default)]
+        struct Queued {
+            unwaited: usize,
+            last: Option<writer::Committed>,
+            total: usize,
+            error: Option<LedgerError>,
+        }
+        let sent = std::cell::RefCell::new(Queued::default());
         self.store.visit_mut(
             || {
                 let mut s = sent.borrow_mut();
-                if turns && s.0 >= writer::GIVE_BACK_CHUNK {
-                    if let Err(e) = s.1.take().map_or(Ok(()), wait) {
-                        s.3.get_or_insert(e);
+                if turns && s.unwaited >= writer::GIVE_BACK_CHUNK {
+                    if let Err(e) = s.last.take().map_or(Ok(()), |c| g.wait(c)) {
+                        s.error.get_or_insert(e);
                     }
-                    s.0 = 0;
+                    s.unwaited = 0;
                 }
                 (self.read(), Vec::new())
             },
@@ -310,24 +314,21 @@ impl Engine {
                     return;
                 }
                 let mut s = sent.borrow_mut();
-                s.0 += changes.len();
-                s.2 += changes.len();
-                match g.send(changes, Vec::new(), true) {
-                    Ok(Some(rx)) => s.1 = Some(rx),
-                    Ok(None) => {
-                        s.3.get_or_insert(g.closed());
-                    }
+                s.unwaited += changes.len();
+                s.total += changes.len();
+                match g.queue(changes) {
+                    Ok(committed) => s.last = Some(committed),
                     Err(e) => {
-                        s.3.get_or_insert(e);
+                        s.error.get_or_insert(e);
                     }
                 }
             },
         );
-        let (_, last, n, error) = sent.into_inner();
-        let last = last.map_or(Ok(()), wait);
-        match error {
+        let s = sent.into_inner();
+        let last = s.last.map_or(Ok(()), |c| g.wait(c));
+        match s.error {
             Some(e) => Err(e),
-            None => last.map(|()| n),
+            None => last.map(|()| s.total),
         }
     }
 

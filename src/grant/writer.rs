@@ -60,6 +60,9 @@ pub(crate) const GIVE_BACK_CHUNK: usize = 8192;
 /// for came back short (the ledger had not even its minimum left).
 type Reply = SyncSender<Result<bool, LedgerError>>;
 
+/// Where the answer of a queued commit arrives (see [`Grants::queue`]).
+pub(crate) type Committed = Receiver<Result<bool, LedgerError>>;
+
 struct Job {
     changes: Vec<Change>,
     /// The counters of the job's grants, in the order of its `Grant` changes.
@@ -179,10 +182,24 @@ impl Grants {
 
     /// Queues `changes` and waits until they are committed.
     pub(crate) fn commit(&self, changes: Vec<Change>) -> Result<(), LedgerError> {
-        match self.send(changes, Vec::new(), true)? {
-            Some(rx) => rx.recv().unwrap_or_else(|_| Err(self.closed())).map(|_| ()),
-            None => Err(self.closed()),
-        }
+        let committed = self.queue(changes)?;
+        self.wait(committed)
+    }
+
+    /// Queues `changes` for the next commit, without waiting: what
+    /// [`Grants::wait`] waits on.
+    pub(crate) fn queue(&self, changes: Vec<Change>) -> Result<Committed, LedgerError> {
+        self.send(changes, Vec::new(), true)?
+            .ok_or_else(|| self.closed())
+    }
+
+    /// Waits until the commit of what was queued is done (and, the writer
+    /// committing in order, of everything queued before it).
+    pub(crate) fn wait(&self, committed: Committed) -> Result<(), LedgerError> {
+        committed
+            .recv()
+            .unwrap_or_else(|_| Err(self.closed()))
+            .map(|_| ())
     }
 
     /// The grant to ask for a counter with `limit`, `used` and `reserved`
