@@ -3,7 +3,7 @@
 //! and what a crash then strands is only what active counters held.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use benefit_quota::ledger::{CounterKey, CounterOwner};
@@ -108,8 +108,16 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
     // checker reads, device by device, what was admitted and then what the
     // ledger holds: every admitted unit is held at every moment, and once
     // demand passed the limits exactly the limits were admitted.
+    //
+    // The spenders work in rounds and, between two rounds, wait for three
+    // sweeps to complete, so that at least two whole sweeps see every
+    // counter idle: give-backs then happen whatever the scheduler does
+    // (a run where the spenders finished before the sweeper was scheduled
+    // would prove nothing), and during a round they race the debits. The
+    // checker, too, completes a pass between two rounds.
     const DEVICES: usize = 64;
     const LIMIT: u64 = 40;
+    const ROUND: usize = 600;
     let ledger = Arc::new(MemoryLedger::new());
     let e = Engine::builder()
         .ledger(Arc::clone(&ledger))
@@ -123,29 +131,47 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
     let sweeps = AtomicUsize::new(0);
     let given_back = AtomicUsize::new(0);
     let checks = AtomicUsize::new(0);
+    let rounds = Barrier::new(3);
     std::thread::scope(|s| {
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
                 given_back.fetch_add(e.give_back_idle().unwrap(), Ordering::Relaxed);
-                sweeps.fetch_add(1, Ordering::Relaxed);
+                sweeps.fetch_add(1, Ordering::SeqCst);
             }
         });
-        s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                for (d, n) in admitted.iter().enumerate() {
-                    let seen = n.load(Ordering::SeqCst) as u64;
-                    let held = held(&ledger, &format!("d{d}"));
-                    assert!(held >= seen, "d{d}: {seen} admitted, {held} held");
-                }
-                checks.fetch_add(1, Ordering::Relaxed);
+        s.spawn(|| loop {
+            let last = done.load(Ordering::SeqCst);
+            for (d, n) in admitted.iter().enumerate() {
+                let seen = n.load(Ordering::SeqCst) as u64;
+                let held = held(&ledger, &format!("d{d}"));
+                assert!(held >= seen, "d{d}: {seen} admitted, {held} held");
+            }
+            checks.fetch_add(1, Ordering::SeqCst);
+            if last {
+                break;
             }
         });
         let workers: Vec<_> = (0..3u64)
             .map(|t| {
-                let (e, admitted) = (&e, &admitted);
+                let (e, admitted, rounds, sweeps, checks) =
+                    (&e, &admitted, &rounds, &sweeps, &checks);
                 s.spawn(move || {
                     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t + 1);
-                    for _ in 0..6_000 {
+                    for i in 0..6_000 {
+                        if i % ROUND == 0 && i > 0 {
+                            if rounds.wait().is_leader() {
+                                // one sweep may have started during the
+                                // round: the two after it saw no debit
+                                let from = sweeps.load(Ordering::SeqCst);
+                                let checked = checks.load(Ordering::SeqCst);
+                                while sweeps.load(Ordering::SeqCst) < from + 3
+                                    || checks.load(Ordering::SeqCst) == checked
+                                {
+                                    std::thread::yield_now();
+                                }
+                            }
+                            rounds.wait();
+                        }
                         x ^= x << 13;
                         x ^= x >> 7;
                         x ^= x << 17;
