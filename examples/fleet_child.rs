@@ -50,7 +50,7 @@ fn main() {
     let seed: u64 = arg("--seed").and_then(|v| v.parse().ok()).unwrap_or(1);
     let seconds: u64 = arg("--seconds").and_then(|v| v.parse().ok()).unwrap_or(3);
     let print = std::env::args().any(|a| a == "--print-admissions");
-    let ledger = RedisLedger::new(&url, &prefix, Duration::from_millis(500)).expect("url");
+    let ledger = RedisLedger::new(&url, &prefix, Duration::from_secs(10)).expect("url");
     let engine = Engine::builder()
         .ledger(ledger)
         .max_grant(Amount::from_units(10))

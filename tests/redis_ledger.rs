@@ -28,6 +28,12 @@ fn periodic(unit: &str) -> String {
     )
 }
 
+/// How long a round trip may take. The outages below stop the server, which
+/// refuses connections at once, so this only has to outlast a slow fsync
+/// (the throwaway server writes its append-only file on every command) on a
+/// loaded machine: a timeout there would be denied as an outage.
+const ROUND_TRIP: Duration = Duration::from_secs(10);
+
 /// An instance on `ledger`: its own engine and rules (the same rule ids on
 /// every instance, as each gateway imports them from the platform).
 fn engine_on(ledger: RedisLedger, policy: LedgerFailure, rule: &str, now: i64) -> Engine {
@@ -45,13 +51,13 @@ fn engine_on(ledger: RedisLedger, policy: LedgerFailure, rule: &str, now: i64) -
 /// An instance under [`CUMULATIVE`], the fleet's counters in Redis under
 /// `prefix`.
 fn instance(url: &str, prefix: &str, policy: LedgerFailure) -> Engine {
-    let ledger = RedisLedger::new(url, prefix, Duration::from_millis(300)).unwrap();
+    let ledger = RedisLedger::new(url, prefix, ROUND_TRIP).unwrap();
     engine_on(ledger, policy, CUMULATIVE, T0)
 }
 
 /// An instance under rule 7002 with `unit`, imported at `now`.
 fn periodic_instance(url: &str, unit: &str, now: i64) -> Engine {
-    let ledger = RedisLedger::new(url, "reset", Duration::from_millis(300)).unwrap();
+    let ledger = RedisLedger::new(url, "reset", ROUND_TRIP).unwrap();
     engine_on(ledger, LedgerFailure::FailClosed, &periodic(unit), now)
 }
 
