@@ -59,7 +59,7 @@ fn main() {
     let threads: Vec<_> = (0..2u64)
         .map(|t| {
             let engine = Arc::clone(&engine);
-            std::thread::spawn(move || run(&engine, zero, seed * 2 + t + 1, ops))
+            std::thread::spawn(move || run(&engine, zero, seed * 2 + t + 1, t, ops))
         })
         .collect();
     for t in threads {
@@ -70,7 +70,13 @@ fn main() {
     println!("DONE");
 }
 
-fn run(engine: &Engine, zero: i64, seed: u64, ops: Option<u64>) {
+/// One thread's load. Thread `lane` spends from the devices whose number is
+/// `lane` modulo 2 (the organization's pool is shared by both): a call
+/// whose clock was read just before a midnight lands in the new day's
+/// window once its counter has rolled over (D16), and
+/// only a counter's own thread, whose clock never goes back, can be sure
+/// to print the day it was counted in.
+fn run(engine: &Engine, zero: i64, seed: u64, lane: u64, ops: Option<u64>) {
     let pts = BenefitType::ResourcePoint;
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let out = std::io::stdout();
@@ -89,7 +95,7 @@ fn run(engine: &Engine, zero: i64, seed: u64, ops: Option<u64>) {
             }
             continue;
         }
-        let dev = format!("d{}", rng.below(20));
+        let dev = format!("d{}", rng.below(10) * 2 + lane);
         let s = Subject::device(&dev);
         if dice < 25 {
             let t = now(CLOCK_BASE, zero);
