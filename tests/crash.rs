@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use benefit_quota::{Amount, Engine, Member, Subject};
 
@@ -72,13 +74,11 @@ impl Tally {
 
 /// Runs the child; reads its output on another thread (so a full pipe never
 /// blocks it) until it ends.
-fn spawn(
-    bin: &Path,
-    path: &Path,
-    zero: i64,
-    seed: u64,
-    ops: Option<u64>,
-) -> (Child, std::thread::JoinHandle<Vec<String>>) {
+/// A child's output so far: its lines, once it has ended, and how many
+/// `A`/`R` lines it printed until now.
+type Output = (std::thread::JoinHandle<Vec<String>>, Arc<AtomicU64>);
+
+fn spawn(bin: &Path, path: &Path, zero: i64, seed: u64, ops: Option<u64>) -> (Child, Output) {
     let mut cmd = Command::new(bin);
     cmd.args([
         "--path",
@@ -97,9 +97,20 @@ fn spawn(
         .spawn()
         .unwrap();
     let out = child.stdout.take().unwrap();
-    let reader =
-        std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).collect());
-    (child, reader)
+    let seen = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&seen);
+    let reader = std::thread::spawn(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .inspect(|l| {
+                if l.starts_with("A ") || l.starts_with("R ") {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .collect()
+    });
+    (child, (reader, seen))
 }
 
 fn wall_ms() -> i64 {
@@ -128,9 +139,24 @@ fn sigkill_at_random_moments_never_over_admits() {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let (mut child, reader) = spawn(&bin, &path, zero, life, None);
-        // 100..700 ms: sometimes during the open, mostly mid-load
-        std::thread::sleep(Duration::from_millis(100 + (seed >> 33) % 600));
+        let (mut child, (reader, seen)) = spawn(&bin, &path, zero, life, None);
+        // A life ends at a random moment, once it has also done some work:
+        // a quarter of the lives are killed on the timer alone (some while
+        // still opening the file), the others only after 400-1,000 lines
+        // as well, so that a slow machine loads the ledger as much as a
+        // fast one (a minute at most, in case a child stops printing).
+        let timer = Duration::from_millis(100 + (seed >> 33) % 600);
+        let lines = if (seed >> 20) % 4 == 0 {
+            0
+        } else {
+            400 + (seed >> 40) % 600
+        };
+        let (start, cap) = (Instant::now(), Duration::from_secs(60));
+        while (start.elapsed() < timer || seen.load(Ordering::Relaxed) < lines)
+            && start.elapsed() < cap
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
         assert!(!status.success(), "life {life} was not killed");
@@ -144,7 +170,7 @@ fn sigkill_at_random_moments_never_over_admits() {
         }
     }
     // A last life that ends cleanly.
-    let (mut child, reader) = spawn(&bin, &path, zero, 99, Some(300));
+    let (mut child, (reader, _)) = spawn(&bin, &path, zero, 99, Some(300));
     assert!(child.wait().unwrap().success());
     let lines = reader.join().unwrap();
     assert_eq!(lines.last().map(String::as_str), Some("DONE"));
@@ -251,7 +277,7 @@ fn a_clean_shutdown_loses_nothing() {
     let zero = wall_ms();
     let mut tally = Tally::default();
     for life in 0..3 {
-        let (mut child, reader) = spawn(&bin, &path, zero, 7 + life, Some(200));
+        let (mut child, (reader, _)) = spawn(&bin, &path, zero, 7 + life, Some(200));
         assert!(child.wait().unwrap().success());
         for l in reader
             .join()
