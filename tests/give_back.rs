@@ -3,7 +3,7 @@
 //! and what a crash then strands is only what active counters held.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use benefit_quota::ledger::{CounterKey, CounterOwner};
@@ -132,10 +132,25 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
     let given_back = AtomicUsize::new(0);
     let checks = AtomicUsize::new(0);
     let rounds = Barrier::new(3);
+    // What went wrong, asserted once every thread has ended: a thread that
+    // panicked would leave the spenders waiting for it at the barrier.
+    let failures = Mutex::new(Vec::<String>::new());
+    let fail = |what: String| {
+        let mut failures = failures.lock().unwrap();
+        if failures.len() < 10 {
+            failures.push(what); // the first few say enough
+        }
+    };
     std::thread::scope(|s| {
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
-                given_back.fetch_add(e.give_back_idle().unwrap(), Ordering::Relaxed);
+                match e.give_back_idle() {
+                    Ok(n) => given_back.fetch_add(n, Ordering::Relaxed),
+                    Err(err) => {
+                        fail(format!("a sweep failed: {err}"));
+                        0
+                    }
+                };
                 sweeps.fetch_add(1, Ordering::SeqCst);
             }
         });
@@ -144,7 +159,9 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
             for (d, n) in admitted.iter().enumerate() {
                 let seen = n.load(Ordering::SeqCst) as u64;
                 let held = held(&ledger, &format!("d{d}"));
-                assert!(held >= seen, "d{d}: {seen} admitted, {held} held");
+                if held < seen {
+                    fail(format!("d{d}: {seen} admitted, {held} held"));
+                }
             }
             checks.fetch_add(1, Ordering::SeqCst);
             if last {
@@ -153,8 +170,8 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
         });
         let workers: Vec<_> = (0..3u64)
             .map(|t| {
-                let (e, admitted, rounds, sweeps, checks) =
-                    (&e, &admitted, &rounds, &sweeps, &checks);
+                let (e, admitted, rounds, sweeps, checks, fail) =
+                    (&e, &admitted, &rounds, &sweeps, &checks, &fail);
                 s.spawn(move || {
                     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t + 1);
                     for i in 0..6_000 {
@@ -164,9 +181,14 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
                                 // round: the two after it saw no debit
                                 let from = sweeps.load(Ordering::SeqCst);
                                 let checked = checks.load(Ordering::SeqCst);
+                                let until = Instant::now() + Duration::from_secs(60);
                                 while sweeps.load(Ordering::SeqCst) < from + 3
                                     || checks.load(Ordering::SeqCst) == checked
                                 {
+                                    if Instant::now() > until {
+                                        fail("the sweeper or the checker stalled".into());
+                                        break;
+                                    }
                                     std::thread::yield_now();
                                 }
                             }
@@ -191,6 +213,7 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
         }
         done.store(true, Ordering::Relaxed);
     });
+    assert_eq!(failures.into_inner().unwrap(), Vec::<String>::new());
     assert!(
         sweeps.load(Ordering::Relaxed) > 10,
         "the sweeper barely ran"
