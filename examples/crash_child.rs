@@ -4,8 +4,9 @@
 //!
 //! Rules (created by the first life, restored by the others): every device
 //! 40 points per local day and 60 for good; organization `org` a pool of
-//! 20,000 for good. Two threads spend for 20 devices (by subject, through
-//! short-lived handles, and 1-point records) and 10 members of `org`. The
+//! 20,000 for good. Two threads spend for 24 devices (by subject, through
+//! short-lived handles, and 1-point records; 10 devices each, 4 shared)
+//! and 10 members of `org`. The
 //! clock runs at 10 simulated seconds per wall-clock second from
 //! `--clock-zero` (unix milliseconds, shared by every life), starting 30
 //! simulated seconds before a local midnight, so daily windows roll over
@@ -28,6 +29,9 @@ use child::{arg, now, Rng};
 
 /// 30 simulated seconds before 2025-03-12 00:00:00 +08:00.
 const CLOCK_BASE: i64 = 1_741_708_800 - 30;
+
+/// Devices both threads spend from, after the 20 each thread has half of.
+const SHARED_DEVICES: u64 = 4;
 
 fn main() {
     let path = arg("--path").expect("--path");
@@ -70,12 +74,13 @@ fn main() {
     println!("DONE");
 }
 
-/// One thread's load. Thread `lane` spends from the devices whose number is
-/// `lane` modulo 2 (the organization's pool is shared by both): a call
-/// whose clock was read just before a midnight lands in the new day's
-/// window once its counter has rolled over (D16), and
-/// only a counter's own thread, whose clock never goes back, can be sure
-/// to print the day it was counted in.
+/// One thread's load. Thread `lane` spends from `d0`..`d19` whose number is
+/// `lane` modulo 2, and both threads from `d20`..`d23` and the
+/// organization's pool: a call whose clock was read just before a midnight
+/// lands in the new day's window once another thread has rolled its
+/// counter over (D16), so only for a counter of its own can a thread print
+/// the day the call was counted in (the test checks the shared devices'
+/// daily counters by their totals only).
 fn run(engine: &Engine, zero: i64, seed: u64, lane: u64, ops: Option<u64>) {
     let pts = BenefitType::ResourcePoint;
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -95,7 +100,11 @@ fn run(engine: &Engine, zero: i64, seed: u64, lane: u64, ops: Option<u64>) {
             }
             continue;
         }
-        let dev = format!("d{}", rng.below(10) * 2 + lane);
+        let dev = if rng.below(5) == 0 {
+            format!("d{}", 20 + rng.below(SHARED_DEVICES))
+        } else {
+            format!("d{}", rng.below(10) * 2 + lane)
+        };
         let s = Subject::device(&dev);
         if dice < 25 {
             let t = now(CLOCK_BASE, zero);

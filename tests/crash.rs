@@ -15,6 +15,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,15 @@ const POOL_LIMIT: u64 = 20_000;
 /// what two threads may have admitted or recorded and not yet printed (2 × 3).
 const STRANDED_PER_CRASH: u64 = 12 + 3 + 6;
 const CRASHES: u64 = 20;
+/// `d0`..`d19` are spent from by one thread each; `d20`..`d23` by both.
+const DEVICES: usize = 24;
+
+/// Whether both of a child's threads spend from `device`: then a call
+/// whose clock was read before a midnight may be counted in the next day
+/// (D16), and the day it printed says nothing about the window.
+fn shared(device: &str) -> bool {
+    device[1..].parse::<usize>().is_ok_and(|i| i >= 20)
+}
 
 fn day(now: i64) -> i64 {
     (now + 8 * 3600).div_euclid(86_400)
@@ -60,12 +70,16 @@ impl Tally {
         match (kind, who) {
             ("A", "org") => self.pool += units,
             ("A", d) => {
-                *self.device_day.entry((d.into(), day(now))).or_default() += units;
+                if !shared(d) {
+                    *self.device_day.entry((d.into(), day(now))).or_default() += units;
+                }
                 *self.device.entry(d.into()).or_default() += units;
             }
             ("R", d) => {
                 *self.recorded.entry(d.into()).or_default() += units;
-                *self.recorded_day.entry((d.into(), day(now))).or_default() += units;
+                if !shared(d) {
+                    *self.recorded_day.entry((d.into(), day(now))).or_default() += units;
+                }
             }
             _ => panic!("unexpected line {l:?}"),
         }
@@ -152,14 +166,21 @@ fn sigkill_at_random_moments_never_over_admits() {
             400 + (seed >> 40) % 600
         };
         let (start, cap) = (Instant::now(), Duration::from_secs(60));
-        while (start.elapsed() < timer || seen.load(Ordering::Relaxed) < lines)
-            && start.elapsed() < cap
-        {
+        while start.elapsed() < timer || seen.load(Ordering::Relaxed) < lines {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "life {life} ended on its own"
+            );
+            assert!(
+                start.elapsed() < cap,
+                "life {life} stalled at {} lines",
+                seen.load(Ordering::Relaxed)
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
-        assert!(!status.success(), "life {life} was not killed");
+        assert_eq!(status.signal(), Some(9), "life {life} was not killed");
         let lines = reader.join().unwrap();
         ready_lives += u64::from(lines.first().is_some_and(|l| l == "READY"));
         for l in lines
@@ -214,7 +235,7 @@ fn sigkill_at_random_moments_never_over_admits() {
     let engine = Engine::builder().durable(&path).open().unwrap();
     let now = tally.last_now;
     let slack = Amount::from_units(CRASHES * STRANDED_PER_CRASH);
-    for i in 0..20 {
+    for i in 0..DEVICES {
         let d = format!("d{i}");
         let usage = engine.usage(&Subject::device(&d), now);
         let (daily, life) = (&usage[0], &usage[1]);
@@ -228,17 +249,20 @@ fn sigkill_at_random_moments_never_over_admits() {
             .get(&(d.clone(), day(now)))
             .copied()
             .unwrap_or(0);
-        assert!(
-            daily.used >= Amount::from_units(admitted_day),
-            "{d}: day {:?} < {admitted_day}",
-            daily.used
-        );
-        assert!(
-            daily.used.as_micros()
-                <= Amount::from_units(admitted_day + recorded_day).as_micros() + slack.as_micros(),
-            "{d}: day {:?} > {admitted_day} + {recorded_day} + bound",
-            daily.used
-        );
+        if !shared(&d) {
+            assert!(
+                daily.used >= Amount::from_units(admitted_day),
+                "{d}: day {:?} < {admitted_day}",
+                daily.used
+            );
+            assert!(
+                daily.used.as_micros()
+                    <= Amount::from_units(admitted_day + recorded_day).as_micros()
+                        + slack.as_micros(),
+                "{d}: day {:?} > {admitted_day} + {recorded_day} + bound",
+                daily.used
+            );
+        }
         let admitted = tally.device.get(&d).copied().unwrap_or(0);
         let recorded = tally.recorded.get(&d).copied().unwrap_or(0);
         assert!(
@@ -289,7 +313,7 @@ fn a_clean_shutdown_loses_nothing() {
         }
     }
     let engine = Engine::builder().durable(&path).open().unwrap();
-    for i in 0..20 {
+    for i in 0..DEVICES {
         let d = format!("d{i}");
         let life = &engine.usage(&Subject::device(&d), tally.last_now)[1];
         let admitted = tally.device.get(&d).copied().unwrap_or(0);
