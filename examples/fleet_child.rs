@@ -55,6 +55,8 @@ fn main() {
         .ledger(ledger)
         .max_grant(Amount::from_units(10))
         .on_ledger_failure(LedgerFailure::FailClosed)
+        // a slow fsync on a loaded machine is not an outage
+        .grant_timeout(Duration::from_secs(10))
         .open()
         .expect("open");
     engine

@@ -28,10 +28,12 @@ fn periodic(unit: &str) -> String {
     )
 }
 
-/// How long a round trip may take. The outages below stop the server, which
-/// refuses connections at once, so this only has to outlast a slow fsync
-/// (the throwaway server writes its append-only file on every command) on a
-/// loaded machine: a timeout there would be denied as an outage.
+/// How long a round trip, and a call waiting for its grant, may take. The
+/// outages below stop the server, which refuses connections at once (their
+/// calls are denied as soon as a grant fails, not after this), so this
+/// only has to outlast a slow fsync (the throwaway server writes its
+/// append-only file on every command) on a loaded machine: running out of
+/// it there would be denied as an outage.
 const ROUND_TRIP: Duration = Duration::from_secs(10);
 
 /// An instance on `ledger`: its own engine and rules (the same rule ids on
@@ -41,7 +43,7 @@ fn engine_on(ledger: RedisLedger, policy: LedgerFailure, rule: &str, now: i64) -
         .ledger(ledger)
         .max_grant(Amount::from_units(10))
         .on_ledger_failure(policy)
-        .grant_timeout(Duration::from_secs(2))
+        .grant_timeout(ROUND_TRIP)
         .open()
         .unwrap();
     e.import_json(rule, now).unwrap();
