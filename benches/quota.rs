@@ -819,9 +819,9 @@ fn report() {
             "(context)",
         ),
         ratio(
-            "cold: try_consume time / the same with 8,192 shards",
-            m("cold", "try_consume"),
+            "cold: try_consume time with 8,192 shards / with 1,024",
             m("cold", "try_consume_8192_shards"),
+            m("cold", "try_consume"),
             "(context)",
         ),
         ns(
