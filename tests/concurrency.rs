@@ -334,35 +334,46 @@ fn windows_rolling_over_under_load_never_over_admit() {
         let e = Engine::new();
         let daily = Rule::all_devices(50).daily().create(&e);
         let clock = AtomicI64::new(MIDNIGHT - 5);
-        let stop = AtomicBool::new(false);
+        let done = AtomicBool::new(false);
+        let calls = AtomicUsize::new(0);
         let per_window: Mutex<HashMap<Option<i64>, u64>> = Mutex::new(HashMap::new());
         std::thread::scope(|s| {
             s.spawn(|| {
-                // Crosses three local midnights, a few seconds at a time.
-                while !stop.load(Ordering::Relaxed)
-                    && clock.load(Ordering::Relaxed) < MIDNIGHT + 2 * DAY + 5
-                {
+                // Crosses three local midnights, a few seconds at a time; each
+                // second only once the callers made 20 calls in it, so every
+                // window is spent in whatever the scheduler does (a clock
+                // left unscheduled, or run to its end before the callers
+                // start, would test one window).
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while clock.load(Ordering::Relaxed) < MIDNIGHT + 2 * DAY + 5 {
+                    let from = calls.load(Ordering::SeqCst);
+                    while calls.load(Ordering::SeqCst) < from + 20
+                        && std::time::Instant::now() < until
+                    {
+                        std::thread::yield_now();
+                    }
                     let now = clock.load(Ordering::Relaxed);
                     let next = if (now - MIDNIGHT).rem_euclid(DAY) == 5 {
                         now + DAY - 10
                     } else {
                         now + 1
                     };
-                    clock.store(next, Ordering::Relaxed);
-                    std::thread::yield_now();
+                    clock.store(next, Ordering::SeqCst);
                 }
+                done.store(true, Ordering::SeqCst);
             });
             let hs: Vec<_> = (0..threads)
                 .map(|_| {
                     s.spawn(|| {
                         let mut mine: HashMap<Option<i64>, u64> = HashMap::new();
-                        for _ in 0..3_000 {
-                            let now = clock.load(Ordering::Relaxed);
+                        while !done.load(Ordering::SeqCst) {
+                            let now = clock.load(Ordering::SeqCst);
                             if let Decision::Allowed(Some(h)) =
                                 e.try_consume(&Subject::device("d"), PTS, units(1), now)
                             {
                                 *mine.entry(h.resets_at).or_default() += 1;
                             }
+                            calls.fetch_add(1, Ordering::SeqCst);
                         }
                         let mut all = per_window.lock().unwrap();
                         for (k, v) in mine {
@@ -374,10 +385,13 @@ fn windows_rolling_over_under_load_never_over_admit() {
             for h in hs {
                 h.join().unwrap();
             }
-            stop.store(true, Ordering::Relaxed);
         });
         let per_window = per_window.into_inner().unwrap();
         assert!(per_window.values().all(|g| *g <= 50), "{per_window:?}");
+        // the day before the first midnight and the three after it, each
+        // asked for at least 100 points while it was the clock's day
+        assert_eq!(per_window.len(), 4, "{per_window:?}");
+        assert!(per_window.values().all(|g| *g == 50), "{per_window:?}");
         let total: u64 = per_window.values().sum();
         let lifetime = e
             .usage(&Subject::device("d"), clock.load(Ordering::Relaxed))
