@@ -250,44 +250,34 @@ fn sigkill_at_random_moments_never_over_admits() {
             .copied()
             .unwrap_or(0);
         if !shared(&d) {
-            assert!(
-                daily.used >= Amount::from_units(admitted_day),
-                "{d}: day {:?} < {admitted_day}",
-                daily.used
-            );
-            assert!(
-                daily.used.as_micros()
-                    <= Amount::from_units(admitted_day + recorded_day).as_micros()
-                        + slack.as_micros(),
-                "{d}: day {:?} > {admitted_day} + {recorded_day} + bound",
-                daily.used
-            );
+            let what = format!("{d} today");
+            covers(&what, daily.used, admitted_day, recorded_day, slack);
         }
         let admitted = tally.device.get(&d).copied().unwrap_or(0);
         let recorded = tally.recorded.get(&d).copied().unwrap_or(0);
-        assert!(
-            life.used >= Amount::from_units(admitted),
-            "{d}: {:?} < {admitted}",
-            life.used
-        );
-        assert!(
-            life.used.as_micros()
-                <= Amount::from_units(admitted + recorded).as_micros() + slack.as_micros(),
-            "{d}: {:?} > {admitted} + {recorded} + bound",
-            life.used
-        );
+        covers(&d, life.used, admitted, recorded, slack);
     }
     let pool = &engine.usage(
         &Subject::member(Member::user("u0").in_organization("org")),
         now,
     )[0];
     eprintln!("pool: admitted {} units, usage {:?}", tally.pool, pool.used);
-    assert!(pool.used >= Amount::from_units(tally.pool));
-    assert!(
-        pool.used.as_micros() <= Amount::from_units(tally.pool).as_micros() + slack.as_micros()
-    );
+    covers("the pool", pool.used, tally.pool, 0, slack);
     drop(engine);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A counter's usage after crashes: every admission the child reported is
+/// counted, and at most `slack` beyond admissions and records.
+fn covers(what: &str, used: Amount, admitted: u64, recorded: u64, slack: Amount) {
+    assert!(
+        used >= Amount::from_units(admitted),
+        "{what}: {used:?} < {admitted}"
+    );
+    assert!(
+        used.as_micros() <= Amount::from_units(admitted + recorded).as_micros() + slack.as_micros(),
+        "{what}: {used:?} > {admitted} + {recorded} + bound"
+    );
 }
 
 fn super_base() -> i64 {

@@ -92,8 +92,9 @@ fn instances_share_one_limit_exactly() {
     // instance still holds in grants
     assert!(total <= 100, "{total}");
     assert!(total >= 100 - 2 * 10, "{total}");
-    drop(a); // gives its unspent grants back
-             // b, refused a grant a moment ago, asks the ledger again after a second
+    // a gives its unspent grants back; b, refused a grant a moment ago,
+    // asks the ledger again after a second
+    drop(a);
     std::thread::sleep(Duration::from_millis(1_100));
     total += spend(&b, "d", 200);
     assert_eq!(total, 100);
