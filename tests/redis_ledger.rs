@@ -279,8 +279,9 @@ fn a_grant_of_a_window_an_update_reset_goes_back_to_that_window_only() {
     assert_eq!(total, 100, "the hourly window is b's alone");
     a.give_back_idle().unwrap();
     a.give_back_idle().unwrap();
-    drop(a); // and what a clean shutdown gives back
-             // a third instance, with nothing counted locally, asks the fleet
+    // and what a clean shutdown gives back; then a third instance, with
+    // nothing counted locally, asks the fleet
+    drop(a);
     let c = periodic_instance(&server.url, "hour", later);
     total += spend_at(&c, "d", 200, later);
     assert_eq!(
