@@ -1,11 +1,13 @@
 //! A fleet (and, below, the same fleet with one instance killed): four
 //! gateway processes (the `fleet_child` example), two threads each, share
 //! one Redis: 1,000 devices under a daily limit of 20 and an
-//! organization pool of 2,000; the clock crosses a local midnight; demand is
-//! several times the supply. For every counter window, what the fleet
-//! admitted is at most the limit, and once demand passed three times the
-//! supply, at least the limit less one largest request (3 points) per
-//! instance.
+//! organization pool of 2,000; each thread's clock crosses a local
+//! midnight after a fixed number of calls; demand is several times the
+//! supply. For every counter window, what the fleet admitted is at most
+//! the limit, and once demand passed three times the supply, at least the
+//! limit less one largest request (3 points) per instance. The load is
+//! sized in calls, not in seconds, so a slow machine runs the same test
+//! more slowly, and a fast one no less.
 #![cfg(all(feature = "redis", unix))]
 
 mod common;
@@ -23,34 +25,30 @@ const INSTANCES: u64 = 4;
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const LARGEST_REQUEST: u64 = 3;
 
+/// Calls per thread of a `fleet_child` that runs to its end: its clock
+/// crosses midnight after 5,000 of them (10 simulated seconds at 500 calls
+/// a second), so the first day asks each device for about 64 points
+/// across the fleet and the second for about 190 (a fifth of the calls go
+/// to the pool, 2 points a call on average).
+const CALLS: &str = "20000";
+
 /// Starts the fleet: `INSTANCES` `fleet_child` processes on `server`'s
-/// Redis under `prefix`, sharing one clock zero (now), seeded from `seed`
-/// on, each running for `seconds` with `extra` arguments, output piped.
+/// Redis under `prefix`, seeded from `seed` on, instance `i` making
+/// `calls(i)` calls per thread (`"0"`: until killed) with `extra`
+/// arguments, output piped.
 fn start_fleet(
     server: &RedisServer,
     prefix: &str,
     seed: u64,
-    seconds: &str,
+    calls: impl Fn(u64) -> &'static str,
     extra: &[&str],
 ) -> Vec<Child> {
     let bin = common::example_binary("fleet_child", "redis");
-    let zero = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        .to_string();
     (0..INSTANCES)
         .map(|i| {
             Command::new(&bin)
-                .args([
-                    "--url",
-                    &server.url,
-                    "--prefix",
-                    prefix,
-                    "--clock-zero",
-                    &zero,
-                ])
-                .args(["--seed", &(seed + i).to_string(), "--seconds", seconds])
+                .args(["--url", &server.url, "--prefix", prefix])
+                .args(["--seed", &(seed + i).to_string(), "--calls", calls(i)])
                 .args(extra)
                 .stdout(Stdio::piped())
                 .spawn()
@@ -65,7 +63,7 @@ fn four_instances_never_pass_a_limit_and_leave_little_unused() {
     let Some(server) = RedisServer::start("fleet") else {
         return;
     };
-    let children = start_fleet(&server, "fleet", 1, "5", &[]);
+    let children = start_fleet(&server, "fleet", 1, |_| CALLS, &[]);
     // (counter, day) → (asked, admitted), summed over the fleet
     let mut fleet: HashMap<(String, i64), (u64, u64)> = HashMap::new();
     for mut child in children {
@@ -127,22 +125,43 @@ fn an_instance_killed_while_holding_grants_leaves_the_others_going() {
     let Some(server) = RedisServer::start("fleet-kill") else {
         return;
     };
-    let mut children: Vec<_> = start_fleet(&server, "kill", 11, "3", &["--print-admissions"])
+    // Instance 0 runs until killed; the others run to their end.
+    let calls = |i: u64| if i == 0 { "0" } else { CALLS };
+    let children = start_fleet(&server, "kill", 11, calls, &["--print-admissions"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut children: Vec<_> = children
         .into_iter()
-        .map(|mut c| {
+        .enumerate()
+        .map(|(i, mut c)| {
             let out = c.stdout.take().unwrap();
+            let tx = tx.clone();
             let reader = std::thread::spawn(move || {
-                BufReader::new(out)
-                    .lines()
-                    .map_while(Result::ok)
-                    .collect::<Vec<String>>()
+                let mut lines = Vec::new();
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    if i == 0 && l.starts_with("A ") {
+                        let _ = tx.send(());
+                    }
+                    lines.push(l);
+                }
+                lines
             });
             (c, reader)
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(1_000));
-    children[0].0.kill().unwrap(); // SIGKILL, grants held
-                                   // (counter, day) → admitted, from every admission printed
+    drop(tx);
+    // Killed once it has admitted 300 requests, so it holds grants (it
+    // takes them 10 points at a time) for counters the others go on
+    // spending; a minute without an admission fails the test.
+    for n in 0..300 {
+        if rx.recv_timeout(std::time::Duration::from_secs(60)).is_err() {
+            let _ = children[0].0.kill(); // it would run until killed
+            panic!("instance 0 admitted only {n} requests");
+        }
+    }
+    // SIGKILL, grants held.
+    children[0].0.kill().unwrap();
+
+    // (counter, day) → admitted, from every admission printed
     let mut admitted: HashMap<(String, i64), u64> = HashMap::new();
     for (i, (mut child, reader)) in children.drain(..).enumerate() {
         let ok = child.wait().unwrap().success();
