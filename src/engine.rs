@@ -930,10 +930,48 @@ impl Engine {
         if !possible_now(now) {
             return Decision::impossible_time(now);
         }
-        // `with_applied`, spelled out: this is every stateless request's
-        // path, and the closures cost it (the commit that added
-        // `with_applied` has the measurement).
         let rules = self.read();
+        if let Some((kind, id)) = subject.sole_entity() {
+            // A device or a consumer: its all-scope rules, and its single
+            // rules unless its entry says that none named it under this
+            // configuration (then the single-rule index, whose miss a cold
+            // call would pay before taking the shard's lock, is skipped).
+            // The version is compared under the rule-table copy's lock, as
+            // handles compare theirs: a write changes every copy and the
+            // version together.
+            let store = &self.store;
+            let owner = store.entity(kind, id, store.hasher().entity(kind as u8, id));
+            store.prefetch(&owner);
+            let shard = store.shard_index(&owner);
+            // The rule table's families are indexed as the owner kinds.
+            let (fam, policy) = (kind as usize, self.config.frozen_policy);
+            let mut applied = AppliedVec::new();
+            let mut valid = Validity::ALWAYS;
+            rules.resolve_all_scope(fam, owner, shard, 0, now, policy, &mut applied, &mut valid);
+            if !applied.is_empty() {
+                // A rule-table copy is locked: this is its version.
+                let version = self.version.load(Ordering::Relaxed);
+                let mut locked = store.lock_many(&[shard]);
+                let table = TableRules {
+                    table: &rules,
+                    applied: applied.as_slice(),
+                    policy,
+                };
+                if let Some(counters) = locked.counters_if_alone(shard, &owner, version) {
+                    return decide_one_owner(store, &table, Some(counters), op);
+                }
+                if !rules.lists_single_rules(fam, owner.hash, id) {
+                    let d = self.decide_owner(&table, &mut locked, shard, &owner, None, op);
+                    locked.mark_alone(shard, &owner, version);
+                    return d;
+                }
+            }
+            // Single rules name it (or no all-scope rule applies): resolved
+            // in full below.
+        }
+        // `with_applied`, spelled out: this is every other stateless
+        // request's path, and the closures cost it (the commit that added
+        // `with_applied` has the measurement).
         let mut applied = AppliedVec::new();
         self.resolve(&rules, subject, now, &mut applied, true);
         if applied.is_empty() {

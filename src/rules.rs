@@ -506,6 +506,27 @@ impl RuleSet {
             }
         }
         let shard = store.shard_index(&owner);
+        self.resolve_all_scope(fam, owner, shard, covered, now, policy, out, valid);
+    }
+
+    /// The all-scope rules of family `fam` (0: devices, 1: consumers) that
+    /// apply to `owner` (an entity of that family, whose counters are in
+    /// `shard`) at `now`, except those of the slots in `covered` (replaced
+    /// by single rules, D11), pushed to `out`; `valid` notes their
+    /// activation boundaries.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn resolve_all_scope<'a>(
+        &'a self,
+        fam: usize,
+        owner: Owner<'a>,
+        shard: usize,
+        covered: u8,
+        now: i64,
+        policy: FrozenPolicy,
+        out: &mut AppliedVec<'a>,
+        valid: &mut Validity,
+    ) {
         for &slot in &self.all_scope[fam] {
             let e = &self.rules[slot as usize];
             e.note_activation(now, valid);
@@ -519,6 +540,15 @@ impl RuleSet {
                 window: e.window(now),
             });
         }
+    }
+
+    /// Whether a single rule (of family `fam`) names the entity `id`
+    /// (hashed to `hash` with its owner kind's tag), in effect or not.
+    #[inline]
+    pub fn lists_single_rules(&self, fam: usize, hash: u64, id: &str) -> bool {
+        self.singles[fam]
+            .get(hash, id)
+            .is_some_and(|list| !list.is_empty())
     }
 }
 

@@ -105,6 +105,18 @@ impl<'a> Subject<'a> {
         }
     }
 
+    /// The subject's only entity when it is only a device or only a
+    /// consumer.
+    #[inline(always)]
+    pub(crate) fn sole_entity(&self) -> Option<(crate::state::OwnerKind, &'a str)> {
+        use crate::state::OwnerKind;
+        match (self.device_id, self.custom_consumer_id, &self.member) {
+            (Some(d), None, None) => Some((OwnerKind::Device, d)),
+            (None, Some(c), None) => Some((OwnerKind::Consumer, c)),
+            _ => None,
+        }
+    }
+
     /// Adds or replaces the device.
     pub const fn with_device(mut self, id: &'a str) -> Self {
         self.device_id = Some(id);

@@ -151,6 +151,56 @@ fn d11_several_single_rules_of_one_slot_all_apply() {
     assert_eq!((id, reason), (tight, DenyReason::Exhausted));
 }
 
+#[test]
+fn d11_a_single_rule_written_after_calls_replaces_from_the_next_call() {
+    // Calls by subject remember that no single rule names a device or a
+    // consumer; every configuration write must make them look again.
+    for (all, single, s) in [
+        (
+            Rule::all_devices(2),
+            Rule::device("x", 100),
+            Subject::device("x"),
+        ),
+        (
+            Rule::all_consumers(2),
+            Rule::consumer("x", 100),
+            Subject::consumer("x"),
+        ),
+    ] {
+        let e = Engine::new();
+        let all = all.create(&e);
+        assert!(e.try_consume(&s, PTS, units(2), MIDNIGHT).is_allowed());
+        let (id, _, _, _) = denial_of(&e.try_consume(&s, PTS, units(1), MIDNIGHT));
+        assert_eq!(id, all);
+        // Written after those calls: its own rule replaces the all-scope one.
+        let own = single.create(&e);
+        assert!(e.try_consume(&s, PTS, units(50), MIDNIGHT).is_allowed());
+        assert_eq!(used(&e, &s, &own, MIDNIGHT), units(50));
+        // Cancelled: the all-scope rule applies again, with its usage.
+        e.apply_update_json(&own, r#"{"status":"cancel"}"#, MIDNIGHT)
+            .unwrap();
+        let (id, reason, _, _) = denial_of(&e.try_consume(&s, PTS, units(1), MIDNIGHT));
+        assert_eq!((id, reason), (all.clone(), DenyReason::Exhausted));
+        // One that starts tomorrow replaces it only from then on.
+        let later = single.active(MIDNIGHT + DAY, FOREVER).create(&e);
+        let (id, _, _, _) = denial_of(&e.try_consume(&s, PTS, units(1), MIDNIGHT + 1));
+        assert_eq!(id, all);
+        assert!(e
+            .try_consume(&s, PTS, units(7), MIDNIGHT + DAY)
+            .is_allowed());
+        assert_eq!(used(&e, &s, &later, MIDNIGHT + DAY), units(7));
+        // And a device's mark says nothing of the consumer with its id.
+        let other = if s.device_id.is_some() {
+            Subject::consumer("x")
+        } else {
+            Subject::device("x")
+        };
+        assert!(e
+            .try_consume(&other, PTS, units(1), MIDNIGHT)
+            .is_unlimited());
+    }
+}
+
 // ---------------------------------------------------------------- F18
 
 #[test]

@@ -53,24 +53,69 @@ pub(crate) struct Owner<'a> {
 }
 
 struct Entry {
-    kind: OwnerKind,
+    /// The owner's kind (the low 8 bits) and, above them, a pool's rule
+    /// slot or, for a device or consumer, the configuration version under
+    /// which no single rule named it (see [`Entry::alone_at`]). One word,
+    /// so that the entry stays 112 bytes.
+    tag: u64,
     /// The owner's stamp, once a leased handle relies on it (see [`Stamp`]):
     /// every write to the entry bumps it. Set by a grant, dropped only with
     /// the entry (whose removal bumps it too).
     stamp: Option<Stamp>,
-    pool: u32,
     /// Inline up to 22 bytes (typical device ids): comparing it costs no
     /// extra cache miss.
     id: SmallStr<22>,
     counters: SmallVec<[CounterState; 2]>,
 }
 
+/// [`Entry::tag`] above the kind for an entity not known to be alone.
+const NOT_ALONE: u64 = u64::MAX >> 8;
+
 impl Entry {
+    fn new(owner: &Owner<'_>) -> Entry {
+        let above = match owner.kind {
+            OwnerKind::Pool => u64::from(owner.pool),
+            _ => NOT_ALONE,
+        };
+        Entry {
+            tag: above << 8 | owner.kind as u64,
+            stamp: None,
+            id: SmallStr::new(owner.id),
+            counters: SmallVec::new(),
+        }
+    }
+
+    #[inline]
+    fn kind(&self) -> OwnerKind {
+        match self.tag as u8 {
+            0 => OwnerKind::Device,
+            1 => OwnerKind::Consumer,
+            _ => OwnerKind::Pool,
+        }
+    }
+
     #[inline]
     fn is(&self, o: &Owner<'_>) -> bool {
-        self.kind == o.kind
-            && self.pool == o.pool
+        self.tag as u8 == o.kind as u8
+            && (o.kind != OwnerKind::Pool || self.tag >> 8 == u64::from(o.pool))
             && crate::types::same_bytes(self.id.as_bytes(), o.id.as_bytes())
+    }
+
+    /// Whether the entity (a device or consumer) was found named by no
+    /// single rule under configuration `version`, so that only all-scope
+    /// rules apply to it as a subject while that version holds.
+    #[inline]
+    fn alone_at(&self, version: u64) -> bool {
+        version < NOT_ALONE && self.tag >> 8 == version
+    }
+
+    /// Records [`Entry::alone_at`] `version` (for an entity; a version that
+    /// does not fit above the kind is not recorded: 2^56 configuration
+    /// writes are not reached).
+    fn set_alone_at(&mut self, version: u64) {
+        if self.kind() != OwnerKind::Pool && version < NOT_ALONE {
+            self.tag = version << 8 | (self.tag & 0xff);
+        }
     }
 }
 
@@ -113,8 +158,8 @@ impl OwnerHasher {
 
     #[inline]
     fn of_entry(&self, e: &Entry) -> u64 {
-        match e.kind {
-            OwnerKind::Pool => self.pool(e.pool),
+        match e.kind() {
+            OwnerKind::Pool => self.pool((e.tag >> 8) as u32),
             k => self.entity(k as u8, e.id.as_str()),
         }
     }
@@ -231,7 +276,7 @@ impl Store {
             shard.table.retain(
                 |e| {
                     let before = e.counters.len();
-                    let owner = (e.kind, e.id.as_str());
+                    let owner = (e.kind(), e.id.as_str());
                     e.counters.retain(|c| {
                         let gone = drop(owner, c);
                         removed += usize::from(gone && c.rule & crate::grant::CEILING == 0);
@@ -267,7 +312,7 @@ impl Store {
             let mut shard = shard.lock.lock();
             shard.table.for_each_mut(|e| {
                 stamp_write(e);
-                f(&mut state, e.kind, e.id.as_str(), &mut e.counters);
+                f(&mut state, e.kind(), e.id.as_str(), &mut e.counters);
             });
             leave(state);
         }
@@ -497,6 +542,31 @@ impl Locked<'_> {
             .map(writing)
     }
 
+    /// [`Locked::counters_if_any`] for an entity marked alone at `version`
+    /// ([`Locked::mark_alone`]): `None` if it has no entry or was not
+    /// marked at that version.
+    #[inline(always)]
+    pub fn counters_if_alone(
+        &mut self,
+        shard: usize,
+        owner: &Owner<'_>,
+        version: u64,
+    ) -> Option<&mut Counters> {
+        self.table_mut(shard)
+            .find_mut(owner.hash, |e| e.is(owner))
+            .filter(|e| e.alone_at(version))
+            .map(writing)
+    }
+
+    /// Marks the entity `owner` (if it has an entry) as named by no single
+    /// rule under configuration `version`, which the caller read with a
+    /// rule-table copy of that version locked.
+    pub fn mark_alone(&mut self, shard: usize, owner: &Owner<'_>, version: u64) {
+        if let Some(e) = self.table_mut(shard).find_mut(owner.hash, |e| e.is(owner)) {
+            e.set_alone_at(version);
+        }
+    }
+
     /// `owner`'s stamp (see [`Stamp`]), made if the entry had none, and
     /// its value after this call: its entry is created empty if missing
     /// (it stays, marked, until evicted), so that the write creating its
@@ -583,16 +653,7 @@ fn slot_of(
         Probe::Found(i) => i,
         Probe::Vacant(i) => {
             view.publish(table);
-            table.insert_at(
-                i,
-                Entry {
-                    kind: owner.kind,
-                    stamp: None,
-                    pool: owner.pool,
-                    id: SmallStr::new(owner.id),
-                    counters: SmallVec::new(),
-                },
-            );
+            table.insert_at(i, Entry::new(owner));
             i
         }
     }
@@ -691,13 +752,65 @@ mod tests {
 
     #[test]
     fn entries_are_small() {
-        // id (24) + kind and pool (8) + the stamp a leased handle watches (8)
-        // + two inline counters (64) + SmallVec tag (8)
+        // id (24) + the tag (kind, and a pool's slot or an entity's
+        // alone-at version: 8) + the stamp a leased handle watches (8) + two
+        // inline counters (64) + SmallVec tag (8)
         assert!(
             std::mem::size_of::<Entry>() <= 112,
             "{}",
             std::mem::size_of::<Entry>()
         );
+    }
+
+    #[test]
+    fn an_entity_is_alone_only_at_the_version_it_was_marked_at() {
+        let store = Store::new(1, OwnerHasher::new(), usize::MAX);
+        let h = store.hasher.entity(OwnerKind::Device as u8, "d");
+        let d = store.entity(OwnerKind::Device, "d", h);
+        let c = store.entity(OwnerKind::Consumer, "d", h); // same id and hash
+        let mut l = store.lock_many(&[0]);
+        // No entry: nothing to mark, nothing found.
+        l.mark_alone(0, &d, 3);
+        assert!(l.counters_if_alone(0, &d, 3).is_none());
+        counter_of(l.counters_mut(0, &d), 1).add(1);
+        // Not marked yet, at any version (version 0 included).
+        assert!(l.counters_if_alone(0, &d, 0).is_none());
+        assert!(l.counters_if_alone(0, &d, 3).is_none());
+        l.mark_alone(0, &d, 3);
+        assert!(l
+            .counters_if_alone(0, &d, 3)
+            .is_some_and(|cs| cs.len() == 1));
+        assert!(l.counters_if_alone(0, &d, 4).is_none());
+        assert!(l.counters_if_alone(0, &d, 2).is_none());
+        // The consumer with the same id is another owner, never marked.
+        counter_of(l.counters_mut(0, &c), 1).add(1);
+        assert!(l.counters_if_alone(0, &c, 3).is_none());
+        // The mark does not change who the entry is.
+        assert!(l.counters(0, &d).is_some_and(|cs| cs.len() == 1));
+        // A version that does not fit above the kind is never recorded.
+        l.mark_alone(0, &d, u64::MAX >> 8);
+        assert!(l.counters_if_alone(0, &d, u64::MAX >> 8).is_none());
+        assert!(l.counters_if_alone(0, &d, 3).is_some());
+        l.mark_alone(0, &d, u64::MAX);
+        assert!(l.counters_if_alone(0, &d, u64::MAX).is_none());
+    }
+
+    #[test]
+    fn pools_are_told_apart_by_slot_and_never_marked_alone() {
+        let store = Store::new(1, OwnerHasher::new(), usize::MAX);
+        let (p7, p8) = (store.pool(7), store.pool(8));
+        let mut l = store.lock_many(&[0]);
+        counter_of(l.counters_mut(0, &p7), 7).add(1);
+        assert!(l.counters(0, &p8).is_none());
+        // Same slot, a hash that collides: still another pool.
+        let p8_colliding = Owner {
+            hash: p7.hash,
+            ..p8
+        };
+        assert!(l.counters(0, &p8_colliding).is_none());
+        l.mark_alone(0, &p7, 0);
+        assert!(l.counters_if_alone(0, &p7, 0).is_none());
+        assert!(l.counters(0, &p7).is_some_and(|cs| cs.len() == 1));
     }
 
     #[test]
