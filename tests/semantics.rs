@@ -189,15 +189,31 @@ fn d11_a_single_rule_written_after_calls_replaces_from_the_next_call() {
             .try_consume(&s, PTS, units(7), MIDNIGHT + DAY)
             .is_allowed());
         assert_eq!(used(&e, &s, &later, MIDNIGHT + DAY), units(7));
-        // And a device's mark says nothing of the consumer with its id.
-        let other = if s.device_id.is_some() {
-            Subject::consumer("x")
+        // The consumer with the device's id (or the device with the
+        // consumer's) is another entity: named by its own single rule, it
+        // is decided by that rule, whatever the other one's entry records.
+        let (other, other_all, other_single) = if s.device_id.is_some() {
+            (
+                Subject::consumer("x"),
+                Rule::all_consumers(1),
+                Rule::consumer("x", 100),
+            )
         } else {
-            Subject::device("x")
+            (
+                Subject::device("x"),
+                Rule::all_devices(1),
+                Rule::device("x", 100),
+            )
         };
+        other_all.create(&e);
+        let other_own = other_single.create(&e);
         assert!(e
-            .try_consume(&other, PTS, units(1), MIDNIGHT)
-            .is_unlimited());
+            .try_consume(&s, PTS, units(1), MIDNIGHT + DAY)
+            .is_allowed());
+        assert!(e
+            .try_consume(&other, PTS, units(5), MIDNIGHT + DAY)
+            .is_allowed());
+        assert_eq!(used(&e, &other, &other_own, MIDNIGHT + DAY), units(5));
     }
 }
 
