@@ -1,5 +1,7 @@
 //! What the test-driven child processes (`crash_child`, `fleet_child`)
-//! share: their arguments, a simulated clock and a random generator.
+//! share: their arguments and a random generator, and for `crash_child` a
+//! simulated clock shared by its lives (`fleet_child`'s clocks follow its
+//! threads' progress instead).
 #![allow(dead_code)]
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -802,7 +802,7 @@ mod tests {
         let mut l = store.lock_many(&[0]);
         counter_of(l.counters_mut(0, &p7), 7).add(1);
         assert!(l.counters(0, &p8).is_none());
-        // Same slot, a hash that collides: still another pool.
+        // Another slot whose hash collides with the first's: still another pool.
         let p8_colliding = Owner {
             hash: p7.hash,
             ..p8
