@@ -940,7 +940,7 @@ impl Engine {
             // handles compare theirs: a write changes every copy and the
             // version together.
             let store = &self.store;
-            let owner = store.entity(kind, id, store.hasher().entity(kind as u8, id));
+            let owner = store.entity_hashed(kind, id);
             store.prefetch(&owner);
             let shard = store.shard_index(&owner);
             // The rule table's families are indexed as the owner kinds.

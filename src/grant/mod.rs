@@ -377,10 +377,7 @@ impl Engine {
             };
             let owner = match kind {
                 OwnerKind::Pool => self.store.pool(slot),
-                k => {
-                    let hash = self.store.hasher().entity(k as u8, id);
-                    self.store.entity(k, id, hash)
-                }
+                k => self.store.entity_hashed(k, id),
             };
             if !self.store.reserve(1) {
                 return Err(corrupt(format!(

@@ -318,11 +318,6 @@ impl Store {
         }
     }
 
-    /// The owner hasher.
-    pub fn hasher(&self) -> &OwnerHasher {
-        &self.hasher
-    }
-
     /// The owner key of an entity's counters.
     #[inline]
     pub fn entity<'a>(&self, kind: OwnerKind, id: &'a str, hash: u64) -> Owner<'a> {
@@ -332,6 +327,13 @@ impl Store {
             id,
             hash,
         }
+    }
+
+    /// The owner key of an entity's counters, its id hashed here (where
+    /// the hash is not needed for anything else first).
+    #[inline]
+    pub fn entity_hashed<'a>(&self, kind: OwnerKind, id: &'a str) -> Owner<'a> {
+        self.entity(kind, id, self.hasher.entity(kind as u8, id))
     }
 
     /// The owner key of a rule's pool.
