@@ -129,13 +129,6 @@ pub(crate) struct Shard {
 /// stay mostly cached, and the prefetch would only cost time).
 const PREFETCH_ABOVE_BYTES: usize = 16 << 20;
 
-/// A shard's lock and, on the same padded line, where its table's slots are
-/// (so a call can prefetch its entry before taking the lock).
-struct ShardCell {
-    lock: Mutex<Shard>,
-    slots: SlotsView<Entry>,
-}
-
 /// Hashes owners; shared by the counter store and the rule indexes so a
 /// request hashes each entity id once.
 #[derive(Clone)]
@@ -215,7 +208,18 @@ fn stamp_write(e: &mut Entry) {
 
 /// The sharded counter store.
 pub(crate) struct Store {
-    shards: Box<[CachePadded<ShardCell>]>,
+    /// Each shard's lock, around its table, on a line of its own (two
+    /// threads on different shards write different lines).
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    /// Where each shard's slots are, for prefetching before the lock (see
+    /// [`SlotsView`]): one word per shard, in an array apart from the
+    /// locks, so that the views of all shards take a few kilobytes that
+    /// stay in cache even when the tables do not, and a call's read of its
+    /// view does not wait for its shard's lock line, which another core may
+    /// hold.
+    views: Box<[SlotsView<Entry>]>,
+    /// The least table size whose layout is published to its view.
+    min_slots: usize,
     shift: u32,
     hasher: OwnerHasher,
     /// Counters in existence (maintained on creation and eviction only).
@@ -235,15 +239,12 @@ impl Store {
         debug_assert!(shards.is_power_of_two());
         let min_slots = bytes / std::mem::size_of::<Option<Entry>>() / shards;
         let v: Vec<_> = (0..shards)
-            .map(|_| {
-                CachePadded::new(ShardCell {
-                    lock: Mutex::new(Shard::default()),
-                    slots: SlotsView::new(min_slots),
-                })
-            })
+            .map(|_| CachePadded::new(Mutex::new(Shard::default())))
             .collect();
         Store {
             shards: v.into_boxed_slice(),
+            views: (0..shards).map(|_| SlotsView::new()).collect(),
+            min_slots,
             shift: 64 - shards.trailing_zeros(),
             hasher,
             count: CachePadded::new(AtomicUsize::new(0)),
@@ -272,7 +273,7 @@ impl Store {
         let mut removed = 0;
         let hasher = &self.hasher;
         for shard in self.shards.iter() {
-            let mut shard = shard.lock.lock();
+            let mut shard = shard.lock();
             shard.table.retain(
                 |e| {
                     let before = e.counters.len();
@@ -309,7 +310,7 @@ impl Store {
     ) {
         for shard in self.shards.iter() {
             let mut state = enter();
-            let mut shard = shard.lock.lock();
+            let mut shard = shard.lock();
             shard.table.for_each_mut(|e| {
                 stamp_write(e);
                 f(&mut state, e.kind(), e.id.as_str(), &mut e.counters);
@@ -365,17 +366,15 @@ impl Store {
     /// entry's miss overlaps the rest of resolution and the locking.
     #[inline]
     pub fn prefetch(&self, owner: &Owner<'_>) {
-        self.shards[self.shard_index(owner)]
-            .slots
-            .prefetch_home(owner.hash);
+        self.views[self.shard_index(owner)].prefetch_home(owner.hash);
     }
 
     /// Asks for the lines of slot `slot` of shard `shard` (a handle's
     /// remembered slot), without locking it.
     #[inline]
     pub fn prefetch_slot(&self, shard: usize, slot: usize) {
-        if let Some(cell) = self.shards.get(shard) {
-            cell.slots.prefetch_slot(slot);
+        if let Some(view) = self.views.get(shard) {
+            view.prefetch_slot(slot);
         }
     }
 
@@ -384,10 +383,9 @@ impl Store {
     #[inline]
     fn lock_one(&self, index: usize) -> Locked<'_> {
         Locked {
-            first: Some((index, self.shards[index].lock.lock())),
+            first: Some((index, self.shards[index].lock())),
             rest: None,
-            hasher: &self.hasher,
-            cells: &self.shards,
+            store: self,
         }
     }
 
@@ -406,19 +404,15 @@ impl Store {
     #[inline(never)]
     fn lock_several(&self, indices: &[usize]) -> Locked<'_> {
         let (first, rest) = match indices.split_first() {
-            Some((&i, rest)) => (Some((i, self.shards[i].lock.lock())), rest),
+            Some((&i, rest)) => (Some((i, self.shards[i].lock())), rest),
             None => (None, indices),
         };
-        let others = (!rest.is_empty()).then(|| {
-            rest.iter()
-                .map(|&i| (i, self.shards[i].lock.lock()))
-                .collect()
-        });
+        let others =
+            (!rest.is_empty()).then(|| rest.iter().map(|&i| (i, self.shards[i].lock())).collect());
         Locked {
             first,
             rest: others,
-            hasher: &self.hasher,
-            cells: &self.shards,
+            store: self,
         }
     }
 
@@ -448,9 +442,9 @@ pub(crate) struct Locked<'s> {
     /// place (an out-of-line function returning it by value would copy the
     /// whole `Locked` on every call).
     rest: Option<SmallVec<[Held<'s>; 2 * crate::BATCH_CHUNK - 1]>>,
-    hasher: &'s OwnerHasher,
-    /// Every shard, for publishing a held table's layout when it grows.
-    cells: &'s [CachePadded<ShardCell>],
+    /// The store: its hasher, and its views, to which a held table's
+    /// layout is published when it grows.
+    store: &'s Store,
 }
 
 impl Locked<'_> {
@@ -600,7 +594,10 @@ impl<'s> Locked<'s> {
     /// no counter leaves nothing behind.
     #[inline]
     pub fn owner_entry(&mut self, shard: usize, owner: &Owner<'_>) -> OwnerEntry<'_> {
-        let (hasher, view) = (self.hasher, &self.cells[shard].slots);
+        let (hasher, view) = (
+            &self.store.hasher,
+            (&self.store.views[shard], self.store.min_slots),
+        );
         let table = self.table_mut(shard);
         let slot = slot_of(table, view, hasher, owner);
         writing(table.at_mut(slot));
@@ -620,7 +617,10 @@ impl<'s> Locked<'s> {
         owner: &Owner<'_>,
         hint: &mut SlotHint,
     ) -> OwnerEntry<'_> {
-        let (hasher, view) = (self.hasher, &self.cells[shard].slots);
+        let (hasher, view) = (
+            &self.store.hasher,
+            (&self.store.views[shard], self.store.min_slots),
+        );
         let table = self.table_mut(shard);
         let slot = match table.remembered(hint.slot, hint.epoch) {
             Some(slot) => {
@@ -647,14 +647,14 @@ impl<'s> Locked<'s> {
 #[inline]
 fn slot_of(
     table: &mut Table<Entry>,
-    view: &SlotsView<Entry>,
+    view: (&SlotsView<Entry>, usize),
     hasher: &OwnerHasher,
     owner: &Owner<'_>,
 ) -> usize {
     match table.probe_for_insert(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e)) {
         Probe::Found(i) => i,
         Probe::Vacant(i) => {
-            view.publish(table);
+            view.0.publish(table, view.1);
             table.insert_at(i, Entry::new(owner));
             i
         }
@@ -861,15 +861,14 @@ mod tests {
             let mut l = store.lock_many(&[0]);
             counter_of(l.counters_mut(0, &owner), 1).add(1);
             drop(l);
-            let cell = &store.shards[0];
-            let shard = cell.lock.lock();
+            let shard = store.shards[0].lock();
             if shard.table.capacity() >= 64 {
-                assert!(cell.slots.shows(&shard.table), "after {id}");
+                assert!(store.views[0].shows(&shard.table), "after {id}");
             } else {
-                assert!(cell.slots.is_blank(), "after {id}");
+                assert!(store.views[0].is_blank(), "after {id}");
             }
         }
-        assert!(store.shards[0].lock.lock().table.capacity() >= 1024);
+        assert!(store.shards[0].lock().table.capacity() >= 1024);
         // The default threshold: a thousand devices in 1024 shards (a few
         // kilobytes per shard) publish nothing.
         let store = Store::new(1024, OwnerHasher::new(), usize::MAX);
@@ -878,7 +877,7 @@ mod tests {
             let shard = store.shard_index(&owner);
             counter_of(store.lock_many(&[shard]).counters_mut(shard, &owner), 1).add(1);
         }
-        assert!(store.shards.iter().all(|c| c.slots.is_blank()));
+        assert!(store.views.iter().all(|v| v.is_blank()));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! it grows (doubling, rehashing every entry) before passing 3/4 load.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An open-addressing table of `T`, located by a caller-supplied 64-bit hash
 /// (the table uses its low bits).
@@ -273,42 +273,62 @@ fn prefetch_home_at<T>(base: *const Option<T>, mask: usize, hash: u64, slots: us
 ///
 /// The owner of the lock publishes the table's layout after every change of
 /// it ([`SlotsView::publish`]; only growth moves the slots). A reader may see
-/// a stale or half-updated layout (freed slots, the old mask): it only ever
-/// prefetches from it, which cannot fault or change anything
-/// (`crate::prefetch`), and it never dereferences the address.
+/// a stale layout (freed slots, the old size): it only ever prefetches from
+/// it, which cannot fault or change anything (`crate::prefetch`), and it
+/// never dereferences the address.
 ///
-/// Only tables of at least `min_slots` slots are published: a smaller table
-/// stays in cache, where the prefetch instructions would only cost time.
+/// One word per shard (the slots' address, their count's log2 in the top
+/// bits, which no user-space address uses; 0 while nothing was published),
+/// so that the views of every shard take as few lines as possible: each
+/// call reads its shard's view before anything else, and over a million
+/// subjects the views stay in cache only if they are small.
+///
+/// Only tables of at least `min_slots` slots (the caller's) are published: a
+/// smaller table stays in cache, where the prefetch instructions would only
+/// cost time.
 pub(crate) struct SlotsView<T> {
-    base: AtomicPtr<Option<T>>,
-    /// `usize::MAX` while nothing was published.
-    mask: AtomicUsize,
-    min_slots: usize,
+    packed: AtomicU64,
     _slots: PhantomData<fn() -> T>,
 }
 
+/// Bits of [`SlotsView::packed`] below the log2 of the slot count.
+const ADDRESS_BITS: u32 = 58;
+
 impl<T> SlotsView<T> {
-    /// A view that publishes tables once they have `min_slots` slots.
-    pub fn new(min_slots: usize) -> SlotsView<T> {
+    /// A view with nothing published.
+    pub fn new() -> SlotsView<T> {
         SlotsView {
-            base: AtomicPtr::new(std::ptr::null_mut()),
-            mask: AtomicUsize::new(usize::MAX),
-            min_slots: min_slots.max(1),
+            packed: AtomicU64::new(0),
             _slots: PhantomData,
         }
     }
 
-    /// Records where `table`'s slots are now, if it is large enough (call
-    /// with the table's lock held, after anything that may have grown it;
-    /// tables never shrink, so a published layout stays published).
+    /// Records where `table`'s slots are now, if it has at least `min_slots`
+    /// (call with the table's lock held, after anything that may have grown
+    /// it; tables never shrink, so a published layout stays published). An
+    /// address that does not fit below the count is not published.
     #[inline]
-    pub fn publish(&self, table: &Table<T>) {
-        if table.slots.len() >= self.min_slots {
+    pub fn publish(&self, table: &Table<T>, min_slots: usize) {
+        let len = table.slots.len();
+        let base = table.slots.as_ptr() as usize as u64;
+        if len >= min_slots.max(1) && base >> ADDRESS_BITS == 0 {
             // Only a pointer value is stored; nothing is ever read through it.
-            let base = table.slots.as_ptr().cast_mut();
-            self.base.store(base, Ordering::Relaxed);
-            self.mask.store(table.mask(), Ordering::Relaxed);
+            let packed = base | u64::from(len.trailing_zeros()) << ADDRESS_BITS;
+            self.packed.store(packed, Ordering::Relaxed);
         }
+    }
+
+    /// The last published layout: the slots' address and their mask.
+    #[inline(always)]
+    fn layout(&self) -> Option<(*const Option<T>, usize)> {
+        let packed = self.packed.load(Ordering::Relaxed);
+        if packed == 0 {
+            return None;
+        }
+        let base = (packed & ((1 << ADDRESS_BITS) - 1)) as usize;
+        let mask = (1usize << (packed >> ADDRESS_BITS)) - 1;
+        // An address for prefetching only: never dereferenced.
+        Some((std::ptr::null::<Option<T>>().wrapping_byte_add(base), mask))
     }
 
     /// [`Table::prefetch_home`] without the table, from the last published
@@ -317,31 +337,30 @@ impl<T> SlotsView<T> {
     /// on every call.
     #[inline]
     pub fn prefetch_home(&self, hash: u64) {
-        let mask = self.mask.load(Ordering::Relaxed);
-        if mask != usize::MAX {
-            prefetch_home_at(self.base.load(Ordering::Relaxed), mask, hash, 1);
+        if let Some((base, mask)) = self.layout() {
+            prefetch_home_at(base, mask, hash, 1);
         }
     }
 
     /// Whether the published layout is `table`'s current one.
     #[cfg(test)]
     pub fn shows(&self, table: &Table<T>) -> bool {
-        std::ptr::eq(self.base.load(Ordering::Relaxed), table.slots.as_ptr())
-            && self.mask.load(Ordering::Relaxed) == table.mask()
+        self.layout().is_some_and(|(base, mask)| {
+            std::ptr::eq(base, table.slots.as_ptr()) && mask == table.mask()
+        })
     }
 
     /// Whether nothing is published.
     #[cfg(test)]
     pub fn is_blank(&self) -> bool {
-        self.mask.load(Ordering::Relaxed) == usize::MAX
+        self.layout().is_none()
     }
 
     /// Asks for the lines of slot `i` of the last published layout.
     #[inline]
     pub fn prefetch_slot(&self, i: usize) {
-        let mask = self.mask.load(Ordering::Relaxed);
-        if mask != usize::MAX {
-            let slot = self.base.load(Ordering::Relaxed).wrapping_add(i & mask);
+        if let Some((base, mask)) = self.layout() {
+            let slot = base.wrapping_add(i & mask);
             crate::prefetch::range(slot, std::mem::size_of::<Option<T>>());
         }
     }
