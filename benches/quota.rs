@@ -330,9 +330,9 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
     });
     if name == "cold" {
         // Context for the default shard count: the same calls on an engine
-        // with a sixteenth of the shards (which the `threads` rows show two
+        // with an eighth of the shards (which the `threads` rows show two
         // threads on 1,000 devices lose from), whose shard locks take 128 KiB
-        // instead of 2 MiB.
+        // instead of 1 MiB.
         let narrow = workload_with(devices, Engine::builder().shards(1_024));
         g.bench_function("try_consume_1024_shards", |b| {
             b.iter(|| {
@@ -517,10 +517,10 @@ fn threads(c: &mut Criterion) {
     g.bench_function("2_threads_one_device", |b| {
         b.iter_custom(|n| timed_threads(2, n, &shared))
     });
-    // Context: the same disjoint runs with a sixteenth of the default shards.
+    // Context: the same disjoint runs with an eighth of the default shards.
     // Two threads on disjoint devices still share a shard (its lock word, on
     // a line both write) whenever their devices hash to one; with 500
-    // devices each over 16,384 shards that is ~3% of the calls, over 1,024
+    // devices each over 8,192 shards that is ~6% of the calls, over 1,024
     // ~40%.
     let narrow = workload_with(1_000, Engine::builder().shards(1_024));
     let disjoint_narrow = |t: usize, ops: u64| disjoint_calls(&narrow, t, ops);
@@ -814,13 +814,13 @@ fn report() {
             "",
         ),
         ns(
-            "cold try_consume, 1,024 shards instead of 16,384 (ns/op)",
+            "cold try_consume, 1,024 shards instead of 8,192 (ns/op)",
             "cold",
             "try_consume_1024_shards",
             "(context)",
         ),
         ratio(
-            "cold: try_consume time with 1,024 shards / with 16,384",
+            "cold: try_consume time with 1,024 shards / with 8,192",
             m("cold", "try_consume_1024_shards"),
             m("cold", "try_consume"),
             "(context)",
@@ -924,7 +924,7 @@ fn report() {
             ">= 1.7x",
         ),
         ratio(
-            "threads: 2 disjoint vs 1, 1,024 shards instead of 16,384 (throughput)",
+            "threads: 2 disjoint vs 1, 1,024 shards instead of 8,192 (throughput)",
             m("threads", "1_thread_1024_shards"),
             m("threads", "2_threads_disjoint_1024_shards"),
             "(context)",

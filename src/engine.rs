@@ -34,15 +34,14 @@ pub struct EngineConfig {
     /// What a frozen rule does (D12). Default [`FrozenPolicy::Block`].
     pub frozen_policy: FrozenPolicy,
     /// Number of counter shards; rounded up to a power of two in `1..=65536`.
-    /// Default 16384: enough that threads deciding for different subjects
+    /// Default 8192: enough that threads deciding for different subjects
     /// rarely share a shard lock (a shared lock's cache line moves between
     /// cores on every call: with 1024 shards two threads on 1,000 disjoint
     /// devices share one for about 40% of their calls and barely beat one
-    /// thread; with 16384, 3%). Each shard's lock takes a line of its own
-    /// (2 MiB in all, allocated with the engine); a call reaches it only
-    /// after asking for its counter entry, so over a million devices, where
-    /// neither stays in cache, the two misses overlap. An engine for a few
-    /// subjects, or one thread, loses nothing with fewer.
+    /// thread; with 8192, 6%). Each shard's lock takes a line of its own
+    /// (1 MiB in all); a call reaches it only after asking for its counter
+    /// entry, so over a million devices, where neither stays in cache, the
+    /// two misses overlap.
     pub shards: usize,
     /// Copies of the rule table. Each thread reads its own copy (threads are
     /// spread over the copies), or the next free one when another thread
@@ -62,7 +61,7 @@ impl Default for EngineConfig {
         EngineConfig {
             utc_offset: UtcOffset::CHINA,
             frozen_policy: FrozenPolicy::Block,
-            shards: 16384,
+            shards: 8192,
             rule_replicas: cpus.min(16),
             max_counters: usize::MAX,
         }
@@ -90,7 +89,7 @@ impl EngineBuilder {
     }
 
     /// Number of counter shards, rounded up to a power of two in
-    /// `1..=65536` (see [`EngineConfig::shards`]). Default 16384.
+    /// `1..=65536` (see [`EngineConfig::shards`]). Default 8192.
     pub fn shards(mut self, shards: usize) -> Self {
         self.config.shards = shards;
         self
@@ -167,7 +166,7 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine with the default configuration (UTC+8, frozen blocks, 16384 shards).
+    /// An engine with the default configuration (UTC+8, frozen blocks, 8192 shards).
     pub fn new() -> Engine {
         Engine::builder().build()
     }

@@ -887,10 +887,10 @@ mod tests {
             }
         }
         assert!(store.shards[0].lock().table.capacity() >= 1024);
-        // The default threshold and shard count: a thousand devices in 16384
+        // The default threshold and shard count: a thousand devices in 8192
         // shards (a slot or two each) publish nothing, and calls do not
         // read the views.
-        let store = Store::new(16384, OwnerHasher::new(), usize::MAX);
+        let store = Store::new(8192, OwnerHasher::new(), usize::MAX);
         for id in &ids {
             let owner = store.entity(OwnerKind::Device, id, store.hasher.entity(0, id));
             let shard = store.shard_index(&owner);
