@@ -340,8 +340,7 @@ fn single_thread_group(c: &mut Criterion, name: &str, devices: usize, between: i
                 between(i);
                 let k = narrow.keys[narrow.order[j] as usize].as_str();
                 allowed(
-                    narrow
-                        .engine
+                    narrow.engine
                         .try_consume(&Subject::device(k), PTS, ONE, now_at(i)),
                 )
             })

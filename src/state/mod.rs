@@ -27,7 +27,7 @@ use self::table::{Probe, SlotsView, Table};
 use crate::sync::AtomicU64;
 use crate::sync::{SpinGuard as MutexGuard, SpinLock as Mutex};
 use crate::types::SmallStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Who a counter belongs to.
@@ -220,12 +220,6 @@ pub(crate) struct Store {
     views: Box<[SlotsView<Entry>]>,
     /// The least table size whose layout is published to its view.
     min_slots: usize,
-    /// Some view has a layout: until then no table is large enough to be
-    /// worth prefetching from, and calls do not read the views at all (with
-    /// many shards and few subjects, the views would take more of the cache
-    /// than the subjects' entries). Set once, never cleared (tables never
-    /// shrink).
-    prefetching: AtomicBool,
     shift: u32,
     hasher: OwnerHasher,
     /// Counters in existence (maintained on creation and eviction only).
@@ -251,7 +245,6 @@ impl Store {
             shards: v.into_boxed_slice(),
             views: (0..shards).map(|_| SlotsView::new()).collect(),
             min_slots,
-            prefetching: AtomicBool::new(false),
             shift: 64 - shards.trailing_zeros(),
             hasher,
             count: CachePadded::new(AtomicUsize::new(0)),
@@ -373,29 +366,13 @@ impl Store {
     /// entry's miss overlaps the rest of resolution and the locking.
     #[inline]
     pub fn prefetch(&self, owner: &Owner<'_>) {
-        if self.prefetching.load(Ordering::Relaxed) {
-            self.views[self.shard_index(owner)].prefetch_home(owner.hash);
-        }
-    }
-
-    /// Publishes the layout of `table`, shard `shard`'s, to its view (call
-    /// with the shard locked, after anything that may have grown it).
-    #[inline]
-    fn publish(&self, shard: usize, table: &Table<Entry>) {
-        if self.views[shard].publish(table, self.min_slots)
-            && !self.prefetching.load(Ordering::Relaxed)
-        {
-            self.prefetching.store(true, Ordering::Relaxed);
-        }
+        self.views[self.shard_index(owner)].prefetch_home(owner.hash);
     }
 
     /// Asks for the lines of slot `slot` of shard `shard` (a handle's
     /// remembered slot), without locking it.
     #[inline]
     pub fn prefetch_slot(&self, shard: usize, slot: usize) {
-        if !self.prefetching.load(Ordering::Relaxed) {
-            return;
-        }
         if let Some(view) = self.views.get(shard) {
             view.prefetch_slot(slot);
         }
@@ -617,10 +594,12 @@ impl<'s> Locked<'s> {
     /// no counter leaves nothing behind.
     #[inline]
     pub fn owner_entry(&mut self, shard: usize, owner: &Owner<'_>) -> OwnerEntry<'_> {
-        let store = self.store;
-        let hasher = &store.hasher;
+        let (hasher, view) = (
+            &self.store.hasher,
+            (&self.store.views[shard], self.store.min_slots),
+        );
         let table = self.table_mut(shard);
-        let slot = slot_of(table, store, shard, owner);
+        let slot = slot_of(table, view, hasher, owner);
         writing(table.at_mut(slot));
         OwnerEntry {
             table,
@@ -638,8 +617,10 @@ impl<'s> Locked<'s> {
         owner: &Owner<'_>,
         hint: &mut SlotHint,
     ) -> OwnerEntry<'_> {
-        let store = self.store;
-        let hasher = &store.hasher;
+        let (hasher, view) = (
+            &self.store.hasher,
+            (&self.store.views[shard], self.store.min_slots),
+        );
         let table = self.table_mut(shard);
         let slot = match table.remembered(hint.slot, hint.epoch) {
             Some(slot) => {
@@ -647,7 +628,7 @@ impl<'s> Locked<'s> {
                 slot
             }
             None => {
-                let slot = slot_of(table, store, shard, owner);
+                let slot = slot_of(table, view, hasher, owner);
                 *hint = SlotHint::at(slot, table.epoch());
                 slot
             }
@@ -661,16 +642,19 @@ impl<'s> Locked<'s> {
     }
 }
 
-/// The slot of `owner`'s entry in `table` (shard `shard` of `store`), the
-/// entry created if missing (and the table's layout published, since
-/// creating may grow it).
+/// The slot of `owner`'s entry in `table`, the entry created if missing (and
+/// the table's layout published to `view`, since creating may grow it).
 #[inline]
-fn slot_of(table: &mut Table<Entry>, store: &Store, shard: usize, owner: &Owner<'_>) -> usize {
-    let hasher = &store.hasher;
+fn slot_of(
+    table: &mut Table<Entry>,
+    view: (&SlotsView<Entry>, usize),
+    hasher: &OwnerHasher,
+    owner: &Owner<'_>,
+) -> usize {
     match table.probe_for_insert(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e)) {
         Probe::Found(i) => i,
         Probe::Vacant(i) => {
-            store.publish(shard, table);
+            view.0.publish(table, view.1);
             table.insert_at(i, Entry::new(owner));
             i
         }
@@ -880,24 +864,20 @@ mod tests {
             let shard = store.shards[0].lock();
             if shard.table.capacity() >= 64 {
                 assert!(store.views[0].shows(&shard.table), "after {id}");
-                assert!(store.prefetching.load(Ordering::Relaxed));
             } else {
                 assert!(store.views[0].is_blank(), "after {id}");
-                assert!(!store.prefetching.load(Ordering::Relaxed));
             }
         }
         assert!(store.shards[0].lock().table.capacity() >= 1024);
-        // The default threshold and shard count: a thousand devices in 8192
-        // shards (a slot or two each) publish nothing, and calls do not
-        // read the views.
-        let store = Store::new(8192, OwnerHasher::new(), usize::MAX);
+        // The default threshold: a thousand devices in 1024 shards (a few
+        // kilobytes per shard) publish nothing.
+        let store = Store::new(1024, OwnerHasher::new(), usize::MAX);
         for id in &ids {
             let owner = store.entity(OwnerKind::Device, id, store.hasher.entity(0, id));
             let shard = store.shard_index(&owner);
             counter_of(store.lock_many(&[shard]).counters_mut(shard, &owner), 1).add(1);
         }
         assert!(store.views.iter().all(|v| v.is_blank()));
-        assert!(!store.prefetching.load(Ordering::Relaxed));
     }
 
     #[test]

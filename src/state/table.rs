@@ -306,19 +306,16 @@ impl<T> SlotsView<T> {
     /// Records where `table`'s slots are now, if it has at least `min_slots`
     /// (call with the table's lock held, after anything that may have grown
     /// it; tables never shrink, so a published layout stays published). An
-    /// address that does not fit below the count is not published. Whether
-    /// it published.
+    /// address that does not fit below the count is not published.
     #[inline]
-    pub fn publish(&self, table: &Table<T>, min_slots: usize) -> bool {
+    pub fn publish(&self, table: &Table<T>, min_slots: usize) {
         let len = table.slots.len();
         let base = table.slots.as_ptr() as usize as u64;
         if len >= min_slots.max(1) && base >> ADDRESS_BITS == 0 {
             // Only a pointer value is stored; nothing is ever read through it.
             let packed = base | u64::from(len.trailing_zeros()) << ADDRESS_BITS;
             self.packed.store(packed, Ordering::Relaxed);
-            return true;
         }
-        false
     }
 
     /// The last published layout: the slots' address and their mask.
