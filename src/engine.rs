@@ -34,14 +34,11 @@ pub struct EngineConfig {
     /// What a frozen rule does (D12). Default [`FrozenPolicy::Block`].
     pub frozen_policy: FrozenPolicy,
     /// Number of counter shards; rounded up to a power of two in `1..=65536`.
-    /// Default 8192: enough that threads deciding for different subjects
+    /// Default 1024: enough that threads deciding for different subjects
     /// rarely share a shard lock (a shared lock's cache line moves between
-    /// cores on every call: with 1024 shards two threads on 1,000 disjoint
-    /// devices share one for about 40% of their calls and barely beat one
-    /// thread; with 8192, 6%). Each shard's lock takes a line of its own
-    /// (1 MiB in all); a call reaches it only after asking for its counter
-    /// entry, so over a million devices, where neither stays in cache, the
-    /// two misses overlap.
+    /// cores on every call: with 64 shards two threads on disjoint devices
+    /// barely beat one), few enough that the locks stay in cache (128 KiB;
+    /// more shards made cold lookups slower).
     pub shards: usize,
     /// Copies of the rule table. Each thread reads its own copy (threads are
     /// spread over the copies), or the next free one when another thread
@@ -61,7 +58,7 @@ impl Default for EngineConfig {
         EngineConfig {
             utc_offset: UtcOffset::CHINA,
             frozen_policy: FrozenPolicy::Block,
-            shards: 8192,
+            shards: 1024,
             rule_replicas: cpus.min(16),
             max_counters: usize::MAX,
         }
@@ -89,7 +86,7 @@ impl EngineBuilder {
     }
 
     /// Number of counter shards, rounded up to a power of two in
-    /// `1..=65536` (see [`EngineConfig::shards`]). Default 8192.
+    /// `1..=65536` (see [`EngineConfig::shards`]). Default 1024.
     pub fn shards(mut self, shards: usize) -> Self {
         self.config.shards = shards;
         self
@@ -166,7 +163,7 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine with the default configuration (UTC+8, frozen blocks, 8192 shards).
+    /// An engine with the default configuration (UTC+8, frozen blocks, 1024 shards).
     pub fn new() -> Engine {
         Engine::builder().build()
     }
