@@ -247,7 +247,7 @@ impl<T> Table<T> {
     }
 
     /// Slots allocated.
-    #[cfg(test)]
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.slots.len()
     }
@@ -304,9 +304,10 @@ impl<T> SlotsView<T> {
     }
 
     /// Records where `table`'s slots are now, if it has at least `min_slots`
-    /// (call with the table's lock held, after anything that may have grown
-    /// it; tables never shrink, so a published layout stays published). An
-    /// address that does not fit below the count is not published.
+    /// (call with the table's lock held, once it grew: growth is the only
+    /// change that moves its slots, and tables never shrink, so a published
+    /// layout stays published). An address that does not fit below the
+    /// count is not published.
     #[inline]
     pub fn publish(&self, table: &Table<T>, min_slots: usize) {
         let len = table.slots.len();
