@@ -41,7 +41,11 @@ mod lease;
 /// What a handle caches: an owned copy of the subject's ids, the rules that
 /// applied at its last resolution, where their counters live, and its
 /// leases.
-#[repr(C)] // in this order: what a leased call reads, from the first line
+// In this order: the first line holds what every call reads; what an exact
+// call reads follows it, contiguous, so that a cold call misses on as few
+// lines as the handle allows; the leases' state, which only leased calls
+// read, comes last.
+#[repr(C)]
 pub(crate) struct HandleState {
     version: u64,
     /// The owners' stamps and their values when the leases were granted
@@ -57,15 +61,10 @@ pub(crate) struct HandleState {
     /// generations, and every rule keeps some lease or is idle: calls may
     /// spend from them (see `lease.rs`).
     lease_ok: bool,
-    /// What the leases allow per benefit type (indexed by the type), once
-    /// leases were granted: what a leased call reads and writes.
-    spend: [TypeLease; BenefitType::ALL.len()],
     /// Micro-units of every rule's headroom a call takes ahead for the
     /// handle to spend without locking; 0: an exact handle (see
     /// [`SubjectHandle::with_lease`]).
     lease: u64,
-    /// One per cached rule, in the same order, once leases were granted.
-    leases: SmallVec<[RuleLease; 2]>,
     /// The range of `now` over which the resolution holds (no activation
     /// boundary of the rules it looked at inside).
     valid: Validity,
@@ -74,6 +73,11 @@ pub(crate) struct HandleState {
     owners: SmallVec<[HandleOwner; 2]>,
     /// The owners' shards, sorted and deduplicated (the lock order).
     shards: SmallVec<[usize; 2]>,
+    /// One per cached rule, in the same order, once leases were granted.
+    leases: SmallVec<[RuleLease; 2]>,
+    /// What the leases allow per benefit type (indexed by the type), once
+    /// leases were granted: what a leased call reads and writes.
+    spend: [TypeLease; BenefitType::ALL.len()],
 }
 
 impl std::fmt::Debug for HandleState {
