@@ -594,12 +594,10 @@ impl<'s> Locked<'s> {
     /// no counter leaves nothing behind.
     #[inline]
     pub fn owner_entry(&mut self, shard: usize, owner: &Owner<'_>) -> OwnerEntry<'_> {
-        let (hasher, view) = (
-            &self.store.hasher,
-            (&self.store.views[shard], self.store.min_slots),
-        );
+        let store = self.store;
+        let hasher = &store.hasher;
         let table = self.table_mut(shard);
-        let slot = slot_of(table, view, hasher, owner);
+        let slot = slot_of(table, store, shard, owner);
         writing(table.at_mut(slot));
         OwnerEntry {
             table,
@@ -617,10 +615,8 @@ impl<'s> Locked<'s> {
         owner: &Owner<'_>,
         hint: &mut SlotHint,
     ) -> OwnerEntry<'_> {
-        let (hasher, view) = (
-            &self.store.hasher,
-            (&self.store.views[shard], self.store.min_slots),
-        );
+        let store = self.store;
+        let hasher = &store.hasher;
         let table = self.table_mut(shard);
         let slot = match table.remembered(hint.slot, hint.epoch) {
             Some(slot) => {
@@ -628,7 +624,7 @@ impl<'s> Locked<'s> {
                 slot
             }
             None => {
-                let slot = slot_of(table, view, hasher, owner);
+                let slot = slot_of(table, store, shard, owner);
                 *hint = SlotHint::at(slot, table.epoch());
                 slot
             }
@@ -642,23 +638,20 @@ impl<'s> Locked<'s> {
     }
 }
 
-/// The slot of `owner`'s entry in `table`, the entry created if missing (and
-/// the table's layout published to `view` if creating grew it: growth is
-/// the only change that moves a table's slots, and the views, eight to a
-/// cache line that every call reads, are written no more than that).
+/// The slot of `owner`'s entry in `table` (shard `shard` of `store`), the
+/// entry created if missing (and the table's layout published to the
+/// shard's view if creating grew it: growth is the only change that moves a
+/// table's slots, and the views, eight to a cache line that every call
+/// reads, are written no more than that).
 #[inline]
-fn slot_of(
-    table: &mut Table<Entry>,
-    view: (&SlotsView<Entry>, usize),
-    hasher: &OwnerHasher,
-    owner: &Owner<'_>,
-) -> usize {
+fn slot_of(table: &mut Table<Entry>, store: &Store, shard: usize, owner: &Owner<'_>) -> usize {
     let before = table.capacity();
-    match table.probe_for_insert(owner.hash, |e| e.is(owner), |e| hasher.of_entry(e)) {
+    let hash_of = |e: &Entry| store.hasher.of_entry(e);
+    match table.probe_for_insert(owner.hash, |e| e.is(owner), hash_of) {
         Probe::Found(i) => i,
         Probe::Vacant(i) => {
             if table.capacity() != before {
-                view.0.publish(table, view.1);
+                store.views[shard].publish(table, store.min_slots);
             }
             table.insert_at(i, Entry::new(owner));
             i
