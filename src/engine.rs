@@ -137,6 +137,9 @@ pub struct Engine {
     /// The ledger and its writer, when usage is kept outside the process
     /// (see `grant`); `None` (the default) costs one branch per call.
     pub(crate) grants: Option<Box<crate::grant::Grants>>,
+    /// This engine among all engines the process made: the key of the
+    /// threads' copies of its rules (`crate::cached`).
+    id: u64,
 }
 
 /// This thread's rule-table replica (threads are numbered round-robin).
@@ -214,6 +217,10 @@ impl Engine {
             configured: std::sync::atomic::AtomicBool::new(false),
             observe: crate::observe::Observe::new(),
             grants: None,
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         }
     }
 
@@ -930,45 +937,62 @@ impl Engine {
         if !possible_now(now) {
             return Decision::impossible_time(now);
         }
-        let rules = self.read();
+        let mut held = None;
         if let Some((kind, id)) = subject.sole_entity() {
             // A device or a consumer: its all-scope rules, and its single
             // rules unless its entry says that none named it under this
             // configuration (then the single-rule index, whose miss a cold
-            // call would pay before taking the shard's lock, is skipped).
-            // The version is compared under the rule-table copy's lock, as
-            // handles compare theirs: a write changes every copy and the
-            // version together.
+            // call would pay before taking the shard's lock, is skipped, and
+            // so, when this thread keeps a copy of the family's all-scope
+            // rules at that configuration, is the rule table:
+            // [`Engine::run_alone`]).
             let store = &self.store;
             let owner = store.entity_hashed(kind, id);
             store.prefetch(&owner);
             let shard = store.shard_index(&owner);
             // The rule table's families are indexed as the owner kinds.
             let (fam, policy) = (kind as usize, self.config.frozen_policy);
+            let mut d = Decision::Allowed(None);
+            if self.run_alone(fam, &owner, shard, now, op, &mut d) {
+                return d;
+            }
+            let rules = held.insert(self.read());
             let mut applied = AppliedVec::new();
             let mut valid = Validity::ALWAYS;
             rules.resolve_all_scope(fam, owner, shard, 0, now, policy, &mut applied, &mut valid);
             if !applied.is_empty() {
-                // A rule-table copy is locked: this is its version.
+                // A rule-table copy is locked: this is its version. The
+                // version is compared under the rule-table copy's lock, as
+                // handles compare theirs: a write changes every copy and
+                // the version together.
                 let version = self.version.load(Ordering::Relaxed);
                 let mut locked = store.lock_many(&[shard]);
                 let table = TableRules {
-                    table: &rules,
+                    table: rules,
                     applied: applied.as_slice(),
                     policy,
                 };
                 if let Some(counters) = locked.counters_if_alone(shard, &owner, version) {
-                    return decide_one_owner(store, &table, Some(counters), op);
+                    let d = decide_one_owner(store, &table, Some(counters), op);
+                    drop(locked);
+                    self.keep_alone_rules(rules, fam, version, valid, &applied, now);
+                    return d;
                 }
                 if !rules.lists_single_rules(fam, owner.hash, id) {
                     let d = self.decide_owner(&table, &mut locked, shard, &owner, None, op);
                     locked.mark_alone(shard, &owner, version);
+                    drop(locked);
+                    self.keep_alone_rules(rules, fam, version, valid, &applied, now);
                     return d;
                 }
             }
             // Single rules name it (or no all-scope rule applies): resolved
             // in full below.
         }
+        let rules = match held {
+            Some(rules) => rules,
+            None => self.read(),
+        };
         // `with_applied`, spelled out: this is every other stateless
         // request's path, and the closures cost it (the commit that added
         // `with_applied` has the measurement).
@@ -985,6 +1009,56 @@ impl Engine {
             policy: self.config.frozen_policy,
         };
         self.decide(applied, &table, &mut locked, op)
+    }
+
+    /// A call by subject for a device or consumer (`owner`, in `shard`)
+    /// whose counters' entry is marked as named by no single rule at the
+    /// current configuration version, decided with this thread's copy of
+    /// its family's all-scope rules at that version (`crate::cached`, which
+    /// has why that is exact), under the shard's lock only; `None` (nothing
+    /// done) if the thread keeps no such copy valid at `now`, the version
+    /// moved on, or the entry is not so marked.
+    #[inline(always)]
+    fn run_alone(
+        &self,
+        fam: usize,
+        owner: &Owner<'_>,
+        shard: usize,
+        now: i64,
+        op: Op,
+        out: &mut Decision,
+    ) -> bool {
+        crate::cached::with_thread_rules(self.id, fam, now, |t| {
+            let mut locked = self.store.lock_many(&[shard]);
+            let version = self.version.load(Ordering::Acquire);
+            if version != t.version {
+                return None;
+            }
+            let counters = locked.counters_if_alone(shard, owner, version)?;
+            let rules = crate::cached::CachedRules(&t.rules);
+            *out = decide_one_owner(&self.store, &rules, Some(counters), op);
+            Some(())
+        })
+        .is_some()
+    }
+
+    /// Keeps `applied`, family `fam`'s all-scope rules at `now` read from
+    /// `rules` (locked) at `version`, as this thread's copy for
+    /// [`Engine::run_alone`], unless it keeps that copy already.
+    #[inline]
+    fn keep_alone_rules(
+        &self,
+        rules: &RuleSet,
+        fam: usize,
+        version: u64,
+        valid: Validity,
+        applied: &[Applied<'_>],
+        now: i64,
+    ) {
+        if !crate::cached::holds(self.id, fam, version, now) {
+            let policy = self.config.frozen_policy;
+            crate::cached::keep(self.id, fam, version, valid, &rules.rules, applied, policy);
+        }
     }
 
     /// What every decision by subject starts from: the rules that apply to

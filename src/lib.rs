@@ -175,6 +175,7 @@
 #[cfg(feature = "axum")]
 mod admin;
 mod amount;
+mod cached;
 mod decide;
 mod decision;
 mod engine;

@@ -15,7 +15,10 @@
 //! from 2 to 1), so any other outcome means a handle decided with rules
 //! older than a decision already made with the new ones on the same counter.
 //! A third test puts the write and the call by subject on two threads, so a
-//! call by subject can decide between the write and its version bump.
+//! call by subject can decide between the write and its version bump. Two
+//! more race thread A with thread B spending by subject from its thread's
+//! copy of the all-devices rules (`src/cached.rs`), kept before the write:
+//! the same version protocol, without a handle.
 //!
 //! The last test races a leased handle's lock-free spend with another
 //! caller's `record`: the owner's stamp (`src/state/mod.rs`, `Stamps`) that
@@ -124,6 +127,47 @@ fn a_lowering_is_never_missed_by_a_handle() {
             assert!(a != b, "granted: by subject {a}, through the handle {b}");
         });
     }
+}
+
+/// Thread A sets the limit to `limit_after` and then raises a flag; thread B
+/// reads the flag and spends one point by subject, from its own copy of the
+/// all-devices rules (`src/cached.rs`), kept by a spend of one point made
+/// before the write (which also marked the device as named by no single
+/// rule). Returns (B saw the flag, B's spend granted): once B has seen the
+/// flag, the write is done, and B must decide under the new limit.
+fn race_kept_copy(limit_before: u64, limit_after: u64) -> (bool, bool) {
+    let (e, id, _h) = setup(limit_before);
+    assert_eq!(spend_by_subject(&e), Some(limit_before - 1));
+    let written = Arc::new(AtomicBool::new(false));
+    let a = {
+        let (e, written) = (Arc::clone(&e), Arc::clone(&written));
+        loom::thread::spawn(move || {
+            set_limit(&e, &id, limit_after);
+            written.store(true, Ordering::SeqCst);
+        })
+    };
+    let seen = written.load(Ordering::SeqCst);
+    let granted = spend_by_subject(&e).is_some();
+    a.join().unwrap_or_else(|_| panic!("thread A panicked"));
+    (seen, granted)
+}
+
+#[test]
+fn a_raise_is_never_missed_by_a_kept_copy() {
+    loom::model(|| {
+        // One point spent of 1: only the raise to 2 grants another.
+        let (seen, granted) = race_kept_copy(1, 2);
+        assert!(!seen || granted, "the raise was written, and missed");
+    });
+}
+
+#[test]
+fn a_lowering_is_never_missed_by_a_kept_copy() {
+    loom::model(|| {
+        // One point spent of 2: the lowering to 1 leaves none.
+        let (seen, granted) = race_kept_copy(2, 1);
+        assert!(!seen || !granted, "the lowering was written, and missed");
+    });
 }
 
 #[test]

@@ -47,7 +47,8 @@ use crate::engine::Engine;
 use crate::state::{CounterState, Locked};
 use crate::types::BenefitType;
 
-use super::{HandleOwner, HandleRule, HandleState, OwnedSubject, RuleLease, TypeLease, Watch};
+use super::{HandleOwner, HandleState, OwnedSubject, RuleLease, TypeLease, Watch};
+use crate::cached::CachedRule;
 
 impl Engine {
     /// Gives a handle's unspent leases back to their counters, reporting
@@ -274,7 +275,7 @@ fn counter_of_rule<'l>(
     locked: &'l mut Locked<'_>,
     owners: &mut [HandleOwner],
     subject: &OwnedSubject,
-    r: &HandleRule,
+    r: &CachedRule,
 ) -> Option<&'l mut CounterState> {
     let o = &mut owners[r.owner as usize];
     let owner = subject.owner(o);

@@ -27,10 +27,11 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use crate::amount::Amount;
-use crate::decide::{Op, RuleView, Rules};
+use crate::cached::{CachedRule, CachedRules};
+use crate::decide::Op;
 use crate::decision::Decision;
 use crate::engine::Engine;
-use crate::period::{possible_now, Period, Window};
+use crate::period::possible_now;
 use crate::rules::{Applied, AppliedVec, RuleSet, Validity};
 use crate::state::{Locked, Owner, OwnerKind, SlotHint, Stamp, Store};
 use crate::subject::{Member, Subject};
@@ -69,7 +70,7 @@ pub(crate) struct HandleState {
     /// boundary of the rules it looked at inside).
     valid: Validity,
     subject: OwnedSubject,
-    rules: SmallVec<[HandleRule; 2]>,
+    rules: SmallVec<[CachedRule; 2]>,
     owners: SmallVec<[HandleOwner; 2]>,
     /// The owners' shards, sorted and deduplicated (the lock order).
     shards: SmallVec<[usize; 2]>,
@@ -97,21 +98,6 @@ impl std::fmt::Debug for HandleState {
 struct Watch {
     stamp: Option<Stamp>,
     seen: u64,
-}
-
-/// One applicable rule, as cached in a handle.
-struct HandleRule {
-    slot: u32,
-    id: BenefitId,
-    benefit_type: BenefitType,
-    frozen: bool,
-    limit: u64,
-    generation: u32,
-    period: Period,
-    /// The window at the last call's `now`.
-    window: Option<Window>,
-    /// Index of the counter's owner in the handle's owners.
-    owner: u32,
 }
 
 /// One rule's lease in a leased handle (see `lease.rs`): what its settling
@@ -608,15 +594,10 @@ impl Engine {
     #[cold]
     #[inline(never)]
     fn roll_windows(&self, h: &mut HandleState, now: i64) -> bool {
-        if !h.valid.contains(now) {
+        let Some(fresh) = crate::cached::roll(&mut h.rules, h.valid, now) else {
             return false;
-        }
-        for r in h.rules.iter_mut() {
-            if r.window.is_some_and(|w| !w.contains(now)) {
-                r.window = r.period.window(now);
-            }
-        }
-        h.fresh = h.fresh_range();
+        };
+        h.fresh = fresh;
         // The leases are settled and granted again under the locks.
         h.lease_ok = false;
         true
@@ -699,7 +680,7 @@ impl Engine {
                 ..
             } = h;
             // Indexed without spill checks.
-            let rules = HandleRules(rules.as_slice());
+            let rules = CachedRules(rules.as_slice());
             let o = &mut owners[0];
             let (owner, shard) = (subject.owner(o), o.shard);
             let hint = Some(&mut o.hint);
@@ -716,7 +697,7 @@ impl Engine {
                 window: r.window,
             });
         }
-        self.decide(&applied, &HandleRules(&h.rules), locked, op)
+        self.decide(&applied, &CachedRules(&h.rules), locked, op)
     }
 
     /// Resolves the handle's subject at `now`; the caller holds `rules`.
@@ -750,18 +731,8 @@ impl Engine {
                 }
             };
             let e = &rules.rules[a.slot as usize];
-            let v = RuleView::of(e, a.slot, policy);
-            h.rules.push(HandleRule {
-                slot: a.slot,
-                id: e.info.benefit_id.clone(),
-                benefit_type: v.benefit_type,
-                frozen: v.frozen,
-                limit: v.limit,
-                generation: v.generation,
-                period: e.period,
-                window: a.window,
-                owner,
-            });
+            h.rules
+                .push(CachedRule::of(e, a.slot, policy, a.window, owner));
         }
         h.shards.clear();
         h.shards.extend(h.owners.iter().map(|o| o.shard));
@@ -779,14 +750,7 @@ impl HandleState {
     /// Never beyond the times the platform knows, so that a leased call at
     /// an impossible `now` takes the locked path, which rejects it.
     fn fresh_range(&self) -> Validity {
-        let mut fresh = self.valid;
-        fresh.lo = fresh.lo.max(0);
-        fresh.hi = fresh.hi.min(crate::types::FOREVER + 1);
-        for w in self.rules.iter().filter_map(|r| r.window) {
-            fresh.lo = fresh.lo.max(w.start);
-            fresh.hi = fresh.hi.min(w.end);
-        }
-        fresh
+        crate::cached::fresh_range(self.valid, &self.rules)
     }
 
     /// Asks the CPU for what a decision reads outside the handle itself: the
@@ -824,29 +788,6 @@ impl HandleState {
     }
 }
 
-/// A handle's cached rules, as a decision reads them.
-struct HandleRules<'h>(&'h [HandleRule]);
-
-impl<'h> Rules<'h> for HandleRules<'h> {
-    #[inline(always)]
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    #[inline(always)]
-    fn rule(&self, i: usize) -> (RuleView<'h>, Option<Window>) {
-        let r = &self.0[i];
-        (r.view(), r.window)
-    }
-
-    /// Every slot a decision names is one of the handle's rules.
-    #[inline(always)]
-    fn id_of(&self, slot: u32) -> &'h BenefitId {
-        let r = self.0.iter().find(|r| r.slot == slot);
-        r.map_or(&self.0[0].id, |r| &r.id)
-    }
-}
-
 impl OwnedSubject {
     /// The owner key of counter owner `o` of this subject.
     #[inline]
@@ -861,20 +802,6 @@ impl OwnedSubject {
             pool: o.pool,
             id: id.unwrap_or_default(),
             hash: o.hash,
-        }
-    }
-}
-
-impl HandleRule {
-    #[inline]
-    fn view(&self) -> RuleView<'_> {
-        RuleView {
-            slot: self.slot,
-            benefit_type: self.benefit_type,
-            frozen: self.frozen,
-            limit: self.limit,
-            generation: self.generation,
-            period: &self.period,
         }
     }
 }
@@ -903,7 +830,7 @@ mod tests {
         // heap. A gateway keeps one per connection.
         let size = std::mem::size_of::<HandleState>();
         assert!(size <= 832, "{size}");
-        assert!(std::mem::size_of::<HandleRule>() <= 120);
+        assert!(std::mem::size_of::<CachedRule>() <= 120);
         assert!(std::mem::size_of::<TypeLease>() <= 72);
         assert!(std::mem::size_of::<RuleLease>() <= 16);
     }
