@@ -12,6 +12,7 @@
 //! it held a copy of the rule table throughout.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use smallvec::SmallVec;
 
@@ -152,27 +153,22 @@ const KEPT: usize = 4;
 
 #[cfg(not(benefit_quota_loom))]
 thread_local! {
-    static KEPT_RULES: RefCell<Vec<ThreadRules>> = const { RefCell::new(Vec::new()) };
+    static KEPT_RULES: RefCell<Vec<Rc<ThreadRules>>> = const { RefCell::new(Vec::new()) };
 }
 
 // One per modelled thread, so that `tests/loom.rs` sees each thread decide
 // from its own copy.
 #[cfg(benefit_quota_loom)]
 loom::thread_local! {
-    static KEPT_RULES: RefCell<Vec<ThreadRules>> = RefCell::new(Vec::new());
+    static KEPT_RULES: RefCell<Vec<Rc<ThreadRules>>> = RefCell::new(Vec::new());
 }
 
-/// Calls `f` with this thread's copy of the rules of family `fam` of
-/// engine `engine`, its windows rolled to `now`, if it holds one that is
-/// still valid at `now`; `None` otherwise (and when called from within `f`,
-/// or while the thread exits).
+/// This thread's copy of the rules of family `fam` of engine `engine`, its
+/// windows rolled to `now`, if it holds one that is still valid at `now`.
+/// Shared (`Rc`), so that the caller decides outside the thread-local's
+/// closure: a decision built inside it was copied out field by field.
 #[inline(always)]
-pub(crate) fn with_thread_rules<R>(
-    engine: u64,
-    fam: usize,
-    now: i64,
-    f: impl FnOnce(&ThreadRules) -> Option<R>,
-) -> Option<R> {
+pub(crate) fn thread_rules(engine: u64, fam: usize, now: i64) -> Option<Rc<ThreadRules>> {
     KEPT_RULES
         .try_with(|kept| {
             let mut kept = kept.try_borrow_mut().ok()?;
@@ -180,9 +176,12 @@ pub(crate) fn with_thread_rules<R>(
                 .iter_mut()
                 .find(|t| t.engine == engine && t.fam == fam)?;
             if !t.fresh.contains(now) {
+                // No call holds the copy between calls: it is changed in
+                // place (a new window), never while a decision reads it.
+                let t = Rc::get_mut(t)?;
                 t.fresh = roll(&mut t.rules, t.valid, now)?;
             }
-            f(t)
+            Some(Rc::clone(t))
         })
         .ok()
         .flatten()
@@ -222,14 +221,14 @@ pub(crate) fn keep(
         .map(|a| CachedRule::of(&table[a.slot as usize], a.slot, policy, a.window, 0))
         .collect();
     let fresh = fresh_range(valid, &rules);
-    let copy = ThreadRules {
+    let copy = Rc::new(ThreadRules {
         engine,
         fam,
         version,
         valid,
         fresh,
         rules,
-    };
+    });
     let _ = KEPT_RULES.try_with(|kept| {
         if let Ok(mut kept) = kept.try_borrow_mut() {
             match kept.iter().position(|t| t.engine == engine && t.fam == fam) {

@@ -944,17 +944,26 @@ impl Engine {
             // configuration (then the single-rule index, whose miss a cold
             // call would pay before taking the shard's lock, is skipped, and
             // so, when this thread keeps a copy of the family's all-scope
-            // rules at that configuration, is the rule table:
-            // [`Engine::run_alone`]).
+            // rules at that configuration, is the rule table).
             let store = &self.store;
             let owner = store.entity_hashed(kind, id);
             store.prefetch(&owner);
             let shard = store.shard_index(&owner);
             // The rule table's families are indexed as the owner kinds.
             let (fam, policy) = (kind as usize, self.config.frozen_policy);
-            let mut d = Decision::Allowed(None);
-            if self.run_alone(fam, &owner, shard, now, op, &mut d) {
-                return d;
+            if let Some(copy) = crate::cached::thread_rules(self.id, fam, now) {
+                // Decided with the thread's copy of the family's all-scope
+                // rules (`crate::cached`, which has why that is exact) if
+                // the configuration is still the copy's and the entity's
+                // entry says that no single rule names it under it.
+                let mut locked = store.lock_shard(shard);
+                let version = self.version.load(Ordering::Acquire);
+                if version == copy.version {
+                    if let Some(counters) = locked.counters_if_alone(&owner, version) {
+                        let rules = crate::cached::CachedRules(&copy.rules);
+                        return decide_one_owner(store, &rules, Some(counters), op);
+                    }
+                }
             }
             let rules = held.insert(self.read());
             let mut applied = AppliedVec::new();
@@ -1011,40 +1020,10 @@ impl Engine {
         self.decide(applied, &table, &mut locked, op)
     }
 
-    /// A call by subject for a device or consumer (`owner`, in `shard`)
-    /// whose counters' entry is marked as named by no single rule at the
-    /// current configuration version, decided with this thread's copy of
-    /// its family's all-scope rules at that version (`crate::cached`, which
-    /// has why that is exact), under the shard's lock only; `None` (nothing
-    /// done) if the thread keeps no such copy valid at `now`, the version
-    /// moved on, or the entry is not so marked.
-    #[inline(always)]
-    fn run_alone(
-        &self,
-        fam: usize,
-        owner: &Owner<'_>,
-        shard: usize,
-        now: i64,
-        op: Op,
-        out: &mut Decision,
-    ) -> bool {
-        crate::cached::with_thread_rules(self.id, fam, now, |t| {
-            let mut locked = self.store.lock_many(&[shard]);
-            let version = self.version.load(Ordering::Acquire);
-            if version != t.version {
-                return None;
-            }
-            let counters = locked.counters_if_alone(shard, owner, version)?;
-            let rules = crate::cached::CachedRules(&t.rules);
-            *out = decide_one_owner(&self.store, &rules, Some(counters), op);
-            Some(())
-        })
-        .is_some()
-    }
-
     /// Keeps `applied`, family `fam`'s all-scope rules at `now` read from
-    /// `rules` (locked) at `version`, as this thread's copy for
-    /// [`Engine::run_alone`], unless it keeps that copy already.
+    /// `rules` (locked) at `version`, as this thread's copy for the calls
+    /// by subject that follow ([`Engine::run`]), unless it keeps that copy
+    /// already.
     #[inline]
     fn keep_alone_rules(
         &self,

@@ -378,6 +378,12 @@ impl Store {
         }
     }
 
+    /// Locks shard `index` alone (see [`ShardGuard`]).
+    #[inline(always)]
+    pub fn lock_shard(&self, index: usize) -> ShardGuard<'_> {
+        ShardGuard(self.shards[index].lock())
+    }
+
     /// Locks one shard, inline: the usual operation's counters all live in
     /// one (no list to walk, no collection to move).
     #[inline]
@@ -424,6 +430,33 @@ impl Store {
     /// Number of tracked counters.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters of `owner` in `table`, for writing, if its entry is marked
+/// alone at `version` (see [`Locked::mark_alone`]).
+#[inline(always)]
+fn alone_counters<'t>(
+    table: &'t mut Table<Entry>,
+    owner: &Owner<'_>,
+    version: u64,
+) -> Option<&'t mut Counters> {
+    table
+        .find_mut(owner.hash, |e| e.is(owner))
+        .filter(|e| e.alone_at(version))
+        .map(writing)
+}
+
+/// One shard's lock, held alone: what a call by subject deciding from its
+/// thread's copy of the rules holds (one owner, one shard: none of
+/// [`Locked`]'s bookkeeping for several).
+pub(crate) struct ShardGuard<'s>(MutexGuard<'s, Shard>);
+
+impl ShardGuard<'_> {
+    /// [`Locked::counters_if_alone`] in this shard.
+    #[inline(always)]
+    pub fn counters_if_alone(&mut self, owner: &Owner<'_>, version: u64) -> Option<&mut Counters> {
+        alone_counters(&mut self.0.table, owner, version)
     }
 }
 
@@ -548,10 +581,7 @@ impl Locked<'_> {
         owner: &Owner<'_>,
         version: u64,
     ) -> Option<&mut Counters> {
-        self.table_mut(shard)
-            .find_mut(owner.hash, |e| e.is(owner))
-            .filter(|e| e.alone_at(version))
-            .map(writing)
+        alone_counters(self.table_mut(shard), owner, version)
     }
 
     /// Marks the entity `owner` (if it has an entry) as named by no single
