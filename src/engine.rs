@@ -937,83 +937,117 @@ impl Engine {
         if !possible_now(now) {
             return Decision::impossible_time(now);
         }
-        let mut held = None;
-        if let Some((kind, id)) = subject.sole_entity() {
-            // A device or a consumer: its all-scope rules, and its single
-            // rules unless its entry says that none named it under this
-            // configuration (then the single-rule index, whose miss a cold
-            // call would pay before taking the shard's lock, is skipped, and
-            // so, when this thread keeps a copy of the family's all-scope
-            // rules at that configuration, is the rule table).
-            let store = &self.store;
-            let owner = store.entity_hashed(kind, id);
-            store.prefetch(&owner);
-            let shard = store.shard_index(&owner);
-            // The rule table's families are indexed as the owner kinds.
-            let (fam, policy) = (kind as usize, self.config.frozen_policy);
-            if let Some(copy) = crate::cached::thread_rules(self.id, fam, now) {
-                // Decided with the thread's copy of the family's all-scope
-                // rules (`crate::cached`, which has why that is exact) if
-                // the configuration is still the copy's and the entity's
-                // entry says that no single rule names it under it.
-                let mut locked = store.lock_shard(shard);
-                let version = self.version.load(Ordering::Acquire);
-                if version == copy.version {
-                    if let Some(counters) = locked.counters_if_alone(&owner, version) {
-                        let rules = crate::cached::CachedRules(&copy.rules);
-                        return decide_one_owner(store, &rules, Some(counters), op);
-                    }
-                }
-            }
-            let rules = held.insert(self.read());
-            let mut applied = AppliedVec::new();
-            let mut valid = Validity::ALWAYS;
-            rules.resolve_all_scope(fam, owner, shard, 0, now, policy, &mut applied, &mut valid);
-            if !applied.is_empty() {
-                // A rule-table copy is locked: this is its version. The
-                // version is compared under the rule-table copy's lock, as
-                // handles compare theirs: a write changes every copy and
-                // the version together.
-                let version = self.version.load(Ordering::Relaxed);
-                let mut locked = store.lock_many(&[shard]);
-                let table = TableRules {
-                    table: rules,
-                    applied: applied.as_slice(),
-                    policy,
-                };
-                if let Some(counters) = locked.counters_if_alone(shard, &owner, version) {
-                    let d = decide_one_owner(store, &table, Some(counters), op);
-                    drop(locked);
-                    self.keep_alone_rules(rules, fam, version, valid, &applied, now);
-                    return d;
-                }
-                if !rules.lists_single_rules(fam, owner.hash, id) {
-                    let d = self.decide_owner(&table, &mut locked, shard, &owner, None, op);
-                    locked.mark_alone(shard, &owner, version);
-                    drop(locked);
-                    self.keep_alone_rules(rules, fam, version, valid, &applied, now);
-                    return d;
-                }
-            }
-            // Single rules name it (or no all-scope rule applies): resolved
-            // in full below.
-        }
-        let rules = match held {
-            Some(rules) => rules,
-            None => self.read(),
+        let Some((kind, id)) = subject.sole_entity() else {
+            return self.run_resolved_subject(subject, now, op);
         };
+        // A device or a consumer: its all-scope rules, and its single rules
+        // unless its entry says that none named it under this configuration
+        // (then the single-rule index, whose miss a cold call would pay
+        // before taking the shard's lock, is skipped, and so, when this
+        // thread keeps a copy of the family's all-scope rules at that
+        // configuration, is the rule table).
+        let store = &self.store;
+        let owner = store.entity_hashed(kind, id);
+        store.prefetch(&owner);
+        let shard = store.shard_index(&owner);
+        // The rule table's families are indexed as the owner kinds.
+        let fam = kind as usize;
+        if let Some(copy) = crate::cached::thread_rules(self.id, fam, now) {
+            // Decided with the thread's copy of the family's all-scope rules
+            // (`crate::cached`, which has why that is exact) if the
+            // configuration is still the copy's and the entity's entry says
+            // that no single rule names it under it.
+            let mut locked = store.lock_shard(shard);
+            let version = self.version.load(Ordering::Acquire);
+            if version == copy.version {
+                if let Some(counters) = locked.counters_if_alone(&owner, version) {
+                    let rules = crate::cached::CachedRules(&copy.rules);
+                    return decide_one_owner(store, &rules, Some(counters), op);
+                }
+            }
+        }
+        self.run_sole_entity(subject, &owner, shard, now, op)
+    }
+
+    /// [`Engine::run`] for a sole device or consumer (`owner`, in `shard`)
+    /// that the thread's copy of the rules did not decide, with a copy of
+    /// the rule table locked. Out of line: the usual call does not need
+    /// this path's stack frame.
+    #[inline(never)]
+    fn run_sole_entity(
+        &self,
+        subject: &Subject<'_>,
+        owner: &Owner<'_>,
+        shard: usize,
+        now: i64,
+        op: Op,
+    ) -> Decision {
+        let store = &self.store;
+        let (fam, policy) = (owner.kind as usize, self.config.frozen_policy);
+        let rules = self.read();
+        let mut applied = AppliedVec::new();
+        let mut valid = Validity::ALWAYS;
+        rules.resolve_all_scope(fam, *owner, shard, 0, now, policy, &mut applied, &mut valid);
+        if !applied.is_empty() {
+            // A rule-table copy is locked: this is its version. The version
+            // is compared under the rule-table copy's lock, as handles
+            // compare theirs: a write changes every copy and the version
+            // together.
+            let version = self.version.load(Ordering::Relaxed);
+            let mut locked = store.lock_many(&[shard]);
+            let table = TableRules {
+                table: &rules,
+                applied: applied.as_slice(),
+                policy,
+            };
+            if let Some(counters) = locked.counters_if_alone(shard, owner, version) {
+                let d = decide_one_owner(store, &table, Some(counters), op);
+                drop(locked);
+                self.keep_alone_rules(&rules, fam, version, valid, &applied, now);
+                return d;
+            }
+            if !rules.lists_single_rules(fam, owner.hash, owner.id) {
+                let d = self.decide_owner(&table, &mut locked, shard, owner, None, op);
+                locked.mark_alone(shard, owner, version);
+                drop(locked);
+                self.keep_alone_rules(&rules, fam, version, valid, &applied, now);
+                return d;
+            }
+        }
+        // Single rules name it (or no all-scope rule applies): resolved in
+        // full.
+        self.decide_resolved(&rules, subject, now, op)
+    }
+
+    /// [`Engine::run`] for any other subject: resolved in full with a copy
+    /// of the rule table locked.
+    #[inline(never)]
+    fn run_resolved_subject(&self, subject: &Subject<'_>, now: i64, op: Op) -> Decision {
+        self.decide_resolved(&self.read(), subject, now, op)
+    }
+
+    /// Decides `op` for `subject` with the rules that apply to it, resolved
+    /// from `rules` (a locked copy of the rule table) in full.
+    #[inline(always)]
+    fn decide_resolved(
+        &self,
+        rules: &RuleSet,
+        subject: &Subject<'_>,
+        now: i64,
+        op: Op,
+    ) -> Decision {
         // `with_applied`, spelled out: this is every other stateless
         // request's path, and the closures cost it (the commit that added
         // `with_applied` has the measurement).
         let mut applied = AppliedVec::new();
-        self.resolve(&rules, subject, now, &mut applied, true);
+        self.resolve(rules, subject, now, &mut applied, true);
         if applied.is_empty() {
             return Decision::Allowed(None); // F16: unlimited, nothing tracked
         }
         let applied = applied.as_slice();
         let mut locked = self.lock(applied);
         let table = TableRules {
-            table: &rules,
+            table: rules,
             applied,
             policy: self.config.frozen_policy,
         };
