@@ -28,7 +28,7 @@ use smallvec::SmallVec;
 
 use crate::amount::Amount;
 use crate::cached::{CachedRule, CachedRules};
-use crate::decide::Op;
+use crate::decide::{decide_one_owner, Op};
 use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::period::possible_now;
@@ -626,6 +626,28 @@ impl Engine {
         if self.ready(h, now) {
             // The entries' misses overlap the locking and the version check.
             h.prefetch_entries(&self.store);
+            if h.owners.len() == 1 && !h.rules.is_empty() {
+                // The usual subject: every rule counts on one owner, in one
+                // shard, whose slot the handle remembers (see `SlotHint`).
+                // Its shard is locked alone; an owner with no counter yet
+                // (an entry to create) is decided below instead.
+                let HandleState {
+                    rules,
+                    owners,
+                    subject,
+                    version,
+                    ..
+                } = h;
+                let o = &mut owners[0];
+                let owner = subject.owner(o);
+                let mut locked = self.store.lock_shard(o.shard);
+                if self.version.load(Ordering::Acquire) == *version {
+                    if let Some(counters) = locked.counters_if_any_hinted(&owner, &mut o.hint) {
+                        let rules = CachedRules(rules.as_slice());
+                        return decide_one_owner(&self.store, &rules, Some(counters), op);
+                    }
+                }
+            }
             let mut locked = self.store.lock_many(&h.shards);
             if self.version.load(Ordering::Acquire) == h.version {
                 return self.decide_cached(h, now, op, &mut locked);

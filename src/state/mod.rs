@@ -447,8 +447,29 @@ fn alone_counters<'t>(
         .map(writing)
 }
 
+/// The counters of `owner` in `table`, for writing, if it has any, found
+/// through the slot `hint` remembers if it is still current (`hint` is
+/// updated).
+#[inline(always)]
+fn hinted_counters<'t>(
+    table: &'t mut Table<Entry>,
+    owner: &Owner<'_>,
+    hint: &mut SlotHint,
+) -> Option<&'t mut Counters> {
+    let slot = match table.remembered(hint.slot, hint.epoch) {
+        Some(i) => i,
+        None => {
+            let i = table.find_index(owner.hash, |e| e.is(owner))?;
+            *hint = SlotHint::at(i, table.epoch());
+            i
+        }
+    };
+    Some(writing(table.at_mut(slot)))
+}
+
 /// One shard's lock, held alone: what a call by subject deciding from its
-/// thread's copy of the rules holds (one owner, one shard: none of
+/// thread's copy of the rules holds, and a call through an exact handle
+/// whose counters are all one owner's (one owner, one shard: none of
 /// [`Locked`]'s bookkeeping for several).
 pub(crate) struct ShardGuard<'s>(MutexGuard<'s, Shard>);
 
@@ -457,6 +478,16 @@ impl ShardGuard<'_> {
     #[inline(always)]
     pub fn counters_if_alone(&mut self, owner: &Owner<'_>, version: u64) -> Option<&mut Counters> {
         alone_counters(&mut self.0.table, owner, version)
+    }
+
+    /// [`Locked::counters_if_any_hinted`] in this shard.
+    #[inline(always)]
+    pub fn counters_if_any_hinted(
+        &mut self,
+        owner: &Owner<'_>,
+        hint: &mut SlotHint,
+    ) -> Option<&mut Counters> {
+        hinted_counters(&mut self.0.table, owner, hint)
     }
 }
 
@@ -551,16 +582,7 @@ impl Locked<'_> {
         owner: &Owner<'_>,
         hint: &mut SlotHint,
     ) -> Option<&mut Counters> {
-        let table = self.table_mut(shard);
-        let slot = match table.remembered(hint.slot, hint.epoch) {
-            Some(i) => i,
-            None => {
-                let i = table.find_index(owner.hash, |e| e.is(owner))?;
-                *hint = SlotHint::at(i, table.epoch());
-                i
-            }
-        };
-        Some(writing(table.at_mut(slot)))
+        hinted_counters(self.table_mut(shard), owner, hint)
     }
 
     /// The counters of `owner`, if it has any, for writing.
