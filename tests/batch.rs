@@ -69,3 +69,47 @@ fn batch_appends_to_the_output_and_spans_chunks() {
     assert_eq!(allowed, 7);
     assert!(out[1..8].iter().all(|d| d.is_allowed()));
 }
+
+#[test]
+fn a_batch_after_a_write_decides_under_the_new_rules() {
+    // Calls before the write mark the devices as named by no single rule;
+    // a batch after single rules name some of them must not decide those
+    // with the all-devices rules alone. Same calls, one by one, alongside.
+    let (batch_engine, seq_engine) = (setup(4), setup(4));
+    let devices = ["a", "b", "d", "e", "f", "g", "h", "i", "j", "k"];
+    for e in [&batch_engine, &seq_engine] {
+        for d in devices {
+            assert!(e
+                .try_consume(&Subject::device(d), PTS, units(1), MIDNIGHT)
+                .is_allowed());
+        }
+        Rule::device("b", 1).create(e);
+        Rule::device("j", 2).create(e);
+    }
+    let requests: Vec<Request> = devices
+        .iter()
+        .cycle()
+        .take(40)
+        .map(|d| Request {
+            subject: Subject::device(d),
+            benefit_type: PTS,
+            amount: units(1),
+        })
+        .collect();
+    let mut got = Vec::new();
+    batch_engine.try_consume_many(&requests, MIDNIGHT, &mut got);
+    let want: Vec<_> = requests
+        .iter()
+        .map(|r| seq_engine.try_consume(&r.subject, r.benefit_type, r.amount, MIDNIGHT))
+        .collect();
+    assert_eq!(got, want);
+    // Each single rule's own counter starts at zero (D11).
+    let allowed = |id: &str| {
+        requests
+            .iter()
+            .zip(&got)
+            .filter(|(r, d)| r.subject.device_id == Some(id) && d.is_allowed())
+            .count()
+    };
+    assert_eq!((allowed("b"), allowed("j"), allowed("a")), (1, 2, 4));
+}

@@ -544,6 +544,27 @@ impl Locked<'_> {
         &mut rest[p].1.table
     }
 
+    /// Holds shard `shard` too, if it is not held yet and its lock is free
+    /// right now; whether it is held. Never waits: a shard taken out of
+    /// ascending order could otherwise deadlock with a caller locking in
+    /// order.
+    pub fn try_hold(&mut self, shard: usize) -> bool {
+        if self.first.as_ref().is_some_and(|(i, _)| *i == shard) {
+            return true;
+        }
+        let rest = self.rest.get_or_insert_with(SmallVec::new);
+        match rest.binary_search_by_key(&shard, |(j, _)| *j) {
+            Ok(_) => true,
+            Err(p) => match self.store.shards[shard].try_lock() {
+                Some(guard) => {
+                    rest.insert(p, (shard, guard));
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
     /// The counters of `owner`, if it has any.
     #[inline]
     pub fn counters(&self, shard: usize, owner: &Owner<'_>) -> Option<&[CounterState]> {
