@@ -27,12 +27,6 @@ pub(crate) fn range<T>(p: *const T, bytes: usize) {
     }
 }
 
-/// Asks for the cache lines covering `*r`.
-#[inline(always)]
-pub(crate) fn value<T>(r: &T) {
-    range(r as *const T, std::mem::size_of::<T>());
-}
-
 /// Asks for the cache line holding `p`.
 #[inline(always)]
 #[allow(unsafe_code)]
@@ -60,7 +54,6 @@ mod tests {
         let v = vec![7u8; 1000];
         range(v.as_ptr(), v.len());
         range(v.as_ptr().wrapping_add(v.len()), 256);
-        value(&v);
         range(std::ptr::null::<u8>(), 128);
         range(usize::MAX as *const u8, 64);
         range(0x10 as *const u64, 1);

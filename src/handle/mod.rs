@@ -461,11 +461,12 @@ impl Engine {
     ///
     /// Works in chunks of [`crate::BATCH_CHUNK`], like
     /// [`Engine::try_consume_many`]: the chunk asks the CPU for its handles
-    /// and their ids (a software prefetch), stale handles resolve again
-    /// (under one read of the rule table), then the chunk locks the union of
-    /// its shards once, checks the configuration version once, asks for
-    /// every counter slot it will need (so the memory misses of independent
-    /// subjects overlap instead of queueing) and decides each request in
+    /// (the part an exact call reads), their ids and the counter entries
+    /// their slots remember (software prefetches, so the memory misses of
+    /// independent subjects overlap instead of queueing, the entries' with
+    /// the locking too), stale handles resolve again (under one read of the
+    /// rule table), then the chunk locks the union of its shards once,
+    /// checks the configuration version once and decides each request in
     /// turn. Other threads working on those shards wait for at most one
     /// chunk. A chunk with a leased handle, or a handle of another engine,
     /// in it is decided one call at a time, in order (leased calls take no
@@ -522,13 +523,18 @@ impl Engine {
                 }
                 continue;
             }
-            // Ask for every handle of the chunk, then for their ids, before
-            // reading them: the misses of the chunk are in flight together.
+            // Ask for every handle of the chunk (the part an exact call
+            // reads: the leases' state after it is not), then for their ids
+            // and their counter entries, before reading them: the misses of
+            // the chunk are in flight together, and the entries' overlap
+            // the locking below.
             for r in chunk.iter() {
-                crate::prefetch::value(&r.handle.state);
+                let exact = std::mem::offset_of!(HandleState, leases);
+                crate::prefetch::range(&r.handle.state as *const HandleState, exact);
             }
             for r in chunk.iter() {
                 r.handle.state.prefetch_ids();
+                r.handle.state.prefetch_entries(&self.store);
             }
             let current =
                 |h: &mut HandleState, version: u64| self.ready(h, now) && h.version == version;
@@ -565,13 +571,6 @@ impl Engine {
                     out.push(self.run_handle(&mut r.handle.state, now, op));
                 }
                 continue;
-            }
-            // Ask for every counter entry before deciding (see `prefetch`).
-            for r in chunk.iter() {
-                let h = &r.handle.state;
-                for o in &h.owners {
-                    locked.prefetch_hinted(o.shard, &h.owner(o), o.hint);
-                }
             }
             for r in chunk.iter_mut() {
                 let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());

@@ -581,17 +581,6 @@ impl Locked<'_> {
         self.table(shard).prefetch_home(owner.hash);
     }
 
-    /// [`Locked::prefetch`] for an owner whose slot `hint` may remember: then
-    /// only that entry's lines are asked for.
-    #[inline]
-    pub fn prefetch_hinted(&self, shard: usize, owner: &Owner<'_>, hint: SlotHint) {
-        let table = self.table(shard);
-        match table.remembered(hint.slot, hint.epoch) {
-            Some(i) => table.prefetch_slot(i),
-            None => table.prefetch_home(owner.hash),
-        }
-    }
-
     /// [`Locked::counters_if_any`] for an owner whose slot `hint` may
     /// remember (then without probing or comparing ids); `hint` is updated.
     /// Always inlined: a handle's decision finds its entry through it, and

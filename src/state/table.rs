@@ -106,14 +106,6 @@ impl<T> Table<T> {
         }
     }
 
-    /// Asks the CPU for the lines of slot `i` (see [`Table::remembered`]).
-    #[inline]
-    pub fn prefetch_slot(&self, i: usize) {
-        if let Some(slot) = self.slots.get(i) {
-            crate::prefetch::value(slot);
-        }
-    }
-
     /// The entry of `hash` that satisfies `eq`.
     #[inline]
     pub fn find(&self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<&T> {
