@@ -77,14 +77,23 @@
 //! ## Hot path
 //! What a `check` / `try_consume` / `record` does, in order:
 //!
-//! - **Locked, one of several:** one copy of the rule table. The table is
+//! - **Kept per thread:** for a device or consumer that no single rule
+//!   names (the usual subject), the rules that apply are its family's
+//!   all-scope rules; each thread keeps its own copy of them, taken at a
+//!   configuration version, and decides with it under the counter shard's
+//!   lock alone, after reading there that the version is unchanged and that
+//!   the entity's entry says no single rule names it under that version.
+//!   Any other call (another subject, a stale copy, an entity not known to
+//!   be alone) locks a copy of the rule table instead, and resolves.
+//! - **Locked, one of several:** that copy of the rule table. The table is
 //!   replicated ([`EngineConfig::rule_replicas`], one copy per CPU by
 //!   default), each copy behind a spin lock (one compare-and-swap to take,
 //!   a plain store to release); a thread takes its own copy, or the next
 //!   free one if another thread has it, so concurrent checks do not write to
 //!   a shared lock word. A configuration write validates against one copy
 //!   under a writer mutex, then locks every copy just long enough to apply
-//!   the change: it is O(1) in the number of tracked counters.
+//!   the change and bump the version: it is O(1) in the number of tracked
+//!   counters.
 //! - **Hashed once:** the device or consumer id, with a per-engine keyed
 //!   `ahash`; the same hash finds the entity's single-entity rules and its
 //!   counters.
@@ -114,11 +123,12 @@
 //!   Batches allocate nothing either, unless a chunk's requests lock more
 //!   than 16 shards (subjects with counters in several shards).
 //!
-//! [`Engine::try_consume_many`] does the same for a batch, resolving a chunk
-//! under one read and locking the union of its shards once. Before reading
-//! anything of a chunk it asks the CPU for the lines it will need (the
-//! subjects' ids, then the counter slots), so the chunk's cache misses are in
-//! flight together rather than one after another. Those software prefetches
+//! [`Engine::try_consume_many`] does the same for a batch, under one read of
+//! the rule table (the all-scope rules read once for the whole batch), and
+//! locks the union of a chunk's shards once. Before reading anything of a
+//! chunk it asks the CPU for the lines it will need (the subjects' ids, then
+//! the counter slots), so the chunk's cache misses are in flight together
+//! rather than one after another. Those software prefetches
 //! are the crate's only `unsafe` code (`src/prefetch.rs`: a hint that cannot
 //! fault or change a value; the crate denies `unsafe` everywhere else).
 //!
