@@ -221,23 +221,29 @@ pub(crate) fn keep(
         .map(|a| CachedRule::of(&table[a.slot as usize], a.slot, policy, a.window, 0))
         .collect();
     let fresh = fresh_range(valid, &rules);
-    let copy = Rc::new(ThreadRules {
+    let copy = ThreadRules {
         engine,
         fam,
         version,
         valid,
         fresh,
         rules,
-    });
+    };
     let _ = KEPT_RULES.try_with(|kept| {
         if let Ok(mut kept) = kept.try_borrow_mut() {
             match kept.iter().position(|t| t.engine == engine && t.fam == fam) {
-                Some(i) => kept[i] = copy,
-                None if kept.len() < KEPT => kept.push(copy),
+                // In place when no call holds the old copy (none does between
+                // calls): a configuration write then costs each thread no
+                // allocation (two rules are inline).
+                Some(i) => match Rc::get_mut(&mut kept[i]) {
+                    Some(old) => *old = copy,
+                    None => kept[i] = Rc::new(copy),
+                },
+                None if kept.len() < KEPT => kept.push(Rc::new(copy)),
                 None => {
                     // The oldest copy goes; the newest is put last.
                     kept.remove(0);
-                    kept.push(copy);
+                    kept.push(Rc::new(copy));
                 }
             }
         }

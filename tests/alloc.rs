@@ -161,6 +161,20 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
         }
     });
     assert_eq!(n, 0, "allocations when a handle resolves again");
+    // And calls by subject: this thread keeps its copy of the all-scope
+    // rules again, in place.
+    e.apply_update_json("2", r#"{"limit":502}"#, MIDNIGHT)
+        .unwrap();
+    let n = allocations_during(|| {
+        for s in &subjects {
+            let _ =
+                std::hint::black_box(e.try_consume(s, PTS, Amount::from_micros(1), MIDNIGHT + 10));
+        }
+    });
+    assert_eq!(
+        n, 0,
+        "allocations when a thread keeps its copy of the rules again"
+    );
     // Batches, by subject and through handles, over known devices (each
     // chunk locks up to 8 shards): nothing either, given room in `out`.
     let ids: Vec<String> = (0..64).map(|i| format!("batch-{i}")).collect();
