@@ -949,8 +949,8 @@ impl Engine {
         // configuration, is the rule table).
         let store = &self.store;
         let owner = store.entity_hashed(kind, id);
-        store.prefetch(&owner);
         let shard = store.shard_index(&owner);
+        store.prefetch_in(shard, &owner);
         // The rule table's families are indexed as the owner kinds.
         let fam = kind as usize;
         if let Some(copy) = crate::cached::thread_rules(self.id, fam, now) {

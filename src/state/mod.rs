@@ -366,7 +366,16 @@ impl Store {
     /// entry's miss overlaps the rest of resolution and the locking.
     #[inline]
     pub fn prefetch(&self, owner: &Owner<'_>) {
-        self.views[self.shard_index(owner)].prefetch_home(owner.hash);
+        self.prefetch_in(self.shard_index(owner), owner);
+    }
+
+    /// [`Store::prefetch`] for an owner whose shard the caller has already
+    /// computed.
+    #[inline]
+    pub fn prefetch_in(&self, shard: usize, owner: &Owner<'_>) {
+        if let Some(view) = self.views.get(shard) {
+            view.prefetch_home(owner.hash);
+        }
     }
 
     /// Asks for the lines of slot `slot` of shard `shard` (a handle's
