@@ -241,7 +241,8 @@ pub(crate) fn keep(
                 },
                 None if kept.len() < KEPT => kept.push(Rc::new(copy)),
                 None => {
-                    // The oldest copy goes; the newest is put last.
+                    // The copy kept first goes (first in, first out); the
+                    // new one is put last.
                     kept.remove(0);
                     kept.push(Rc::new(copy));
                 }

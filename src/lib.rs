@@ -124,11 +124,13 @@
 //!   than 16 shards (subjects with counters in several shards).
 //!
 //! [`Engine::try_consume_many`] does the same for a batch, under one read of
-//! the rule table (the all-scope rules read once for the whole batch), and
-//! locks the union of a chunk's shards once. Before reading anything of a
+//! the rule table (the all-scope rules read once for the whole batch): a
+//! chunk locks the shards of its sole devices and consumers once, adds
+//! another subject's other shards if they are free (else the rest of the
+//! chunk is resolved and locked together). Before reading anything of a
 //! chunk it asks the CPU for the lines it will need (the subjects' ids, then
-//! the counter slots), so the chunk's cache misses are in flight together
-//! rather than one after another. Those software prefetches
+//! the sole devices' and consumers' counter slots), so the chunk's cache
+//! misses are in flight together rather than one after another. Those software prefetches
 //! are the crate's only `unsafe` code (`src/prefetch.rs`: a hint that cannot
 //! fault or change a value; the crate denies `unsafe` everywhere else).
 //!

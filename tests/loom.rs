@@ -18,7 +18,9 @@
 //! call by subject can decide between the write and its version bump. Two
 //! more race thread A with thread B spending by subject from its thread's
 //! copy of the all-devices rules (`src/cached.rs`), kept before the write:
-//! the same version protocol, without a handle.
+//! the same version protocol, without a handle; a sixth races that copy
+//! with a write followed by a handle's spend on the same counter, which
+//! only a version read under the shard lock orders.
 //!
 //! The last test races a leased handle's lock-free spend with another
 //! caller's `record`: the owner's stamp (`src/state/mod.rs`, `Stamps`) that
@@ -167,6 +169,33 @@ fn a_lowering_is_never_missed_by_a_kept_copy() {
         // One point spent of 2: the lowering to 1 leaves none.
         let (seen, granted) = race_kept_copy(2, 1);
         assert!(!seen || !granted, "the lowering was written, and missed");
+    });
+}
+
+#[test]
+fn a_kept_copy_never_decides_after_a_newer_decision_on_its_counter() {
+    loom::model(|| {
+        // One point spent of 3, by subject (thread B keeps its copy, the
+        // device is marked alone). Thread A lowers the limit to 2 and spends
+        // through its handle (which marks nothing); B spends by subject.
+        // Every serial order grants at most one of the two: B first leaves
+        // none for A, A first (or the lowering first) none for B.
+        let (e, id, mut h) = setup(3);
+        assert_eq!(spend_by_subject(&e), Some(2));
+        let a = {
+            let e = Arc::clone(&e);
+            loom::thread::spawn(move || {
+                set_limit(&e, &id, 2);
+                h.try_consume(BenefitType::ResourcePoint, Amount::from_units(1), NOW)
+                    .is_allowed()
+            })
+        };
+        let b = spend_by_subject(&e).is_some();
+        let a = a.join().unwrap_or_else(|_| panic!("thread A panicked"));
+        assert!(
+            !(a && b),
+            "both granted: B decided with the old limit after A's spend"
+        );
     });
 }
 

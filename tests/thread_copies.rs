@@ -3,7 +3,8 @@
 //! under the counters' shard lock only. These scenarios cross everything
 //! such a copy must not outlive: an activation boundary, a new window, a
 //! configuration write made on another thread, another engine or family on
-//! the same thread, a single rule naming the entity later.
+//! the same thread, a single rule naming the entity later, an entity marked
+//! again under a newer configuration by another thread.
 
 mod common;
 
@@ -129,4 +130,27 @@ fn a_single_rule_naming_the_device_later_applies_from_the_next_call() {
     assert!(!spend(&e, &d, MIDNIGHT));
     // Another device is still under the all-devices rule alone.
     assert!(spend(&e, &Subject::device("other"), MIDNIGHT));
+}
+
+#[test]
+fn a_copy_older_than_the_entrys_mark_is_not_used() {
+    // This thread keeps a copy at the first configuration. Another thread
+    // writes, then spends by subject, which marks the device alone again
+    // under the new configuration: the mark is current, this thread's
+    // copy is not.
+    let e = Engine::new();
+    let id = Rule::all_devices(3).create(&e);
+    let d = Subject::device("d");
+    assert!(spend(&e, &d, MIDNIGHT));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            e.apply_update_json(&id, r#"{"limit":2}"#, MIDNIGHT)
+                .expect("the update");
+            assert!(spend(&e, &d, MIDNIGHT));
+        })
+        .join()
+        .expect("the other thread");
+    });
+    // Two spent of 2: denied, whatever the stale copy's 3 would say.
+    assert!(!spend(&e, &d, MIDNIGHT));
 }
