@@ -97,6 +97,17 @@ impl<'h> Rules<'h> for CachedRules<'h> {
     }
 }
 
+/// The rules `applied` (all counted on one owner), read from `table`, as a
+/// cache keeps them.
+pub(crate) fn cached_rules(
+    table: &[RuleEntry],
+    applied: &[Applied<'_>],
+    policy: FrozenPolicy,
+) -> SmallVec<[CachedRule; 2]> {
+    let of = |a: &Applied<'_>| CachedRule::of(&table[a.slot as usize], a.slot, policy, a.window, 0);
+    applied.iter().map(of).collect()
+}
+
 /// `valid` narrowed to the windows of `rules` (within it, cached rules are
 /// used as they are), and never beyond the times the platform knows, so
 /// that a call at an impossible `now` takes a path that rejects it.
@@ -216,10 +227,7 @@ pub(crate) fn keep(
     applied: &[Applied<'_>],
     policy: FrozenPolicy,
 ) {
-    let rules: SmallVec<[CachedRule; 2]> = applied
-        .iter()
-        .map(|a| CachedRule::of(&table[a.slot as usize], a.slot, policy, a.window, 0))
-        .collect();
+    let rules = cached_rules(table, applied, policy);
     let fresh = fresh_range(valid, &rules);
     let copy = ThreadRules {
         engine,

@@ -1301,10 +1301,7 @@ impl Engine {
                 &mut applied,
                 &mut valid,
             );
-            let at = |a: &Applied<'_>| {
-                CachedRule::of(&rules.rules[a.slot as usize], a.slot, policy, a.window, 0)
-            };
-            applied.iter().map(at).collect()
+            crate::cached::cached_rules(&rules.rules, &applied, policy)
         })
     }
 
@@ -1339,9 +1336,9 @@ impl Engine {
         for r in chunk {
             let one = r.subject.sole_entity().map(|(kind, id)| {
                 let owner = store.entity_hashed(kind, id);
-                // The entry's miss, in flight with the others'.
-                store.prefetch(&owner);
                 let shard = store.shard_index(&owner);
+                // The entry's miss, in flight with the others'.
+                store.prefetch_in(shard, &owner);
                 shards.push(shard);
                 (owner, shard)
             });
@@ -1600,11 +1597,12 @@ mod tests {
         drop(held);
         e.decide_chunk_resolved(&rules, &chunk[1..], 0, &mut out);
         drop(rules);
-        let want: Vec<Decision> = chunk
-            .iter()
-            .map(|r| one_by_one.try_consume(&r.subject, r.benefit_type, r.amount, 0))
-            .collect();
-        assert_eq!(out, want);
+        let calls = || -> Vec<Decision> {
+            let call =
+                |r: &Request<'_>| one_by_one.try_consume(&r.subject, r.benefit_type, r.amount, 0);
+            chunk.iter().map(call).collect()
+        };
+        assert_eq!(out, calls());
         // With nothing held, the whole chunk is decided in one pass.
         let rules = e.read();
         let mut again = Vec::new();
@@ -1613,11 +1611,7 @@ mod tests {
             4
         );
         drop(rules);
-        let want: Vec<Decision> = chunk
-            .iter()
-            .map(|r| one_by_one.try_consume(&r.subject, r.benefit_type, r.amount, 0))
-            .collect();
-        assert_eq!(again, want);
+        assert_eq!(again, calls());
     }
 
     #[test]
