@@ -17,6 +17,11 @@ fn spend(e: &Engine, s: &Subject<'_>, now: i64) -> bool {
     e.try_consume(s, PTS, units(1), now).is_allowed()
 }
 
+/// Runs `f` on another thread, to its end.
+fn on_another_thread(f: impl FnOnce() + Send) {
+    std::thread::scope(|s| s.spawn(f).join().expect("the other thread"));
+}
+
 #[test]
 fn an_all_devices_rule_stops_applying_after_its_last_second() {
     let e = Engine::new();
@@ -65,17 +70,13 @@ fn a_write_on_another_thread_is_seen_by_the_next_call() {
     let id = Rule::all_devices(100).create(&e);
     let d = Subject::device("d");
     assert!(spend(&e, &d, MIDNIGHT));
-    std::thread::scope(|s| {
-        s.spawn(|| e.apply_update_json(&id, r#"{"limit":1}"#, MIDNIGHT))
-            .join()
-            .expect("the writer")
+    on_another_thread(|| {
+        e.apply_update_json(&id, r#"{"limit":1}"#, MIDNIGHT)
             .expect("the update");
     });
     assert!(!spend(&e, &d, MIDNIGHT));
-    std::thread::scope(|s| {
-        s.spawn(|| e.apply_update_json(&id, r#"{"status":"frozen","limit":100}"#, MIDNIGHT))
-            .join()
-            .expect("the writer")
+    on_another_thread(|| {
+        e.apply_update_json(&id, r#"{"status":"frozen","limit":100}"#, MIDNIGHT)
             .expect("the update");
     });
     assert!(!spend(&e, &d, MIDNIGHT), "frozen blocks (D12)");
@@ -142,14 +143,10 @@ fn a_copy_older_than_the_entrys_mark_is_not_used() {
     let id = Rule::all_devices(3).create(&e);
     let d = Subject::device("d");
     assert!(spend(&e, &d, MIDNIGHT));
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            e.apply_update_json(&id, r#"{"limit":2}"#, MIDNIGHT)
-                .expect("the update");
-            assert!(spend(&e, &d, MIDNIGHT));
-        })
-        .join()
-        .expect("the other thread");
+    on_another_thread(|| {
+        e.apply_update_json(&id, r#"{"limit":2}"#, MIDNIGHT)
+            .expect("the update");
+        assert!(spend(&e, &d, MIDNIGHT));
     });
     // Two spent of 2: denied, whatever the stale copy's 3 would say.
     assert!(!spend(&e, &d, MIDNIGHT));
