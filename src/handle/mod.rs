@@ -42,18 +42,17 @@ mod lease;
 /// What a handle caches: an owned copy of the subject's ids, the rules that
 /// applied at its last resolution, where their counters live, and its
 /// leases.
-// In this order: the first line holds what every call reads; what an exact
-// call reads follows it, contiguous, so that a cold call misses on as few
-// lines as the handle allows; the leases' state, which only leased calls
-// read, comes last.
+// In this order (`repr(C)`): the first line, with the handle's engine,
+// holds what every call reads (the version and fresh range, and what a
+// leased call checks before spending: its flag and the first owner's
+// stamp); what an exact call reads follows it, contiguous (the rules, the
+// owners, the subject's device and consumer ids), so that a call misses on
+// as few lines as the handle allows and a batch prefetches only those; the
+// member's ids and the leases' state, which an exact call does not read,
+// come last.
 #[repr(C)]
 pub(crate) struct HandleState {
     version: u64,
-    /// The owners' stamps and their values when the leases were granted
-    /// (see `state::Stamp`): the first `watched` entries; a leased call
-    /// spends only while each is unchanged.
-    watch: [Watch; 2],
-    watched: u8,
     /// `valid` narrowed to the cached windows of the rules: within it, a
     /// call uses the cached rules as they are; outside it but within
     /// `valid`, their windows roll first ([`Engine::roll_windows`]).
@@ -62,6 +61,11 @@ pub(crate) struct HandleState {
     /// generations, and every rule keeps some lease or is idle: calls may
     /// spend from them (see `lease.rs`).
     lease_ok: bool,
+    watched: u8,
+    /// The owners' stamps and their values when the leases were granted
+    /// (see `state::Stamp`): the first `watched` entries; a leased call
+    /// spends only while each is unchanged.
+    watch: [Watch; 2],
     /// Micro-units of every rule's headroom a call takes ahead for the
     /// handle to spend without locking; 0: an exact handle (see
     /// [`SubjectHandle::with_lease`]).
@@ -69,11 +73,11 @@ pub(crate) struct HandleState {
     /// The range of `now` over which the resolution holds (no activation
     /// boundary of the rules it looked at inside).
     valid: Validity,
-    subject: OwnedSubject,
     rules: SmallVec<[CachedRule; 2]>,
     owners: SmallVec<[HandleOwner; 2]>,
     /// The owners' shards, sorted and deduplicated (the lock order).
     shards: SmallVec<[usize; 2]>,
+    subject: OwnedSubject,
     /// One per cached rule, in the same order, once leases were granted.
     leases: SmallVec<[RuleLease; 2]>,
     /// What the leases allow per benefit type (indexed by the type), once
@@ -161,7 +165,10 @@ struct HandleOwner {
 }
 
 /// The ids of a subject, owned.
+// `repr(C)`: the ids of an entity, which an exact call reads, first (see
+// `HandleState`).
 #[derive(Default)]
+#[repr(C)]
 struct OwnedSubject {
     device: Option<Box<str>>,
     consumer: Option<Box<str>>,
@@ -524,12 +531,12 @@ impl Engine {
                 continue;
             }
             // Ask for every handle of the chunk (the part an exact call
-            // reads: the leases' state after it is not), then for their ids
-            // and their counter entries, before reading them: the misses of
-            // the chunk are in flight together, and the entries' overlap
-            // the locking below.
+            // reads: the member's ids and the leases' state after it are
+            // not), then for their ids and their counter entries, before
+            // reading them: the misses of the chunk are in flight together,
+            // and the entries' overlap the locking below.
             for r in chunk.iter() {
-                let exact = std::mem::offset_of!(HandleState, leases);
+                let exact = std::mem::offset_of!(HandleState, subject.member);
                 crate::prefetch::range(&r.handle.state as *const HandleState, exact);
             }
             for r in chunk.iter() {
@@ -854,5 +861,15 @@ mod tests {
         assert!(std::mem::size_of::<CachedRule>() <= 120);
         assert!(std::mem::size_of::<TypeLease>() <= 72);
         assert!(std::mem::size_of::<RuleLease>() <= 16);
+        // What an exact call reads (after the engine pointer, on the
+        // handle's first line) is the first eight lines, contiguous, which
+        // is all a batch prefetches of a handle.
+        let exact = std::mem::offset_of!(HandleState, subject.member);
+        let first = std::mem::offset_of!(SubjectHandle, state);
+        assert!(first + exact <= 8 * 64, "{first} + {exact}");
+        // A leased call's check before spending (its flag, the first
+        // owner's stamp) is on the first line.
+        let stamp = std::mem::offset_of!(HandleState, watch) + std::mem::size_of::<Watch>();
+        assert!(first + stamp <= 64, "{first} + {stamp}");
     }
 }
