@@ -178,8 +178,17 @@ loom::thread_local! {
 /// windows rolled to `now`, if it holds one that is still valid at `now`.
 /// Shared (`Rc`), so that the caller decides outside the thread-local's
 /// closure: a decision built inside it was copied out field by field.
+///
+/// `SITE` names the call site (the call by subject, the exact handle):
+/// each gets its own instantiation of the thread-local access, which then
+/// inlines into it; one instantiation shared by both was kept out of line,
+/// a call more on each.
 #[inline(always)]
-pub(crate) fn thread_rules(engine: u64, fam: usize, now: i64) -> Option<Rc<ThreadRules>> {
+pub(crate) fn thread_rules<const SITE: u8>(
+    engine: u64,
+    fam: usize,
+    now: i64,
+) -> Option<Rc<ThreadRules>> {
     KEPT_RULES
         .try_with(|kept| {
             let mut kept = kept.try_borrow_mut().ok()?;

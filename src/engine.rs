@@ -143,7 +143,7 @@ pub struct Engine {
     pub(crate) grants: Option<Box<crate::grant::Grants>>,
     /// This engine among all engines the process made: the key of the
     /// threads' copies of its rules (`crate::cached`).
-    id: u64,
+    pub(crate) id: u64,
 }
 
 /// This thread's rule-table replica (threads are numbered round-robin).
@@ -956,7 +956,7 @@ impl Engine {
         store.prefetch_in(shard, &owner);
         // The rule table's families are indexed as the owner kinds.
         let fam = kind as usize;
-        if let Some(copy) = crate::cached::thread_rules(self.id, fam, now) {
+        if let Some(copy) = crate::cached::thread_rules::<0>(self.id, fam, now) {
             // Decided with the thread's copy of the family's all-scope rules
             // (`crate::cached`, which has why that is exact) if the
             // configuration is still the copy's and the entity's entry says
@@ -1063,7 +1063,7 @@ impl Engine {
     /// by subject that follow ([`Engine::run`]), unless it keeps that copy
     /// already.
     #[inline]
-    fn keep_alone_rules(
+    pub(crate) fn keep_alone_rules(
         &self,
         rules: &RuleSet,
         fam: usize,

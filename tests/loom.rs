@@ -16,11 +16,12 @@
 //! older than a decision already made with the new ones on the same counter.
 //! A third test puts the write and the call by subject on two threads, so a
 //! call by subject can decide between the write and its version bump. Two
-//! more race thread A with thread B spending by subject from its thread's
-//! copy of the all-devices rules (`src/cached.rs`), kept before the write:
-//! the same version protocol, without a handle; a sixth races that copy
-//! with a write followed by a handle's spend on the same counter, which
-//! only a version read under the shard lock orders.
+//! more race thread A with thread B spending from its thread's copy of the
+//! all-devices rules (`src/cached.rs`), kept before the write, by subject
+//! or through an exact handle (which decides with that copy too): the same
+//! version protocol, without the handle's own rules; a sixth races that
+//! copy with a write followed by another handle's spend on the same
+//! counter, which only a version read under the shard lock orders.
 //!
 //! The last test races a leased handle's lock-free spend with another
 //! caller's `record`: the owner's stamp (`src/state/mod.rs`, `Stamps`) that
@@ -131,15 +132,40 @@ fn a_lowering_is_never_missed_by_a_handle() {
     }
 }
 
+/// How thread B spends from its thread's copy of the all-devices rules.
+#[derive(Clone, Copy, Debug)]
+enum Kept {
+    /// By subject.
+    BySubject,
+    /// Through an exact handle of the device, which decides with the
+    /// thread's copy too once no single rule named the device.
+    Handle,
+}
+
+/// Thread B's spend of one point, as `kept` says.
+fn spend_kept(e: &Engine, h: &mut SubjectHandle, kept: Kept) -> bool {
+    match kept {
+        Kept::BySubject => spend_by_subject(e).is_some(),
+        Kept::Handle => h
+            .try_consume(BenefitType::ResourcePoint, Amount::from_units(1), NOW)
+            .is_allowed(),
+    }
+}
+
 /// Thread A sets the limit to `limit_after` and then raises a flag; thread B
-/// reads the flag and spends one point by subject, from its own copy of the
-/// all-devices rules (`src/cached.rs`), kept by a spend of one point made
-/// before the write (which also marked the device as named by no single
-/// rule). Returns (B saw the flag, B's spend granted): once B has seen the
-/// flag, the write is done, and B must decide under the new limit.
-fn race_kept_copy(limit_before: u64, limit_after: u64) -> (bool, bool) {
-    let (e, id, _h) = setup(limit_before);
-    assert_eq!(spend_by_subject(&e), Some(limit_before - 1));
+/// reads the flag and spends one point as `kept` says, from its own copy of
+/// the all-devices rules (`src/cached.rs`), kept by a spend of one point
+/// made the same way before the write, which created the device's entry,
+/// and a check through the handle (which, finding no copy to decide with,
+/// marks the device as named by no single rule and keeps one; a spend by
+/// subject did both already). Returns (B saw the flag, B's spend granted):
+/// once B has seen the flag, the write is done, and B must decide under the
+/// new limit.
+fn race_kept_copy(limit_before: u64, limit_after: u64, kept: Kept) -> (bool, bool) {
+    let (e, id, mut h) = setup(limit_before);
+    assert!(spend_kept(&e, &mut h, kept));
+    // Denied when that spend took the last point: it marks all the same.
+    let _ = h.check(NOW);
     let written = Arc::new(AtomicBool::new(false));
     let a = {
         let (e, written) = (Arc::clone(&e), Arc::clone(&written));
@@ -149,54 +175,70 @@ fn race_kept_copy(limit_before: u64, limit_after: u64) -> (bool, bool) {
         })
     };
     let seen = written.load(Ordering::SeqCst);
-    let granted = spend_by_subject(&e).is_some();
+    let granted = spend_kept(&e, &mut h, kept);
     a.join().unwrap_or_else(|_| panic!("thread A panicked"));
     (seen, granted)
 }
 
 #[test]
 fn a_raise_is_never_missed_by_a_kept_copy() {
-    loom::model(|| {
-        // One point spent of 1: only the raise to 2 grants another.
-        let (seen, granted) = race_kept_copy(1, 2);
-        assert!(!seen || granted, "the raise was written, and missed");
-    });
+    for kept in [Kept::BySubject, Kept::Handle] {
+        loom::model(move || {
+            // One point spent of 1: only the raise to 2 grants another.
+            let (seen, granted) = race_kept_copy(1, 2, kept);
+            assert!(
+                !seen || granted,
+                "{kept:?}: the raise was written, and missed"
+            );
+        });
+    }
 }
 
 #[test]
 fn a_lowering_is_never_missed_by_a_kept_copy() {
-    loom::model(|| {
-        // One point spent of 2: the lowering to 1 leaves none.
-        let (seen, granted) = race_kept_copy(2, 1);
-        assert!(!seen || !granted, "the lowering was written, and missed");
-    });
+    for kept in [Kept::BySubject, Kept::Handle] {
+        loom::model(move || {
+            // One point spent of 2: the lowering to 1 leaves none.
+            let (seen, granted) = race_kept_copy(2, 1, kept);
+            assert!(
+                !seen || !granted,
+                "{kept:?}: the lowering was written, and missed"
+            );
+        });
+    }
 }
 
 #[test]
 fn a_kept_copy_never_decides_after_a_newer_decision_on_its_counter() {
-    loom::model(|| {
-        // One point spent of 3, by subject (thread B keeps its copy, the
-        // device is marked alone). Thread A lowers the limit to 2 and spends
-        // through its handle (which marks nothing); B spends by subject.
-        // Every serial order grants at most one of the two: B first leaves
-        // none for A, A first (or the lowering first) none for B.
-        let (e, id, mut h) = setup(3);
-        assert_eq!(spend_by_subject(&e), Some(2));
-        let a = {
-            let e = Arc::clone(&e);
-            loom::thread::spawn(move || {
-                set_limit(&e, &id, 2);
-                h.try_consume(BenefitType::ResourcePoint, Amount::from_units(1), NOW)
-                    .is_allowed()
-            })
-        };
-        let b = spend_by_subject(&e).is_some();
-        let a = a.join().unwrap_or_else(|_| panic!("thread A panicked"));
-        assert!(
-            !(a && b),
-            "both granted: B decided with the old limit after A's spend"
-        );
-    });
+    for kept in [Kept::BySubject, Kept::Handle] {
+        loom::model(move || {
+            // One point spent of 3 by thread B (which keeps its copy; the
+            // device is marked alone). Thread A lowers the limit to 2 and
+            // spends through another handle (which marks nothing); B
+            // spends again. Every serial order grants at most one of the
+            // two: B first leaves none for A, A first (or the lowering
+            // first) none for B.
+            let (e, id, mut h) = setup(3);
+            let mut other = e.handle_owned(&Subject::device(DEVICE));
+            assert!(spend_kept(&e, &mut h, kept));
+            assert!(h.check(NOW).is_allowed());
+            let a = {
+                let e = Arc::clone(&e);
+                loom::thread::spawn(move || {
+                    set_limit(&e, &id, 2);
+                    other
+                        .try_consume(BenefitType::ResourcePoint, Amount::from_units(1), NOW)
+                        .is_allowed()
+                })
+            };
+            let b = spend_kept(&e, &mut h, kept);
+            let a = a.join().unwrap_or_else(|_| panic!("thread A panicked"));
+            assert!(
+                !(a && b),
+                "{kept:?}: both granted: B decided with the old limit after A's spend"
+            );
+        });
+    }
 }
 
 #[test]

@@ -45,11 +45,13 @@ mod lease;
 // In this order (`repr(C)`): the first line, with the handle's engine,
 // holds what every call reads (the version and fresh range, and what a
 // leased call checks before spending: its flag and the first owner's
-// stamp); what an exact call reads follows it, contiguous (the rules, the
-// owners, the subject's device and consumer ids), so that a call misses on
-// as few lines as the handle allows and a batch prefetches only those; the
-// member's ids and the leases' state, which an exact call does not read,
-// come last.
+// stamp); the owners come next (an exact call for a sole device or
+// consumer reads the first line and its owner's shard and slot, nothing
+// else of the handle); what the other exact calls read follows,
+// contiguous (the rules, the subject's device and consumer ids), so that a
+// call misses on as few lines as the handle allows and a batch prefetches
+// only those; the member's ids and the leases' state, which an exact call
+// does not read, come last.
 #[repr(C)]
 pub(crate) struct HandleState {
     version: u64,
@@ -62,6 +64,13 @@ pub(crate) struct HandleState {
     /// spend from them (see `lease.rs`).
     lease_ok: bool,
     watched: u8,
+    /// The subject is only a device or only a consumer, and no single rule
+    /// named it under `version`: its rules are its family's all-scope
+    /// rules, so an exact call may decide with the thread's copy of those
+    /// (`crate::cached`) when its entry is marked alone at the current
+    /// version (see [`Engine::run_exact`]). A hint: the entry's mark and
+    /// the copy's version are what make such a decision exact.
+    alone: bool,
     /// The owners' stamps and their values when the leases were granted
     /// (see `state::Stamp`): the first `watched` entries; a leased call
     /// spends only while each is unchanged.
@@ -70,11 +79,11 @@ pub(crate) struct HandleState {
     /// handle to spend without locking; 0: an exact handle (see
     /// [`SubjectHandle::with_lease`]).
     lease: u64,
+    owners: SmallVec<[HandleOwner; 2]>,
     /// The range of `now` over which the resolution holds (no activation
     /// boundary of the rules it looked at inside).
     valid: Validity,
     rules: SmallVec<[CachedRule; 2]>,
-    owners: SmallVec<[HandleOwner; 2]>,
     /// The owners' shards, sorted and deduplicated (the lock order).
     shards: SmallVec<[usize; 2]>,
     subject: OwnedSubject,
@@ -275,6 +284,7 @@ impl Engine {
             version: 0,
             watch: [Watch::default(), Watch::default()],
             watched: 0,
+            alone: false,
             lease_ok: false,
             spend: [TypeLease::NONE; BenefitType::ALL.len()],
             lease: 0,
@@ -629,6 +639,35 @@ impl Engine {
     /// A call through an exact handle, at a clamped `now`.
     #[inline(never)]
     fn run_exact(&self, h: &mut HandleState, now: i64, op: Op) -> Decision {
+        if h.alone {
+            // A sole device or consumer that no single rule named: decided
+            // with the thread's copy of its family's all-scope rules if the
+            // configuration is still the copy's and the entity's entry says
+            // that no single rule names it under it, as a call by subject
+            // is (`Engine::run`; `crate::cached` has why that is exact),
+            // the entry found through the slot the handle remembers. The
+            // handle's own rules are not read: a call reads its first two
+            // lines, not eight.
+            let o = &h.owners[0];
+            self.store.prefetch_slot(o.shard, o.hint.slot());
+            if let Some(copy) = crate::cached::thread_rules::<1>(self.id, o.kind as usize, now) {
+                let mut locked = self.store.lock_shard(o.shard);
+                let version = self.version.load(Ordering::Acquire);
+                if version == copy.version {
+                    if let Some(counters) = locked.counters_if_alone_at(&o.hint, version) {
+                        let rules = CachedRules(&copy.rules);
+                        return decide_one_owner(&self.store, &rules, Some(counters), op);
+                    }
+                }
+            }
+        }
+        self.run_exact_cached(h, now, op)
+    }
+
+    /// [`Engine::run_exact`] with the handle's cached rules. Out of line:
+    /// the usual call does not need this path's stack frame.
+    #[inline(never)]
+    fn run_exact_cached(&self, h: &mut HandleState, now: i64, op: Op) -> Decision {
         if self.ready(h, now) {
             // The entries' misses overlap the locking and the version check.
             h.prefetch_entries(&self.store);
@@ -642,6 +681,7 @@ impl Engine {
                     owners,
                     subject,
                     version,
+                    alone,
                     ..
                 } = h;
                 let o = &mut owners[0];
@@ -650,7 +690,17 @@ impl Engine {
                 if self.version.load(Ordering::Acquire) == *version {
                     if let Some(counters) = locked.counters_if_any_hinted(&owner, &mut o.hint) {
                         let rules = CachedRules(rules.as_slice());
-                        return decide_one_owner(&self.store, &rules, Some(counters), op);
+                        let d = decide_one_owner(&self.store, &rules, Some(counters), op);
+                        if *alone {
+                            // The copy did not decide: the entry is marked
+                            // (what `alone` says holds at `version`, the
+                            // current one under this lock) and the thread
+                            // keeps a copy, for the next call.
+                            locked.mark_alone_at(&o.hint, *version);
+                            drop(locked);
+                            self.keep_copy_for(&owner, o.shard, *version, now);
+                        }
+                        return d;
                     }
                 }
             }
@@ -660,6 +710,28 @@ impl Engine {
             }
         }
         self.run_resolved(h, now, |h, locked| self.decide_cached(h, now, op, locked))
+    }
+
+    /// Keeps, on this thread, a copy of the all-scope rules of `owner`'s
+    /// family (`owner`: a sole device or consumer, in `shard`) at `version`,
+    /// unless it holds one or the configuration moved on.
+    fn keep_copy_for(&self, owner: &Owner<'_>, shard: usize, version: u64, now: i64) {
+        let fam = owner.kind as usize;
+        if crate::cached::holds(self.id, fam, version, now) {
+            return;
+        }
+        let rules = self.read();
+        // Stable while a copy of the rule table is locked.
+        if self.version.load(Ordering::Relaxed) != version {
+            return;
+        }
+        let policy = self.config.frozen_policy;
+        let mut applied = AppliedVec::new();
+        let mut valid = Validity::ALWAYS;
+        rules.resolve_all_scope(fam, *owner, shard, 0, now, policy, &mut applied, &mut valid);
+        if !applied.is_empty() {
+            self.keep_alone_rules(&rules, fam, version, valid, &applied, now);
+        }
     }
 
     /// Resolves a stale handle again with a copy of the rule table locked, which
@@ -768,6 +840,12 @@ impl Engine {
         h.shards.dedup();
         h.valid = valid;
         h.fresh = h.fresh_range();
+        h.alone = match (subject.sole_entity(), h.owners.as_slice()) {
+            (Some((kind, id)), [o]) if o.kind == kind => {
+                !rules.lists_single_rules(kind as usize, o.hash, id)
+            }
+            _ => false,
+        };
         // Stable while the caller holds a copy of the rule table.
         h.version = self.version.load(Ordering::Acquire);
     }
@@ -867,6 +945,10 @@ mod tests {
         let exact = std::mem::offset_of!(HandleState, subject.member);
         let first = std::mem::offset_of!(SubjectHandle, state);
         assert!(first + exact <= 8 * 64, "{first} + {exact}");
+        // The owners start within the second line: an exact call for a sole
+        // device or consumer reads the first two.
+        let owners = std::mem::offset_of!(HandleState, owners);
+        assert!(first + owners < 2 * 64, "{first} + {owners}");
         // A leased call's check before spending (its flag, the first
         // owner's stamp) is on the first line.
         let stamp = std::mem::offset_of!(HandleState, watch) + std::mem::size_of::<Watch>();

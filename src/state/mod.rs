@@ -498,6 +498,29 @@ impl ShardGuard<'_> {
     ) -> Option<&mut Counters> {
         hinted_counters(&mut self.0.table, owner, hint)
     }
+
+    /// The counters of the entity whose slot `hint` remembers, for writing,
+    /// if the hint is current (the entry there is still that entity's) and
+    /// the entry is marked alone at `version` (see
+    /// [`Locked::mark_alone`]); `None` otherwise, with nothing read beyond
+    /// that entry.
+    #[inline(always)]
+    pub fn counters_if_alone_at(&mut self, hint: &SlotHint, version: u64) -> Option<&mut Counters> {
+        let table = &mut self.0.table;
+        let slot = table.remembered(hint.slot, hint.epoch)?;
+        let e = table.at_mut(slot);
+        e.alone_at(version).then(|| writing(e))
+    }
+
+    /// [`Locked::mark_alone`] for the entity whose slot `hint` remembers,
+    /// if the hint is current.
+    #[inline]
+    pub fn mark_alone_at(&mut self, hint: &SlotHint, version: u64) {
+        let table = &mut self.0.table;
+        if let Some(slot) = table.remembered(hint.slot, hint.epoch) {
+            table.at_mut(slot).set_alone_at(version);
+        }
+    }
 }
 
 /// A held shard lock and the shard's index.
