@@ -141,7 +141,11 @@
 //! the handle remembers, compares the engine's configuration version (an
 //! atomic bumped by every write with every copy of the rule table locked) with the
 //! handle's, and decides with the rules the handle cached; on a mismatch, or
-//! when `now` crosses an activation boundary, it resolves again first. Its
+//! when `now` crosses an activation boundary, it resolves again first. A
+//! handle of a device or consumer that no single rule names decides, like
+//! a call by subject, with the thread's copy of the all-scope rules when
+//! the version and the entry's mark allow, and then reads only the first
+//! two of its thirteen cache lines. Its
 //! rules' windows are checked by one range test (the range of `now` over
 //! which the resolution holds, narrowed to the cached windows); a new
 //! minute, hour or day rolls them, out of line, without resolving again.
