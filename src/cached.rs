@@ -1,6 +1,7 @@
 //! Resolved rules kept between calls: a handle's cache of its subject's
 //! rules, and each thread's copy of the all-scope rules that a call by
-//! subject for an entity named by no single rule decides with.
+//! subject, or through an exact handle, for an entity named by no single
+//! rule decides with.
 //!
 //! Both are exact for the same reason (the handle module has the argument
 //! in full): they are taken with a copy of the rule table locked, tagged
@@ -139,9 +140,10 @@ pub(crate) fn roll(rules: &mut [CachedRule], valid: Validity, now: i64) -> Optio
 
 /// One thread's copy of the rules that apply, at one configuration version,
 /// to every device (or every consumer) that no single rule names: the
-/// family's all-scope rules in effect. A call by subject for such an entity
-/// (its counter entry marked alone at that version) decides with it under
-/// its shard's lock only, without a copy of the rule table.
+/// family's all-scope rules in effect. A call by subject, or through an
+/// exact handle, for such an entity (its counter entry marked alone at that
+/// version) decides with it under its shard's lock only, without a copy of
+/// the rule table.
 pub(crate) struct ThreadRules {
     /// The engine it was taken from ([`crate::Engine`]'s unique id).
     engine: u64,

@@ -1060,8 +1060,8 @@ impl Engine {
 
     /// Keeps `applied`, family `fam`'s all-scope rules at `now` read from
     /// `rules` (locked) at `version`, as this thread's copy for the calls
-    /// by subject that follow ([`Engine::run`]), unless it keeps that copy
-    /// already.
+    /// by subject and through exact handles that follow ([`Engine::run`]),
+    /// unless it keeps that copy already.
     #[inline]
     pub(crate) fn keep_alone_rules(
         &self,

@@ -156,9 +156,10 @@ fn spend_kept(e: &Engine, h: &mut SubjectHandle, kept: Kept) -> bool {
 /// reads the flag and spends one point as `kept` says, from its own copy of
 /// the all-devices rules (`src/cached.rs`), kept by a spend of one point
 /// made the same way before the write, which created the device's entry,
-/// and a check through the handle (which, finding no copy to decide with,
-/// marks the device as named by no single rule and keeps one; a spend by
-/// subject did both already). Returns (B saw the flag, B's spend granted):
+/// and a check through the handle (which, finding the entry not marked,
+/// marks the device as named by no single rule; the handle's resolution
+/// kept the copy; a spend by subject did both already). Returns (B saw the
+/// flag, B's spend granted):
 /// once B has seen the flag, the write is done, and B must decide under the
 /// new limit.
 fn race_kept_copy(limit_before: u64, limit_after: u64, kept: Kept) -> (bool, bool) {

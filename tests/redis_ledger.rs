@@ -57,9 +57,10 @@ fn instance(url: &str, prefix: &str, policy: LedgerFailure) -> Engine {
     engine_on(ledger, policy, CUMULATIVE, T0)
 }
 
-/// An instance under rule 7002 with `unit`, imported at `now`.
-fn periodic_instance(url: &str, unit: &str, now: i64) -> Engine {
-    let ledger = RedisLedger::new(url, "reset", ROUND_TRIP).unwrap();
+/// An instance under rule 7002 with `unit`, imported at `now`, the fleet's
+/// counters in Redis under `prefix`.
+fn periodic_instance(url: &str, prefix: &str, unit: &str, now: i64) -> Engine {
+    let ledger = RedisLedger::new(url, prefix, ROUND_TRIP).unwrap();
     engine_on(ledger, LedgerFailure::FailClosed, &periodic(unit), now)
 }
 
@@ -243,13 +244,13 @@ fn an_instance_started_after_a_reset_counts_with_the_ones_that_saw_it() {
     let Some(server) = RedisServer::start("reset") else {
         return;
     };
-    let a = periodic_instance(&server.url, "day", T0);
+    let a = periodic_instance(&server.url, "reset", "day", T0);
     assert_eq!(spend_at(&a, "d", 60, T0 + 60), 60);
     // the platform changes the rule to hourly: a new window, usage from zero
     let later = T0 + 1_800;
     a.import_json(periodic("hour"), later).unwrap();
-    let b = periodic_instance(&server.url, "hour", later);
-    let c = periodic_instance(&server.url, "hour", later);
+    let b = periodic_instance(&server.url, "reset", "hour", later);
+    let c = periodic_instance(&server.url, "reset", "hour", later);
     let mut total = 0;
     for _ in 0..30 {
         total +=
@@ -270,11 +271,11 @@ fn a_grant_of_a_window_an_update_reset_goes_back_to_that_window_only() {
     let Some(server) = RedisServer::start("stale") else {
         return;
     };
-    let a = periodic_instance(&server.url, "day", T0);
+    let a = periodic_instance(&server.url, "stale", "day", T0);
     assert_eq!(spend_at(&a, "d", 3, T0 + 60), 3); // a grant of 10: 7 unspent
     let later = T0 + 1_800;
     a.import_json(periodic("hour"), later).unwrap();
-    let b = periodic_instance(&server.url, "hour", later);
+    let b = periodic_instance(&server.url, "stale", "hour", later);
     let mut total = spend_at(&b, "d", 200, later);
     assert_eq!(total, 100, "the hourly window is b's alone");
     a.give_back_idle().unwrap();
@@ -282,7 +283,7 @@ fn a_grant_of_a_window_an_update_reset_goes_back_to_that_window_only() {
     // and what a clean shutdown gives back; then a third instance, with
     // nothing counted locally, asks the fleet
     drop(a);
-    let c = periodic_instance(&server.url, "hour", later);
+    let c = periodic_instance(&server.url, "stale", "hour", later);
     total += spend_at(&c, "d", 200, later);
     assert_eq!(
         total, 100,

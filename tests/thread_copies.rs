@@ -219,3 +219,52 @@ fn a_copy_older_than_the_entrys_mark_is_not_used() {
         assert!(!d.spend(MIDNIGHT), "{via:?}");
     }
 }
+
+#[test]
+fn a_single_rule_not_yet_in_effect_keeps_the_device_from_being_marked_alone() {
+    // The single rule names the device before it applies: until then the
+    // device decides under the all-devices rule, but neither a call by
+    // subject nor a handle may mark it alone, or calls would keep deciding
+    // with the all-devices copy once the single rule applies.
+    for via in BOTH {
+        let e = Engine::new();
+        Rule::all_devices(100).create(&e);
+        Rule::device("d", 1)
+            .active(MIDNIGHT + 10, FOREVER)
+            .create(&e);
+        let mut d = Spender::new(&e, Subject::device("d"), via);
+        for _ in 0..3 {
+            assert!(d.spend(MIDNIGHT), "{via:?}");
+        }
+        // Another device has this thread keep a copy at this configuration.
+        assert!(spend(&e, &Subject::device("other"), MIDNIGHT));
+        // From its first second the single rule replaces the all-devices
+        // rule (D11), with a counter of its own: one point, by subject and
+        // through the handle alike.
+        let by_subject = Subject::device("d");
+        assert!(spend(&e, &by_subject, MIDNIGHT + 10), "{via:?}");
+        assert!(!spend(&e, &by_subject, MIDNIGHT + 10), "{via:?}");
+        assert!(!d.spend(MIDNIGHT + 10), "{via:?}");
+    }
+}
+
+#[test]
+fn a_slot_that_moved_is_found_again() {
+    // One shard: a thousand other devices make its table grow, which moves
+    // every entry, between the handle's calls from its thread's copy.
+    for via in BOTH {
+        let e = Engine::builder().shards(1).build();
+        Rule::all_devices(5).create(&e);
+        let mut d = Spender::new(&e, Subject::device("d"), via);
+        for _ in 0..3 {
+            assert!(d.spend(MIDNIGHT), "{via:?}");
+        }
+        for i in 0..1_000 {
+            assert!(spend(&e, &Subject::device(&format!("o-{i}")), MIDNIGHT));
+        }
+        // Two left of 5, whatever slot the device's entry moved to.
+        assert!(d.spend(MIDNIGHT), "{via:?}");
+        assert!(d.spend(MIDNIGHT), "{via:?}");
+        assert!(!d.spend(MIDNIGHT), "{via:?}");
+    }
+}

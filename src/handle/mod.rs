@@ -17,6 +17,16 @@
 //! subject (which holds a copy of the rule table locked throughout) would give.
 //! `tests/loom.rs` checks this under every interleaving of small races.
 //!
+//! A handle whose subject is only a device or only a consumer, named by no
+//! single rule at its last resolution, decides instead as a call by subject
+//! for such an entity does: with the thread's copy of the family's
+//! all-scope rules (`crate::cached`), if the version read under the shard
+//! lock is the copy's and the entry, found through the slot the handle
+//! remembers, is marked alone at it. The same argument makes that exact,
+//! with the copy's version in place of the handle's; the entry is the
+//! owner's because the slot is trusted only while the shard table's layout
+//! epoch is the one it was found at.
+//!
 //! A leased handle (`lease.rs`) puts a path with no lock in front of that:
 //! spending headroom that an earlier locked call took ahead.
 
@@ -215,7 +225,9 @@ impl OwnedSubject {
 /// again (as a call by subject would). Decisions are exactly those of the
 /// calls by subject. Creating a handle copies the ids (it allocates); calls
 /// through it allocate nothing, except the first one that tracks a new
-/// owner.
+/// owner, and a thread's first resolution for an engine and family, which
+/// keeps the thread's copy of the all-scope rules (as calls by subject do;
+/// later copies replace it in place).
 ///
 /// **Leases** ([`SubjectHandle::with_lease`]): a leased handle takes up to
 /// the lease of every rule's headroom ahead, under the locks, and spends it
@@ -693,12 +705,11 @@ impl Engine {
                         let d = decide_one_owner(&self.store, &rules, Some(counters), op);
                         if *alone {
                             // The copy did not decide: the entry is marked
-                            // (what `alone` says holds at `version`, the
-                            // current one under this lock) and the thread
-                            // keeps a copy, for the next call.
+                            // for the next call (what `alone` says, read
+                            // under the rule table at `version`, holds at
+                            // `version`, which this lock shows is still the
+                            // current one).
                             locked.mark_alone_at(&o.hint, *version);
-                            drop(locked);
-                            self.keep_copy_for(&owner, o.shard, *version, now);
                         }
                         return d;
                     }
@@ -710,28 +721,6 @@ impl Engine {
             }
         }
         self.run_resolved(h, now, |h, locked| self.decide_cached(h, now, op, locked))
-    }
-
-    /// Keeps, on this thread, a copy of the all-scope rules of `owner`'s
-    /// family (`owner`: a sole device or consumer, in `shard`) at `version`,
-    /// unless it holds one or the configuration moved on.
-    fn keep_copy_for(&self, owner: &Owner<'_>, shard: usize, version: u64, now: i64) {
-        let fam = owner.kind as usize;
-        if crate::cached::holds(self.id, fam, version, now) {
-            return;
-        }
-        let rules = self.read();
-        // Stable while a copy of the rule table is locked.
-        if self.version.load(Ordering::Relaxed) != version {
-            return;
-        }
-        let policy = self.config.frozen_policy;
-        let mut applied = AppliedVec::new();
-        let mut valid = Validity::ALWAYS;
-        rules.resolve_all_scope(fam, *owner, shard, 0, now, policy, &mut applied, &mut valid);
-        if !applied.is_empty() {
-            self.keep_alone_rules(&rules, fam, version, valid, &applied, now);
-        }
     }
 
     /// Resolves a stale handle again with a copy of the rule table locked, which
@@ -848,6 +837,32 @@ impl Engine {
         };
         // Stable while the caller holds a copy of the rule table.
         h.version = self.version.load(Ordering::Acquire);
+        if h.alone {
+            // The thread keeps a copy of the family's all-scope rules at
+            // this version, now that the rule table is locked anyway (a
+            // call that finds none decides with the handle's rules; it does
+            // not take the rule table to keep one).
+            let o = &h.owners[0];
+            let owner = h.subject.owner(o);
+            let fam = o.kind as usize;
+            if !crate::cached::holds(self.id, fam, h.version, now) {
+                let mut applied = AppliedVec::new();
+                let mut valid = Validity::ALWAYS;
+                rules.resolve_all_scope(
+                    fam,
+                    owner,
+                    o.shard,
+                    0,
+                    now,
+                    policy,
+                    &mut applied,
+                    &mut valid,
+                );
+                if !applied.is_empty() {
+                    self.keep_alone_rules(rules, fam, h.version, valid, &applied, now);
+                }
+            }
+        }
     }
 }
 
@@ -953,5 +968,26 @@ mod tests {
         // owner's stamp) is on the first line.
         let stamp = std::mem::offset_of!(HandleState, watch) + std::mem::size_of::<Watch>();
         assert!(first + stamp <= 64, "{first} + {stamp}");
+    }
+
+    #[test]
+    fn an_exact_call_from_the_threads_copy_reads_the_first_two_lines() {
+        // What such a call reads of the handle: the first line (the engine,
+        // the flags) and the first owner (its kind, shard and slot), which
+        // must end within the second line.
+        let engine = Engine::new();
+        let rule = r#"{"entity_type":"enterprise_all_devices","benefit_info":{
+          "benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,
+          "ended_at":253402300799,"limit":10,"trigger_unit":"day"}}"#;
+        assert!(engine.create_json(rule).is_ok());
+        let mut h = engine.handle(&Subject::device("d"));
+        assert!(h.check(1_741_708_800).is_allowed());
+        assert!(h.state.alone);
+        let at =
+            |p: *const u8| p as usize - (&h as *const SubjectHandle<&Engine>).cast::<u8>() as usize;
+        let owner = at((&h.state.owners[0] as *const HandleOwner).cast());
+        let end = owner + std::mem::size_of::<HandleOwner>();
+        assert!(end <= 2 * 64, "the first owner ends at byte {end}");
+        assert!(at((&h.state.alone as *const bool).cast()) < 64);
     }
 }

@@ -512,8 +512,12 @@ impl ShardGuard<'_> {
         e.alone_at(version).then(|| writing(e))
     }
 
-    /// [`Locked::mark_alone`] for the entity whose slot `hint` remembers,
-    /// if the hint is current.
+    /// Marks the entity whose slot `hint` remembers, if the hint is
+    /// current, as named by no single rule under configuration `version`:
+    /// the caller learned that under a rule-table copy at `version` (it
+    /// need not hold it now) and read `version` as the current one under
+    /// this shard's lock. The mark is a fact about `version`, true whenever
+    /// it is written; only a read at the same version uses it.
     #[inline]
     pub fn mark_alone_at(&mut self, hint: &SlotHint, version: u64) {
         let table = &mut self.0.table;

@@ -3,6 +3,7 @@
 //! started it). Outside CI, a machine without `redis-server` skips the
 //! test with a notice; in CI (`CI` set) that is a failure.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -33,28 +34,43 @@ impl RedisServer {
             eprintln!("skipped: redis-server is not installed (apt-get install redis-server)");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let dir = std::env::temp_dir().join(format!("bq-redis-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut s = RedisServer {
-            url: format!("redis://127.0.0.1:{port}/0"),
-            port,
-            dir,
-            child: None,
-        };
-        s.restart();
-        Some(s)
+        // A port found free may be taken again before the server binds it
+        // (by another test's server, started at the same time): the server
+        // then exits, and a test that only waited for the port to answer
+        // would share the other test's server. Try another port then.
+        for _ in 0..10 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut s = RedisServer {
+                url: format!("redis://127.0.0.1:{port}/0"),
+                port,
+                dir: dir.clone(),
+                child: None,
+            };
+            if s.try_start() {
+                return Some(s);
+            }
+        }
+        panic!("redis-server did not start on any of ten ports");
     }
 
     /// Starts the server (again, on the same port and files).
     pub fn restart(&mut self) {
+        assert!(self.try_start(), "redis-server did not start again");
+    }
+
+    /// Starts the server and waits until it answers itself (not while
+    /// loading its files, and not another server on the port); false if it
+    /// exited first (its port was taken).
+    fn try_start(&mut self) -> bool {
         assert!(self.child.is_none());
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -73,12 +89,18 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
         let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if serves(self.port, child.id()) {
+                self.child = Some(child);
+                return true;
+            }
             assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "redis-server did not start"
+                t.elapsed() < Duration::from_secs(10),
+                "redis-server did not answer"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -98,4 +120,27 @@ impl Drop for RedisServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether the server on `port` is process `pid` and ready: `INFO server`
+/// (which a server still loading its files refuses) names its process id.
+fn serves(port: u16, pid: u32) -> bool {
+    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+    if c.write_all(b"INFO server\r\n").is_err() {
+        return false;
+    }
+    // A bulk string, "$<length>\r\n<text>\r\n", or an error line.
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = c.read(&mut buf) {
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if text.starts_with('-') || text.contains(&format!("process_id:{pid}\r\n")) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&reply).contains(&format!("process_id:{pid}\r\n"))
 }
