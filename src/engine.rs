@@ -1063,7 +1063,7 @@ impl Engine {
     /// by subject and through exact handles that follow ([`Engine::run`]),
     /// unless it keeps that copy already.
     #[inline]
-    pub(crate) fn keep_alone_rules(
+    fn keep_alone_rules(
         &self,
         rules: &RuleSet,
         fam: usize,

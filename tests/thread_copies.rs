@@ -117,7 +117,8 @@ fn a_write_on_another_thread_is_seen_by_the_next_call() {
         let e = Engine::new();
         let id = Rule::all_devices(100).create(&e);
         let mut d = Spender::new(&e, Subject::device("d"), via);
-        // Twice: a handle's second call is the first to find the copy.
+        // Twice: a handle's first call resolves and keeps the thread's copy,
+        // its second marks the entry.
         assert!(d.spend(MIDNIGHT), "{via:?}");
         assert!(d.spend(MIDNIGHT), "{via:?}");
         on_another_thread(|| {
@@ -207,7 +208,8 @@ fn a_copy_older_than_the_entrys_mark_is_not_used() {
         let e = Engine::new();
         let id = Rule::all_devices(4).create(&e);
         let mut d = Spender::new(&e, Subject::device("d"), via);
-        // Twice: a handle's second call is the first to keep the copy.
+        // Twice: a handle's first call resolves and keeps the thread's copy,
+        // its second marks the entry.
         assert!(d.spend(MIDNIGHT), "{via:?}");
         assert!(d.spend(MIDNIGHT), "{via:?}");
         on_another_thread(|| {

@@ -859,7 +859,16 @@ impl Engine {
                     &mut valid,
                 );
                 if !applied.is_empty() {
-                    self.keep_alone_rules(rules, fam, h.version, valid, &applied, now);
+                    // Kept directly: `holds` was asked above.
+                    crate::cached::keep(
+                        self.id,
+                        fam,
+                        h.version,
+                        valid,
+                        &rules.rules,
+                        &applied,
+                        policy,
+                    );
                 }
             }
         }
