@@ -23,7 +23,7 @@ use crate::subject::{prefetch_ids, Subject};
 use crate::sync::{AtomicU64, Mutex, SpinGuard, SpinLock};
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
 use crate::validate::{self, MAX_BODY_BYTES};
-use crate::wire::{BenefitInfoWire, CreateBody, ListData, ListQuery, Object, UpdateBody};
+use crate::wire::{BenefitInfoWire, CreateBody, ListData, ListQuery, UpdateBody};
 
 /// An engine's effective configuration, as [`Engine::config`] reports it;
 /// set through [`Engine::builder`].
@@ -501,8 +501,7 @@ impl Engine {
         let (data, prefix) = validate::response_data(response.as_ref())?;
         let mut infos = Vec::new();
         if let Some(list) = data.get("benefit_infos") {
-            let wires: Vec<BenefitInfoWire> = serde_json::from_value(list.clone())
-                .map_err(|e| ApiError::invalid(&format!("{prefix}benefit_infos"), e))?;
+            let wires = validate::wire_records(list.clone(), &format!("{prefix}benefit_infos"))?;
             for (i, w) in wires.iter().enumerate() {
                 infos.push(validate::record(
                     w,
@@ -514,9 +513,17 @@ impl Engine {
                 Some(r) => (r.clone(), format!("{prefix}benefit_info.")),
                 None => (data, prefix.to_owned()),
             };
-            let w: Object<BenefitInfoWire> = serde_json::from_value(rec)
-                .map_err(|e| ApiError::invalid(p.trim_end_matches('.'), e))?;
-            infos.push(validate::record(&w.0, &p)?);
+            let w = validate::wire_record(rec, p.trim_end_matches('.'))?;
+            let known = w.benefit_id.as_deref().and_then(|id| self.get(id));
+            match known {
+                // An update response as the platform's page shows it: the
+                // record without its scope or reset fields. Those it leaves
+                // out keep the known rule's values, as an update's body does.
+                Some(current) if w.entity_type.is_none() => {
+                    infos.push(update_response(&current, &w, &p)?);
+                }
+                _ => infos.push(validate::record(&w, &p)?),
+            }
         }
         self.import_all(infos, now)
     }
@@ -1516,6 +1523,35 @@ pub struct Request<'a> {
     pub benefit_type: BenefitType,
     /// How much.
     pub amount: Amount,
+}
+
+/// The rule an update response `w` (at `prefix`, e.g. `data.`) shows for the
+/// known rule `current`: the response's fields over the rule's (as an update
+/// body's are), its benefit type, if given, the rule's own.
+fn update_response(
+    current: &BenefitInfo,
+    w: &BenefitInfoWire,
+    prefix: &str,
+) -> Result<BenefitInfo, ApiError> {
+    if let Some(ty) = w.benefit_type.as_deref() {
+        if ty != current.benefit_type().as_str() {
+            return Err(ApiError::invalid(
+                &format!("{prefix}benefit_type"),
+                format_args!("differs from the stored rule {}", current.benefit_id()),
+            ));
+        }
+    }
+    let body = UpdateBody {
+        benefit_id: w.benefit_id.clone(),
+        active_mode: w.active_mode.clone(),
+        started_at: w.started_at,
+        ended_at: w.ended_at,
+        limit: w.limit,
+        status: w.status.clone(),
+        trigger_unit: w.trigger_unit.clone(),
+        trigger_time: w.trigger_time,
+    };
+    validate::update(current, current.benefit_id().as_str(), &body)
 }
 
 #[cfg(test)]

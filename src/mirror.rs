@@ -14,7 +14,6 @@ use crate::engine::{Change, Engine};
 use crate::errors::ApiError;
 use crate::types::{BenefitId, BenefitInfo, BenefitType, EntityType, Status};
 use crate::validate;
-use crate::wire::BenefitInfoWire;
 
 /// The platform's listing of one or more scopes (an `entity_type` and a
 /// `benefit_type`), page by page: what [`Engine::sync`] takes.
@@ -91,12 +90,19 @@ impl Listing {
                 ))
             }
         };
-        let list = data.get("benefit_infos").cloned().unwrap_or_default();
-        let wires: Vec<BenefitInfoWire> = match list {
-            serde_json::Value::Null => Vec::new(),
-            list => serde_json::from_value(list)
-                .map_err(|e| ApiError::invalid(&format!("{prefix}benefit_infos"), e))?,
+        // A page without its list is refused, not read as empty: synced, an
+        // empty page withdraws every rule of the scope (the platform's empty
+        // page is `benefit_infos: []`, D3).
+        let list = match data.get("benefit_infos") {
+            None | Some(serde_json::Value::Null) => {
+                return Err(ApiError::invalid(
+                    &format!("{prefix}benefit_infos"),
+                    "is required in a list page (an empty page is `[]`)",
+                ))
+            }
+            Some(list) => list.clone(),
         };
+        let wires = validate::wire_records(list, &format!("{prefix}benefit_infos"))?;
         let mut records = Vec::with_capacity(wires.len());
         for (i, w) in wires.iter().enumerate() {
             let at = format!("{prefix}benefit_infos[{i}].");

@@ -312,6 +312,39 @@ fn benefit_id(v: Option<&str>, field: &str) -> Result<BenefitId, ApiError> {
     })
 }
 
+/// Reads the wire record at `value`, named `at` in errors (e.g.
+/// `data.benefit_infos[3]`): it must be a JSON object, and a type error names
+/// the field inside it (`data.benefit_infos[3].limit`).
+pub(crate) fn wire_record(value: serde_json::Value, at: &str) -> Result<BenefitInfoWire, ApiError> {
+    let w: Object<BenefitInfoWire> = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path.is_empty() || path == "." || path == "?" {
+            at.to_owned()
+        } else {
+            format!("{at}.{path}")
+        };
+        deser_error(&field, &e.inner().to_string())
+    })?;
+    Ok(w.0)
+}
+
+/// The list of wire records at `value` (a JSON array of objects), named
+/// `at` in errors (e.g. `data.benefit_infos`); each item's errors name its
+/// index and field.
+pub(crate) fn wire_records(
+    value: serde_json::Value,
+    at: &str,
+) -> Result<Vec<BenefitInfoWire>, ApiError> {
+    let serde_json::Value::Array(items) = value else {
+        return Err(ApiError::invalid(at, "expected an array of records"));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| wire_record(v, &format!("{at}[{i}]")))
+        .collect()
+}
+
 /// Validates a full record (import, D4, D7). `prefix` names the record's
 /// position, e.g. `"benefit_infos[3]."`.
 pub(crate) fn record(w: &BenefitInfoWire, prefix: &str) -> Result<BenefitInfo, ApiError> {

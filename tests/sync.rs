@@ -252,6 +252,57 @@ fn s1_bad_pages_are_refused_naming_the_field_and_leave_the_listing_as_it_was() {
         "{}",
         err.msg()
     );
+    // A page without its list (`null` or left out) is not an empty page:
+    // synced as one, it would withdraw every rule of the scope.
+    for body in [
+        r#"{"code":0,"data":{"has_more":false,"page_token":""}}"#,
+        r#"{"code":0,"data":{"has_more":false,"page_token":"","benefit_infos":null}}"#,
+    ] {
+        let err = l.add_page_json(DEVICES, POINTS, body).unwrap_err();
+        assert!(
+            err.msg()
+                .starts_with("invalid parameter `data.benefit_infos`"),
+            "{}",
+            err.msg()
+        );
+    }
+    // A record of the wrong type names its field; a record that is not an
+    // object (serde would read an array's items by position) is refused.
+    let mut float = record("7001", "enterprise_all_devices", None, 1, "day");
+    float["limit"] = json!(1.5);
+    let mut boolean = record("7001", "enterprise_all_devices", None, 1, "day");
+    boolean["started_at"] = json!(true);
+    for (rec, field) in [
+        (float, "data.benefit_infos[1].limit"),
+        (boolean, "data.benefit_infos[1].started_at"),
+        (
+            json!([
+                "7001",
+                "enterprise_all_devices",
+                null,
+                "resource_point",
+                "absolute_time",
+                0,
+                253402300799i64,
+                5,
+                "valid",
+                "never",
+                1
+            ]),
+            "data.benefit_infos[1]",
+        ),
+    ] {
+        let good = record("7000", "enterprise_all_devices", None, 1, "never");
+        let err = l
+            .add_page_json(DEVICES, POINTS, page(&[good, rec], None))
+            .unwrap_err();
+        assert!(
+            err.msg()
+                .starts_with(&format!("invalid parameter `{field}`")),
+            "{field}: {}",
+            err.msg()
+        );
+    }
     // The platform's own error is passed on.
     let err = l
         .add_page_json(

@@ -3,7 +3,9 @@
 mod common;
 
 use benefit_quota::wire::{CreateData, Int64};
-use benefit_quota::{ApiError, BenefitInfo, Engine, Envelope, ListData, UpdateBody};
+use benefit_quota::{
+    Amount, ApiError, BenefitInfo, BenefitType, Engine, Envelope, ListData, Subject, UpdateBody,
+};
 use common::*;
 use serde_json::{json, Value};
 
@@ -254,6 +256,59 @@ fn d7_import_accepts_create_and_update_responses() {
     e.import_response_json(Envelope::ok(&updated, "b").to_json(), 0)
         .unwrap();
     assert_eq!(e.records(), vec![updated]);
+}
+
+#[test]
+fn d7_import_of_the_seeds_update_response_keeps_what_it_leaves_out() {
+    // The seed's update response shows the record without its scope or
+    // reset fields: imported over the known rule, those keep its values
+    // (a daily rule stays daily, so its counters are not reset).
+    let e = Engine::new();
+    let mut rec: Value = serde_json::from_str(
+        &serde_json::to_string(&Engine::new().create_json(CREATE_BODY).unwrap()).unwrap(),
+    )
+    .unwrap();
+    rec["benefit_id"] = json!("12345***");
+    let before = e.import_json(rec.to_string(), 0).unwrap();
+    let spent = e.try_consume(
+        &Subject::device("dev"),
+        BenefitType::ResourcePoint,
+        Amount::from_units(7),
+        1741708800,
+    );
+    assert!(spent.is_allowed());
+    let after = e
+        .import_response_json(SEED_PUT_RESPONSE, 1741708800)
+        .unwrap();
+    assert_eq!(after.len(), 1);
+    let after = &after[0];
+    assert_eq!(after.entity_type(), before.entity_type());
+    assert_eq!(after.reset(), before.reset());
+    assert_eq!(after.ended_at(), 1741708800);
+    assert_eq!(after.limit(), 100);
+    assert_eq!(e.records(), vec![after.clone()]);
+    let usage = e.usage(&Subject::device("dev"), 1741708800);
+    assert_eq!(usage[0].used, Amount::from_units(7));
+    // An unknown rule cannot be read from it: its scope is missing.
+    let err = Engine::new()
+        .import_response_json(SEED_PUT_RESPONSE, 0)
+        .unwrap_err();
+    assert!(
+        err.msg()
+            .starts_with("invalid parameter `data.entity_type`"),
+        "{}",
+        err.msg()
+    );
+    // Nor may it change the known rule's benefit type.
+    let voice = SEED_PUT_RESPONSE.replace("resource_point", "voice_unified_duration_system");
+    let err = e.import_response_json(voice, 0).unwrap_err();
+    assert!(
+        err.msg()
+            .starts_with("invalid parameter `data.benefit_type`"),
+        "{}",
+        err.msg()
+    );
+    assert_eq!(e.records(), vec![after.clone()]);
 }
 
 #[test]
