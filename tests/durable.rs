@@ -67,6 +67,27 @@ fn a_clean_restart_keeps_rules_and_usage_exactly() {
 }
 
 #[test]
+fn a_rule_write_whose_commit_failed_is_durable_before_any_grant_under_it() {
+    // A daily limit of 10, spent; the update to hourly fails to commit.
+    // Grants under the hourly rule must not be durable without it: else a
+    // restart reads the daily rule back, skips the hourly counter (another
+    // generation) and admits the day's 10 again.
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    let id = e.create_json(rule(10, "day")).unwrap().benefit_id().clone();
+    assert_eq!(admitted(&e, "d", 10, T0), 10);
+    ledger.fail_next(1);
+    e.apply_update_json(id.as_str(), r#"{"trigger_unit":"hour"}"#, T0)
+        .unwrap();
+    assert_eq!(admitted(&e, "d", 20, T0 + 60), 10);
+    crash(e);
+    let e = open(&ledger);
+    assert_eq!(e.get(id.as_str()).unwrap().reset().unit().as_str(), "hour");
+    assert_eq!(admitted(&e, "d", 20, T0 + 120), 0);
+    assert_eq!(e.usage(&Subject::device("d"), T0 + 120)[0].used, units(10));
+}
+
+#[test]
 fn a_crash_never_admits_more_than_the_limit_and_strands_at_most_a_grant() {
     let ledger = Arc::new(MemoryLedger::new());
     let max_grant = 16;

@@ -435,8 +435,9 @@ impl Engine {
     }
 
     /// Waits until the rules `send_rules` queued are durable, and remembers
-    /// them as stored. A failure is counted ([`LedgerStats::errors`]) and
-    /// the rules are sent again with the next configuration write.
+    /// them as stored. A failure is counted ([`LedgerStats::errors`]); the
+    /// writer holds the rules and commits them first in its next batch,
+    /// before any grant (the next configuration write sends them again).
     pub(crate) fn await_rules(&self, pending: Option<PendingRules>) {
         let (Some(g), Some(p)) = (self.grants.as_deref(), pending) else {
             return;

@@ -333,13 +333,19 @@ fn write_loop(
         if result.is_err() && open {
             // Records stand (the usage happened): they wait for the next
             // commit (a bounded number, and none once the engine is gone).
-            // Grants were refused; give-backs are dropped (what they gave
-            // back counts as used: under-admission only).
-            held = batch
+            // So do rules: the engine decides under them already, and a
+            // grant under a rule must not be durable before the rule is
+            // (a restart would read the older rule back, not recognise the
+            // newer counter, and admit its usage again); held, they go
+            // first into the next batch, ahead of any grant. Grants were
+            // refused; give-backs are dropped (what they gave back counts
+            // as used: under-admission only).
+            let (rules, records): (Vec<Change>, Vec<Change>) = batch
                 .into_iter()
-                .filter(|c| matches!(c, Change::Record { .. }))
-                .take(1 << 20)
-                .collect();
+                .filter(|c| matches!(c, Change::Record { .. } | Change::Rule(_)))
+                .partition(|c| matches!(c, Change::Rule(_)));
+            held = rules;
+            held.extend(records.into_iter().take(1 << 20));
             since = (!held.is_empty()).then(Instant::now);
         }
     }
