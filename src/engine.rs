@@ -122,7 +122,7 @@ impl EngineBuilder {
 /// See the crate documentation for an example.
 pub struct Engine {
     /// Identical copies of the rule table; see [`EngineConfig::rule_replicas`].
-    replicas: Box<[CachePadded<SpinLock<RuleSet>>]>,
+    pub(crate) replicas: Box<[CachePadded<SpinLock<RuleSet>>]>,
     /// Serialises configuration writes: a writer validates against replica 0
     /// with replica 0 locked, then locks every replica only to apply.
     writer: Mutex<()>,

@@ -191,6 +191,10 @@ pub struct SyncReport {
     pub revived: Vec<BenefitId>,
     /// Of a covered scope, in force here, and not listed: withdrawn (S2).
     pub withdrawn: Vec<BenefitId>,
+    /// Listed in force, but cancelled here (by an update, or by an earlier
+    /// listing that had them cancelled): cancel is terminal (D6), so they
+    /// stay cancelled, and the rest of the listing applies (S3).
+    pub kept_cancelled: Vec<BenefitId>,
 }
 
 impl SyncReport {
@@ -254,11 +258,32 @@ impl Engine {
                 ),
             ));
         }
-        let listed: Vec<BenefitInfo> = listing
+        let mut listed: Vec<BenefitInfo> = listing
             .scopes
             .iter()
             .flat_map(|s| s.records.iter().cloned())
             .collect();
+        // A rule cancelled here (not withdrawn) stays cancelled (D6) even if
+        // the platform lists it in force: it is left out and reported, and
+        // the rest of the listing applies. Refusing the whole listing for it
+        // would keep every later change of every scope from this engine.
+        let kept_cancelled: Vec<BenefitId> = {
+            let rules = self.replicas[0].lock();
+            let cancelled_here = |info: &BenefitInfo| {
+                info.status != Status::Cancel
+                    && rules.slot_of(info.benefit_id.as_str()).is_some_and(|slot| {
+                        let e = &rules.rules[slot as usize];
+                        e.info.status == Status::Cancel && !e.withdrawn
+                    })
+            };
+            let kept = listed
+                .iter()
+                .filter(|i| cancelled_here(i))
+                .map(|i| i.benefit_id.clone())
+                .collect();
+            listed.retain(|i| !cancelled_here(i));
+            kept
+        };
         let (_, changes) = self.import_batch(listed, now, |rules, listed| {
             rules
                 .rules
@@ -275,7 +300,10 @@ impl Engine {
                 })
                 .collect()
         })?;
-        let mut report = SyncReport::default();
+        let mut report = SyncReport {
+            kept_cancelled,
+            ..SyncReport::default()
+        };
         for (id, change) in changes {
             let into = match change {
                 Change::Created => &mut report.created,

@@ -144,15 +144,35 @@ fn s3_a_rule_the_platform_cancelled_stays_cancelled() {
     cancelled["status"] = json!("cancel");
     e.sync(&listing(&[cancelled], &[]), MIDNIGHT).unwrap();
     assert!(e.check(&Subject::device("d"), MIDNIGHT).is_unlimited());
+    // Listed in force again, it stays cancelled and is reported; the rest
+    // of the listing still applies (a whole listing refused for one record
+    // would keep every later change from the engine).
     let revived = listing(
+        &[record("7001", "enterprise_all_devices", None, 10, "never")],
+        &[record("7002", "single_device", Some("d"), 3, "never")],
+    );
+    let report = e.sync(&revived, MIDNIGHT).unwrap();
+    assert_eq!(ids(&report.kept_cancelled), ["7001"]);
+    assert_eq!(ids(&report.created), ["7002"]);
+    assert_eq!(
+        e.get("7001").unwrap().status(),
+        benefit_quota::Status::Cancel
+    );
+    assert!(e.check(&Subject::device("x"), MIDNIGHT).is_unlimited());
+    assert!(!e.check(&Subject::device("d"), MIDNIGHT).is_unlimited());
+    // The same for a rule cancelled here by an update.
+    let e = Engine::new();
+    let listed = listing(
         &[record("7001", "enterprise_all_devices", None, 10, "never")],
         &[],
     );
-    let before = e.records();
-    let err = e.sync(&revived, MIDNIGHT).unwrap_err();
-    assert_eq!(err.code().as_u32(), 4000);
-    assert!(err.msg().contains("`status`"), "{}", err.msg());
-    assert_eq!(e.records(), before);
+    e.sync(&listed, MIDNIGHT).unwrap();
+    e.apply_update_json("7001", r#"{"status":"cancel"}"#, MIDNIGHT)
+        .unwrap();
+    let report = e.sync(&listed, MIDNIGHT).unwrap();
+    assert_eq!(ids(&report.kept_cancelled), ["7001"]);
+    assert!(report.is_unchanged());
+    assert!(e.check(&Subject::device("d"), MIDNIGHT).is_unlimited());
 }
 
 #[test]
