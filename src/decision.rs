@@ -4,8 +4,8 @@ use crate::amount::Amount;
 use crate::period::Window;
 use crate::types::{BenefitId, BenefitType, EntityType, Status};
 
-/// Why a request was denied. More reasons will come (a ledger that cannot
-/// be reached, an impossible time): match with a wildcard arm.
+/// Why a request was denied. More reasons may come: match with a wildcard
+/// arm, or ask [`DenyReason::is_quota_decision`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DenyReason {
@@ -28,6 +28,17 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// Whether a rule decided (frozen, exhausted, insufficient), rather
+    /// than the engine being unable to decide for now (no room for a new
+    /// counter, no grant from the ledger): a gateway answers the first
+    /// "quota spent" (HTTP 429) and the second "unavailable" (HTTP 503).
+    pub const fn is_quota_decision(self) -> bool {
+        matches!(
+            self,
+            DenyReason::Frozen | DenyReason::Exhausted | DenyReason::Insufficient
+        )
+    }
+
     /// `"frozen"`, `"exhausted"`, `"insufficient"`, `"counter_capacity"` or `"ledger_unavailable"`.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -894,7 +894,11 @@ impl Engine {
         d
     }
 
-    /// Every applicable rule's counter for the subject at `now`.
+    /// Every applicable rule's counter for the subject at `now`. Empty
+    /// when no rule applies, and also at an impossible `now` (outside
+    /// `0..=253402300799`, see [`crate::Rejection::ImpossibleTime`]), where
+    /// nothing can be reported: check `now` first if the two must be told
+    /// apart.
     pub fn usage(&self, subject: &Subject<'_>, now: i64) -> Vec<UsageReport> {
         if !possible_now(now) {
             return Vec::new();

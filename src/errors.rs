@@ -16,9 +16,11 @@ use std::fmt;
 pub enum ErrorCode {
     /// 4000: a parameter is missing, malformed or out of range.
     InvalidParameter = 4000,
-    /// 4100: the access token is invalid (not produced by this library; listed for completeness).
+    /// 4100: the access token is missing or invalid (the admin routes of
+    /// feature `axum`; otherwise passed on from the platform's answers).
     BadToken = 4100,
-    /// 4101: the token lacks the permission (not produced by this library).
+    /// 4101: the token lacks the permission (the admin routes, for a
+    /// read-only token that writes; otherwise passed on from the platform).
     PermissionDenied = 4101,
     /// 4200: the benefit limitation does not exist.
     NotFound = 4200,

@@ -3,6 +3,15 @@
 //! the engine before the inner service runs (pre-paid) or booking what the
 //! response says was used after it (post-paid).
 //!
+//! A request the engine could not decide for now (no room for a new
+//! counter, no grant from its ledger, no rules yet with
+//! [`QuotaLayer::until_configured`]) is answered `503 Service Unavailable`,
+//! code 5000: it is not the client's quota. A post-paid amount the response
+//! reports in a form that is not an amount is not booked; it is counted
+//! (`benefit_quota_unbooked_total`, feature `metrics`) and logged (feature
+//! `tracing`). A request whose inner service fails, or whose future is
+//! dropped, reported nothing and books nothing.
+//!
 //! A denial is answered `429 Too Many Requests` with a body in the
 //! platform's envelope shape and the headers a client needs to back off:
 //! `Retry-After` (seconds until the denying rule's window resets; none for a
@@ -242,6 +251,7 @@ struct LayerConfig {
     clock: Arc<ClockFn>,
     missing_status: StatusCode,
     headers_when_allowed: bool,
+    until_configured: bool,
 }
 
 impl<R> std::fmt::Debug for QuotaLayer<R> {
@@ -270,6 +280,7 @@ impl QuotaLayer<Http> {
                 clock: Arc::new(system_now),
                 missing_status: StatusCode::BAD_REQUEST,
                 headers_when_allowed: false,
+                until_configured: false,
             }),
             std::marker::PhantomData,
         )
@@ -320,6 +331,18 @@ impl<R> QuotaLayer<R> {
     #[must_use]
     pub fn clock(self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         self.with(|c| c.clock = Arc::new(clock))
+    }
+
+    /// Whether requests are answered 503 ([`Refusal::Unavailable`]) until
+    /// the engine is configured ([`Engine::is_configured`]: a sync, an
+    /// import or a rule written through it), rather than allowed as
+    /// unlimited (default: allowed, as an engine with no rules is
+    /// meant to). A gateway that takes its rules from the platform turns
+    /// this on, so that it enforces nothing only when the platform has
+    /// nothing to enforce, not while its first sync is still to come.
+    #[must_use]
+    pub fn until_configured(self, on: bool) -> Self {
+        self.with(|c| c.until_configured = on)
     }
 
     /// The status for a request with no subject (default 400; 401 suits a
@@ -388,6 +411,12 @@ pub enum Refusal {
     /// It was not decided: the clock gave an impossible time (HTTP 500,
     /// code 5000; gRPC `INTERNAL`).
     NotDecided,
+    /// The engine could not decide it for now: no room for a new counter
+    /// ([`crate::DenyReason::CounterCapacity`]), no grant from its ledger
+    /// ([`crate::DenyReason::LedgerUnavailable`]), or no rules yet
+    /// ([`QuotaLayer::until_configured`]). Not a quota decision, so not a
+    /// 429: HTTP 503, code 5000; gRPC `UNAVAILABLE`.
+    Unavailable,
 }
 
 /// How the middleware's own answers are made, for a response body type
@@ -409,6 +438,7 @@ impl<B: From<String>> Answers<B> for Http {
             Refusal::Denied => (StatusCode::TOO_MANY_REQUESTS, QUOTA_DENIED_CODE),
             Refusal::NoSubject(status) => (status, 4000),
             Refusal::NotDecided => (StatusCode::INTERNAL_SERVER_ERROR, 5000),
+            Refusal::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, 5000),
         };
         let body =
             serde_json::json!({"code": code, "msg": msg, "detail": {"logid": logid()}}).to_string();
@@ -424,7 +454,8 @@ impl<B: From<String>> Answers<B> for Http {
 
 /// Answers as a gRPC server does: HTTP 200, an empty body, `grpc-status`
 /// (8 `RESOURCE_EXHAUSTED` for a denial, 3 `INVALID_ARGUMENT` without a
-/// subject, 13 `INTERNAL` when not decided) and `grpc-message` in the
+/// subject, 13 `INTERNAL` when not decided, 14 `UNAVAILABLE` when the
+/// engine could not decide for now) and `grpc-message` in the
 /// headers (a trailers-only response). For any body with a `Default`
 /// (tonic's).
 #[derive(Debug, Clone, Copy, Default)]
@@ -436,6 +467,7 @@ impl<B: Default> Answers<B> for Grpc {
             Refusal::Denied => 8,
             Refusal::NoSubject(_) => 3,
             Refusal::NotDecided => 13,
+            Refusal::Unavailable => 14,
         };
         let mut resp = Response::new(B::default());
         let h = resp.headers_mut();
@@ -460,8 +492,9 @@ impl<B: Default> Answers<B> for Grpc {
     }
 }
 
-/// Adds the rate-limit headers of a decision at `now` to `h`.
-fn limit_headers(h: &mut HeaderMap, d: &Decision, now: i64) {
+/// Adds the rate-limit headers of a decision at `now` to `h`, and
+/// `Retry-After` to a denial if `refused` (the middleware's own answer).
+fn limit_headers(h: &mut HeaderMap, d: &Decision, now: i64, refused: bool) {
     let (remaining, resets_at) = match d {
         Decision::Allowed(Some(room)) => (Some(room.remaining), room.resets_at),
         Decision::Denied(den) => (Some(den.remaining), den.resets_at),
@@ -478,7 +511,7 @@ fn limit_headers(h: &mut HeaderMap, d: &Decision, now: i64) {
     if let Some(at) = resets_at {
         h.insert("ratelimit-reset", num(at.saturating_sub(now).max(0) as u64));
     }
-    if let (Decision::Denied(_), Some(at)) = (d, resets_at) {
+    if let (true, Decision::Denied(_), Some(at)) = (refused, d, resets_at) {
         h.insert(
             http::header::RETRY_AFTER,
             num(at.saturating_sub(now).max(0) as u64),
@@ -530,21 +563,34 @@ impl std::fmt::Debug for LayerConfig {
 impl After {
     fn finish<B>(self, resp: &mut Response<B>) {
         let mut shown = self.decision;
+        let mut at = self.now;
         if let Mode::PostPaid(ty, header) = &self.layer.mode {
-            let used = resp.extensions().get::<Used>().copied().or_else(|| {
-                let v = resp.headers().get(header)?.to_str().ok()?;
-                Some(Used(*ty, v.trim().parse().ok()?))
-            });
+            let used = match resp.extensions().get::<Used>() {
+                Some(u) => Some(*u),
+                None => resp.headers().get(header).and_then(|v| {
+                    // A value that is not an amount cannot be booked; it is
+                    // counted and logged (`benefit_quota_unbooked_total`)
+                    // rather than dropped unseen.
+                    let parsed = v.to_str().ok().and_then(|v| v.trim().parse().ok());
+                    if parsed.is_none() {
+                        let value = String::from_utf8_lossy(v.as_bytes());
+                        self.layer.engine.observe.unbooked("unparsable", &value);
+                    }
+                    parsed.map(|amount| Used(*ty, amount))
+                }),
+            };
             if let Some(Used(ty, amount)) = used {
-                let now = (self.layer.clock)();
+                at = (self.layer.clock)();
                 shown = self
                     .layer
                     .engine
-                    .record(&self.subject.subject(), ty, amount, now);
+                    .record(&self.subject.subject(), ty, amount, at);
             }
         }
         if self.layer.headers_when_allowed {
-            limit_headers(resp.headers_mut(), &shown, self.now);
+            // The inner service's answer stands: a booking that passed a
+            // limit shows no room left, but no `Retry-After` on it.
+            limit_headers(resp.headers_mut(), &shown, at, false);
         }
     }
 }
@@ -589,6 +635,11 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
+        if layer.until_configured && !layer.engine.is_configured() {
+            let msg = "not ready: no rules have been configured yet";
+            let response = Some(R::answer(Refusal::Unavailable, msg));
+            return QuotaFuture::Answered { response };
+        }
         let (head, body) = req.into_parts();
         let now = (layer.clock)();
         let subject = match layer.extractor.extract(&head) {
@@ -609,7 +660,7 @@ where
             Mode::PostPaid(..) => layer.engine.check(&subject.subject(), now),
         };
         if let Some(mut resp) = refusal::<R, ResBody>(&decision) {
-            limit_headers(resp.headers_mut(), &decision, now);
+            limit_headers(resp.headers_mut(), &decision, now, true);
             return QuotaFuture::Answered {
                 response: Some(resp),
             };
@@ -642,6 +693,13 @@ where
 fn refusal<R: Answers<B>, B>(d: &Decision) -> Option<Response<B>> {
     match d {
         Decision::Allowed(_) => None,
+        Decision::Denied(den) if !den.reason.is_quota_decision() => {
+            let msg = format!(
+                "benefit {} ({}) could not be decided: {}",
+                den.benefit_id, den.benefit_type, den.reason
+            );
+            Some(R::answer(Refusal::Unavailable, &msg))
+        }
         Decision::Denied(den) => {
             let msg = format!(
                 "benefit {} ({}) denied: {}, {} left",

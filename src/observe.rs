@@ -128,6 +128,18 @@ impl Observe {
         let _ = report;
     }
 
+    /// Counts a post-paid usage report the middleware could not book (a
+    /// value that is not an amount), and logs it at `warn`.
+    #[inline]
+    pub fn unbooked(&self, reason: &'static str, value: &str) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!("benefit_quota_unbooked_total", "reason" => reason).increment(1);
+        #[cfg(feature = "tracing")]
+        tracing::warn!(reason, value, "post-paid usage not booked");
+        #[cfg(not(any(feature = "metrics", feature = "tracing")))]
+        let _ = (reason, value);
+    }
+
     /// Counts an eviction and the counters left.
     #[inline]
     pub fn evicted(&self, removed: usize, tracked: usize) {

@@ -162,6 +162,11 @@ async fn post_paid_usage_is_booked_from_the_response() {
             "/short",
             get(|| async { ([("x-voice-seconds", "2.5")], "ok") }),
         )
+        // ...not an amount (seven decimals): not booked.
+        .route(
+            "/garbled",
+            get(|| async { ([("x-voice-seconds", "1.2345678")], "ok") }),
+        )
         .layer(layer);
     let base = serve(app).await;
     let client = reqwest::Client::new();
@@ -182,15 +187,28 @@ async fn post_paid_usage_is_booked_from_the_response() {
         .await
         .unwrap();
     assert_eq!(used(&engine, &d, &voice, ELEVEN), "32.5".parse().unwrap());
+    let r = client
+        .get(format!("{base}/garbled"))
+        .header("x-device-id", "sn-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(used(&engine, &d, &voice, ELEVEN), "32.5".parse().unwrap());
     // Past the limit (post-paid usage may pass it), the next call is refused.
+    // The call whose booking passes it was served: its 200 shows no room
+    // left, but no `Retry-After` (the handler's answer stands).
     for _ in 0..3 {
-        client
+        let r = client
             .get(format!("{base}/call"))
             .header("x-device-id", "sn-1")
             .send()
             .await
             .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("retry-after").is_none());
     }
+    assert_eq!(used(&engine, &d, &voice, ELEVEN), "122.5".parse().unwrap());
     let r = client
         .get(format!("{base}/call"))
         .header("x-device-id", "sn-1")
@@ -199,6 +217,60 @@ async fn post_paid_usage_is_booked_from_the_response() {
         .unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(used(&engine, &d, &voice, ELEVEN), "122.5".parse().unwrap());
+}
+
+#[tokio::test]
+async fn what_the_engine_cannot_decide_is_503_not_a_quota_denial() {
+    // No room for a second device's counter: not the client's quota.
+    let engine = Arc::new(Engine::builder().max_counters(1).build());
+    Rule::all_devices(50).daily().create(&engine);
+    let base = serve(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN)))).await;
+    let client = reqwest::Client::new();
+    let get = |dev: &'static str| {
+        client
+            .get(format!("{base}/chat"))
+            .header("x-device-id", dev)
+            .send()
+    };
+    assert_eq!(get("sn-1").await.unwrap().status(), 200);
+    let r = get("sn-2").await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_none());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 5000);
+    assert!(body["msg"].as_str().unwrap().contains("counter_capacity"));
+}
+
+#[tokio::test]
+async fn until_configured_holds_requests_until_the_engine_has_rules() {
+    let engine = Arc::new(Engine::new());
+    let layer = QuotaLayer::new(Arc::clone(&engine), device_header())
+        .until_configured(true)
+        .clock(|| ELEVEN);
+    let app = Router::new()
+        .route("/chat", get(|| async { "upstream" }))
+        .layer(layer);
+    let base = serve(app).await;
+    let client = reqwest::Client::new();
+    let get = || {
+        client
+            .get(format!("{base}/chat"))
+            .header("x-device-id", "sn-1")
+            .send()
+    };
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 5000);
+    assert!(body["msg"].as_str().unwrap().contains("not ready"));
+    // A listing with no rule configures it too: then nothing is limited.
+    engine
+        .import_response_json(
+            r#"{"code":0,"msg":"","data":{"has_more":false,"page_token":"","benefit_infos":[]}}"#,
+            ELEVEN,
+        )
+        .unwrap();
+    assert_eq!(get().await.unwrap().status(), 200);
 }
 
 /// The official Java SDK's create body and limit-only update (D18, D19).

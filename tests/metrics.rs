@@ -112,4 +112,38 @@ fn decisions_writes_syncs_and_evictions_are_counted() {
         m.get("benefit_quota_counters{}"),
         Some(&(e.counter_count() as f64))
     );
+
+    // A post-paid amount the middleware cannot read is counted, not booked.
+    #[cfg(all(feature = "tower", feature = "axum"))]
+    {
+        use tower_service::Service;
+        let e = std::sync::Arc::new(Engine::new());
+        let layer = benefit_quota::QuotaLayer::new(
+            std::sync::Arc::clone(&e),
+            benefit_quota::DeviceHeader(http::HeaderName::from_static("x-device-id")),
+        )
+        .post_paid(VOICE, http::HeaderName::from_static("x-voice-seconds"))
+        .clock(|| MIDNIGHT);
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(|| async { ([("x-voice-seconds", "1.2345678")], "ok") }),
+        );
+        let mut svc = tower_layer::Layer::layer(&layer, app);
+        let req = http::Request::builder()
+            .uri("/")
+            .header("x-device-id", "d")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let resp = rt.block_on(svc.call(req)).unwrap();
+        assert_eq!(resp.status(), 200);
+        let m = read(&snapshotter);
+        assert_eq!(
+            m.get("benefit_quota_unbooked_total{reason=unparsable}"),
+            Some(&1.0),
+            "{m:?}"
+        );
+    }
 }
