@@ -233,7 +233,7 @@ pub use middleware::{
 pub use mirror::{Listing, SyncReport};
 pub use period::{LocalTime, UtcOffset, Window};
 #[cfg(feature = "poller")]
-pub use poller::{PollError, PollState, Poller, PollerBuilder, RunningPoller};
+pub use poller::{PollError, PollState, Poller, PollerBuilder, RunningPoller, MIN_POLL_WAIT};
 pub use rules::FrozenPolicy;
 pub use subject::{Member, Subject};
 pub use types::{

@@ -82,6 +82,9 @@ pub struct PollerBuilder {
     max_pages: u32,
 }
 
+/// The shortest wait between polls, whatever the builder was given.
+pub const MIN_POLL_WAIT: Duration = Duration::from_millis(10);
+
 impl PollerBuilder {
     /// The scopes to list (default: every entity type × benefit type, 24
     /// queries a poll). Rules of other scopes are left alone.
@@ -90,9 +93,10 @@ impl PollerBuilder {
         self
     }
 
-    /// Time between successful polls (default 60 s).
+    /// Time between successful polls (default 60 s; at least
+    /// [`MIN_POLL_WAIT`], so that a zero cannot make the poller spin).
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
+        self.interval = interval.max(MIN_POLL_WAIT);
         self
     }
 
@@ -105,8 +109,10 @@ impl PollerBuilder {
     /// Longest wait between failed polls (default 10 min): after a failure
     /// the poller waits the interval times 2^failures, up to this, less a
     /// random part of up to half (jitter, so a fleet does not poll in step).
+    /// At least [`MIN_POLL_WAIT`]; a backoff shorter than the interval waits
+    /// the interval.
     pub fn max_backoff(mut self, max: Duration) -> Self {
-        self.max_backoff = max;
+        self.max_backoff = max.max(MIN_POLL_WAIT);
         self
     }
 
@@ -242,7 +248,7 @@ impl Poller {
             .config
             .interval
             .saturating_mul(1u32 << failures.min(16))
-            .min(self.config.max_backoff);
+            .min(self.config.max_backoff.max(self.config.interval));
         // Jitter: up to half of it off, from the clock's low bits.
         let noise = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -290,6 +296,7 @@ impl Poller {
         let mut listing = Listing::new();
         for &(entity_type, benefit_type) in &self.config.scopes {
             let mut token = String::new();
+            let mut seen = std::collections::HashSet::new();
             let mut pages = 0;
             loop {
                 if pages == self.config.max_pages {
@@ -323,6 +330,17 @@ impl Poller {
                     return Err(platform_error(&body).unwrap_or(PollError::Status(status)));
                 }
                 match listing.add_page_json(entity_type, benefit_type, &body) {
+                    // A token given twice would page in a loop until
+                    // `max_pages`: the listing is refused at once instead.
+                    Ok(Some(next)) if !seen.insert(next.clone()) => {
+                        return Err(PollError::Platform(ApiError::invalid(
+                            "data.page_token",
+                            format_args!(
+                                "repeats an earlier page's token ({}): the pages would loop",
+                                crate::errors::truncate_for_message(&next)
+                            ),
+                        )))
+                    }
                     Ok(Some(next)) => token = next,
                     Ok(None) => break,
                     Err(e) => return Err(PollError::Platform(e)),
@@ -374,5 +392,28 @@ impl Drop for RunningPoller {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_interval_or_backoff_cannot_make_the_poller_spin() {
+        let p = Poller::builder("http://127.0.0.1:9", "t")
+            .interval(Duration::ZERO)
+            .max_backoff(Duration::ZERO)
+            .build(Arc::new(Engine::new()));
+        for failures in 0..40 {
+            // Jitter takes off at most half.
+            assert!(p.next_wait(failures) >= MIN_POLL_WAIT / 2, "{failures}");
+        }
+        // A backoff shorter than the interval waits the interval (less jitter).
+        let p = Poller::builder("http://127.0.0.1:9", "t")
+            .interval(Duration::from_secs(60))
+            .max_backoff(Duration::from_secs(1))
+            .build(Arc::new(Engine::new()));
+        assert!(p.next_wait(3) >= Duration::from_secs(30));
     }
 }

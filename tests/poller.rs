@@ -256,7 +256,11 @@ fn a_listing_that_breaks_off_changes_nothing() {
 #[test]
 fn a_listing_that_never_ends_is_cut_off() {
     let engine = Arc::new(Engine::new());
-    let server = Server::start(|_| ok(page(&[], Some("again"))));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let server = Server::start(move |_| {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ok(page(&[], Some(&format!("p{n}"))))
+    });
     let p = Poller::builder(&server.base, "t")
         .scopes([DEVICES])
         .max_pages(5)
@@ -264,6 +268,27 @@ fn a_listing_that_never_ends_is_cut_off() {
     let err = p.poll_once_at(MIDNIGHT).unwrap_err();
     assert!(matches!(err, PollError::TooManyPages { .. }), "{err:?}");
     assert_eq!(server.urls().len(), 5);
+    assert!(!engine.is_configured());
+}
+
+#[test]
+fn a_page_token_given_twice_is_refused_at_once() {
+    // The same token again would page in a loop until `max_pages`.
+    let engine = Arc::new(Engine::new());
+    let server = Server::start(|_| ok(page(&[], Some("again"))));
+    let p = Poller::builder(&server.base, "t")
+        .scopes([DEVICES])
+        .build(Arc::clone(&engine));
+    let err = p.poll_once_at(MIDNIGHT).unwrap_err();
+    match &err {
+        PollError::Platform(e) => assert!(
+            e.msg().starts_with("invalid parameter `data.page_token`"),
+            "{}",
+            e.msg()
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.urls().len(), 2);
     assert!(!engine.is_configured());
 }
 
