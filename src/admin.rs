@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -92,6 +93,7 @@ pub fn admin_router(engine: Arc<Engine>, auth: AdminAuth) -> Router {
     Router::new()
         .route("/v1/commerce/benefit/limitations", get(list).post(create))
         .route("/v1/commerce/benefit/limitations/{benefit_id}", put(update))
+        .method_not_allowed_fallback(not_allowed)
         .with_state(state)
 }
 
@@ -134,11 +136,32 @@ fn envelope<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
         .into_response()
 }
 
-async fn create(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+/// A body axum could not read (past its size limit, a broken stream),
+/// answered as the engine answers a body it cannot parse: 4000 naming
+/// `body`, in the envelope, after the token check.
+fn readable(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| ApiError::invalid("body", e.body_text()))
+}
+
+async fn create(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     envelope(s.auth.check(&headers, true).and_then(|()| {
-        let info = s.engine.create_json(&body)?;
+        let info = s.engine.create_json(readable(body)?)?;
         Ok(CreateData { benefit_info: info })
     }))
+}
+
+/// A method the routes do not serve: 405, in the envelope.
+async fn not_allowed() -> Response {
+    let mut r = envelope::<()>(Err(ApiError::invalid(
+        "method",
+        "not served on this path (POST or GET /v1/commerce/benefit/limitations, PUT /v1/commerce/benefit/limitations/{benefit_id})",
+    )));
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
 }
 
 async fn list(State(s): State<AdminState>, headers: HeaderMap, uri: Uri) -> Response {
@@ -153,11 +176,10 @@ async fn update(
     State(s): State<AdminState>,
     Path(benefit_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    envelope(
-        s.auth
-            .check(&headers, true)
-            .and_then(|()| s.engine.apply_update_json(&benefit_id, &body, now())),
-    )
+    envelope(s.auth.check(&headers, true).and_then(|()| {
+        s.engine
+            .apply_update_json(&benefit_id, readable(body)?, now())
+    }))
 }

@@ -273,6 +273,51 @@ async fn until_configured_holds_requests_until_the_engine_has_rules() {
     assert_eq!(get().await.unwrap().status(), 200);
 }
 
+#[tokio::test]
+async fn admin_errors_outside_the_engine_come_in_the_envelope_too() {
+    let engine = Arc::new(Engine::new());
+    let base = serve(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN)))).await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/commerce/benefit/limitations");
+    // A body past axum's own limit (2 MiB), as one under it but past the
+    // engine's: 400, code 4000 naming the body.
+    for size in [1 << 20 | 1, 3 << 20] {
+        let r = client
+            .post(&url)
+            .bearer_auth("admin")
+            .body(vec![b' '; size])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{size}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], 4000);
+        assert!(
+            body["msg"].as_str().unwrap().contains("`body`"),
+            "{size}: {body}"
+        );
+    }
+    // Without a token, the token is what is wrong, whatever the body.
+    let r = client
+        .post(&url)
+        .body(vec![b' '; 3 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A method the routes do not serve.
+    let r = client
+        .delete(&url)
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 4000);
+    assert!(engine.records().is_empty());
+}
+
 /// The official Java SDK's create body and limit-only update (D18, D19).
 const SDK_CREATE: &str = r#"{"entity_type":"enterprise_all_identifiers","benefit_info":{"benefit_id":null,"benefit_type":"resource_point","active_mode":"absolute_time","started_at":1741536000,"ended_at":253402300799,"limit":1000,"status":null}}"#;
 const SDK_UPDATE: &str = r#"{"started_at":0,"ended_at":0,"limit":2000}"#;
