@@ -779,15 +779,20 @@ impl Engine {
         };
         let mut items = Vec::new();
         let mut next = None;
+        let mut after_last = start;
         for (slot, e) in rules.rules.iter().enumerate().skip(start) {
             if !matches(&e) {
                 continue;
             }
             if items.len() == q.page_size {
-                next = Some(slot);
+                // The next page starts just after this page's last item,
+                // not at the next item that matches now: a rule between
+                // them that comes to match (a status filter) is not skipped.
+                next = Some(after_last);
                 break;
             }
             items.push(e.info.clone());
+            after_last = slot + 1;
         }
         Ok(ListData {
             has_more: next.is_some(),

@@ -360,6 +360,32 @@ fn d8_pages_are_stable_while_rules_are_added_and_updated() {
 }
 
 #[test]
+fn d8_a_rule_that_comes_to_match_a_status_filter_between_pages_is_not_skipped() {
+    // a, b, x (frozen), c: `status=valid`, two a page, gives [a, b]; then x
+    // becomes valid. It sits after b, so the next page has it.
+    let e = Engine::new();
+    let a = Rule::device("a", 1).create(&e);
+    let b = Rule::device("b", 1).create(&e);
+    let x = Rule::device("x", 1).status("frozen").create(&e);
+    let c = Rule::device("c", 1).create(&e);
+    let q = "entity_type=single_device&benefit_type=resource_point&status=valid&page_size=2";
+    let p1 = e.list_query_string(q).unwrap();
+    let ids = |p: &ListData| -> Vec<String> {
+        p.benefit_infos
+            .iter()
+            .map(|i| i.benefit_id().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&p1), [a, b]);
+    e.apply_update_json(&x, r#"{"status":"valid"}"#, 0).unwrap();
+    let p2 = e
+        .list_query_string(format!("{q}&page_token={}", p1.page_token))
+        .unwrap();
+    assert_eq!(ids(&p2), [x, c]);
+    assert!(!p2.has_more);
+}
+
+#[test]
 fn d8_without_a_status_filter_every_status_is_listed() {
     let e = Engine::new();
     let a = Rule::device("a", 1).create(&e);
@@ -604,4 +630,13 @@ fn d19_the_java_sdks_update_with_zeroed_primitives_changes_only_the_limit() {
         .apply_update_json(id, r#"{"started_at":0}"#, MIDNIGHT)
         .unwrap();
     assert_eq!(updated.started_at(), 0);
+    // A real `started_at` beside `ended_at: 0`: the start is a value, the
+    // zeroed end is "not sent" (the end stays).
+    let updated = e
+        .apply_update_json(id, r#"{"started_at":1741708800,"ended_at":0}"#, MIDNIGHT)
+        .unwrap();
+    assert_eq!(
+        (updated.started_at(), updated.ended_at()),
+        (1741708800, 1900000000)
+    );
 }
