@@ -49,14 +49,28 @@ fn main() {
             eprintln!("{e}");
             std::process::exit(2)
         });
-    if engine.rule_count() == 0 {
-        for body in [
-            r#"{"entity_type":"enterprise_all_devices","benefit_info":{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":40,"trigger_unit":"day"}}"#,
-            r#"{"entity_type":"enterprise_all_devices","benefit_info":{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":60,"trigger_unit":"never"}}"#,
-            r#"{"entity_type":"coze_organization","entity_id":"org","benefit_info":{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":20000,"trigger_unit":"never"}}"#,
-        ] {
-            engine.create_json(body).expect("rule");
-        }
+    // Imported with fixed ids, every life: an import of the same record
+    // changes nothing, and a life killed between two of them leaves the
+    // next one the whole set to finish.
+    for (id, scope, limit, unit) in [
+        ("r1", r#""entity_type":"enterprise_all_devices""#, 40, "day"),
+        (
+            "r2",
+            r#""entity_type":"enterprise_all_devices""#,
+            60,
+            "never",
+        ),
+        (
+            "r3",
+            r#""entity_type":"coze_organization","entity_id":"org""#,
+            20000,
+            "never",
+        ),
+    ] {
+        let record = format!(
+            r#"{{"benefit_id":"{id}",{scope},"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"status":"valid","trigger_unit":"{unit}","trigger_time":1}}"#
+        );
+        engine.import_json(record, 0).expect("rule");
     }
     let engine = Arc::new(engine);
     println!("READY");

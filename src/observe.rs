@@ -130,6 +130,7 @@ impl Observe {
 
     /// Counts a post-paid usage report the middleware could not book (a
     /// value that is not an amount), and logs it at `warn`.
+    #[cfg(feature = "tower")]
     #[inline]
     pub fn unbooked(&self, reason: &'static str, value: &str) {
         #[cfg(feature = "metrics")]
