@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use benefit_quota::ledger::RedisLedger;
 use benefit_quota::{Amount, BenefitType, DenyReason, Engine, LedgerFailure, Subject};
-use common::redis::RedisServer;
+use common::redis::{LosingProxy, RedisServer};
 
 const PTS: BenefitType = BenefitType::ResourcePoint;
 const T0: i64 = 1_741_708_800;
@@ -176,6 +176,34 @@ fn an_outage_fails_closed_then_recovers_without_counting_twice() {
     let before = 5 + (30 - reasons.len());
     let more = spend(&e, "a", 200);
     assert_eq!(before + more, 100);
+}
+
+#[test]
+fn a_batch_applied_but_whose_answer_was_lost_is_undone_before_it_is_sent_again() {
+    // A batch of records reaches Redis and is applied, but its answer is
+    // lost: the ledger cannot tell it was applied, and the engine sends the
+    // records again. Before that, the batch is cancelled, which undoes it,
+    // so the records count once.
+    let Some(server) = RedisServer::start("lost") else {
+        return;
+    };
+    let proxy = LosingProxy::start(server.port());
+    let ledger = RedisLedger::new(&proxy.url, "lost", ROUND_TRIP).unwrap();
+    let e = engine_on(ledger, LedgerFailure::FailClosed, CUMULATIVE, T0);
+    let a = Subject::device("a");
+    let _ = e.record(&a, PTS, Amount::from_units(5), T0);
+    e.flush().unwrap();
+    proxy.lose_next_reply();
+    let _ = e.record(&a, PTS, Amount::from_units(7), T0);
+    assert!(e.flush().is_err(), "the lost answer is a failed commit");
+    assert!(e.ledger_stats().unwrap().errors > 0);
+    std::thread::sleep(Duration::from_millis(150)); // past the reconnect backoff
+    e.flush().unwrap();
+    drop(e);
+    // Another instance, straight on the server: 12 used, 88 left (19 used
+    // had the lost batch been counted as well as sent again).
+    let other = instance(&server.url, "lost", LedgerFailure::FailClosed);
+    assert_eq!(spend(&other, "a", 200), 88);
 }
 
 #[test]

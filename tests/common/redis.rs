@@ -144,3 +144,72 @@ fn serves(port: u16, pid: u32) -> bool {
     }
     String::from_utf8_lossy(&reply).contains(&format!("process_id:{pid}\r\n"))
 }
+
+impl RedisServer {
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// A loopback TCP proxy to a server that can lose one reply: once
+/// [`LosingProxy::lose_next_reply`] is called, the next bytes the server
+/// sends are not passed on and that connection is closed, as a network
+/// would leave a command applied but its answer lost.
+pub struct LosingProxy {
+    pub url: String,
+    lose: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LosingProxy {
+    pub fn start(port: u16) -> LosingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "redis://127.0.0.1:{}/0",
+            listener.local_addr().unwrap().port()
+        );
+        let lose = Arc::new(AtomicBool::new(false));
+        let losing = Arc::clone(&lose);
+        // The threads end with their connections (or the test process).
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let (client_back, server_back) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &client, &mut &server);
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                });
+                let losing = Arc::clone(&losing);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    loop {
+                        let n = match (&server_back).read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if losing.swap(false, Ordering::SeqCst) {
+                            let _ = client_back.shutdown(std::net::Shutdown::Both);
+                            let _ = server_back.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
+                        if (&client_back).write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        LosingProxy { url, lose }
+    }
+
+    /// The next reply of the server is lost, and its connection closed.
+    pub fn lose_next_reply(&self) {
+        self.lose.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
