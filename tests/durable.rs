@@ -25,10 +25,13 @@ fn open(ledger: &Arc<MemoryLedger>) -> Engine {
     Engine::builder().ledger(Arc::clone(ledger)).open().unwrap()
 }
 
-/// A crash: the engine goes without giving anything back (its writer
-/// thread stays idle, like a process that is gone).
-fn crash(engine: Engine) {
+/// A crash: the engine goes without giving anything back, and what the
+/// ledger held at that instant is all the next life finds (its writer
+/// thread, still running, commits into the old ledger only).
+fn crash(engine: Engine, ledger: &mut Arc<MemoryLedger>) {
+    let survived = Arc::new(ledger.fork());
     std::mem::forget(engine);
+    *ledger = survived;
 }
 
 fn admitted(e: &Engine, dev: &str, n: usize, at: i64) -> usize {
@@ -72,7 +75,7 @@ fn a_rule_write_whose_commit_failed_is_durable_before_any_grant_under_it() {
     // Grants under the hourly rule must not be durable without it: else a
     // restart reads the daily rule back, skips the hourly counter (another
     // generation) and admits the day's 10 again.
-    let ledger = Arc::new(MemoryLedger::new());
+    let mut ledger = Arc::new(MemoryLedger::new());
     let e = open(&ledger);
     let id = e.create_json(rule(10, "day")).unwrap().benefit_id().clone();
     assert_eq!(admitted(&e, "d", 10, T0), 10);
@@ -80,7 +83,7 @@ fn a_rule_write_whose_commit_failed_is_durable_before_any_grant_under_it() {
     e.apply_update_json(id.as_str(), r#"{"trigger_unit":"hour"}"#, T0)
         .unwrap();
     assert_eq!(admitted(&e, "d", 20, T0 + 60), 10);
-    crash(e);
+    crash(e, &mut ledger);
     let e = open(&ledger);
     assert_eq!(e.get(id.as_str()).unwrap().reset().unit().as_str(), "hour");
     assert_eq!(admitted(&e, "d", 20, T0 + 120), 0);
@@ -89,7 +92,7 @@ fn a_rule_write_whose_commit_failed_is_durable_before_any_grant_under_it() {
 
 #[test]
 fn a_crash_never_admits_more_than_the_limit_and_strands_at_most_a_grant() {
-    let ledger = Arc::new(MemoryLedger::new());
+    let mut ledger = Arc::new(MemoryLedger::new());
     let max_grant = 16;
     let mut total = 0;
     let mut lives = 0;
@@ -113,7 +116,7 @@ fn a_crash_never_admits_more_than_the_limit_and_strands_at_most_a_grant() {
             used >= units(total as u64),
             "life {life}: {used:?} < {total}"
         );
-        crash(e);
+        crash(e, &mut ledger);
         // what the ledger holds covers every admission
         let key = CounterKey {
             benefit_id: benefit_quota::types::BenefitId::new("1").unwrap(),
@@ -137,13 +140,13 @@ fn a_crash_never_admits_more_than_the_limit_and_strands_at_most_a_grant() {
 
 #[test]
 fn the_last_units_are_granted_exactly_as_asked() {
-    let ledger = Arc::new(MemoryLedger::new());
+    let mut ledger = Arc::new(MemoryLedger::new());
     let e = open(&ledger);
     e.create_json(rule(10, "never")).unwrap();
     // two devices, one limit each: every unit is reachable
     assert_eq!(admitted(&e, "a", 15, T0), 10);
     assert_eq!(admitted(&e, "b", 15, T0), 10);
-    crash(e);
+    crash(e, &mut ledger);
     let e = open(&ledger);
     assert_eq!(admitted(&e, "a", 1, T0), 0);
 }
@@ -182,14 +185,14 @@ fn a_failing_ledger_denies_with_its_own_reason_and_then_recovers() {
 
 #[test]
 fn records_are_durable_after_a_flush_and_lift_the_ceiling() {
-    let ledger = Arc::new(MemoryLedger::new());
+    let mut ledger = Arc::new(MemoryLedger::new());
     let e = open(&ledger);
     e.create_json(rule(100, "never")).unwrap();
     assert_eq!(admitted(&e, "d", 5, T0), 5);
     let d = e.record(&Subject::device("d"), PTS, units(90), T0);
     assert!(d.is_allowed());
     e.flush().unwrap();
-    crash(e);
+    crash(e, &mut ledger);
     let e = open(&ledger);
     assert_eq!(e.usage(&Subject::device("d"), T0)[0].used, units(95));
     assert_eq!(admitted(&e, "d", 10, T0), 5);
@@ -214,7 +217,7 @@ fn evicted_counters_leave_the_ledger() {
 
 #[test]
 fn an_update_that_resets_usage_is_restored_as_reset() {
-    let ledger = Arc::new(MemoryLedger::new());
+    let mut ledger = Arc::new(MemoryLedger::new());
     let e = open(&ledger);
     e.create_json(rule(10, "day")).unwrap();
     assert_eq!(admitted(&e, "d", 4, T0), 4);
@@ -222,7 +225,7 @@ fn an_update_that_resets_usage_is_restored_as_reset() {
     e.apply_update_json("1", r#"{"trigger_unit":"hour"}"#, T0 + 10)
         .unwrap();
     assert_eq!(admitted(&e, "d", 3, T0 + 20), 3);
-    crash(e);
+    crash(e, &mut ledger);
     let e = open(&ledger);
     let used = e.usage(&Subject::device("d"), T0 + 30)[0].used;
     assert!(used >= units(3) && used <= units(10), "{used:?}");
@@ -231,7 +234,7 @@ fn an_update_that_resets_usage_is_restored_as_reset() {
 
 #[test]
 fn handles_and_batches_spend_out_of_grants_too() {
-    let ledger = Arc::new(MemoryLedger::new());
+    let mut ledger = Arc::new(MemoryLedger::new());
     let e = open(&ledger);
     e.create_json(rule(10, "never")).unwrap();
     let mut h = e.handle(&Subject::device("d")).with_lease(units(5));
@@ -250,7 +253,7 @@ fn handles_and_batches_spend_out_of_grants_too() {
     let mut out = Vec::new();
     e.try_consume_many(&reqs, T0, &mut out);
     assert_eq!(out.iter().filter(|d| d.is_allowed()).count(), 3);
-    crash(e);
+    crash(e, &mut ledger);
     let e = open(&ledger);
     assert_eq!(admitted(&e, "d", 1, T0), 0);
     assert_eq!(admitted(&e, "e", 5, T0), 1);
@@ -258,7 +261,7 @@ fn handles_and_batches_spend_out_of_grants_too() {
 
 #[test]
 fn concurrent_callers_share_grants_without_losing_or_passing_a_unit() {
-    let ledger = Arc::new(MemoryLedger::new());
+    let mut ledger = Arc::new(MemoryLedger::new());
     let e = Engine::builder()
         .ledger(Arc::clone(&ledger))
         .max_grant(units(7))
@@ -295,7 +298,7 @@ fn concurrent_callers_share_grants_without_losing_or_passing_a_unit() {
     // demand (about 1,067 a device) exceeds the daily 300: all of it, no more
     assert_eq!(admitted, vec![300, 300, 300]);
     e.flush().unwrap();
-    crash(e);
+    crash(e, &mut ledger);
     let e = open(&ledger);
     for d in devices {
         assert_eq!(e.usage(&Subject::device(d), T0)[0].used, units(300), "{d}");
@@ -316,8 +319,9 @@ fn evicting_a_window_keeps_the_newer_window_granted_since() {
     let before = ledger.commits();
     e.evict(T0 + 86_400);
     // No give-back: the ledger keeps what the grant took. The queued forget
-    // is committed by the writer, which outlives the crash.
-    crash(e);
+    // is committed by the writer, which outlives the engine forgotten here
+    // (not a crash: the forget must reach this ledger).
+    std::mem::forget(e);
     let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while ledger.commits() == before && std::time::Instant::now() < until {
         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -58,6 +58,24 @@ impl MemoryLedger {
         self.state.lock().counters.get(key).copied()
     }
 
+    /// A new ledger holding what this one holds now: what a crash at this
+    /// instant leaves behind. A test that crashes an engine (drops it
+    /// without a clean shutdown, e.g. with `std::mem::forget`) and reopens
+    /// it on the fork loses whatever the engine had not committed yet, as a
+    /// killed process does; its writer, still running, commits into this
+    /// ledger only.
+    pub fn fork(&self) -> MemoryLedger {
+        let s = self.state.lock();
+        MemoryLedger {
+            state: Mutex::new(State {
+                counters: s.counters.clone(),
+                rules: s.rules.clone(),
+                commits: 0,
+                fail: 0,
+            }),
+        }
+    }
+
     /// Makes the next `n` commits fail (an unavailable ledger), applying nothing.
     pub fn fail_next(&self, n: u32) {
         self.state.lock().fail = n;
