@@ -691,7 +691,9 @@ impl Engine {
     ///
     /// Call it with the current time; a request stamped earlier than the
     /// window of `now` may then find a fresh counter in its old window (it is
-    /// not rolled into the newer one). Lifetime totals of freed counters are
+    /// not rolled into the newer one). The counters of a device, consumer or
+    /// pool that a leased handle watches stay until the handle lets go (they
+    /// hold its unspent leases). Lifetime totals of freed counters are
     /// gone: read [`Engine::usage`] first if you meter with them. The sweep
     /// locks one shard at a time and holds a copy of the rule table, so
     /// configuration writes wait for it.

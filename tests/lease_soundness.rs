@@ -198,3 +198,47 @@ fn two_leased_handles_on_one_device_never_pass_the_limit_together() {
     }
     assert_eq!(admitted, 25);
 }
+
+#[test]
+fn evict_while_a_lease_watches_an_empty_entry_keeps_it_watched() {
+    // The grant found the daily rule idle (nothing counted yet) and made
+    // an empty entry only to watch; an eviction in between must not leave
+    // the handle blind to what comes next.
+    let e = Engine::new();
+    Rule::all_devices(10).daily().create(&e);
+    Rule::all_devices(60)
+        .daily()
+        .of("voice_unified_duration_system")
+        .create(&e);
+    let d = Subject::device("sn-1");
+    let mut h = e.handle(&d).with_lease(units(5));
+    assert!(h.check(MIDNIGHT).is_allowed());
+    e.evict(MIDNIGHT);
+    let _ = e.record(&d, PTS, units(10), MIDNIGHT);
+    assert!(!e.check(&d, MIDNIGHT).is_allowed());
+    assert_eq!(h.check(MIDNIGHT), e.check(&d, MIDNIGHT));
+    // D13: exhausted in points, the device is blocked for voice too.
+    let voice = h.try_consume(VOICE, units(1), MIDNIGHT);
+    assert!(!voice.is_allowed(), "{voice:?}");
+}
+
+#[test]
+fn evict_cannot_hand_a_lease_back_to_a_counter_that_never_held_it() {
+    // Daily 10, lease 5: the handle spends 1 (the counter holds 6: the
+    // point and the lease). The next day's eviction runs; a request
+    // stamped in the first day comes late. However the counter is kept or
+    // made again, the first day never admits more than 10 in all.
+    let e = Engine::new();
+    Rule::all_devices(10).daily().create(&e);
+    let d = Subject::device("sn-1");
+    let mut h = e.handle(&d).with_lease(units(5));
+    let mut admitted = u64::from(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+    e.evict(MIDNIGHT + DAY);
+    let late = e.try_consume(&d, PTS, units(9), MIDNIGHT + 10);
+    admitted += 9 * u64::from(late.is_allowed());
+    drop(h); // settles the lease
+    while admitted <= 10 && e.try_consume(&d, PTS, units(1), MIDNIGHT + 20).is_allowed() {
+        admitted += 1;
+    }
+    assert!(admitted <= 10, "the first day admitted {admitted}");
+}

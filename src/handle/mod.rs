@@ -232,7 +232,7 @@ impl OwnedSubject {
 /// **Leases** ([`SubjectHandle::with_lease`]): a leased handle takes up to
 /// the lease of every rule's headroom ahead, under the locks, and spends it
 /// with no lock while nothing else writes to its counters (SEMANTICS.md,
-/// L1–L6). Dropping the handle gives the unspent leases back
+/// L1–L8). Dropping the handle gives the unspent leases back
 /// ([`SubjectHandle::release`] does it explicitly and says what it gave
 /// back).
 ///
@@ -337,7 +337,7 @@ impl<E: Deref<Target = Engine>> SubjectHandle<E> {
     /// Counters other subjects share (pools of the enterprise family) are
     /// never leased: a handle whose subject has any works as an exact one.
     /// Others see the unspent lease as used, so they may be denied up to
-    /// `lease` per rule earlier than without it (SEMANTICS.md, L1–L6).
+    /// `lease` per rule earlier than without it (SEMANTICS.md, L1–L8).
     /// On an engine with a ledger, handles take no lease of their own (the
     /// ledger's grants play that part) and decide as calls by subject.
     ///
@@ -421,7 +421,9 @@ impl<E: Deref<Target = Engine>> SubjectHandle<E> {
     }
 
     /// The lease size this handle takes ahead per rule (zero for an exact
-    /// handle; see [`SubjectHandle::with_lease`]).
+    /// handle; see [`SubjectHandle::with_lease`]). On an engine with a
+    /// ledger, leases are not taken (every debit spends out of a durable
+    /// grant instead), whatever this says.
     pub fn lease(&self) -> Amount {
         Amount::from_micros(self.state.lease)
     }

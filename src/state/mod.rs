@@ -276,6 +276,19 @@ impl Store {
             let mut shard = shard.lock();
             shard.table.retain(
                 |e| {
+                    // An owner a leased handle watches keeps its entry and
+                    // counters until the handle lets go: the counters hold
+                    // the handle's unspent leases, which it gives back to
+                    // them (a counter evicted and made again in the same
+                    // window would take back what it never held), and a
+                    // removed entry would take its stamp with it, so that
+                    // the next write, to a new entry, would not end the
+                    // leases. References are taken under this lock only
+                    // (in a grant); one let go of meanwhile only keeps the
+                    // entry until the next eviction.
+                    if e.stamp.as_ref().is_some_and(|s| Arc::strong_count(s) > 1) {
+                        return true;
+                    }
                     let before = e.counters.len();
                     let owner = (e.kind(), e.id.as_str());
                     e.counters.retain(|c| {
