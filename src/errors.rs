@@ -13,6 +13,7 @@ use std::fmt;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// 4000: a parameter is missing, malformed or out of range.
     InvalidParameter = 4000,

@@ -17,7 +17,10 @@ pub const MAX_ID_LEN: usize = 256;
 macro_rules! wire_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident => $s:literal $(| $alias:literal)*),+ $(,)? }) => {
         $(#[$m])*
+        ///
+        /// The platform may add values: match with a wildcard arm.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
         pub enum $name { $($(#[$vm])* $var),+ }
 
         impl $name {

@@ -34,7 +34,7 @@ pub fn seeded() -> Engine {
         panic!("seeding failed");
     }
     for s in subjects() {
-        e.try_consume(&s, PTS, benefit_quota::Amount::from_units(2), MIDNIGHT);
+        let _ = e.try_consume(&s, PTS, benefit_quota::Amount::from_units(2), MIDNIGHT);
     }
     e
 }
