@@ -43,7 +43,7 @@ fn main() {
             println!("   response: {}", answer.to_json());
             id
         }
-        Err(e) => return println!("   response: {}", Envelope::error(&e, "qs-1").to_json()),
+        Err(e) => fail(&format!("the create was refused: {e}")),
     };
 
     println!(
@@ -51,13 +51,13 @@ fn main() {
     );
     match engine.import_json(PLATFORM_RECORD, now) {
         Ok(before) => println!("   before:   {}", record_json(&before)),
-        Err(e) => return println!("   import failed: {e}"),
+        Err(e) => fail(&format!("the import failed: {e}")),
     }
     println!("   PUT /v1/commerce/benefit/limitations/12345***");
     println!("   request:  {PUT_BODY}");
     match engine.apply_update_json("12345***", PUT_BODY, now) {
         Ok(info) => println!("   response: {}", Envelope::ok(info, "qs-2").to_json()),
-        Err(e) => println!("   response: {}", Envelope::error(&e, "qs-2").to_json()),
+        Err(e) => fail(&format!("the update was refused: {e}")),
     }
     println!("   (limit 50 -> 100, frozen -> valid, and the window is now one second long)");
 
@@ -66,8 +66,14 @@ fn main() {
     println!("   PUT /v1/commerce/benefit/limitations/{created}");
     println!("   request:  {bad}");
     match engine.apply_update_json(&created, bad, now) {
-        Ok(info) => println!("   response: {}", Envelope::ok(info, "qs-3").to_json()),
-        Err(e) => println!("   response: {}", Envelope::error(&e, "qs-3").to_json()),
+        Ok(info) => fail(&format!("a bad update was accepted: {info:?}")),
+        Err(e) if e.code().as_u32() == 4000 => {
+            println!("   response: {}", Envelope::error(&e, "qs-3").to_json())
+        }
+        Err(e) => fail(&format!(
+            "a bad update got code {}, not 4000",
+            e.code().as_u32()
+        )),
     }
 
     println!(
@@ -77,7 +83,10 @@ fn main() {
     let device = Subject::device("sn-0001");
     let thirty = Amount::from_units(30);
     let mut t = now;
-    loop {
+    for call in 1.. {
+        if call > 10 {
+            fail("ten calls of 30 points were all allowed under a limit of 100");
+        }
         let d = engine.try_consume(&device, BenefitType::ResourcePoint, thirty, t);
         match &d {
             Decision::Allowed(Some(h)) => println!(
@@ -87,7 +96,7 @@ fn main() {
                 h.resets_at
                     .map_or("never".into(), |r| tz.local(r).to_string())
             ),
-            Decision::Allowed(None) => println!("   allowed: no rule applies, unlimited"),
+            Decision::Allowed(None) => fail("no rule applied to the device"),
             Decision::Denied(den) => {
                 println!(
                     "   denied by rule {} ({}): {} points left, resets {}",
@@ -100,7 +109,7 @@ fn main() {
                 t = den.resets_at.unwrap_or(t);
                 break;
             }
-            other => return println!("   not decided: {other:?}"),
+            other => fail(&format!("not decided: {other:?}")),
         }
         t += 60;
     }
@@ -111,6 +120,9 @@ fn main() {
     );
     let d = engine.try_consume(&device, BenefitType::ResourcePoint, thirty, t);
     println!("   spend 30: allowed = {}", d.is_allowed());
+    if !d.is_allowed() {
+        fail("the new day did not start again");
+    }
     for u in engine.usage(&device, t) {
         println!(
             "   rule {}: {} of {} used today ({} left); {} ever counted for this device (\"lifetime\", across days)",
@@ -123,8 +135,15 @@ fn main() {
     println!("   GET /v1/commerce/benefit/limitations?{query}");
     match engine.list_query_string(query) {
         Ok(page) => println!("   response: {}", Envelope::ok(page, "qs-4").to_json()),
-        Err(e) => println!("   response: {}", Envelope::error(&e, "qs-4").to_json()),
+        Err(e) => fail(&format!("the list was refused: {e}")),
     }
+}
+
+/// Stops with an error status: the quickstart is also CI's check that the
+/// main job works, so anything unexpected must fail it.
+fn fail(why: &str) -> ! {
+    eprintln!("quickstart failed: {why}");
+    std::process::exit(1)
 }
 
 /// A record as one line of the platform's JSON.
