@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -92,7 +92,13 @@ impl Tally {
 /// `A`/`R` lines it printed until now.
 type Output = (std::thread::JoinHandle<Vec<String>>, Arc<AtomicU64>);
 
-fn spawn(bin: &Path, path: &Path, zero: i64, seed: u64, ops: Option<u64>) -> (Child, Output) {
+fn spawn(
+    bin: &Path,
+    path: &Path,
+    zero: i64,
+    seed: u64,
+    ops: Option<u64>,
+) -> (common::KillOnDrop, Output) {
     let mut cmd = Command::new(bin);
     cmd.args([
         "--path",
@@ -124,7 +130,7 @@ fn spawn(bin: &Path, path: &Path, zero: i64, seed: u64, ops: Option<u64>) -> (Ch
             })
             .collect()
     });
-    (child, (reader, seen))
+    (common::KillOnDrop(child), (reader, seen))
 }
 
 fn wall_ms() -> i64 {

@@ -21,8 +21,15 @@ fn rule(limit: u64, unit: &str) -> String {
     )
 }
 
+/// An engine on `ledger`. A call waits for its grant up to a minute, not
+/// the default two seconds: on a loaded machine the writer thread may not
+/// run for a while, and a call that gave up would read as a refused grant.
 fn open(ledger: &Arc<MemoryLedger>) -> Engine {
-    Engine::builder().ledger(Arc::clone(ledger)).open().unwrap()
+    Engine::builder()
+        .ledger(Arc::clone(ledger))
+        .grant_timeout(std::time::Duration::from_secs(60))
+        .open()
+        .unwrap()
 }
 
 /// A crash: the engine goes without giving anything back, and what the
@@ -382,12 +389,9 @@ fn a_refused_pool_does_not_strand_the_grant_of_another_rule() {
     // still come back, or the device's next call waits on it in vain.
     let dev = Subject::device("d");
     for _ in 0..5 {
-        let t = std::time::Instant::now();
+        // A call that waited on a lost grant would give up after the grant
+        // timeout and be denied (`ledger_unavailable`).
         let d = engines[1].try_consume(&dev, PTS, units(1), T0);
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(10),
-            "the call waited on a lost grant: {d:?}"
-        );
         assert!(d.is_allowed(), "{d:?}");
         let d = engines[1].try_consume(&both, PTS, units(1), T0);
         assert_eq!(d.denial().unwrap().reason, DenyReason::Insufficient);

@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::redis::RedisServer;
 
@@ -42,7 +42,7 @@ fn start_fleet(
     seed: u64,
     calls: impl Fn(u64) -> &'static str,
     extra: &[&str],
-) -> Vec<Child> {
+) -> Vec<common::KillOnDrop> {
     let bin = common::example_binary("fleet_child", "redis");
     (0..INSTANCES)
         .map(|i| {
@@ -52,6 +52,7 @@ fn start_fleet(
                 .args(extra)
                 .stdout(Stdio::piped())
                 .spawn()
+                .map(common::KillOnDrop)
                 .unwrap()
         })
         .collect()

@@ -24,6 +24,9 @@ fn open(ledger: &Arc<MemoryLedger>, limit: u64) -> Engine {
     let e = Engine::builder()
         .ledger(Arc::clone(ledger))
         .max_grant(Amount::from_units(50))
+        // not the default 2 s: a loaded machine may not run the writer
+        // for a while, and a call that gave up would read as refused
+        .grant_timeout(std::time::Duration::from_secs(60))
         .open()
         .unwrap();
     if e.rule_count() == 0 {

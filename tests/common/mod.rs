@@ -169,3 +169,29 @@ pub fn example_binary(name: &str, feature: &str) -> std::path::PathBuf {
     );
     bin
 }
+
+/// A child process this test started, killed (SIGKILL) and reaped when the
+/// guard is dropped: a failed assertion in the test does not leave it
+/// running (some children run until killed).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Already ended (waited for): both fail harmlessly.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
