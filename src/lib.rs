@@ -70,6 +70,15 @@
 //!   `RedisLedger` with `redis`); `grant`:
 //!   the engine's write-ahead grants out of a ledger
 //!   ([`EngineBuilder::ledger`], [`LedgeredBuilder`]).
+//! - `mirror`: full sync with the platform's listing ([`Listing`],
+//!   [`Engine::sync`]); `poller`: the list API polled over HTTP (feature
+//!   `poller`).
+//! - `middleware` and `admin`: a tower middleware and the platform's
+//!   endpoints as axum routes (features `tower`, `axum`); `observe`:
+//!   metrics and tracing.
+//! - `cached`: each thread's copy of the all-scope rules; `sync`: the
+//!   synchronisation primitives (std's, or `loom`'s models); `prefetch`:
+//!   the crate's only `unsafe` code.
 //!
 //! The rules the engine enforces are written down, one by one with the test
 //! that pins each, in `SEMANTICS.md`.
