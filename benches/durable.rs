@@ -17,7 +17,7 @@
 //! 2,000,000 steady-state calls, the time to open a file holding 1,000,000
 //! live counters, and the file's size per counter. A table follows.
 //!
-//! Run: `cargo bench --features durable --bench durable` (about a minute).
+//! Run: `cargo bench --features durable --bench durable` (two to three minutes).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -233,7 +233,7 @@ fn main() {
     group(&mut c, "durable_cold", &cold);
     // Idle sweeps over every counter of the cold engine: the first finds
     // them all spent from since the last one (it marks them), the second
-    // finds them idle and gives every unspent grant back in one commit.
+    // finds them idle and gives every unspent grant back (in turns of 8,192).
     let sweeps = bench.then(|| {
         let t = std::time::Instant::now();
         let marked = cold.durable.give_back_idle().unwrap();

@@ -23,7 +23,7 @@
 //! Every row hands criterion whether its call was allowed, as the peers'
 //! rows do (see [`allowed`]).
 //!
-//! Run: `cargo bench --bench quota` (about two minutes).
+//! Run: `cargo bench --bench quota` (about three minutes).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
