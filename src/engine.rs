@@ -1081,6 +1081,42 @@ impl Engine {
     /// by subject and through exact handles that follow ([`Engine::run`]),
     /// unless it keeps that copy already.
     #[inline]
+    /// Marks the entry of a device or consumer that no single rule names
+    /// as alone at the current configuration version, and keeps this thread
+    /// a copy of its family's all-scope rules, as [`Engine::run_sole_entity`]
+    /// does (under a rule-table copy's lock, the shard's taken inside it):
+    /// for an engine with a ledger, whose calls are decided by
+    /// `run_granted`, which does not resolve this way.
+    pub(crate) fn mark_sole_entity(&self, kind: OwnerKind, id: &str, now: i64) {
+        let store = &self.store;
+        let owner = store.entity_hashed(kind, id);
+        let shard = store.shard_index(&owner);
+        let (fam, policy) = (kind as usize, self.config.frozen_policy);
+        let rules = self.read();
+        let mut applied = AppliedVec::new();
+        let mut valid = Validity::ALWAYS;
+        rules.resolve_all_scope(fam, owner, shard, 0, now, policy, &mut applied, &mut valid);
+        if applied.is_empty() || rules.lists_single_rules(fam, owner.hash, owner.id) {
+            return;
+        }
+        let version = self.version.load(Ordering::Relaxed);
+        store.lock_many(&[shard]).mark_alone(shard, &owner, version);
+        self.keep_alone_rules(&rules, fam, version, valid, &applied, now);
+    }
+
+    /// This engine's id (the threads' copies of its rules carry it).
+    #[inline(always)]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The configuration version, read with `Acquire` (under a shard's lock,
+    /// as the threads' copies are checked against it).
+    #[inline(always)]
+    pub(crate) fn version_now(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
     fn keep_alone_rules(
         &self,
         rules: &RuleSet,

@@ -98,6 +98,31 @@ fn a_rule_write_whose_commit_failed_is_durable_before_any_grant_under_it() {
 }
 
 #[test]
+fn a_ledgered_call_from_the_threads_copy_sees_every_configuration_write() {
+    // Calls of a device no single rule names are decided with the thread's
+    // copy of the all-scope rules once its entry is marked; a lower limit,
+    // and then a single rule naming it, must be seen at once.
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    let id = e.create_json(rule(10, "day")).unwrap().benefit_id().clone();
+    assert_eq!(admitted(&e, "d", 3, T0), 3); // the first call marks, the rest use the copy
+    e.apply_update_json(id.as_str(), r#"{"limit":4}"#, T0)
+        .unwrap();
+    assert_eq!(admitted(&e, "d", 5, T0), 1);
+    e.apply_update_json(id.as_str(), r#"{"limit":100}"#, T0)
+        .unwrap();
+    assert_eq!(admitted(&e, "d", 2, T0), 2);
+    e.create_json(
+        r#"{"entity_type":"single_device","entity_id":"d","benefit_info":{"benefit_type":"resource_point",
+        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":7,"trigger_unit":"day"}}"#,
+    )
+    .unwrap();
+    // The single rule replaces the all-devices one (D11), from zero.
+    assert_eq!(admitted(&e, "d", 10, T0), 7);
+    assert_eq!(admitted(&e, "other", 3, T0), 3);
+}
+
+#[test]
 fn a_crash_never_admits_more_than_the_limit_and_strands_at_most_a_grant() {
     let mut ledger = Arc::new(MemoryLedger::new());
     let max_grant = 16;

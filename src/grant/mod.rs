@@ -182,6 +182,18 @@ pub(crate) struct PendingRules {
 }
 
 /// What a round of a call with a ledger came to.
+/// What [`Engine::granted_from_copy`] did.
+enum FromCopy {
+    /// Decided.
+    Decided(Decision),
+    /// Not decided: a sole device or consumer with no copy of its rules on
+    /// this thread, or whose entry is not marked alone at the copy's
+    /// version (its rounds then mark it).
+    Unmarked,
+    /// Not decided: another subject, a `record`, or the ledger to ask.
+    Not,
+}
+
 enum Round {
     Decided(Decision),
     /// Grants sent (or not, if the writer is gone), and the denial to give
@@ -545,6 +557,113 @@ impl Engine {
         if !possible_now(now) {
             return Decision::impossible_time(now);
         }
+        self.apply_done(g);
+        let unmarked = match self.granted_from_copy(g, subject, now, op) {
+            FromCopy::Decided(d) => return d,
+            FromCopy::Unmarked => subject.sole_entity(),
+            FromCopy::Not => None,
+        };
+        let d = self.run_granted_rounds(g, subject, now, op);
+        if let Some((kind, id)) = unmarked {
+            // Its entry exists now (the rounds made it): marked, and the
+            // thread given a copy, so that its next call takes the path above.
+            self.mark_sole_entity(kind, id, now);
+        }
+        d
+    }
+
+    /// A call of [`Engine::run_granted`] decided with the thread's copy of
+    /// the rules, as [`Engine::run`] decides without a ledger (the same
+    /// checks: the version read under the shard lock is the copy's, the
+    /// entity's entry is marked alone at it), when nothing is to be asked
+    /// of the ledger: every counter the debit lands on is current, its
+    /// ceiling is in the same window and covers the debit, and no grant is
+    /// due ahead. Then the debit stays under the durable ceilings, checked
+    /// under the shard's lock the decision holds, as the rounds check it.
+    /// A `record` (booked to the ledger) always takes the rounds.
+    #[inline]
+    fn granted_from_copy(
+        &self,
+        g: &Grants,
+        subject: &crate::Subject<'_>,
+        now: i64,
+        op: Op,
+    ) -> FromCopy {
+        if matches!(op, Op::Record(..)) {
+            return FromCopy::Not;
+        }
+        let Some((kind, id)) = subject.sole_entity() else {
+            return FromCopy::Not;
+        };
+        let store = &self.store;
+        let owner = store.entity_hashed(kind, id);
+        let shard = store.shard_index(&owner);
+        // The entry's miss overlaps the copy's lookup and the locking.
+        store.prefetch_in(shard, &owner);
+        let Some(copy) = crate::cached::thread_rules::<2>(self.id(), kind as usize, now) else {
+            return FromCopy::Unmarked;
+        };
+        let mut locked = store.lock_shard(shard);
+        let version = self.version_now();
+        if version != copy.version {
+            return FromCopy::Unmarked;
+        }
+        let Some(counters) = locked.counters_if_alone(&owner, version) else {
+            return FromCopy::Unmarked;
+        };
+        if let Op::TryConsume(ty, amount) = op {
+            for r in copy.rules.iter() {
+                if r.benefit_type != ty || r.frozen || amount == 0 {
+                    continue;
+                }
+                let Some(c) = counters.iter().find(|c| c.rule == r.slot).copied() else {
+                    return FromCopy::Not;
+                };
+                if !c.is_current(r.generation, r.window) {
+                    return FromCopy::Not; // a new window: its grant first
+                }
+                let Some(need) = c.used.checked_add(amount).filter(|&n| n <= r.limit) else {
+                    continue; // the rule denies it anyway
+                };
+                let Some(p) = counters.iter_mut().find(|p| {
+                    p.rule == r.slot | CEILING
+                        && p.generation == c.generation
+                        && p.window_start == c.window_start
+                }) else {
+                    return FromCopy::Not;
+                };
+                let (ceiling, pending, refused) =
+                    (p.used, p.lifetime & PENDING, p.lifetime & REFUSED != 0);
+                if need > ceiling {
+                    return FromCopy::Not; // a grant to wait for
+                }
+                if !(pending > 0 || refused || ceiling >= r.limit) {
+                    let next = g.size(r.limit, need, ceiling, 1);
+                    if ceiling - need < next / 2 && next >= amount {
+                        return FromCopy::Not; // the next grant is due ahead
+                    }
+                }
+                // Spent since the last idle sweep (as the rounds mark it).
+                p.lifetime |= ACTIVE;
+            }
+        }
+        let rules = crate::cached::CachedRules(&copy.rules);
+        FromCopy::Decided(crate::decide::decide_one_owner(
+            store,
+            &rules,
+            Some(counters),
+            op,
+        ))
+    }
+
+    /// [`Engine::run_granted`] through the rule table, round by round.
+    fn run_granted_rounds(
+        &self,
+        g: &Grants,
+        subject: &crate::Subject<'_>,
+        now: i64,
+        op: Op,
+    ) -> Decision {
         // Rounds until decided: a grant this call waited for may be spent by
         // another call before this one decides again (each round, somebody
         // progresses), so the bound is the grant timeout, not a count.
