@@ -1076,32 +1076,46 @@ impl Engine {
         self.decide(applied, &table, &mut locked, op)
     }
 
-    /// Keeps `applied`, family `fam`'s all-scope rules at `now` read from
-    /// `rules` (locked) at `version`, as this thread's copy for the calls
-    /// by subject and through exact handles that follow ([`Engine::run`]),
-    /// unless it keeps that copy already.
-    #[inline]
-    /// Marks the entry of a device or consumer that no single rule names
-    /// as alone at the current configuration version, and keeps this thread
-    /// a copy of its family's all-scope rules, as [`Engine::run_sole_entity`]
-    /// does (under a rule-table copy's lock, the shard's taken inside it):
-    /// for an engine with a ledger, whose calls are decided by
-    /// `run_granted`, which does not resolve this way.
-    pub(crate) fn mark_sole_entity(&self, kind: OwnerKind, id: &str, now: i64) {
+    /// For an engine with a ledger, whose calls the rounds of
+    /// `run_granted` decide with a rule-table copy and the subject's shards
+    /// locked (`table`, `locked`): marks the entry of the sole device or
+    /// consumer `kind`/`id` as alone at the current version if no single
+    /// rule names it, and keeps this thread a copy of its family's
+    /// all-scope rules, as [`Engine::run_sole_entity`] does under the same
+    /// two locks. Every rule the round applied must count on the entity
+    /// itself (a single rule counts on its own pool).
+    pub(crate) fn mark_in_round(
+        &self,
+        table: &TableRules<'_, '_>,
+        locked: &mut Locked<'_>,
+        kind: OwnerKind,
+        id: &str,
+        now: i64,
+    ) {
         let store = &self.store;
         let owner = store.entity_hashed(kind, id);
-        let shard = store.shard_index(&owner);
-        let (fam, policy) = (kind as usize, self.config.frozen_policy);
-        let rules = self.read();
-        let mut applied = AppliedVec::new();
-        let mut valid = Validity::ALWAYS;
-        rules.resolve_all_scope(fam, owner, shard, 0, now, policy, &mut applied, &mut valid);
-        if applied.is_empty() || rules.lists_single_rules(fam, owner.hash, owner.id) {
+        let fam = kind as usize;
+        let rules = table.table;
+        if !table.applied.iter().all(|a| a.owner.same(&owner))
+            || rules.lists_single_rules(fam, owner.hash, owner.id)
+        {
             return;
         }
+        let shard = store.shard_index(&owner);
+        // A rule-table copy is locked: this is its version.
         let version = self.version.load(Ordering::Relaxed);
-        store.lock_many(&[shard]).mark_alone(shard, &owner, version);
-        self.keep_alone_rules(&rules, fam, version, valid, &applied, now);
+        locked.mark_alone(shard, &owner, version);
+        if !crate::cached::holds(self.id, fam, version, now) {
+            // Once per thread and version: the all-scope rules and how long
+            // they hold, as the copy keeps them.
+            let policy = self.config.frozen_policy;
+            let mut applied = AppliedVec::new();
+            let mut valid = Validity::ALWAYS;
+            rules.resolve_all_scope(fam, owner, shard, 0, now, policy, &mut applied, &mut valid);
+            if !applied.is_empty() {
+                crate::cached::keep(self.id, fam, version, valid, &rules.rules, &applied, policy);
+            }
+        }
     }
 
     /// This engine's id (the threads' copies of its rules carry it).
@@ -1117,6 +1131,11 @@ impl Engine {
         self.version.load(Ordering::Acquire)
     }
 
+    /// Keeps `applied`, family `fam`'s all-scope rules at `now` read from
+    /// `rules` (locked) at `version`, as this thread's copy for the calls
+    /// by subject and through exact handles that follow ([`Engine::run`]),
+    /// unless it keeps that copy already.
+    #[inline]
     fn keep_alone_rules(
         &self,
         rules: &RuleSet,

@@ -120,6 +120,16 @@ fn a_ledgered_call_from_the_threads_copy_sees_every_configuration_write() {
     // The single rule replaces the all-devices one (D11), from zero.
     assert_eq!(admitted(&e, "d", 10, T0), 7);
     assert_eq!(admitted(&e, "other", 3, T0), 3);
+    // A single rule that starts later keeps its device from being marked
+    // alone now: when it starts, it must apply, with no write in between.
+    e.create_json(format!(
+        r#"{{"entity_type":"single_device","entity_id":"later","benefit_info":{{"benefit_type":"resource_point",
+        "active_mode":"absolute_time","started_at":{},"ended_at":253402300799,"limit":2,"trigger_unit":"day"}}}}"#,
+        T0 + 3_600
+    ))
+    .unwrap();
+    assert_eq!(admitted(&e, "later", 5, T0), 5);
+    assert_eq!(admitted(&e, "later", 5, T0 + 3_600), 2);
 }
 
 #[test]

@@ -181,7 +181,6 @@ pub(crate) struct PendingRules {
     changed: Vec<RuleRecord>,
 }
 
-/// What a round of a call with a ledger came to.
 /// What [`Engine::granted_from_copy`] did.
 enum FromCopy {
     /// Decided.
@@ -194,6 +193,7 @@ enum FromCopy {
     Not,
 }
 
+/// What a round of a call with a ledger came to.
 enum Round {
     Decided(Decision),
     /// Grants sent (or not, if the writer is gone), and the denial to give
@@ -563,13 +563,7 @@ impl Engine {
             FromCopy::Unmarked => subject.sole_entity(),
             FromCopy::Not => None,
         };
-        let d = self.run_granted_rounds(g, subject, now, op);
-        if let Some((kind, id)) = unmarked {
-            // Its entry exists now (the rounds made it): marked, and the
-            // thread given a copy, so that its next call takes the path above.
-            self.mark_sole_entity(kind, id, now);
-        }
-        d
+        self.run_granted_rounds(g, subject, now, op, unmarked)
     }
 
     /// A call of [`Engine::run_granted`] decided with the thread's copy of
@@ -656,13 +650,16 @@ impl Engine {
         ))
     }
 
-    /// [`Engine::run_granted`] through the rule table, round by round.
+    /// [`Engine::run_granted`] through the rule table, round by round; the
+    /// entry of `unmarked` (a sole device or consumer the thread's copy did
+    /// not decide for) is marked by the round that decides.
     fn run_granted_rounds(
         &self,
         g: &Grants,
         subject: &crate::Subject<'_>,
         now: i64,
         op: Op,
+        unmarked: Option<(OwnerKind, &str)>,
     ) -> Decision {
         // Rounds until decided: a grant this call waited for may be spent by
         // another call before this one decides again (each round, somebody
@@ -672,7 +669,7 @@ impl Engine {
         loop {
             self.apply_done(g);
             // Decided, or a grant to wait for (with no lock held meanwhile).
-            let (sent, denial) = match self.round(g, subject, now, op) {
+            let (sent, denial) = match self.round(g, subject, now, op, unmarked) {
                 Round::Decided(d) => return d,
                 Round::Wait(sent, denial) => (sent, denial),
             };
@@ -714,12 +711,28 @@ impl Engine {
     /// every counter's ceiling covers the debit (sending grants taken
     /// ahead), else the grants asked for and the denial to give if the
     /// ledger fails (`ledger_unavailable`, naming the first rule waited on).
-    fn round(&self, g: &Grants, subject: &crate::Subject<'_>, now: i64, op: Op) -> Round {
+    fn round(
+        &self,
+        g: &Grants,
+        subject: &crate::Subject<'_>,
+        now: i64,
+        op: Op,
+        unmarked: Option<(OwnerKind, &str)>,
+    ) -> Round {
         self.with_applied(
             subject,
             now,
             || Round::Decided(Decision::Allowed(None)),
-            |table, locked| self.round_locked(g, table, locked, now, op),
+            |table, locked| {
+                let round = self.round_locked(g, table, locked, now, op);
+                if let (Some((kind, id)), Round::Decided(_)) = (unmarked, &round) {
+                    // Its entry exists now if it ever will: marked under the
+                    // locks this round holds, so that its next call can
+                    // decide with the thread's copy.
+                    self.mark_in_round(table, locked, kind, id, now);
+                }
+                round
+            },
         )
     }
 
