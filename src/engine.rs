@@ -1297,11 +1297,13 @@ impl Engine {
     /// independent subjects overlap instead of queueing), locks the union of
     /// those entries' shards once (in ascending order), and decides each
     /// request in turn: a device or consumer that no single rule names with
-    /// its family's all-scope rules, read once for the whole batch; any
-    /// other subject resolved in full, its other shards (a single rule's or
-    /// an enterprise pool) added to the chunk's if they are free, else the
-    /// rest of the chunk is resolved and locked together. Other threads
-    /// working on those shards wait for at most one chunk. With
+    /// its family's all-scope rules, read once for the whole batch (again
+    /// if a configuration write comes in between); any other subject
+    /// resolved in full, its other shards (a single rule's or an enterprise
+    /// pool) added to the chunk's if they are free, else the rest of the
+    /// chunk is resolved and locked together. A chunk holds a copy of the
+    /// rule table and its shards; other threads working on those, and a
+    /// configuration write, wait for at most one chunk. With
     /// [`crate::SubjectHandle`]s, use [`Engine::try_consume_many_handles`].
     ///
     /// # Examples
@@ -1343,15 +1345,24 @@ impl Engine {
             return;
         }
         out.reserve(requests.len());
-        let rules = self.read();
-        // Stable while a rule-table copy is locked.
-        let version = self.version.load(Ordering::Relaxed);
-        let alone = self.alone_rules(&rules, now);
+        // A rule-table copy is locked for one chunk at a time, so that a
+        // configuration write (which locks every copy) and the calls that
+        // need this copy wait for at most one chunk; the all-scope rules
+        // are read again only when a write came in between.
+        let mut kept: Option<(u64, [SmallVec<[CachedRule; 2]>; 2])> = None;
         for chunk in requests.chunks(BATCH_CHUNK) {
+            let rules = self.read();
+            // Stable while a rule-table copy is locked.
+            let version = self.version.load(Ordering::Relaxed);
+            let alone = match kept.take() {
+                Some((v, alone)) if v == version => alone,
+                _ => self.alone_rules(&rules, now),
+            };
             let done = self.decide_chunk(&rules, version, &alone, chunk, now, out);
             if done < chunk.len() {
                 self.decide_chunk_resolved(&rules, &chunk[done..], now, out);
             }
+            kept = Some((version, alone));
         }
     }
 
@@ -1633,8 +1644,7 @@ mod tests {
 
     #[test]
     fn a_chunk_stops_at_a_shard_it_cannot_take_and_the_rest_decides_as_calls_would() {
-        let made = || {
-            let e = Engine::builder().shards(64).build();
+        let configure = |e: &Engine, c: &str| {
             let rule = |t: &str, id: &str, limit: u32| {
                 let id = if id.is_empty() {
                     String::new()
@@ -1647,32 +1657,43 @@ mod tests {
             };
             e.create_json(rule("enterprise_all_devices", "", 10))
                 .unwrap();
-            e.create_json(rule("single_device", "c", 3)).unwrap();
-            e
+            e.create_json(rule("single_device", c, 3)).unwrap();
         };
-        let (e, one_by_one) = (made(), made());
+        let (e, one_by_one) = (
+            Engine::builder().shards(64).build(),
+            Engine::builder().shards(64).build(),
+        );
         let shard_of = |id: &str| {
             e.store
                 .shard_index(&e.store.entity_hashed(OwnerKind::Device, id))
         };
-        // Device c's own counters, and its single rule's pool elsewhere.
-        let pool = {
+        // The single rule's pool (rule slot 1) and the device it names in
+        // different shards: the device is chosen so (hashes are keyed per
+        // engine, so no fixed id would do).
+        let pool = e.store.shard_index(&e.store.pool(1));
+        let c = (0..1000)
+            .map(|i| format!("c{i}"))
+            .find(|c| shard_of(c) != pool)
+            .unwrap();
+        let c = c.as_str();
+        configure(&e, c);
+        configure(&one_by_one, c);
+        {
             let rules = e.read();
             let slot = rules
                 .rules
                 .iter()
                 .position(|r| r.info.entity_type == crate::types::EntityType::SingleDevice);
-            e.store.shard_index(&e.store.pool(slot.unwrap() as u32))
-        };
+            assert_eq!(slot, Some(1));
+        }
         let devices: Vec<String> = (0..1000)
             .map(|i| format!("d{i}"))
-            .filter(|d| ![pool, shard_of("c")].contains(&shard_of(d)))
+            .filter(|d| ![pool, shard_of(c)].contains(&shard_of(d)))
             .take(2)
             .collect();
-        assert!(shard_of("c") != pool);
         let ids = [
             devices[0].as_str(),
-            "c",
+            c,
             devices[1].as_str(),
             devices[0].as_str(),
         ];

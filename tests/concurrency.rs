@@ -127,6 +127,100 @@ fn devices_and_a_shared_pool_together_never_over_admit() {
 }
 
 #[test]
+fn batches_by_subject_from_several_threads_never_over_admit() {
+    // Threads send batches over the same devices (several chunks each, so
+    // chunks of different threads meet on shards, and a chunk that finds a
+    // shard held stops and resolves the rest), with a single rule naming
+    // some devices (its pool in another shard) and a shared organization
+    // pool on some requests: every counter ends exactly at what it admitted,
+    // and no limit is passed.
+    for threads in THREADS {
+        let e = Engine::new();
+        let daily = Rule::all_devices(40).daily().create(&e);
+        let single = Rule::device("dev3", 25).create(&e);
+        let pool = Rule::new("coze_organization", Some("o"), 500).create(&e);
+        let devices: Vec<String> = (0..20).map(|i| format!("dev{i}")).collect();
+        let member = Member {
+            organization_id: Some("o"),
+            ..Member::default()
+        };
+        let per_thread: Vec<HashMap<String, u64>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (e, devices) = (&e, &devices);
+                    s.spawn(move || {
+                        let mut got: HashMap<String, u64> = HashMap::new();
+                        for round in 0..12 {
+                            // 150 requests: three chunks of 64 and a rest.
+                            let picks: Vec<(usize, bool)> = (0..150)
+                                .map(|i| ((i * 7 + t * 3 + round) % devices.len(), i % 5 == 0))
+                                .collect();
+                            let reqs: Vec<benefit_quota::Request<'_>> = picks
+                                .iter()
+                                .map(|&(d, with_pool)| benefit_quota::Request {
+                                    subject: if with_pool {
+                                        Subject::device(&devices[d]).with_member(member)
+                                    } else {
+                                        Subject::device(&devices[d])
+                                    },
+                                    benefit_type: PTS,
+                                    amount: units(1),
+                                })
+                                .collect();
+                            let mut out = Vec::new();
+                            e.try_consume_many(&reqs, MIDNIGHT, &mut out);
+                            assert_eq!(out.len(), reqs.len());
+                            for (&(d, with_pool), dec) in picks.iter().zip(&out) {
+                                if dec.is_allowed() {
+                                    *got.entry(devices[d].clone()).or_default() += 1;
+                                    if with_pool {
+                                        *got.entry("pool".into()).or_default() += 1;
+                                    }
+                                }
+                            }
+                        }
+                        got
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let total = |k: &str| {
+            per_thread
+                .iter()
+                .map(|m| m.get(k).copied().unwrap_or(0))
+                .sum::<u64>()
+        };
+        for d in &devices {
+            let admitted = total(d);
+            let (rule, limit) = if d == "dev3" {
+                (&single, 25)
+            } else {
+                (&daily, 40)
+            };
+            assert!(
+                admitted <= limit,
+                "{d}: {admitted} > {limit} ({threads} threads)"
+            );
+            assert_eq!(
+                used(&e, &Subject::device(d), rule, MIDNIGHT),
+                units(admitted),
+                "{d}"
+            );
+        }
+        let o = Subject::member(member);
+        assert!(total("pool") <= 500);
+        assert_eq!(used(&e, &o, &pool, MIDNIGHT), units(total("pool")));
+        // Demand (150 × 12 per thread over 20 devices) passes every device's
+        // limit: each ends exactly at it.
+        for d in &devices {
+            let limit = if d == "dev3" { 25 } else { 40 };
+            assert_eq!(total(d), limit, "{d} ({threads} threads)");
+        }
+    }
+}
+
+#[test]
 fn record_under_contention_loses_nothing() {
     for threads in THREADS {
         let e = Engine::new();

@@ -525,7 +525,9 @@ impl Engine {
         let start = out.len();
         self.decide_many_handles(requests, now, out);
         for (r, d) in requests.iter().zip(&out[start..]) {
-            self.observe.decision(Some(r.benefit_type), d);
+            // Counted by the engine the handle decides with, as its own
+            // call would be (another engine's handle is decided by its own).
+            r.handle.engine.observe.decision(Some(r.benefit_type), d);
         }
     }
 
