@@ -1079,7 +1079,7 @@ impl Engine {
     /// For an engine with a ledger, whose calls the rounds of
     /// `run_granted` decide with a rule-table copy and the subject's shards
     /// locked (`table`, `locked`): marks the entry of the sole device or
-    /// consumer `kind`/`id` as alone at the current version if no single
+    /// consumer `owner` as alone at the current version if no single
     /// rule names it, and keeps this thread a copy of its family's
     /// all-scope rules, as [`Engine::run_sole_entity`] does under the same
     /// two locks. Every rule the round applied must count on the entity
@@ -1088,47 +1088,32 @@ impl Engine {
         &self,
         table: &TableRules<'_, '_>,
         locked: &mut Locked<'_>,
-        kind: OwnerKind,
-        id: &str,
+        owner: &Owner<'_>,
         now: i64,
     ) {
         let store = &self.store;
-        let owner = store.entity_hashed(kind, id);
-        let fam = kind as usize;
+        let fam = owner.kind as usize;
         let rules = table.table;
-        if !table.applied.iter().all(|a| a.owner.same(&owner))
+        if !table.applied.iter().all(|a| a.owner.same(owner))
             || rules.lists_single_rules(fam, owner.hash, owner.id)
         {
             return;
         }
-        let shard = store.shard_index(&owner);
+        let shard = store.shard_index(owner);
         // A rule-table copy is locked: this is its version.
         let version = self.version.load(Ordering::Relaxed);
-        locked.mark_alone(shard, &owner, version);
+        locked.mark_alone(shard, owner, version);
         if !crate::cached::holds(self.id, fam, version, now) {
             // Once per thread and version: the all-scope rules and how long
             // they hold, as the copy keeps them.
             let policy = self.config.frozen_policy;
             let mut applied = AppliedVec::new();
             let mut valid = Validity::ALWAYS;
-            rules.resolve_all_scope(fam, owner, shard, 0, now, policy, &mut applied, &mut valid);
+            rules.resolve_all_scope(fam, *owner, shard, 0, now, policy, &mut applied, &mut valid);
             if !applied.is_empty() {
                 crate::cached::keep(self.id, fam, version, valid, &rules.rules, &applied, policy);
             }
         }
-    }
-
-    /// This engine's id (the threads' copies of its rules carry it).
-    #[inline(always)]
-    pub(crate) fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The configuration version, read with `Acquire` (under a shard's lock,
-    /// as the threads' copies are checked against it).
-    #[inline(always)]
-    pub(crate) fn version_now(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
     }
 
     /// Keeps `applied`, family `fam`'s all-scope rules at `now` read from

@@ -182,13 +182,13 @@ pub(crate) struct PendingRules {
 }
 
 /// What [`Engine::granted_from_copy`] did.
-enum FromCopy {
+enum FromCopy<'s> {
     /// Decided.
     Decided(Decision),
-    /// Not decided: a sole device or consumer with no copy of its rules on
-    /// this thread, or whose entry is not marked alone at the copy's
+    /// Not decided: this sole device or consumer has no copy of its rules
+    /// on this thread, or its entry is not marked alone at the copy's
     /// version (its rounds then mark it).
-    Unmarked,
+    Unmarked(crate::state::Owner<'s>),
     /// Not decided: another subject, a `record`, or the ledger to ask.
     Not,
 }
@@ -560,7 +560,7 @@ impl Engine {
         self.apply_done(g);
         let unmarked = match self.granted_from_copy(g, subject, now, op) {
             FromCopy::Decided(d) => return d,
-            FromCopy::Unmarked => subject.sole_entity(),
+            FromCopy::Unmarked(owner) => Some(owner),
             FromCopy::Not => None,
         };
         self.run_granted_rounds(g, subject, now, op, unmarked)
@@ -576,13 +576,13 @@ impl Engine {
     /// under the shard's lock the decision holds, as the rounds check it.
     /// A `record` (booked to the ledger) always takes the rounds.
     #[inline]
-    fn granted_from_copy(
+    fn granted_from_copy<'s>(
         &self,
         g: &Grants,
-        subject: &crate::Subject<'_>,
+        subject: &crate::Subject<'s>,
         now: i64,
         op: Op,
-    ) -> FromCopy {
+    ) -> FromCopy<'s> {
         if matches!(op, Op::Record(..)) {
             return FromCopy::Not;
         }
@@ -594,16 +594,16 @@ impl Engine {
         let shard = store.shard_index(&owner);
         // The entry's miss overlaps the copy's lookup and the locking.
         store.prefetch_in(shard, &owner);
-        let Some(copy) = crate::cached::thread_rules::<2>(self.id(), kind as usize, now) else {
-            return FromCopy::Unmarked;
+        let Some(copy) = crate::cached::thread_rules::<2>(self.id, kind as usize, now) else {
+            return FromCopy::Unmarked(owner);
         };
         let mut locked = store.lock_shard(shard);
-        let version = self.version_now();
+        let version = self.version.load(std::sync::atomic::Ordering::Acquire);
         if version != copy.version {
-            return FromCopy::Unmarked;
+            return FromCopy::Unmarked(owner);
         }
         let Some(counters) = locked.counters_if_alone(&owner, version) else {
-            return FromCopy::Unmarked;
+            return FromCopy::Unmarked(owner);
         };
         if let Op::TryConsume(ty, amount) = op {
             for r in copy.rules.iter() {
@@ -628,14 +628,11 @@ impl Engine {
                 };
                 let (ceiling, pending, refused) =
                     (p.used, p.lifetime & PENDING, p.lifetime & REFUSED != 0);
-                if need > ceiling {
-                    return FromCopy::Not; // a grant to wait for
-                }
-                if !(pending > 0 || refused || ceiling >= r.limit) {
-                    let next = g.size(r.limit, need, ceiling, 1);
-                    if ceiling - need < next / 2 && next >= amount {
-                        return FromCopy::Not; // the next grant is due ahead
-                    }
+                if need > ceiling
+                    || g.due_ahead(r.limit, need, ceiling, pending, refused, amount)
+                        .is_some()
+                {
+                    return FromCopy::Not; // a grant to wait for, or the next one due
                 }
                 // Spent since the last idle sweep (as the rounds mark it).
                 p.lifetime |= ACTIVE;
@@ -659,7 +656,7 @@ impl Engine {
         subject: &crate::Subject<'_>,
         now: i64,
         op: Op,
-        unmarked: Option<(OwnerKind, &str)>,
+        unmarked: Option<crate::state::Owner<'_>>,
     ) -> Decision {
         // Rounds until decided: a grant this call waited for may be spent by
         // another call before this one decides again (each round, somebody
@@ -717,7 +714,7 @@ impl Engine {
         subject: &crate::Subject<'_>,
         now: i64,
         op: Op,
-        unmarked: Option<(OwnerKind, &str)>,
+        unmarked: Option<crate::state::Owner<'_>>,
     ) -> Round {
         self.with_applied(
             subject,
@@ -725,11 +722,11 @@ impl Engine {
             || Round::Decided(Decision::Allowed(None)),
             |table, locked| {
                 let round = self.round_locked(g, table, locked, now, op);
-                if let (Some((kind, id)), Round::Decided(_)) = (unmarked, &round) {
+                if let (Some(owner), Round::Decided(_)) = (unmarked, &round) {
                     // Its entry exists now if it ever will: marked under the
                     // locks this round holds, so that its next call can
                     // decide with the thread's copy.
-                    self.mark_in_round(table, locked, kind, id, now);
+                    self.mark_in_round(table, locked, &owner, now);
                 }
                 round
             },
@@ -851,15 +848,10 @@ impl Engine {
                     let want = need - ceiling - pending;
                     (g.size(v.limit, used, ceiling + pending, want), want, true)
                 } else {
-                    if pending > 0 || refused || ceiling >= v.limit {
-                        continue; // the next one is on its way, or none can be
-                    }
-                    let next = g.size(v.limit, need, ceiling, 1);
-                    if ceiling - need >= next / 2 || next < amount {
-                        // Enough left, or too near the limit to take more
-                        // than the next call needs.
+                    let Some(next) = g.due_ahead(v.limit, need, ceiling, pending, refused, amount)
+                    else {
                         continue;
-                    }
+                    };
                     (next, amount, false)
                 };
                 let counters = locked.counters_mut(a.shard, &a.owner);

@@ -204,6 +204,30 @@ impl Grants {
 
     /// The grant to ask for a counter with `limit`, `used` and `reserved`
     /// (ceiling and pending grants), when `want` more is needed.
+    /// The grant to take ahead for a counter whose `ceiling` covers the
+    /// debit that brings it to `need` (of `amount`), if one is due: none
+    /// while one is on its way (`pending`), after a refusal, or once the
+    /// ceiling is the limit; none while the ceiling keeps half the next
+    /// grant's worth above `need`, nor when the next grant is smaller than
+    /// the debit (too near the limit to take more than the next call needs).
+    /// The one rule for the rounds and for calls decided with the thread's
+    /// copy of the rules.
+    pub(crate) fn due_ahead(
+        &self,
+        limit: u64,
+        need: u64,
+        ceiling: u64,
+        pending: u64,
+        refused: bool,
+        amount: u64,
+    ) -> Option<u64> {
+        if pending > 0 || refused || ceiling >= limit {
+            return None;
+        }
+        let next = self.size(limit, need, ceiling, 1);
+        (ceiling - need < next / 2 && next >= amount).then_some(next)
+    }
+
     pub(crate) fn size(&self, limit: u64, used: u64, reserved: u64, want: u64) -> u64 {
         let room = limit.saturating_sub(reserved.max(used));
         let ahead = (room >> GRANT_SHIFT).min(self.max_grant);
