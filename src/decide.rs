@@ -236,9 +236,9 @@ fn decide_by_state<'r>(
         let (v, w) = rules.rule(i);
         Seen::push(&mut seen, v, w, read);
     }
-    conclude(store, &mut seen, op, rules, |seen, ty, amount| {
+    conclude(store, &mut seen, op, rules, |seen, ty, amount, create| {
         if let Some(c) = counters {
-            add_to_counters(seen, c, ty, amount);
+            add_to_counters(seen, c, ty, amount, create);
         }
     })
 }
@@ -458,14 +458,15 @@ pub(crate) fn effective_window(
 
 /// D13's outcome of `op` over the rules' current state `seen`; `debit` books
 /// an amount on the counters of the rules of a type when the operation goes
-/// through; `rules` name a rule by slot.
+/// through (creating the missing ones if told to, else skipping them);
+/// `rules` name a rule by slot.
 #[inline]
 pub(crate) fn conclude<'r>(
     store: &Store,
     seen: &mut [Seen],
     op: Op,
     rules: &impl Rules<'r>,
-    debit: impl FnOnce(&mut [Seen], BenefitType, u64),
+    debit: impl FnOnce(&mut [Seen], BenefitType, u64, bool),
 ) -> Decision {
     match op {
         Op::Check => match deny(seen, None, 0, rules) {
@@ -505,14 +506,19 @@ pub(crate) fn conclude<'r>(
                     return Decision::Denied(d);
                 }
             }
-            debit(seen, ty, amount);
+            debit(seen, ty, amount, true);
             Decision::Allowed(least.map(|(_, _, i)| headroom_at(&seen[i], rules)))
         }
         Op::Record(ty, amount) => {
             if let Err(d) = reserve_counters(store, seen, ty, amount, rules) {
+                // The usage was spent already: what it cannot be booked on
+                // (the counters past the cap) is lost, but the counters that
+                // exist still take it, so the rules they count for do not
+                // under-count it (the denial says that the rest was not).
+                debit(seen, ty, amount, false);
                 return Decision::Denied(d);
             }
-            debit(seen, ty, amount);
+            debit(seen, ty, amount, true);
             recorded(seen, ty, rules)
         }
     }
@@ -555,19 +561,21 @@ fn reserve_counters<'r>(
 }
 
 /// Adds `amount` to the counters, among one owner's `counters`, of the rules
-/// of type `ty` in `seen` (all of that owner), creating them as needed.
+/// of type `ty` in `seen` (all of that owner), creating them as needed if
+/// `create`, else only to those that exist.
 #[inline]
 pub(crate) fn add_to_counters(
     seen: &mut [Seen],
     counters: &mut Counters,
     ty: BenefitType,
     amount: u64,
+    create: bool,
 ) {
     if amount == 0 {
         return;
     }
     for s in seen {
-        if s.benefit_type == ty {
+        if s.benefit_type == ty && (create || s.exists) {
             let at = usize::from(s.pos);
             let c = match counters.get(at) {
                 Some(c) if s.exists && c.rule == s.slot => &mut counters[at],
@@ -580,10 +588,12 @@ pub(crate) fn add_to_counters(
     }
 }
 
-/// Whether `seen` has a rule of type `ty` (so a debit of it touches counters).
+/// Whether `seen` has a rule of type `ty` (so a debit of it touches
+/// counters), whose counter exists unless `create`.
 #[inline]
-pub(crate) fn has_type(seen: &[Seen], ty: BenefitType) -> bool {
-    seen.iter().any(|s| s.benefit_type == ty)
+pub(crate) fn has_type(seen: &[Seen], ty: BenefitType, create: bool) -> bool {
+    seen.iter()
+        .any(|s| s.benefit_type == ty && (create || s.exists))
 }
 
 /// D13 + D17: the denial, if any. With `ty`, also rules of that type that

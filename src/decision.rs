@@ -17,7 +17,9 @@ pub enum DenyReason {
     /// (`used + amount > limit`); a smaller request may pass.
     Insufficient,
     /// The request needed a new counter and the engine's
-    /// [`crate::EngineConfig::max_counters`] is reached; nothing was changed.
+    /// [`crate::EngineConfig::max_counters`] is reached. A `try_consume`
+    /// changed nothing; a `record` (usage already spent) was booked on the
+    /// counters that exist and not on the one it names.
     /// Not a quota decision: retry after [`crate::Engine::evict`] or raise the cap.
     CounterCapacity,
     /// The engine keeps its usage in a ledger, the request needed a new

@@ -51,7 +51,9 @@ pub struct EngineConfig {
     /// in `1..=64`. Default: the number of CPUs, at most 16.
     pub rule_replicas: usize,
     /// Most counters tracked at once. A request that would create more is
-    /// denied with [`crate::DenyReason::CounterCapacity`] and changes nothing;
+    /// denied with [`crate::DenyReason::CounterCapacity`] and changes nothing
+    /// (a `record`, of usage already spent, is still booked on the counters
+    /// that exist);
     /// [`Engine::evict`] frees counters that no longer matter. Default: no cap.
     pub max_counters: usize,
 }
@@ -1215,16 +1217,22 @@ impl Engine {
                 Seen::push(&mut seen, v, w, counters);
             }
         }
-        conclude(&self.store, &mut seen, op, rules, |seen, ty, amount| {
-            for run in owner_runs(applied) {
-                if amount == 0 || !has_type(&seen[run.clone()], ty) {
-                    continue;
+        conclude(
+            &self.store,
+            &mut seen,
+            op,
+            rules,
+            |seen, ty, amount, create| {
+                for run in owner_runs(applied) {
+                    if amount == 0 || !has_type(&seen[run.clone()], ty, create) {
+                        continue;
+                    }
+                    let first = &applied[run.start];
+                    let counters = locked.counters_mut(first.shard, &first.owner);
+                    add_to_counters(&mut seen[run], counters, ty, amount, create);
                 }
-                let first = &applied[run.start];
-                let counters = locked.counters_mut(first.shard, &first.owner);
-                add_to_counters(&mut seen[run], counters, ty, amount);
-            }
-        })
+            },
+        )
     }
 
     /// [`Engine::decide`] when all the `rules` count on the counters of `owner`

@@ -40,6 +40,46 @@ fn the_counter_cap_refuses_new_counters_and_changes_nothing() {
     assert_eq!(e.counter_count(), 2);
 }
 
+/// A `record` meters usage already spent: past the cap, the counters that
+/// exist still take it (the rules they count for would otherwise under-count
+/// it and admit it again), the missing ones are not created, and the call
+/// reports the cap.
+#[test]
+fn a_record_past_the_counter_cap_books_on_the_counters_that_exist() {
+    let e = Engine::builder().max_counters(2).build();
+    let cum = Rule::all_devices(100).create(&e);
+    let (a, b) = (Subject::device("a"), Subject::device("b"));
+    assert!(e.try_consume(&a, PTS, units(1), MIDNIGHT).is_allowed());
+    assert!(e.try_consume(&b, PTS, units(1), MIDNIGHT).is_allowed());
+    // a now needs a daily counter too: 3 > 2.
+    let daily = Rule::all_devices(10).daily().create(&e);
+    let d = e.record(&a, PTS, units(5), MIDNIGHT);
+    assert_eq!(
+        d.denial().map(|x| (x.reason, x.benefit_id.as_str())),
+        Some((DenyReason::CounterCapacity, daily.as_str()))
+    );
+    assert_eq!(used(&e, &a, &cum, MIDNIGHT), units(6));
+    assert_eq!(used(&e, &a, &daily, MIDNIGHT), units(0));
+    assert_eq!(e.counter_count(), 2);
+    // The cumulative rule has 94 left for a, not 99: after 94 more, it is
+    // exhausted.
+    for _ in 0..94 {
+        assert!(e.check(&a, MIDNIGHT).is_allowed());
+        let d = e.record(&a, PTS, units(1), MIDNIGHT);
+        assert_eq!(
+            d.denial().map(|x| x.reason),
+            Some(DenyReason::CounterCapacity)
+        );
+    }
+    assert_eq!(used(&e, &a, &cum, MIDNIGHT), units(100));
+    assert_eq!(
+        e.check(&a, MIDNIGHT)
+            .denial()
+            .map(|x| (x.reason, x.benefit_id.as_str())),
+        Some((DenyReason::Exhausted, cum.as_str()))
+    );
+}
+
 #[test]
 fn eviction_frees_exactly_the_counters_that_no_longer_matter() {
     let e = Engine::new();

@@ -240,6 +240,41 @@ fn records_are_durable_after_a_flush_and_lift_the_ceiling() {
     assert_eq!(admitted(&e, "d", 10, T0), 5);
 }
 
+/// A record past the counter cap books on the counters that exist, and that
+/// booking reaches the ledger as any record does.
+#[test]
+fn a_record_past_the_counter_cap_is_durable_on_the_counters_that_exist() {
+    let mut ledger = Arc::new(MemoryLedger::new());
+    let open_capped = |l: &Arc<MemoryLedger>| {
+        Engine::builder()
+            .max_counters(1)
+            .ledger(Arc::clone(l))
+            .grant_timeout(std::time::Duration::from_secs(60))
+            .open()
+            .unwrap()
+    };
+    let e = open_capped(&ledger);
+    e.create_json(rule(100, "never")).unwrap();
+    assert_eq!(admitted(&e, "d", 5, T0), 5);
+    e.create_json(rule(1000, "day")).unwrap();
+    let d = e.record(&Subject::device("d"), PTS, units(90), T0);
+    assert_eq!(
+        d.denial().map(|x| x.reason),
+        Some(DenyReason::CounterCapacity)
+    );
+    e.flush().unwrap();
+    crash(e, &mut ledger);
+    // The next life has no cap: only the ledger's usage limits it.
+    let e = open(&ledger);
+    let cum = e
+        .usage(&Subject::device("d"), T0)
+        .into_iter()
+        .find(|u| u.limit == 100)
+        .expect("the cumulative rule applies");
+    assert_eq!(cum.used, units(95));
+    assert_eq!(admitted(&e, "d", 10, T0), 5);
+}
+
 #[test]
 fn evicted_counters_leave_the_ledger() {
     let ledger = Arc::new(MemoryLedger::new());
