@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{any, get, put};
 use axum::Router;
 
 use crate::engine::Engine;
@@ -55,12 +55,13 @@ impl AdminAuth {
             .map(str::trim);
         let known = token.and_then(|t| self.tokens.iter().find(|(k, _)| k.as_str() == t));
         match known {
-            None => Err(ApiError::from_platform(
-                4100,
+            // The gateway refuses here, not the platform: its own wording.
+            None => Err(ApiError::new(
+                ErrorCode::BadToken,
                 "the access token is missing or invalid",
             )),
-            Some((_, false)) if write => Err(ApiError::from_platform(
-                4101,
+            Some((_, false)) if write => Err(ApiError::new(
+                ErrorCode::PermissionDenied,
                 "the access token lacks this permission",
             )),
             Some(_) => Ok(()),
@@ -93,6 +94,10 @@ pub fn admin_router(engine: Arc<Engine>, auth: AdminAuth) -> Router {
     Router::new()
         .route("/v1/commerce/benefit/limitations", get(list).post(create))
         .route("/v1/commerce/benefit/limitations/{benefit_id}", put(update))
+        // The update path without its id (`.../limitations/`), which the
+        // two routes above do not match: in the envelope too, not axum's
+        // bare 404.
+        .route("/v1/commerce/benefit/limitations/", any(no_id))
         .method_not_allowed_fallback(not_allowed)
         .with_state(state)
 }
@@ -172,13 +177,26 @@ async fn list(State(s): State<AdminState>, headers: HeaderMap, uri: Uri) -> Resp
     )
 }
 
+/// The update path with an empty id: 4000 naming `benefit_id`, after the
+/// token check.
+async fn no_id(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    envelope::<()>(
+        s.auth
+            .check(&headers, true)
+            .and_then(|()| Err(ApiError::invalid("benefit_id", "empty"))),
+    )
+}
+
 async fn update(
     State(s): State<AdminState>,
-    Path(benefit_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     envelope(s.auth.check(&headers, true).and_then(|()| {
+        // An id that does not decode (percent-escapes that are not UTF-8):
+        // 4000 naming it, in the envelope, after the token check.
+        let Path(benefit_id) = path.map_err(|e| ApiError::invalid("benefit_id", e.body_text()))?;
         s.engine
             .apply_update_json(&benefit_id, readable(body)?, now())
     }))

@@ -315,6 +315,34 @@ async fn admin_errors_outside_the_engine_come_in_the_envelope_too() {
     assert_eq!(r.status(), 405);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], 4000);
+    // An id that is not UTF-8 once decoded, and no id at all: 400 naming
+    // `benefit_id`, in the envelope, after the token check.
+    for path in ["%FF", ""] {
+        let put = |token: Option<&str>| {
+            let r = client.put(format!("{url}/{path}")).body(SDK_UPDATE);
+            match token {
+                Some(t) => r.bearer_auth(t),
+                None => r,
+            }
+        };
+        let r = put(None).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], 4100, "{path:?}");
+        // The gateway refused, in its own words, not as the platform's answer.
+        assert_eq!(
+            body["msg"], "the access token is missing or invalid",
+            "{path:?}"
+        );
+        let r = put(Some("admin")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], 4000, "{path:?}");
+        assert!(
+            body["msg"].as_str().unwrap().contains("`benefit_id`"),
+            "{path:?}: {body}"
+        );
+    }
     assert!(engine.records().is_empty());
 }
 
