@@ -25,17 +25,92 @@ pub(crate) fn response_data(
     response: &[u8],
 ) -> Result<(serde_json::Value, &'static str), ApiError> {
     let v: serde_json::Value = parse_json(response, MAX_IMPORT_BYTES)?;
+    // A `Value` keeps the last of two equal keys; a body is refused for
+    // them (D2), and so is a response, whose records are bodies too.
+    no_duplicate_keys(response)?;
     let Some(code) = v.get("code") else {
         return Ok((v, ""));
     };
-    match code.as_u64() {
-        Some(0) => Ok((v.get("data").cloned().unwrap_or_default(), "data.")),
-        Some(code) => {
+    // An integer field: a JSON integer or a decimal string of one (D1).
+    match serde_json::from_value::<Int64>(code.clone()).map(|c| u64::try_from(c.0)) {
+        Ok(Ok(0)) => Ok((v.get("data").cloned().unwrap_or_default(), "data.")),
+        Ok(Ok(code)) => {
             let msg = v.get("msg").and_then(|m| m.as_str()).unwrap_or_default();
             Err(ApiError::from_platform(code, msg))
         }
-        None => Err(ApiError::invalid("code", "expected an integer")),
+        _ => Err(ApiError::invalid("code", "expected a non-negative integer")),
     }
+}
+
+/// `Err` naming the first key that appears twice in one object of `json`
+/// (already parsed once, so well-formed), with its path
+/// (`data.benefit_infos[1].limit`).
+fn no_duplicate_keys(json: &[u8]) -> Result<(), ApiError> {
+    use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Any JSON value, read only to find duplicate keys.
+    struct Unique;
+    /// The value of a key seen twice: refused, so the error's path ends
+    /// at that key.
+    struct Again;
+
+    impl<'de> Deserialize<'de> for Again {
+        fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Again, D::Error> {
+            Err(de::Error::custom("duplicate field"))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+            d.deserialize_any(UniqueVisitor)
+        }
+    }
+
+    struct UniqueVisitor;
+    impl<'de> Visitor<'de> for UniqueVisitor {
+        type Value = Unique;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            while let Some(k) = map.next_key::<String>()? {
+                if keys.contains(&k) {
+                    map.next_value::<Again>()?;
+                }
+                map.next_value::<Unique>()?;
+                keys.insert(k);
+            }
+            Ok(Unique)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(json);
+    serde_path_to_error::deserialize::<_, Unique>(&mut de)
+        .map(|_| ())
+        .map_err(|e| ApiError::invalid(&e.path().to_string(), "duplicate key"))
 }
 
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8], max: usize) -> Result<T, ApiError> {

@@ -323,18 +323,53 @@ fn s1_bad_pages_are_refused_naming_the_field_and_leave_the_listing_as_it_was() {
             err.msg()
         );
     }
-    // The platform's own error is passed on.
-    let err = l
-        .add_page_json(
-            DEVICES,
-            POINTS,
-            r#"{"code":4100,"msg":"bad token","detail":{"logid":"z"}}"#,
-        )
-        .unwrap_err();
-    assert_eq!(err.code().as_u32(), 4100);
+    // A key given twice, in a record or in the envelope, is refused as in
+    // a body (D2), naming it; a `Value` would have kept the last one.
+    let good = record("7000", "enterprise_all_devices", None, 1, "never").to_string();
+    let twice = good.replacen(r#""limit":1"#, r#""limit":1,"limit":500"#, 1);
+    assert_ne!(twice, good);
+    for (body, field) in [
+        (
+            format!(
+                r#"{{"code":0,"data":{{"has_more":false,"page_token":"","benefit_infos":[{good},{twice}]}}}}"#
+            ),
+            "data.benefit_infos[1].limit",
+        ),
+        (
+            format!(
+                r#"{{"code":0,"code":0,"data":{{"has_more":false,"page_token":"","benefit_infos":[{good}]}}}}"#
+            ),
+            "code",
+        ),
+    ] {
+        let err = l.add_page_json(DEVICES, POINTS, body).unwrap_err();
+        assert!(
+            err.msg()
+                .starts_with(&format!("invalid parameter `{field}`")),
+            "{field}: {}",
+            err.msg()
+        );
+    }
+    // The platform's own error is passed on, its code an integer or a
+    // decimal string of one (D1).
+    for code in ["4100", r#""4100""#] {
+        let err = l
+            .add_page_json(
+                DEVICES,
+                POINTS,
+                format!(r#"{{"code":{code},"msg":"bad token","detail":{{"logid":"z"}}}}"#),
+            )
+            .unwrap_err();
+        assert_eq!(err.code().as_u32(), 4100);
+    }
     assert!(l.is_empty() && l.is_complete());
-    // A page after the last one.
-    l.add_page_json(DEVICES, POINTS, page(&[], None)).unwrap();
+    // A page after the last one (this one's code a string).
+    l.add_page_json(
+        DEVICES,
+        POINTS,
+        page(&[], None).replacen(r#""code":0"#, r#""code":"0""#, 1),
+    )
+    .unwrap();
     let err = l
         .add_page_json(DEVICES, POINTS, page(&[], None))
         .unwrap_err();
