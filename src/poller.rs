@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::engine::Engine;
 use crate::errors::ApiError;
 use crate::mirror::{Listing, SyncReport};
-use crate::types::{BenefitType, EntityType};
+use crate::types::{BenefitType, EntityType, Family};
 
 /// Why a poll did not sync. The engine keeps the rules it had.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +86,10 @@ pub struct PollerBuilder {
 pub const MIN_POLL_WAIT: Duration = Duration::from_millis(10);
 
 impl PollerBuilder {
-    /// The scopes to list (default: every entity type × benefit type, 24
-    /// queries a poll). Rules of other scopes are left alone.
+    /// The scopes to list (default: every entity type × benefit type that
+    /// the platform has, 16 queries a poll: the four device and consumer
+    /// types with each benefit type, the four enterprise types with
+    /// `resource_point`). Rules of other scopes are left alone.
     pub fn scopes(mut self, scopes: impl IntoIterator<Item = (EntityType, BenefitType)>) -> Self {
         self.scopes = scopes.into_iter().collect();
         self
@@ -183,9 +185,13 @@ impl Poller {
     /// A poller builder for the platform at `base_url` (for example
     /// `https://api.coze.cn`), authenticating with `token`.
     pub fn builder(base_url: impl Into<String>, token: impl Into<String>) -> PollerBuilder {
+        // The enterprise family has `resource_point` rules only (F3, D4):
+        // its voice scopes do not exist on the platform, which may refuse
+        // the query, and one refused scope would fail every poll.
         let scopes = EntityType::ALL
             .iter()
             .flat_map(|&e| BenefitType::ALL.iter().map(move |&b| (e, b)))
+            .filter(|&(e, b)| e.family() != Family::Enterprise || b == BenefitType::ResourcePoint)
             .collect();
         PollerBuilder {
             base_url: base_url.into().trim_end_matches('/').to_owned(),

@@ -131,6 +131,38 @@ fn poller_within(base: &str, engine: &Arc<Engine>, timeout: Duration) -> Poller 
         .build(Arc::clone(engine))
 }
 
+/// By default a poll lists every scope the platform has: the device and
+/// consumer types with each benefit type, the enterprise types with
+/// `resource_point` only (F3: they have no voice rules).
+#[test]
+fn by_default_a_poll_lists_the_sixteen_scopes_the_platform_has() {
+    let server = Server::start(|_| ok(page(&[], None)));
+    let engine = Arc::new(Engine::new());
+    let p = Poller::builder(&server.base, "t").build(Arc::clone(&engine));
+    p.poll_once_at(MIDNIGHT).unwrap();
+    let mut scopes: Vec<(String, String)> = server
+        .urls()
+        .iter()
+        .map(|u| {
+            let q = u.split_once('?').map(|(_, q)| q).unwrap_or_default();
+            let get = |k: &str| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (get("entity_type"), get("benefit_type"))
+        })
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    assert_eq!(scopes.len(), 16, "{scopes:?}");
+    for (e, b) in &scopes {
+        assert!(!e.starts_with("coze_") || b == "resource_point", "{e} {b}");
+    }
+    assert!(engine.is_configured());
+}
+
 #[test]
 fn a_poll_lists_every_scope_page_by_page_with_the_token_and_syncs() {
     let server = Server::start(platform);
