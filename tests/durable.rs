@@ -97,6 +97,31 @@ fn a_rule_write_whose_commit_failed_is_durable_before_any_grant_under_it() {
     assert_eq!(e.usage(&Subject::device("d"), T0 + 120)[0].used, units(10));
 }
 
+/// A write undone after its commit failed (a limit raised, then lowered
+/// back) is sent again: the ledger ends with the rule the engine enforces,
+/// not with the held raise, which the writer commits later.
+#[test]
+fn a_rule_write_undone_after_its_commit_failed_leaves_the_ledger_with_the_last() {
+    let mut ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    let id = e
+        .create_json(rule(10, "never"))
+        .unwrap()
+        .benefit_id()
+        .clone();
+    assert_eq!(admitted(&e, "d", 10, T0), 10);
+    ledger.fail_next(1);
+    e.apply_update_json(id.as_str(), r#"{"limit":20}"#, T0)
+        .unwrap();
+    e.apply_update_json(id.as_str(), r#"{"limit":10}"#, T0)
+        .unwrap();
+    e.flush().unwrap();
+    crash(e, &mut ledger);
+    let e = open(&ledger);
+    assert_eq!(e.get(id.as_str()).unwrap().limit(), 10);
+    assert_eq!(admitted(&e, "d", 10, T0), 0);
+}
+
 #[test]
 fn a_ledgered_call_from_the_threads_copy_sees_every_configuration_write() {
     // Calls of a device no single rule names are decided with the thread's

@@ -178,7 +178,6 @@ fn ends_in(window: WindowId, now: i64) -> Option<u64> {
 /// Rules queued to the ledger's writer by a configuration write.
 pub(crate) struct PendingRules {
     rx: Receiver<Result<bool, LedgerError>>,
-    changed: Vec<RuleRecord>,
 }
 
 /// What [`Engine::granted_from_copy`] did.
@@ -417,11 +416,19 @@ impl Engine {
         Ok(())
     }
 
-    /// Queues the rules of `rules` that changed since they were last stored
+    /// Queues the rules of `rules` that changed since they were last queued
     /// (with the writer: see `Engine::publish`); what to wait for.
+    ///
+    /// Compared with what was *queued*, not with what a commit stored: the
+    /// writer commits in order and holds a failed batch's rules for the
+    /// next, so the last queued record of a rule is what the ledger ends up
+    /// with. Compared with the last stored one instead, a write undone
+    /// after a failed commit (a limit raised, the commit failing, the limit
+    /// lowered back) was never sent, and the held raise, committed later,
+    /// stayed in the ledger for the next life to enforce.
     pub(crate) fn send_rules(&self, rules: &RuleSet) -> Option<PendingRules> {
         let g = self.grants.as_deref()?;
-        let persisted = g.persisted.lock();
+        let mut persisted = g.persisted.lock();
         let changed: Vec<RuleRecord> = rules
             .rules
             .iter()
@@ -443,27 +450,25 @@ impl Engine {
         }
         let changes = changed.iter().cloned().map(Change::Rule).collect();
         let rx = g.send(changes, Vec::new(), true).ok().flatten()?;
-        Some(PendingRules { rx, changed })
+        // Under the same lock as the send: queued records are remembered in
+        // the order the writer receives them.
+        for r in changed {
+            let i = r.position as usize;
+            if i < persisted.len() {
+                persisted[i] = r;
+            } else {
+                persisted.push(r);
+            }
+        }
+        Some(PendingRules { rx })
     }
 
-    /// Waits until the rules `send_rules` queued are durable, and remembers
-    /// them as stored. A failure is counted ([`LedgerStats::errors`]); the
-    /// writer holds the rules and commits them first in its next batch,
-    /// before any grant (the next configuration write sends them again).
+    /// Waits until the rules `send_rules` queued are durable. A failure is
+    /// counted ([`LedgerStats::errors`]); the writer holds the rules and
+    /// commits them first in its next batch, before any grant.
     pub(crate) fn await_rules(&self, pending: Option<PendingRules>) {
-        let (Some(g), Some(p)) = (self.grants.as_deref(), pending) else {
-            return;
-        };
-        if matches!(p.rx.recv(), Ok(Ok(_))) {
-            let mut persisted = g.persisted.lock();
-            for r in p.changed {
-                let i = r.position as usize;
-                if i < persisted.len() {
-                    persisted[i] = r;
-                } else {
-                    persisted.push(r);
-                }
-            }
+        if let Some(p) = pending {
+            let _ = p.rx.recv();
         }
     }
 
