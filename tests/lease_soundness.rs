@@ -222,6 +222,41 @@ fn evict_while_a_lease_watches_an_empty_entry_keeps_it_watched() {
     assert!(!voice.is_allowed(), "{voice:?}");
 }
 
+/// A call that leaves one rule with nothing to lease grants no lease of any
+/// other: here the voice rule is spent to exactly its limit by the leased
+/// call itself, and the points lease it would have taken is not left on a
+/// counter that no stamp pins (evict would drop it, and the handle would
+/// then give it back to a counter made since, which never held it).
+#[test]
+fn a_call_that_exhausts_one_rule_leaves_no_lease_on_the_others() {
+    let e = Engine::new();
+    let points = Rule::all_devices(100).daily().create(&e);
+    Rule::all_devices(5)
+        .daily()
+        .of("voice_unified_duration_system")
+        .create(&e);
+    let d = Subject::device("sn-1");
+    let at = MIDNIGHT - 60; // day D, a minute before its end
+    assert!(e.try_consume(&d, PTS, units(50), at).is_allowed());
+    let mut h = e.handle(&d).with_lease(units(10));
+    assert!(h.try_consume(VOICE, units(5), at).is_allowed());
+    // The next day's sweep frees day D's counters (a late request then
+    // finds a fresh one: `Engine::evict`'s documented limit). From there,
+    // day D must not admit more than its limit.
+    e.evict(MIDNIGHT + 60);
+    let late = e.try_consume(&d, PTS, units(40), at + 30);
+    let mut admitted = 40 * u64::from(late.is_allowed());
+    drop(h);
+    assert_eq!(used(&e, &d, &points, at + 30), units(admitted));
+    while admitted <= 100 && e.try_consume(&d, PTS, units(1), at + 40).is_allowed() {
+        admitted += 1;
+    }
+    assert!(
+        admitted <= 100,
+        "day D admitted {admitted} points after the sweep"
+    );
+}
+
 #[test]
 fn evict_cannot_hand_a_lease_back_to_a_counter_that_never_held_it() {
     // Daily 10, lease 5: the handle spends 1 (the counter holds 6: the

@@ -214,6 +214,20 @@ impl Engine {
             leases.push(l);
         }
         if blocked {
+            // No call spends out of these leases while a rule has nothing
+            // left (every call takes the locks): they go back at once.
+            // Left on their counters, no stamp of the handle's would pin
+            // them, so `evict` could drop such a counter with its lease,
+            // and the settle would then take the lease off a counter made
+            // since, which never held it.
+            for (r, l) in rules.iter().zip(leases.iter_mut()) {
+                let granted = std::mem::take(&mut l.granted);
+                if granted > 0 {
+                    if let Some(c) = counter_of_rule(locked, owners, subject, r) {
+                        c.used -= granted;
+                    }
+                }
+            }
             return;
         }
         // From here every write to the owners' counters by another caller
