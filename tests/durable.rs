@@ -300,6 +300,31 @@ fn a_record_past_the_counter_cap_is_durable_on_the_counters_that_exist() {
     assert_eq!(admitted(&e, "d", 10, T0), 5);
 }
 
+/// D14 under a ledger: a debit that saturates a counter under a saturated
+/// limit is allowed, as in memory, and only out of a grant: a restart finds
+/// the counter saturated (the rule exhausted), not at its usage before.
+#[test]
+fn a_debit_that_saturates_the_counter_is_granted_first() {
+    let mut ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(9_000_000_000_000_000_000, "never"))
+        .unwrap();
+    assert_eq!(admitted(&e, "d", 10, T0), 10);
+    let big = Amount::from_micros(u64::MAX - 5);
+    let d = e.try_consume(&Subject::device("d"), PTS, big, T0);
+    assert!(d.is_allowed(), "{d:?}");
+    let exhausted = |e: &Engine| {
+        e.check(&Subject::device("d"), T0)
+            .denial()
+            .map(|x| x.reason)
+    };
+    assert_eq!(exhausted(&e), Some(DenyReason::Exhausted));
+    e.flush().unwrap();
+    crash(e, &mut ledger);
+    let e = open(&ledger);
+    assert_eq!(exhausted(&e), Some(DenyReason::Exhausted));
+}
+
 #[test]
 fn evicted_counters_leave_the_ledger() {
     let ledger = Arc::new(MemoryLedger::new());

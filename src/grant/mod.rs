@@ -621,9 +621,11 @@ impl Engine {
                 if !c.is_current(r.generation, r.window) {
                     return FromCopy::Not; // a new window: its grant first
                 }
-                let Some(need) = c.used.checked_add(amount).filter(|&n| n <= r.limit) else {
+                // Saturating, as the decision adds (D14; see `round_locked`).
+                let need = c.used.saturating_add(amount);
+                if need > r.limit {
                     continue; // the rule denies it anyway
-                };
+                }
                 let Some(p) = counters.iter_mut().find(|p| {
                     p.rule == r.slot | CEILING
                         && p.generation == c.generation
@@ -752,6 +754,12 @@ impl Engine {
         let mut changes = Vec::new();
         // The first rule this call must wait on, and its window's end.
         let mut waits_on: Option<(u32, Option<i64>)> = None;
+        // The first rule whose counter found no room (`max_counters`): the
+        // call is denied here, not left to the decision, whose own
+        // reservation may succeed a moment later (a sweep or a refused
+        // reservation elsewhere moves the count) and would then debit a
+        // counter no grant covers.
+        let mut no_room: Option<u32> = None;
         if let Op::TryConsume(ty, amount) = op {
             for (i, a) in applied.iter().enumerate() {
                 let (v, w) = table.rule(i);
@@ -779,7 +787,8 @@ impl Engine {
                     };
                     let exists = c.is_some();
                     if !exists && !self.store.reserve(1) {
-                        continue; // no room for its counter: denied by the decision
+                        no_room = no_room.or(Some(v.slot));
+                        continue;
                     }
                     let counters = locked.counters_mut(a.shard, &a.owner);
                     let cur = counter_of(counters, v.slot);
@@ -795,12 +804,17 @@ impl Engine {
                     }
                     _ => 0,
                 };
-                let Some(need) = used.checked_add(amount).filter(|&n| n <= v.limit) else {
+                // Saturating, as the decision adds (D14): under a saturated
+                // limit a debit that saturates the counter is allowed, and
+                // needs its grant like any other.
+                let need = used.saturating_add(amount);
+                if need > v.limit {
                     continue; // the rule denies it anyway
-                };
+                }
                 if c.is_none() && self.store.is_full() {
-                    // Its counter cannot be created (`max_counters`): the
-                    // decision denies it; no grant, no entry.
+                    // Its counter cannot be created (`max_counters`): no
+                    // grant, no entry, and the call is denied.
+                    no_room = no_room.or(Some(v.slot));
                     continue;
                 }
                 let (ceiling, pending, refused) = match p {
@@ -887,6 +901,16 @@ impl Engine {
                     key: key_of(rules, v.slot, a.owner.kind, a.owner.id),
                 });
             }
+        }
+        if let Some(slot) = no_room {
+            // Grants marked pending for other rules still go (their pending
+            // amounts are cleared only when they come back).
+            if !refills.is_empty() {
+                let _ = g.send(changes, refills, false);
+            }
+            let mut d = unavailable(rules, slot, None);
+            d.reason = DenyReason::CounterCapacity;
+            return Round::Decided(Decision::Denied(d));
         }
         // Sent under the locks: per counter, the ledger sees changes in the
         // order the counters saw them.
