@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use benefit_quota::ledger::{CounterKey, CounterOwner};
-use benefit_quota::{Amount, BenefitType, DenyReason, Engine, MemoryLedger, Subject};
+use benefit_quota::{
+    Amount, BenefitType, DenyReason, Engine, LedgerFailure, MemoryLedger, Subject,
+};
 
 const PTS: BenefitType = BenefitType::ResourcePoint;
 /// 2025-03-12 00:00:00 +08:00, a local midnight.
@@ -323,6 +325,32 @@ fn a_debit_that_saturates_the_counter_is_granted_first() {
     crash(e, &mut ledger);
     let e = open(&ledger);
     assert_eq!(exhausted(&e), Some(DenyReason::Exhausted));
+}
+
+/// `SafeCapacity(n)` admits at most `n` per counter window without a grant,
+/// however the ledger fails: here it fails, commits once (the records of
+/// what it admitted), and fails again. A commit that succeeds says nothing
+/// about the grants other instances hold, so it does not start a new `n`.
+#[test]
+fn safe_capacity_admits_at_most_its_amount_per_counter_window() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = Engine::builder()
+        .ledger(Arc::clone(&ledger))
+        .grant_timeout(std::time::Duration::from_secs(60))
+        .on_ledger_failure(LedgerFailure::SafeCapacity(units(3)))
+        .open()
+        .unwrap();
+    e.create_json(rule(100, "never")).unwrap();
+    ledger.fail_next(u32::MAX);
+    assert_eq!(admitted(&e, "d", 10, T0), 3);
+    ledger.fail_next(0);
+    e.flush().unwrap();
+    ledger.fail_next(u32::MAX);
+    assert_eq!(admitted(&e, "d", 10, T0), 0);
+    // Another counter has its own.
+    assert_eq!(admitted(&e, "e", 10, T0), 3);
+    ledger.fail_next(0);
+    e.flush().unwrap();
 }
 
 #[test]

@@ -23,8 +23,11 @@ pub enum LedgerFailure {
     /// instances do not see it yet).
     FailOpen,
     /// [`LedgerFailure::FailOpen`] for at most this much per counter and
-    /// window while the ledger is failing (reset by its next successful
-    /// commit); beyond it, [`LedgerFailure::FailClosed`].
+    /// window (a cumulative counter's window lasts as long as its rule),
+    /// over all the times the ledger fails in it; beyond it,
+    /// [`LedgerFailure::FailClosed`]. Not reset by a commit that succeeds
+    /// in between: a ledger that is slow rather than down commits now and
+    /// then, and each commit would otherwise allow as much again.
     SafeCapacity(Amount),
 }
 

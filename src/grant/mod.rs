@@ -154,6 +154,10 @@ fn key_of(rules: &RuleSet, slot: u32, kind: OwnerKind, id: &str) -> CounterKey {
     }
 }
 
+/// Tallies of unbacked admissions (`SafeCapacity`) past which those of
+/// ended windows are dropped.
+const UNBACKED_PRUNE_AT: usize = 4_096;
+
 /// The denial of a call the ledger could not grant for, naming the rule.
 fn unavailable(rules: &RuleSet, slot: u32, resets_at: Option<i64>) -> Denial {
     let e = &rules.rules[slot as usize];
@@ -1001,6 +1005,10 @@ impl Engine {
         if d.is_allowed() {
             self.book_record(table, applied, locked, ty, &before, now);
             let mut unbacked = g.done.unbacked.lock();
+            if unbacked.len() >= UNBACKED_PRUNE_AT {
+                // Ended windows need their tally no more.
+                unbacked.retain(|(_, w), _| w.end > now);
+            }
             for key in keys {
                 *unbacked.entry(key).or_default() += amount;
             }

@@ -84,8 +84,8 @@ pub(crate) struct Done {
     /// Held by the caller adding finished grants to their ceilings.
     pub(crate) applying: Mutex<()>,
     /// Admitted without a grant under [`LedgerFailure::SafeCapacity`] while
-    /// the ledger was failing, per counter window; cleared by the next
-    /// successful commit.
+    /// the ledger was failing, per counter window, for the window's life
+    /// (ended windows are pruned as it grows).
     pub(crate) unbacked: Mutex<std::collections::HashMap<(CounterKey, WindowId), u64>>,
     /// Counter windows the ledger refused a grant for, and until when calls
     /// past their ceilings are denied without asking again.
@@ -339,9 +339,6 @@ fn write_loop(
             .iter()
             .map(|(r, g)| g.is_some_and(|g| g < r.at_least))
             .collect();
-        if result.is_ok() {
-            done.unbacked.lock().clear();
-        }
         if !finished.is_empty() {
             let mut q = done.queue.lock();
             q.extend(finished);
