@@ -697,8 +697,9 @@ impl Engine {
     /// pool that a leased handle watches stay until the handle lets go (they
     /// hold its unspent leases). Lifetime totals of freed counters are
     /// gone: read [`Engine::usage`] first if you meter with them. The sweep
-    /// locks one shard at a time and holds a copy of the rule table, so
-    /// configuration writes wait for it.
+    /// locks one shard at a time, with a copy of the rule table held for
+    /// that shard only, so a configuration write waits for one shard's
+    /// sweep at most.
     ///
     /// # Examples
     /// ```
@@ -717,26 +718,28 @@ impl Engine {
             // Every window would look ended: nothing is evicted on it.
             return 0;
         }
-        let rules = self.read();
         let mut gone = Vec::new();
         let keep_keys = self.grants.is_some();
-        let removed = self.store.evict(|owner, c| {
-            let slot = c.rule & !crate::grant::CEILING;
-            let drop = self.evictable(&rules, slot, c, now);
-            if drop && keep_keys {
-                // Ceilings too: a ceiling-only counter window (its grant
-                // taken, its debit denied) leaves the ledger with it.
-                gone.push((
-                    owner.0,
-                    owner.1.to_owned(),
-                    slot,
-                    c.generation,
-                    c.window_start,
-                ));
-            }
-            drop
-        });
-        self.forget(&rules, gone);
+        let removed = self.store.evict(
+            || self.read(),
+            |rules, owner, c| {
+                let slot = c.rule & !crate::grant::CEILING;
+                let drop = self.evictable(rules, slot, c, now);
+                if drop && keep_keys {
+                    // Ceilings too: a ceiling-only counter window (its grant
+                    // taken, its debit denied) leaves the ledger with it.
+                    gone.push((
+                        owner.0,
+                        owner.1.to_owned(),
+                        slot,
+                        c.generation,
+                        c.window_start,
+                    ));
+                }
+                drop
+            },
+        );
+        self.forget(&self.read(), gone);
         self.observe.evicted(removed, self.store.len());
         removed
     }

@@ -266,13 +266,23 @@ impl Store {
     /// Removes every counter for which `drop` is true (and owners left with
     /// none), one shard at a time; returns how many were removed.
     ///
-    /// `drop` is given each counter's owner (kind and entity id, empty for
-    /// a pool). Counters whose rule slot has `crate::grant::CEILING` set
-    /// (a ledger's ceilings) are removed the same way but not counted.
-    pub fn evict(&self, mut drop: impl FnMut((OwnerKind, &str), &CounterState) -> bool) -> usize {
+    /// `drop` is given the state `enter` made for the shard just before
+    /// its lock was taken (as in [`Store::visit_mut`]: the engine holds a
+    /// rule-table copy for one shard at a time, not for the whole sweep,
+    /// during which a configuration write, and the calls waiting behind it
+    /// for a copy, would wait), and each counter's owner (kind and entity
+    /// id, empty for a pool). Counters whose rule slot has
+    /// `crate::grant::CEILING` set (a ledger's ceilings) are removed the
+    /// same way but not counted.
+    pub fn evict<S>(
+        &self,
+        mut enter: impl FnMut() -> S,
+        mut drop: impl FnMut(&S, (OwnerKind, &str), &CounterState) -> bool,
+    ) -> usize {
         let mut removed = 0;
         let hasher = &self.hasher;
         for shard in self.shards.iter() {
+            let state = enter();
             let mut shard = shard.lock();
             shard.table.retain(
                 |e| {
@@ -292,7 +302,7 @@ impl Store {
                     let before = e.counters.len();
                     let owner = (e.kind(), e.id.as_str());
                     e.counters.retain(|c| {
-                        let gone = drop(owner, c);
+                        let gone = drop(&state, owner, c);
                         removed += usize::from(gone && c.rule & crate::grant::CEILING == 0);
                         !gone
                     });
@@ -1024,7 +1034,7 @@ mod tests {
         assert!(!d1.same(&c1));
         drop(l);
         assert_eq!(store.len(), 3);
-        assert_eq!(store.evict(|_, c| c.rule == 4), 1);
+        assert_eq!(store.evict(|| (), |_, _, c| c.rule == 4), 1);
         assert_eq!(store.len(), 2);
         let capped = Store::new(1, OwnerHasher::new(), 2);
         assert!(capped.reserve(2));
