@@ -223,6 +223,43 @@ fn a_batch_applied_but_whose_answer_was_lost_is_undone_before_it_is_sent_again()
     assert_eq!(spend(&other, "a", 200), 88);
 }
 
+/// The same with an amount of 15 significant digits in micro-units: the
+/// cancel takes back exactly what the lost batch applied (Lua's JSON
+/// encoder keeps 14 digits of a number).
+#[test]
+fn an_in_doubt_batch_of_a_large_amount_is_undone_exactly() {
+    let Some(server) = RedisServer::start("lost-large") else {
+        return;
+    };
+    let proxy = LosingProxy::start(server.port());
+    let ledger = RedisLedger::new(&proxy.url, "lost-large", ROUND_TRIP).unwrap();
+    let e = engine_on(ledger, LedgerFailure::FailClosed, CUMULATIVE, T0);
+    let a = Subject::device("a");
+    let _ = e.record(&a, PTS, Amount::from_units(5), T0);
+    e.flush().unwrap();
+    let large = Amount::from_micros(123_456_789_012_345);
+    proxy.lose_next_reply();
+    let _ = e.record(&a, PTS, large, T0);
+    assert!(e.flush().is_err(), "the lost answer is a failed commit");
+    std::thread::sleep(Duration::from_millis(150)); // past the reconnect backoff
+    e.flush().unwrap();
+    drop(e);
+    // The counter's key in Redis holds exactly what was recorded.
+    let mut con = redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    let counters: Vec<u64> = keys
+        .iter()
+        .filter_map(|k| {
+            let v: Option<Vec<u8>> = redis::cmd("GET").arg(k).query(&mut con).ok()?;
+            String::from_utf8(v?).ok()?.parse().ok()
+        })
+        .collect();
+    assert_eq!(counters, [5_000_000 + 123_456_789_012_345]);
+}
+
 #[test]
 fn fail_open_books_what_it_admits_once_the_server_is_back() {
     let Some(mut server) = RedisServer::start("open") else {

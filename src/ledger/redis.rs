@@ -43,6 +43,8 @@ if status then
   return cjson.decode(status).g
 end
 local out = {}
+-- Undo amounts as decimal strings: cjson keeps 14 significant digits of a
+-- number, and a cancel must take back exactly what was applied.
 local undo = {}
 for i = 2, #KEYS do
   local k = KEYS[i]
@@ -61,17 +63,17 @@ for i = 2, #KEYS do
     end
     if g > 0 then
       redis.call('INCRBY', k, string.format('%.0f', g))
-      undo[#undo + 1] = {k, -g}
+      undo[#undo + 1] = {k, string.format('%.0f', -g)}
     end
     out[#out + 1] = g
   elseif op == 'r' then
     redis.call('INCRBY', k, string.format('%.0f', amount))
-    undo[#undo + 1] = {k, -amount}
+    undo[#undo + 1] = {k, string.format('%.0f', -amount)}
   elseif op == 'b' then
     local b = math.min(amount, used)
     if b > 0 then
       redis.call('DECRBY', k, string.format('%.0f', b))
-      undo[#undo + 1] = {k, b}
+      undo[#undo + 1] = {k, string.format('%.0f', b)}
     end
   end
   if ttl > 0 and op ~= 'b' then
@@ -88,12 +90,13 @@ local status = redis.call('GET', KEYS[1])
 if status and status ~= 'x' then
   local rec = cjson.decode(status)
   for _, u in ipairs(rec.u) do
-    if u[2] < 0 then
+    local n = tonumber(u[2])
+    if n < 0 then
       local cur = tonumber(redis.call('GET', u[1]) or '0')
-      local d = math.min(-u[2], cur)
+      local d = math.min(-n, cur)
       if d > 0 then redis.call('DECRBY', u[1], string.format('%.0f', d)) end
     else
-      redis.call('INCRBY', u[1], string.format('%.0f', u[2]))
+      redis.call('INCRBY', u[1], u[2])
     end
   end
 end
