@@ -539,20 +539,21 @@ impl Engine {
 
     /// Imports `infos` (upserts, D7) and, in the same atomic step, cancels
     /// as *withdrawn* the records `withdraw` picks from the rule set as it
-    /// stands under the writer lock (S2; given the records being imported).
+    /// stands under the writer lock (S2; given the records being imported,
+    /// which it may also leave out of the import first).
     /// All or nothing. Returns the imported records and what happened to
     /// each record, the withdrawn ones last.
     pub(crate) fn import_batch(
         &self,
         mut infos: Vec<BenefitInfo>,
         now: i64,
-        withdraw: impl FnOnce(&RuleSet, &[BenefitInfo]) -> Vec<BenefitInfo>,
+        withdraw: impl FnOnce(&RuleSet, &mut Vec<BenefitInfo>) -> Vec<BenefitInfo>,
     ) -> Result<Imported, ApiError> {
         let now = possible(now)?;
         let _writer = self.writer.lock();
         let rules = self.replicas[0].lock();
+        let withdrawn = withdraw(&rules, &mut infos);
         let listed = infos.len();
-        let withdrawn = withdraw(&rules, &infos);
         infos.extend(withdrawn);
         // Validate the whole batch against the state it would produce.
         let slots: Vec<Option<u32>> = infos

@@ -258,17 +258,19 @@ impl Engine {
                 ),
             ));
         }
-        let mut listed: Vec<BenefitInfo> = listing
+        let listed: Vec<BenefitInfo> = listing
             .scopes
             .iter()
             .flat_map(|s| s.records.iter().cloned())
             .collect();
-        // A rule cancelled here (not withdrawn) stays cancelled (D6) even if
-        // the platform lists it in force: it is left out and reported, and
-        // the rest of the listing applies. Refusing the whole listing for it
-        // would keep every later change of every scope from this engine.
-        let kept_cancelled: Vec<BenefitId> = {
-            let rules = self.replicas[0].lock();
+        let mut kept_cancelled: Vec<BenefitId> = Vec::new();
+        let (_, changes) = self.import_batch(listed, now, |rules, listed| {
+            // A rule cancelled here (not withdrawn) stays cancelled (D6) even
+            // if the platform lists it in force: it is left out and
+            // reported, and the rest of the listing applies. Refusing the
+            // whole listing for it would keep every later change of every
+            // scope from this engine. Decided under the writer lock, so a
+            // cancel racing this sync is seen here or comes after it.
             let cancelled_here = |info: &BenefitInfo| {
                 info.status != Status::Cancel
                     && rules.slot_of(info.benefit_id.as_str()).is_some_and(|slot| {
@@ -276,15 +278,12 @@ impl Engine {
                         e.info.status == Status::Cancel && !e.withdrawn
                     })
             };
-            let kept = listed
+            kept_cancelled = listed
                 .iter()
                 .filter(|i| cancelled_here(i))
                 .map(|i| i.benefit_id.clone())
                 .collect();
             listed.retain(|i| !cancelled_here(i));
-            kept
-        };
-        let (_, changes) = self.import_batch(listed, now, |rules, listed| {
             rules
                 .rules
                 .iter()
