@@ -204,9 +204,28 @@ impl Model {
         out
     }
 
+    /// D16: the window a counter's usage counts in at `now`: the caller's,
+    /// or the newer one a debit stamped later already moved the counter to
+    /// (windows only move forward: a request whose clock is behind counts
+    /// in the newer window).
+    fn counter_window(&self, rule: usize, owner: &Option<String>, now: i64) -> Option<(i64, i64)> {
+        let r = &self.rules[rule];
+        let w = self.window(&r.v, now)?;
+        let latest = self
+            .events
+            .iter()
+            .filter(|e| e.rule == rule && &e.owner == owner && e.epoch == r.epoch)
+            .filter_map(|e| e.window_start)
+            .max();
+        match latest {
+            Some(l) if l > w.0 => self.window(&r.v, l),
+            _ => Some(w),
+        }
+    }
+
     fn used(&self, rule: usize, owner: &Option<String>, now: i64) -> u64 {
         let r = &self.rules[rule];
-        let w = self.window(&r.v, now).map(|w| w.0);
+        let w = self.counter_window(rule, owner, now).map(|w| w.0);
         let sum: u128 = self
             .events
             .iter()
@@ -375,7 +394,7 @@ impl Model {
                     frozen: !self.suspend && r.v.status == "frozen",
                     used: self.used(i, &owner, now),
                     limit: self.limit_micros(i),
-                    window: self.window(&r.v, now),
+                    window: self.counter_window(i, &owner, now),
                     owner,
                 }
             })
@@ -502,7 +521,7 @@ impl Model {
                     used,
                     self.rules[i].v.limit,
                     self.limit_micros(i).saturating_sub(used),
-                    self.window(&self.rules[i].v, now),
+                    self.counter_window(i, &owner, now),
                     self.lifetime(i, &owner),
                 )
             })

@@ -67,6 +67,9 @@ pub enum Step {
     Seconds(u16),
     Hours(u8),
     Days(u8),
+    /// Back by `n % 3000` minutes (up to 50 hours): a gateway whose clock
+    /// went back, or a request stamped late.
+    Back(u16),
 }
 
 impl Step {
@@ -75,6 +78,7 @@ impl Step {
             Step::Seconds(s) => i64::from(s),
             Step::Hours(h) => i64::from(h) * 3_600,
             Step::Days(d) => i64::from(d % 40) * 86_400,
+            Step::Back(m) => -i64::from(m % 3_000) * 60,
         }
     }
 }

@@ -80,6 +80,7 @@ pub fn op() -> impl Strategy<Value = Op> {
             3 => any::<u16>().prop_map(|s| Op::Advance(Step::Seconds(s % 900))),
             2 => any::<u8>().prop_map(|h| Op::Advance(Step::Hours(h % 30))),
             1 => any::<u8>().prop_map(|d| Op::Advance(Step::Days(d % 40))),
+            1 => any::<u16>().prop_map(|m| Op::Advance(Step::Back(m % 3_000))),
         ],
     ]
 }
