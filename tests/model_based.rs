@@ -19,11 +19,21 @@ proptest! {
     fn engine_agrees_with_the_reference_model(
         // 2024-01-01 .. 2027-01-01, any second
         base in 1_704_038_400i64..1_798_732_800,
-        offset_hours in prop_oneof![3 => Just(8i32), 1 => Just(0i32), 1 => Just(-5i32)],
+        // UTC+8 (the platform's), UTC, UTC−5, and offsets that are not
+        // whole hours (UTC+5:30, UTC+5:45, UTC−9:30): hourly windows then
+        // start at the local hour, not the UTC one.
+        offset_seconds in prop_oneof![
+            6 => Just(8 * 3_600),
+            2 => Just(0),
+            2 => Just(-5 * 3_600),
+            1 => Just(5 * 3_600 + 1_800),
+            1 => Just(5 * 3_600 + 2_700),
+            1 => Just(-(9 * 3_600 + 1_800)),
+        ],
         suspend in prop_oneof![3 => Just(false), 1 => Just(true)],
         ops in proptest::collection::vec(op(), 50..120),
     ) {
-        let mut h = Harness::new(base, offset_hours, suspend);
+        let mut h = Harness::with_offset_seconds(base, offset_seconds, suspend);
         for (i, op) in ops.iter().enumerate() {
             let (engine, model) = h.step(op);
             prop_assert_eq!(&engine, &model, "step {} {:?}", i, op);

@@ -653,7 +653,13 @@ const LEASES: [u64; 5] = [1, 500_000, 3_000_000, 40_000_000, 5_000_000_000];
 
 impl Harness {
     pub fn new(base: i64, offset_hours: i32, suspend: bool) -> Harness {
-        let utc_offset = benefit_quota::UtcOffset::from_hours(offset_hours).unwrap_or_default();
+        Harness::with_offset_seconds(base, offset_hours * 3_600, suspend)
+    }
+
+    /// [`Harness::new`] with an offset that need not be whole hours
+    /// (UTC+5:30, UTC+5:45, UTC−9:30).
+    pub fn with_offset_seconds(base: i64, offset_seconds: i32, suspend: bool) -> Harness {
+        let utc_offset = benefit_quota::UtcOffset::from_seconds(offset_seconds).unwrap_or_default();
         let engine = Arc::new(
             Engine::builder()
                 .utc_offset(utc_offset)
