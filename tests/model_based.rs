@@ -17,8 +17,14 @@ proptest! {
 
     #[test]
     fn engine_agrees_with_the_reference_model(
-        // 2024-01-01 .. 2027-01-01, any second
-        base in 1_704_038_400i64..1_798_732_800,
+        // Mostly 2024-01-01 .. 2027-01-01; also 1971 .. 2000 (the calendar
+        // before 2000: 1972 and 1996 leap, 1900 not reached) and 2000 ..
+        // 2100 (2000 leap, 2100 not), any second.
+        base in prop_oneof![
+            8 => 1_704_038_400i64..1_798_732_800,
+            1 => 31_536_000i64..946_684_800,
+            1 => 946_684_800i64..4_102_444_800,
+        ],
         // UTC+8 (the platform's), UTC, UTC−5, and offsets that are not
         // whole hours (UTC+5:30, UTC+5:45, UTC−9:30): hourly windows then
         // start at the local hour, not the UTC one.

@@ -70,12 +70,12 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
-/// The local calendar month containing `now`, found by walking from 2000-01-01.
-/// (Operations only generate times from 2001 to 2100.)
+/// The local calendar month containing `now`, found by walking from 1970-01-01.
+/// (Operations only generate times from 1971 to 2101.)
 fn month_of(offset: i64, now: i64) -> (i64, i64) {
     let local = now + offset;
-    let mut start = 946_684_800; // 2000-01-01 00:00 UTC, as a local time
-    let mut y = 2000;
+    let mut start = 0; // 1970-01-01 00:00 UTC, as a local time
+    let mut y = 1970;
     loop {
         let len = if is_leap(y) { 366 } else { 365 } * 86_400;
         if local < start + len {
