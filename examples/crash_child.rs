@@ -6,7 +6,11 @@
 //! 40 points per local day and 60 for good; organization `org` a pool of
 //! 20,000 for good. Two threads spend for 24 devices (by subject, through
 //! short-lived handles, and 1-point records; 10 devices each, 4 shared)
-//! and 10 members of `org`. The
+//! and 10 members of `org`. Each thread's own devices are named after the
+//! seed's pair (`g<seed / 2>d<n>`): a device's lifetime limit is soon
+//! spent, or stranded by crashes, so every second life brings fresh ones
+//! whose counters the crashes hit too. The shared devices are `d20`..`d23`
+//! in every life. The
 //! clock runs at 10 simulated seconds per wall-clock second from
 //! `--clock-zero` (unix milliseconds, shared by every life), starting 30
 //! simulated seconds before a local midnight, so daily windows roll over
@@ -77,7 +81,7 @@ fn main() {
     let threads: Vec<_> = (0..2u64)
         .map(|t| {
             let engine = Arc::clone(&engine);
-            std::thread::spawn(move || run(&engine, zero, seed * 2 + t + 1, t, ops))
+            std::thread::spawn(move || run(&engine, zero, seed, t, ops))
         })
         .collect();
     for t in threads {
@@ -97,7 +101,8 @@ fn main() {
 /// daily counters by their totals only).
 fn run(engine: &Engine, zero: i64, seed: u64, lane: u64, ops: Option<u64>) {
     let pts = BenefitType::ResourcePoint;
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let family = seed / 2;
+    let mut rng = Rng((seed * 2 + lane + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let out = std::io::stdout();
     let mut done = 0;
     while ops.is_none_or(|n| done < n) {
@@ -117,7 +122,7 @@ fn run(engine: &Engine, zero: i64, seed: u64, lane: u64, ops: Option<u64>) {
         let dev = if rng.below(5) == 0 {
             format!("d{}", 20 + rng.below(SHARED_DEVICES))
         } else {
-            format!("d{}", rng.below(10) * 2 + lane)
+            format!("g{family}d{}", rng.below(10) * 2 + lane)
         };
         let s = Subject::device(&dev);
         if dice < 25 {

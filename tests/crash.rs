@@ -31,10 +31,8 @@ const POOL_LIMIT: u64 = 20_000;
 /// what two threads may have admitted or recorded and not yet printed (2 × 3).
 const STRANDED_PER_CRASH: u64 = 12 + 3 + 6;
 const CRASHES: u64 = 20;
-/// `d0`..`d19` are spent from by one thread each; `d20`..`d23` by both.
-const DEVICES: usize = 24;
-
-/// Whether both of a child's threads spend from `device`: then a call
+/// Whether both of a child's threads spend from `device` (`d20`..`d23`;
+/// each thread's own are `g<n>d<m>`, named after the life): then a call
 /// whose clock was read before a midnight may be counted in the next day
 /// (D16), and the day it printed says nothing about the window.
 fn shared(device: &str) -> bool {
@@ -59,6 +57,19 @@ struct Tally {
 }
 
 impl Tally {
+    /// Every device a life admitted or recorded for.
+    fn devices(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .device
+            .keys()
+            .chain(self.recorded.keys())
+            .cloned()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     fn line(&mut self, l: &str) {
         let f: Vec<&str> = l.split(' ').collect();
         let [kind, who, now, units] = f[..] else {
@@ -235,14 +246,25 @@ fn sigkill_at_random_moments_never_over_admits() {
         tally.device.values().any(|n| *n >= LIFE_LIMIT - 20),
         "no device neared its cumulative limit"
     );
+    // Later lives spent from devices of their own too, not only from the
+    // pool and from devices the earlier crashes had used up.
+    let families: std::collections::HashSet<&str> = tally
+        .device
+        .keys()
+        .filter_map(|d| d.strip_prefix('g')?.split_once('d').map(|(f, _)| f))
+        .collect();
+    assert!(
+        families.len() >= 5,
+        "devices of only {} lives' pairs admitted",
+        families.len()
+    );
 
     // After the last life: usage covers every admission, and passes
     // admissions + records by at most the bound.
     let engine = Engine::builder().durable(&path).open().unwrap();
     let now = tally.last_now;
     let slack = Amount::from_units(CRASHES * STRANDED_PER_CRASH);
-    for i in 0..DEVICES {
-        let d = format!("d{i}");
+    for d in tally.devices() {
         let usage = engine.usage(&Subject::device(&d), now);
         let (daily, life) = (&usage[0], &usage[1]);
         let admitted_day = tally
@@ -309,8 +331,7 @@ fn a_clean_shutdown_loses_nothing() {
         }
     }
     let engine = Engine::builder().durable(&path).open().unwrap();
-    for i in 0..DEVICES {
-        let d = format!("d{i}");
+    for d in tally.devices() {
         let life = &engine.usage(&Subject::device(&d), tally.last_now)[1];
         let admitted = tally.device.get(&d).copied().unwrap_or(0);
         let recorded = tally.recorded.get(&d).copied().unwrap_or(0);
