@@ -6,11 +6,25 @@
 //! A request the engine could not decide for now (no room for a new
 //! counter, no grant from its ledger, no rules yet with
 //! [`QuotaLayer::until_configured`]) is answered `503 Service Unavailable`,
-//! code 5000: it is not the client's quota. A post-paid amount the response
-//! reports in a form that is not an amount is not booked; it is counted
+//! code 5000, with no `Retry-After` or rate-limit headers: it is not the
+//! client's quota. A post-paid amount the response reports in a form that
+//! is not an amount, or that the engine could not book in full (no room
+//! for a counter, an impossible clock), is counted
 //! (`benefit_quota_unbooked_total`, feature `metrics`) and logged (feature
-//! `tracing`). A request whose inner service fails, or whose future is
-//! dropped, reported nothing and books nothing.
+//! `tracing`).
+//!
+//! What a request costs is settled when its decision is made:
+//! - **Pre-paid**, the unit is spent before the inner service runs, and
+//!   stays spent whatever follows: an error from the inner service, a 5xx,
+//!   a panic, a client that goes away (its future dropped), a retry (a new
+//!   request). There is no refund; a gateway that must not charge failed
+//!   calls meters them post-paid instead.
+//! - **Post-paid**, the usage is read from the response *head* (its
+//!   headers or extensions) when the inner service answers: a request whose
+//!   inner service fails, or whose future is dropped first, books nothing;
+//!   so does usage known only at the end of a streamed body or in gRPC
+//!   trailers, which the middleware does not read (book it with
+//!   [`Engine::record`] where the stream ends).
 //!
 //! A denial is answered `429 Too Many Requests` with a body in the
 //! platform's envelope shape and the headers a client needs to back off:
@@ -260,10 +274,13 @@ impl<R> std::fmt::Debug for QuotaLayer<R> {
     }
 }
 
+/// The system clock in unix seconds; -1 (an impossible time, T1: the call
+/// is rejected, answered 500) for a clock set before 1970, which 0 would
+/// let pass as a real time before every rule's start.
 fn system_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(-1, |d| d.as_secs() as i64)
 }
 
 impl QuotaLayer<Http> {
@@ -585,6 +602,20 @@ impl After {
                     .layer
                     .engine
                     .record(&self.subject.subject(), ty, amount, at);
+                // Booked in part or not at all (no room for a counter, an
+                // impossible clock): counted and logged, as an amount that
+                // cannot be read is.
+                let unbooked = match &shown {
+                    Decision::Denied(d) if !d.reason.is_quota_decision() => Some(d.reason.as_str()),
+                    Decision::Rejected(_) => Some("impossible_time"),
+                    _ => None,
+                };
+                if let Some(reason) = unbooked {
+                    self.layer
+                        .engine
+                        .observe
+                        .unbooked(reason, &amount.to_string());
+                }
             }
         }
         if self.layer.headers_when_allowed {
@@ -660,7 +691,13 @@ where
             Mode::PostPaid(..) => layer.engine.check(&subject.subject(), now),
         };
         if let Some(mut resp) = refusal::<R, ResBody>(&decision) {
-            limit_headers(resp.headers_mut(), &decision, now, true);
+            // Only a quota decision says when to come back and what is
+            // left: a 503 (no grant from the ledger, no room for a counter)
+            // is not the client's quota, and the window's end would tell
+            // clients to wait hours over a short outage.
+            if matches!(&decision, Decision::Denied(d) if d.reason.is_quota_decision()) {
+                limit_headers(resp.headers_mut(), &decision, now, true);
+            }
             return QuotaFuture::Answered {
                 response: Some(resp),
             };

@@ -128,8 +128,11 @@ impl Observe {
         let _ = report;
     }
 
-    /// Counts a post-paid usage report the middleware could not book (a
-    /// value that is not an amount), and logs it at `warn`.
+    /// Counts a post-paid usage report the middleware could not book, or
+    /// not in full (`reason`: `unparsable` for a value that is not an
+    /// amount, `counter_capacity` or `ledger_unavailable` for a record
+    /// the engine refused, `impossible_time` for a clock it rejected), and
+    /// logs it at `warn`.
     #[cfg(feature = "tower")]
     #[inline]
     pub fn unbooked(&self, reason: &'static str, value: &str) {

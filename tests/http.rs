@@ -241,6 +241,37 @@ async fn what_the_engine_cannot_decide_is_503_not_a_quota_denial() {
     assert!(body["msg"].as_str().unwrap().contains("counter_capacity"));
 }
 
+/// A ledger that grants nothing: 503, and no `Retry-After` or rate-limit
+/// headers, which would send clients away until the daily window's end
+/// over what may be a short outage, and say their quota is spent.
+#[tokio::test]
+async fn a_503_for_an_unavailable_ledger_carries_no_backoff_headers() {
+    let ledger = Arc::new(benefit_quota::MemoryLedger::new());
+    let engine = Arc::new(
+        Engine::builder()
+            .ledger(Arc::clone(&ledger))
+            .grant_timeout(std::time::Duration::from_secs(60))
+            .open()
+            .unwrap(),
+    );
+    Rule::all_devices(50).daily().create(&engine);
+    ledger.fail_next(u32::MAX);
+    let base = serve(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN)))).await;
+    let r = reqwest::Client::new()
+        .get(format!("{base}/chat"))
+        .header("x-device-id", "sn-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    for h in ["retry-after", "ratelimit-remaining", "ratelimit-reset"] {
+        assert!(r.headers().get(h).is_none(), "{h}: {:?}", r.headers());
+    }
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 5000);
+    assert!(body["msg"].as_str().unwrap().contains("ledger_unavailable"));
+}
+
 #[tokio::test]
 async fn until_configured_holds_requests_until_the_engine_has_rules() {
     let engine = Arc::new(Engine::new());

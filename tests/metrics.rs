@@ -145,5 +145,36 @@ fn decisions_writes_syncs_and_evictions_are_counted() {
             Some(&1.0),
             "{m:?}"
         );
+
+        // A record the engine refused (no room for the device's counter):
+        // counted too, not dropped unseen.
+        let e = std::sync::Arc::new(Engine::builder().max_counters(0).build());
+        Rule::all_devices(100)
+            .of("voice_unified_duration_system")
+            .create(&e);
+        let layer = benefit_quota::QuotaLayer::new(
+            std::sync::Arc::clone(&e),
+            benefit_quota::DeviceHeader(http::HeaderName::from_static("x-device-id")),
+        )
+        .post_paid(VOICE, http::HeaderName::from_static("x-voice-seconds"))
+        .clock(|| MIDNIGHT);
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(|| async { ([("x-voice-seconds", "30")], "ok") }),
+        );
+        let mut svc = tower_layer::Layer::layer(&layer, app);
+        let req = http::Request::builder()
+            .uri("/")
+            .header("x-device-id", "d")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = rt.block_on(svc.call(req)).unwrap();
+        assert_eq!(resp.status(), 200);
+        let m = read(&snapshotter);
+        assert_eq!(
+            m.get("benefit_quota_unbooked_total{reason=counter_capacity}"),
+            Some(&1.0),
+            "{m:?}"
+        );
     }
 }
