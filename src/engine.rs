@@ -516,13 +516,38 @@ impl Engine {
                 None => (data, prefix.to_owned()),
             };
             let w = validate::wire_record(rec, p.trim_end_matches('.'))?;
-            let known = w.benefit_id.as_deref().and_then(|id| self.get(id));
+            let known = w.benefit_id.as_deref().filter(|id| self.get(id).is_some());
             match known {
                 // An update response as the platform's page shows it: the
                 // record without its scope or reset fields. Those it leaves
-                // out keep the known rule's values, as an update's body does.
-                Some(current) if w.entity_type.is_none() => {
-                    infos.push(update_response(&current, &w, &p)?);
+                // out keep the known rule's values, as an update's body does,
+                // read under the writer lock (a write landing between a read
+                // here and the import would be undone by the stale copy).
+                Some(id) if w.entity_type.is_none() => {
+                    let id = id.to_owned();
+                    return self.observed("import", || {
+                        let (infos, _) = self.import_batch(Vec::new(), now, |rules, infos| {
+                            let Some(slot) = rules.slot_of(&id) else {
+                                return Err(ApiError::not_found(&id));
+                            };
+                            let entry = &rules.rules[slot as usize];
+                            let merged = update_response(&entry.info, &w, &p)?;
+                            if entry.withdrawn && w.status.is_none() {
+                                // A rule the last sync withdrew stays
+                                // withdrawn (S3): a response that does not
+                                // say its status does not cancel it for good.
+                                return Ok(vec![merged]);
+                            }
+                            infos.push(merged);
+                            Ok(Vec::new())
+                        })?;
+                        // Kept withdrawn: nothing imported; the rule as it stands.
+                        Ok(if infos.is_empty() {
+                            self.get(&id).into_iter().collect()
+                        } else {
+                            infos
+                        })
+                    });
                 }
                 _ => infos.push(validate::record(&w, &p)?),
             }
@@ -532,7 +557,7 @@ impl Engine {
 
     fn import_all(&self, infos: Vec<BenefitInfo>, now: i64) -> Result<Vec<BenefitInfo>, ApiError> {
         self.observed("import", || {
-            let (infos, _) = self.import_batch(infos, now, |_, _| Vec::new())?;
+            let (infos, _) = self.import_batch(infos, now, |_, _| Ok(Vec::new()))?;
             Ok(infos)
         })
     }
@@ -547,12 +572,12 @@ impl Engine {
         &self,
         mut infos: Vec<BenefitInfo>,
         now: i64,
-        withdraw: impl FnOnce(&RuleSet, &mut Vec<BenefitInfo>) -> Vec<BenefitInfo>,
+        withdraw: impl FnOnce(&RuleSet, &mut Vec<BenefitInfo>) -> Result<Vec<BenefitInfo>, ApiError>,
     ) -> Result<Imported, ApiError> {
         let now = possible(now)?;
         let _writer = self.writer.lock();
         let rules = self.replicas[0].lock();
-        let withdrawn = withdraw(&rules, &mut infos);
+        let withdrawn = withdraw(&rules, &mut infos)?;
         let listed = infos.len();
         infos.extend(withdrawn);
         // Validate the whole batch against the state it would produce.

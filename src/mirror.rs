@@ -284,7 +284,7 @@ impl Engine {
                 .map(|i| i.benefit_id.clone())
                 .collect();
             listed.retain(|i| !cancelled_here(i));
-            rules
+            Ok(rules
                 .rules
                 .iter()
                 .map(|e| &e.info)
@@ -297,7 +297,7 @@ impl Engine {
                     status: Status::Cancel,
                     ..info.clone()
                 })
-                .collect()
+                .collect())
         })?;
         let mut report = SyncReport {
             kept_cancelled,

@@ -380,6 +380,30 @@ fn s1_bad_pages_are_refused_naming_the_field_and_leave_the_listing_as_it_was() {
     );
 }
 
+/// An update response (the seed's shape: no scope or reset fields) that
+/// leaves out `status`, for a rule the last sync withdrew, keeps it
+/// withdrawn: the next listing that has it again revives it (S3), as it
+/// would have without the response in between.
+#[test]
+fn s3_an_update_response_without_status_keeps_a_withdrawn_rule_withdrawn() {
+    let e = Engine::new();
+    let r = record("7001", "enterprise_all_devices", None, 10, "day");
+    e.sync(&listing(&[r.clone()], &[]), MIDNIGHT).unwrap();
+    let report = e.sync(&listing(&[], &[]), MIDNIGHT).unwrap();
+    assert_eq!(ids(&report.withdrawn), ["7001"]);
+    let response = json!({"code": 0, "msg": "", "data": {"benefit_id": "7001",
+        "benefit_type": "resource_point", "active_mode": "absolute_time",
+        "started_at": 0, "ended_at": 253402300799i64, "limit": 20},
+        "detail": {"logid": "x"}});
+    let got = e
+        .import_response_json(response.to_string(), MIDNIGHT)
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let report = e.sync(&listing(&[r], &[]), MIDNIGHT).unwrap();
+    assert_eq!(ids(&report.revived), ["7001"]);
+    assert!(report.kept_cancelled.is_empty());
+}
+
 #[test]
 fn s4_a_sync_is_all_or_nothing() {
     let e = Engine::new();
