@@ -149,7 +149,14 @@ impl Listing {
                 self.scopes.last_mut().expect("just pushed")
             }
         };
-        scope.records.extend(records);
+        // A record listed again as it was (a page boundary that moved while
+        // the platform paged) is the same rule once; one listed again with
+        // other values is kept, and the sync refuses the listing for it.
+        for info in records {
+            if !scope.records.contains(&info) {
+                scope.records.push(info);
+            }
+        }
         scope.complete = !has_more;
         Ok(has_more.then_some(token))
     }

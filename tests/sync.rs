@@ -404,6 +404,41 @@ fn s3_an_update_response_without_status_keeps_a_withdrawn_rule_withdrawn() {
     assert!(report.kept_cancelled.is_empty());
 }
 
+/// A record that two pages of one scope both list, as they were (the
+/// platform's page boundary moved between them), is one rule; listed again
+/// with other values, the sync refuses the listing, changing nothing.
+#[test]
+fn s1_a_record_listed_again_on_a_later_page_is_one_rule() {
+    let e = Engine::new();
+    let a = record("7001", "single_device", Some("d1"), 10, "never");
+    let b = record("7002", "single_device", Some("d2"), 10, "never");
+    let mut l = Listing::new();
+    assert!(l
+        .add_page_json(DEVICES, POINTS, page(&[], None))
+        .unwrap()
+        .is_none());
+    let next = l
+        .add_page_json(SINGLE, POINTS, page(&[a.clone()], Some("p2")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(next, "p2");
+    l.add_page_json(SINGLE, POINTS, page(&[a.clone(), b.clone()], None))
+        .unwrap();
+    let report = e.sync(&l, MIDNIGHT).unwrap();
+    assert_eq!(ids(&report.created), ["7001", "7002"]);
+    // Listed again with another limit: refused as a whole.
+    let mut changed = a.clone();
+    changed["limit"] = json!(11);
+    let mut l = Listing::new();
+    l.add_page_json(DEVICES, POINTS, page(&[], None)).unwrap();
+    l.add_page_json(SINGLE, POINTS, page(&[a], Some("p2")))
+        .unwrap();
+    l.add_page_json(SINGLE, POINTS, page(&[changed, b], None))
+        .unwrap();
+    assert!(e.sync(&l, MIDNIGHT).is_err());
+    assert_eq!(e.get("7001").unwrap().limit(), 10);
+}
+
 #[test]
 fn s4_a_sync_is_all_or_nothing() {
     let e = Engine::new();
