@@ -291,8 +291,10 @@ impl Engine {
             apply(r);
         }
         let out = then(&all[0]);
-        self.version.fetch_add(1, Ordering::Release);
+        // Configured first: a call decided under these rules never finds
+        // the engine unconfigured.
         self.configured.store(true, Ordering::Release);
+        self.version.fetch_add(1, Ordering::Release);
         out
     }
 
