@@ -579,12 +579,16 @@ impl Locked<'_> {
         let rest = self.rest.as_deref().unwrap_or_default();
         if let Some((i, g)) = &self.first {
             if *i == shard || rest.is_empty() {
+                debug_assert_eq!(*i, shard, "shard {shard} is not held");
                 return &g.table;
             }
         }
         match rest.binary_search_by_key(&shard, |(j, _)| *j) {
             Ok(p) => &rest[p].1.table,
-            Err(_) => &rest[0].1.table,
+            Err(_) => {
+                debug_assert!(false, "shard {shard} is not held");
+                &rest[0].1.table
+            }
         }
     }
 
@@ -594,13 +598,13 @@ impl Locked<'_> {
         let rest = self.rest.as_deref_mut().unwrap_or_default();
         if let Some((i, g)) = self.first.as_mut() {
             if *i == shard || rest.is_empty() {
+                debug_assert_eq!(*i, shard, "shard {shard} is not held");
                 return &mut g.table;
             }
         }
-        let p = rest
-            .binary_search_by_key(&shard, |(j, _)| *j)
-            .unwrap_or_default();
-        &mut rest[p].1.table
+        let p = rest.binary_search_by_key(&shard, |(j, _)| *j);
+        debug_assert!(p.is_ok(), "shard {shard} is not held");
+        &mut rest[p.unwrap_or_default()].1.table
     }
 
     /// Holds shard `shard` too, if it is not held yet and its lock is free
