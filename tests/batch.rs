@@ -25,6 +25,11 @@ fn subject(i: u8) -> Subject<'static> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn batch_equals_sequential(
         reqs in proptest::collection::vec((any::<u8>(), any::<bool>(), 0u64..4_000_000), 0..150),

@@ -263,13 +263,25 @@ fn record_under_contention_loses_nothing() {
     }
 }
 
-/// Counts an updater's writes, so consumers can wait for them.
+/// Counts an updater's writes, so consumers can wait for them; `usize::MAX`
+/// once the updater failed.
 struct Writes(AtomicUsize);
 
 impl Writes {
-    /// Waits until more than `seen` writes are done.
+    /// Waits until more than `seen` writes are done; panics if the updater
+    /// failed, or after a minute with none (instead of spinning for good).
     fn after(&self, seen: usize) {
-        while self.0.load(Ordering::Acquire) <= seen {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let n = self.0.load(Ordering::Acquire);
+            assert_ne!(n, usize::MAX, "the updater failed");
+            if n > seen {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no write after {seen} in a minute"
+            );
             std::thread::yield_now();
         }
     }
@@ -300,8 +312,11 @@ fn racing_updates<R>(
         let updater = s.spawn(|| {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                e.apply_update_json(id, bodies[n % bodies.len()], MIDNIGHT)
-                    .unwrap();
+                if let Err(err) = e.apply_update_json(id, bodies[n % bodies.len()], MIDNIGHT) {
+                    // Consumers waiting for a write fail instead of waiting.
+                    writes.0.store(usize::MAX, Ordering::Release);
+                    panic!("update {n} failed: {err:?}");
+                }
                 n += 1;
                 writes.0.store(n, Ordering::Release);
                 std::thread::yield_now();

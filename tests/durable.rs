@@ -170,10 +170,12 @@ fn a_crash_never_admits_more_than_the_limit_and_strands_at_most_a_grant() {
         e.create_json(rule(1_000, "never")).unwrap();
         drop(e);
     }
+    let mut held_before = 0u64;
     for life in 0..30 {
         let e = Engine::builder()
             .ledger(Arc::clone(&ledger))
             .max_grant(units(max_grant))
+            .grant_timeout(std::time::Duration::from_secs(60))
             .open()
             .unwrap();
         let got = admitted(&e, "d", 7 + life % 5, T0);
@@ -200,6 +202,13 @@ fn a_crash_never_admits_more_than_the_limit_and_strands_at_most_a_grant() {
             held <= units(total as u64 + lives * (max_grant * 3 / 2 + 1)).as_micros(),
             "life {life}: {held} strands more than 1.5 grants and a request per crash"
         );
+        // And this life alone: what it added beyond its admissions.
+        assert!(
+            held - held_before <= units(got as u64 + max_grant * 3 / 2 + 1).as_micros(),
+            "life {life}: {} beyond {got} admitted strands more than 1.5 grants and a request",
+            held - held_before
+        );
+        held_before = held;
     }
     let e = open(&ledger);
     let rest = admitted(&e, "d", 2_000, T0);

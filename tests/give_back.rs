@@ -125,6 +125,7 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
     let e = Engine::builder()
         .ledger(Arc::clone(&ledger))
         .max_grant(Amount::from_units(8))
+        .grant_timeout(std::time::Duration::from_secs(60))
         .open()
         .unwrap();
     e.create_json(rule("enterprise_all_devices", LIMIT))

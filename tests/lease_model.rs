@@ -103,7 +103,10 @@ fn dense_op() -> impl Strategy<Value = Op> {
     let ty = prop_oneof![4 => Just(0u8), 1 => Just(1u8)];
     prop_oneof![
         2 => dense_spec().prop_map(Op::Create),
-        2 => op(),
+        // No step back: `Evict` runs here, and a request stamped behind an
+        // eviction's clock finds a fresh counter in its old window (a
+        // documented limit of `evict` the model does not reproduce).
+        2 => op().prop_filter("no clock step back", |o| !matches!(o, Op::Advance(Step::Back(_)))),
         16 => (any::<u8>(), ty.clone(), 0u32..4)
             .prop_map(|(subject, benefit_type, n)| Op::TryConsume { subject, benefit_type, micros: units_as_drawn(n) }),
         4 => (any::<u8>(), ty, 0u32..6)

@@ -21,10 +21,17 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    // 2024-01-01 plus up to ~3 years, any second.
-    let base = 1_704_038_400 + i64::from(input.base_offset % 94_694_400);
-    let offset_hours = [8, 0, -5][usize::from(input.offset % 3)];
-    let mut h = Harness::new(base, offset_hours, input.suspend);
+    // As the proptest: mostly 2024-01-01 plus up to ~3 years; also 1971 ..
+    // 2000 and 2000 .. 2100; any second.
+    let base = match input.base_offset % 10 {
+        0 => 31_536_000 + i64::from(input.base_offset / 10) % 915_148_800,
+        1 => 946_684_800 + i64::from(input.base_offset / 10) % 3_155_760_000,
+        _ => 1_704_038_400 + i64::from(input.base_offset / 10) % 94_694_400,
+    };
+    // UTC+8, UTC, UTC-5, and offsets that are not whole hours.
+    let offset_seconds = [8 * 3_600, 0, -5 * 3_600, 19_800, 20_700, -34_200]
+        [usize::from(input.offset % 6)];
+    let mut h = Harness::with_offset_seconds(base, offset_seconds, input.suspend);
     for (i, op) in input.ops.iter().take(300).enumerate() {
         let (engine, model) = h.step(op);
         assert_eq!(engine, model, "step {i} {op:?}");
