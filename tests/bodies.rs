@@ -78,6 +78,38 @@ async fn a_tonic_service_gets_grpc_status_answers() {
         used(&engine, &Subject::device("sn-1"), &daily, MIDNIGHT + 3600),
         units(2)
     );
+    // An impossible clock: 13 (`INTERNAL`), nothing counted.
+    let mut late = QuotaLayer::new(
+        Arc::clone(&engine),
+        DeviceHeader(http::HeaderName::from_static("x-device-id")),
+    )
+    .clock(|| 253_402_300_800_000)
+    .grpc()
+    .layer(Upstream);
+    let r = late.call(request(Some("sn-2"))).await.unwrap();
+    assert_eq!(r.headers()["grpc-status"], "13");
+    assert!(r.headers().get("x-upstream").is_none());
+    // A ledger that grants nothing: 14 (`UNAVAILABLE`), no retry hint.
+    let ledger = Arc::new(benefit_quota::MemoryLedger::new());
+    let ledgered = Arc::new(
+        Engine::builder()
+            .ledger(Arc::clone(&ledger))
+            .grant_timeout(std::time::Duration::from_secs(60))
+            .open()
+            .unwrap(),
+    );
+    Rule::all_devices(2).daily().create(&ledgered);
+    ledger.fail_next(u32::MAX);
+    let mut down = QuotaLayer::new(
+        Arc::clone(&ledgered),
+        DeviceHeader(http::HeaderName::from_static("x-device-id")),
+    )
+    .clock(|| MIDNIGHT + 3600)
+    .grpc()
+    .layer(Upstream);
+    let r = down.call(request(Some("sn-1"))).await.unwrap();
+    assert_eq!(r.headers()["grpc-status"], "14");
+    assert!(r.headers().get("retry-after").is_none());
 }
 
 /// A hyper service stand-in with hyper's usual response body.

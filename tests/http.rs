@@ -272,6 +272,54 @@ async fn a_503_for_an_unavailable_ledger_carries_no_backoff_headers() {
     assert!(body["msg"].as_str().unwrap().contains("ledger_unavailable"));
 }
 
+/// An impossible clock is answered 500 (code 5000) and counts nothing; a
+/// pre-paid unit stays spent when the inner service then fails (H1).
+#[tokio::test]
+async fn an_impossible_clock_is_500_and_a_failed_upstream_keeps_its_unit_spent() {
+    let engine = Arc::new(Engine::new());
+    let daily = Rule::all_devices(5).daily().create(&engine);
+    let layer =
+        |clock: i64| QuotaLayer::new(Arc::clone(&engine), device_header()).clock(move || clock);
+    let app = Router::new()
+        .route(
+            "/broken",
+            get(|| async { (http::StatusCode::INTERNAL_SERVER_ERROR, "upstream failed") }),
+        )
+        .layer(layer(ELEVEN))
+        .merge(
+            Router::new()
+                .route("/late", get(|| async { "upstream" }))
+                .layer(layer(253_402_300_800_000)),
+        );
+    let base = serve(app).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{base}/late"))
+        .header("x-device-id", "sn-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 5000);
+    assert_eq!(
+        used(&engine, &Subject::device("sn-1"), &daily, ELEVEN),
+        units(0)
+    );
+    let r = client
+        .get(format!("{base}/broken"))
+        .header("x-device-id", "sn-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.text().await.unwrap(), "upstream failed");
+    assert_eq!(
+        used(&engine, &Subject::device("sn-1"), &daily, ELEVEN),
+        units(1)
+    );
+}
+
 #[tokio::test]
 async fn until_configured_holds_requests_until_the_engine_has_rules() {
     let engine = Arc::new(Engine::new());
