@@ -1,9 +1,11 @@
 //! Random sequences against a durable engine (on `MemoryLedger`) and a
 //! plain model, with crashes (an engine dropped without its shutdown),
 //! clean restarts and idle sweeps between the calls: no counter window
-//! ever admits more than its limit across all lives, and after a clean
-//! restart with no crash in the run, usage is exactly what was admitted
-//! and recorded.
+//! ever admits more than its limit across all lives; until the first
+//! crash, every decision is the one an engine without a ledger makes (a
+//! twin run beside it: the ledger changes no decision, only where usage
+//! lives); and after a clean restart with no crash in the run, usage is
+//! exactly what was admitted and recorded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,15 +54,20 @@ fn open(ledger: &Arc<MemoryLedger>, max_grant: u64) -> Engine {
         .open()
         .unwrap();
     if e.rule_count() == 0 {
-        for (limit, unit) in [(DAILY, "day"), (TOTAL, "never")] {
-            e.create_json(format!(
-                r#"{{"entity_type":"enterprise_all_devices","benefit_info":{{"benefit_type":"resource_point",
-                "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"{unit}"}}}}"#
-            ))
-            .unwrap();
-        }
+        configure(&e);
     }
     e
+}
+
+/// The run's two rules, with ids 1 and 2 in this order.
+fn configure(e: &Engine) {
+    for (limit, unit) in [(DAILY, "day"), (TOTAL, "never")] {
+        e.create_json(format!(
+            r#"{{"entity_type":"enterprise_all_devices","benefit_info":{{"benefit_type":"resource_point",
+            "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"{unit}"}}}}"#
+        ))
+        .unwrap();
+    }
 }
 
 fn day(now: i64) -> i64 {
@@ -87,11 +94,17 @@ proptest! {
         let mut total_admitted: HashMap<usize, u64> = HashMap::new();
         let mut recorded: HashMap<usize, u64> = HashMap::new();
         let mut crashed = false;
+        let twin = Engine::new();
+        configure(&twin);
         for op in ops {
             let e = engine.as_ref().unwrap();
             match op {
                 Op::Spend(d, n) => {
                     let dec = e.try_consume(&Subject::device(DEVICES[d]), PTS, Amount::from_units(n), now);
+                    let plain = twin.try_consume(&Subject::device(DEVICES[d]), PTS, Amount::from_units(n), now);
+                    if !crashed {
+                        prop_assert_eq!(&dec, &plain, "{} spends {} at {}", DEVICES[d], n, now);
+                    }
                     if dec.is_allowed() {
                         let day_used = day_admitted.entry((d, day(now))).or_default();
                         *day_used += n;
@@ -102,7 +115,11 @@ proptest! {
                     }
                 }
                 Op::Record(d, n) => {
-                    let _ = e.record(&Subject::device(DEVICES[d]), PTS, Amount::from_units(n), now);
+                    let dec = e.record(&Subject::device(DEVICES[d]), PTS, Amount::from_units(n), now);
+                    let plain = twin.record(&Subject::device(DEVICES[d]), PTS, Amount::from_units(n), now);
+                    if !crashed {
+                        prop_assert_eq!(&dec, &plain, "{} records {} at {}", DEVICES[d], n, now);
+                    }
                     *recorded.entry(d).or_default() += n;
                 }
                 Op::Advance(h) => now += h * 3600,
@@ -121,6 +138,7 @@ proptest! {
                 }
                 Op::Evict => {
                     e.evict(now);
+                    twin.evict(now);
                 }
                 Op::Sweep => {
                     e.give_back_idle().unwrap();
