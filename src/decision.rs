@@ -23,8 +23,10 @@ pub enum DenyReason {
     /// Not a quota decision: retry after [`crate::Engine::evict`] or raise the cap.
     CounterCapacity,
     /// The engine keeps its usage in a ledger, the request needed a new
-    /// grant from it, and the ledger could not give one (unreachable,
-    /// failing, or granting less than asked). Not a quota decision: the
+    /// grant from it, and the ledger could not give one in time (unreachable,
+    /// failing, or slower than the grant timeout; a ledger that answers it
+    /// has less left than the call needs denies it `Insufficient`). Not a
+    /// quota decision: the
     /// engine fails closed rather than admit what the ledger does not hold.
     LedgerUnavailable,
 }

@@ -49,7 +49,9 @@
 //! ## Usage that survives restarts
 //! [`Engine::new`] keeps usage in memory. An engine opened with a ledger
 //! (`Engine::builder().durable(path).open()` with the `durable` feature, or
-//! [`EngineBuilder::ledger`]) keeps usage and rules there, and admits a
+//! [`EngineBuilder::ledger`]) keeps usage there (and rules too, in a file
+//! or memory ledger; a Redis instance syncs its rules from the platform
+//! after each start), and admits a
 //! unit only out of a grant the ledger has already committed, so a crash
 //! never causes over-admission (see [`ledger`] and RELIABILITY.md §7).
 //! With the `redis` feature, `Engine::builder().redis(url).open()` on every
@@ -127,13 +129,14 @@
 //! - **Atomic, no lock:** only the tracked-counter count, and only when a
 //!   counter is created.
 //! - **Allocated:** nothing for a subject whose counters exist (inline small
-//!   vectors; benefit ids of up to 30 bytes are stored inline, so a decision
+//!   vectors; benefit ids of up to 23 bytes are stored inline, so a decision
 //!   names its rule by copying, not by touching a shared reference count).
 //!   Batches allocate nothing either, unless a chunk's requests lock more
 //!   than 16 shards (subjects with counters in several shards).
 //!
-//! [`Engine::try_consume_many`] does the same for a batch, under one read of
-//! the rule table (the all-scope rules read once for the whole batch): a
+//! [`Engine::try_consume_many`] does the same for a batch, a rule-table copy
+//! locked per chunk of [`BATCH_CHUNK`] (the all-scope rules read once for
+//! the whole batch): a
 //! chunk locks the shards of its sole devices and consumers once, adds
 //! another subject's other shards if they are free (else the rest of the
 //! chunk is resolved and locked together). Before reading anything of a

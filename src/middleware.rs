@@ -34,7 +34,7 @@
 //! draft that a decision carries; `RateLimit-Limit` is not sent, since
 //! knowing it would cost a second lookup per request). Allowed responses
 //! carry `RateLimit-Remaining` and `RateLimit-Reset` too when a rule
-//! applies.
+//! applies and [`QuotaLayer::headers_when_allowed`] is on (off by default).
 
 use std::borrow::Cow;
 use std::future::Future;

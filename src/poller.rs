@@ -29,8 +29,10 @@ pub enum PollError {
         /// The scope's benefit type.
         benefit_type: BenefitType,
     },
-    /// The listing was complete and valid, but the engine refused it (D5,
-    /// a revived cancelled rule...).
+    /// The listing was complete and valid, but the engine refused it (two
+    /// all-scope rules of one kind in force, D5; a record listed twice with
+    /// different values; a listed rule whose scope or type differs from
+    /// the stored one's).
     Sync(ApiError),
 }
 
@@ -264,6 +266,7 @@ impl Poller {
 
     /// Polls in a background thread until the returned value is dropped:
     /// at once, then every interval, backing off after failures.
+    #[must_use = "dropping the returned value stops the polling"]
     pub fn spawn(self) -> RunningPoller {
         let poller = Arc::new(self);
         let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));

@@ -56,8 +56,9 @@ impl std::fmt::Debug for LedgeredBuilder {
 }
 
 impl EngineBuilder {
-    /// This engine, with its usage and rules kept in `ledger` (see
-    /// [`crate::ledger`]); open it with [`LedgeredBuilder::open`].
+    /// This engine, with its usage kept in `ledger`, and its rules too if
+    /// the ledger stores them (a file or memory ledger does, Redis does
+    /// not: see [`crate::ledger`]); open it with [`LedgeredBuilder::open`].
     pub fn ledger(self, ledger: impl Ledger) -> LedgeredBuilder {
         let ledger: Arc<dyn Ledger> = Arc::new(ledger);
         self.ledger_with(move || Ok(ledger))
