@@ -439,6 +439,78 @@ fn s1_a_record_listed_again_on_a_later_page_is_one_rule() {
     assert_eq!(e.get("7001").unwrap().limit(), 10);
 }
 
+/// S4 under concurrency: while one thread syncs two listings in turn (each
+/// changing a devices rule and a consumers rule together), another reads a
+/// subject under both and must always find the two limits of one listing,
+/// never one of each.
+#[test]
+fn s4_a_concurrent_reader_sees_a_whole_sync_or_none_of_it() {
+    const CONSUMERS: EntityType = EntityType::EnterpriseAllCustomConsumers;
+    let e = Engine::new();
+    let listing_of = |limit: i64| {
+        let mut l = Listing::new();
+        l.add_page_json(
+            DEVICES,
+            POINTS,
+            page(
+                &[record(
+                    "7001",
+                    "enterprise_all_devices",
+                    None,
+                    limit,
+                    "never",
+                )],
+                None,
+            ),
+        )
+        .unwrap();
+        l.add_page_json(
+            CONSUMERS,
+            POINTS,
+            page(
+                &[record(
+                    "7003",
+                    "enterprise_all_custom_consumers",
+                    None,
+                    limit,
+                    "never",
+                )],
+                None,
+            ),
+        )
+        .unwrap();
+        l
+    };
+    let (five, nine) = (listing_of(5), listing_of(9));
+    e.sync(&five, MIDNIGHT).unwrap();
+    let subject = Subject::device("d1").with_consumer("c1");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..400 {
+                let l = if i % 2 == 0 { &nine } else { &five };
+                e.sync(l, MIDNIGHT).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let mut seen = std::collections::BTreeSet::new();
+        loop {
+            let finished = done.load(std::sync::atomic::Ordering::Acquire);
+            let limits: Vec<i64> = e
+                .usage(&subject, MIDNIGHT)
+                .iter()
+                .map(|u| u.limit)
+                .collect();
+            assert!(limits == [5, 5] || limits == [9, 9], "{limits:?}");
+            seen.insert(limits[0]);
+            if finished {
+                break seen;
+            }
+        }
+    });
+    assert!(seen.contains(&5));
+}
+
 #[test]
 fn s4_a_sync_is_all_or_nothing() {
     let e = Engine::new();
