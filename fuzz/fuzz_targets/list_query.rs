@@ -28,7 +28,20 @@ fuzz_target!(|data: &[u8]| {
                 let q = String::from_utf8_lossy(query);
                 let rest: Vec<&str> = q.split('&').filter(|p| !p.starts_with("page_token=")).collect();
                 let next = format!("{}&page_token={}", rest.join("&"), page.page_token);
-                if let Ok(p2) = e.list_query_string(next.as_bytes()) {
+                // A query of plain keys (UTF-8, keys of letters, digits and
+                // `_`) is rebuilt exactly, so its next page must be served:
+                // a refused token there is a bug (D8). Other queries may not
+                // survive the rebuilding (escaped or repeated keys).
+                let plain = std::str::from_utf8(query).is_ok_and(|q| {
+                    q.split('&').all(|p| {
+                        p.split('=').next().is_some_and(|k| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                    })
+                });
+                let got = e.list_query_string(next.as_bytes());
+                if plain {
+                    assert!(got.is_ok(), "the returned token was refused: {next:?}: {got:?}");
+                }
+                if let Ok(p2) = got {
                     assert!(p2.benefit_infos.iter().all(|i| !page.benefit_infos.contains(i)), "a page repeated an item");
                 }
             }
