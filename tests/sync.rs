@@ -388,7 +388,8 @@ fn s1_bad_pages_are_refused_naming_the_field_and_leave_the_listing_as_it_was() {
 fn s3_an_update_response_without_status_keeps_a_withdrawn_rule_withdrawn() {
     let e = Engine::new();
     let r = record("7001", "enterprise_all_devices", None, 10, "day");
-    e.sync(&listing(&[r.clone()], &[]), MIDNIGHT).unwrap();
+    e.sync(&listing(std::slice::from_ref(&r), &[]), MIDNIGHT)
+        .unwrap();
     let report = e.sync(&listing(&[], &[]), MIDNIGHT).unwrap();
     assert_eq!(ids(&report.withdrawn), ["7001"]);
     let response = json!({"code": 0, "msg": "", "data": {"benefit_id": "7001",
@@ -418,7 +419,7 @@ fn s1_a_record_listed_again_on_a_later_page_is_one_rule() {
         .unwrap()
         .is_none());
     let next = l
-        .add_page_json(SINGLE, POINTS, page(&[a.clone()], Some("p2")))
+        .add_page_json(SINGLE, POINTS, page(std::slice::from_ref(&a), Some("p2")))
         .unwrap()
         .unwrap();
     assert_eq!(next, "p2");
