@@ -596,6 +596,33 @@ pub(crate) fn has_type(seen: &[Seen], ty: BenefitType, create: bool) -> bool {
         .any(|s| s.benefit_type == ty && (create || s.exists))
 }
 
+/// What [`conclude`] answers for a `try_consume` of `amount` of `ty` over
+/// `seen` when no counter may be created: the ranked quota denial if a rule
+/// denies it anyway, else the capacity denial `reserve_counters` gives.
+pub(crate) fn denied_without_room<'r>(
+    seen: &[Seen],
+    ty: BenefitType,
+    amount: u64,
+    rules: &impl Rules<'r>,
+) -> Denial {
+    if let Some(d) = deny(seen, Some(ty), amount, rules) {
+        return d;
+    }
+    let first = seen
+        .iter()
+        .find(|s| s.benefit_type == ty && !s.exists)
+        .or(seen.first())
+        .copied()
+        .unwrap_or(Seen::BLANK);
+    Denial {
+        benefit_id: rules.id_of(first.slot).clone(),
+        benefit_type: ty,
+        reason: DenyReason::CounterCapacity,
+        remaining: Amount::from_micros(first.limit.saturating_sub(first.used)),
+        resets_at: None,
+    }
+}
+
 /// D13 + D17: the denial, if any. With `ty`, also rules of that type that
 /// cannot fit `amount`. The denial reported is the one that lasts longest:
 /// frozen first, then the latest reset (cumulative = never), then exhausted

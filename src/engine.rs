@@ -9,8 +9,8 @@ use smallvec::SmallVec;
 use crate::amount::Amount;
 use crate::cached::{CachedRule, CachedRules};
 use crate::decide::{
-    add_to_counters, conclude, decide_one_owner, decide_one_owner_general, effective_window,
-    has_type, Op, RuleView, Rules, Seen, SeenVec,
+    add_to_counters, conclude, decide_one_owner, decide_one_owner_general, denied_without_room,
+    effective_window, has_type, Op, RuleView, Rules, Seen, SeenVec,
 };
 use crate::decision::{Decision, UsageReport};
 use crate::errors::ApiError;
@@ -528,6 +528,7 @@ impl Engine {
                 Some(id) if w.entity_type.is_none() => {
                     let id = id.to_owned();
                     return self.observed("import", || {
+                        let mut kept_withdrawn = None;
                         let (infos, _) = self.import_batch(Vec::new(), now, |rules, infos| {
                             let Some(slot) = rules.slot_of(&id) else {
                                 return Err(ApiError::not_found(&id));
@@ -538,16 +539,16 @@ impl Engine {
                                 // A rule the last sync withdrew stays
                                 // withdrawn (S3): a response that does not
                                 // say its status does not cancel it for good.
+                                kept_withdrawn = Some(merged.clone());
                                 return Ok(vec![merged]);
                             }
                             infos.push(merged);
                             Ok(Vec::new())
                         })?;
-                        // Kept withdrawn: nothing imported; the rule as it stands.
-                        Ok(if infos.is_empty() {
-                            self.get(&id).into_iter().collect()
-                        } else {
-                            infos
+                        // Imported and kept withdrawn: the record as stored.
+                        Ok(match kept_withdrawn {
+                            Some(info) => vec![info],
+                            None => infos,
                         })
                     });
                 }
@@ -1264,6 +1265,30 @@ impl Engine {
                 }
             },
         )
+    }
+
+    /// The denial of a `try_consume` of `amount` of `ty` over `applied` (whose
+    /// shards `locked` holds) that may create no counter: a rule's own
+    /// denial, ranked as [`Engine::decide`] ranks it, else
+    /// `counter_capacity`. Nothing is debited.
+    pub(crate) fn denied_without_room<'r>(
+        &self,
+        applied: &[Applied<'_>],
+        rules: &impl Rules<'r>,
+        locked: &mut Locked<'_>,
+        ty: crate::BenefitType,
+        amount: u64,
+    ) -> crate::Denial {
+        let mut seen = SeenVec::new();
+        for run in owner_runs(applied) {
+            let first = &applied[run.start];
+            let counters = locked.counters(first.shard, &first.owner);
+            for i in run {
+                let (v, w) = rules.rule(i);
+                Seen::push(&mut seen, v, w, counters);
+            }
+        }
+        denied_without_room(&seen, ty, amount, rules)
     }
 
     /// [`Engine::decide`] when all the `rules` count on the counters of `owner`

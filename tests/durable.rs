@@ -362,6 +362,38 @@ fn safe_capacity_admits_at_most_its_amount_per_counter_window() {
     e.flush().unwrap();
 }
 
+/// With no room for a new counter, a call that a rule denies anyway gets
+/// that rule's denial (D13/D17's ranking), as an engine without a ledger
+/// gives it: not `counter_capacity`, which a gateway answers 503.
+#[test]
+fn no_room_for_a_counter_does_not_hide_a_quota_denial() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = Engine::builder()
+        .max_counters(1)
+        .ledger(Arc::clone(&ledger))
+        .grant_timeout(std::time::Duration::from_secs(60))
+        .open()
+        .unwrap();
+    let twin = Engine::builder().max_counters(1).build();
+    let consumers = r#"{"entity_type":"enterprise_all_custom_consumers","benefit_info":{"benefit_type":"resource_point",
+        "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":100,"trigger_unit":"never"}}"#;
+    for engine in [&e, &twin] {
+        engine.create_json(rule(1, "never")).unwrap();
+        assert!(engine
+            .try_consume(&Subject::device("d"), PTS, units(1), T0)
+            .is_allowed());
+        engine.create_json(consumers).unwrap();
+    }
+    // The device's rule is exhausted; the consumer's would need a counter.
+    let s = Subject::device("d").with_consumer("c");
+    let plain = twin.try_consume(&s, PTS, units(1), T0);
+    assert_eq!(
+        plain.denial().map(|d| d.reason),
+        Some(DenyReason::Exhausted)
+    );
+    assert_eq!(e.try_consume(&s, PTS, units(1), T0), plain);
+}
+
 #[test]
 fn evicted_counters_leave_the_ledger() {
     let ledger = Arc::new(MemoryLedger::new());

@@ -154,8 +154,8 @@ fn key_of(rules: &RuleSet, slot: u32, kind: OwnerKind, id: &str) -> CounterKey {
     }
 }
 
-/// Tallies of unbacked admissions (`SafeCapacity`) past which those of
-/// ended windows are dropped.
+/// Tallies of unbacked admissions (`SafeCapacity`) at which, and at every
+/// doubling after, those of ended windows are dropped.
 const UNBACKED_PRUNE_AT: usize = 4_096;
 
 /// The denial of a call the ledger could not grant for, naming the rule.
@@ -758,12 +758,12 @@ impl Engine {
         let mut changes = Vec::new();
         // The first rule this call must wait on, and its window's end.
         let mut waits_on: Option<(u32, Option<i64>)> = None;
-        // The first rule whose counter found no room (`max_counters`): the
-        // call is denied here, not left to the decision, whose own
+        // Whether a rule's counter found no room (`max_counters`): the call
+        // is then denied here, not left to the decision, whose own
         // reservation may succeed a moment later (a sweep or a refused
         // reservation elsewhere moves the count) and would then debit a
         // counter no grant covers.
-        let mut no_room: Option<u32> = None;
+        let mut no_room = false;
         if let Op::TryConsume(ty, amount) = op {
             for (i, a) in applied.iter().enumerate() {
                 let (v, w) = table.rule(i);
@@ -791,7 +791,7 @@ impl Engine {
                     };
                     let exists = c.is_some();
                     if !exists && !self.store.reserve(1) {
-                        no_room = no_room.or(Some(v.slot));
+                        no_room = true;
                         continue;
                     }
                     let counters = locked.counters_mut(a.shard, &a.owner);
@@ -818,7 +818,7 @@ impl Engine {
                 if c.is_none() && self.store.is_full() {
                     // Its counter cannot be created (`max_counters`): no
                     // grant, no entry, and the call is denied.
-                    no_room = no_room.or(Some(v.slot));
+                    no_room = true;
                     continue;
                 }
                 let (ceiling, pending, refused) = match p {
@@ -849,6 +849,10 @@ impl Engine {
                         // earlier rules still go (their pending amounts are
                         // cleared only when they come back).
                         if !refills.is_empty() {
+                            g.stats.grants.fetch_add(
+                                refills.len() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
                             let _ = g.send(changes, refills, false);
                         }
                         return Round::Decided(Decision::Denied(d));
@@ -906,14 +910,18 @@ impl Engine {
                 });
             }
         }
-        if let Some(slot) = no_room {
+        if let (true, Op::TryConsume(ty, amount)) = (no_room, op) {
             // Grants marked pending for other rules still go (their pending
             // amounts are cleared only when they come back).
             if !refills.is_empty() {
+                g.stats
+                    .grants
+                    .fetch_add(refills.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let _ = g.send(changes, refills, false);
             }
-            let mut d = unavailable(rules, slot, None);
-            d.reason = DenyReason::CounterCapacity;
+            // A rule that denies the call anyway is the answer, ranked as
+            // without a ledger; else no room for the counter.
+            let d = self.denied_without_room(applied, table, locked, ty, amount);
             return Round::Decided(Decision::Denied(d));
         }
         // Sent under the locks: per counter, the ledger sees changes in the
@@ -1005,8 +1013,11 @@ impl Engine {
         if d.is_allowed() {
             self.book_record(table, applied, locked, ty, &before, now);
             let mut unbacked = g.done.unbacked.lock();
-            if unbacked.len() >= UNBACKED_PRUNE_AT {
-                // Ended windows need their tally no more.
+            let len = unbacked.len();
+            if len >= UNBACKED_PRUNE_AT && len.is_power_of_two() {
+                // Ended windows need their tally no more. Only as the map
+                // doubles: while its windows are all open, a pass per call
+                // would find nothing to drop.
                 unbacked.retain(|(_, w), _| w.end > now);
             }
             for key in keys {
