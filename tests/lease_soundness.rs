@@ -257,6 +257,33 @@ fn a_call_that_exhausts_one_rule_leaves_no_lease_on_the_others() {
     );
 }
 
+/// A leased handle that holds no lease (its call denied) does not keep
+/// `evict` from its subject's ended windows, and goes on deciding exactly
+/// once they are gone.
+#[test]
+fn a_handle_holding_no_lease_does_not_pin_its_counters() {
+    let e = Engine::new();
+    Rule::all_devices(10).daily().create(&e);
+    let d = Subject::device("sn-1");
+    let mut h = e.handle(&d).with_lease(units(5));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed()); // 1 + a lease of 5
+    let _ = e.record(&d, PTS, units(4), MIDNIGHT); // 10
+                                                   // The lease is given back (5 used), and 6 do not fit.
+    assert!(!h.try_consume(PTS, units(6), MIDNIGHT).is_allowed());
+    assert_eq!(e.evict(MIDNIGHT + DAY), 1);
+    assert_eq!(e.counter_count(), 0);
+    // The handle goes on, in the new day, and leases again.
+    assert!(h.try_consume(PTS, units(6), MIDNIGHT + DAY).is_allowed());
+    assert!(h.try_consume(PTS, units(4), MIDNIGHT + DAY).is_allowed());
+    assert!(!h.try_consume(PTS, units(1), MIDNIGHT + DAY).is_allowed());
+    // While it holds a lease, its counters stay.
+    let mut g = e.handle(&Subject::device("sn-2")).with_lease(units(5));
+    assert!(g.try_consume(PTS, units(1), MIDNIGHT + DAY).is_allowed());
+    assert_eq!(e.evict(MIDNIGHT + 2 * DAY), 1); // sn-1's, not sn-2's
+    drop(g);
+    assert_eq!(e.evict(MIDNIGHT + 2 * DAY), 1);
+}
+
 #[test]
 fn evict_cannot_hand_a_lease_back_to_a_counter_that_never_held_it() {
     // Daily 10, lease 5: the handle spends 1 (the counter holds 6: the

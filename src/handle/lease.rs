@@ -44,7 +44,7 @@ use std::sync::atomic::Ordering;
 use crate::decide::{effective_window, fewer_left, headroom_of, keep_least, Op};
 use crate::decision::{Decision, Headroom};
 use crate::engine::Engine;
-use crate::state::{CounterState, Locked};
+use crate::state::{hold, let_go, CounterState, Locked};
 use crate::types::BenefitType;
 
 use super::{HandleOwner, HandleState, OwnedSubject, RuleLease, TypeLease, Watch};
@@ -140,6 +140,7 @@ impl Engine {
     /// idle. The handle's leases are settled; `locked` holds its shards,
     /// under its version.
     fn grant(&self, h: &mut HandleState, locked: &mut Locked<'_>) {
+        h.unhold();
         let HandleState {
             rules,
             owners,
@@ -150,6 +151,7 @@ impl Engine {
             watch,
             watched,
             lease_ok,
+            holds,
             ..
         } = h;
         debug_assert!(leases.iter().all(|l| l.granted == 0));
@@ -216,18 +218,11 @@ impl Engine {
         if blocked {
             // No call spends out of these leases while a rule has nothing
             // left (every call takes the locks): they go back at once.
-            // Left on their counters, no stamp of the handle's would pin
+            // Left on their counters, no hold of the handle's would pin
             // them, so `evict` could drop such a counter with its lease,
             // and the settle would then take the lease off a counter made
             // since, which never held it.
-            for (r, l) in rules.iter().zip(leases.iter_mut()) {
-                let granted = std::mem::take(&mut l.granted);
-                if granted > 0 {
-                    if let Some(c) = counter_of_rule(locked, owners, subject, r) {
-                        c.used -= granted;
-                    }
-                }
-            }
+            give_back_granted(rules, leases, owners, subject, locked);
             return;
         }
         // From here every write to the owners' counters by another caller
@@ -235,16 +230,50 @@ impl Engine {
         // window rolled) changes their stamp, which the lock-free path
         // compares: an owner with no entry yet gets an empty one, so the
         // write that creates its first counter is seen too.
-        for (o, w) in owners.iter_mut().zip(watch.iter_mut()) {
+        // The handle holds leases on each owner's counters from here until
+        // they are given back: counted in the owner's stamp, so that
+        // `evict` keeps those counters (and only while they hold leases).
+        for (n, (o, w)) in owners.iter_mut().zip(watch.iter_mut()).enumerate() {
             let owner = subject.owner(o);
-            let (stamp, seen) = locked.lease_owner(o.shard, &owner, &mut o.hint);
+            let (stamp, _) = locked.lease_owner(o.shard, &owner, &mut o.hint);
+            let Some(seen) = hold(&stamp) else {
+                // As many handles hold leases there as a stamp counts: no
+                // lease for this one (an exact handle's decisions).
+                for w in &watch[..n] {
+                    if let Some(s) = &w.stamp {
+                        let_go(s);
+                    }
+                }
+                give_back_granted(rules, leases, owners, subject, locked);
+                return;
+            };
             *w = Watch {
                 stamp: Some(stamp),
                 seen,
             };
         }
         *watched = owners.len() as u8;
+        *holds = true;
         *lease_ok = true;
+    }
+}
+
+/// Takes the leases just granted (nothing spent of them) off their
+/// counters again.
+fn give_back_granted(
+    rules: &[CachedRule],
+    leases: &mut [RuleLease],
+    owners: &mut [HandleOwner],
+    subject: &OwnedSubject,
+    locked: &mut Locked<'_>,
+) {
+    for (r, l) in rules.iter().zip(leases.iter_mut()) {
+        let granted = std::mem::take(&mut l.granted);
+        if granted > 0 {
+            if let Some(c) = counter_of_rule(locked, owners, subject, r) {
+                c.used -= granted;
+            }
+        }
     }
 }
 
@@ -253,9 +282,11 @@ impl Engine {
 /// counter has started afresh without it), and adds what was spent of it to
 /// the counter's lifetime total. `locked` holds the handle's shards.
 fn settle(h: &mut HandleState, locked: &mut Locked<'_>, mut report: impl FnMut(BenefitType, u64)) {
-    // The owners' stamps stay held: a refill takes the same ones again
-    // (letting go here would have each refill drop and make them anew).
+    // The owners' stamps stay referenced: a refill takes the same ones
+    // again (letting go here would have each refill drop and make them
+    // anew); the hold ends with the leases.
     h.lease_ok = false;
+    h.unhold();
     let HandleState {
         rules,
         owners,
@@ -298,9 +329,22 @@ fn counter_of_rule<'l>(
 }
 
 impl HandleState {
-    /// Stops spending from the leases and lets go of the owners' stamps (an
-    /// owner no handle watches stops bumping its stamp).
+    /// Ends the handle's hold of its watched owners' stamps, if it holds
+    /// them (see `state::hold`).
+    fn unhold(&mut self) {
+        if std::mem::take(&mut self.holds) {
+            for w in &self.watch[..usize::from(self.watched)] {
+                if let Some(s) = &w.stamp {
+                    let_go(s);
+                }
+            }
+        }
+    }
+
+    /// Stops spending from the leases, ends its hold and lets go of the
+    /// owners' stamps (an owner no handle watches stops bumping its stamp).
     fn unwatch(&mut self) {
+        self.unhold();
         self.lease_ok = false;
         self.watched = 0;
         for w in &mut self.watch {

@@ -81,6 +81,9 @@ pub(crate) struct HandleState {
     /// version (see [`Engine::run_exact`]). A hint: the entry's mark and
     /// the copy's version are what make such a decision exact.
     alone: bool,
+    /// The handle is counted as a holder of every watched owner's stamp
+    /// (`state::hold`), from its grant until its leases are given back.
+    holds: bool,
     /// The owners' stamps and their values when the leases were granted
     /// (see `state::Stamp`): the first `watched` entries; a leased call
     /// spends only while each is unchanged.
@@ -297,6 +300,7 @@ impl Engine {
             watch: [Watch::default(), Watch::default()],
             watched: 0,
             alone: false,
+            holds: false,
             lease_ok: false,
             spend: [TypeLease::NONE; BenefitType::ALL.len()],
             lease: 0,

@@ -174,12 +174,51 @@ impl OwnerHasher {
 /// allocation (entries move when a table grows; the stamp must not): a
 /// stamp shared by several owners made each one's refills end the others'
 /// leases, over and over.
+///
+/// Its low 16 bits count the handles holding leases on the owner's
+/// counters right now ([`hold`], [`let_go`]), the rest its changes: `evict`
+/// keeps an entry whose counters hold leases, and only those (a handle
+/// that watches an owner but holds nothing there pins nothing).
 pub(crate) type Stamp = Arc<AtomicU64>;
+
+/// One holder, in a stamp's value (see [`Stamp`]).
+const HOLDER: u64 = 1;
+/// The bits of a stamp's value counting its holders.
+const HOLDERS: u64 = (1 << 16) - 1;
+/// One change, in a stamp's value.
+const CHANGE: u64 = 1 << 16;
 
 /// Changes `stamp`; returns its new value.
 #[inline]
 fn bump(stamp: &Stamp) -> u64 {
-    stamp.fetch_add(1, Ordering::AcqRel) + 1
+    stamp
+        .fetch_add(CHANGE, Ordering::AcqRel)
+        .wrapping_add(CHANGE)
+}
+
+/// Counts one more handle holding leases on the stamp's owner; its new
+/// value, or `None` (nothing changed) if as many hold it as the stamp can
+/// count. Call with the owner's shard locked.
+#[inline]
+pub(crate) fn hold(stamp: &Stamp) -> Option<u64> {
+    let v = stamp.load(Ordering::Acquire);
+    if v & HOLDERS == HOLDERS {
+        return None;
+    }
+    Some(stamp.fetch_add(HOLDER, Ordering::AcqRel) + HOLDER)
+}
+
+/// Counts one handle fewer holding leases on the stamp's owner (one that
+/// [`hold`] counted, once its leases were given back).
+#[inline]
+pub(crate) fn let_go(stamp: &Stamp) {
+    stamp.fetch_sub(HOLDER, Ordering::AcqRel);
+}
+
+/// Whether a handle holds leases on the owner of `stamp`.
+#[inline]
+fn held(stamp: &Stamp) -> bool {
+    Arc::strong_count(stamp) > 1 && stamp.load(Ordering::Acquire) & HOLDERS != 0
 }
 
 /// The counters of `e`, handed out for writing: if a leased handle relies
@@ -286,17 +325,20 @@ impl Store {
             let mut shard = shard.lock();
             shard.table.retain(
                 |e| {
-                    // An owner a leased handle watches keeps its entry and
-                    // counters until the handle lets go: the counters hold
-                    // the handle's unspent leases, which it gives back to
-                    // them (a counter evicted and made again in the same
-                    // window would take back what it never held), and a
-                    // removed entry would take its stamp with it, so that
-                    // the next write, to a new entry, would not end the
-                    // leases. References are taken under this lock only
-                    // (in a grant); one let go of meanwhile only keeps the
-                    // entry until the next eviction.
-                    if e.stamp.as_ref().is_some_and(|s| Arc::strong_count(s) > 1) {
+                    // An owner on whose counters a leased handle holds leases
+                    // keeps its entry and counters until the handle gives
+                    // them back: the counters hold the unspent leases (a
+                    // counter evicted and made again in the same window
+                    // would take back what it never held), and a removed
+                    // entry would take its stamp with it, so that the next
+                    // write, to a new entry, would not end the leases.
+                    // Holds are counted under this lock only (in a grant);
+                    // one let go of meanwhile only keeps the entry until
+                    // the next eviction. A handle that watches the owner
+                    // and holds nothing there pins nothing: the removal
+                    // below changes the stamp, so its next call takes the
+                    // locks.
+                    if e.stamp.as_ref().is_some_and(held) {
                         return true;
                     }
                     let before = e.counters.len();
@@ -306,7 +348,11 @@ impl Store {
                         removed += usize::from(gone && c.rule & crate::grant::CEILING == 0);
                         !gone
                     });
-                    if let Some(stamp) = e.stamp.as_ref().filter(|_| e.counters.len() != before) {
+                    if let Some(stamp) = e
+                        .stamp
+                        .as_ref()
+                        .filter(|_| e.counters.len() != before || e.counters.is_empty())
+                    {
                         bump(stamp);
                     }
                     !e.counters.is_empty()
@@ -936,6 +982,25 @@ mod tests {
         l.mark_alone(0, &p7, 0);
         assert!(l.counters_if_alone(0, &p7, 0).is_none());
         assert!(l.counters(0, &p7).is_some_and(|cs| cs.len() == 1));
+    }
+
+    #[test]
+    fn holds_are_counted_apart_from_changes_and_never_overflow_into_them() {
+        let stamp: Stamp = Arc::new(AtomicU64::new(0));
+        let _watcher = Arc::clone(&stamp);
+        assert!(!held(&stamp));
+        let v = hold(&stamp).expect("room");
+        assert!(held(&stamp));
+        assert_eq!(bump(&stamp), v + CHANGE);
+        let_go(&stamp);
+        assert!(!held(&stamp));
+        // Full: no hold, and nothing changes.
+        stamp.store(5 * CHANGE + HOLDERS, Ordering::Relaxed);
+        assert_eq!(hold(&stamp), None);
+        assert_eq!(stamp.load(Ordering::Relaxed), 5 * CHANGE + HOLDERS);
+        // A stamp no handle references is not held, whatever it counts.
+        drop(_watcher);
+        assert!(!held(&stamp));
     }
 
     #[test]
