@@ -722,8 +722,8 @@ impl Engine {
     ///
     /// Call it with the current time; a request stamped earlier than the
     /// window of `now` may then find a fresh counter in its old window (it is
-    /// not rolled into the newer one). The counters of a device or consumer
-    /// on which a leased handle holds leases stay until it gives them back
+    /// not rolled into the newer one). The counters of a device, consumer or
+    /// pool on which a leased handle holds leases stay until it gives them back
     /// (they hold them); a leased handle that holds none (its last call
     /// denied) keeps nothing. Lifetime totals of freed counters are
     /// gone: read [`Engine::usage`] first if you meter with them. The sweep

@@ -276,12 +276,21 @@ fn a_handle_holding_no_lease_does_not_pin_its_counters() {
     assert!(h.try_consume(PTS, units(6), MIDNIGHT + DAY).is_allowed());
     assert!(h.try_consume(PTS, units(4), MIDNIGHT + DAY).is_allowed());
     assert!(!h.try_consume(PTS, units(1), MIDNIGHT + DAY).is_allowed());
+    // A check on the next day gives the lease back and finds every rule
+    // idle (yesterday's counter is not current): nothing is leased, so
+    // nothing is pinned.
+    let mut k = e.handle(&Subject::device("sn-3")).with_lease(units(5));
+    assert!(k.try_consume(PTS, units(1), MIDNIGHT + DAY).is_allowed());
+    assert!(k.check(MIDNIGHT + 2 * DAY).is_allowed());
+    assert_eq!(e.evict(MIDNIGHT + 2 * DAY), 2); // sn-1's and sn-3's day
+    assert!(k.check(MIDNIGHT + 2 * DAY).is_allowed());
     // While it holds a lease, its counters stay.
     let mut g = e.handle(&Subject::device("sn-2")).with_lease(units(5));
     assert!(g.try_consume(PTS, units(1), MIDNIGHT + DAY).is_allowed());
-    assert_eq!(e.evict(MIDNIGHT + 2 * DAY), 1); // sn-1's, not sn-2's
+    assert_eq!(e.evict(MIDNIGHT + 2 * DAY), 0); // sn-2's stays
     drop(g);
     assert_eq!(e.evict(MIDNIGHT + 2 * DAY), 1);
+    drop(k);
 }
 
 #[test]

@@ -230,13 +230,18 @@ impl Engine {
         // window rolled) changes their stamp, which the lock-free path
         // compares: an owner with no entry yet gets an empty one, so the
         // write that creates its first counter is seen too.
-        // The handle holds leases on each owner's counters from here until
-        // they are given back: counted in the owner's stamp, so that
-        // `evict` keeps those counters (and only while they hold leases).
+        // If a lease was granted, the handle holds leases on the owners'
+        // counters from here until they are given back: counted in the
+        // owners' stamps, so that `evict` keeps those counters (and only
+        // while they hold leases). With every rule idle (nothing granted),
+        // nothing is held: an evicted owner's stamp changes, which ends the
+        // lock-free path.
+        let granted = leases.iter().any(|l| l.granted > 0);
         for (n, (o, w)) in owners.iter_mut().zip(watch.iter_mut()).enumerate() {
             let owner = subject.owner(o);
-            let (stamp, _) = locked.lease_owner(o.shard, &owner, &mut o.hint);
-            let Some(seen) = hold(&stamp) else {
+            let (stamp, value) = locked.lease_owner(o.shard, &owner, &mut o.hint);
+            let held = if granted { hold(&stamp) } else { Some(value) };
+            let Some(seen) = held else {
                 // As many handles hold leases there as a stamp counts: no
                 // lease for this one (an exact handle's decisions).
                 for w in &watch[..n] {
@@ -253,7 +258,7 @@ impl Engine {
             };
         }
         *watched = owners.len() as u8;
-        *holds = true;
+        *holds = granted;
         *lease_ok = true;
     }
 }
