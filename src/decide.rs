@@ -551,13 +551,19 @@ fn reserve_counters<'r>(
     if amount == 0 || store.reserve(1 + missing.count()) {
         return Ok(());
     }
-    Err(Denial {
-        benefit_id: rules.id_of(first.slot).clone(),
-        benefit_type: first.benefit_type,
+    Err(capacity_denial(first, rules))
+}
+
+/// The `counter_capacity` denial naming `s`, the first rule whose counter
+/// found no room.
+fn capacity_denial<'r>(s: &Seen, rules: &impl Rules<'r>) -> Denial {
+    Denial {
+        benefit_id: rules.id_of(s.slot).clone(),
+        benefit_type: s.benefit_type,
         reason: DenyReason::CounterCapacity,
-        remaining: Amount::from_micros(first.limit.saturating_sub(first.used)),
+        remaining: Amount::from_micros(s.limit.saturating_sub(s.used)),
         resets_at: None,
-    })
+    }
 }
 
 /// Adds `amount` to the counters, among one owner's `counters`, of the rules
@@ -614,13 +620,7 @@ pub(crate) fn denied_without_room<'r>(
         .or(seen.first())
         .copied()
         .unwrap_or(Seen::BLANK);
-    Denial {
-        benefit_id: rules.id_of(first.slot).clone(),
-        benefit_type: ty,
-        reason: DenyReason::CounterCapacity,
-        remaining: Amount::from_micros(first.limit.saturating_sub(first.used)),
-        resets_at: None,
-    }
+    capacity_denial(&first, rules)
 }
 
 /// D13 + D17: the denial, if any. With `ty`, also rules of that type that

@@ -1241,15 +1241,7 @@ impl Engine {
             let (shard, owner) = (first.shard, &first.owner);
             return self.decide_owner(rules, locked, shard, owner, None, op);
         }
-        let mut seen = SeenVec::new();
-        for run in owner_runs(applied) {
-            let first = &applied[run.start];
-            let counters = locked.counters(first.shard, &first.owner);
-            for i in run {
-                let (v, w) = rules.rule(i);
-                Seen::push(&mut seen, v, w, counters);
-            }
-        }
+        let mut seen = self.seen_of(applied, rules, locked);
         conclude(
             &self.store,
             &mut seen,
@@ -1268,6 +1260,26 @@ impl Engine {
         )
     }
 
+    /// The state of each of `applied`'s rules (whose shards `locked` holds),
+    /// their owners' counters read one owner at a time.
+    fn seen_of<'r>(
+        &self,
+        applied: &[Applied<'_>],
+        rules: &impl Rules<'r>,
+        locked: &mut Locked<'_>,
+    ) -> SeenVec {
+        let mut seen = SeenVec::new();
+        for run in owner_runs(applied) {
+            let first = &applied[run.start];
+            let counters = locked.counters(first.shard, &first.owner);
+            for i in run {
+                let (v, w) = rules.rule(i);
+                Seen::push(&mut seen, v, w, counters);
+            }
+        }
+        seen
+    }
+
     /// The denial of a `try_consume` of `amount` of `ty` over `applied` (whose
     /// shards `locked` holds) that may create no counter: a rule's own
     /// denial, ranked as [`Engine::decide`] ranks it, else
@@ -1280,15 +1292,7 @@ impl Engine {
         ty: crate::BenefitType,
         amount: u64,
     ) -> crate::Denial {
-        let mut seen = SeenVec::new();
-        for run in owner_runs(applied) {
-            let first = &applied[run.start];
-            let counters = locked.counters(first.shard, &first.owner);
-            for i in run {
-                let (v, w) = rules.rule(i);
-                Seen::push(&mut seen, v, w, counters);
-            }
-        }
+        let seen = self.seen_of(applied, rules, locked);
         denied_without_room(&seen, ty, amount, rules)
     }
 

@@ -849,10 +849,6 @@ impl Engine {
                         // earlier rules still go (their pending amounts are
                         // cleared only when they come back).
                         if !refills.is_empty() {
-                            g.stats.grants.fetch_add(
-                                refills.len() as u64,
-                                std::sync::atomic::Ordering::Relaxed,
-                            );
                             let _ = g.send(changes, refills, false);
                         }
                         return Round::Decided(Decision::Denied(d));
@@ -914,9 +910,6 @@ impl Engine {
             // Grants marked pending for other rules still go (their pending
             // amounts are cleared only when they come back).
             if !refills.is_empty() {
-                g.stats
-                    .grants
-                    .fetch_add(refills.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let _ = g.send(changes, refills, false);
             }
             // A rule that denies the call anyway is the answer, ranked as
@@ -930,9 +923,6 @@ impl Engine {
         let sent = if refills.is_empty() && !wait {
             Ok(None)
         } else {
-            g.stats
-                .grants
-                .fetch_add(refills.len() as u64, std::sync::atomic::Ordering::Relaxed);
             g.send(changes, refills, wait)
         };
         match waits_on {

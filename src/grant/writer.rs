@@ -139,13 +139,17 @@ impl Grants {
 
     /// Queues `changes` (`refills`: the counters of its grants, in order);
     /// with `wait`, the receiver of the commit's answer. `None` when the
-    /// writer is gone (then nothing was queued).
+    /// writer is gone (then nothing was queued). Every grant sent is counted
+    /// ([`crate::LedgerStats::grants`]), whoever sends it.
     pub(crate) fn send(
         &self,
         changes: Vec<Change>,
         refills: Vec<Refill>,
         wait: bool,
     ) -> Result<Option<Receiver<Result<bool, LedgerError>>>, LedgerError> {
+        self.stats
+            .grants
+            .fetch_add(refills.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let (reply, rx) = if wait {
             let (s, r) = mpsc::sync_channel(1);
             (Some(s), Some(r))
