@@ -90,16 +90,7 @@ async fn a_tonic_service_gets_grpc_status_answers() {
     assert_eq!(r.headers()["grpc-status"], "13");
     assert!(r.headers().get("x-upstream").is_none());
     // A ledger that grants nothing: 14 (`UNAVAILABLE`), no retry hint.
-    let ledger = Arc::new(benefit_quota::MemoryLedger::new());
-    let ledgered = Arc::new(
-        Engine::builder()
-            .ledger(Arc::clone(&ledger))
-            .grant_timeout(std::time::Duration::from_secs(60))
-            .open()
-            .unwrap(),
-    );
-    Rule::all_devices(2).daily().create(&ledgered);
-    ledger.fail_next(u32::MAX);
+    let ledgered = on_a_failing_ledger(2);
     let mut down = QuotaLayer::new(
         Arc::clone(&ledgered),
         DeviceHeader(http::HeaderName::from_static("x-device-id")),

@@ -246,16 +246,7 @@ async fn what_the_engine_cannot_decide_is_503_not_a_quota_denial() {
 /// over what may be a short outage, and say their quota is spent.
 #[tokio::test]
 async fn a_503_for_an_unavailable_ledger_carries_no_backoff_headers() {
-    let ledger = Arc::new(benefit_quota::MemoryLedger::new());
-    let engine = Arc::new(
-        Engine::builder()
-            .ledger(Arc::clone(&ledger))
-            .grant_timeout(std::time::Duration::from_secs(60))
-            .open()
-            .unwrap(),
-    );
-    Rule::all_devices(50).daily().create(&engine);
-    ledger.fail_next(u32::MAX);
+    let engine = on_a_failing_ledger(50);
     let base = serve(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN)))).await;
     let r = reqwest::Client::new()
         .get(format!("{base}/chat"))

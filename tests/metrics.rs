@@ -117,28 +117,32 @@ fn decisions_writes_syncs_and_evictions_are_counted() {
     #[cfg(all(feature = "tower", feature = "axum"))]
     {
         use tower_service::Service;
-        let e = std::sync::Arc::new(Engine::new());
-        let layer = benefit_quota::QuotaLayer::new(
-            std::sync::Arc::clone(&e),
-            benefit_quota::DeviceHeader(http::HeaderName::from_static("x-device-id")),
-        )
-        .post_paid(VOICE, http::HeaderName::from_static("x-voice-seconds"))
-        .clock(|| MIDNIGHT);
-        let app = axum::Router::new().route(
-            "/",
-            axum::routing::get(|| async { ([("x-voice-seconds", "1.2345678")], "ok") }),
-        );
-        let mut svc = tower_layer::Layer::layer(&layer, app);
-        let req = http::Request::builder()
-            .uri("/")
-            .header("x-device-id", "d")
-            .body(axum::body::Body::empty())
-            .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let resp = rt.block_on(svc.call(req)).unwrap();
-        assert_eq!(resp.status(), 200);
+        // One request by device `d` through a post-paid layer on `e`, whose
+        // handler reports `used` voice seconds; the response's status.
+        let post_paid_once = |e: &std::sync::Arc<Engine>, used: &'static str| {
+            let layer = benefit_quota::QuotaLayer::new(
+                std::sync::Arc::clone(e),
+                benefit_quota::DeviceHeader(http::HeaderName::from_static("x-device-id")),
+            )
+            .post_paid(VOICE, http::HeaderName::from_static("x-voice-seconds"))
+            .clock(|| MIDNIGHT);
+            let app = axum::Router::new().route(
+                "/",
+                axum::routing::get(move || async move { ([("x-voice-seconds", used)], "ok") }),
+            );
+            let mut svc = tower_layer::Layer::layer(&layer, app);
+            let req = http::Request::builder()
+                .uri("/")
+                .header("x-device-id", "d")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            rt.block_on(svc.call(req)).unwrap().status()
+        };
+        let e = std::sync::Arc::new(Engine::new());
+        assert_eq!(post_paid_once(&e, "1.2345678"), 200);
         let m = read(&snapshotter);
         assert_eq!(
             m.get("benefit_quota_unbooked_total{reason=unparsable}"),
@@ -152,24 +156,7 @@ fn decisions_writes_syncs_and_evictions_are_counted() {
         Rule::all_devices(100)
             .of("voice_unified_duration_system")
             .create(&e);
-        let layer = benefit_quota::QuotaLayer::new(
-            std::sync::Arc::clone(&e),
-            benefit_quota::DeviceHeader(http::HeaderName::from_static("x-device-id")),
-        )
-        .post_paid(VOICE, http::HeaderName::from_static("x-voice-seconds"))
-        .clock(|| MIDNIGHT);
-        let app = axum::Router::new().route(
-            "/",
-            axum::routing::get(|| async { ([("x-voice-seconds", "30")], "ok") }),
-        );
-        let mut svc = tower_layer::Layer::layer(&layer, app);
-        let req = http::Request::builder()
-            .uri("/")
-            .header("x-device-id", "d")
-            .body(axum::body::Body::empty())
-            .unwrap();
-        let resp = rt.block_on(svc.call(req)).unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(post_paid_once(&e, "30"), 200);
         let m = read(&snapshotter);
         assert_eq!(
             m.get("benefit_quota_unbooked_total{reason=counter_capacity}"),

@@ -211,27 +211,35 @@ fn an_outage_fails_closed_then_recovers_without_counting_twice() {
     assert_eq!(spend(&e, "a", 10), 0);
 }
 
+/// On a server of its own (`None` without redis-server), records 5 units
+/// for device `a`, then `amount` in a batch whose answer a proxy loses after
+/// Redis applied it, then flushes until the batch has been cancelled and
+/// sent again; returns the server, to read what counted.
+fn record_through_a_lost_answer(name: &str, amount: Amount) -> Option<RedisServer> {
+    let server = RedisServer::start(name)?;
+    let proxy = LosingProxy::start(server.port());
+    let ledger = RedisLedger::new(&proxy.url, name, ROUND_TRIP).unwrap();
+    let e = engine_on(ledger, LedgerFailure::FailClosed, CUMULATIVE, T0);
+    let a = Subject::device("a");
+    let _ = e.record(&a, PTS, Amount::from_units(5), T0);
+    e.flush().unwrap();
+    proxy.lose_next_reply();
+    let _ = e.record(&a, PTS, amount, T0);
+    assert!(e.flush().is_err(), "the lost answer is a failed commit");
+    assert!(e.ledger_stats().unwrap().errors > 0);
+    flush_until_ok(&e); // reconnected, past its backoff
+    Some(server)
+}
+
 #[test]
 fn a_batch_applied_but_whose_answer_was_lost_is_undone_before_it_is_sent_again() {
     // A batch of records reaches Redis and is applied, but its answer is
     // lost: the ledger cannot tell it was applied, and the engine sends the
     // records again. Before that, the batch is cancelled, which undoes it,
     // so the records count once.
-    let Some(server) = RedisServer::start("lost") else {
+    let Some(server) = record_through_a_lost_answer("lost", Amount::from_units(7)) else {
         return;
     };
-    let proxy = LosingProxy::start(server.port());
-    let ledger = RedisLedger::new(&proxy.url, "lost", ROUND_TRIP).unwrap();
-    let e = engine_on(ledger, LedgerFailure::FailClosed, CUMULATIVE, T0);
-    let a = Subject::device("a");
-    let _ = e.record(&a, PTS, Amount::from_units(5), T0);
-    e.flush().unwrap();
-    proxy.lose_next_reply();
-    let _ = e.record(&a, PTS, Amount::from_units(7), T0);
-    assert!(e.flush().is_err(), "the lost answer is a failed commit");
-    assert!(e.ledger_stats().unwrap().errors > 0);
-    flush_until_ok(&e); // reconnected, past its backoff
-    drop(e);
     // Another instance, straight on the server: 12 used, 88 left (19 used
     // had the lost batch been counted as well as sent again).
     let other = instance(&server.url, "lost", LedgerFailure::FailClosed);
@@ -243,21 +251,10 @@ fn a_batch_applied_but_whose_answer_was_lost_is_undone_before_it_is_sent_again()
 /// encoder keeps 14 digits of a number).
 #[test]
 fn an_in_doubt_batch_of_a_large_amount_is_undone_exactly() {
-    let Some(server) = RedisServer::start("lost-large") else {
+    let large = Amount::from_micros(123_456_789_012_345);
+    let Some(server) = record_through_a_lost_answer("lost-large", large) else {
         return;
     };
-    let proxy = LosingProxy::start(server.port());
-    let ledger = RedisLedger::new(&proxy.url, "lost-large", ROUND_TRIP).unwrap();
-    let e = engine_on(ledger, LedgerFailure::FailClosed, CUMULATIVE, T0);
-    let a = Subject::device("a");
-    let _ = e.record(&a, PTS, Amount::from_units(5), T0);
-    e.flush().unwrap();
-    let large = Amount::from_micros(123_456_789_012_345);
-    proxy.lose_next_reply();
-    let _ = e.record(&a, PTS, large, T0);
-    assert!(e.flush().is_err(), "the lost answer is a failed commit");
-    flush_until_ok(&e); // reconnected, past its backoff
-    drop(e);
     // The counter's key in Redis holds exactly what was recorded.
     let mut con = redis::Client::open(server.url.as_str())
         .unwrap()

@@ -195,3 +195,21 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// An engine on a ledger that fails every commit from the start (so it
+/// grants nothing), with one all-devices daily rule of `limit` points
+/// committed before the failures begin. A call waits up to a minute for a
+/// grant: the failure, not the clock, must be what denies it.
+pub fn on_a_failing_ledger(limit: i64) -> std::sync::Arc<Engine> {
+    let ledger = std::sync::Arc::new(benefit_quota::MemoryLedger::new());
+    let engine = std::sync::Arc::new(
+        Engine::builder()
+            .ledger(std::sync::Arc::clone(&ledger))
+            .grant_timeout(std::time::Duration::from_secs(60))
+            .open()
+            .unwrap(),
+    );
+    Rule::all_devices(limit).daily().create(&engine);
+    ledger.fail_next(u32::MAX);
+    engine
+}
