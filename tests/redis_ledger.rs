@@ -271,6 +271,30 @@ fn an_in_doubt_batch_of_a_large_amount_is_undone_exactly() {
     assert_eq!(counters, [5_000_000 + 123_456_789_012_345]);
 }
 
+/// Redis remembers a batch well past the longest `record_interval` (an
+/// hour): a gateway that only records cancels a batch left in doubt at its
+/// next commit, up to an interval after the failure, and a batch Redis has
+/// forgotten by then is not undone (its records would count twice).
+#[test]
+fn a_batch_is_remembered_well_past_the_longest_record_interval() {
+    let Some(server) = record_through_a_lost_answer("batch-ttl", Amount::from_units(7)) else {
+        return;
+    };
+    let mut con = redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("batch-ttl:b:*")
+        .query(&mut con)
+        .unwrap();
+    assert!(keys.len() >= 3, "the batches sent: {keys:?}");
+    for k in keys {
+        let ttl: i64 = redis::cmd("TTL").arg(&k).query(&mut con).unwrap();
+        assert!(ttl > 4 * 3600, "{k} is remembered for {ttl} s");
+    }
+}
+
 #[test]
 fn fail_open_books_what_it_admits_once_the_server_is_back() {
     let Some(mut server) = RedisServer::start("open") else {

@@ -10,7 +10,7 @@
 //! has left across the fleet, at least what the call needs, or nothing.
 //!
 //! Exactly once: each batch carries an id, and Redis remembers what a batch
-//! did (for an hour). When a connection breaks with a batch in flight, its
+//! did (for a day). When a connection breaks with a batch in flight, its
 //! outcome is unknown; before the next batch the ledger *cancels* it: if it
 //! was applied, its effect is undone, and in any case a late arrival of it
 //! does nothing. So a failed commit has applied nothing, as the [`Ledger`]
@@ -29,8 +29,12 @@ use parking_lot::Mutex;
 use super::codec::encode_counter_key;
 use super::{Change, Ledger, LedgerError, LedgerErrorKind, Snapshot};
 
-/// How long Redis remembers a batch (for replays and cancellation).
-const BATCH_TTL_S: u64 = 3600;
+/// How long Redis remembers a batch (for replays and cancellation): a
+/// batch left in doubt is cancelled at the next commit, which a gateway
+/// that only records makes up to `record_interval` (at most an hour) after
+/// the failure, later still while Redis stays away; a day leaves room for
+/// both.
+const BATCH_TTL_S: u64 = 86_400;
 /// The largest amount passed to Redis (see `commit`).
 const EXACT: u64 = (1 << 53) - 1;
 /// How long a counter key lives past its window's end.
