@@ -279,6 +279,11 @@ fn try_allow<'r>(
         }
     }
     debit_known(&pos[..n], rules, counters, ty, amount);
+    if least.is_none() {
+        // No rule of `ty`: nothing was debited, and the call names what a
+        // `check` would (the rules of other types still apply, D13).
+        least = least_of_any(&pos[..n], rules, counters);
+    }
     Some(allowed_naming(least, &pos, rules, counters))
 }
 
@@ -411,7 +416,31 @@ fn record_known<'r>(
             keep_least(&mut least, left, v.slot, i);
         }
     }
+    if least.is_none() {
+        // No rule of `ty`: nothing was debited (see `try_allow`).
+        least = least_of_any(&pos[..n], rules, counters);
+    }
     Some(allowed_naming(least, &pos, rules, counters))
+}
+
+/// The rule of any type with the least left (none of them denies), as a
+/// `check` names it: what a spend of a type that no rule counts names, so
+/// that it is not read as unlimited (T2) while the subject's other rules
+/// apply to it (D13). Out of line: a spend of an uncounted type is rare.
+#[cold]
+#[inline(never)]
+fn least_of_any<'r>(
+    pos: &[usize],
+    rules: &impl Rules<'r>,
+    counters: &[CounterState],
+) -> Option<(u64, u32, usize)> {
+    let mut least = None;
+    for (i, &at) in pos.iter().enumerate() {
+        let (v, w) = rules.rule(i);
+        let used = counters[at].effective_used(v.generation, w);
+        keep_least(&mut least, v.limit.saturating_sub(used), v.slot, i);
+    }
+    least
 }
 
 /// [`recorded`] over the rules' state gathered from `counters`, once a
@@ -507,7 +536,11 @@ pub(crate) fn conclude<'r>(
                 }
             }
             debit(seen, ty, amount, true);
-            Decision::Allowed(least.map(|(_, _, i)| headroom_at(&seen[i], rules)))
+            Decision::Allowed(match least {
+                Some((_, _, i)) => Some(headroom_at(&seen[i], rules)),
+                // No rule of `ty`: named as a `check` names (D13, T2).
+                None => headroom(seen, None, rules),
+            })
         }
         Op::Record(ty, amount) => {
             if let Err(d) = reserve_counters(store, seen, ty, amount, rules) {
@@ -531,7 +564,10 @@ pub(crate) fn conclude<'r>(
 fn recorded<'r>(seen: &[Seen], ty: BenefitType, rules: &impl Rules<'r>) -> Decision {
     match deny(seen, None, 0, rules) {
         Some(d) => Decision::Denied(d),
-        None => Decision::Allowed(headroom(seen, Some(ty), rules)),
+        // No rule of `ty`: named as a `check` names (D13, T2).
+        None => Decision::Allowed(
+            headroom(seen, Some(ty), rules).or_else(|| headroom(seen, None, rules)),
+        ),
     }
 }
 

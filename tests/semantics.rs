@@ -735,6 +735,70 @@ fn d13_a_blocked_type_blocks_other_types_but_headroom_is_per_type() {
     assert!(!e.try_consume(&s, PTS, units(1), MIDNIGHT).is_allowed());
 }
 
+/// A rule of another type applies (D13: it can block the subject), so a
+/// spend of a type no rule counts names it, as `check` would, and is not
+/// unlimited (T2), by every path: by subject (the general path, then the
+/// thread's copy once the device is known), exact and leased handles,
+/// batches, `record`.
+#[test]
+fn d13_a_spend_of_a_type_no_rule_counts_names_the_rule_of_another_type() {
+    for all in [false, true] {
+        let e = Engine::new();
+        let id = if all {
+            Rule::all_devices(10).daily().create(&e)
+        } else {
+            Rule::device("d", 10).daily().create(&e)
+        };
+        let s = Subject::device("d");
+        let _ = e.record(&s, PTS, units(4), MIDNIGHT);
+        let names = |d: &Decision, what: &str| {
+            assert!(d.is_allowed(), "{what} (all-devices: {all}): {d:?}");
+            assert!(!d.is_unlimited(), "{what} (all-devices: {all}): {d:?}");
+            let h = d.headroom().unwrap();
+            assert_eq!(
+                (h.benefit_id.as_str(), h.benefit_type, h.remaining, h.resets_at),
+                (id.as_str(), PTS, units(6), Some(MIDNIGHT + DAY)),
+                "{what} (all-devices: {all})"
+            );
+        };
+        for round in 0..2 {
+            names(&e.try_consume(&s, VOICE, units(1), MIDNIGHT + round), "try_consume");
+            names(&e.record(&s, VOICE, units(1), MIDNIGHT + round), "record");
+        }
+        let mut h = e.handle(&s);
+        names(&h.try_consume(VOICE, units(1), MIDNIGHT), "exact handle");
+        names(&h.record(VOICE, units(1), MIDNIGHT), "exact handle record");
+        let mut l = e.handle(&s).with_lease(units(2));
+        for _ in 0..2 {
+            names(&l.try_consume(VOICE, units(1), MIDNIGHT), "leased handle");
+            names(&l.record(VOICE, units(1), MIDNIGHT), "leased handle record");
+        }
+        drop(l);
+        let reqs = [benefit_quota::Request {
+            subject: s.clone(),
+            benefit_type: VOICE,
+            amount: units(1),
+        }];
+        let mut out = Vec::new();
+        e.try_consume_many(&reqs, MIDNIGHT, &mut out);
+        names(&out[0], "batch");
+        let mut hs = [e.handle(&s)];
+        let mut reqs: Vec<_> = hs
+            .iter_mut()
+            .map(|h| benefit_quota::HandleRequest {
+                handle: h,
+                benefit_type: VOICE,
+                amount: units(1),
+            })
+            .collect();
+        out.clear();
+        e.try_consume_many_handles(&mut reqs, MIDNIGHT, &mut out);
+        names(&out[0], "handle batch");
+        // Nothing of voice was counted anywhere.
+        assert_eq!(used(&e, &s, &id, MIDNIGHT), units(4));
+    }
+}
+
 #[test]
 fn d13_record_books_past_the_limit_and_reports_the_state_after() {
     let e = Engine::new();

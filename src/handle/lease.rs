@@ -374,8 +374,10 @@ impl HandleState {
         };
         let t = &mut self.spend[ty as usize];
         if t.id.is_none() {
-            // No rule of the type: nothing to debit, nothing to name.
-            return Some(Decision::Allowed(None));
+            // No rule of the type: nothing to debit; named as a `check`
+            // names (the other types' rules still apply, D13), unlimited
+            // only when no rule applies at all (T2).
+            return Some(self.check_from_leases());
         }
         // `spent ≤ cap` always holds.
         if amount.checked_add(extra)? > t.cap - t.spent {

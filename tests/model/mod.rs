@@ -446,10 +446,13 @@ impl Model {
     }
 
     fn headroom(&self, seen: &[Seen], ty: Option<&str>) -> Outcome {
-        let best = seen
-            .iter()
-            .filter(|s| ty.is_none() || Some(s.bt) == ty)
-            .min_by_key(|s| (s.limit.saturating_sub(s.used), s.rule));
+        let least = |of: Option<&str>| {
+            seen.iter()
+                .filter(|s| of.is_none() || Some(s.bt) == of)
+                .min_by_key(|s| (s.limit.saturating_sub(s.used), s.rule))
+        };
+        // D13/T2: a spend of a type no rule counts names what a check names.
+        let best = least(ty).or_else(|| least(None));
         Outcome::Allowed(best.map(|s| {
             (
                 self.rules[s.rule].id.clone(),
