@@ -756,13 +756,21 @@ fn d13_a_spend_of_a_type_no_rule_counts_names_the_rule_of_another_type() {
             assert!(!d.is_unlimited(), "{what} (all-devices: {all}): {d:?}");
             let h = d.headroom().unwrap();
             assert_eq!(
-                (h.benefit_id.as_str(), h.benefit_type, h.remaining, h.resets_at),
+                (
+                    h.benefit_id.as_str(),
+                    h.benefit_type,
+                    h.remaining,
+                    h.resets_at
+                ),
                 (id.as_str(), PTS, units(6), Some(MIDNIGHT + DAY)),
                 "{what} (all-devices: {all})"
             );
         };
         for round in 0..2 {
-            names(&e.try_consume(&s, VOICE, units(1), MIDNIGHT + round), "try_consume");
+            names(
+                &e.try_consume(&s, VOICE, units(1), MIDNIGHT + round),
+                "try_consume",
+            );
             names(&e.record(&s, VOICE, units(1), MIDNIGHT + round), "record");
         }
         let mut h = e.handle(&s);
