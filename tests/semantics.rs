@@ -783,7 +783,7 @@ fn d13_a_spend_of_a_type_no_rule_counts_names_the_rule_of_another_type() {
         }
         drop(l);
         let reqs = [benefit_quota::Request {
-            subject: s.clone(),
+            subject: s,
             benefit_type: VOICE,
             amount: units(1),
         }];
