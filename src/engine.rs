@@ -54,7 +54,10 @@ pub struct EngineConfig {
     /// denied with [`crate::DenyReason::CounterCapacity`] and changes nothing
     /// (a `record`, of usage already spent, is still booked on the counters
     /// that exist);
-    /// [`Engine::evict`] frees counters that no longer matter. Default: no cap.
+    /// [`Engine::evict`] frees counters that no longer matter. A ledger's
+    /// counters restored by `open` are all kept, past the cap if need be
+    /// (new counters are then refused until evict makes room). Default: no
+    /// cap.
     pub max_counters: usize,
 }
 

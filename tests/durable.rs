@@ -311,6 +311,42 @@ fn a_record_past_the_counter_cap_is_durable_on_the_counters_that_exist() {
     assert_eq!(admitted(&e, "d", 10, T0), 5);
 }
 
+/// A ledger holding more counters than the engine's cap (the cap was
+/// lowered between lives, or a kill -9 left grants that calls denied by
+/// another rule had taken, on counters no call created) opens with every
+/// counter kept: refusing to open would leave moving the file away, which
+/// forgets all usage. New counters are refused until evict makes room.
+#[test]
+fn a_ledger_with_more_counters_than_the_cap_opens_and_forgets_nothing() {
+    let mut ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(1, "never")).unwrap();
+    for d in ["a", "b", "c"] {
+        assert_eq!(admitted(&e, d, 2, T0), 1, "{d}");
+    }
+    e.flush().unwrap();
+    crash(e, &mut ledger);
+    let e = Engine::builder()
+        .max_counters(2)
+        .ledger(Arc::clone(&ledger))
+        .grant_timeout(std::time::Duration::from_secs(60))
+        .open()
+        .expect("a ledger past the cap opens");
+    for d in ["a", "b", "c"] {
+        let denial = e.try_consume(&Subject::device(d), PTS, units(1), T0);
+        assert_eq!(
+            denial.denial().map(|x| x.reason),
+            Some(DenyReason::Exhausted),
+            "{d}"
+        );
+    }
+    let new = e.try_consume(&Subject::device("n"), PTS, units(1), T0);
+    assert_eq!(
+        new.denial().map(|x| x.reason),
+        Some(DenyReason::CounterCapacity)
+    );
+}
+
 /// D14 under a ledger: a debit that saturates a counter under a saturated
 /// limit is allowed, as in memory, and only out of a grant: a restart finds
 /// the counter saturated (the rule exhausted), not at its usage before.

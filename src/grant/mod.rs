@@ -394,12 +394,9 @@ impl Engine {
                 OwnerKind::Pool => self.store.pool(slot),
                 k => self.store.entity_hashed(k, id),
             };
-            if !self.store.reserve(1) {
-                return Err(corrupt(format!(
-                    "more counters than max_counters ({})",
-                    self.config.max_counters
-                )));
-            }
+            // Kept past `max_counters` if need be: refusing to open would
+            // leave moving the file away, which forgets every counter.
+            self.store.reserve_restored(1);
             let shard = self.store.shard_index(&owner);
             let mut locked = self.store.lock_many(&[shard]);
             let counters = locked.counters_mut(shard, &owner);

@@ -500,6 +500,14 @@ impl Store {
         }
     }
 
+    /// Accounts for `n` counters restored from a ledger, past the cap if
+    /// need be: a ledger's usage is never dropped for room (the cap may
+    /// have been lowered between lives); new counters are then refused
+    /// until evict brings the count under the cap.
+    pub fn reserve_restored(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Whether no counter can be created without passing the cap.
     pub fn is_full(&self) -> bool {
         self.count.load(Ordering::Relaxed) >= self.cap
