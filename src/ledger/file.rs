@@ -8,6 +8,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use parking_lot::Mutex;
+
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 
 use super::codec::{self, FORMAT};
@@ -44,8 +46,12 @@ const REDB_MAGIC: &[u8] = b"redb";
 /// # Ok::<(), benefit_quota::LedgerError>(())
 /// ```
 pub struct FileLedger {
-    db: Database,
+    /// The open store; `None` after an I/O error, until the next call
+    /// opens the file again (see [`FileLedger::db`]).
+    db: Mutex<Option<Database>>,
     path: PathBuf,
+    /// Opens the store again.
+    reopen: Box<dyn Fn() -> Result<Database, LedgerError> + Send + Sync>,
 }
 
 impl std::fmt::Debug for FileLedger {
@@ -99,28 +105,58 @@ impl FileLedger {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(fail(LedgerErrorKind::Io, e.to_string())),
         }
-        // redb checks a damaged file with assertions in places (a file
-        // shorter than its header says panics): caught here and reported as
-        // what it is, so that no bad file brings the process down.
-        let opened =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(&path)));
-        let db = match opened {
-            Ok(r) => r.map_err(|e| db_error(&at, e))?,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                return Err(fail(
-                    LedgerErrorKind::Corrupt,
-                    format!("the store refused the file (truncated?): {what}"),
-                ));
-            }
+        let reopen_at = path.clone();
+        FileLedger::with_store(
+            path,
+            Box::new(move || open_store(&reopen_at, || Database::create(&reopen_at))),
+        )
+    }
+
+    /// A ledger on the store `open` opens (again after an I/O error), at
+    /// `path`; its format is checked, or marked on a new store.
+    fn with_store(
+        path: PathBuf,
+        open: Box<dyn Fn() -> Result<Database, LedgerError> + Send + Sync>,
+    ) -> Result<FileLedger, LedgerError> {
+        let db = open()?;
+        let ledger = FileLedger {
+            db: Mutex::new(Some(db)),
+            path,
+            reopen: open,
         };
-        let ledger = FileLedger { db, path };
         ledger.check_format()?;
         Ok(ledger)
+    }
+
+    /// Runs `f` on the store, opened again first if an I/O error closed it.
+    ///
+    /// After an I/O error (a full disk, say) redb refuses every later
+    /// transaction of that `Database` (`PreviousIo`) until it is opened
+    /// again, which repairs the file if need be. So an I/O error closes it
+    /// here, and the next call opens it again: a transient failure fails
+    /// the commits made during it, as the ledger contract allows, not every
+    /// commit until the process restarts.
+    fn db<T>(&self, f: impl FnOnce(&Database) -> Result<T, LedgerError>) -> Result<T, LedgerError> {
+        let mut slot = self.db.lock();
+        if slot.is_none() {
+            *slot = Some((self.reopen)()?);
+        }
+        let db = slot.as_ref().expect("opened above");
+        // redb asserts in places on a damaged page (one it meets after
+        // opening a file closed cleanly, whose checksums it does not check
+        // then): reported as the damage it is, so that the process goes on.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(db)))
+            .unwrap_or_else(|panic| {
+                Err(LedgerError::new(
+                    LedgerErrorKind::Corrupt,
+                    self.at(),
+                    format!("the store met a damaged page: {}", panic_text(&*panic)),
+                ))
+            });
+        if matches!(&result, Err(e) if e.kind == LedgerErrorKind::Io) {
+            *slot = None;
+        }
+        result
     }
 
     /// The file's path.
@@ -135,11 +171,12 @@ impl FileLedger {
     /// Marks a new file as a ledger; checks an existing one is a ledger of
     /// a format this version reads.
     fn check_format(&self) -> Result<(), LedgerError> {
+        self.db(|db| self.check_format_of(db))
+    }
+
+    fn check_format_of(&self, db: &Database) -> Result<(), LedgerError> {
         let at = self.at();
-        let r = self
-            .db
-            .begin_read()
-            .map_err(|e| redb_error(&at, e.into()))?;
+        let r = db.begin_read().map_err(|e| redb_error(&at, e.into()))?;
         let tables: Vec<String> = r
             .list_tables()
             .map_err(|e| redb_error(&at, e.into()))?
@@ -170,10 +207,7 @@ impl FileLedger {
                 ),
             )),
             None if tables.is_empty() => {
-                let w = self
-                    .db
-                    .begin_write()
-                    .map_err(|e| redb_error(&at, e.into()))?;
+                let w = db.begin_write().map_err(|e| redb_error(&at, e.into()))?;
                 {
                     let mut meta = w.open_table(META).map_err(|e| redb_error(&at, e.into()))?;
                     meta.insert("format", u32::from(FORMAT))
@@ -198,9 +232,19 @@ impl FileLedger {
 
 impl Ledger for FileLedger {
     fn load(&self) -> Result<Snapshot, LedgerError> {
+        self.db(|db| self.load_from(db))
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<Vec<u64>, LedgerError> {
+        self.db(|db| self.commit_to(db, changes))
+    }
+}
+
+impl FileLedger {
+    fn load_from(&self, db: &Database) -> Result<Snapshot, LedgerError> {
         let at = self.at();
         let e = |err: redb::Error| redb_error(&at, err);
-        let r = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let r = db.begin_read().map_err(|x| e(x.into()))?;
         let mut snap = Snapshot::default();
         let rules = r.open_table(RULES).map_err(|x| e(x.into()))?;
         for item in rules.iter().map_err(|x| e(x.into()))? {
@@ -232,10 +276,10 @@ impl Ledger for FileLedger {
         Ok(snap)
     }
 
-    fn commit(&self, changes: &[Change]) -> Result<Vec<u64>, LedgerError> {
+    fn commit_to(&self, db: &Database, changes: &[Change]) -> Result<Vec<u64>, LedgerError> {
         let at = self.at();
         let e = |err: redb::Error| redb_error(&at, err);
-        let w = self.db.begin_write().map_err(|x| e(x.into()))?;
+        let w = db.begin_write().map_err(|x| e(x.into()))?;
         let mut granted = Vec::new();
         {
             let mut counters = w.open_table(COUNTERS).map_err(|x| e(x.into()))?;
@@ -292,6 +336,37 @@ impl Ledger for FileLedger {
     }
 }
 
+/// Opens the store at `path` with `create`. redb checks a damaged file
+/// with assertions in places (a file shorter than its header says panics):
+/// caught here and reported as what it is, so that no bad file brings the
+/// process down.
+fn open_store(
+    path: &Path,
+    create: impl FnOnce() -> Result<Database, redb::DatabaseError>,
+) -> Result<Database, LedgerError> {
+    let at = path.display().to_string();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(create)) {
+        Ok(r) => r.map_err(|e| db_error(&at, e)),
+        Err(panic) => Err(LedgerError::new(
+            LedgerErrorKind::Corrupt,
+            at,
+            format!(
+                "the store refused the file (truncated?): {}",
+                panic_text(&*panic)
+            ),
+        )),
+    }
+}
+
+/// What a caught panic said.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 fn db_error(at: &str, err: redb::DatabaseError) -> LedgerError {
     match err {
         redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::new(
@@ -318,4 +393,102 @@ fn redb_error(at: &str, err: redb::Error) -> LedgerError {
         _ => LedgerErrorKind::Io,
     };
     LedgerError::new(kind, at, err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{CounterKey, CounterOwner, WindowId};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A store in memory whose writes and syncs fail while `failing` is
+    /// set, as a full or failing disk's do; it outlives the `Database`s
+    /// opened on it, as a file does.
+    #[derive(Debug, Default)]
+    struct Disk {
+        bytes: parking_lot::Mutex<Vec<u8>>,
+        failing: AtomicBool,
+    }
+
+    #[derive(Debug)]
+    struct Backend(Arc<Disk>);
+
+    impl Backend {
+        fn check(&self) -> std::io::Result<()> {
+            if self.0.failing.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("no space left on device"));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for Backend {
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(self.0.bytes.lock().len() as u64)
+        }
+        fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            let b = self.0.bytes.lock();
+            let at = offset as usize;
+            Ok(b[at..at + len].to_vec())
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.0.bytes.lock().resize(len as usize, 0);
+            Ok(())
+        }
+        fn sync_data(&self, _: bool) -> std::io::Result<()> {
+            self.check()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            let at = offset as usize;
+            self.0.bytes.lock()[at..at + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    fn record(amount: u64) -> Change {
+        Change::Record {
+            key: CounterKey {
+                benefit_id: crate::BenefitId::new("r").unwrap(),
+                owner: CounterOwner::Device("d".into()),
+            },
+            window: WindowId {
+                generation: 0,
+                start: i64::MIN,
+                end: i64::MAX,
+            },
+            amount,
+            ends_in: None,
+        }
+    }
+
+    /// An I/O error fails the commits made while it lasts, not every commit
+    /// after it: redb refuses every transaction of a `Database` that met
+    /// one, so the ledger opens the store again.
+    #[test]
+    fn a_transient_io_error_fails_only_the_commits_made_during_it() {
+        let disk = Arc::new(Disk::default());
+        let on = Arc::clone(&disk);
+        let ledger = FileLedger::with_store(
+            PathBuf::from("disk"),
+            Box::new(move || {
+                open_store(Path::new("disk"), || {
+                    redb::Builder::new().create_with_backend(Backend(Arc::clone(&on)))
+                })
+            }),
+        )
+        .unwrap();
+        ledger.commit(&[record(5)]).unwrap();
+        disk.failing.store(true, Ordering::SeqCst);
+        let failed = ledger.commit(&[record(100)]).unwrap_err();
+        assert_eq!(failed.kind, LedgerErrorKind::Io, "{failed:?}");
+        assert!(ledger.commit(&[record(100)]).is_err());
+        disk.failing.store(false, Ordering::SeqCst);
+        ledger.commit(&[record(7)]).expect("the disk is back");
+        let counters = ledger.load().unwrap().counters;
+        assert_eq!(counters.len(), 1);
+        assert_eq!(counters[0].1.used, 12, "the failed commits applied nothing");
+    }
 }
