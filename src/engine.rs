@@ -78,7 +78,7 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct EngineBuilder {
-    config: EngineConfig,
+    pub(crate) config: EngineConfig,
 }
 
 impl EngineBuilder {

@@ -347,6 +347,34 @@ fn a_ledger_with_more_counters_than_the_cap_opens_and_forgets_nothing() {
     );
 }
 
+/// A ledger counted windows at one UTC offset: opened by an engine at
+/// another, its usage would not count in that engine's windows (a daily
+/// window at UTC+8 is not one at UTC), so the open is refused, naming both.
+#[test]
+fn a_ledger_opened_at_another_utc_offset_is_refused() {
+    let mut ledger = Arc::new(MemoryLedger::new());
+    let e = open(&ledger);
+    e.create_json(rule(10, "day")).unwrap();
+    assert_eq!(admitted(&e, "d", 20, T0), 10);
+    e.flush().unwrap();
+    crash(e, &mut ledger);
+    let at = |offset: benefit_quota::UtcOffset| {
+        Engine::builder()
+            .utc_offset(offset)
+            .ledger(Arc::clone(&ledger))
+            .open()
+    };
+    let err = at(benefit_quota::UtcOffset::UTC).unwrap_err();
+    assert_eq!(err.kind, benefit_quota::LedgerErrorKind::Mismatch, "{err}");
+    assert!(
+        err.detail.contains("UTC+08:00") && err.detail.contains("UTC+00:00"),
+        "{err}"
+    );
+    // At its own offset it opens, its usage whole.
+    let e = at(benefit_quota::UtcOffset::CHINA).unwrap();
+    assert_eq!(admitted(&e, "d", 5, T0 + 3_600), 0);
+}
+
 /// D14 under a ledger: a debit that saturates a counter under a saturated
 /// limit is allowed, as in memory, and only out of a grant: a restart finds
 /// the counter saturated (the rule exhausted), not at its usage before.

@@ -240,6 +240,27 @@ fn a_damaged_page_is_an_error_not_a_panic() {
     assert!(err.to_string().contains("quota.db"), "{err}");
 }
 
+/// The file keeps the UTC offset its windows are counted at, and an
+/// engine at another is refused (see `durable::a_ledger_opened_at_another_utc_offset_is_refused`).
+#[test]
+fn a_file_opened_at_another_utc_offset_is_refused() {
+    let dir = Dir::new("offset");
+    let path = dir.file("quota.db");
+    {
+        let e = Engine::builder().durable(&path).open().unwrap();
+        e.create_json(rule(50, "day")).unwrap();
+    }
+    let err = Engine::builder()
+        .utc_offset(benefit_quota::UtcOffset::from_hours(-5).unwrap())
+        .durable(&path)
+        .open()
+        .unwrap_err();
+    assert_eq!(err.kind, LedgerErrorKind::Mismatch, "{err}");
+    assert!(err.to_string().contains("quota.db"), "{err}");
+    assert!(err.detail.contains("UTC-05:00"), "{err}");
+    assert!(Engine::builder().durable(&path).open().is_ok());
+}
+
 #[test]
 fn the_file_does_not_grow_with_time_at_constant_live_counters() {
     let dir = Dir::new("bounded");

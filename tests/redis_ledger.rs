@@ -9,7 +9,9 @@ mod common;
 use std::time::Duration;
 
 use benefit_quota::ledger::RedisLedger;
-use benefit_quota::{Amount, BenefitType, DenyReason, Engine, LedgerFailure, Subject};
+use benefit_quota::{
+    Amount, BenefitType, DenyReason, Engine, LedgerErrorKind, LedgerFailure, Subject,
+};
 use common::redis::{LosingProxy, RedisServer};
 
 const PTS: BenefitType = BenefitType::ResourcePoint;
@@ -260,7 +262,10 @@ fn an_in_doubt_batch_of_a_large_amount_is_undone_exactly() {
         .unwrap()
         .get_connection()
         .unwrap();
-    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("lost-large:c:*")
+        .query(&mut con)
+        .unwrap();
     let counters: Vec<u64> = keys
         .iter()
         .filter_map(|k| {
@@ -293,6 +298,41 @@ fn a_batch_is_remembered_well_past_the_longest_record_interval() {
         let ttl: i64 = redis::cmd("TTL").arg(&k).query(&mut con).unwrap();
         assert!(ttl > 4 * 3600, "{k} is remembered for {ttl} s");
     }
+}
+
+/// Instances count windows at one UTC offset (their keys name the
+/// windows' start and end): one at another offset would count on keys of
+/// its own, and the fleet would admit a limit per offset. Redis keeps the
+/// first instance's offset and refuses another's commits.
+#[test]
+fn an_instance_at_another_utc_offset_is_refused() {
+    let Some(server) = RedisServer::start("offset") else {
+        return;
+    };
+    let first = instance(&server.url, "offset", LedgerFailure::FailClosed);
+    assert_eq!(spend(&first, "a", 5), 5);
+    let ledger = RedisLedger::new(&server.url, "offset", ROUND_TRIP).unwrap();
+    let other = Engine::builder()
+        .utc_offset(benefit_quota::UtcOffset::UTC)
+        .ledger(ledger)
+        .grant_timeout(ROUND_TRIP)
+        .open()
+        .unwrap();
+    other.import_json(CUMULATIVE, T0).unwrap();
+    let d = other.try_consume(&Subject::device("a"), PTS, Amount::from_units(1), T0);
+    assert_eq!(
+        d.denial().map(|x| x.reason),
+        Some(DenyReason::LedgerUnavailable),
+        "{d:?}"
+    );
+    let _ = other.record(&Subject::device("a"), PTS, Amount::from_units(1), T0);
+    let err = other.flush().unwrap_err();
+    assert_eq!(err.kind, LedgerErrorKind::Mismatch, "{err}");
+    assert!(err.detail.contains("UTC+08:00"), "{err}");
+    // The first instance goes on, and nothing of the other's was counted.
+    flush_until_ok(&first);
+    let fresh = instance(&server.url, "offset", LedgerFailure::FailClosed);
+    assert_eq!(spend(&fresh, "a", 200), 95);
 }
 
 #[test]

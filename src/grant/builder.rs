@@ -146,6 +146,7 @@ impl LedgeredBuilder {
     /// over it.
     pub fn open(self) -> Result<Engine, LedgerError> {
         let ledger = (self.ledger)()?;
+        ledger.bind(self.base.config.utc_offset.seconds())?;
         let snapshot = ledger.load()?;
         let mut engine = self.base.build();
         let mut grants = Grants::start(ledger, self.max_grant, self.record_interval);

@@ -16,6 +16,10 @@ use super::codec::{self, FORMAT};
 use super::{apply_counter_change, Change, Ledger, LedgerError, LedgerErrorKind, Snapshot};
 
 const META: TableDefinition<&str, u32> = TableDefinition::new("benefit_quota_meta");
+/// The meta key of the UTC offset the windows are counted at (see
+/// [`Ledger::bind`]); a file written before it was kept takes the offset
+/// it is next opened with.
+const UTC_OFFSET: &str = "utc_offset";
 const COUNTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("counters");
 /// Keyed by rule id.
 const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
@@ -237,6 +241,37 @@ impl Ledger for FileLedger {
 
     fn commit(&self, changes: &[Change]) -> Result<Vec<u64>, LedgerError> {
         self.db(|db| self.commit_to(db, changes))
+    }
+
+    fn bind(&self, utc_offset_seconds: i32) -> Result<(), LedgerError> {
+        self.db(|db| {
+            let at = self.at();
+            let e = |err: redb::Error| redb_error(&at, err);
+            let w = db.begin_write().map_err(|x| e(x.into()))?;
+            {
+                let mut meta = w.open_table(META).map_err(|x| e(x.into()))?;
+                // The offset's bits as a u32 (the meta table's values).
+                let stored = meta
+                    .get(UTC_OFFSET)
+                    .map_err(|x| e(x.into()))?
+                    .map(|v| v.value() as i32);
+                match stored {
+                    Some(o) if o != utc_offset_seconds => {
+                        return Err(super::offset_mismatch(
+                            &at,
+                            i64::from(o),
+                            utc_offset_seconds,
+                        ))
+                    }
+                    Some(_) => return Ok(()),
+                    None => {
+                        meta.insert(UTC_OFFSET, utc_offset_seconds as u32)
+                            .map_err(|x| e(x.into()))?;
+                    }
+                }
+            }
+            w.commit().map_err(|x| e(x.into()))
+        })
     }
 }
 

@@ -40,6 +40,8 @@ struct State {
     rules: HashMap<String, RuleRecord>,
     commits: u64,
     fail: u32,
+    /// The UTC offset its windows are counted at (see [`Ledger::bind`]).
+    utc_offset: Option<i32>,
 }
 
 impl MemoryLedger {
@@ -72,6 +74,7 @@ impl MemoryLedger {
                 rules: s.rules.clone(),
                 commits: 0,
                 fail: 0,
+                utc_offset: s.utc_offset,
             }),
         }
     }
@@ -83,6 +86,21 @@ impl MemoryLedger {
 }
 
 impl Ledger for MemoryLedger {
+    fn bind(&self, utc_offset_seconds: i32) -> Result<(), LedgerError> {
+        let mut s = self.state.lock();
+        match s.utc_offset {
+            Some(o) if o != utc_offset_seconds => Err(super::offset_mismatch(
+                "memory",
+                i64::from(o),
+                utc_offset_seconds,
+            )),
+            _ => {
+                s.utc_offset = Some(utc_offset_seconds);
+                Ok(())
+            }
+        }
+    }
+
     fn load(&self) -> Result<Snapshot, LedgerError> {
         let s = self.state.lock();
         let mut rules: Vec<RuleRecord> = s.rules.values().cloned().collect();

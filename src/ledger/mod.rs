@@ -212,11 +212,53 @@ pub trait Ledger: Send + Sync + 'static {
     /// # Errors
     /// When the batch could not be made durable; then none of it was applied.
     fn commit(&self, changes: &[Change]) -> Result<Vec<u64>, LedgerError>;
+
+    /// Called by [`crate::LedgeredBuilder::open`] before
+    /// [`Ledger::load`], with the engine's UTC offset in seconds (which
+    /// places every periodic window, D15). A ledger that counted windows
+    /// under another offset refuses ([`LedgerErrorKind::Mismatch`]): its
+    /// windows are not the engine's, so the usage it holds would not count
+    /// in them (a restart would forgo it), and engines sharing it would not
+    /// share a counter (a fleet would admit a limit per offset). A ledger
+    /// that holds nothing yet takes the offset. The default accepts any.
+    ///
+    /// # Errors
+    /// [`LedgerErrorKind::Mismatch`] for another offset; the ledger's own
+    /// error when it cannot be read or written.
+    fn bind(&self, utc_offset_seconds: i32) -> Result<(), LedgerError> {
+        let _ = utc_offset_seconds;
+        Ok(())
+    }
+}
+
+/// The [`LedgerErrorKind::Mismatch`] error of a ledger at `location` whose
+/// windows were counted at `stored` seconds east of UTC, opened by an
+/// engine at `wanted`.
+pub(crate) fn offset_mismatch(location: &str, stored: i64, wanted: i32) -> LedgerError {
+    let show = |s: i64| {
+        let sign = if s < 0 { '-' } else { '+' };
+        let a = s.unsigned_abs();
+        format!("UTC{sign}{:02}:{:02}", a / 3600, a % 3600 / 60)
+    };
+    LedgerError::new(
+        LedgerErrorKind::Mismatch,
+        location,
+        format!(
+            "its windows were counted at {}, this engine's utc_offset is {}: \
+             open it with the offset it was written with",
+            show(stored),
+            show(i64::from(wanted))
+        ),
+    )
 }
 
 impl<L: Ledger + ?Sized> Ledger for std::sync::Arc<L> {
     fn load(&self) -> Result<Snapshot, LedgerError> {
         (**self).load()
+    }
+
+    fn bind(&self, utc_offset_seconds: i32) -> Result<(), LedgerError> {
+        (**self).bind(utc_offset_seconds)
     }
 
     fn commit(&self, changes: &[Change]) -> Result<Vec<u64>, LedgerError> {
@@ -321,6 +363,9 @@ pub enum LedgerErrorKind {
     OlderFormat,
     /// The ledger is closed or its writer stopped.
     Closed,
+    /// The ledger was written under another configuration that places
+    /// windows (another UTC offset: see [`Ledger::bind`]).
+    Mismatch,
 }
 
 /// A ledger's error: what kind, where, and the detail.
@@ -358,6 +403,7 @@ impl std::fmt::Display for LedgerError {
             LedgerErrorKind::NewerFormat => "written by a newer version",
             LedgerErrorKind::OlderFormat => "written by an older version",
             LedgerErrorKind::Closed => "closed",
+            LedgerErrorKind::Mismatch => "written under another configuration",
         };
         write!(f, "quota ledger {}: {what}: {}", self.location, self.detail)
     }

@@ -17,11 +17,16 @@
 //! contract says, and records the engine sends again are never counted
 //! twice.
 //!
+//! Every instance counts windows at one UTC offset: Redis keeps the first
+//! instance's, and refuses the batches of an instance at another
+//! ([`LedgerErrorKind::Mismatch`]), whose windows' keys would not be the
+//! fleet's.
+//!
 //! Rules stay per instance (each gateway syncs them from the platform), and
 //! so does local usage: [`Ledger::load`] returns nothing, and a restarted
 //! instance takes fresh grants, which the fleet's counters bound.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -37,10 +42,24 @@ use super::{Change, Ledger, LedgerError, LedgerErrorKind, Snapshot};
 const BATCH_TTL_S: u64 = 86_400;
 /// The largest amount passed to Redis (see `commit`).
 const EXACT: u64 = (1 << 53) - 1;
+/// [`RedisLedger::utc_offset`] before [`Ledger::bind`]: batches are not
+/// checked.
+const UNBOUND: i64 = i64::MIN;
 /// How long a counter key lives past its window's end.
 const KEY_GRACE_S: u64 = 86_400;
 
 const APPLY: &str = r#"
+-- The UTC offset every instance counts windows at (see Ledger::bind): the
+-- first instance sets it, an instance at another one is refused, since its
+-- windows' keys would not be the fleet's.
+if ARGV[3] ~= '' then
+  local o = redis.call('GET', KEYS[2])
+  if not o then
+    redis.call('SET', KEYS[2], ARGV[3])
+  elseif o ~= ARGV[3] then
+    return {-2, tonumber(o)}
+  end
+end
 local status = redis.call('GET', KEYS[1])
 if status then
   if status == 'x' then return {-1} end
@@ -50,9 +69,9 @@ local out = {}
 -- Undo amounts as decimal strings: cjson keeps 14 significant digits of a
 -- number, and a cancel must take back exactly what was applied.
 local undo = {}
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local k = KEYS[i]
-  local base = 2 + (i - 2) * 5
+  local base = 3 + (i - 3) * 5
   local op = ARGV[base + 1]
   local at_least = tonumber(ARGV[base + 2])
   local amount = tonumber(ARGV[base + 3])
@@ -125,6 +144,9 @@ pub struct RedisLedger {
     prefix: String,
     timeout: Duration,
     instance: String,
+    /// The engine's UTC offset in seconds ([`Ledger::bind`]), or
+    /// [`UNBOUND`].
+    utc_offset: AtomicI64,
     seq: AtomicU64,
     conn: Mutex<Conn>,
     apply: redis::Script,
@@ -158,6 +180,7 @@ impl RedisLedger {
             prefix: prefix.to_owned(),
             timeout,
             instance: instance_id(),
+            utc_offset: AtomicI64::new(UNBOUND),
             seq: AtomicU64::new(0),
             conn: Mutex::new(Conn {
                 con: None,
@@ -240,6 +263,17 @@ impl Ledger for RedisLedger {
         Ok(Snapshot::default())
     }
 
+    /// Kept for every batch, which Redis checks against the fleet's
+    /// offset (the first instance's): an instance at another offset has
+    /// its commits refused ([`LedgerErrorKind::Mismatch`]; the failure
+    /// policy applies), since its windows' keys would not be the fleet's.
+    /// The ledger connects lazily, so this does not fail.
+    fn bind(&self, utc_offset_seconds: i32) -> Result<(), LedgerError> {
+        self.utc_offset
+            .store(i64::from(utc_offset_seconds), Ordering::Relaxed);
+        Ok(())
+    }
+
     fn commit(&self, changes: &[Change]) -> Result<Vec<u64>, LedgerError> {
         let mut inv = self.apply.prepare_invoke();
         let id = format!(
@@ -248,7 +282,16 @@ impl Ledger for RedisLedger {
             self.instance,
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
-        inv.key(&id).arg(&id).arg(BATCH_TTL_S);
+        let offset = self.utc_offset.load(Ordering::Relaxed);
+        inv.key(&id)
+            .key(format!("{}:utc_offset", self.prefix))
+            .arg(&id)
+            .arg(BATCH_TTL_S)
+            .arg(if offset == UNBOUND {
+                String::new()
+            } else {
+                offset.to_string()
+            });
         let mut grants = 0usize;
         for change in changes {
             let (op, key, window, at_least, amount, limit, ends_in) = match change {
@@ -307,6 +350,13 @@ impl Ledger for RedisLedger {
             Ok(g) => g,
             Err(e) => return Err(self.failed(&mut c, &e, Some(id))),
         };
+        if let [-2, stored] = granted[..] {
+            return Err(super::offset_mismatch(
+                &self.location,
+                stored,
+                offset as i32,
+            ));
+        }
         if granted.first() == Some(&-1) || granted.len() != grants {
             return Err(self.error(
                 LedgerErrorKind::Corrupt,
