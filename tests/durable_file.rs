@@ -261,6 +261,34 @@ fn a_file_opened_at_another_utc_offset_is_refused() {
     assert!(Engine::builder().durable(&path).open().is_ok());
 }
 
+/// A new ledger is made under a name of the process's and linked into
+/// place once whole: a process killed while making it leaves no file at
+/// the ledger's path that every later open would refuse as empty or
+/// truncated, only its own leftover, which its next attempt replaces.
+#[test]
+fn a_new_file_appears_whole_and_leaves_nothing_beside_it() {
+    let dir = Dir::new("new-file");
+    let path = dir.file("quota.db");
+    let leftover = dir.file(&format!("quota.db.new-{}", std::process::id()));
+    std::fs::write(&leftover, b"re").unwrap(); // a make killed after 2 bytes
+    {
+        let e = Engine::builder().durable(&path).open().unwrap();
+        e.create_json(rule(5, "never")).unwrap();
+        assert!(e
+            .try_consume(&Subject::device("d"), PTS, Amount::from_units(3), T0)
+            .is_allowed());
+    }
+    let names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["quota.db"]);
+    let e = Engine::builder().durable(&path).open().unwrap();
+    assert!(!e
+        .try_consume(&Subject::device("d"), PTS, Amount::from_units(3), T0)
+        .is_allowed());
+}
+
 #[test]
 fn the_file_does_not_grow_with_time_at_constant_live_counters() {
     let dir = Dir::new("bounded");

@@ -106,7 +106,7 @@ impl FileLedger {
                     ));
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_new(&path)?,
             Err(e) => return Err(fail(LedgerErrorKind::Io, e.to_string())),
         }
         let reopen_at = path.clone();
@@ -368,6 +368,50 @@ impl FileLedger {
         }
         w.commit().map_err(|x| e(x.into()))?;
         Ok(granted)
+    }
+}
+
+/// Makes a new, empty ledger at `path`, whole or not at all: redb creates
+/// a file before it writes its header, so a process killed in between
+/// left a file every later open refused (an empty or truncated file is
+/// never taken for a new one: it may be a ledger that lost its contents).
+/// The ledger is made under a name of this process's (what a kill leaves
+/// there is not the ledger, and the next attempt of this process id
+/// replaces it), then linked to `path`, which fails if another process
+/// made `path` meanwhile (theirs is then opened: no process replaces a
+/// file another may have open), and the directory is synced.
+fn create_new(path: &Path) -> Result<(), LedgerError> {
+    let at = path.display().to_string();
+    let io = |e: std::io::Error| LedgerError::new(LedgerErrorKind::Io, at.clone(), e.to_string());
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".new-{}", std::process::id()));
+    let new = path.with_file_name(name);
+    match std::fs::remove_file(&new) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    let made = {
+        let on = new.clone();
+        FileLedger::with_store(
+            new.clone(),
+            Box::new(move || open_store(&on, || Database::create(&on))),
+        )
+    };
+    drop(made?); // closed: its format is marked, committed and synced
+    let linked = std::fs::hard_link(&new, path);
+    let _ = std::fs::remove_file(&new);
+    match linked {
+        Ok(()) => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io(e)),
     }
 }
 
