@@ -250,12 +250,48 @@ impl Engine {
     /// assert!(engine.sync(&listing, 0).unwrap().is_unchanged());
     /// ```
     pub fn sync(&self, listing: &Listing, now: i64) -> Result<SyncReport, ApiError> {
-        let report = self.observed("sync", || self.sync_unobserved(listing, now))?;
+        let report = self.observed("sync", || self.sync_unobserved(listing, now, None))?;
         self.observe.sync_changes(&report);
         Ok(report)
     }
 
-    fn sync_unobserved(&self, listing: &Listing, now: i64) -> Result<SyncReport, ApiError> {
+    /// The configuration version: bumped by every configuration write,
+    /// under the writer lock.
+    #[cfg(feature = "poller")]
+    pub(crate) fn config_version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// [`Engine::sync`] of a listing read since configuration `version`:
+    /// `Ok(None)`, changing nothing, if a write came in between (through
+    /// another path than this listing: an imported response, an update, an
+    /// admin route). The listing predates it, so applying it would undo
+    /// that write (a limit lowered back up, a rule created since withdrawn).
+    #[cfg(feature = "poller")]
+    pub(crate) fn sync_since(
+        &self,
+        listing: &Listing,
+        now: i64,
+        version: u64,
+    ) -> Result<Option<SyncReport>, ApiError> {
+        let mut outdated = false;
+        let result = self.observed("sync", || {
+            self.sync_unobserved(listing, now, Some((version, &mut outdated)))
+        });
+        if outdated {
+            return Ok(None);
+        }
+        let report = result?;
+        self.observe.sync_changes(&report);
+        Ok(Some(report))
+    }
+
+    fn sync_unobserved(
+        &self,
+        listing: &Listing,
+        now: i64,
+        since: Option<(u64, &mut bool)>,
+    ) -> Result<SyncReport, ApiError> {
         if let Some(s) = listing.scopes.iter().find(|s| !s.complete) {
             return Err(ApiError::invalid(
                 "has_more",
@@ -272,6 +308,17 @@ impl Engine {
             .collect();
         let mut kept_cancelled: Vec<BenefitId> = Vec::new();
         let (_, changes) = self.import_batch(listed, now, |rules, listed| {
+            if let Some((version, outdated)) = since {
+                // Read under the writer lock, which every configuration
+                // write holds while it bumps the version.
+                if self.version.load(std::sync::atomic::Ordering::Acquire) != version {
+                    *outdated = true;
+                    return Err(ApiError::invalid(
+                        "listing",
+                        "the rules changed while it was read",
+                    ));
+                }
+            }
             // A rule cancelled here (not withdrawn) stays cancelled (D6) even
             // if the platform lists it in force: it is left out and
             // reported, and the rest of the listing applies. Refusing the

@@ -34,6 +34,11 @@ pub enum PollError {
     /// different values; a listed rule whose scope or type differs from
     /// the stored one's).
     Sync(ApiError),
+    /// The engine's rules changed while the listing was read, by a write
+    /// through another path (an imported response, an update, an admin
+    /// route), each time the poll listed again: the listing predates the
+    /// write, so applying it would have undone it. Nothing was applied.
+    Outdated,
 }
 
 impl std::fmt::Display for PollError {
@@ -50,6 +55,10 @@ impl std::fmt::Display for PollError {
                 "the listing of {entity_type} / {benefit_type} has more pages than allowed"
             ),
             PollError::Sync(e) => write!(f, "the listing was refused: {e}"),
+            PollError::Outdated => write!(
+                f,
+                "the rules changed while each listing was read: none was applied"
+            ),
         }
     }
 }
@@ -71,7 +80,7 @@ pub struct PollState {
 }
 
 /// Builds a [`Poller`]: see [`Poller::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct PollerBuilder {
     base_url: String,
@@ -84,8 +93,33 @@ pub struct PollerBuilder {
     max_pages: u32,
 }
 
+impl std::fmt::Debug for PollerBuilder {
+    /// Everything but the token (a secret).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollerBuilder")
+            .field("base_url", &self.base_url)
+            .field("token", &"***")
+            .field("scopes", &self.scopes)
+            .field("interval", &self.interval)
+            .field("timeout", &self.timeout)
+            .field("max_backoff", &self.max_backoff)
+            .field("page_size", &self.page_size)
+            .field("max_pages", &self.max_pages)
+            .finish()
+    }
+}
+
 /// The shortest wait between polls, whatever the builder was given.
 pub const MIN_POLL_WAIT: Duration = Duration::from_millis(10);
+
+/// The longest interval or backoff the builder keeps (a week): a longer
+/// one, or `Duration::MAX` for "once at start", would overflow the
+/// backoff's arithmetic.
+pub const MAX_POLL_WAIT: Duration = Duration::from_secs(7 * 86_400);
+
+/// Listings read in one poll while configuration writes keep landing
+/// during them (see [`PollError::Outdated`]).
+const LISTINGS_PER_POLL: usize = 3;
 
 impl PollerBuilder {
     /// The scopes to list (default: every entity type × benefit type that
@@ -93,14 +127,22 @@ impl PollerBuilder {
     /// types with each benefit type, the four enterprise types with
     /// `resource_point`). Rules of other scopes are left alone.
     pub fn scopes(mut self, scopes: impl IntoIterator<Item = (EntityType, BenefitType)>) -> Self {
-        self.scopes = scopes.into_iter().collect();
+        // Each once: a scope listed twice in one poll would add pages to a
+        // listing that already ended, which refuses every poll.
+        self.scopes.clear();
+        for scope in scopes {
+            if !self.scopes.contains(&scope) {
+                self.scopes.push(scope);
+            }
+        }
         self
     }
 
     /// Time between successful polls (default 60 s; at least
-    /// [`MIN_POLL_WAIT`], so that a zero cannot make the poller spin).
+    /// [`MIN_POLL_WAIT`], so that a zero cannot make the poller spin, and
+    /// at most [`MAX_POLL_WAIT`]).
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval.max(MIN_POLL_WAIT);
+        self.interval = interval.clamp(MIN_POLL_WAIT, MAX_POLL_WAIT);
         self
     }
 
@@ -113,10 +155,10 @@ impl PollerBuilder {
     /// Longest wait between failed polls (default 10 min): after a failure
     /// the poller waits the interval times 2^failures, up to this, less a
     /// random part of up to half (jitter, so a fleet does not poll in step).
-    /// At least [`MIN_POLL_WAIT`]; a backoff shorter than the interval waits
-    /// the interval.
+    /// At least [`MIN_POLL_WAIT`] and at most [`MAX_POLL_WAIT`]; a backoff
+    /// shorter than the interval waits the interval.
     pub fn max_backoff(mut self, max: Duration) -> Self {
-        self.max_backoff = max.max(MIN_POLL_WAIT);
+        self.max_backoff = max.clamp(MIN_POLL_WAIT, MAX_POLL_WAIT);
         self
     }
 
@@ -212,9 +254,11 @@ impl Poller {
     /// # Errors
     /// See [`PollError`]; the engine's rules are unchanged on error.
     pub fn poll_once(&self) -> Result<SyncReport, PollError> {
+        // A clock before 1970 is an impossible time (the sync refuses it),
+        // not 0, which is a real one.
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+            .map_or(-1, |d| d.as_secs() as i64);
         self.poll_once_at(now)
     }
 
@@ -223,9 +267,7 @@ impl Poller {
     /// # Errors
     /// See [`PollError`].
     pub fn poll_once_at(&self, now: i64) -> Result<SyncReport, PollError> {
-        let result = self
-            .fetch()
-            .and_then(|listing| self.engine.sync(&listing, now).map_err(PollError::Sync));
+        let result = self.list_and_sync(now);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match &result {
             Ok(report) => {
@@ -247,6 +289,22 @@ impl Poller {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Lists and syncs, unless a configuration write lands while the
+    /// listing is read (it would undo that write): then lists again, a few
+    /// times, before giving up for this poll.
+    fn list_and_sync(&self, now: i64) -> Result<SyncReport, PollError> {
+        for _ in 0..LISTINGS_PER_POLL {
+            let version = self.engine.config_version();
+            let listing = self.fetch()?;
+            match self.engine.sync_since(&listing, now, version) {
+                Ok(Some(report)) => return Ok(report),
+                Ok(None) => continue,
+                Err(e) => return Err(PollError::Sync(e)),
+            }
+        }
+        Err(PollError::Outdated)
+    }
+
     /// How long to wait before the next poll, given the failures in a row.
     fn next_wait(&self, failures: u32) -> Duration {
         if failures == 0 {
@@ -261,7 +319,9 @@ impl Poller {
         let noise = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        doubled.mul_f64(1.0 - f64::from(noise % 1000) / 2000.0)
+        doubled
+            .mul_f64(1.0 - f64::from(noise % 1000) / 2000.0)
+            .max(MIN_POLL_WAIT)
     }
 
     /// Polls in a background thread until the returned value is dropped:
@@ -424,5 +484,22 @@ mod tests {
             .max_backoff(Duration::from_secs(1))
             .build(Arc::new(Engine::new()));
         assert!(p.next_wait(3) >= Duration::from_secs(30));
+    }
+
+    /// "Once at start-up" as an interval of `Duration::MAX` does not
+    /// overflow the backoff (whose jitter could panic the poller's thread).
+    #[test]
+    fn the_longest_interval_and_backoff_wait_a_week_at_most() {
+        let p = Poller::builder("http://127.0.0.1:9", "t")
+            .interval(Duration::MAX)
+            .max_backoff(Duration::MAX)
+            .build(Arc::new(Engine::new()));
+        for failures in 0..40 {
+            let wait = p.next_wait(failures);
+            assert!(
+                wait <= MAX_POLL_WAIT && wait >= MAX_POLL_WAIT / 2,
+                "{failures}"
+            );
+        }
     }
 }

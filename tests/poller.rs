@@ -231,6 +231,96 @@ fn keeps_the_last_good_rules_within(
     err
 }
 
+/// A configuration write through another path while a listing is read
+/// (here, the platform's update mirrored with `apply_update_json`) is newer
+/// than that listing: the poll does not apply it, which would undo the
+/// write (the limit raised back), but lists again and applies the new one.
+#[test]
+fn a_write_landing_while_the_listing_is_read_is_not_undone_by_it() {
+    // The platform lowers 7002 from 20 to 10 once the gateway has mirrored
+    // the update; the first listing, read before, still says 20.
+    let updated = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let (updated, asked) = (Arc::clone(&updated), Arc::clone(&asked));
+        Server::start(move |url| {
+            if !url.contains("entity_type=enterprise_all_devices") {
+                return ok(page(&[], None));
+            }
+            let (lock, cvar) = &*updated;
+            let mut done = lock.lock().unwrap();
+            if !asked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                // The first listing: answered only once the write landed.
+                while !*done {
+                    done = cvar.wait(done).unwrap();
+                }
+                return ok(page(
+                    &[record("7002", "enterprise_all_devices", None, 20)],
+                    None,
+                ));
+            }
+            ok(page(
+                &[record("7002", "enterprise_all_devices", None, 10)],
+                None,
+            ))
+        })
+    };
+    let engine = Arc::new(Engine::new());
+    let p = poller(&server.base, &engine);
+    p.poll_once_at(MIDNIGHT).unwrap();
+    assert_eq!(engine.get("7002").unwrap().limit(), 20);
+    asked.store(false, std::sync::atomic::Ordering::SeqCst);
+    *updated.0.lock().unwrap() = false;
+    let polling = {
+        let p = Arc::new(p);
+        let q = Arc::clone(&p);
+        (p, std::thread::spawn(move || q.poll_once_at(MIDNIGHT)))
+    };
+    // The poll is reading the listing: the update lands meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !asked.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "the poll never asked");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    engine
+        .apply_update_json("7002", r#"{"limit":10}"#, MIDNIGHT)
+        .unwrap();
+    *updated.0.lock().unwrap() = true;
+    updated.1.notify_all();
+    let report = polling.1.join().unwrap().unwrap();
+    assert_eq!(engine.get("7002").unwrap().limit(), 10, "{report:?}");
+    assert_eq!(
+        server.urls().len(),
+        2 + 2 * 2,
+        "one poll before, then two listings"
+    );
+    drop(polling.0);
+}
+
+/// The token is a secret: a builder's `Debug` (logged with a
+/// configuration, say) leaves it out.
+#[test]
+fn a_builders_debug_leaves_the_token_out() {
+    let b = Poller::builder("https://api.coze.cn", "pat_secret");
+    let shown = format!("{b:?}");
+    assert!(!shown.contains("pat_secret"), "{shown}");
+    assert!(shown.contains("api.coze.cn"), "{shown}");
+}
+
+/// A scope given twice is listed once (listed twice, its second listing
+/// would add pages to one that had ended, and every poll would fail).
+#[test]
+fn a_scope_given_twice_is_listed_once() {
+    let server = Server::start(platform);
+    let engine = Arc::new(Engine::new());
+    let p = Poller::builder(&server.base, "t")
+        .scopes([DEVICES, SINGLE, DEVICES])
+        .build(Arc::clone(&engine));
+    let report = p.poll_once_at(MIDNIGHT).unwrap();
+    assert_eq!(report.created.len(), 2);
+    assert_eq!(server.urls().len(), 3);
+}
+
 #[test]
 fn an_error_envelope_with_401_is_passed_on_with_the_platforms_code() {
     let err = keeps_the_last_good_rules(|_| {
