@@ -25,9 +25,20 @@ use crate::wire::{CreateData, Envelope};
 
 /// Who may call the admin routes: tokens that may write (create, update)
 /// and list, and tokens that may only list.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct AdminAuth {
     tokens: Vec<(String, bool)>,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    /// How many tokens of each kind, never the tokens (secrets).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let writers = self.tokens.iter().filter(|(_, w)| *w).count();
+        f.debug_struct("AdminAuth")
+            .field("write_tokens", &writers)
+            .field("read_only_tokens", &(self.tokens.len() - writers))
+            .finish()
+    }
 }
 
 impl AdminAuth {
@@ -102,10 +113,13 @@ pub fn admin_router(engine: Arc<Engine>, auth: AdminAuth) -> Router {
         .with_state(state)
 }
 
+/// The system clock in unix seconds; one before 1970 is an impossible
+/// time (-1: writes refuse it, 4000 naming `now`), not 0, which is a real
+/// one.
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(-1, |d| d.as_secs() as i64)
 }
 
 fn logid() -> String {

@@ -541,3 +541,15 @@ async fn admin_routes_answer_as_the_platform_with_tokens_checked() {
     // Nothing of that changed anything.
     assert_eq!(engine.records(), before);
 }
+
+/// Admin tokens are secrets: `AdminAuth`'s `Debug` counts them and shows
+/// none.
+#[test]
+fn admin_auth_debug_shows_no_token() {
+    let shown = format!("{:?}", AdminAuth::new("s3cret-w").read_only("s3cret-r"));
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(
+        shown.contains("write_tokens: 1") && shown.contains("read_only_tokens: 1"),
+        "{shown}"
+    );
+}
