@@ -591,8 +591,14 @@ impl Engine {
             .iter()
             .map(|info| rules.slot_of(info.benefit_id.as_str()))
             .collect();
-        for (i, (info, slot)) in infos.iter().zip(&slots).enumerate() {
-            if infos[..i].iter().any(|o| o.benefit_id == info.benefit_id) {
+        // Sets, not scans of the earlier records: a listing of tens of
+        // thousands of single-entity rules is checked here, on every sync,
+        // under the writer lock.
+        let mut ids: std::collections::HashSet<&BenefitId> =
+            std::collections::HashSet::with_capacity(infos.len());
+        let mut all_scope: Vec<&BenefitInfo> = Vec::new();
+        for (info, slot) in infos.iter().zip(&slots) {
+            if !ids.insert(&info.benefit_id) {
                 return Err(ApiError::invalid(
                     "benefit_id",
                     format_args!("{} appears twice in the import", info.benefit_id),
@@ -629,13 +635,17 @@ impl Engine {
             // D5 against the stored rules the batch leaves in place, and
             // against the batch's own earlier records.
             let shape = RuleShape::of(info);
+            if !info.entity_type.is_all_scope() {
+                continue; // D5 limits all-scope rules only
+            }
             rules.check_unique(&shape, |s| slots.contains(&Some(s)), "trigger_unit")?;
-            if let Some(o) = infos[..i]
+            if let Some(o) = all_scope
                 .iter()
                 .find(|o| shape.clashes_with(&RuleShape::of(o)))
             {
                 return Err(d5_error(&shape, o.benefit_id.as_str(), "trigger_unit"));
             }
+            all_scope.push(info);
         }
         let plan: Vec<(Option<u32>, bool)> = infos
             .iter()

@@ -39,6 +39,8 @@ struct Scope {
     entity_type: EntityType,
     benefit_type: BenefitType,
     records: Vec<BenefitInfo>,
+    /// The ids in `records`.
+    ids: std::collections::HashSet<BenefitId>,
     /// Its last page said `has_more: false`.
     complete: bool,
 }
@@ -144,6 +146,7 @@ impl Listing {
                     entity_type,
                     benefit_type,
                     records: Vec::new(),
+                    ids: std::collections::HashSet::new(),
                     complete: false,
                 });
                 self.scopes.last_mut().expect("just pushed")
@@ -153,7 +156,8 @@ impl Listing {
         // the platform paged) is the same rule once; one listed again with
         // other values is kept, and the sync refuses the listing for it.
         for info in records {
-            if !scope.records.contains(&info) {
+            // The whole records compared only for an id listed before.
+            if scope.ids.insert(info.benefit_id.clone()) || !scope.records.contains(&info) {
                 scope.records.push(info);
             }
         }
@@ -338,6 +342,8 @@ impl Engine {
                 .map(|i| i.benefit_id.clone())
                 .collect();
             listed.retain(|i| !cancelled_here(i));
+            let listed_ids: std::collections::HashSet<&BenefitId> =
+                listed.iter().map(|l| &l.benefit_id).collect();
             Ok(rules
                 .rules
                 .iter()
@@ -345,7 +351,7 @@ impl Engine {
                 .filter(|info| {
                     info.status != Status::Cancel
                         && listing.covers(info)
-                        && !listed.iter().any(|l| l.benefit_id == info.benefit_id)
+                        && !listed_ids.contains(&info.benefit_id)
                 })
                 .map(|info| BenefitInfo {
                     status: Status::Cancel,
