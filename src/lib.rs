@@ -238,14 +238,15 @@ pub use handle::{HandleRequest, Released, SubjectHandle};
 pub use ledger::{Ledger, LedgerError, LedgerErrorKind, MemoryLedger};
 #[cfg(feature = "tower")]
 pub use middleware::{
-    After, Answers, ConsumerHeader, DeviceHeader, ExtractError, Grpc, Http, MemberHeaders,
-    QuotaFuture, QuotaLayer, QuotaService, Refusal, RequestSubject, SubjectExtractor, Used,
-    QUOTA_DENIED_CODE,
+    Answers, ConsumerHeader, DeviceHeader, ExtractError, Grpc, Http, MemberHeaders, QuotaFuture,
+    QuotaLayer, QuotaService, Refusal, RequestSubject, SubjectExtractor, Used, QUOTA_DENIED_CODE,
 };
 pub use mirror::{Listing, SyncReport};
 pub use period::{LocalTime, UtcOffset, Window};
 #[cfg(feature = "poller")]
-pub use poller::{PollError, PollState, Poller, PollerBuilder, RunningPoller, MIN_POLL_WAIT};
+pub use poller::{
+    PollError, PollState, Poller, PollerBuilder, RunningPoller, MAX_POLL_WAIT, MIN_POLL_WAIT,
+};
 pub use rules::FrozenPolicy;
 pub use subject::{Member, Subject};
 pub use types::{

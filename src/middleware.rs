@@ -537,20 +537,26 @@ fn limit_headers(h: &mut HeaderMap, d: &Decision, now: i64, refused: bool) {
 }
 
 mod future {
-    // pin_project_lite takes no attributes on an enum's fields: the
-    // variants' docs say what they hold.
-    #![allow(missing_docs)]
     use super::{After, Response};
 
     pin_project_lite::pin_project! {
-        /// The future of a [`QuotaService`] call: the middleware's own answer,
-        /// or the inner service's future and what to do once it has answered.
-        #[project = QuotaFutureProj]
-        pub enum QuotaFuture<F, B> {
-            /// Answered by the middleware itself (a denial, no subject).
+        /// The future of a [`QuotaService`](super::QuotaService) call: the
+        /// middleware's own answer (a denial, no subject), or the inner
+        /// service's future and what to do once it has answered. Opaque:
+        /// only the service makes one.
+        pub struct QuotaFuture<F, B> {
+            #[pin]
+            state: State<F, B>,
+        }
+    }
+
+    pin_project_lite::pin_project! {
+        #[project = StateProj]
+        pub(super) enum State<F, B> {
+            // Answered by the middleware itself; taken when polled.
             Answered { response: Option<Response<B>> },
-            /// The inner service's answer, with a post-paid booking or the
-            /// rate-limit headers to add to it, if any.
+            // The inner service's answer, with a post-paid booking or the
+            // rate-limit headers to add to it, if any.
             Inner {
                 #[pin]
                 inner: F,
@@ -558,13 +564,35 @@ mod future {
             },
         }
     }
+
+    impl<F, B> QuotaFuture<F, B> {
+        /// The middleware's own answer.
+        pub(super) fn answered(response: Response<B>) -> Self {
+            QuotaFuture {
+                state: State::Answered {
+                    response: Some(response),
+                },
+            }
+        }
+
+        /// The inner service's answer, then `after`.
+        pub(super) fn inner(inner: F, after: Option<Box<After>>) -> Self {
+            QuotaFuture {
+                state: State::Inner { inner, after },
+            }
+        }
+
+        pub(super) fn state(self: core::pin::Pin<&mut Self>) -> StateProj<'_, F, B> {
+            self.project().state.project()
+        }
+    }
 }
 pub use future::QuotaFuture;
-use future::QuotaFutureProj;
+use future::StateProj;
 
 /// What a call does once the inner service has answered.
 #[derive(Debug)]
-pub struct After {
+struct After {
     layer: Arc<LayerConfig>,
     subject: RequestSubject<'static>,
     decision: Decision,
@@ -633,11 +661,11 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            QuotaFutureProj::Answered { response } => Poll::Ready(Ok(response
+        match self.state() {
+            StateProj::Answered { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("QuotaFuture polled after it completed"))),
-            QuotaFutureProj::Inner { inner, after } => {
+            StateProj::Inner { inner, after } => {
                 let mut resp = match inner.poll(cx) {
                     Poll::Ready(r) => r?,
                     Poll::Pending => return Poll::Pending,
@@ -668,8 +696,7 @@ where
         let layer = &self.layer;
         if layer.until_configured && !layer.engine.is_configured() {
             let msg = "not ready: no rules have been configured yet";
-            let response = Some(R::answer(Refusal::Unavailable, msg));
-            return QuotaFuture::Answered { response };
+            return QuotaFuture::answered(R::answer(Refusal::Unavailable, msg));
         }
         let (head, body) = req.into_parts();
         let now = (layer.clock)();
@@ -677,8 +704,8 @@ where
             Ok(s) => s,
             Err(ExtractError(why)) => {
                 let msg = format!("invalid parameter `subject`: {why}");
-                let response = Some(R::answer(Refusal::NoSubject(layer.missing_status), &msg));
-                return QuotaFuture::Answered { response };
+                let response = R::answer(Refusal::NoSubject(layer.missing_status), &msg);
+                return QuotaFuture::answered(response);
             }
         };
         let decision = match &layer.mode {
@@ -698,9 +725,7 @@ where
             if matches!(&decision, Decision::Denied(d) if d.reason.is_quota_decision()) {
                 limit_headers(resp.headers_mut(), &decision, now, true);
             }
-            return QuotaFuture::Answered {
-                response: Some(resp),
-            };
+            return QuotaFuture::answered(resp);
         }
         let post_paid = matches!(layer.mode, Mode::PostPaid(..));
         let after = (post_paid || layer.headers_when_allowed).then(|| {
@@ -719,10 +744,7 @@ where
         // takes its place for the next one (tower's usual pattern).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        QuotaFuture::Inner {
-            inner: inner.call(Request::from_parts(head, body)),
-            after,
-        }
+        QuotaFuture::inner(inner.call(Request::from_parts(head, body)), after)
     }
 }
 
