@@ -391,7 +391,8 @@ impl Engine {
     /// # Errors
     /// 4200 for an unknown id; 4000 naming the field for a `benefit_id`
     /// mismatch, a cancelled rule (D6), an invalid merged record (D4) or a D5
-    /// conflict. Nothing changes on error.
+    /// conflict; 4000 naming `now` outside `0..=253402300799` (T1). Nothing
+    /// changes on error.
     pub fn apply_update(
         &self,
         benefit_id: &str,
@@ -468,7 +469,8 @@ impl Engine {
     ///
     /// # Errors
     /// 4000 naming the field if the record is invalid, changes the scope or
-    /// benefit type of a known rule, revives a cancelled rule, or breaks D5.
+    /// benefit type of a known rule, revives a cancelled rule, or breaks D5;
+    /// 4000 naming `now` outside `0..=253402300799` (T1).
     pub fn import(&self, record: &BenefitInfoWire, now: i64) -> Result<BenefitInfo, ApiError> {
         let info = validate::record(record, "")?;
         self.import_all(vec![info], now)?
@@ -499,7 +501,8 @@ impl Engine {
     /// 4000 naming the field (e.g. `data.benefit_infos[2].limit`) if any record is
     /// invalid; the envelope's own code and message if its `code` is not 0
     /// (an error the platform answered: 5000 for a code the platform does
-    /// not list). Nothing changes on error.
+    /// not list); 4000 naming `now` outside `0..=253402300799` (T1).
+    /// Nothing changes on error.
     pub fn import_response_json(
         &self,
         response: impl AsRef<[u8]>,
@@ -751,7 +754,7 @@ impl Engine {
     /// e.create_json(r#"{"entity_type":"enterprise_all_devices","benefit_info":{"benefit_type":"resource_point",
     ///   "active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":5,"trigger_unit":"day"}}"#).unwrap();
     /// let now = 1_741_708_800; // a local midnight
-    /// e.try_consume(&Subject::device("d"), BenefitType::ResourcePoint, Amount::from_units(1), now);
+    /// assert!(e.try_consume(&Subject::device("d"), BenefitType::ResourcePoint, Amount::from_units(1), now).is_allowed());
     /// assert_eq!(e.evict(now + 3_600), 0); // same day: still counts
     /// assert_eq!(e.evict(now + 86_400), 1); // the next day: yesterday's counter goes
     /// assert_eq!(e.counter_count(), 0);

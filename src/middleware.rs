@@ -223,7 +223,7 @@ impl SubjectExtractor for MemberHeaders {
 
 /// What a handler reports it used, for the post-paid mode: put it in the
 /// response's extensions (`response.extensions_mut().insert(Used(..))`).
-/// Without it, the [`Used`] header of [`QuotaLayer::post_paid`] is read.
+/// Without it, the header named to [`QuotaLayer::post_paid`] is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Used(pub BenefitType, pub Amount);
 

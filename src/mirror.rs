@@ -232,7 +232,8 @@ impl Engine {
     /// 4000 naming `has_more` if a scope's listing is incomplete (its last
     /// page said it had more), or as [`Engine::import_response_json`] for an
     /// invalid record, a duplicate id, a rule that changes scope, or a
-    /// listing that breaks D5. Nothing changes on error.
+    /// listing that breaks D5; 4000 naming `now` outside
+    /// `0..=253402300799` (T1). Nothing changes on error.
     ///
     /// # Examples
     /// ```

@@ -11,8 +11,13 @@
 //!   `import` or `sync`, `ok` or `error`.
 //! - `benefit_quota_sync_changes_total{change}`: rules `created`, `updated`,
 //!   `revived` and `withdrawn` by syncs.
+//! - `benefit_quota_unbooked_total{reason}`: post-paid amounts the
+//!   middleware could not book in full.
 //! - `benefit_quota_evicted_total` and the gauge `benefit_quota_counters`
 //!   (counters tracked, set at every `evict`).
+//!
+//! README.md's *Observability* has the same list for users (this module
+//! is private).
 //!
 //! The decision counters are registered once per engine, so counting one is
 //! an atomic add on a handle, not a registry lookup.

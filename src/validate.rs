@@ -503,7 +503,7 @@ pub(crate) struct Query {
     pub page_size: usize,
 }
 
-/// Default and maximum `page_size` (F10).
+/// Default `page_size` (F10).
 pub const DEFAULT_PAGE_SIZE: usize = 20;
 /// Largest accepted `page_size` (F10).
 pub const MAX_PAGE_SIZE: usize = 200;

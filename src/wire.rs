@@ -81,6 +81,7 @@ pub(crate) fn parse_decimal_i64(s: &str) -> Option<i64> {
 
 /// The platform's three endpoints (F9–F11, F14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Endpoint {
     /// `POST /v1/commerce/benefit/limitations`
     Create,
@@ -100,7 +101,9 @@ impl Endpoint {
         }
     }
 
-    /// The path template.
+    /// The path template, in the platform's notation (`:benefit_id`; axum
+    /// 0.8 routes spell it `{benefit_id}`, as the admin routes of feature
+    /// `axum` do).
     pub const fn path(self) -> &'static str {
         match self {
             Endpoint::Create | Endpoint::List => "/v1/commerce/benefit/limitations",

@@ -108,8 +108,9 @@ impl EngineBuilder {
 
 impl LedgeredBuilder {
     /// The largest grant one durable write takes for a counter (default:
-    /// 1,000 units). A crash strands at most this much (plus the request
-    /// being decided) per counter; a larger grant means fewer writes.
+    /// 1,000 units). A crash strands at most 1.5 times this per counter
+    /// (one grant in use, the next taken ahead), plus the request being
+    /// decided; a larger grant means fewer writes.
     pub fn max_grant(mut self, max: Amount) -> Self {
         self.max_grant = max.as_micros().max(1);
         self
@@ -142,8 +143,10 @@ impl LedgeredBuilder {
     ///
     /// # Errors
     /// The ledger's error when it cannot be opened or read (a damaged,
-    /// foreign or newer-format file, an I/O error); nothing is started empty
-    /// over it.
+    /// foreign, newer- or older-format file, an I/O error), or
+    /// [`crate::LedgerErrorKind::Mismatch`] for a ledger whose windows were
+    /// counted at another UTC offset (see [`crate::ledger::Ledger::bind`]);
+    /// nothing is started empty over it.
     pub fn open(self) -> Result<Engine, LedgerError> {
         let ledger = (self.ledger)()?;
         ledger.bind(self.base.config.utc_offset.seconds())?;

@@ -14,7 +14,8 @@
 //! authority, in memory, at no cost. [`MemoryLedger`] keeps the same records
 //! a durable ledger would, in memory (a test double of the seam, and the
 //! reference the others are tested against); `FileLedger` (feature
-//! `durable`) keeps them in a crash-safe file.
+//! `durable`) keeps them in a crash-safe file; `RedisLedger` (feature
+//! `redis`) in Redis, shared by a fleet of gateways.
 //!
 //! A counter is named by its rule and owner ([`CounterKey`]) and counts in
 //! one window at a time ([`WindowId`]): a change for a newer window starts
@@ -43,6 +44,7 @@ use crate::types::{BenefitId, BenefitInfo};
 
 /// Whose counter it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum CounterOwner {
     /// A device's counter of an `enterprise_all_devices` rule.
     Device(String),
@@ -124,6 +126,7 @@ pub struct RuleRecord {
 /// A change to a ledger. A batch of them is applied all or nothing, in
 /// order.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Change {
     /// Reserve between `at_least` and `amount` micro-units of a counter in
     /// `window`, keeping its `used` at or under `limit`: at most an eighth

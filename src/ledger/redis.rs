@@ -1,30 +1,4 @@
-//! A ledger in Redis (feature `redis`), shared by a fleet of gateways.
-//!
-//! Each counter window is one Redis integer (micro-units granted or
-//! recorded by every instance), keyed by rule, owner and window (start and
-//! end), expiring a day after its window ends (by the callers' clocks: a
-//! key's time to live only grows). A batch of changes is one
-//! Lua script, so Redis applies it atomically: a grant checks the limit
-//! against what every instance holds, so the fleet never admits more than
-//! the limit. Grants adapt to the fleet: at most an eighth of what the limit
-//! has left across the fleet, at least what the call needs, or nothing.
-//!
-//! Exactly once: each batch carries an id, and Redis remembers what a batch
-//! did (for a day). When a connection breaks with a batch in flight, its
-//! outcome is unknown; before the next batch the ledger *cancels* it: if it
-//! was applied, its effect is undone, and in any case a late arrival of it
-//! does nothing. So a failed commit has applied nothing, as the [`Ledger`]
-//! contract says, and records the engine sends again are never counted
-//! twice.
-//!
-//! Every instance counts windows at one UTC offset: Redis keeps the first
-//! instance's, and refuses the batches of an instance at another
-//! ([`LedgerErrorKind::Mismatch`]), whose windows' keys would not be the
-//! fleet's.
-//!
-//! Rules stay per instance (each gateway syncs them from the platform), and
-//! so does local usage: [`Ledger::load`] returns nothing, and a restarted
-//! instance takes fresh grants, which the fleet's counters bound.
+//! A ledger in Redis (feature `redis`): see [`RedisLedger`].
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -136,8 +110,36 @@ struct Conn {
     in_doubt: Option<String>,
 }
 
-/// Usage shared through Redis; see the module documentation and
-/// [`crate::EngineBuilder::redis`].
+/// A ledger in Redis (feature `redis`), shared by a fleet of gateways.
+///
+/// Each counter window is one Redis integer (micro-units granted or
+/// recorded by every instance), keyed by rule, owner and window (start and
+/// end), expiring a day after its window ends (by the callers' clocks: a
+/// key's time to live only grows). A batch of changes is one
+/// Lua script, so Redis applies it atomically: a grant checks the limit
+/// against what every instance holds, so the fleet never admits more than
+/// the limit. Grants adapt to the fleet: at most an eighth of what the limit
+/// has left across the fleet, at least what the call needs, or nothing.
+///
+/// Exactly once: each batch carries an id, and Redis remembers what a batch
+/// did (for a day). When a connection breaks with a batch in flight, its
+/// outcome is unknown; before the next batch the ledger *cancels* it: if it
+/// was applied, its effect is undone, and in any case a late arrival of it
+/// does nothing. So a failed commit has applied nothing, as the [`Ledger`]
+/// contract says, and records the engine sends again are never counted
+/// twice.
+///
+/// Every instance counts windows at one UTC offset: Redis keeps the first
+/// instance's, and refuses the batches of an instance at another
+/// ([`LedgerErrorKind::Mismatch`]), whose windows' keys would not be the
+/// fleet's.
+///
+/// Rules stay per instance (each gateway syncs them from the platform), and
+/// so does local usage: [`Ledger::load`] returns nothing, and a restarted
+/// instance takes fresh grants, which the fleet's counters bound.
+///
+/// Made by [`crate::EngineBuilder::redis`], or with [`RedisLedger::new`]
+/// and passed to [`crate::EngineBuilder::ledger`].
 pub struct RedisLedger {
     client: redis::Client,
     location: String,
