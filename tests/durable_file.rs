@@ -261,16 +261,17 @@ fn a_file_opened_at_another_utc_offset_is_refused() {
     assert!(Engine::builder().durable(&path).open().is_ok());
 }
 
-/// A new ledger is made under a name of the process's and linked into
-/// place once whole: a process killed while making it leaves no file at
-/// the ledger's path that every later open would refuse as empty or
-/// truncated, only its own leftover, which its next attempt replaces.
+/// A new ledger is made under a name of its own and linked into place
+/// once whole: a process killed while making it leaves no file at the
+/// ledger's path that every later open would refuse as empty or
+/// truncated, only its own leftover beside it. A ledger also holds a lock
+/// file beside it for its life.
 #[test]
-fn a_new_file_appears_whole_and_leaves_nothing_beside_it() {
+fn a_new_file_appears_whole_beside_its_lock_only() {
     let dir = Dir::new("new-file");
     let path = dir.file("quota.db");
-    let leftover = dir.file(&format!("quota.db.new-{}", std::process::id()));
-    std::fs::write(&leftover, b"re").unwrap(); // a make killed after 2 bytes
+    // What a make killed after 2 bytes left.
+    std::fs::write(dir.file("quota.db.new-1-2-3"), b"re").unwrap();
     {
         let e = Engine::builder().durable(&path).open().unwrap();
         e.create_json(rule(5, "never")).unwrap();
@@ -278,15 +279,31 @@ fn a_new_file_appears_whole_and_leaves_nothing_beside_it() {
             .try_consume(&Subject::device("d"), PTS, Amount::from_units(3), T0)
             .is_allowed());
     }
-    let names: Vec<_> = std::fs::read_dir(&dir.0)
+    let mut names: Vec<_> = std::fs::read_dir(&dir.0)
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, ["quota.db"]);
+    names.sort();
+    assert_eq!(names, ["quota.db", "quota.db.lock", "quota.db.new-1-2-3"]);
     let e = Engine::builder().durable(&path).open().unwrap();
     assert!(!e
         .try_consume(&Subject::device("d"), PTS, Amount::from_units(3), T0)
         .is_allowed());
+}
+
+/// One process per ledger: a second open of a ledger in use is refused,
+/// by the lock file beside it (held even while the ledger's store is
+/// closed after an I/O error, when redb's own lock is not).
+#[test]
+fn a_ledger_in_use_is_refused_to_a_second_opener() {
+    let dir = Dir::new("in-use");
+    let path = dir.file("quota.db");
+    let first = Engine::builder().durable(&path).open().unwrap();
+    let err = open_err(&path);
+    assert_eq!(err.kind, LedgerErrorKind::Io, "{err}");
+    assert!(err.detail.contains("already open"), "{err}");
+    drop(first);
+    assert!(Engine::builder().durable(&path).open().is_ok());
 }
 
 #[test]

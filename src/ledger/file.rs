@@ -56,6 +56,12 @@ pub struct FileLedger {
     path: PathBuf,
     /// Opens the store again.
     reopen: Box<dyn Fn() -> Result<Database, LedgerError> + Send + Sync>,
+    /// An exclusive lock on `<path>.lock`, held for the ledger's life:
+    /// redb's own lock on the file is let go while the store is closed
+    /// after an I/O error, and another process must not open the ledger
+    /// then (two processes granting from one file would each admit the
+    /// limit).
+    _lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for FileLedger {
@@ -109,11 +115,17 @@ impl FileLedger {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_new(&path)?,
             Err(e) => return Err(fail(LedgerErrorKind::Io, e.to_string())),
         }
+        let lock = lock_beside(&path)?;
         let reopen_at = path.clone();
-        FileLedger::with_store(
+        // Opened, never created: the file exists (made whole above), and a
+        // file gone when the store is opened again is an error, not a new
+        // empty ledger.
+        let mut ledger = FileLedger::with_store(
             path,
-            Box::new(move || open_store(&reopen_at, || Database::create(&reopen_at))),
-        )
+            Box::new(move || open_store(&reopen_at, || Database::open(&reopen_at))),
+        )?;
+        ledger._lock = Some(lock);
+        Ok(ledger)
     }
 
     /// A ledger on the store `open` opens (again after an I/O error), at
@@ -127,6 +139,7 @@ impl FileLedger {
             db: Mutex::new(Some(db)),
             path,
             reopen: open,
+            _lock: None,
         };
         ledger.check_format()?;
         Ok(ledger)
@@ -143,22 +156,34 @@ impl FileLedger {
     fn db<T>(&self, f: impl FnOnce(&Database) -> Result<T, LedgerError>) -> Result<T, LedgerError> {
         let mut slot = self.db.lock();
         if slot.is_none() {
-            *slot = Some((self.reopen)()?);
+            let db = (self.reopen)()?;
+            // The file may have changed while the store was closed (a
+            // volume remounted, the file replaced): it must still be this
+            // ledger, not a new or foreign store.
+            self.check_format_of(&db, false)?;
+            *slot = Some(db);
         }
         let db = slot.as_ref().expect("opened above");
         // redb asserts in places on a damaged page (one it meets after
         // opening a file closed cleanly, whose checksums it does not check
         // then): reported as the damage it is, so that the process goes on.
+        let mut panicked = false;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(db)))
             .unwrap_or_else(|panic| {
+                panicked = true;
                 Err(LedgerError::new(
                     LedgerErrorKind::Corrupt,
                     self.at(),
                     format!("the store met a damaged page: {}", panic_text(&*panic)),
                 ))
             });
-        if matches!(&result, Err(e) if e.kind == LedgerErrorKind::Io) {
-            *slot = None;
+        // A store that met an I/O error refuses every later transaction; one
+        // that panicked may hold a poisoned lock or pages of the write it
+        // did not roll back: either is closed, and opened again by the next
+        // call (its drop, which writes, caught too).
+        if panicked || matches!(&result, Err(e) if e.kind == LedgerErrorKind::Io) {
+            let old = slot.take();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(old)));
         }
         result
     }
@@ -175,10 +200,12 @@ impl FileLedger {
     /// Marks a new file as a ledger; checks an existing one is a ledger of
     /// a format this version reads.
     fn check_format(&self) -> Result<(), LedgerError> {
-        self.db(|db| self.check_format_of(db))
+        self.db(|db| self.check_format_of(db, true))
     }
 
-    fn check_format_of(&self, db: &Database) -> Result<(), LedgerError> {
+    /// [`FileLedger::check_format`] of `db`; a store with no table at all
+    /// is marked as a new ledger only if `new_ok`.
+    fn check_format_of(&self, db: &Database, new_ok: bool) -> Result<(), LedgerError> {
         let at = self.at();
         let r = db.begin_read().map_err(|e| redb_error(&at, e.into()))?;
         let tables: Vec<String> = r
@@ -209,6 +236,11 @@ impl FileLedger {
                     "ledger format {f}, older than this version's {FORMAT} (counter records \
                      gained their window's end; no migration: start from a new file)"
                 ),
+            )),
+            None if tables.is_empty() && !new_ok => Err(LedgerError::new(
+                LedgerErrorKind::Foreign,
+                at,
+                "the file was emptied or replaced while the ledger had it open",
             )),
             None if tables.is_empty() => {
                 let w = db.begin_write().map_err(|e| redb_error(&at, e.into()))?;
@@ -375,21 +407,24 @@ impl FileLedger {
 /// a file before it writes its header, so a process killed in between
 /// left a file every later open refused (an empty or truncated file is
 /// never taken for a new one: it may be a ledger that lost its contents).
-/// The ledger is made under a name of this process's (what a kill leaves
-/// there is not the ledger, and the next attempt of this process id
-/// replaces it), then linked to `path`, which fails if another process
+/// The ledger is made under a name of its own (the process id, the clock
+/// and random bits: two processes making one ledger at once never write
+/// into one file), then linked to `path`, which fails if another process
 /// made `path` meanwhile (theirs is then opened: no process replaces a
-/// file another may have open), and the directory is synced.
+/// file another may have open), and the directory is synced. Where the
+/// filesystem has no hard links, it is renamed into place if `path` is
+/// still free. What a kill leaves under the temporary name is not the
+/// ledger, and stays beside it.
 fn create_new(path: &Path) -> Result<(), LedgerError> {
     let at = path.display().to_string();
     let io = |e: std::io::Error| LedgerError::new(LedgerErrorKind::Io, at.clone(), e.to_string());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let random = ahash::RandomState::new().hash_one(nanos);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".new-{}", std::process::id()));
+    name.push(format!(".new-{}-{nanos:x}-{random:x}", std::process::id()));
     let new = path.with_file_name(name);
-    match std::fs::remove_file(&new) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-        _ => {}
-    }
     let made = {
         let on = new.clone();
         FileLedger::with_store(
@@ -397,21 +432,58 @@ fn create_new(path: &Path) -> Result<(), LedgerError> {
             Box::new(move || open_store(&on, || Database::create(&on))),
         )
     };
-    drop(made?); // closed: its format is marked, committed and synced
-    let linked = std::fs::hard_link(&new, path);
+    if let Err(e) = made.map(drop) {
+        let _ = std::fs::remove_file(&new);
+        return Err(e);
+    } // else closed: its format is marked, committed and synced
+    let placed = match std::fs::hard_link(&new, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(_) if path.exists() => Ok(false),
+        // No hard links here (FAT, some network filesystems): renamed if
+        // the path is still free (a race with another process making it
+        // at this very moment is not excluded there).
+        Err(_) => std::fs::rename(&new, path).map(|()| true),
+    };
     let _ = std::fs::remove_file(&new);
-    match linked {
-        Ok(()) => {
-            let dir = match path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)
+    if !placed.map_err(io)? {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Takes the exclusive lock on `<path>.lock` (made if need be) that a
+/// ledger holds for its life (see `FileLedger::_lock`).
+fn lock_beside(path: &Path) -> Result<std::fs::File, LedgerError> {
+    let at = path.display().to_string();
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.with_file_name(name))
+        .map_err(|e| LedgerError::new(LedgerErrorKind::Io, at.clone(), e.to_string()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LedgerError::new(
+            LedgerErrorKind::Io,
+            at,
+            "already open (by this or another process)",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(LedgerError::new(LedgerErrorKind::Io, at, e.to_string()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io(e)),
     }
 }
 
@@ -569,5 +641,30 @@ mod tests {
         let counters = ledger.load().unwrap().counters;
         assert_eq!(counters.len(), 1);
         assert_eq!(counters[0].1.used, 12, "the failed commits applied nothing");
+    }
+
+    /// A store opened again after an I/O error must still be this ledger:
+    /// one emptied or replaced meanwhile is refused, not used as a new,
+    /// empty ledger (which would forget every counter).
+    #[test]
+    fn a_store_emptied_while_closed_is_refused_when_opened_again() {
+        let disk = Arc::new(Disk::default());
+        let on = Arc::clone(&disk);
+        let ledger = FileLedger::with_store(
+            PathBuf::from("disk"),
+            Box::new(move || {
+                open_store(Path::new("disk"), || {
+                    redb::Builder::new().create_with_backend(Backend(Arc::clone(&on)))
+                })
+            }),
+        )
+        .unwrap();
+        ledger.commit(&[record(5)]).unwrap();
+        disk.failing.store(true, Ordering::SeqCst);
+        assert!(ledger.commit(&[record(1)]).is_err());
+        disk.bytes.lock().clear();
+        disk.failing.store(false, Ordering::SeqCst);
+        let err = ledger.commit(&[record(1)]).unwrap_err();
+        assert_eq!(err.kind, LedgerErrorKind::Foreign, "{err:?}");
     }
 }
