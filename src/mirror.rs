@@ -279,13 +279,15 @@ impl Engine {
         now: i64,
         version: u64,
     ) -> Result<Option<SyncReport>, ApiError> {
+        // `observed`, spelled out: an outdated listing is neither a sync
+        // nor a failed one, so it is not counted as a configuration write.
+        let _span = crate::observe::span!("benefit_quota.config_write", kind = "sync");
         let mut outdated = false;
-        let result = self.observed("sync", || {
-            self.sync_unobserved(listing, now, Some((version, &mut outdated)))
-        });
+        let result = self.sync_unobserved(listing, now, Some((version, &mut outdated)));
         if outdated {
             return Ok(None);
         }
+        self.observe.config_write("sync", result.is_ok());
         let report = result?;
         self.observe.sync_changes(&report);
         Ok(Some(report))
