@@ -23,6 +23,9 @@ const UNBOUND: i64 = i64::MIN;
 const KEY_GRACE_S: u64 = 86_400;
 
 const APPLY: &str = r#"
+-- The previous batch's answer arrived: its record, kept for a cancel that
+-- will not come, goes.
+if ARGV[4] == '1' then redis.call('DEL', KEYS[3]) end
 -- The UTC offset every instance counts windows at (see Ledger::bind): the
 -- first instance sets it, an instance at another one is refused, since its
 -- windows' keys would not be the fleet's.
@@ -43,9 +46,9 @@ local out = {}
 -- Undo amounts as decimal strings: cjson keeps 14 significant digits of a
 -- number, and a cancel must take back exactly what was applied.
 local undo = {}
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   local k = KEYS[i]
-  local base = 3 + (i - 3) * 5
+  local base = 4 + (i - 4) * 5
   local op = ARGV[base + 1]
   local at_least = tonumber(ARGV[base + 2])
   local amount = tonumber(ARGV[base + 3])
@@ -108,6 +111,9 @@ struct Conn {
     backoff: Duration,
     /// A batch whose outcome a broken connection left unknown.
     in_doubt: Option<String>,
+    /// The last batch whose answer arrived, whose record the next batch
+    /// deletes.
+    answered: Option<String>,
 }
 
 /// A ledger in Redis (feature `redis`), shared by a fleet of gateways.
@@ -189,6 +195,7 @@ impl RedisLedger {
                 retry_at: None,
                 backoff: Duration::from_millis(50),
                 in_doubt: None,
+                answered: None,
             }),
             apply: redis::Script::new(APPLY),
             cancel: redis::Script::new(CANCEL),
@@ -285,15 +292,19 @@ impl Ledger for RedisLedger {
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
         let offset = self.utc_offset.load(Ordering::Relaxed);
+        let mut c = self.conn.lock();
+        let answered = c.answered.clone();
         inv.key(&id)
             .key(format!("{}:utc_offset", self.prefix))
+            .key(answered.as_deref().unwrap_or(&id))
             .arg(&id)
             .arg(BATCH_TTL_S)
             .arg(if offset == UNBOUND {
                 String::new()
             } else {
                 offset.to_string()
-            });
+            })
+            .arg(if answered.is_some() { "1" } else { "" });
         let mut grants = 0usize;
         for change in changes {
             let (op, key, window, at_least, amount, limit, ends_in) = match change {
@@ -339,7 +350,6 @@ impl Ledger for RedisLedger {
         {
             return Ok(Vec::new()); // rules and forgets stay per instance
         }
-        let mut c = self.conn.lock();
         if let Some(doubt) = c.in_doubt.clone() {
             let con = self.connected(&mut c)?;
             match self.cancel.key(&doubt).arg(BATCH_TTL_S).invoke::<i64>(con) {
@@ -352,6 +362,9 @@ impl Ledger for RedisLedger {
             Ok(g) => g,
             Err(e) => return Err(self.failed(&mut c, &e, Some(id))),
         };
+        // Answered: its record is needed by no cancel, and the next batch
+        // deletes it (one a day per batch would be kept otherwise).
+        c.answered = Some(id.clone());
         if let [-2, stored] = granted[..] {
             return Err(super::offset_mismatch(
                 &self.location,
