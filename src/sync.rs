@@ -48,7 +48,7 @@ impl spin::RelaxStrategy for SpinThenYield {
             s.set(n);
             n
         });
-        if n % 32 == 0 {
+        if n.is_multiple_of(32) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();

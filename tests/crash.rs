@@ -177,7 +177,7 @@ fn sigkill_at_random_moments_never_over_admits() {
         // as well, so that a slow machine loads the ledger as much as a
         // fast one (a minute at most, in case a child stops printing).
         let timer = Duration::from_millis(100 + (seed >> 33) % 600);
-        let lines = if (seed >> 20) % 4 == 0 {
+        let lines = if (seed >> 20).is_multiple_of(4) {
             0
         } else {
             400 + (seed >> 40) % 600

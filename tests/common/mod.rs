@@ -144,7 +144,7 @@ pub fn device_maybe_in_workspace(
     every: usize,
 ) -> Subject<'static> {
     let d = devices[i % devices.len()];
-    if i % every == 0 {
+    if i.is_multiple_of(every) {
         Subject::device(d).with_member(benefit_quota::Member {
             workspace_id: Some("w"),
             ..Default::default()

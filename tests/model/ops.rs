@@ -328,7 +328,7 @@ pub fn limit_of(l: u16) -> i64 {
 pub fn amount_micros(m: u32) -> u64 {
     if m >= 0xFFFF_FF00 {
         u64::MAX - u64::from(!m)
-    } else if m % 3 == 0 {
+    } else if m.is_multiple_of(3) {
         u64::from(m % 7_000) * 1_000
     } else {
         u64::from(m % 40) * 1_000_000
