@@ -23,7 +23,10 @@
 //! copy with a write followed by another handle's spend on the same
 //! counter, which only a version read under the shard lock orders.
 //!
-//! The last test races a leased handle's lock-free spend with another
+//! A seventh creates a single-device rule while the device is marked
+//! alone (named by no single rule) and thread B spends from its copy.
+//!
+//! One more races a leased handle's lock-free spend with another
 //! caller's `record`: the owner's stamp (`src/state/mod.rs`, `Stamps`) that
 //! the lock-free path reads with one atomic load must make every spend that
 //! starts after the record has returned take the locks and see it.
@@ -312,4 +315,43 @@ fn a_leased_spend_after_another_callers_record_sees_it() {
         let used = e.usage(&Subject::device(DEVICE), NOW)[0].used;
         assert_eq!(used, Amount::from_units(if spent { 7 } else { 6 }));
     });
+}
+
+#[test]
+fn a_single_rule_created_while_the_device_is_marked_alone_is_never_missed() {
+    for kept in [Kept::BySubject, Kept::Handle] {
+        loom::model(move || {
+            // Thread B spent one point of 3 from its thread's copy, and the
+            // device's entry is marked alone (no single rule names it).
+            // Thread A creates a single-device rule of 0 points for it,
+            // which replaces the all-devices rule (D11) and blocks it
+            // (D13), then raises a flag. Once B has seen the flag, B's
+            // spend must be decided under the new rule: denied. A mark
+            // read without the version it was made at would let B decide
+            // with the all-devices rule alone.
+            let (e, _, mut h) = setup(3);
+            assert!(spend_kept(&e, &mut h, kept));
+            assert!(h.check(NOW).is_allowed());
+            let written = Arc::new(AtomicBool::new(false));
+            let a = {
+                let (e, written) = (Arc::clone(&e), Arc::clone(&written));
+                loom::thread::spawn(move || {
+                    let body = format!(
+                        r#"{{"entity_type":"single_device","entity_id":"{DEVICE}","benefit_info":{{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":0,"trigger_unit":"never"}}}}"#
+                    );
+                    if let Err(err) = e.create_json(body) {
+                        panic!("{err}");
+                    }
+                    written.store(true, Ordering::SeqCst);
+                })
+            };
+            let seen = written.load(Ordering::SeqCst);
+            let granted = spend_kept(&e, &mut h, kept);
+            a.join().unwrap_or_else(|_| panic!("thread A panicked"));
+            assert!(
+                !seen || !granted,
+                "{kept:?}: the single rule was written, and missed"
+            );
+        });
+    }
 }
