@@ -84,6 +84,8 @@ impl AdminAuth {
 struct AdminState {
     engine: Arc<Engine>,
     auth: Arc<AdminAuth>,
+    /// `now` of configuration writes, in unix seconds.
+    clock: Arc<dyn Fn() -> i64 + Send + Sync>,
 }
 
 /// The admin routes over `engine`, for tokens `auth`: merge them into a
@@ -98,9 +100,32 @@ struct AdminState {
 /// # let _ = app;
 /// ```
 pub fn admin_router(engine: Arc<Engine>, auth: AdminAuth) -> Router {
+    admin_router_with_clock(engine, auth, now)
+}
+
+/// [`admin_router`] whose updates take `now` (unix seconds) from `clock`
+/// instead of the system clock: the time D16 decides at (whether an update
+/// restarts usage), as every other configuration write takes it. A clock
+/// outside `0..=253402300799` makes updates answer 4000 naming `now`.
+///
+/// # Examples
+/// ```
+/// use std::sync::Arc;
+/// use benefit_quota::{admin_router_with_clock, AdminAuth, Engine};
+/// let engine = Arc::new(Engine::new());
+/// let app: axum::Router =
+///     admin_router_with_clock(engine, AdminAuth::new("admin-secret"), || 1_741_708_800);
+/// # let _ = app;
+/// ```
+pub fn admin_router_with_clock(
+    engine: Arc<Engine>,
+    auth: AdminAuth,
+    clock: impl Fn() -> i64 + Send + Sync + 'static,
+) -> Router {
     let state = AdminState {
         engine,
         auth: Arc::new(auth),
+        clock: Arc::new(clock),
     };
     Router::new()
         .route("/v1/commerce/benefit/limitations", get(list).post(create))
@@ -212,6 +237,6 @@ async fn update(
         // 4000 naming it, in the envelope, after the token check.
         let Path(benefit_id) = path.map_err(|e| ApiError::invalid("benefit_id", e.body_text()))?;
         s.engine
-            .apply_update_json(&benefit_id, readable(body)?, now())
+            .apply_update_json(&benefit_id, readable(body)?, (s.clock)())
     }))
 }

@@ -228,7 +228,7 @@ mod validate;
 pub mod wire;
 
 #[cfg(feature = "axum")]
-pub use admin::{admin_router, AdminAuth};
+pub use admin::{admin_router, admin_router_with_clock, AdminAuth};
 pub use amount::{Amount, ParseAmountError, MICROS_PER_UNIT};
 pub use decision::{Decision, Denial, DenyReason, Headroom, Rejection, UsageReport};
 pub use engine::{Engine, EngineBuilder, EngineConfig, Request, BATCH_CHUNK};

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::Router;
 use benefit_quota::{
-    admin_router, AdminAuth, DeviceHeader, Engine, QuotaLayer, Subject, Used, QUOTA_DENIED_CODE,
+    admin_router, admin_router_with_clock, AdminAuth, DeviceHeader, Engine, QuotaLayer, Subject,
+    Used, QUOTA_DENIED_CODE,
 };
 use common::*;
 use serde_json::Value;
@@ -552,4 +553,39 @@ fn admin_auth_debug_shows_no_token() {
         shown.contains("write_tokens: 1") && shown.contains("read_only_tokens: 1"),
         "{shown}"
     );
+}
+
+/// The admin routes' updates take `now` from the router's clock, as every
+/// configuration write takes it from its caller: one that reads an
+/// impossible time answers 4000 naming `now` (the system clock would have
+/// let it through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_updates_take_now_from_the_routers_clock() {
+    let engine = Arc::new(Engine::new());
+    let id = Rule::all_devices(50).daily().create(&engine);
+    let clock = Arc::new(AtomicI64::new(-1));
+    let app = {
+        let clock = Arc::clone(&clock);
+        admin_router_with_clock(Arc::clone(&engine), AdminAuth::new("admin"), move || {
+            clock.load(Ordering::Relaxed)
+        })
+    };
+    let url = format!("{}/v1/commerce/benefit/limitations/{id}", serve(app).await);
+    let client = reqwest::Client::new();
+    let put = || {
+        client
+            .put(&url)
+            .bearer_auth("admin")
+            .body(r#"{"limit":60}"#)
+    };
+    let r = put().send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 4000);
+    assert!(body["msg"].as_str().unwrap().contains("`now`"), "{body}");
+    assert_eq!(engine.get(&id).unwrap().limit(), 50);
+    clock.store(ELEVEN, Ordering::Relaxed);
+    let r = put().send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(engine.get(&id).unwrap().limit(), 60);
 }
