@@ -16,7 +16,9 @@ use benefit_quota::{admin_router, AdminAuth, DeviceHeader, Engine, QuotaLayer};
 
 #[tokio::main]
 async fn main() {
-    let engine = Arc::new(Engine::new());
+    // The subject comes from a header the client writes: each new id is a
+    // new counter, so the count is capped (see README on `max_counters`).
+    let engine = Arc::new(Engine::builder().max_counters(1_000_000).build());
     let quota = QuotaLayer::new(
         Arc::clone(&engine),
         DeviceHeader(http::HeaderName::from_static("x-device-id")),

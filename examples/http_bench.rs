@@ -80,8 +80,16 @@ async fn drive(url: &str, secs: f64, ids: &Arc<Vec<String>>) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
-    let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let secs: f64 = args
+        .get(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0_f64)
+        .max(0.1);
+    let rounds: usize = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3_usize)
+        .max(1);
     let ids: Arc<Vec<String>> = Arc::new((0..DEVICES).map(|i| format!("sn-{i:06}")).collect());
 
     let engine = Arc::new(Engine::new());

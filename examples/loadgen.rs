@@ -16,7 +16,9 @@
 //!
 //! With `--redis URL` (feature `redis`), usage is shared through Redis
 //! (`EngineBuilder::redis`): run several at once for a fleet; the round
-//! trips per allowed call are printed.
+//! trips per allowed call are printed. The simulated days start at the
+//! same midnight every run and the counters stay in Redis, so give each
+//! run (each fleet) a database of its own or flush it between runs.
 //!
 //! `cargo run --release --example loadgen -- --subjects 1000000 --threads 2 --seconds 5 [--handles 1 [--lease 4]]`
 //! `cargo run --release --features redis --example loadgen -- --subjects 100000 --redis redis://127.0.0.1:6379/0`
