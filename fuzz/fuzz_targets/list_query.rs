@@ -1,6 +1,7 @@
 //! Arbitrary bytes as a list query (URL query string or JSON object): never
 //! panics, never changes anything, and a returned page token continues the
-//! same query.
+//! same query: the next page starts right after this one (the two pages
+//! joined begin the listing of the same query unpaged).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,26 +24,48 @@ fuzz_target!(|data: &[u8]| {
             for info in &page.benefit_infos {
                 assert_round_trips(info);
             }
-            if mode % 2 == 0 && page.has_more {
-                // Replace the caller's token with the returned one: the query goes on.
-                let q = String::from_utf8_lossy(query);
-                let rest: Vec<&str> = q.split('&').filter(|p| !p.starts_with("page_token=")).collect();
-                let next = format!("{}&page_token={}", rest.join("&"), page.page_token);
-                // A query of plain keys (UTF-8, keys of letters, digits and
-                // `_`) is rebuilt exactly, so its next page must be served:
-                // a refused token there is a bug (D8). Other queries may not
-                // survive the rebuilding (escaped or repeated keys).
-                let plain = std::str::from_utf8(query).is_ok_and(|q| {
-                    q.split('&').all(|p| {
-                        p.split('=').next().is_some_and(|k| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-                    })
-                });
-                let got = e.list_query_string(next.as_bytes());
-                if plain {
-                    assert!(got.is_ok(), "the returned token was refused: {next:?}: {got:?}");
-                }
-                if let Ok(p2) = got {
-                    assert!(p2.benefit_infos.iter().all(|i| !page.benefit_infos.contains(i)), "a page repeated an item");
+            if page.has_more {
+                // The query again with the returned token (the caller's
+                // dropped), and without paging (`page_size` 200, no token).
+                let (next, whole) = if mode % 2 == 0 {
+                    let q = String::from_utf8_lossy(query);
+                    let key = |p: &&str| p.split('=').next().unwrap_or_default().to_owned();
+                    let rest: Vec<&str> = q.split('&').filter(|p| key(p) != "page_token").collect();
+                    let unpaged: Vec<&str> =
+                        rest.iter().copied().filter(|p| key(p) != "page_size").collect();
+                    let next = format!("{}&page_token={}", rest.join("&"), page.page_token);
+                    let whole = format!("{}&page_size=200", unpaged.join("&"));
+                    // A query of plain keys (UTF-8, keys of letters, digits
+                    // and `_`) is rebuilt exactly, so its next page must be
+                    // served: a refused token there is a bug (D8). Other
+                    // queries may not survive the rebuilding (escapes).
+                    let plain = std::str::from_utf8(query).is_ok_and(|q| {
+                        q.split('&').all(|p| {
+                            p.split('=').next().is_some_and(|k| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                        })
+                    });
+                    let got = e.list_query_string(next.as_bytes());
+                    if plain {
+                        assert!(got.is_ok(), "the returned token was refused: {next:?}: {got:?}");
+                    }
+                    (got.ok(), e.list_query_string(whole.as_bytes()).ok())
+                } else {
+                    // Served as JSON, so it is an object.
+                    let mut q: serde_json::Value = serde_json::from_slice(query).expect("served");
+                    q["page_token"] = serde_json::Value::String(page.page_token.clone());
+                    let got = e.list_json(q.to_string().as_bytes());
+                    assert!(got.is_ok(), "the returned token was refused: {q}: {got:?}");
+                    q.as_object_mut().expect("an object").remove("page_token");
+                    q["page_size"] = serde_json::json!(200);
+                    (got.ok(), e.list_json(q.to_string().as_bytes()).ok())
+                };
+                // The next page starts right after this one: the two, joined,
+                // begin the unpaged listing (the seeded engine's rules all fit
+                // in one page of 200).
+                if let (Some(p2), Some(whole)) = (next, whole) {
+                    let joined: Vec<_> = page.benefit_infos.iter().chain(&p2.benefit_infos).collect();
+                    let expected: Vec<_> = whole.benefit_infos.iter().take(joined.len()).collect();
+                    assert_eq!(joined, expected, "the pages skipped or repeated an item");
                 }
             }
         }
