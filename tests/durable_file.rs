@@ -306,6 +306,22 @@ fn a_ledger_in_use_is_refused_to_a_second_opener() {
     assert!(Engine::builder().durable(&path).open().is_ok());
 }
 
+/// A second opener refused by the lock makes nothing: with the ledger's
+/// file gone while its store is open, it would have made a new, empty
+/// ledger there, which the first would take for its own when it opened
+/// its store again after an I/O error.
+#[test]
+fn a_refused_second_opener_makes_no_file() {
+    let dir = Dir::new("no-second-file");
+    let path = dir.file("quota.db");
+    let first = Engine::builder().durable(&path).open().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let err = open_err(&path);
+    assert!(err.detail.contains("already open"), "{err}");
+    assert!(!path.exists(), "the refused opener made a ledger file");
+    drop(first);
+}
+
 #[test]
 fn the_file_does_not_grow_with_time_at_constant_live_counters() {
     let dir = Dir::new("bounded");

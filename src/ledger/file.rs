@@ -88,6 +88,10 @@ impl FileLedger {
         let path = path.as_ref().to_path_buf();
         let at = path.display().to_string();
         let fail = |kind, detail: String| LedgerError::new(kind, at.clone(), detail);
+        // First: a second opener must not even make the file (one it made
+        // while the ledger's store is closed after an I/O error would be
+        // taken for the ledger when it opens again).
+        let lock = lock_beside(&path)?;
         match std::fs::File::open(&path) {
             Ok(mut f) => {
                 let mut head = [0u8; 4];
@@ -115,7 +119,6 @@ impl FileLedger {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_new(&path)?,
             Err(e) => return Err(fail(LedgerErrorKind::Io, e.to_string())),
         }
-        let lock = lock_beside(&path)?;
         let reopen_at = path.clone();
         // Opened, never created: the file exists (made whole above), and a
         // file gone when the store is opened again is an error, not a new
@@ -156,12 +159,23 @@ impl FileLedger {
     fn db<T>(&self, f: impl FnOnce(&Database) -> Result<T, LedgerError>) -> Result<T, LedgerError> {
         let mut slot = self.db.lock();
         if slot.is_none() {
-            let db = (self.reopen)()?;
             // The file may have changed while the store was closed (a
             // volume remounted, the file replaced): it must still be this
-            // ledger, not a new or foreign store.
-            self.check_format_of(&db, false)?;
-            *slot = Some(db);
+            // ledger, not a new or foreign store. Checked under the same
+            // catch as every store call: the damaged page that closed it
+            // may panic here too.
+            let reopened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let db = (self.reopen)()?;
+                self.check_format_of(&db, false).map(|()| db)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(LedgerError::new(
+                    LedgerErrorKind::Corrupt,
+                    self.at(),
+                    format!("the store met a damaged page: {}", panic_text(&*panic)),
+                ))
+            });
+            *slot = Some(reopened?);
         }
         let db = slot.as_ref().expect("opened above");
         // redb asserts in places on a damaged page (one it meets after
