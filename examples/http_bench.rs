@@ -84,7 +84,7 @@ async fn main() {
         .get(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0_f64)
-        .max(0.1);
+        .clamp(0.1, 86_400.0);
     let rounds: usize = args
         .get(2)
         .and_then(|s| s.parse().ok())

@@ -24,9 +24,10 @@ fuzz_target!(|input: Input| {
     // As the proptest: mostly 2024-01-01 plus up to ~3 years; also 1971 ..
     // 2000 and 2000 .. 2100; any second.
     let base = match input.base_offset % 10 {
-        // Scaled up: base_offset / 10 alone reaches only 13.6 years.
-        0 => 31_536_000 + i64::from(input.base_offset / 10) * 8 % 915_148_800,
-        1 => 946_684_800 + i64::from(input.base_offset / 10) * 8 % 3_155_760_000,
+        // Scaled up (base_offset / 10 alone reaches only 13.6 years), by a
+        // factor prime to both ranges, so that any second can be drawn.
+        0 => 31_536_000 + i64::from(input.base_offset / 10) * 11 % 915_148_800,
+        1 => 946_684_800 + i64::from(input.base_offset / 10) * 11 % 3_155_760_000,
         _ => 1_704_038_400 + i64::from(input.base_offset / 10) % 94_694_400,
     };
     // UTC+8, UTC, UTC-5, and offsets that are not whole hours.
