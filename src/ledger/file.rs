@@ -164,33 +164,19 @@ impl FileLedger {
             // ledger, not a new or foreign store. Checked under the same
             // catch as every store call: the damaged page that closed it
             // may panic here too.
-            let reopened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let reopened = caught(&self.at(), DAMAGED, || {
                 let db = (self.reopen)()?;
                 self.check_format_of(&db, false).map(|()| db)
-            }))
-            .unwrap_or_else(|panic| {
-                Err(LedgerError::new(
-                    LedgerErrorKind::Corrupt,
-                    self.at(),
-                    format!("the store met a damaged page: {}", panic_text(&*panic)),
-                ))
             });
-            *slot = Some(reopened?);
+            *slot = Some(reopened.and_then(|r| r)?);
         }
         let db = slot.as_ref().expect("opened above");
         // redb asserts in places on a damaged page (one it meets after
         // opening a file closed cleanly, whose checksums it does not check
         // then): reported as the damage it is, so that the process goes on.
-        let mut panicked = false;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(db)))
-            .unwrap_or_else(|panic| {
-                panicked = true;
-                Err(LedgerError::new(
-                    LedgerErrorKind::Corrupt,
-                    self.at(),
-                    format!("the store met a damaged page: {}", panic_text(&*panic)),
-                ))
-            });
+        let result = caught(&self.at(), DAMAGED, || f(db));
+        let panicked = result.is_err();
+        let result = result.and_then(|r| r);
         // A store that met an I/O error refuses every later transaction; one
         // that panicked may hold a poisoned lock or pages of the write it
         // did not roll back: either is closed, and opened again by the next
@@ -421,9 +407,8 @@ impl FileLedger {
 /// a file before it writes its header, so a process killed in between
 /// left a file every later open refused (an empty or truncated file is
 /// never taken for a new one: it may be a ledger that lost its contents).
-/// The ledger is made under a name of its own (the process id, the clock
-/// and random bits: two processes making one ledger at once never write
-/// into one file), then linked to `path`, which fails if another process
+/// The ledger is made under a name of its own (`unique_id`: two processes
+/// making one ledger at once never write into one file), then linked to `path`, which fails if another process
 /// made `path` meanwhile (theirs is then opened: no process replaces a
 /// file another may have open), and the directory is synced. Where the
 /// filesystem has no hard links, it is renamed into place if `path` is
@@ -432,13 +417,7 @@ impl FileLedger {
 fn create_new(path: &Path) -> Result<(), LedgerError> {
     let at = path.display().to_string();
     let io = |e: std::io::Error| LedgerError::new(LedgerErrorKind::Io, at.clone(), e.to_string());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let random = ahash::RandomState::new().hash_one(nanos);
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".new-{}-{nanos:x}-{random:x}", std::process::id()));
-    let new = path.with_file_name(name);
+    let new = beside(path, &format!(".new-{}", super::unique_id()));
     let made = {
         let on = new.clone();
         FileLedger::with_store(
@@ -476,17 +455,22 @@ fn create_new(path: &Path) -> Result<(), LedgerError> {
     Ok(())
 }
 
+/// `path` with `suffix` added to its file name.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 /// Takes the exclusive lock on `<path>.lock` (made if need be) that a
 /// ledger holds for its life (see `FileLedger::_lock`).
 fn lock_beside(path: &Path) -> Result<std::fs::File, LedgerError> {
     let at = path.display().to_string();
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(path.with_file_name(name))
+        .open(beside(path, ".lock"))
         .map_err(|e| LedgerError::new(LedgerErrorKind::Io, at.clone(), e.to_string()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -510,26 +494,24 @@ fn open_store(
     create: impl FnOnce() -> Result<Database, redb::DatabaseError>,
 ) -> Result<Database, LedgerError> {
     let at = path.display().to_string();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(create)) {
-        Ok(r) => r.map_err(|e| db_error(&at, e)),
-        Err(panic) => Err(LedgerError::new(
-            LedgerErrorKind::Corrupt,
-            at,
-            format!(
-                "the store refused the file (truncated?): {}",
-                panic_text(&*panic)
-            ),
-        )),
-    }
+    caught(&at, "the store refused the file (truncated?)", create)
+        .and_then(|r| r.map_err(|e| db_error(&at, e)))
 }
 
-/// What a caught panic said.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
+/// What a store call that panicked met, after opening (see [`caught`]).
+const DAMAGED: &str = "the store met a damaged page";
+
+/// Runs `f`, a panic in it (redb asserts on damage in places) caught and
+/// reported as a `Corrupt` error at `at`: `what`, then what the panic said.
+fn caught<R>(at: &str, what: &str, f: impl FnOnce() -> R) -> Result<R, LedgerError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let said = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        LedgerError::new(LedgerErrorKind::Corrupt, at, format!("{what}: {said}"))
+    })
 }
 
 fn db_error(at: &str, err: redb::DatabaseError) -> LedgerError {
@@ -629,11 +611,9 @@ mod tests {
         }
     }
 
-    /// An I/O error fails the commits made while it lasts, not every commit
-    /// after it: redb refuses every transaction of a `Database` that met
-    /// one, so the ledger opens the store again.
-    #[test]
-    fn a_transient_io_error_fails_only_the_commits_made_during_it() {
+    /// A new ledger on a disk of its own, which the ledger opens again
+    /// after an I/O error.
+    fn on_disk() -> (Arc<Disk>, FileLedger) {
         let disk = Arc::new(Disk::default());
         let on = Arc::clone(&disk);
         let ledger = FileLedger::with_store(
@@ -645,6 +625,15 @@ mod tests {
             }),
         )
         .unwrap();
+        (disk, ledger)
+    }
+
+    /// An I/O error fails the commits made while it lasts, not every commit
+    /// after it: redb refuses every transaction of a `Database` that met
+    /// one, so the ledger opens the store again.
+    #[test]
+    fn a_transient_io_error_fails_only_the_commits_made_during_it() {
+        let (disk, ledger) = on_disk();
         ledger.commit(&[record(5)]).unwrap();
         disk.failing.store(true, Ordering::SeqCst);
         let failed = ledger.commit(&[record(100)]).unwrap_err();
@@ -662,17 +651,7 @@ mod tests {
     /// empty ledger (which would forget every counter).
     #[test]
     fn a_store_emptied_while_closed_is_refused_when_opened_again() {
-        let disk = Arc::new(Disk::default());
-        let on = Arc::clone(&disk);
-        let ledger = FileLedger::with_store(
-            PathBuf::from("disk"),
-            Box::new(move || {
-                open_store(Path::new("disk"), || {
-                    redb::Builder::new().create_with_backend(Backend(Arc::clone(&on)))
-                })
-            }),
-        )
-        .unwrap();
+        let (disk, ledger) = on_disk();
         ledger.commit(&[record(5)]).unwrap();
         disk.failing.store(true, Ordering::SeqCst);
         assert!(ledger.commit(&[record(1)]).is_err());

@@ -414,8 +414,48 @@ impl std::fmt::Display for LedgerError {
 
 impl std::error::Error for LedgerError {}
 
+/// A name no other call makes, in this process or another: a Redis
+/// ledger's part of its batch ids, a new ledger file's temporary name. The
+/// process id and the clock alone repeat for two calls in one process
+/// within a tick of the clock, or in two containers (each process 1)
+/// started in the same tick: a count of the calls this process made and 64
+/// random bits (the process's random hash keys) rule both out.
+#[cfg(any(feature = "durable", feature = "redis"))]
+pub(crate) fn unique_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    unique_id_at(nanos)
+}
+
+/// [`unique_id`] at `nanos` past the epoch.
+#[cfg(any(feature = "durable", feature = "redis"))]
+fn unique_id_at(nanos: u128) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let made = MADE.fetch_add(1, Ordering::Relaxed);
+    let random = ahash::RandomState::new().hash_one((made, nanos));
+    format!("{:x}-{nanos:x}-{made:x}-{random:x}", std::process::id())
+}
+
 #[cfg(test)]
 mod tests {
+    /// Two names made in one tick of the clock (in one process, or in
+    /// two with one process id) differ.
+    #[cfg(any(feature = "durable", feature = "redis"))]
+    #[test]
+    fn unique_ids_differ_within_one_tick_of_the_clock() {
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| super::unique_id_at(5)).collect();
+        assert_eq!(ids.len(), 1000);
+        // The random part alone tells them apart too, as it does ids of
+        // two processes with one id, one clock and one count (their hash
+        // keys are random).
+        let random = |id: &str| id.rsplit('-').next().unwrap().to_owned();
+        let randoms: std::collections::HashSet<String> = ids.iter().map(|i| random(i)).collect();
+        assert_eq!(randoms.len(), 1000);
+    }
+
     use super::*;
 
     fn key() -> CounterKey {

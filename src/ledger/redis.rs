@@ -187,7 +187,10 @@ impl RedisLedger {
             location,
             prefix: prefix.to_owned(),
             timeout,
-            instance: instance_id(),
+            // Unique in the fleet: Redis answers a batch id it knows with
+            // that batch's outcome and applies nothing, so two ledgers
+            // sharing one would take each other's grants for their own.
+            instance: super::unique_id(),
             utc_offset: AtomicI64::new(UNBOUND),
             seq: AtomicU64::new(0),
             conn: Mutex::new(Conn {
@@ -390,46 +393,8 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// This ledger's part of its batches' ids, unique in the fleet: Redis
-/// answers a batch id it knows with that batch's outcome and applies
-/// nothing, so two ledgers sharing one would take each other's grants for
-/// their own. The process id and the clock alone repeat for two ledgers
-/// made in one process within a tick of the clock, or in two containers
-/// (each process 1) started in the same tick: a count of the ledgers this
-/// process made and 64 random bits (the process's random hash keys) rule
-/// both out.
-fn instance_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    instance_id_at(nanos)
-}
-
-/// [`instance_id`] at `nanos` past the epoch.
-fn instance_id_at(nanos: u128) -> String {
-    static MADE: AtomicU64 = AtomicU64::new(0);
-    let made = MADE.fetch_add(1, Ordering::Relaxed);
-    let random = ahash::RandomState::new().hash_one((made, nanos));
-    format!("{:x}-{nanos:x}-{made:x}-{random:x}", std::process::id())
-}
-
 #[cfg(test)]
 mod tests {
-    /// Two ledgers made in one tick of the clock (in one process, or in
-    /// two with one process id) have different batch ids.
-    #[test]
-    fn instance_ids_differ_within_one_tick_of_the_clock() {
-        let ids: std::collections::HashSet<String> =
-            (0..1000).map(|_| super::instance_id_at(5)).collect();
-        assert_eq!(ids.len(), 1000);
-        // The random part alone tells them apart too, as it does ids of
-        // two processes with one id, one clock and one count (their hash
-        // keys are random).
-        let random = |id: &str| id.rsplit('-').next().unwrap().to_owned();
-        let randoms: std::collections::HashSet<String> = ids.iter().map(|i| random(i)).collect();
-        assert_eq!(randoms.len(), 1000);
-    }
-
     #[test]
     fn passwords_stay_out_of_messages() {
         assert_eq!(
