@@ -468,21 +468,23 @@ impl Drop for RunningPoller {
 mod tests {
     use super::*;
 
+    /// A poller of no platform, built with these waits.
+    fn waiting(interval: Duration, max_backoff: Duration) -> Poller {
+        Poller::builder("http://127.0.0.1:9", "t")
+            .interval(interval)
+            .max_backoff(max_backoff)
+            .build(Arc::new(Engine::new()))
+    }
+
     #[test]
     fn a_zero_interval_or_backoff_cannot_make_the_poller_spin() {
-        let p = Poller::builder("http://127.0.0.1:9", "t")
-            .interval(Duration::ZERO)
-            .max_backoff(Duration::ZERO)
-            .build(Arc::new(Engine::new()));
+        let p = waiting(Duration::ZERO, Duration::ZERO);
         for failures in 0..40 {
             // Jitter takes off at most half.
             assert!(p.next_wait(failures) >= MIN_POLL_WAIT / 2, "{failures}");
         }
         // A backoff shorter than the interval waits the interval (less jitter).
-        let p = Poller::builder("http://127.0.0.1:9", "t")
-            .interval(Duration::from_secs(60))
-            .max_backoff(Duration::from_secs(1))
-            .build(Arc::new(Engine::new()));
+        let p = waiting(Duration::from_secs(60), Duration::from_secs(1));
         assert!(p.next_wait(3) >= Duration::from_secs(30));
     }
 
@@ -490,10 +492,7 @@ mod tests {
     /// overflow the backoff (whose jitter could panic the poller's thread).
     #[test]
     fn the_longest_interval_and_backoff_wait_a_week_at_most() {
-        let p = Poller::builder("http://127.0.0.1:9", "t")
-            .interval(Duration::MAX)
-            .max_backoff(Duration::MAX)
-            .build(Arc::new(Engine::new()));
+        let p = waiting(Duration::MAX, Duration::MAX);
         for failures in 0..40 {
             let wait = p.next_wait(failures);
             assert!(

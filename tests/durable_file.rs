@@ -94,20 +94,24 @@ fn an_empty_file_is_corrupt_not_a_fresh_start() {
     assert_eq!(err.kind, LedgerErrorKind::Corrupt, "{err}");
 }
 
+/// A ledger at `path` whose rule counts a point for each of 200 devices,
+/// `device-0000` to `device-0199`, closed cleanly.
+fn write_200_devices(path: &PathBuf) {
+    let e = Engine::builder().durable(path).open().unwrap();
+    e.create_json(rule(50, "never")).unwrap();
+    for i in 0..200 {
+        let d = format!("device-{i:04}");
+        assert!(e
+            .try_consume(&Subject::device(&d), PTS, Amount::from_units(1), T0)
+            .is_allowed());
+    }
+}
+
 #[test]
 fn a_truncated_file_is_an_error_not_a_panic() {
     let dir = Dir::new("truncated");
     let path = dir.file("quota.db");
-    {
-        let e = Engine::builder().durable(&path).open().unwrap();
-        e.create_json(rule(50, "never")).unwrap();
-        for i in 0..200 {
-            let d = format!("dev-{i}");
-            assert!(e
-                .try_consume(&Subject::device(&d), PTS, Amount::from_units(1), T0)
-                .is_allowed());
-        }
-    }
+    write_200_devices(&path);
     let full = std::fs::read(&path).unwrap();
     for cut in [full.len() / 2, full.len() / 8, 100, 5] {
         std::fs::write(&path, &full[..cut]).unwrap();
@@ -212,16 +216,7 @@ fn a_damaged_record_is_named() {
 fn a_damaged_page_is_an_error_not_a_panic() {
     let dir = Dir::new("damaged-page");
     let path = dir.file("quota.db");
-    {
-        let e = Engine::builder().durable(&path).open().unwrap();
-        e.create_json(rule(50, "never")).unwrap();
-        for i in 0..200 {
-            let d = format!("device-{i:04}");
-            assert!(e
-                .try_consume(&Subject::device(&d), PTS, Amount::from_units(1), T0)
-                .is_allowed());
-        }
-    }
+    write_200_devices(&path);
     let mut bytes = std::fs::read(&path).unwrap();
     let needle = b"device-0100";
     let pages: Vec<usize> = bytes
