@@ -50,7 +50,7 @@ use crate::amount::Amount;
 use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::subject::{Member, Subject};
-use crate::types::BenefitType;
+use crate::types::{BenefitType, MAX_ID_LEN};
 
 /// The envelope `code` of a 429 answer. The platform has no code for an
 /// end user's quota being spent (its codes are about the API's own
@@ -129,13 +129,29 @@ where
     }
 }
 
-fn header<'h>(head: &'h http::request::Parts, name: &HeaderName) -> Option<Cow<'h, str>> {
-    head.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(Cow::Borrowed)
+/// A header's value as an id: `None` if the header is absent or blank;
+/// refused if it is not UTF-8 (an id of any script is a header's raw
+/// UTF-8 bytes) or longer than [`MAX_ID_LEN`] bytes, which no rule's entity
+/// id can be (so such an id could only ever take a counter, and its bytes,
+/// under the all-scope rules: bounded in number by `max_counters`, not in
+/// size).
+fn header<'h>(
+    head: &'h http::request::Parts,
+    name: &HeaderName,
+) -> Result<Option<Cow<'h, str>>, ExtractError> {
+    let Some(value) = head.headers.get(name) else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(value.as_bytes())
+        .map_err(|_| ExtractError(format!("header `{name}` is not UTF-8")))?
+        .trim();
+    if text.len() > MAX_ID_LEN {
+        return Err(ExtractError(format!(
+            "header `{name}` is {} bytes long, at most {MAX_ID_LEN}",
+            text.len()
+        )));
+    }
+    Ok((!text.is_empty()).then_some(Cow::Borrowed(text)))
 }
 
 /// A header that must be there, non-empty.
@@ -143,10 +159,14 @@ fn required<'h>(
     head: &'h http::request::Parts,
     name: &HeaderName,
 ) -> Result<Cow<'h, str>, ExtractError> {
-    header(head, name).ok_or_else(|| ExtractError(format!("header `{name}` is missing or empty")))
+    header(head, name)?.ok_or_else(|| ExtractError(format!("header `{name}` is missing or empty")))
 }
 
 /// The device id from a header (e.g. `x-device-id`).
+///
+/// Like every extractor here, it refuses (400, code 4000, naming the
+/// header) a value that is not UTF-8 or is longer than 256 bytes, the
+/// longest entity id a rule can name; surrounding blanks are trimmed.
 #[derive(Debug, Clone)]
 pub struct DeviceHeader(pub HeaderName);
 
@@ -212,9 +232,9 @@ impl SubjectExtractor for MemberHeaders {
         Ok(RequestSubject {
             member: Some([
                 Some(user),
-                header(head, &self.role),
-                header(head, &self.workspace),
-                header(head, &self.organization),
+                header(head, &self.role)?,
+                header(head, &self.workspace)?,
+                header(head, &self.organization)?,
             ]),
             ..RequestSubject::default()
         })

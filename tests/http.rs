@@ -138,6 +138,46 @@ async fn a_frozen_rule_is_429_with_no_retry_after_and_no_subject_is_400() {
 }
 
 #[tokio::test]
+async fn subject_ids_in_any_script_are_read_and_overlong_ones_refused() {
+    let engine = Arc::new(Engine::new());
+    Rule::all_devices(50).create(&engine);
+    Rule::device("设备-1", 1).create(&engine);
+    let base = serve(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN)))).await;
+    let client = reqwest::Client::new();
+    let get = |id: &[u8]| {
+        let value = http::HeaderValue::from_bytes(id).unwrap();
+        client
+            .get(format!("{base}/chat"))
+            .header("x-device-id", value)
+            .send()
+    };
+    // A UTF-8 id is the device its single rule names (limit 1), not a
+    // missing header.
+    assert_eq!(get("设备-1".as_bytes()).await.unwrap().status(), 200);
+    assert_eq!(get("设备-1".as_bytes()).await.unwrap().status(), 429);
+    // The longest id a rule can name is served; one byte more is refused,
+    // naming the header, and makes no counter.
+    assert_eq!(get(&[b'a'; 256]).await.unwrap().status(), 200);
+    let counters = engine.counter_count();
+    let r = get(&[b'a'; 257]).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 4000);
+    assert_eq!(
+        body["msg"],
+        "invalid parameter `subject`: header `x-device-id` is 257 bytes long, at most 256"
+    );
+    let r = get(&[0xff, b'a']).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["msg"],
+        "invalid parameter `subject`: header `x-device-id` is not UTF-8"
+    );
+    assert_eq!(engine.counter_count(), counters);
+}
+
+#[tokio::test]
 async fn post_paid_usage_is_booked_from_the_response() {
     let engine = Arc::new(Engine::new());
     let voice = Rule::all_devices(100)
