@@ -3,9 +3,11 @@
 //! the platform does, so a tool that speaks the platform's API (its SDKs
 //! included) can write rules straight to a gateway.
 //!
-//! Every route takes `Authorization: Bearer <token>`. A missing, malformed
-//! or unknown token is answered 401 with code 4100; a read-only token on a
-//! write, 403 with code 4101 (F13, F14). Other errors keep their code:
+//! Every route takes `Authorization: Bearer <token>` (the scheme in any
+//! case). A missing, malformed or unknown token is answered 401 with code
+//! 4100 and `WWW-Authenticate: Bearer`; a read-only token on a write, 403
+//! with code 4101 (F13, F14). Tokens are compared in a time that does not
+//! depend on their bytes. Other errors keep their code:
 //! 400 for 4000 (the field named), 404 for 4200.
 
 use std::sync::Arc;
@@ -42,42 +44,69 @@ impl std::fmt::Debug for AdminAuth {
 }
 
 impl AdminAuth {
-    /// A token that may create, update and list.
+    /// A token that may create, update and list. Blanks around it are
+    /// dropped (a token read from a file keeps its line break); an empty
+    /// token admits no one.
     pub fn new(token: impl Into<String>) -> AdminAuth {
-        AdminAuth {
-            tokens: vec![(token.into(), true)],
-        }
+        AdminAuth::default().with(token.into(), true)
     }
 
-    /// Adds a token that may only list.
+    /// Adds a token that may only list (trimmed as in [`AdminAuth::new`]).
     #[must_use]
-    pub fn read_only(mut self, token: impl Into<String>) -> AdminAuth {
-        self.tokens.push((token.into(), false));
+    pub fn read_only(self, token: impl Into<String>) -> AdminAuth {
+        self.with(token.into(), false)
+    }
+
+    fn with(mut self, token: String, write: bool) -> AdminAuth {
+        let token = token.trim();
+        if !token.is_empty() {
+            self.tokens.push((token.to_owned(), write));
+        }
         self
     }
 
     /// `Ok` if the request's bearer token may do this (`write`: create or
-    /// update).
+    /// update). The scheme is matched in any case (`bearer` too, as HTTP
+    /// has it); the token is compared with every known one, each in a time
+    /// that depends on the lengths only, not on where the bytes differ, so
+    /// that timing answers tell a caller nothing about a token's bytes.
     fn check(&self, headers: &HeaderMap, write: bool) -> Result<(), ApiError> {
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let known = token.and_then(|t| self.tokens.iter().find(|(k, _)| k.as_str() == t));
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        // The write permission of the token matched, if any: every known
+        // token is compared, whichever matches.
+        let mut known: Option<bool> = None;
+        if let Some(t) = token {
+            for (k, may_write) in &self.tokens {
+                if same_secret(k.as_bytes(), t.as_bytes()) {
+                    known = Some(known.unwrap_or(false) | may_write);
+                }
+            }
+        }
         match known {
             // The gateway refuses here, not the platform: its own wording.
             None => Err(ApiError::new(
                 ErrorCode::BadToken,
                 "the access token is missing or invalid",
             )),
-            Some((_, false)) if write => Err(ApiError::new(
+            Some(false) if write => Err(ApiError::new(
                 ErrorCode::PermissionDenied,
                 "the access token lacks this permission",
             )),
             Some(_) => Ok(()),
         }
     }
+}
+
+/// `a == b`, reading every byte whatever the first difference (lengths
+/// differing answer at once: a token's length is not its secret).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 
 #[derive(Clone)]
@@ -172,12 +201,20 @@ fn envelope<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
             (status, Envelope::error(&e, logid()).to_json())
         }
     };
-    (
+    let mut response = (
         status,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         json,
     )
-        .into_response()
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        // What a 401 must say (RFC 9110): the scheme that would do.
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
 }
 
 /// A body axum could not read (past its size limit, a broken stream),

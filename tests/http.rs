@@ -585,6 +585,42 @@ async fn admin_routes_answer_as_the_platform_with_tokens_checked() {
 
 /// Admin tokens are secrets: `AdminAuth`'s `Debug` counts them and shows
 /// none.
+#[tokio::test]
+async fn admin_tokens_are_read_as_http_and_configuration_have_them() {
+    let engine = Arc::new(Engine::new());
+    // A token as read from a file (its line break kept), and an empty one.
+    let auth = AdminAuth::new("admin\n")
+        .read_only("")
+        .read_only(" viewer ");
+    let base = serve(admin_router(Arc::clone(&engine), auth)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/commerce/benefit/limitations?entity_type=enterprise_all_devices&benefit_type=resource_point");
+    let status = |authorization: &'static str| {
+        let r = client
+            .get(&url)
+            .header("authorization", authorization)
+            .send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    // The scheme in any case; the configured tokens without their blanks.
+    assert_eq!(status("Bearer admin").await, 200);
+    assert_eq!(status("bearer admin").await, 200);
+    assert_eq!(status("BEARER viewer").await, 200);
+    // No token matches the empty one, or a prefix, or another scheme.
+    for refused in [
+        "Bearer",
+        "Bearer  ",
+        "Bearer adm",
+        "Bearer admin2",
+        "Basic admin",
+    ] {
+        assert_eq!(status(refused).await, 401, "{refused}");
+    }
+    // A 401 names the scheme that would do.
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+}
+
 #[test]
 fn admin_auth_debug_shows_no_token() {
     let shown = format!("{:?}", AdminAuth::new("s3cret-w").read_only("s3cret-r"));
