@@ -7,7 +7,7 @@
 
 mod common;
 
-use benefit_quota::{DenyReason, Engine, Member, Subject};
+use benefit_quota::{Amount, DenyReason, Engine, Member, Subject};
 use common::*;
 
 /// Spends one point at a time through `h` until a call is denied; returns
@@ -312,4 +312,50 @@ fn evict_cannot_hand_a_lease_back_to_a_counter_that_never_held_it() {
         admitted += 1;
     }
     assert!(admitted <= 10, "the first day admitted {admitted}");
+}
+
+/// D14: a counter saturated by another caller's `record` while a lease is
+/// held on it stays saturated when the lease is given back (the lease is
+/// not known to be in it; taking it off reopened the counter by the
+/// lease).
+#[test]
+fn a_record_that_saturates_a_leased_counter_stays_saturated_after_the_settle() {
+    let d = Subject::device("d");
+    let (exact, leased) = (Engine::new(), Engine::new());
+    for e in [&exact, &leased] {
+        Rule::all_devices(i64::MAX).create(e); // cumulative, limit saturates (D14)
+    }
+    // Same admitted usage on both: 1 point.
+    assert!(exact.try_consume(&d, PTS, units(1), MIDNIGHT).is_allowed());
+    let mut h = leased.handle(&d).with_lease(units(10));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed()); // counter: 1 + lease 10
+                                                                  // Post-paid usage booked by another caller (by subject) saturates both counters.
+    let a = exact.record(&d, PTS, Amount::MAX, MIDNIGHT);
+    let b = leased.record(&d, PTS, Amount::MAX, MIDNIGHT);
+    assert_eq!(a, b); // both denied: exhausted
+    assert!(!exact.check(&d, MIDNIGHT).is_allowed());
+    drop(h); // gives the lease back
+
+    assert_eq!(exact.usage(&d, MIDNIGHT), leased.usage(&d, MIDNIGHT));
+    assert_eq!(
+        exact.try_consume(&d, PTS, units(10), MIDNIGHT).is_allowed(),
+        leased
+            .try_consume(&d, PTS, units(10), MIDNIGHT)
+            .is_allowed(),
+    );
+}
+
+/// `release` says what it gave back: nothing for a lease whose window
+/// another caller closed.
+#[test]
+fn release_reports_only_what_it_gave_back() {
+    let e = Engine::new();
+    let id = Rule::all_devices(10).daily().create(&e);
+    let d = Subject::device("d");
+    let mut h = e.handle(&d).with_lease(units(5));
+    assert!(h.try_consume(PTS, units(1), MIDNIGHT - 1).is_allowed()); // day D: 1 + 5
+    assert!(e.try_consume(&d, PTS, units(3), MIDNIGHT).is_allowed()); // rolls to day D+1
+    let back = h.release();
+    assert_eq!(used(&e, &d, &id, MIDNIGHT), units(3)); // nothing was subtracted
+    assert_eq!(back.given_back(PTS), units(0));
 }

@@ -284,8 +284,9 @@ fn give_back_granted(
 
 /// Gives every unspent lease back to its counter's usage, if the counter is
 /// still in the window and generation the lease was granted in (else the
-/// counter has started afresh without it), and adds what was spent of it to
-/// the counter's lifetime total. `locked` holds the handle's shards.
+/// counter has started afresh without it) and not saturated, reporting
+/// what was given back; adds what was spent of it to the counter's
+/// lifetime total. `locked` holds the handle's shards.
 fn settle(h: &mut HandleState, locked: &mut Locked<'_>, mut report: impl FnMut(BenefitType, u64)) {
     // The owners' stamps stay referenced: a refill takes the same ones
     // again (letting go here would have each refill drop and make them
@@ -306,11 +307,15 @@ fn settle(h: &mut HandleState, locked: &mut Locked<'_>, mut report: impl FnMut(B
             continue;
         }
         let unspent = granted - spend[r.benefit_type as usize].spent;
-        report(r.benefit_type, unspent);
         // None: evicted since the grant.
         if let Some(c) = counter_of_rule(locked, owners, subject, r) {
-            if c.generation == r.generation && c.window_start == l.start {
-                c.used = c.used.saturating_sub(unspent);
+            // A counter at `u64::MAX` keeps it: a debit there saturated
+            // (D14), so the lease is not known to be in it, and taking it
+            // off would reopen a counter the exact path keeps blocked (at
+            // worst the lease stays spent: an under-admission).
+            if c.generation == r.generation && c.window_start == l.start && c.used != u64::MAX {
+                c.used -= unspent.min(c.used);
+                report(r.benefit_type, unspent);
             }
             c.lifetime = c.lifetime.saturating_add(granted - unspent);
         }
