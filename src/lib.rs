@@ -238,8 +238,9 @@ pub use handle::{HandleRequest, Released, SubjectHandle};
 pub use ledger::{Ledger, LedgerError, LedgerErrorKind, MemoryLedger};
 #[cfg(feature = "tower")]
 pub use middleware::{
-    Answers, ConsumerHeader, DeviceHeader, ExtractError, Grpc, Http, MemberHeaders, QuotaFuture,
-    QuotaLayer, QuotaService, Refusal, RequestSubject, SubjectExtractor, Used, QUOTA_DENIED_CODE,
+    subject_from, Answers, ConsumerHeader, DeviceHeader, ExtractError, Grpc, Http, MemberHeaders,
+    QuotaFuture, QuotaLayer, QuotaService, Refusal, RequestSubject, SubjectExtractor, Used,
+    QUOTA_DENIED_CODE,
 };
 pub use mirror::{Listing, SyncReport};
 pub use period::{LocalTime, UtcOffset, Window};

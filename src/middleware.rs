@@ -129,6 +129,39 @@ where
     }
 }
 
+/// A closure as a [`SubjectExtractor`]: passing it through here gives it
+/// the signature the trait needs (the subject may borrow from the request's
+/// head), which a closure handed straight to [`QuotaLayer::new`] cannot
+/// infer. A `fn` item needs no wrapping.
+///
+/// # Examples
+/// ```
+/// use std::borrow::Cow;
+/// use std::sync::Arc;
+/// use benefit_quota::{subject_from, Engine, ExtractError, QuotaLayer, RequestSubject};
+/// let engine = Arc::new(Engine::new());
+/// // The device id from the path: `/devices/sn-0001` is device `sn-0001`.
+/// let layer = QuotaLayer::new(engine, subject_from(|head| {
+///     match head.uri.path().strip_prefix("/devices/") {
+///         Some(id) if !id.is_empty() && !id.contains('/') => Ok(RequestSubject {
+///             device_id: Some(Cow::Borrowed(id)),
+///             ..RequestSubject::default()
+///         }),
+///         _ => Err(ExtractError("no device id in the path".into())),
+///     }
+/// }));
+/// # let _ = layer;
+/// ```
+pub fn subject_from<F>(f: F) -> F
+where
+    F: for<'h> Fn(&'h http::request::Parts) -> Result<RequestSubject<'h>, ExtractError>
+        + Send
+        + Sync
+        + 'static,
+{
+    f
+}
+
 /// A header's value as an id: `None` if the header is absent or blank;
 /// refused if it is not UTF-8 (an id of any script is a header's raw
 /// UTF-8 bytes) or longer than [`MAX_ID_LEN`] bytes, which no rule's entity

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::Router;
 use benefit_quota::{
-    admin_router, admin_router_with_clock, AdminAuth, DeviceHeader, Engine, QuotaLayer, Subject,
-    Used, QUOTA_DENIED_CODE,
+    admin_router, admin_router_with_clock, subject_from, AdminAuth, ConsumerHeader, DeviceHeader,
+    Engine, MemberHeaders, QuotaLayer, RequestSubject, Subject, SubjectExtractor, Used,
+    QUOTA_DENIED_CODE,
 };
 use common::*;
 use serde_json::Value;
@@ -175,6 +176,51 @@ async fn subject_ids_in_any_script_are_read_and_overlong_ones_refused() {
         "invalid parameter `subject`: header `x-device-id` is not UTF-8"
     );
     assert_eq!(engine.counter_count(), counters);
+}
+
+#[test]
+fn consumer_member_and_closure_extractors_read_their_headers() {
+    let head = |headers: &[(&'static str, &'static str)]| {
+        let mut r = http::Request::builder().uri("/devices/sn-9");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap().into_parts().0
+    };
+    let consumer = ConsumerHeader(http::HeaderName::from_static("x-consumer-id"));
+    let parts = head(&[("x-consumer-id", " c-1 ")]);
+    let s = consumer.extract(&parts).unwrap();
+    assert_eq!(s.subject(), Subject::consumer("c-1"));
+    assert!(consumer.extract(&head(&[])).is_err());
+    let parts = head(&[("x-coze-user-id", "u-1"), ("x-coze-workspace-id", "w-1")]);
+    let s = MemberHeaders::default().extract(&parts).unwrap();
+    let m = s.subject().member.unwrap();
+    assert_eq!(
+        (
+            m.coze_user_id,
+            m.coze_role,
+            m.workspace_id,
+            m.organization_id
+        ),
+        (Some("u-1"), None, Some("w-1"), None)
+    );
+    // The user header is required; the others are optional.
+    let e = MemberHeaders::default()
+        .extract(&head(&[("x-coze-role", "admin")]))
+        .unwrap_err();
+    assert_eq!(e.0, "header `x-coze-user-id` is missing or empty");
+    let by_path = subject_from(|head| {
+        let id = head.uri.path().strip_prefix("/devices/").unwrap_or("");
+        Ok(RequestSubject {
+            device_id: Some(std::borrow::Cow::Borrowed(id)),
+            ..RequestSubject::default()
+        })
+    });
+    let parts = head(&[]);
+    assert_eq!(
+        by_path.extract(&parts).unwrap().subject(),
+        Subject::device("sn-9")
+    );
 }
 
 #[tokio::test]
