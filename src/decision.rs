@@ -76,10 +76,16 @@ pub struct Denial {
     pub benefit_type: BenefitType,
     /// Why.
     pub reason: DenyReason,
-    /// `limit − used` on that rule (zero when exhausted).
+    /// `limit − used` on that rule (zero when exhausted). For a reason that
+    /// is not a quota decision ([`DenyReason::is_quota_decision`] false),
+    /// not the client's quota: zero, or what the counter had.
     pub remaining: Amount,
     /// When that rule's window resets (unix seconds); `None` for cumulative
-    /// caps and for frozen rules, which only an update lifts.
+    /// caps and for frozen rules, which only an update lifts. For a reason
+    /// that is not a quota decision, the window of the rule the call
+    /// needed, not a time to wait for: do not build a client's back-off
+    /// (`Retry-After`) from it then (the engine may decide again at once,
+    /// once the ledger answers or a counter is freed).
     pub resets_at: Option<i64>,
 }
 

@@ -1361,7 +1361,7 @@ impl Engine {
     ///
     /// Each request is decided exactly as a separate `try_consume` call made
     /// in slice order would be. The batch is worked through in chunks of
-    /// [`BATCH_CHUNK`], under one read of the rule table: a chunk asks the
+    /// [`BATCH_CHUNK`], each under a copy of the rule table: a chunk asks the
     /// CPU for its subjects' ids and for the counter entries of its sole
     /// devices and consumers (software prefetches, so the memory misses of
     /// independent subjects overlap instead of queueing), locks the union of

@@ -53,7 +53,8 @@
 //! or memory ledger; a Redis instance syncs its rules from the platform
 //! after each start), and admits a
 //! unit only out of a grant the ledger has already committed, so a crash
-//! never causes over-admission (see [`ledger`] and RELIABILITY.md §7).
+//! never causes over-admission (under the default failure policy,
+//! [`LedgerFailure::FailClosed`]; see [`ledger`] and RELIABILITY.md §7).
 //! With the `redis` feature, `Engine::builder().redis(url).open()` on every
 //! gateway of a fleet shares the counters through Redis, checked against
 //! the limit across the fleet (RELIABILITY.md §8).
@@ -97,7 +98,7 @@
 //!   Any other call (another subject, a stale copy, an entity not known to
 //!   be alone) locks a copy of the rule table instead, and resolves.
 //! - **Locked, one of several:** that copy of the rule table. The table is
-//!   replicated ([`EngineConfig::rule_replicas`], one copy per CPU by
+//!   replicated ([`EngineConfig::rule_replicas`], one copy per CPU, at most 16, by
 //!   default), each copy behind a spin lock (one compare-and-swap to take,
 //!   a plain store to release); a thread takes its own copy, or the next
 //!   free one if another thread has it, so concurrent checks do not write to

@@ -26,6 +26,16 @@
 //!   trailers, which the middleware does not read (book it with
 //!   [`Engine::record`] where the stream ends).
 //!
+//! **On an engine with a ledger** (durable file, Redis), a decision whose
+//! counter has no grant left (a new subject, or a burst faster than grants
+//! are taken ahead) waits for one on the thread that calls the service, up
+//! to the engine's `grant_timeout` (2 s by default; then the failure policy
+//! decides): under an async runtime that worker thread waits too, and so
+//! does every task it would have run. Run such a gateway on a
+//! multi-threaded runtime with workers to spare, with a `grant_timeout` no
+//! longer than a request may wait. Grants are taken ahead in the
+//! background, so in steady state no call waits.
+//!
 //! A denial is answered `429 Too Many Requests` with a body in the
 //! platform's envelope shape and the headers a client needs to back off:
 //! `Retry-After` (seconds until the denying rule's window resets; none for a

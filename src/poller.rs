@@ -1,6 +1,6 @@
 //! A poller of the platform's list endpoint (feature `poller`): lists every
 //! scope page by page over HTTP and syncs the engine with the result
-//! (S1–S4), keeping the last good rules on any error.
+//! (S1–S5), keeping the last good rules on any error.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -111,8 +111,9 @@ impl Endpoint {
         }
     }
 
-    /// The permission the access token must carry (F14). The library does not
-    /// check tokens; an HTTP tier in front of it does.
+    /// The permission the access token must carry (F14). The engine checks
+    /// no tokens; the admin routes (feature `axum`) check their own bearer
+    /// tokens, write or read-only, not these permissions.
     pub const fn permission(self) -> &'static str {
         match self {
             Endpoint::Create => "createBenefitLimitation",
