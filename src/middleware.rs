@@ -426,7 +426,9 @@ impl<R> QuotaLayer<R> {
     }
 
     /// The status for a request with no subject (default 400; 401 suits a
-    /// subject taken from credentials).
+    /// subject taken from credentials). Under [`QuotaLayer::grpc`], 401 is
+    /// answered `UNAUTHENTICATED`, 403 `PERMISSION_DENIED`, any other
+    /// `INVALID_ARGUMENT`.
     #[must_use]
     pub fn on_missing_subject(self, status: StatusCode) -> Self {
         self.with(|c| c.missing_status = status)
@@ -486,7 +488,8 @@ pub enum Refusal {
     /// gRPC `RESOURCE_EXHAUSTED`).
     Denied,
     /// No subject could be taken from it (the layer's status, code 4000;
-    /// gRPC `INVALID_ARGUMENT`).
+    /// gRPC `INVALID_ARGUMENT`, or `UNAUTHENTICATED` / `PERMISSION_DENIED`
+    /// for a status of 401 / 403).
     NoSubject(StatusCode),
     /// It was not decided: the clock gave an impossible time (HTTP 500,
     /// code 5000; gRPC `INTERNAL`).
@@ -534,7 +537,9 @@ impl<B: From<String>> Answers<B> for Http {
 
 /// Answers as a gRPC server does: HTTP 200, an empty body, `grpc-status`
 /// (8 `RESOURCE_EXHAUSTED` for a denial, 3 `INVALID_ARGUMENT` without a
-/// subject, 13 `INTERNAL` when not decided, 14 `UNAVAILABLE` when the
+/// subject, or 16 `UNAUTHENTICATED` / 7 `PERMISSION_DENIED` if
+/// [`QuotaLayer::on_missing_subject`] chose 401 / 403, 13 `INTERNAL` when
+/// not decided, 14 `UNAVAILABLE` when the
 /// engine could not decide for now) and `grpc-message` in the
 /// headers (a trailers-only response). For any body with a `Default`
 /// (tonic's).
@@ -545,6 +550,10 @@ impl<B: Default> Answers<B> for Grpc {
     fn answer(why: Refusal, msg: &str) -> Response<B> {
         let code: u16 = match why {
             Refusal::Denied => 8,
+            // The status chosen for HTTP, in gRPC's terms (the mapping
+            // of gRPC's own HTTP table, read backwards).
+            Refusal::NoSubject(StatusCode::UNAUTHORIZED) => 16,
+            Refusal::NoSubject(StatusCode::FORBIDDEN) => 7,
             Refusal::NoSubject(_) => 3,
             Refusal::NotDecided => 13,
             Refusal::Unavailable => 14,
