@@ -169,7 +169,7 @@ thread_local! {
     static KEPT_RULES: RefCell<Vec<Rc<ThreadRules>>> = const { RefCell::new(Vec::new()) };
 }
 
-// One per modelled thread, so that `tests/loom.rs` sees each thread decide
+// One per modelled thread, so that `loom-tests/tests/loom.rs` sees each thread decide
 // from its own copy.
 #[cfg(benefit_quota_loom)]
 loom::thread_local! {

@@ -3,7 +3,7 @@
 //! locks, the writers' mutex, the shard locks, the configuration version,
 //! the leased owners' stamps): spin locks, `parking_lot`'s mutex and std's
 //! atomics in normal builds, `loom`'s models when built with `--cfg benefit_quota_loom`,
-//! so that `tests/loom.rs` can explore every interleaving of a write racing
+//! so that `loom-tests/tests/loom.rs` can explore every interleaving of a write racing
 //! with handle calls.
 //!
 //! Other atomics (the counter count, the cached window starts, the shards'

@@ -15,7 +15,7 @@
 //! every operation decided with version `v` on a counter comes before every
 //! operation decided with a later version on it: the same order a call by
 //! subject (which holds a copy of the rule table locked throughout) would give.
-//! `tests/loom.rs` checks this under every interleaving of small races.
+//! `loom-tests/tests/loom.rs` checks this under every interleaving of small races.
 //!
 //! A handle whose subject is only a device or only a consumer, named by no
 //! single rule at its last resolution, decides instead as a call by subject

@@ -5,7 +5,7 @@
 //! drops its networking and the crates built on it stop compiling):
 //!
 //! ```sh
-//! RUSTFLAGS="--cfg benefit_quota_loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom
+//! RUSTFLAGS="--cfg benefit_quota_loom" CARGO_TARGET_DIR=target/loom cargo test --release -p benefit-quota-loom --test loom
 //! ```
 //!
 //! Thread A raises (or lowers) the device's limit and then spends by subject;
