@@ -317,32 +317,46 @@ fn evict_cannot_hand_a_lease_back_to_a_counter_that_never_held_it() {
 /// D14: a counter saturated by another caller's `record` while a lease is
 /// held on it stays saturated when the lease is given back (the lease is
 /// not known to be in it; taking it off reopened the counter by the
-/// lease).
+/// lease, which a saturating limit admitted again); and a limit that
+/// saturates is never leased (a lease could fill its counter to exactly
+/// `u64::MAX`, which a settle could not tell from a saturated one).
 #[test]
 fn a_record_that_saturates_a_leased_counter_stays_saturated_after_the_settle() {
     let d = Subject::device("d");
-    let (exact, leased) = (Engine::new(), Engine::new());
-    for e in [&exact, &leased] {
-        Rule::all_devices(i64::MAX).create(e); // cumulative, limit saturates (D14)
+    for limit in [100, i64::MAX] {
+        let (exact, leased) = (Engine::new(), Engine::new());
+        for e in [&exact, &leased] {
+            Rule::all_devices(limit).create(e); // cumulative
+        }
+        // Same admitted usage on both: 1 point.
+        assert!(exact.try_consume(&d, PTS, units(1), MIDNIGHT).is_allowed());
+        let mut h = leased.handle(&d).with_lease(units(10));
+        assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+        let held = if limit == i64::MAX { 0 } else { 10 };
+        assert_eq!(
+            leased.usage(&d, MIDNIGHT)[0].used,
+            units(1 + held),
+            "{limit}"
+        );
+        // Post-paid usage booked by another caller (by subject) saturates
+        // both counters.
+        let a = exact.record(&d, PTS, Amount::MAX, MIDNIGHT);
+        let b = leased.record(&d, PTS, Amount::MAX, MIDNIGHT);
+        assert_eq!(a, b, "{limit}");
+        drop(h); // gives the lease back, if one is held
+        assert_eq!(
+            exact.usage(&d, MIDNIGHT),
+            leased.usage(&d, MIDNIGHT),
+            "{limit}"
+        );
+        assert_eq!(
+            exact.try_consume(&d, PTS, units(10), MIDNIGHT).is_allowed(),
+            leased
+                .try_consume(&d, PTS, units(10), MIDNIGHT)
+                .is_allowed(),
+            "{limit}"
+        );
     }
-    // Same admitted usage on both: 1 point.
-    assert!(exact.try_consume(&d, PTS, units(1), MIDNIGHT).is_allowed());
-    let mut h = leased.handle(&d).with_lease(units(10));
-    assert!(h.try_consume(PTS, units(1), MIDNIGHT).is_allowed()); // counter: 1 + lease 10
-                                                                  // Post-paid usage booked by another caller (by subject) saturates both counters.
-    let a = exact.record(&d, PTS, Amount::MAX, MIDNIGHT);
-    let b = leased.record(&d, PTS, Amount::MAX, MIDNIGHT);
-    assert_eq!(a, b); // both denied: exhausted
-    assert!(!exact.check(&d, MIDNIGHT).is_allowed());
-    drop(h); // gives the lease back
-
-    assert_eq!(exact.usage(&d, MIDNIGHT), leased.usage(&d, MIDNIGHT));
-    assert_eq!(
-        exact.try_consume(&d, PTS, units(10), MIDNIGHT).is_allowed(),
-        leased
-            .try_consume(&d, PTS, units(10), MIDNIGHT)
-            .is_allowed(),
-    );
 }
 
 /// `release` says what it gave back: nothing for a lease whose window

@@ -165,6 +165,15 @@ impl Engine {
         if owners.len() > watch.len() || owners.iter().any(|o| o.shared) {
             return;
         }
+        // Nor are the counters of a limit too large for them (D14: it
+        // saturates, and only a counter at `u64::MAX` blocks). A lease
+        // there could fill a counter to exactly `u64::MAX`, which a settle
+        // cannot tell from a counter another caller's `record` saturated
+        // (that one must stay saturated: see `settle`); such limits are
+        // beyond any real quota, and their calls take the locks.
+        if rules.iter().any(|r| r.limit == u64::MAX) {
+            return;
+        }
         // A rule with nothing to lease (it is exhausted): every call takes
         // the locks.
         let mut blocked = false;
@@ -309,10 +318,12 @@ fn settle(h: &mut HandleState, locked: &mut Locked<'_>, mut report: impl FnMut(B
         let unspent = granted - spend[r.benefit_type as usize].spent;
         // None: evicted since the grant.
         if let Some(c) = counter_of_rule(locked, owners, subject, r) {
-            // A counter at `u64::MAX` keeps it: a debit there saturated
-            // (D14), so the lease is not known to be in it, and taking it
-            // off would reopen a counter the exact path keeps blocked (at
-            // worst the lease stays spent: an under-admission).
+            // A counter at `u64::MAX` keeps it: no lease fills a counter
+            // that far (saturating limits are not leased), so another
+            // caller's debit reached it, most likely saturating (D14), and
+            // the lease is not known to be in it; taking it off could
+            // reopen a counter the exact path keeps blocked (at worst the
+            // lease stays spent: an under-admission, by the lease).
             if c.generation == r.generation && c.window_start == l.start && c.used != u64::MAX {
                 c.used -= unspent.min(c.used);
                 report(r.benefit_type, unspent);

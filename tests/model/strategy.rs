@@ -10,7 +10,9 @@ pub fn spec() -> impl Strategy<Value = Spec> {
         any::<u8>(),
         // resource points most of the time, so rules interact
         prop_oneof![4 => Just(0u8), 1 => any::<u8>()],
-        prop_oneof![1 => Just(0u16), 6 => 1u16..60, 1 => any::<u16>()],
+        // 65,000 and up stand for a limit that saturates the counters (D14:
+        // `limit_of`), drawn outright, not left to `any` (under 1%)
+        prop_oneof![1 => Just(0u16), 6 => 1u16..60, 1 => any::<u16>(), 1 => 65_000u16..=u16::MAX],
         any::<u8>(),
         any::<u8>(),
         -72i16..72,
@@ -44,7 +46,7 @@ pub fn spec() -> impl Strategy<Value = Spec> {
 
 pub fn patch() -> impl Strategy<Value = Patch> {
     (
-        proptest::option::of(0u16..60),
+        proptest::option::of(prop_oneof![8 => 0u16..60, 1 => 65_000u16..=u16::MAX]),
         proptest::option::weighted(0.3, any::<u8>()),
         proptest::option::weighted(0.3, any::<u8>()),
         proptest::option::weighted(0.2, -72i16..72),
@@ -63,6 +65,14 @@ pub fn patch() -> impl Strategy<Value = Patch> {
         )
 }
 
+/// An amount's draw (`amount_micros`): 0xFFFF_FF00 and up stand for
+/// amounts within 256 micro-units of the counters' range (D14), drawn
+/// outright (`any` reaches them once in 16 million draws), so that
+/// saturated counters, and a saturating limit's, are reached in a run.
+fn micros() -> impl Strategy<Value = u32> {
+    prop_oneof![12 => any::<u32>(), 1 => 0xFFFF_FF00u32..=u32::MAX]
+}
+
 pub fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => spec().prop_map(Op::Create),
@@ -72,9 +82,9 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::Unfreeze),
         1 => any::<u8>().prop_map(Op::Cancel),
         3 => any::<u8>().prop_map(|subject| Op::Check { subject }),
-        8 => (any::<u8>(), prop_oneof![3 => Just(0u8), 1 => any::<u8>()], any::<u32>())
+        8 => (any::<u8>(), prop_oneof![3 => Just(0u8), 1 => any::<u8>()], micros())
             .prop_map(|(subject, benefit_type, micros)| Op::TryConsume { subject, benefit_type, micros }),
-        3 => (any::<u8>(), prop_oneof![3 => Just(0u8), 1 => any::<u8>()], any::<u32>())
+        3 => (any::<u8>(), prop_oneof![3 => Just(0u8), 1 => any::<u8>()], micros())
             .prop_map(|(subject, benefit_type, micros)| Op::Record { subject, benefit_type, micros }),
         4 => prop_oneof![
             3 => any::<u16>().prop_map(|s| Op::Advance(Step::Seconds(s % 900))),
