@@ -323,8 +323,10 @@ fn racing_updates<R>(
             }
             n
         });
-        let result = consumers(&writes);
-        stop.store(true, Ordering::Relaxed);
+        let result = {
+            let _stop = SetOnDrop(&stop);
+            consumers(&writes)
+        };
         (result, updater.join().unwrap())
     })
 }

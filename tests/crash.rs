@@ -196,7 +196,7 @@ fn sigkill_at_random_moments_never_over_admits() {
             std::thread::sleep(Duration::from_millis(2));
         }
         child.kill().unwrap(); // SIGKILL
-        let status = child.wait().unwrap();
+        let status = common::wait_within(&mut child);
         assert_eq!(status.signal(), Some(9), "life {life} was not killed");
         let lines = reader.join().unwrap();
         ready_lives += u64::from(lines.first().is_some_and(|l| l == "READY"));
@@ -209,7 +209,7 @@ fn sigkill_at_random_moments_never_over_admits() {
     }
     // A last life that ends cleanly.
     let (mut child, (reader, _)) = spawn(&bin, &path, zero, 99, Some(300));
-    assert!(child.wait().unwrap().success());
+    assert!(common::wait_within(&mut child).success());
     let lines = reader.join().unwrap();
     assert_eq!(lines.last().map(String::as_str), Some("DONE"));
     for l in lines
@@ -320,7 +320,7 @@ fn a_clean_shutdown_loses_nothing() {
     let mut tally = Tally::default();
     for life in 0..3 {
         let (mut child, (reader, _)) = spawn(&bin, &path, zero, 7 + life, Some(200));
-        assert!(child.wait().unwrap().success());
+        assert!(common::wait_within(&mut child).success());
         for l in reader
             .join()
             .unwrap()

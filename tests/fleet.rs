@@ -70,7 +70,7 @@ fn four_instances_never_pass_a_limit_and_leave_little_unused() {
     for mut child in children {
         let out = child.stdout.take().unwrap();
         let lines: Vec<String> = BufReader::new(out).lines().map_while(Result::ok).collect();
-        assert!(child.wait().unwrap().success());
+        assert!(common::wait_within(&mut child).success());
         assert_eq!(lines.last().map(String::as_str), Some("DONE"));
         for l in lines.iter().filter(|l| l.starts_with("T ")) {
             let f: Vec<&str> = l.split(' ').collect();
@@ -165,7 +165,7 @@ fn an_instance_killed_while_holding_grants_leaves_the_others_going() {
     // (counter, day) → admitted, from every admission printed
     let mut admitted: HashMap<(String, i64), u64> = HashMap::new();
     for (i, (mut child, reader)) in children.drain(..).enumerate() {
-        let ok = child.wait().unwrap().success();
+        let ok = common::wait_within(&mut child).success();
         let lines = reader.join().unwrap();
         if i == 0 {
             assert!(!ok, "the killed instance exited cleanly");

@@ -10,6 +10,15 @@ use benefit_quota::ledger::{CounterKey, CounterOwner};
 use benefit_quota::types::BenefitId;
 use benefit_quota::{Amount, BenefitType, Engine, MemoryLedger, Subject};
 
+/// Sets its flag when dropped (a panic unwinding included).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 const PTS: BenefitType = BenefitType::ResourcePoint;
 const T0: i64 = 1_741_708_800;
 
@@ -146,6 +155,8 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
         }
     };
     std::thread::scope(|s| {
+        // The sweeper and the checker stop however this closure ends.
+        let _done = SetOnDrop(&done);
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
                 match e.give_back_idle() {
@@ -203,9 +214,23 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
                         x ^= x << 17;
                         let d = (x % DEVICES as u64) as usize;
                         let dev = format!("d{d}");
-                        if e.try_consume(&Subject::device(&dev), PTS, Amount::from_units(1), T0)
-                            .is_allowed()
-                        {
+                        // A panic is a failure like the others: this
+                        // thread must reach every barrier its peers wait at.
+                        let allowed =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                e.try_consume(
+                                    &Subject::device(&dev),
+                                    PTS,
+                                    Amount::from_units(1),
+                                    T0,
+                                )
+                                .is_allowed()
+                            }))
+                            .unwrap_or_else(|_| {
+                                fail(format!("try_consume for {dev} panicked"));
+                                false
+                            });
+                        if allowed {
                             admitted[d].fetch_add(1, Ordering::SeqCst);
                         }
                     }
@@ -215,7 +240,6 @@ fn sweeps_racing_debits_never_give_back_a_spent_unit() {
         for w in workers {
             w.join().unwrap();
         }
-        done.store(true, Ordering::Relaxed);
     });
     assert_eq!(failures.into_inner().unwrap(), Vec::<String>::new());
     assert!(

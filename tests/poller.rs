@@ -250,9 +250,16 @@ fn a_write_landing_while_the_listing_is_read_is_not_undone_by_it() {
             let (lock, cvar) = &*updated;
             let mut done = lock.lock().unwrap();
             if !asked.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                // The first listing: answered only once the write landed.
+                // The first listing: answered only once the write landed
+                // (or after a minute, if the test failed before writing:
+                // the server's thread is joined when it is dropped).
+                let until = std::time::Instant::now() + Duration::from_secs(60);
                 while !*done {
-                    done = cvar.wait(done).unwrap();
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    done = cvar.wait_timeout(done, left).unwrap().0;
                 }
                 return ok(page(
                     &[record("7002", "enterprise_all_devices", None, 20)],

@@ -213,3 +213,36 @@ pub fn on_a_failing_ledger(limit: i64) -> std::sync::Arc<Engine> {
     ledger.fail_next(u32::MAX);
     engine
 }
+
+/// Sets its flag when dropped, so that a test's helper threads that loop
+/// until the flag is set also stop when the test panics first (the panic
+/// unwinds through the guard; a scope waiting for those threads would
+/// otherwise wait forever).
+pub struct SetOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// How long a test waits for a child process it started to end.
+pub const CHILD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `child`'s exit status once it ends; if it has not ended within
+/// [`CHILD_DEADLINE`], it is killed and the test fails (a hung child
+/// fails the test instead of hanging it).
+pub fn wait_within(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let until = std::time::Instant::now() + CHILD_DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child {} did not end within {CHILD_DEADLINE:?}", child.id());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

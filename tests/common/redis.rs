@@ -70,7 +70,9 @@ impl RedisServer {
     /// exited first (its port was taken).
     fn try_start(&mut self) -> bool {
         assert!(self.child.is_none());
-        let mut child = Command::new("redis-server")
+        // Its complaints, if it fails to start, go to a file beside its own.
+        let log = std::fs::File::create(self.dir.join("stderr.log")).unwrap();
+        let child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -86,21 +88,26 @@ impl RedisServer {
                 self.dir.to_str().unwrap(),
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
+        // Held by `self` from now on, so that a failed wait below kills it
+        // (dropping a `Child` leaves the process running).
+        let pid = child.id();
+        let child = self.child.insert(child);
         let t = Instant::now();
         loop {
             if child.try_wait().unwrap().is_some() {
+                self.child = None;
                 return false;
             }
-            if serves(self.port, child.id()) {
-                self.child = Some(child);
+            if serves(self.port, pid) {
                 return true;
             }
             assert!(
                 t.elapsed() < Duration::from_secs(10),
-                "redis-server did not answer"
+                "redis-server did not answer: {}",
+                std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
