@@ -934,9 +934,10 @@ fn d15_huge_periods_near_forever_do_not_overflow() {
     assert!(e.try_consume(&s, PTS, units(1), FOREVER).is_allowed());
     let (_, _, _, resets) = denial_of(&e.check(&s, FOREVER));
     assert!(resets.unwrap() > FOREVER);
-    for now in [i64::MIN, -1, i64::MAX] {
-        let _ = e.check(&s, now);
-        let _ = e.try_consume(&s, PTS, units(1), now);
+    // Times past either end are refused before any period arithmetic (T1).
+    for now in [i64::MIN, -1, FOREVER + 1, i64::MAX] {
+        assert!(e.check(&s, now).rejection().is_some(), "{now}");
+        assert!(e.try_consume(&s, PTS, units(1), now).rejection().is_some());
     }
 }
 

@@ -485,23 +485,35 @@ fn s4_a_concurrent_reader_sees_a_whole_sync_or_none_of_it() {
     let (five, nine) = (listing_of(5), listing_of(9));
     e.sync(&five, MIDNIGHT).unwrap();
     let subject = Subject::device("d1").with_consumer("c1");
-    let done = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let done = AtomicBool::new(false);
+    let reads = AtomicUsize::new(0);
     let seen = std::thread::scope(|s| {
         s.spawn(|| {
+            let _done = SetOnDrop(&done);
             for i in 0..400 {
                 let l = if i % 2 == 0 { &nine } else { &five };
                 e.sync(l, MIDNIGHT).unwrap();
+                // Two reads completed after this sync (the second began
+                // after it ended) before the next: every state is read
+                // whole at least once, and reads overlap the syncs.
+                let after = reads.load(Ordering::SeqCst) + 2;
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while reads.load(Ordering::SeqCst) < after {
+                    assert!(std::time::Instant::now() < until, "the reader stalled");
+                    std::thread::yield_now();
+                }
             }
-            done.store(true, std::sync::atomic::Ordering::Release);
         });
         let mut seen = std::collections::BTreeSet::new();
         loop {
-            let finished = done.load(std::sync::atomic::Ordering::Acquire);
+            let finished = done.load(Ordering::Acquire);
             let limits: Vec<i64> = e
                 .usage(&subject, MIDNIGHT)
                 .iter()
                 .map(|u| u.limit)
                 .collect();
+            reads.fetch_add(1, Ordering::SeqCst);
             assert!(limits == [5, 5] || limits == [9, 9], "{limits:?}");
             seen.insert(limits[0]);
             if finished {
@@ -509,7 +521,7 @@ fn s4_a_concurrent_reader_sees_a_whole_sync_or_none_of_it() {
             }
         }
     });
-    assert!(seen.contains(&5));
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [5, 9]);
 }
 
 #[test]
