@@ -98,6 +98,16 @@ async fn a_tonic_service_gets_grpc_status_answers() {
     .layer(Upstream);
     let r = strict.call(request(None)).await.unwrap();
     assert_eq!(r.headers()["grpc-status"], "16");
+    // 403: `PERMISSION_DENIED` (7).
+    let mut forbidden = QuotaLayer::new(
+        Arc::clone(&engine),
+        DeviceHeader(http::HeaderName::from_static("x-device-id")),
+    )
+    .on_missing_subject(http::StatusCode::FORBIDDEN)
+    .grpc()
+    .layer(Upstream);
+    let r = forbidden.call(request(None)).await.unwrap();
+    assert_eq!(r.headers()["grpc-status"], "7");
     assert!(r.headers().get("x-upstream").is_none());
     // A ledger that grants nothing: 14 (`UNAVAILABLE`), no retry hint.
     let ledgered = on_a_failing_ledger(2);

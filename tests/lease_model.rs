@@ -357,6 +357,11 @@ impl Mixed {
     fn under_admission(&self, s: &SubjectIds, now: i64) -> Result<(), String> {
         let (e, m) = (engine_usage(&self.engine, s, now), self.model.usage(s, now));
         let mut leased = false;
+        if e.len() != m.len() {
+            return Err(format!(
+                "applicable rules differ: engine {e:?}, model {m:?}"
+            ));
+        }
         for (eu, mu) in e.iter().zip(&m) {
             if eu.0 != mu.0 {
                 return Err(format!(

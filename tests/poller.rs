@@ -304,6 +304,51 @@ fn a_write_landing_while_the_listing_is_read_is_not_undone_by_it() {
     drop(polling.0);
 }
 
+/// A poll whose every listing races a write (here the server writes a rule
+/// to the engine while answering) gives up after three listings, applies
+/// none of them, and says why; the writes stay.
+#[test]
+fn a_poll_outrun_by_writes_three_times_applies_nothing() {
+    let engine = Arc::new(Engine::new());
+    let server = {
+        let engine = Arc::clone(&engine);
+        Server::start(move |url| {
+            if url.contains("entity_type=enterprise_all_devices") {
+                // A rule of a scope the poller does not own, written
+                // through another path while this listing is read.
+                engine
+                    .create_json(Rule::all_consumers(5).body())
+                    .map(|_| ())
+                    .or_else(|_| {
+                        engine
+                            .apply_update_json("1", r#"{"limit":6}"#, MIDNIGHT)
+                            .map(|_| ())
+                    })
+                    .unwrap();
+            }
+            platform(url)
+        })
+    };
+    let p = poller(&server.base, &engine);
+    let err = p.poll_once_at(MIDNIGHT).unwrap_err();
+    assert!(matches!(err, PollError::Outdated), "{err}");
+    assert!(p.state().last_error.is_some());
+    // Nothing the platform lists was applied; the racing writes were.
+    assert_eq!(engine.records().len(), 1);
+    assert_eq!(
+        engine.records()[0].entity_type(),
+        EntityType::EnterpriseAllCustomConsumers
+    );
+    assert_eq!(engine.get("1").unwrap().limit(), 6);
+    // Three listings of the devices' scope, none of the next.
+    let listed = server
+        .urls()
+        .iter()
+        .filter(|u| u.contains("entity_type=enterprise_all_devices") && !u.contains("page_token"))
+        .count();
+    assert_eq!(listed, 3);
+}
+
 /// The token is a secret: a builder's `Debug` (logged with a
 /// configuration, say) leaves it out.
 #[test]

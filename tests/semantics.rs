@@ -1045,7 +1045,9 @@ fn d16_a_reset_is_not_undone_by_changing_the_period_back() {
     let e = Engine::new();
     let id = Rule::all_devices(10).daily().create(&e);
     let s = Subject::device("d");
-    let _ = e.try_consume(&s, PTS, units(6), MIDNIGHT + 100);
+    assert!(e
+        .try_consume(&s, PTS, units(6), MIDNIGHT + 100)
+        .is_allowed());
     e.apply_update_json(&id, r#"{"trigger_time":2}"#, MIDNIGHT + 200)
         .unwrap();
     e.apply_update_json(&id, r#"{"trigger_time":1}"#, MIDNIGHT + 300)

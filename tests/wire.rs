@@ -344,7 +344,10 @@ fn d8_pages_are_stable_while_rules_are_added_and_updated() {
         .map(|i| i.benefit_id().to_string())
         .collect();
     let mut token = p1.page_token.clone();
+    let mut pages = 0;
     while !token.is_empty() {
+        pages += 1;
+        assert!(pages < 1_000, "the page tokens never end");
         let page = e
             .list_query_string(format!("{q}&page_token={token}"))
             .unwrap();

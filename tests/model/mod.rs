@@ -662,7 +662,8 @@ impl Harness {
     /// [`Harness::new`] with an offset that need not be whole hours
     /// (UTC+5:30, UTC+5:45, UTC−9:30).
     pub fn with_offset_seconds(base: i64, offset_seconds: i32, suspend: bool) -> Harness {
-        let utc_offset = benefit_quota::UtcOffset::from_seconds(offset_seconds).unwrap_or_default();
+        let utc_offset = benefit_quota::UtcOffset::from_seconds(offset_seconds)
+            .unwrap_or_else(|| panic!("offset {offset_seconds} s is not one the engine takes"));
         let engine = Arc::new(
             Engine::builder()
                 .utc_offset(utc_offset)
@@ -835,7 +836,8 @@ impl Harness {
                     amount,
                 }];
                 e.try_consume_many_handles(&mut reqs, now, &mut out);
-                out.pop().unwrap_or(benefit_quota::Decision::Allowed(None))
+                assert_eq!(out.len(), 1, "one decision per request");
+                out.pop().expect("one decision per request")
             }
             (false, true) => h.try_consume(ebt, amount, now),
         };
