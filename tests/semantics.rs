@@ -1147,6 +1147,58 @@ fn d17_denials_name_the_rule_reason_remaining_and_reset() {
     );
 }
 
+/// D17's ranking, step by step: frozen before any exhausted rule, then
+/// the latest reset (the previous test), then exhausted before
+/// insufficient at the same reset, then the rule created first.
+#[test]
+fn d17_the_denial_reported_is_the_one_that_lasts_longest() {
+    let s = Subject::device("d").with_consumer("c");
+    // Frozen beats a cumulative cap reached (which never resets either).
+    let e = Engine::new();
+    let cum = Rule::device("d", 100).create(&e);
+    let frozen = Rule::device("d", 10).daily().status("frozen").create(&e);
+    assert!(!e
+        .record(&Subject::device("d"), PTS, units(100), MIDNIGHT + 5)
+        .is_allowed());
+    let d = e.check(&Subject::device("d"), MIDNIGHT + 6);
+    // (the record was booked on the frozen rule too: nothing is left there)
+    assert_eq!(denial_of(&d), (frozen, DenyReason::Frozen, Amount::ZERO, None));
+    assert_ne!(denial_of(&d).0, cum);
+    // Same reset (local midnight): exhausted beats insufficient, though the
+    // insufficient rule was created first.
+    let e = Engine::new();
+    let consumer = Rule::consumer("c", 20).daily().create(&e);
+    let device = Rule::device("d", 10).daily().create(&e);
+    assert!(e.try_consume(&s, PTS, units(10), MIDNIGHT + 5).is_allowed());
+    assert!(e
+        .try_consume(&Subject::consumer("c"), PTS, units(5), MIDNIGHT + 5)
+        .is_allowed());
+    let d = e.try_consume(&s, PTS, units(6), MIDNIGHT + 6);
+    assert_eq!(
+        denial_of(&d),
+        (
+            device.clone(),
+            DenyReason::Exhausted,
+            Amount::ZERO,
+            Some(MIDNIGHT + DAY)
+        )
+    );
+    // Both exhausted at the same reset: the rule created first.
+    assert!(e
+        .try_consume(&Subject::consumer("c"), PTS, units(5), MIDNIGHT + 7)
+        .is_allowed());
+    let d = e.check(&s, MIDNIGHT + 8);
+    assert_eq!(
+        denial_of(&d),
+        (
+            consumer,
+            DenyReason::Exhausted,
+            Amount::ZERO,
+            Some(MIDNIGHT + DAY)
+        )
+    );
+}
+
 #[test]
 fn d17_allowed_decisions_report_the_tightest_rule() {
     let e = Engine::new();
