@@ -1162,7 +1162,10 @@ fn d17_the_denial_reported_is_the_one_that_lasts_longest() {
         .is_allowed());
     let d = e.check(&Subject::device("d"), MIDNIGHT + 6);
     // (the record was booked on the frozen rule too: nothing is left there)
-    assert_eq!(denial_of(&d), (frozen, DenyReason::Frozen, Amount::ZERO, None));
+    assert_eq!(
+        denial_of(&d),
+        (frozen, DenyReason::Frozen, Amount::ZERO, None)
+    );
     assert_ne!(denial_of(&d).0, cum);
     // Same reset (local midnight): exhausted beats insufficient, though the
     // insufficient rule was created first.
