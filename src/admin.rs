@@ -13,16 +13,18 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, put};
+use axum::routing::{get, put};
 use axum::Router;
 
 use crate::engine::Engine;
 use crate::errors::{ApiError, ErrorCode};
+use crate::types::BenefitInfo;
+use crate::validate::MAX_BODY_BYTES;
 use crate::wire::{CreateData, Envelope};
 
 /// Who may call the admin routes: tokens that may write (create, update)
@@ -161,8 +163,10 @@ pub fn admin_router_with_clock(
         .route("/v1/commerce/benefit/limitations/{benefit_id}", put(update))
         // The update path without its id (`.../limitations/`), which the
         // two routes above do not match: in the envelope too, not axum's
-        // bare 404.
-        .route("/v1/commerce/benefit/limitations/", any(no_id))
+        // bare 404. Only a PUT is an update missing its id; other methods
+        // there are answered 405 (a list with a trailing slash and a
+        // read-only token was refused as lacking the write permission).
+        .route("/v1/commerce/benefit/limitations/", put(no_id))
         .method_not_allowed_fallback(not_allowed)
         .with_state(state)
 }
@@ -217,20 +221,28 @@ fn envelope<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
     response
 }
 
-/// A body axum could not read (past its size limit, a broken stream),
-/// answered as the engine answers a body it cannot parse: 4000 naming
-/// `body`, in the envelope, after the token check.
-fn readable(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| ApiError::invalid("body", e.body_text()))
+/// A request's body, read only once its token passed (a client without
+/// one cannot make the gateway read megabytes), up to one byte past the
+/// engine's own limit, which then answers 4000 naming `body` as it does for
+/// a body too large; a longer one, or a broken stream, is answered the same
+/// way here, without reading it all.
+async fn readable(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES + 1)
+        .await
+        .map_err(|e| {
+            ApiError::invalid(
+                "body",
+                format_args!("unreadable or too large (at most {MAX_BODY_BYTES} bytes): {e}"),
+            )
+        })
 }
 
-async fn create(
-    State(s): State<AdminState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    envelope(s.auth.check(&headers, true).and_then(|()| {
-        let info = s.engine.create_json(readable(body)?)?;
+async fn create(State(s): State<AdminState>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(e) = s.auth.check(&headers, true) {
+        return envelope::<CreateData>(Err(e));
+    }
+    envelope(readable(body).await.and_then(|body| {
+        let info = s.engine.create_json(body)?;
         Ok(CreateData { benefit_info: info })
     }))
 }
@@ -267,13 +279,22 @@ async fn update(
     State(s): State<AdminState>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    envelope(s.auth.check(&headers, true).and_then(|()| {
-        // An id that does not decode (percent-escapes that are not UTF-8):
-        // 4000 naming it, in the envelope, after the token check.
-        let Path(benefit_id) = path.map_err(|e| ApiError::invalid("benefit_id", e.body_text()))?;
-        s.engine
-            .apply_update_json(&benefit_id, readable(body)?, (s.clock)())
-    }))
+    if let Err(e) = s.auth.check(&headers, true) {
+        return envelope::<BenefitInfo>(Err(e));
+    }
+    // An id that does not decode (percent-escapes that are not UTF-8):
+    // 4000 naming it, in the envelope, after the token check.
+    let benefit_id = match path {
+        Ok(Path(id)) => id,
+        Err(e) => {
+            return envelope::<BenefitInfo>(Err(ApiError::invalid("benefit_id", e.body_text())))
+        }
+    };
+    envelope(
+        readable(body)
+            .await
+            .and_then(|body| s.engine.apply_update_json(&benefit_id, body, (s.clock)())),
+    )
 }

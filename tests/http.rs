@@ -500,6 +500,18 @@ async fn admin_errors_outside_the_engine_come_in_the_envelope_too() {
             "{path:?}: {body}"
         );
     }
+    // Other methods on the update path without an id are not an update
+    // missing its id: 405, whatever the token.
+    for token in ["viewer", "admin"] {
+        let r = client
+            .get(format!("{url}/?entity_type=enterprise_all_devices"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{token}");
+        assert_eq!(r.headers()["allow"], "PUT", "{token}");
+    }
     assert!(engine.records().is_empty());
 }
 
@@ -631,6 +643,39 @@ async fn admin_routes_answer_as_the_platform_with_tokens_checked() {
 
 /// Admin tokens are secrets: `AdminAuth`'s `Debug` counts them and shows
 /// none.
+/// A write without a valid token is refused before its body is read: a
+/// client that sends headers announcing a megabyte, and never the body,
+/// gets its 401 (it waited for the body before).
+#[tokio::test]
+async fn a_write_without_a_token_is_refused_before_its_body_is_read() {
+    use std::io::{Read, Write};
+    let engine = Arc::new(Engine::new());
+    let base = serve(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN)))).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    for (method, path) in [("POST", ""), ("PUT", "/7001")] {
+        let addr = addr.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+            let head = format!(
+                "{method} /v1/commerce/benefit/limitations{path} HTTP/1.1\r\nhost: {addr}\r\n\
+                 content-type: application/json\r\ncontent-length: 1000000\r\n\r\n{{"
+            );
+            conn.write_all(head.as_bytes()).unwrap();
+            // The rest of the body never comes: a server that waits for it
+            // answers nothing, and this read fails the test after a minute.
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+                .unwrap();
+            let mut answer = vec![0u8; 4096];
+            let n = conn.read(&mut answer).expect("no answer before the body");
+            String::from_utf8_lossy(&answer[..n]).into_owned()
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{method}: {answer}");
+    }
+    assert!(engine.records().is_empty());
+}
+
 #[tokio::test]
 async fn admin_tokens_are_read_as_http_and_configuration_have_them() {
     let engine = Arc::new(Engine::new());
