@@ -10,12 +10,22 @@ mod shared;
 use shared::*;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, query)) = data.split_first() else { return };
+    let Some((&mode, query)) = data.split_first() else {
+        return;
+    };
     let e = seeded();
     let subjects = subjects();
     let before = snapshot(&e, &subjects, MIDNIGHT);
-    let result = if mode % 2 == 0 { e.list_query_string(query) } else { e.list_json(query) };
-    assert_eq!(snapshot(&e, &subjects, MIDNIGHT), before, "listing changed state");
+    let result = if mode % 2 == 0 {
+        e.list_query_string(query)
+    } else {
+        e.list_json(query)
+    };
+    assert_eq!(
+        snapshot(&e, &subjects, MIDNIGHT),
+        before,
+        "listing changed state"
+    );
     match result {
         Err(err) => assert_eq!(err.code().as_u32(), 4000, "{err}"),
         Ok(page) => {
@@ -31,8 +41,11 @@ fuzz_target!(|data: &[u8]| {
                     let q = String::from_utf8_lossy(query);
                     let key = |p: &&str| p.split('=').next().unwrap_or_default().to_owned();
                     let rest: Vec<&str> = q.split('&').filter(|p| key(p) != "page_token").collect();
-                    let unpaged: Vec<&str> =
-                        rest.iter().copied().filter(|p| key(p) != "page_size").collect();
+                    let unpaged: Vec<&str> = rest
+                        .iter()
+                        .copied()
+                        .filter(|p| key(p) != "page_size")
+                        .collect();
                     let next = format!("{}&page_token={}", rest.join("&"), page.page_token);
                     let whole = format!("{}&page_size=200", unpaged.join("&"));
                     // A query of plain keys (UTF-8, keys of letters, digits
@@ -41,12 +54,17 @@ fuzz_target!(|data: &[u8]| {
                     // queries may not survive the rebuilding (escapes).
                     let plain = std::str::from_utf8(query).is_ok_and(|q| {
                         q.split('&').all(|p| {
-                            p.split('=').next().is_some_and(|k| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                            p.split('=').next().is_some_and(|k| {
+                                k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                            })
                         })
                     });
                     let got = e.list_query_string(next.as_bytes());
                     if plain {
-                        assert!(got.is_ok(), "the returned token was refused: {next:?}: {got:?}");
+                        assert!(
+                            got.is_ok(),
+                            "the returned token was refused: {next:?}: {got:?}"
+                        );
                     }
                     (got.ok(), e.list_query_string(whole.as_bytes()).ok())
                 } else if let Ok(mut q) = serde_json::from_slice::<serde_json::Value>(query) {
@@ -66,7 +84,8 @@ fuzz_target!(|data: &[u8]| {
                 // begin the unpaged listing (the seeded engine's rules all fit
                 // in one page of 200).
                 if let (Some(p2), Some(whole)) = (next, whole) {
-                    let joined: Vec<_> = page.benefit_infos.iter().chain(&p2.benefit_infos).collect();
+                    let joined: Vec<_> =
+                        page.benefit_infos.iter().chain(&p2.benefit_infos).collect();
                     let expected: Vec<_> = whole.benefit_infos.iter().take(joined.len()).collect();
                     assert_eq!(joined, expected, "the pages skipped or repeated an item");
                 }

@@ -31,8 +31,8 @@ fuzz_target!(|input: Input| {
         _ => 1_704_038_400 + i64::from(input.base_offset / 10) % 94_694_400,
     };
     // UTC+8, UTC, UTC-5, and offsets that are not whole hours.
-    let offset_seconds = [8 * 3_600, 0, -5 * 3_600, 19_800, 20_700, -34_200]
-        [usize::from(input.offset % 6)];
+    let offset_seconds =
+        [8 * 3_600, 0, -5 * 3_600, 19_800, 20_700, -34_200][usize::from(input.offset % 6)];
     let mut h = Harness::with_offset_seconds(base, offset_seconds, input.suspend);
     for (i, op) in input.ops.iter().take(300).enumerate() {
         let (engine, model) = h.step(op);

@@ -13,7 +13,11 @@ pub use common::{snapshot, Rule, MIDNIGHT, PTS};
 pub const IDS: [&str; 6] = ["1", "2", "3", "4", "5", "missing"];
 
 pub fn subjects() -> [Subject<'static>; 3] {
-    [Subject::device("d"), Subject::device("z"), Subject::consumer("c")]
+    [
+        Subject::device("d"),
+        Subject::device("z"),
+        Subject::consumer("c"),
+    ]
 }
 
 /// A default engine with few shards: the shard count changes no decision,
@@ -30,7 +34,9 @@ pub fn seeded() -> Engine {
     Rule::device("d", 50).every(3, "hour").create(&e);
     Rule::consumer("c", 5).create(&e);
     let cancelled = Rule::device("x", 5).create(&e);
-    if e.apply_update_json(&cancelled, r#"{"status":"cancel"}"#, MIDNIGHT).is_err() {
+    if e.apply_update_json(&cancelled, r#"{"status":"cancel"}"#, MIDNIGHT)
+        .is_err()
+    {
         panic!("seeding failed");
     }
     for s in subjects() {
