@@ -187,7 +187,9 @@ fn header<'h>(
     };
     let text = std::str::from_utf8(value.as_bytes())
         .map_err(|_| ExtractError(format!("header `{name}` is not UTF-8")))?
-        .trim();
+        // HTTP's blanks only (space and tab): an id's own characters, of
+        // any script, stay as a rule names them.
+        .trim_matches([' ', '\t']);
     if text.len() > MAX_ID_LEN {
         return Err(ExtractError(format!(
             "header `{name}` is {} bytes long, at most {MAX_ID_LEN}",
@@ -209,7 +211,8 @@ fn required<'h>(
 ///
 /// Like every extractor here, it refuses (400, code 4000, naming the
 /// header) a value that is not UTF-8 or is longer than 256 bytes, the
-/// longest entity id a rule can name; surrounding blanks are trimmed.
+/// longest entity id a rule can name; surrounding spaces and tabs are
+/// trimmed (other characters, of any script, are the id's own).
 #[derive(Debug, Clone)]
 pub struct DeviceHeader(pub HeaderName);
 

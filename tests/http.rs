@@ -156,6 +156,13 @@ async fn subject_ids_in_any_script_are_read_and_overlong_ones_refused() {
     // missing header.
     assert_eq!(get("设备-1".as_bytes()).await.unwrap().status(), 200);
     assert_eq!(get("设备-1".as_bytes()).await.unwrap().status(), 429);
+    // Only spaces and tabs around it are trimmed: an ideographic space is
+    // part of the id, another device than the rule names.
+    assert_eq!(get(" 设备-1\t".as_bytes()).await.unwrap().status(), 429);
+    assert_eq!(
+        get("设备-1\u{3000}".as_bytes()).await.unwrap().status(),
+        200
+    );
     // The longest id a rule can name is served; one byte more is refused,
     // naming the header, and makes no counter.
     assert_eq!(get(&[b'a'; 256]).await.unwrap().status(), 200);
@@ -641,8 +648,6 @@ async fn admin_routes_answer_as_the_platform_with_tokens_checked() {
     assert_eq!(engine.records(), before);
 }
 
-/// Admin tokens are secrets: `AdminAuth`'s `Debug` counts them and shows
-/// none.
 /// A write without a valid token is refused before its body is read: a
 /// client that sends headers announcing a megabyte, and never the body,
 /// gets its 401 (it waited for the body before).
@@ -712,6 +717,8 @@ async fn admin_tokens_are_read_as_http_and_configuration_have_them() {
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
 }
 
+/// Admin tokens are secrets: `AdminAuth`'s `Debug` counts them and shows
+/// none.
 #[test]
 fn admin_auth_debug_shows_no_token() {
     let shown = format!("{:?}", AdminAuth::new("s3cret-w").read_only("s3cret-r"));
