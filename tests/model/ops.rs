@@ -313,13 +313,17 @@ pub fn benefit_type_of(i: u8) -> &'static str {
     pick(&BENEFIT_TYPES, i)
 }
 
-/// Limits: as drawn, except that the top of the range stands for a limit
-/// too large for the counters (D14: it saturates).
+/// Limits: as drawn, except that the top of the range stands for the
+/// limits around the counters' range (D14): the largest that fits in
+/// micro-units, the smallest that saturates, and `i64::MAX`.
 pub fn limit_of(l: u16) -> i64 {
-    if l >= 65_000 {
-        i64::MAX
-    } else {
-        i64::from(l)
+    /// `u64::MAX` micro-units, in whole units (rounded down).
+    const FITS: i64 = (u64::MAX / 1_000_000) as i64;
+    match l {
+        65_000 => FITS,
+        65_001 => FITS + 1,
+        65_002.. => i64::MAX,
+        _ => i64::from(l),
     }
 }
 
