@@ -325,8 +325,9 @@ fn settle(h: &mut HandleState, locked: &mut Locked<'_>, mut report: impl FnMut(B
             // reopen a counter the exact path keeps blocked (at worst the
             // lease stays spent: an under-admission, by the lease).
             if c.generation == r.generation && c.window_start == l.start && c.used != u64::MAX {
-                c.used -= unspent.min(c.used);
-                report(r.benefit_type, unspent);
+                let back = unspent.min(c.used);
+                c.used -= back;
+                report(r.benefit_type, back);
             }
             c.lifetime = c.lifetime.saturating_add(granted - unspent);
         }
