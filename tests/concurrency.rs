@@ -375,6 +375,57 @@ fn updates_racing_with_consumers_lose_nothing_and_respect_the_highest_limit() {
     }
 }
 
+/// A configuration write is seen whole or not at all (RELIABILITY §6): an
+/// updater alternates a rule between 10 a day and 20 an hour, in one write
+/// each, while readers ask by subject (`usage`, `check`) and through an
+/// exact handle; every answer pairs the limit with its own period, never
+/// one write's limit with the other's window.
+#[test]
+fn a_concurrent_reader_sees_an_update_whole_or_not_at_all() {
+    for threads in THREADS {
+        let e = Engine::new();
+        let id = Rule::device("d", 10).daily().create(&e);
+        let bodies = [
+            r#"{"limit":20,"trigger_unit":"hour"}"#,
+            r#"{"limit":10,"trigger_unit":"day"}"#,
+        ];
+        let whole = |limit: u64, resets_at: Option<i64>| match limit {
+            10 => resets_at == Some(MIDNIGHT + 86_400),
+            20 => resets_at == Some(MIDNIGHT + 3_600),
+            _ => false,
+        };
+        let (reads, written) = racing_updates(&e, &id, &bodies, |writes| {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let subj = Subject::device("d");
+                            let mut h = e.handle(&subj);
+                            let mut reads = 0u64;
+                            writes.in_two_halves(|| {
+                                for _ in 0..600 / threads {
+                                    let u = &e.usage(&subj, MIDNIGHT)[0];
+                                    let end = u.window.map(|w| w.end);
+                                    assert!(whole(u.limit as u64, end), "usage {u:?}");
+                                    for d in [e.check(&subj, MIDNIGHT), h.check(MIDNIGHT)] {
+                                        let room = d.headroom().expect("allowed, limited");
+                                        let limit = room.remaining.as_micros() / 1_000_000;
+                                        assert!(whole(limit, room.resets_at), "{d:?}");
+                                    }
+                                    reads += 3;
+                                }
+                            });
+                            reads
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+            })
+        });
+        assert!(written > 0 && reads > 0, "{written} writes, {reads} reads");
+    }
+}
+
 /// Handles (single calls and batches) and calls by subject on one device,
 /// while an updater keeps rewriting the rule (same limit, so every write only
 /// bumps the engine's version and forces handles to resolve again): every
