@@ -60,13 +60,18 @@ fuzz_target!(|data: &[u8]| {
                         })
                     });
                     let got = e.list_query_string(next.as_bytes());
+                    let all = e.list_query_string(whole.as_bytes());
                     if plain {
                         assert!(
                             got.is_ok(),
                             "the returned token was refused: {next:?}: {got:?}"
                         );
+                        assert!(
+                            all.is_ok(),
+                            "the unpaged query was refused: {whole:?}: {all:?}"
+                        );
                     }
-                    (got.ok(), e.list_query_string(whole.as_bytes()).ok())
+                    (got.ok(), all.ok())
                 } else if let Ok(mut q) = serde_json::from_slice::<serde_json::Value>(query) {
                     // Served, so an object (a value the engine skipped, such
                     // as an unknown field's number out of range, may keep a
@@ -76,7 +81,9 @@ fuzz_target!(|data: &[u8]| {
                     assert!(got.is_ok(), "the returned token was refused: {q}: {got:?}");
                     q.as_object_mut().expect("an object").remove("page_token");
                     q["page_size"] = serde_json::json!(200);
-                    (got.ok(), e.list_json(q.to_string().as_bytes()).ok())
+                    let all = e.list_json(q.to_string().as_bytes());
+                    assert!(all.is_ok(), "the unpaged query was refused: {q}: {all:?}");
+                    (got.ok(), all.ok())
                 } else {
                     (None, None)
                 };
