@@ -13,9 +13,9 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -24,7 +24,6 @@ use axum::Router;
 use crate::engine::Engine;
 use crate::errors::{ApiError, ErrorCode};
 use crate::types::BenefitInfo;
-use crate::validate::MAX_BODY_BYTES;
 use crate::wire::{CreateData, Envelope};
 
 /// Who may call the admin routes: tokens that may write (create, update)
@@ -222,26 +221,21 @@ fn envelope<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
 }
 
 /// A request's body, read only once its token passed (a client without
-/// one cannot make the gateway read megabytes), up to one byte past the
-/// engine's own limit, which then answers 4000 naming `body` as it does for
-/// a body too large; a longer one, or a broken stream, is answered the same
-/// way here, without reading it all.
-async fn readable(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES + 1)
+/// one cannot make the gateway read megabytes), within axum's body limit
+/// (`DefaultBodyLimit`, 2 MiB unless the router sets another); a body past
+/// it, or a broken stream, is answered as the engine answers a body it
+/// cannot take: 4000 naming `body`.
+async fn readable(request: Request) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, &())
         .await
-        .map_err(|e| {
-            ApiError::invalid(
-                "body",
-                format_args!("unreadable or too large (at most {MAX_BODY_BYTES} bytes): {e}"),
-            )
-        })
+        .map_err(|e| ApiError::invalid("body", e.body_text()))
 }
 
-async fn create(State(s): State<AdminState>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(e) = s.auth.check(&headers, true) {
+async fn create(State(s): State<AdminState>, request: Request) -> Response {
+    if let Err(e) = s.auth.check(request.headers(), true) {
         return envelope::<CreateData>(Err(e));
     }
-    envelope(readable(body).await.and_then(|body| {
+    envelope(readable(request).await.and_then(|body| {
         let info = s.engine.create_json(body)?;
         Ok(CreateData { benefit_info: info })
     }))
@@ -278,10 +272,9 @@ async fn no_id(State(s): State<AdminState>, headers: HeaderMap) -> Response {
 async fn update(
     State(s): State<AdminState>,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    if let Err(e) = s.auth.check(&headers, true) {
+    if let Err(e) = s.auth.check(request.headers(), true) {
         return envelope::<BenefitInfo>(Err(e));
     }
     // An id that does not decode (percent-escapes that are not UTF-8):
@@ -293,7 +286,7 @@ async fn update(
         }
     };
     envelope(
-        readable(body)
+        readable(request)
             .await
             .and_then(|body| s.engine.apply_update_json(&benefit_id, body, (s.clock)())),
     )

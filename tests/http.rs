@@ -648,6 +648,32 @@ async fn admin_routes_answer_as_the_platform_with_tokens_checked() {
     assert_eq!(engine.records(), before);
 }
 
+/// A body limit set on the router (axum's `DefaultBodyLimit`) holds for the
+/// admin routes too: a valid create body past it is refused, naming the
+/// body, and creates nothing.
+#[tokio::test]
+async fn the_routers_body_limit_holds_for_admin_writes() {
+    let engine = Arc::new(Engine::new());
+    let app = admin_router(Arc::clone(&engine), AdminAuth::new("admin"))
+        .layer(axum::extract::DefaultBodyLimit::max(1024));
+    let base = serve(app).await;
+    let body = format!("{}{}", " ".repeat(2048), Rule::all_devices(10).body());
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/commerce/benefit/limitations"))
+        .bearer_auth("admin")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer["msg"].as_str().unwrap().contains("`body`"),
+        "{answer}"
+    );
+    assert!(engine.records().is_empty());
+}
+
 /// A write without a valid token is refused before its body is read: a
 /// client that sends headers announcing a megabyte, and never the body,
 /// gets its 401 (it waited for the body before).
