@@ -11,7 +11,6 @@
 //! 400 for 4000 (the field named), 404 for 4200.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
@@ -130,7 +129,7 @@ struct AdminState {
 /// # let _ = app;
 /// ```
 pub fn admin_router(engine: Arc<Engine>, auth: AdminAuth) -> Router {
-    admin_router_with_clock(engine, auth, now)
+    admin_router_with_clock(engine, auth, crate::clock::system_now)
 }
 
 /// [`admin_router`] whose updates take `now` (unix seconds) from `clock`
@@ -170,21 +169,12 @@ pub fn admin_router_with_clock(
         .with_state(state)
 }
 
-/// The system clock in unix seconds; one before 1970 is an impossible
-/// time (-1: writes refuse it, 4000 naming `now`), not 0, which is a real
-/// one.
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(-1, |d| d.as_secs() as i64)
-}
-
 fn logid() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!(
         "bq-admin-{:x}-{:x}",
-        now(),
+        crate::clock::system_now(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }

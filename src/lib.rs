@@ -205,6 +205,8 @@
 mod admin;
 mod amount;
 mod cached;
+#[cfg(any(feature = "tower", feature = "poller"))]
+mod clock;
 mod decide;
 mod decision;
 mod engine;

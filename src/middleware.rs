@@ -46,13 +46,13 @@
 //! carry `RateLimit-Remaining` and `RateLimit-Reset` too when a rule
 //! applies and [`QuotaLayer::headers_when_allowed`] is on (off by default).
 
+use crate::clock::system_now;
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
@@ -338,15 +338,6 @@ impl<R> std::fmt::Debug for QuotaLayer<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuotaLayer").finish_non_exhaustive()
     }
-}
-
-/// The system clock in unix seconds; -1 (an impossible time, T1: the call
-/// is rejected, answered 500) for a clock set before 1970, which 0 would
-/// let pass as a real time before every rule's start.
-fn system_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(-1, |d| d.as_secs() as i64)
 }
 
 impl QuotaLayer<Http> {

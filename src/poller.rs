@@ -254,12 +254,7 @@ impl Poller {
     /// # Errors
     /// See [`PollError`]; the engine's rules are unchanged on error.
     pub fn poll_once(&self) -> Result<SyncReport, PollError> {
-        // A clock before 1970 is an impossible time (the sync refuses it),
-        // not 0, which is a real one.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(-1, |d| d.as_secs() as i64);
-        self.poll_once_at(now)
+        self.poll_once_at(crate::clock::system_now())
     }
 
     /// [`Poller::poll_once`] at `now` (unix seconds).
