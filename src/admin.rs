@@ -22,7 +22,6 @@ use axum::Router;
 
 use crate::engine::Engine;
 use crate::errors::{ApiError, ErrorCode};
-use crate::types::BenefitInfo;
 use crate::wire::{CreateData, Envelope};
 
 /// Who may call the admin routes: tokens that may write (create, update)
@@ -222,13 +221,14 @@ async fn readable(request: Request) -> Result<Bytes, ApiError> {
 }
 
 async fn create(State(s): State<AdminState>, request: Request) -> Response {
-    if let Err(e) = s.auth.check(request.headers(), true) {
-        return envelope::<CreateData>(Err(e));
-    }
-    envelope(readable(request).await.and_then(|body| {
-        let info = s.engine.create_json(body)?;
-        Ok(CreateData { benefit_info: info })
-    }))
+    envelope(
+        async {
+            s.auth.check(request.headers(), true)?;
+            let info = s.engine.create_json(readable(request).await?)?;
+            Ok(CreateData { benefit_info: info })
+        }
+        .await,
+    )
 }
 
 /// A method the routes do not serve: 405, in the envelope.
@@ -264,20 +264,16 @@ async fn update(
     path: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
-    if let Err(e) = s.auth.check(request.headers(), true) {
-        return envelope::<BenefitInfo>(Err(e));
-    }
-    // An id that does not decode (percent-escapes that are not UTF-8):
-    // 4000 naming it, in the envelope, after the token check.
-    let benefit_id = match path {
-        Ok(Path(id)) => id,
-        Err(e) => {
-            return envelope::<BenefitInfo>(Err(ApiError::invalid("benefit_id", e.body_text())))
-        }
-    };
     envelope(
-        readable(request)
-            .await
-            .and_then(|body| s.engine.apply_update_json(&benefit_id, body, (s.clock)())),
+        async {
+            s.auth.check(request.headers(), true)?;
+            // An id that does not decode (percent-escapes that are not
+            // UTF-8): 4000 naming it, after the token check.
+            let Path(benefit_id) =
+                path.map_err(|e| ApiError::invalid("benefit_id", e.body_text()))?;
+            let body = readable(request).await?;
+            s.engine.apply_update_json(&benefit_id, body, (s.clock)())
+        }
+        .await,
     )
 }
