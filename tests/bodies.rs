@@ -88,27 +88,23 @@ async fn a_tonic_service_gets_grpc_status_answers() {
     .layer(Upstream);
     let r = late.call(request(Some("sn-2"))).await.unwrap();
     assert_eq!(r.headers()["grpc-status"], "13");
-    // A subject taken from credentials: 401 is `UNAUTHENTICATED` (16).
-    let mut strict = QuotaLayer::new(
-        Arc::clone(&engine),
-        DeviceHeader(http::HeaderName::from_static("x-device-id")),
-    )
-    .on_missing_subject(http::StatusCode::UNAUTHORIZED)
-    .grpc()
-    .layer(Upstream);
-    let r = strict.call(request(None)).await.unwrap();
-    assert_eq!(r.headers()["grpc-status"], "16");
-    // 403: `PERMISSION_DENIED` (7).
-    let mut forbidden = QuotaLayer::new(
-        Arc::clone(&engine),
-        DeviceHeader(http::HeaderName::from_static("x-device-id")),
-    )
-    .on_missing_subject(http::StatusCode::FORBIDDEN)
-    .grpc()
-    .layer(Upstream);
-    let r = forbidden.call(request(None)).await.unwrap();
-    assert_eq!(r.headers()["grpc-status"], "7");
-    assert!(r.headers().get("x-upstream").is_none());
+    // A subject taken from credentials: 401 is `UNAUTHENTICATED` (16), 403
+    // `PERMISSION_DENIED` (7).
+    for (status, grpc) in [
+        (http::StatusCode::UNAUTHORIZED, "16"),
+        (http::StatusCode::FORBIDDEN, "7"),
+    ] {
+        let mut strict = QuotaLayer::new(
+            Arc::clone(&engine),
+            DeviceHeader(http::HeaderName::from_static("x-device-id")),
+        )
+        .on_missing_subject(status)
+        .grpc()
+        .layer(Upstream);
+        let r = strict.call(request(None)).await.unwrap();
+        assert_eq!(r.headers()["grpc-status"], grpc, "{status}");
+        assert!(r.headers().get("x-upstream").is_none());
+    }
     // A ledger that grants nothing: 14 (`UNAVAILABLE`), no retry hint.
     let ledgered = on_a_failing_ledger(2);
     let mut down = QuotaLayer::new(
