@@ -10,14 +10,8 @@ use benefit_quota::ledger::{CounterKey, CounterOwner};
 use benefit_quota::types::BenefitId;
 use benefit_quota::{Amount, BenefitType, Engine, MemoryLedger, Subject};
 
-/// Sets its flag when dropped (a panic unwinding included).
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-    }
-}
+mod common;
+use common::SetOnDrop;
 
 const PTS: BenefitType = BenefitType::ResourcePoint;
 const T0: i64 = 1_741_708_800;
