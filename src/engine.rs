@@ -251,7 +251,13 @@ impl Engine {
         self.read_contended(mine)
     }
 
-    /// [`Engine::read`] when this thread's copy is taken.
+    /// [`Engine::read`] when this thread's copy is taken: tries the
+    /// others, then waits for whichever copy is released first.
+    ///
+    /// Not for this thread's own copy alone: a writer holds copy 0 while
+    /// it validates and every copy only while it applies, so a reader that
+    /// queued on copy 0 could lose it to the writer's next write again and
+    /// again, while another copy stood free.
     #[cold]
     #[inline(never)]
     fn read_contended(&self, mine: usize) -> SpinGuard<'_, RuleSet> {
@@ -261,6 +267,19 @@ impl Engine {
                 return guard;
             }
         }
+        #[cfg(not(benefit_quota_loom))]
+        loop {
+            use spin::RelaxStrategy;
+            crate::sync::SpinThenYield::relax();
+            for step in 0..self.replicas.len() {
+                if let Some(guard) = self.replicas[(mine + step) & mask].try_lock() {
+                    return guard;
+                }
+            }
+        }
+        // The model's locks block: a waiter that polled them would make
+        // loom explore an unbounded loop.
+        #[cfg(benefit_quota_loom)]
         self.replicas[mine].lock()
     }
 
