@@ -202,20 +202,37 @@ impl<T> Table<T> {
         }
     }
 
-    /// Keeps the entries for which `keep` is true (it may also change them).
+    /// Keeps the entries for which `keep` is true (it may also change them),
+    /// offering each entry to `keep` once. In place: a kept entry moves
+    /// only to fill the hole of a removed one (as in [`Table::remove_at`]),
+    /// and the layout epoch changes only if something was removed, so a
+    /// pass that removes nothing leaves every remembered slot valid.
     pub fn retain(&mut self, mut keep: impl FnMut(&mut T) -> bool, hash_of: impl Fn(&T) -> u64) {
-        self.epoch += 1;
-        let mut kept = Vec::new();
-        for slot in self.slots.iter_mut() {
-            if let Some(mut e) = slot.take() {
-                if keep(&mut e) {
-                    kept.push(e);
-                }
-            }
+        if self.len == 0 {
+            return;
         }
-        self.len = 0;
-        for e in kept {
-            self.put(e, &hash_of);
+        let mask = self.mask();
+        // Start after an empty slot (the table is never full): no cluster
+        // crosses it, so a removal's backward shift moves entries only
+        // from slots not yet reached into the slot being looked at or
+        // later ones, and every entry is offered once.
+        let Some(empty) = self.slots.iter().position(Option::is_none) else {
+            unreachable!("the table is never full")
+        };
+        let mut i = (empty + 1) & mask;
+        let mut left = mask; // the slots after `empty`, around to it
+        while left > 0 {
+            let kept = match self.slots[i].as_mut() {
+                None => true,
+                Some(e) => keep(e),
+            };
+            if kept {
+                i = (i + 1) & mask;
+                left -= 1;
+            } else {
+                // The entry shifted into `i`, if any, is looked at next.
+                self.remove_at(i, &hash_of);
+            }
         }
     }
 
@@ -411,8 +428,18 @@ mod tests {
                         prop_assert_eq!(got.map(|e| e.1), m.remove(&k));
                     }
                     Step::RetainEven => {
-                        t.retain(|e| e.1 % 2 == 0, h);
+                        let mut offered: Vec<u16> = Vec::new();
+                        let epoch = t.epoch();
+                        t.retain(|e| { offered.push(e.0); e.1 % 2 == 0 }, h);
+                        let mut present: Vec<u16> = m.keys().copied().collect();
+                        let removes = m.values().any(|v| v % 2 != 0);
                         m.retain(|_, v| *v % 2 == 0);
+                        // Every entry offered once; a pass that removed
+                        // nothing kept the layout.
+                        offered.sort_unstable();
+                        present.sort_unstable();
+                        prop_assert_eq!(offered, present);
+                        prop_assert_eq!(t.epoch() == epoch, !removes);
                     }
                 }
                 prop_assert_eq!(t.len(), m.len());
