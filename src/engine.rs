@@ -762,9 +762,12 @@ impl Engine {
     /// (they hold them); a leased handle that holds none (its last call
     /// denied) keeps nothing. Lifetime totals of freed counters are
     /// gone: read [`Engine::usage`] first if you meter with them. The sweep
-    /// locks one shard at a time, with a copy of the rule table held for
-    /// that shard only, so a configuration write waits for one shard's
-    /// sweep at most.
+    /// looks at a few slots of one shard at a time (128), with the shard's
+    /// lock and a copy of the rule table held for those only, and lets the
+    /// calls waiting for that shard in between: a call or a configuration
+    /// write waits for a few microseconds of the sweep, not for a shard or
+    /// the whole sweep. Counters made while it runs may be left for the
+    /// next one.
     ///
     /// # Examples
     /// ```

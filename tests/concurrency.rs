@@ -564,3 +564,65 @@ fn windows_rolling_over_under_load_never_over_admit() {
         assert_eq!(lifetime, units(total), "{threads} threads");
     }
 }
+
+#[test]
+fn an_eviction_racing_with_calls_keeps_every_counter_that_matters() {
+    // Each round races differently (a round is ~20 ms).
+    for _ in 0..10 {
+        eviction_racing_with_calls();
+    }
+}
+
+/// Few shards, so an eviction's sweep lets calls in between its steps on
+/// tables that grow (new devices) and change (spends) meanwhile.
+fn eviction_racing_with_calls() {
+    const OLD: usize = 6_000;
+    const NEW: usize = 6_000;
+    let e = Engine::builder().shards(2).build();
+    let cum = Rule::all_devices(1_000_000).create(&e);
+    let daily = Rule::all_devices(1_000).daily().create(&e);
+    let old = |i: usize| format!("old-{i}");
+    let new = |i: usize| format!("new-{i}");
+    let yesterday = MIDNIGHT - 10;
+    for i in 0..OLD {
+        let d = e.try_consume(&Subject::device(&old(i)), PTS, units(2), yesterday);
+        assert!(d.is_allowed());
+    }
+    let today = MIDNIGHT + 10;
+    // Every third old device spends today too (its daily counter moves to
+    // today's window, and is kept); the others' daily counters are
+    // yesterday's, present throughout the sweep: it must remove them.
+    let spends_today = |i: usize| i.is_multiple_of(3);
+    let evicted = std::thread::scope(|s| {
+        let sweep = s.spawn(|| e.evict(today));
+        s.spawn(|| {
+            for i in 0..NEW {
+                let d = e.try_consume(&Subject::device(&new(i)), PTS, units(1), today);
+                assert!(d.is_allowed());
+            }
+        });
+        for i in (0..OLD).filter(|&i| spends_today(i)) {
+            let d = e.try_consume(&Subject::device(&old(i)), PTS, units(1), today);
+            assert!(d.is_allowed());
+        }
+        sweep.join().unwrap()
+    });
+    // A counter the sweep removed was yesterday's (a spend that rolled it
+    // to today first kept it).
+    let stale = (0..OLD).filter(|&i| !spends_today(i)).count();
+    assert!(evicted >= stale && evicted <= OLD, "{evicted}");
+    assert_eq!(e.counter_count(), 2 * NEW + 2 * OLD - stale);
+    for i in 0..OLD {
+        let id = old(i);
+        let s = Subject::device(&id);
+        let t = u64::from(spends_today(i));
+        assert_eq!(used(&e, &s, &cum, today), units(2 + t), "{id}");
+        assert_eq!(used(&e, &s, &daily, today), units(t), "{id}");
+    }
+    for i in 0..NEW {
+        let id = new(i);
+        let s = Subject::device(&id);
+        assert_eq!(used(&e, &s, &cum, today), units(1), "{id}");
+        assert_eq!(used(&e, &s, &daily, today), units(1), "{id}");
+    }
+}

@@ -1,5 +1,5 @@
 //! Many subjects in few shards: the counter tables grow through many sizes,
-//! shift entries back when owners are removed and rebuild on eviction, and
+//! shift entries back when owners are removed, on eviction too, and
 //! every subject keeps exactly its own counters throughout (by subject,
 //! through handles and in batches).
 
@@ -74,8 +74,8 @@ fn many_devices_in_two_shards_keep_their_own_counters() {
     }
     drop(reqs);
     assert_eq!(e.counter_count(), 2 * DEVICES);
-    // The next day the daily counters are stale: eviction rebuilds every
-    // table without them, and every device keeps its cumulative usage.
+    // The next day the daily counters are stale: eviction removes them
+    // from every table, and every device keeps its cumulative usage.
     let tomorrow = MIDNIGHT + 86_400;
     assert_eq!(e.evict(tomorrow), DEVICES);
     assert_eq!(e.counter_count(), DEVICES);

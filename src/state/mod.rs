@@ -23,7 +23,7 @@ pub(crate) use counter::CounterState;
 use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 
-use self::table::{Probe, SlotsView, Table};
+use self::table::{Probe, RetainPass, SlotsView, Table};
 use crate::sync::AtomicU64;
 use crate::sync::{SpinGuard as MutexGuard, SpinLock as Mutex};
 use crate::types::SmallStr;
@@ -123,6 +123,10 @@ impl Entry {
 pub(crate) struct Shard {
     table: Table<Entry>,
 }
+
+/// Slots an eviction looks at per hold of a shard's lock ([`Store::evict`]):
+/// a few microseconds of waiting for a call on that shard.
+const EVICT_STEP: usize = 128;
 
 /// Total size of the shard tables from which single calls prefetch their
 /// entry before locking: half of this machine's 32 MB L3 (smaller tables
@@ -245,11 +249,70 @@ fn stamp_write(e: &mut Entry) {
     }
 }
 
+/// A shard's lock, and how many callers are waiting for it.
+struct ShardLock {
+    lock: Mutex<Shard>,
+    /// Callers spinning for `lock` right now: an eviction, which releases
+    /// the lock between its steps, lets them in before it takes the lock
+    /// again ([`ShardLock::let_waiters_in`]). Without this, a sweep that
+    /// takes the lock again at once kept a caller spinning for the whole
+    /// shard, the spin lock being unfair. A hint (std's atomic): the
+    /// protocol does not rest on it.
+    waiting: std::sync::atomic::AtomicU32,
+}
+
+impl Default for ShardLock {
+    fn default() -> Self {
+        ShardLock {
+            lock: Mutex::new(Shard::default()),
+            waiting: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+}
+
+impl ShardLock {
+    #[inline]
+    fn lock(&self) -> MutexGuard<'_, Shard> {
+        match self.lock.try_lock() {
+            Some(guard) => guard,
+            None => self.lock_contended(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) -> MutexGuard<'_, Shard> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let guard = self.lock.lock();
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        guard
+    }
+
+    #[inline]
+    fn try_lock(&self) -> Option<MutexGuard<'_, Shard>> {
+        self.lock.try_lock()
+    }
+
+    /// With the lock released: while callers are waiting for it, for at
+    /// most a few microseconds (one may have been preempted), gives them
+    /// the time to take it. A waiter looks at the lock about once a
+    /// microsecond and a half (see `crate::sync::SpinThenYield`).
+    fn let_waiters_in(&self) {
+        #[cfg(not(benefit_quota_loom))]
+        for _ in 0..256 {
+            if self.waiting.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// The sharded counter store.
 pub(crate) struct Store {
     /// Each shard's lock, around its table, on a line of its own (two
     /// threads on different shards write different lines).
-    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    shards: Box<[CachePadded<ShardLock>]>,
     /// Where each shard's slots are, for prefetching before the lock (see
     /// [`SlotsView`]): one word per shard, in an array apart from the
     /// locks, so that the views of all shards take a few kilobytes that
@@ -278,7 +341,7 @@ impl Store {
         debug_assert!(shards.is_power_of_two());
         let min_slots = bytes / std::mem::size_of::<Option<Entry>>() / shards;
         let v: Vec<_> = (0..shards)
-            .map(|_| CachePadded::new(Mutex::new(Shard::default())))
+            .map(|_| CachePadded::new(ShardLock::default()))
             .collect();
         Store {
             shards: v.into_boxed_slice(),
@@ -303,16 +366,23 @@ impl Store {
     }
 
     /// Removes every counter for which `drop` is true (and owners left with
-    /// none), one shard at a time; returns how many were removed.
+    /// none), a few slots of one shard at a time; returns how many were
+    /// removed.
     ///
-    /// `drop` is given the state `enter` made for the shard just before
-    /// its lock was taken (as in [`Store::visit_mut`]: the engine holds a
-    /// rule-table copy for one shard at a time, not for the whole sweep,
+    /// `drop` is given the state `enter` made for the step just before the
+    /// shard's lock was taken (as in [`Store::visit_mut`]: the engine holds
+    /// a rule-table copy for one step at a time, not for the whole sweep,
     /// during which a configuration write, and the calls waiting behind it
     /// for a copy, would wait), and each counter's owner (kind and entity
     /// id, empty for a pool). Counters whose rule slot has
     /// `crate::grant::CEILING` set (a ledger's ceilings) are removed the
     /// same way but not counted.
+    ///
+    /// The lock is released every [`EVICT_STEP`] slots, so that a call
+    /// waits for at most a step of a sweep, not a shard's whole table (a
+    /// thousand owners per shard over a million devices). An owner may
+    /// be looked at twice in a sweep (`drop` must allow it, as a rule's
+    /// predicate does), and one made meanwhile may be left for the next.
     pub fn evict<S>(
         &self,
         mut enter: impl FnMut() -> S,
@@ -320,45 +390,56 @@ impl Store {
     ) -> usize {
         let mut removed = 0;
         let hasher = &self.hasher;
-        for shard in self.shards.iter() {
-            let state = enter();
-            let mut shard = shard.lock();
-            shard.table.retain(
-                |e| {
-                    // An owner on whose counters a leased handle holds leases
-                    // keeps its entry and counters until the handle gives
-                    // them back: the counters hold the unspent leases (a
-                    // counter evicted and made again in the same window
-                    // would take back what it never held), and a removed
-                    // entry would take its stamp with it, so that the next
-                    // write, to a new entry, would not end the leases.
-                    // Holds are counted under this lock only (in a grant);
-                    // one let go of meanwhile only keeps the entry until
-                    // the next eviction. A handle that watches the owner
-                    // and holds nothing there pins nothing: the removal
-                    // below changes the stamp, so its next call takes the
-                    // locks.
-                    if e.stamp.as_ref().is_some_and(held) {
-                        return true;
-                    }
-                    let before = e.counters.len();
-                    let owner = (e.kind(), e.id.as_str());
-                    e.counters.retain(|c| {
-                        let gone = drop(&state, owner, c);
-                        removed += usize::from(gone && c.rule & crate::grant::CEILING == 0);
-                        !gone
-                    });
-                    if let Some(stamp) = e
-                        .stamp
-                        .as_ref()
-                        .filter(|_| e.counters.len() != before || e.counters.is_empty())
-                    {
-                        bump(stamp);
-                    }
-                    !e.counters.is_empty()
-                },
-                |e| hasher.of_entry(e),
-            );
+        for shard_lock in self.shards.iter() {
+            let mut pass = RetainPass::default();
+            loop {
+                let state = enter();
+                let mut shard = shard_lock.lock();
+                let done = shard.table.retain_some(
+                    &mut pass,
+                    EVICT_STEP,
+                    |e| {
+                        // An owner on whose counters a leased handle holds
+                        // leases keeps its entry and counters until the
+                        // handle gives them back: the counters hold the
+                        // unspent leases (a counter evicted and made again
+                        // in the same window would take back what it never
+                        // held), and a removed entry would take its stamp
+                        // with it, so that the next write, to a new entry,
+                        // would not end the leases. Holds are counted under
+                        // this lock only (in a grant); one let go of
+                        // meanwhile only keeps the entry until the next
+                        // eviction. A handle that watches the owner and
+                        // holds nothing there pins nothing: the removal
+                        // below changes the stamp, so its next call takes
+                        // the locks.
+                        if e.stamp.as_ref().is_some_and(held) {
+                            return true;
+                        }
+                        let before = e.counters.len();
+                        let owner = (e.kind(), e.id.as_str());
+                        e.counters.retain(|c| {
+                            let gone = drop(&state, owner, c);
+                            removed += usize::from(gone && c.rule & crate::grant::CEILING == 0);
+                            !gone
+                        });
+                        if let Some(stamp) = e
+                            .stamp
+                            .as_ref()
+                            .filter(|_| e.counters.len() != before || e.counters.is_empty())
+                        {
+                            bump(stamp);
+                        }
+                        !e.counters.is_empty()
+                    },
+                    |e| hasher.of_entry(e),
+                );
+                std::mem::drop((shard, state));
+                if done {
+                    break;
+                }
+                shard_lock.let_waiters_in();
+            }
         }
         self.count.fetch_sub(removed, Ordering::Relaxed);
         removed

@@ -48,6 +48,21 @@ pub(crate) enum Probe {
     Vacant(usize),
 }
 
+/// Where a [`Table::retain_some`] pass stands between its steps.
+#[derive(Debug, Default)]
+pub(crate) struct RetainPass {
+    /// The slot to look at next.
+    next: usize,
+    /// Slots left to look at.
+    left: usize,
+    /// The layout epoch the pass left the table at.
+    epoch: u64,
+    /// Whether `next` and `left` were set.
+    started: bool,
+    /// How many times the layout moved under the pass.
+    restarts: u32,
+}
+
 impl<T> Table<T> {
     /// Number of entries.
     #[cfg(test)]
@@ -207,33 +222,75 @@ impl<T> Table<T> {
     /// only to fill the hole of a removed one (as in [`Table::remove_at`]),
     /// and the layout epoch changes only if something was removed, so a
     /// pass that removes nothing leaves every remembered slot valid.
-    pub fn retain(&mut self, mut keep: impl FnMut(&mut T) -> bool, hash_of: impl Fn(&T) -> u64) {
-        if self.len == 0 {
-            return;
+    #[cfg(test)]
+    pub fn retain(&mut self, keep: impl FnMut(&mut T) -> bool, hash_of: impl Fn(&T) -> u64) {
+        let done = self.retain_some(&mut RetainPass::default(), usize::MAX, keep, hash_of);
+        debug_assert!(done);
+    }
+
+    /// [`Table::retain`] in steps: goes on with `pass` for at most `budget`
+    /// slots, and returns whether the pass has looked at every slot. The
+    /// caller may let the table change between steps (its lock released):
+    /// an entry inserted meanwhile may or may not be offered; if another
+    /// removal or a growth moved entries, the pass starts over (an entry
+    /// may then be offered again, which `keep` must allow), and after two
+    /// such restarts it finishes in one step. Every entry present from the
+    /// first step to the last is offered at least once.
+    pub fn retain_some(
+        &mut self,
+        pass: &mut RetainPass,
+        budget: usize,
+        mut keep: impl FnMut(&mut T) -> bool,
+        hash_of: impl Fn(&T) -> u64,
+    ) -> bool {
+        if pass.started && pass.epoch != self.epoch {
+            pass.started = false;
+            pass.restarts += 1;
         }
-        let mask = self.mask();
-        // Start after an empty slot (the table is never full): no cluster
-        // crosses it, so a removal's backward shift moves entries only
-        // from slots not yet reached into the slot being looked at or
-        // later ones, and every entry is offered once.
-        let Some(empty) = self.slots.iter().position(Option::is_none) else {
-            unreachable!("the table is never full")
+        if !pass.started {
+            if self.len == 0 {
+                return true;
+            }
+            // Start after an empty slot (the table is never full): no
+            // cluster crosses it, so a removal's backward shift moves
+            // entries only from slots not yet reached into the slot being
+            // looked at or later ones, and every entry is offered once.
+            // (An insertion into it between steps can let a later shift
+            // bring an entry looked at first back ahead: offered again.)
+            let Some(empty) = self.slots.iter().position(Option::is_none) else {
+                unreachable!("the table is never full")
+            };
+            *pass = RetainPass {
+                next: (empty + 1) & self.mask(),
+                left: self.mask(), // the slots after `empty`, around to it
+                epoch: self.epoch,
+                started: true,
+                restarts: pass.restarts,
+            };
+        }
+        let mut budget = if pass.restarts >= 2 {
+            usize::MAX
+        } else {
+            budget
         };
-        let mut i = (empty + 1) & mask;
-        let mut left = mask; // the slots after `empty`, around to it
-        while left > 0 {
+        let mask = self.mask();
+        while pass.left > 0 && budget > 0 {
+            budget -= 1;
+            let i = pass.next;
             let kept = match self.slots[i].as_mut() {
                 None => true,
                 Some(e) => keep(e),
             };
             if kept {
-                i = (i + 1) & mask;
-                left -= 1;
+                pass.next = (i + 1) & mask;
+                pass.left -= 1;
             } else {
                 // The entry shifted into `i`, if any, is looked at next.
                 self.remove_at(i, &hash_of);
             }
         }
+        pass.epoch = self.epoch;
+        pass.left == 0
     }
 
     /// Doubles the capacity (at least 8 slots) and places every entry again.
@@ -456,6 +513,90 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Between {
+        Upsert(u16, u32),
+        Remove(u16),
+        /// The pass goes on for this many slots.
+        Step(usize),
+    }
+
+    fn between() -> impl Strategy<Value = Between> {
+        prop_oneof![
+            4 => (0u16..64, any::<u32>()).prop_map(|(k, v)| Between::Upsert(k, v)),
+            2 => (0u16..64).prop_map(Between::Remove),
+            4 => (1usize..12).prop_map(Between::Step),
+        ]
+    }
+
+    proptest! {
+        /// A pass of `retain_some` in steps, with insertions, updates,
+        /// removals and growth between them (as an eviction sweep releases
+        /// the shard's lock): when it ends, every entry that was odd at its
+        /// start and not touched since is gone, and every other entry is
+        /// as the changes left it; none is lost, and the table stays a
+        /// valid map (every entry found from its home) throughout.
+        #[test]
+        fn a_pass_in_steps_misses_no_entry_present_throughout(
+            start in proptest::collection::vec((0u16..64, any::<u32>()), 0..48),
+            steps in proptest::collection::vec(between(), 0..120),
+        ) {
+            let mut t: Table<(u16, u32)> = Table::default();
+            let mut m: HashMap<u16, u32> = HashMap::new();
+            let upsert = |t: &mut Table<(u16, u32)>, k: u16, v: u32| {
+                match t.probe_for_insert(h(&(k, 0)), |e| e.0 == k, h) {
+                    Probe::Found(i) => t.at_mut(i).1 = v,
+                    Probe::Vacant(i) => t.insert_at(i, (k, v)),
+                }
+            };
+            for (k, v) in start {
+                upsert(&mut t, k, v);
+                m.insert(k, v);
+            }
+            // Odd at the start, untouched since: the pass must remove them.
+            let mut doomed: std::collections::HashSet<u16> =
+                m.iter().filter(|(_, v)| *v % 2 == 1).map(|(k, _)| *k).collect();
+            m.retain(|_, v| *v % 2 == 0);
+            let mut pass = RetainPass::default();
+            let mut done = false;
+            // Changes between steps write even values: the pass keeps them.
+            let steps = steps.into_iter().chain(std::iter::repeat_n(Between::Step(usize::MAX), 1));
+            for s in steps {
+                match s {
+                    Between::Upsert(k, v) if !done => {
+                        upsert(&mut t, k, v & !1);
+                        doomed.remove(&k);
+                        m.insert(k, v & !1);
+                    }
+                    Between::Remove(k) if !done => {
+                        let got = t.find_index(h(&(k, 0)), |e| e.0 == k)
+                            .and_then(|i| t.remove_at(i, h));
+                        if doomed.remove(&k) {
+                            prop_assert!(got.is_none_or(|e| e.1 % 2 == 1));
+                        } else {
+                            prop_assert_eq!(got.map(|e| e.1), m.remove(&k));
+                        }
+                    }
+                    Between::Step(n) if !done => {
+                        done = t.retain_some(&mut pass, n, |e| e.1 % 2 == 0, h);
+                    }
+                    _ => {}
+                }
+                for k in 0..64u16 {
+                    let found = t.find(h(&(k, 0)), |e| e.0 == k).map(|e| e.1);
+                    if doomed.contains(&k) {
+                        prop_assert!(found.is_none_or(|v| v % 2 == 1));
+                    } else {
+                        prop_assert_eq!(found, m.get(&k).copied());
+                    }
+                }
+                prop_assert!(t.len() * 4 <= t.capacity() * 3);
+            }
+            prop_assert!(done);
+            prop_assert_eq!(t.len(), m.len());
         }
     }
 
