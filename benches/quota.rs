@@ -16,7 +16,8 @@
 //!
 //! After the groups, a table of medians and ratios is printed (read back from
 //! criterion's `estimates.json`), plus `check` latency percentiles measured
-//! while another thread applies updates continuously.
+//! while another thread applies updates continuously, and over a million
+//! devices while another thread sweeps `evict`.
 //!
 //! Single-thread rows visit their keys through a [`Cursor`] (no division
 //! per call); `hot/loop_alone` times that loop by itself.
@@ -664,6 +665,41 @@ fn limit_body(limit: u64) -> UpdateBody {
     }
 }
 
+/// `check` latency percentiles (p50, p99.9, p99.99, in ns) over 1,000,000
+/// devices in random order, without and with a thread sweeping `evict`
+/// back to back (a sweep that finds nothing to free: every counter is
+/// today's, so each sweep looks at every slot).
+fn check_latency_under_eviction() -> [(f64, f64, f64); 2] {
+    let w = workload(1_000_000);
+    let now = MIDNIGHT - 20; // the workload's counters were made at MIDNIGHT - 60
+    let mut result = [(0.0, 0.0, 0.0); 2];
+    for (slot, sweeping) in [(0, false), (1, true)] {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut lat: Vec<u64> = Vec::with_capacity(400_000);
+        std::thread::scope(|s| {
+            if sweeping {
+                s.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let freed = w.engine.evict(now);
+                        assert_eq!(freed, 0);
+                    }
+                });
+            }
+            for i in 0..400_000usize {
+                let k = &w.keys[w.order[i % w.order.len()] as usize];
+                let t = Instant::now();
+                let _ = std::hint::black_box(w.engine.check(&Subject::device(k), now));
+                lat.push(t.elapsed().as_nanos() as u64);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        lat.sort_unstable();
+        let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize] as f64;
+        result[slot] = (p(0.5), p(0.999), p(0.9999));
+    }
+    result
+}
+
 /// `check` latency percentiles (ns) with and without a thread applying updates.
 fn check_latency_under_updates() -> [(f64, f64, f64); 2] {
     let w = workload(1_000);
@@ -968,6 +1004,7 @@ fn report() {
         ),
     ];
     let lat = check_latency_under_updates();
+    let sweep = check_latency_under_eviction();
     println!("\n## benefit-quota: medians and ratios from this run\n");
     println!("| metric | value | target |\n|---|---|---|");
     for (k, v, t) in rows {
@@ -980,6 +1017,14 @@ fn report() {
     println!(
         "| check p50 / p99 / p99.9, under updates (ns) | {:.0} / {:.0} / {:.0} | p99 < 10000 |",
         lat[1].0, lat[1].1, lat[1].2
+    );
+    println!(
+        "| check p50 / p99.9 / p99.99, 1M devices, quiet (ns) | {:.0} / {:.0} / {:.0} | |",
+        sweep[0].0, sweep[0].1, sweep[0].2
+    );
+    println!(
+        "| check p50 / p99.9 / p99.99, 1M devices, under eviction sweeps (ns) | {:.0} / {:.0} / {:.0} | (context) |",
+        sweep[1].0, sweep[1].1, sweep[1].2
     );
 }
 
