@@ -29,7 +29,9 @@ impl Engine {
     /// turn, not for the whole sweep).
     ///
     /// Call it from a timer ([`Engine::give_back_every`] runs one): a
-    /// counter then gives back after one to two periods without calls. A
+    /// counter then gives back after one to two periods without calls
+    /// (rarely sooner: a sweep that meets its table growing or shrinking
+    /// under it looks at some counters twice). A
     /// period short next to the gap between a subject's requests makes each
     /// of its requests wait for a new grant; a few seconds suit gateways.
     ///

@@ -124,9 +124,10 @@ pub(crate) struct Shard {
     table: Table<Entry>,
 }
 
-/// Slots an eviction looks at per hold of a shard's lock ([`Store::evict`]):
-/// a few microseconds of waiting for a call on that shard.
-const EVICT_STEP: usize = 128;
+/// Slots a sweep ([`Store::evict`], [`Store::visit_mut`]) looks at per
+/// hold of a shard's lock: a few microseconds of waiting for a call on
+/// that shard.
+const SWEEP_STEP: usize = 128;
 
 /// Total size of the shard tables from which single calls prefetch their
 /// entry before locking: half of this machine's 32 MB L3 (smaller tables
@@ -378,7 +379,7 @@ impl Store {
     /// `crate::grant::CEILING` set (a ledger's ceilings) are removed the
     /// same way but not counted.
     ///
-    /// The lock is released every [`EVICT_STEP`] slots, so that a call
+    /// The lock is released every [`SWEEP_STEP`] slots, so that a call
     /// waits for at most a step of a sweep, not a shard's whole table (a
     /// thousand owners per shard over a million devices). An owner may
     /// be looked at twice in a sweep (`drop` must allow it, as a rule's
@@ -397,7 +398,7 @@ impl Store {
                 let mut shard = shard_lock.lock();
                 let done = shard.table.retain_some(
                     &mut pass,
-                    EVICT_STEP,
+                    SWEEP_STEP,
                     |e| {
                         // An owner on whose counters a leased handle holds
                         // leases keeps its entry and counters until the
@@ -445,27 +446,49 @@ impl Store {
         removed
     }
 
-    /// Calls `f` with every owner's kind, entity id and counters, one shard
-    /// locked at a time, and with the state `enter` made for that shard
-    /// just before its lock was taken; `leave` gets the state back while
-    /// the shard is still locked. A ledger's sweeps and shutdown hold a
-    /// rule-table copy for one shard at a time (taken before the shard's
-    /// lock, as every call takes them), and send what they took back from
-    /// the shard's counters before any later call can change them.
+    /// Calls `f` with every owner's kind, entity id and counters, a few
+    /// slots of one shard at a time, with the state `enter` made for that
+    /// step just before the shard's lock was taken; `leave` gets the state
+    /// back while the shard is still locked. A ledger's sweeps and shutdown
+    /// hold a rule-table copy for one step at a time (taken before the
+    /// shard's lock, as every call takes them), and send what they took
+    /// back from the step's counters before any later call can change them.
+    ///
+    /// Steps as in [`Store::evict`], letting the calls waiting for the
+    /// shard in between. Every owner present throughout is visited; one
+    /// may be visited twice if another removal or a growth moved entries
+    /// between two steps (`f` must allow it: a give-back finds nothing
+    /// left to give the second time; an idle sweep may find a ceiling it
+    /// marked idle a moment ago idle, and give it back a sweep early).
     pub fn visit_mut<S>(
         &self,
         mut enter: impl FnMut() -> S,
         mut f: impl FnMut(&mut S, OwnerKind, &str, &mut Counters),
         mut leave: impl FnMut(S),
     ) {
-        for shard in self.shards.iter() {
-            let mut state = enter();
-            let mut shard = shard.lock();
-            shard.table.for_each_mut(|e| {
-                stamp_write(e);
-                f(&mut state, e.kind(), e.id.as_str(), &mut e.counters);
-            });
-            leave(state);
+        let hasher = &self.hasher;
+        for shard_lock in self.shards.iter() {
+            let mut pass = RetainPass::default();
+            loop {
+                let mut state = enter();
+                let mut shard = shard_lock.lock();
+                let done = shard.table.retain_some(
+                    &mut pass,
+                    SWEEP_STEP,
+                    |e| {
+                        stamp_write(e);
+                        f(&mut state, e.kind(), e.id.as_str(), &mut e.counters);
+                        true
+                    },
+                    |e| hasher.of_entry(e),
+                );
+                leave(state);
+                std::mem::drop(shard);
+                if done {
+                    break;
+                }
+                shard_lock.let_waiters_in();
+            }
         }
     }
 

@@ -210,13 +210,6 @@ impl<T> Table<T> {
         Some(removed)
     }
 
-    /// Calls `f` with every entry, in place (nothing moves).
-    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut T)) {
-        for e in self.slots.iter_mut().flatten() {
-            f(e);
-        }
-    }
-
     /// Keeps the entries for which `keep` is true (it may also change them),
     /// offering each entry to `keep` once. In place: a kept entry moves
     /// only to fill the hole of a removed one (as in [`Table::remove_at`]),
