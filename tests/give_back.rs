@@ -313,3 +313,32 @@ fn a_large_sweep_commits_in_turns_and_gives_everything_back() {
         assert_eq!(held(&ledger, &format!("d{i}")), 1);
     }
 }
+
+/// A sweep goes a few slots of a shard at a time, each step's give-backs
+/// queued as a commit of its own: the first of them failing fails the
+/// flush, whatever the later ones do (what it gave back stays counted as
+/// used).
+#[test]
+fn a_flush_reports_a_failed_give_back_even_when_later_ones_commit() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let e = Engine::builder()
+        .shards(1)
+        .ledger(Arc::clone(&ledger))
+        .max_grant(Amount::from_units(50))
+        .grant_timeout(Duration::from_secs(60))
+        .open()
+        .unwrap();
+    e.create_json(rule("enterprise_all_devices", 1_000_000))
+        .unwrap();
+    // 2,000 devices in one shard: many steps, each with give-backs.
+    let devices: Vec<String> = (0..2_000).map(|i| format!("d{i}")).collect();
+    for d in &devices {
+        assert_eq!(spend(&e, d, 1), 1);
+    }
+    ledger.fail_next(1);
+    assert!(e.flush().is_err(), "the first give-back's commit failed");
+    // Whatever was given back or not, no device holds less than it spent.
+    for d in &devices {
+        assert!(held(&ledger, d) >= 1, "{d}");
+    }
+}

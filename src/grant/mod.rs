@@ -270,24 +270,34 @@ impl Engine {
         turns: bool,
         mut pick: impl FnMut(&mut CounterState) -> bool,
     ) -> Result<usize, LedgerError> {
-        /// What the sweep queued: give-backs not waited for yet, the last
-        /// commit queued, how many give-backs in all, the first error.
+        /// What the sweep queued: give-backs not waited for yet, the
+        /// commits queued and not waited for (each answers for its own
+        /// batch: a failed one followed by one that succeeds must still
+        /// fail the sweep), how many give-backs in all, the first error.
         #[derive(Default)]
         struct Queued {
             unwaited: usize,
-            last: Option<writer::Committed>,
+            commits: Vec<writer::Committed>,
             total: usize,
             error: Option<LedgerError>,
+        }
+        impl Queued {
+            /// Waits for every commit queued so far, keeping the first error.
+            fn wait_all(&mut self, g: &Grants) {
+                for c in self.commits.drain(..) {
+                    if let Err(e) = g.wait(c) {
+                        self.error.get_or_insert(e);
+                    }
+                }
+                self.unwaited = 0;
+            }
         }
         let sent = std::cell::RefCell::new(Queued::default());
         self.store.visit_mut(
             || {
                 let mut s = sent.borrow_mut();
                 if turns && s.unwaited >= writer::GIVE_BACK_CHUNK {
-                    if let Err(e) = s.last.take().map_or(Ok(()), |c| g.wait(c)) {
-                        s.error.get_or_insert(e);
-                    }
-                    s.unwaited = 0;
+                    s.wait_all(g);
                 }
                 (self.read(), Vec::new())
             },
@@ -333,18 +343,18 @@ impl Engine {
                 s.unwaited += changes.len();
                 s.total += changes.len();
                 match g.queue(changes) {
-                    Ok(committed) => s.last = Some(committed),
+                    Ok(committed) => s.commits.push(committed),
                     Err(e) => {
                         s.error.get_or_insert(e);
                     }
                 }
             },
         );
-        let s = sent.into_inner();
-        let last = s.last.map_or(Ok(()), |c| g.wait(c));
+        let mut s = sent.into_inner();
+        s.wait_all(g);
         match s.error {
             Some(e) => Err(e),
-            None => last.map(|()| s.total),
+            None => Ok(s.total),
         }
     }
 
