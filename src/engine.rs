@@ -234,8 +234,8 @@ impl Engine {
     }
 
     /// A copy of the rule table, locked: this thread's own if it is free,
-    /// else the next free one (the copies are identical), else, after a
-    /// round of them all, this thread's own once it is released. Each copy
+    /// else the next free one (the copies are identical), else whichever
+    /// is released first ([`Engine::read_contended`]). Each copy
     /// has a spin lock, not a read-write lock: a reader takes and releases
     /// it with one compare-and-swap and one store, where a shared read lock
     /// costs two read-modify-writes on a word every reader of the copy
@@ -766,8 +766,9 @@ impl Engine {
     /// lock and a copy of the rule table held for those only, and lets the
     /// calls waiting for that shard in between: a call or a configuration
     /// write waits for a few microseconds of the sweep, not for a shard or
-    /// the whole sweep. Counters made while it runs may be left for the
-    /// next one.
+    /// the whole sweep (unless a shard's table grows twice while the sweep
+    /// is in it: it then finishes that shard in one go). Counters made
+    /// while it runs may be left for the next one.
     ///
     /// # Examples
     /// ```

@@ -7,7 +7,7 @@
 //! with handle calls.
 //!
 //! Other atomics (the counter count, the cached window starts, the shards'
-//! published slot layouts, id and replica
+//! published slot layouts and counts of waiting callers, id and replica
 //! counters) stay std's: they are hints or tallies, not part of the ordering
 //! argument (RELIABILITY.md §6).
 

@@ -296,8 +296,10 @@ impl ShardLock {
 
     /// With the lock released: while callers are waiting for it, for at
     /// most a few microseconds (one may have been preempted), gives them
-    /// the time to take it. A waiter looks at the lock about once a
-    /// microsecond and a half (see `crate::sync::SpinThenYield`).
+    /// the time to take it. A waiter looks at the lock after every pause
+    /// instruction, and every 32nd time yields its core first (see
+    /// `crate::sync::SpinThenYield`), so it may take a yield's time to
+    /// see the lock free.
     fn let_waiters_in(&self) {
         #[cfg(not(benefit_quota_loom))]
         for _ in 0..256 {
@@ -380,8 +382,9 @@ impl Store {
     /// same way but not counted.
     ///
     /// The lock is released every [`SWEEP_STEP`] slots, so that a call
-    /// waits for at most a step of a sweep, not a shard's whole table (a
-    /// thousand owners per shard over a million devices). An owner may
+    /// waits for a step of a sweep, not a shard's whole table (a thousand
+    /// owners per shard over a million devices), unless the table grew
+    /// twice under the sweep (see [`Table::retain_some`]). An owner may
     /// be looked at twice in a sweep (`drop` must allow it, as a rule's
     /// predicate does), and one made meanwhile may be left for the next.
     pub fn evict<S>(

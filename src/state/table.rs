@@ -23,9 +23,9 @@ pub(crate) struct Table<T> {
     /// Power-of-two length (or empty).
     slots: Box<[Option<T>]>,
     len: usize,
-    /// Layout epoch: bumped whenever an entry leaves its slot (removal,
-    /// shifting, growth, rebuilding), never by an insertion into an empty
-    /// slot. While it is unchanged, an entry found at slot `i` is still there.
+    /// Layout epoch: bumped whenever an entry leaves its slot (each
+    /// removal, with its shifting; growth), never by an insertion into an
+    /// empty slot. While it is unchanged, an entry found at slot `i` is still there.
     /// Starts at 1, so 0 can mean "no slot remembered".
     epoch: u64,
 }
@@ -53,13 +53,15 @@ pub(crate) enum Probe {
 pub(crate) struct RetainPass {
     /// The slot to look at next.
     next: usize,
-    /// Slots left to look at.
-    left: usize,
+    /// The empty slot the pass started after, where it ends.
+    stop: usize,
+    /// The table's slot count when the pass started.
+    slots: usize,
     /// The layout epoch the pass left the table at.
     epoch: u64,
-    /// Whether `next` and `left` were set.
+    /// Whether the fields above were set.
     started: bool,
-    /// How many times the layout moved under the pass.
+    /// How many times the table grew under the pass.
     restarts: u32,
 }
 
@@ -224,11 +226,12 @@ impl<T> Table<T> {
     /// [`Table::retain`] in steps: goes on with `pass` for at most `budget`
     /// slots, and returns whether the pass has looked at every slot. The
     /// caller may let the table change between steps (its lock released):
-    /// an entry inserted meanwhile may or may not be offered; if another
-    /// removal or a growth moved entries, the pass starts over (an entry
-    /// may then be offered again, which `keep` must allow), and after two
-    /// such restarts it finishes in one step. Every entry present from the
-    /// first step to the last is offered at least once.
+    /// an entry inserted meanwhile may or may not be offered; removals
+    /// meanwhile make the pass look at a few slots behind it again, and a
+    /// growth makes it start over (an entry may then be offered again,
+    /// which `keep` must allow); after two growths it finishes in one step.
+    /// Every entry present from the first step to the last is offered at
+    /// least once.
     pub fn retain_some(
         &mut self,
         pass: &mut RetainPass,
@@ -237,8 +240,12 @@ impl<T> Table<T> {
         hash_of: impl Fn(&T) -> u64,
     ) -> bool {
         if pass.started && pass.epoch != self.epoch {
-            pass.started = false;
-            pass.restarts += 1;
+            if self.slots.len() == pass.slots {
+                pass.next = self.back_over_removals(pass);
+            } else {
+                pass.started = false;
+                pass.restarts += 1;
+            }
         }
         if !pass.started {
             if self.len == 0 {
@@ -255,7 +262,8 @@ impl<T> Table<T> {
             };
             *pass = RetainPass {
                 next: (empty + 1) & self.mask(),
-                left: self.mask(), // the slots after `empty`, around to it
+                stop: empty,
+                slots: self.slots.len(),
                 epoch: self.epoch,
                 started: true,
                 restarts: pass.restarts,
@@ -267,7 +275,7 @@ impl<T> Table<T> {
             budget
         };
         let mask = self.mask();
-        while pass.left > 0 && budget > 0 {
+        while pass.next != pass.stop && budget > 0 {
             budget -= 1;
             let i = pass.next;
             let kept = match self.slots[i].as_mut() {
@@ -276,14 +284,43 @@ impl<T> Table<T> {
             };
             if kept {
                 pass.next = (i + 1) & mask;
-                pass.left -= 1;
             } else {
                 // The entry shifted into `i`, if any, is looked at next.
                 self.remove_at(i, &hash_of);
             }
         }
         pass.epoch = self.epoch;
-        pass.left == 0
+        pass.next == pass.stop
+    }
+
+    /// Where `pass` must go on from after others removed entries (the
+    /// epoch moved, the size did not: every move since was a removal's).
+    ///
+    /// A removal shifts entries back within a run of occupied slots, so an
+    /// entry not looked at yet (at `next` or after) may now sit behind
+    /// `next`, in the run that reaches `next`: every slot between them was
+    /// occupied when it moved, and that removal's own hole ends up at or
+    /// after where the entry was. Each later removal leaves at most one
+    /// more empty slot between them. So going back over as many empty
+    /// slots as there were removals (one epoch step each), and to the
+    /// start of the run found there, reaches every such entry; never
+    /// before the pass's first slot.
+    fn back_over_removals(&self, pass: &RetainPass) -> usize {
+        let mask = self.mask();
+        let first = (pass.stop + 1) & mask;
+        let mut empties = self.epoch - pass.epoch;
+        let mut next = pass.next;
+        while next != first {
+            let before = next.wrapping_sub(1) & mask;
+            if self.slots[before].is_none() {
+                if empties == 0 {
+                    break;
+                }
+                empties -= 1;
+            }
+            next = before;
+        }
+        next
     }
 
     /// Doubles the capacity (at least 8 slots) and places every entry again.
@@ -591,6 +628,40 @@ mod tests {
             prop_assert!(done);
             prop_assert_eq!(t.len(), m.len());
         }
+    }
+
+    /// Two removals between steps: the first shifts an entry not looked
+    /// at yet (D) behind the pass, the second leaves an empty slot between
+    /// it and the pass (G's, whose follower H is at home and stays). Going
+    /// back to the start of the run before the pass alone would miss D.
+    #[test]
+    fn a_pass_goes_back_over_as_many_empty_slots_as_removals() {
+        let id = |e: &(u16, u32)| u64::from(e.0); // home = key & 7
+        let mut t: Table<(u16, u32)> = Table::default();
+        // Slots 1..=5: A(home 1), B(home 1), G(home 3), H(home 4), D(home 1).
+        for (k, v) in [(1, 0), (9, 0), (3, 0), (4, 0), (17, 1)] {
+            match t.probe_for_insert(u64::from(k), |e| e.0 == k, id) {
+                Probe::Vacant(i) => t.insert_at(i, (k, v)),
+                Probe::Found(_) => unreachable!(),
+            }
+        }
+        assert_eq!(t.capacity(), 8);
+        assert_eq!(t.find_index(17, |e| e.0 == 17), Some(5));
+        let mut pass = RetainPass::default();
+        // Slots 1 to 4 looked at; D, odd, is next.
+        assert!(!t.retain_some(&mut pass, 4, |e| e.1 % 2 == 0, id));
+        for k in [9, 3] {
+            let i = t.find_index(u64::from(k), |e| e.0 == k).unwrap();
+            t.remove_at(i, id);
+        }
+        assert_eq!(
+            t.find_index(17, |e| e.0 == 17),
+            Some(2),
+            "D behind the pass"
+        );
+        assert!(t.retain_some(&mut pass, usize::MAX, |e| e.1 % 2 == 0, id));
+        assert!(t.find(17, |e| e.0 == 17).is_none(), "D was offered");
+        assert_eq!(t.len(), 2);
     }
 
     #[test]
