@@ -766,9 +766,8 @@ impl Engine {
     /// lock and a copy of the rule table held for those only, and lets the
     /// calls waiting for that shard in between: a call or a configuration
     /// write waits for a few microseconds of the sweep, not for a shard or
-    /// the whole sweep (unless a shard's table grows twice while the sweep
-    /// is in it: it then finishes that shard in one go). Counters made
-    /// while it runs may be left for the next one.
+    /// the whole sweep. Counters made while it runs may be left for the
+    /// next one.
     ///
     /// # Examples
     /// ```

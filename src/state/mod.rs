@@ -383,8 +383,7 @@ impl Store {
     ///
     /// The lock is released every [`SWEEP_STEP`] slots, so that a call
     /// waits for a step of a sweep, not a shard's whole table (a thousand
-    /// owners per shard over a million devices), unless the table grew
-    /// twice under the sweep (see [`Table::retain_some`]). An owner may
+    /// owners per shard over a million devices). An owner may
     /// be looked at twice in a sweep (`drop` must allow it, as a rule's
     /// predicate does), and one made meanwhile may be left for the next.
     pub fn evict<S>(

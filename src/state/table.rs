@@ -61,8 +61,6 @@ pub(crate) struct RetainPass {
     epoch: u64,
     /// Whether the fields above were set.
     started: bool,
-    /// How many times the table grew under the pass.
-    restarts: u32,
 }
 
 impl<T> Table<T> {
@@ -229,13 +227,16 @@ impl<T> Table<T> {
     /// an entry inserted meanwhile may or may not be offered; removals
     /// meanwhile make the pass look at a few slots behind it again, and a
     /// growth makes it start over (an entry may then be offered again,
-    /// which `keep` must allow); after two growths it finishes in one step.
+    /// which `keep` must allow). Starting over cannot go on for long: a
+    /// growth doubles the table, so a pass chasing a table that keeps
+    /// growing looks at about twice the slots it ends with, at most (and
+    /// the slots that removals made it look at again).
     /// Every entry present from the first step to the last is offered at
     /// least once.
     pub fn retain_some(
         &mut self,
         pass: &mut RetainPass,
-        budget: usize,
+        mut budget: usize,
         mut keep: impl FnMut(&mut T) -> bool,
         hash_of: impl Fn(&T) -> u64,
     ) -> bool {
@@ -244,7 +245,6 @@ impl<T> Table<T> {
                 pass.next = self.back_over_removals(pass);
             } else {
                 pass.started = false;
-                pass.restarts += 1;
             }
         }
         if !pass.started {
@@ -266,14 +266,8 @@ impl<T> Table<T> {
                 slots: self.slots.len(),
                 epoch: self.epoch,
                 started: true,
-                restarts: pass.restarts,
             };
         }
-        let mut budget = if pass.restarts >= 2 {
-            usize::MAX
-        } else {
-            budget
-        };
         let mask = self.mask();
         while pass.next != pass.stop && budget > 0 {
             budget -= 1;
