@@ -388,62 +388,46 @@ impl Store {
     /// predicate does), and one made meanwhile may be left for the next.
     pub fn evict<S>(
         &self,
-        mut enter: impl FnMut() -> S,
+        enter: impl FnMut() -> S,
         mut drop: impl FnMut(&S, (OwnerKind, &str), &CounterState) -> bool,
     ) -> usize {
         let mut removed = 0;
-        let hasher = &self.hasher;
-        for shard_lock in self.shards.iter() {
-            let mut pass = RetainPass::default();
-            loop {
-                let state = enter();
-                let mut shard = shard_lock.lock();
-                let done = shard.table.retain_some(
-                    &mut pass,
-                    SWEEP_STEP,
-                    |e| {
-                        // An owner on whose counters a leased handle holds
-                        // leases keeps its entry and counters until the
-                        // handle gives them back: the counters hold the
-                        // unspent leases (a counter evicted and made again
-                        // in the same window would take back what it never
-                        // held), and a removed entry would take its stamp
-                        // with it, so that the next write, to a new entry,
-                        // would not end the leases. Holds are counted under
-                        // this lock only (in a grant); one let go of
-                        // meanwhile only keeps the entry until the next
-                        // eviction. A handle that watches the owner and
-                        // holds nothing there pins nothing: the removal
-                        // below changes the stamp, so its next call takes
-                        // the locks.
-                        if e.stamp.as_ref().is_some_and(held) {
-                            return true;
-                        }
-                        let before = e.counters.len();
-                        let owner = (e.kind(), e.id.as_str());
-                        e.counters.retain(|c| {
-                            let gone = drop(&state, owner, c);
-                            removed += usize::from(gone && c.rule & crate::grant::CEILING == 0);
-                            !gone
-                        });
-                        if let Some(stamp) = e
-                            .stamp
-                            .as_ref()
-                            .filter(|_| e.counters.len() != before || e.counters.is_empty())
-                        {
-                            bump(stamp);
-                        }
-                        !e.counters.is_empty()
-                    },
-                    |e| hasher.of_entry(e),
-                );
-                std::mem::drop((shard, state));
-                if done {
-                    break;
+        self.sweep(
+            enter,
+            |state, e| {
+                // An owner on whose counters a leased handle holds leases
+                // keeps its entry and counters until the handle gives them
+                // back: the counters hold the unspent leases (a counter
+                // evicted and made again in the same window would take back
+                // what it never held), and a removed entry would take its
+                // stamp with it, so that the next write, to a new entry,
+                // would not end the leases. Holds are counted under this
+                // lock only (in a grant); one let go of meanwhile only
+                // keeps the entry until the next eviction. A handle that
+                // watches the owner and holds nothing there pins nothing:
+                // the removal below changes the stamp, so its next call
+                // takes the locks.
+                if e.stamp.as_ref().is_some_and(held) {
+                    return true;
                 }
-                shard_lock.let_waiters_in();
-            }
-        }
+                let before = e.counters.len();
+                let owner = (e.kind(), e.id.as_str());
+                e.counters.retain(|c| {
+                    let gone = drop(state, owner, c);
+                    removed += usize::from(gone && c.rule & crate::grant::CEILING == 0);
+                    !gone
+                });
+                if let Some(stamp) = e
+                    .stamp
+                    .as_ref()
+                    .filter(|_| e.counters.len() != before || e.counters.is_empty())
+                {
+                    bump(stamp);
+                }
+                !e.counters.is_empty()
+            },
+            std::mem::drop,
+        );
         self.count.fetch_sub(removed, Ordering::Relaxed);
         removed
     }
@@ -464,8 +448,31 @@ impl Store {
     /// marked idle a moment ago idle, and give it back a sweep early).
     pub fn visit_mut<S>(
         &self,
-        mut enter: impl FnMut() -> S,
+        enter: impl FnMut() -> S,
         mut f: impl FnMut(&mut S, OwnerKind, &str, &mut Counters),
+        leave: impl FnMut(S),
+    ) {
+        self.sweep(
+            enter,
+            |state, e| {
+                stamp_write(e);
+                f(state, e.kind(), e.id.as_str(), &mut e.counters);
+                true
+            },
+            leave,
+        );
+    }
+
+    /// The sweep under [`Store::evict`] and [`Store::visit_mut`]: every
+    /// shard in [`SWEEP_STEP`]s of its table ([`Table::retain_some`]), each
+    /// step with the state `enter` made just before the shard's lock was
+    /// taken, given back to `leave` before the lock is released; `keep`
+    /// says whether an entry stays. Between steps, the calls waiting for
+    /// the shard go first ([`ShardLock::let_waiters_in`]).
+    fn sweep<S>(
+        &self,
+        mut enter: impl FnMut() -> S,
+        mut keep: impl FnMut(&mut S, &mut Entry) -> bool,
         mut leave: impl FnMut(S),
     ) {
         let hasher = &self.hasher;
@@ -477,11 +484,7 @@ impl Store {
                 let done = shard.table.retain_some(
                     &mut pass,
                     SWEEP_STEP,
-                    |e| {
-                        stamp_write(e);
-                        f(&mut state, e.kind(), e.id.as_str(), &mut e.counters);
-                        true
-                    },
+                    |e| keep(&mut state, e),
                     |e| hasher.of_entry(e),
                 );
                 leave(state);
