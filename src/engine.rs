@@ -262,19 +262,20 @@ impl Engine {
     #[inline(never)]
     fn read_contended(&self, mine: usize) -> SpinGuard<'_, RuleSet> {
         let mask = self.replicas.len() - 1;
-        for step in 1..self.replicas.len() {
-            if let Some(guard) = self.replicas[(mine + step) & mask].try_lock() {
-                return guard;
-            }
+        // The first free copy from `mine + from` on, in turn.
+        let free = |from: usize| {
+            (from..self.replicas.len())
+                .find_map(|step| self.replicas[(mine + step) & mask].try_lock())
+        };
+        if let Some(guard) = free(1) {
+            return guard;
         }
         #[cfg(not(benefit_quota_loom))]
         loop {
             use spin::RelaxStrategy;
             crate::sync::SpinThenYield::relax();
-            for step in 0..self.replicas.len() {
-                if let Some(guard) = self.replicas[(mine + step) & mask].try_lock() {
-                    return guard;
-                }
+            if let Some(guard) = free(0) {
+                return guard;
             }
         }
         // The model's locks block: a waiter that polled them would make

@@ -247,8 +247,8 @@ impl Engine {
     ///
     /// The sweep goes a few slots of a shard at a time
     /// (`Store::visit_mut`), and each step's give-backs are queued to the
-    /// writer before the shard is unlocked: per counter, the ledger sees a give-back before any grant
-    /// asked for after it (a give-back arriving later would be counted
+    /// writer before the shard is unlocked: per counter, the ledger sees a
+    /// give-back before any grant asked for after it (a give-back arriving later would be counted
     /// against that grant's room). With `turns`, the sweep waits for the
     /// queued give-backs to commit every [`writer::GIVE_BACK_CHUNK`] of
     /// them, with no shard locked: grants asked for meanwhile wait for a
