@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -665,74 +666,69 @@ fn limit_body(limit: u64) -> UpdateBody {
     }
 }
 
+/// `check` latency percentiles (ns) at `quantiles`: 400,000 calls over
+/// `w`'s devices in its random order, the `i`-th at `now(i)`, while another
+/// thread, if `background` is given, runs it until they are done (it is
+/// handed the flag that says so).
+fn check_latency(
+    w: &Workload,
+    now: impl Fn(usize) -> i64,
+    background: Option<&(dyn Fn(&AtomicBool) + Sync)>,
+    quantiles: [f64; 3],
+) -> [f64; 3] {
+    let stop = AtomicBool::new(false);
+    let mut lat: Vec<u64> = Vec::with_capacity(400_000);
+    std::thread::scope(|s| {
+        if let Some(work) = background {
+            s.spawn(|| work(&stop));
+        }
+        for i in 0..400_000usize {
+            let k = &w.keys[w.order[i % w.order.len()] as usize];
+            let t = Instant::now();
+            let _ = std::hint::black_box(w.engine.check(&Subject::device(k), now(i)));
+            lat.push(t.elapsed().as_nanos() as u64);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    lat.sort_unstable();
+    quantiles.map(|q| lat[((lat.len() as f64 - 1.0) * q) as usize] as f64)
+}
+
 /// `check` latency percentiles (p50, p99.9, p99.99, in ns) over 1,000,000
 /// devices in random order, without and with a thread sweeping `evict`
 /// back to back (a sweep that finds nothing to free: every counter is
 /// today's, so each sweep looks at every slot).
-fn check_latency_under_eviction() -> [(f64, f64, f64); 2] {
+fn check_latency_under_eviction() -> [[f64; 3]; 2] {
     let w = workload(1_000_000);
     let now = MIDNIGHT - 20; // the workload's counters were made at MIDNIGHT - 60
-    let mut result = [(0.0, 0.0, 0.0); 2];
-    for (slot, sweeping) in [(0, false), (1, true)] {
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let mut lat: Vec<u64> = Vec::with_capacity(400_000);
-        std::thread::scope(|s| {
-            if sweeping {
-                s.spawn(|| {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let freed = w.engine.evict(now);
-                        assert_eq!(freed, 0);
-                    }
-                });
-            }
-            for i in 0..400_000usize {
-                let k = &w.keys[w.order[i % w.order.len()] as usize];
-                let t = Instant::now();
-                let _ = std::hint::black_box(w.engine.check(&Subject::device(k), now));
-                lat.push(t.elapsed().as_nanos() as u64);
-            }
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
-        lat.sort_unstable();
-        let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize] as f64;
-        result[slot] = (p(0.5), p(0.999), p(0.9999));
-    }
-    result
+    let sweeping = |stop: &AtomicBool| {
+        while !stop.load(Ordering::Relaxed) {
+            let freed = w.engine.evict(now);
+            assert_eq!(freed, 0);
+        }
+    };
+    let quantiles = [0.5, 0.999, 0.9999];
+    [None, Some(&sweeping as &(dyn Fn(&AtomicBool) + Sync))]
+        .map(|background| check_latency(&w, |_| now, background, quantiles))
 }
 
-/// `check` latency percentiles (ns) with and without a thread applying updates.
-fn check_latency_under_updates() -> [(f64, f64, f64); 2] {
+/// `check` latency percentiles (p50, p99, p99.9, in ns) with and without a
+/// thread applying updates back to back.
+fn check_latency_under_updates() -> [[f64; 3]; 2] {
     let w = workload(1_000);
-    let mut result = [(0.0, 0.0, 0.0); 2];
-    for (slot, with_updates) in [(0, false), (1, true)] {
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let mut lat: Vec<u64> = Vec::with_capacity(400_000);
-        std::thread::scope(|s| {
-            if with_updates {
-                s.spawn(|| {
-                    let bodies = [limit_body(DAILY_LIMIT), limit_body(DAILY_LIMIT + 1)];
-                    let mut k = 0usize;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        k += 1;
-                        let _ = w
-                            .engine
-                            .apply_update(&w.all_daily, &bodies[k & 1], MIDNIGHT);
-                    }
-                });
-            }
-            for i in 0..400_000usize {
-                let k = &w.keys[w.order[i % w.order.len()] as usize];
-                let t = Instant::now();
-                let _ = std::hint::black_box(w.engine.check(&Subject::device(k), now_at(i)));
-                lat.push(t.elapsed().as_nanos() as u64);
-            }
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
-        lat.sort_unstable();
-        let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize] as f64;
-        result[slot] = (p(0.5), p(0.99), p(0.999));
-    }
-    result
+    let updating = |stop: &AtomicBool| {
+        let bodies = [limit_body(DAILY_LIMIT), limit_body(DAILY_LIMIT + 1)];
+        let mut k = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            k += 1;
+            let _ = w
+                .engine
+                .apply_update(&w.all_daily, &bodies[k & 1], MIDNIGHT);
+        }
+    };
+    let quantiles = [0.5, 0.99, 0.999];
+    [None, Some(&updating as &(dyn Fn(&AtomicBool) + Sync))]
+        .map(|background| check_latency(&w, now_at, background, quantiles))
 }
 
 fn report() {
@@ -1012,19 +1008,19 @@ fn report() {
     }
     println!(
         "| check p50 / p99 / p99.9, quiet (ns) | {:.0} / {:.0} / {:.0} | |",
-        lat[0].0, lat[0].1, lat[0].2
+        lat[0][0], lat[0][1], lat[0][2]
     );
     println!(
         "| check p50 / p99 / p99.9, under updates (ns) | {:.0} / {:.0} / {:.0} | p99 < 10000 |",
-        lat[1].0, lat[1].1, lat[1].2
+        lat[1][0], lat[1][1], lat[1][2]
     );
     println!(
         "| check p50 / p99.9 / p99.99, 1M devices, quiet (ns) | {:.0} / {:.0} / {:.0} | |",
-        sweep[0].0, sweep[0].1, sweep[0].2
+        sweep[0][0], sweep[0][1], sweep[0][2]
     );
     println!(
         "| check p50 / p99.9 / p99.99, 1M devices, under eviction sweeps (ns) | {:.0} / {:.0} / {:.0} | (context) |",
-        sweep[1].0, sweep[1].1, sweep[1].2
+        sweep[1][0], sweep[1][1], sweep[1][2]
     );
 }
 
