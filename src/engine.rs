@@ -1177,9 +1177,24 @@ impl Engine {
         // A rule-table copy is locked: this is its version.
         let version = self.version.load(Ordering::Relaxed);
         locked.mark_alone(shard, owner, version);
+        self.keep_family_rules(rules, fam, owner, shard, version, now);
+    }
+
+    /// Keeps family `fam`'s all-scope rules at `now`, read from `rules`
+    /// (locked) at `version`, as this thread's copy (`crate::cached`),
+    /// unless it keeps that copy already: once per thread and version.
+    /// `owner` (in `shard`) is an entity of the family that no single rule
+    /// names: the rules are resolved as they apply to it.
+    pub(crate) fn keep_family_rules(
+        &self,
+        rules: &RuleSet,
+        fam: usize,
+        owner: &Owner<'_>,
+        shard: usize,
+        version: u64,
+        now: i64,
+    ) {
         if !crate::cached::holds(self.id, fam, version, now) {
-            // Once per thread and version: the all-scope rules and how long
-            // they hold, as the copy keeps them.
             let policy = self.config.frozen_policy;
             let mut applied = AppliedVec::new();
             let mut valid = Validity::ALWAYS;

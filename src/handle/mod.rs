@@ -852,33 +852,7 @@ impl Engine {
             // not take the rule table to keep one).
             let o = &h.owners[0];
             let owner = h.subject.owner(o);
-            let fam = o.kind as usize;
-            if !crate::cached::holds(self.id, fam, h.version, now) {
-                let mut applied = AppliedVec::new();
-                let mut valid = Validity::ALWAYS;
-                rules.resolve_all_scope(
-                    fam,
-                    owner,
-                    o.shard,
-                    0,
-                    now,
-                    policy,
-                    &mut applied,
-                    &mut valid,
-                );
-                if !applied.is_empty() {
-                    // Kept directly: `holds` was asked above.
-                    crate::cached::keep(
-                        self.id,
-                        fam,
-                        h.version,
-                        valid,
-                        &rules.rules,
-                        &applied,
-                        policy,
-                    );
-                }
-            }
+            self.keep_family_rules(rules, o.kind as usize, &owner, o.shard, h.version, now);
         }
     }
 }
