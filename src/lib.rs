@@ -164,8 +164,9 @@
 //! minute, hour or day rolls them, out of line, without resolving again.
 //! One shard is locked inline, several through a sorted list. Reading the version under the shard
 //! locks is what keeps these calls exactly as ordered as calls by subject
-//! (see `src/handle/mod.rs`). [`Engine::try_consume_many_handles`] batches them
-//! like [`Engine::try_consume_many`].
+//! (see `src/handle/mod.rs`). [`Engine::try_consume_many_handles`] asks the
+//! CPU for what a chunk of such calls reads before making them, so that
+//! their memory misses overlap.
 //!
 //! **Through a leased handle** ([`SubjectHandle::with_lease`], for a subject
 //! one connection spends for), a call takes no lock and no atomic

@@ -2,7 +2,7 @@
 
 mod common;
 
-use benefit_quota::{Amount, BenefitType, Engine, Request, Subject};
+use benefit_quota::{Amount, BenefitType, Engine, HandleRequest, Request, Subject, SubjectHandle};
 use common::*;
 use proptest::prelude::*;
 
@@ -52,6 +52,94 @@ proptest! {
         prop_assert_eq!(&got, &want);
         for i in 0..DEVICES.len() as u8 * 3 {
             prop_assert_eq!(batch_engine.usage(&subject(i), now), seq_engine.usage(&subject(i), now));
+        }
+    }
+}
+
+/// Exact handles a round may batch: this many per subject, so that a batch
+/// can hold a subject more than once (each request needs its own handle).
+const HANDLES_PER_SUBJECT: usize = 3;
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    /// Batches of exact handles, round after round, decide as calls by
+    /// subject in the same order on a twin engine: across new windows
+    /// (`now` moves up to a day and a half), configuration writes between
+    /// rounds (a single rule naming a device that was alone, a new
+    /// all-devices rule), devices alone and not (in a workspace, named by a
+    /// single rule), and the first calls that create counters.
+    #[test]
+    fn handle_batches_equal_calls_by_subject(
+        rounds in proptest::collection::vec(
+            (
+                proptest::collection::vec((any::<u8>(), any::<bool>(), 0u64..4_000_000), 0..150),
+                0i64..6_000,
+                0u8..6,
+            ),
+            1..6,
+        ),
+        shards in prop_oneof![Just(1usize), Just(4), Just(64)],
+    ) {
+        let (batch_engine, seq_engine) = (setup(shards), setup(shards));
+        let subjects = DEVICES.len() * 3;
+        let mut handles: Vec<SubjectHandle<&Engine>> = (0..subjects * HANDLES_PER_SUBJECT)
+            .map(|i| batch_engine.handle(&subject((i / HANDLES_PER_SUBJECT) as u8)))
+            .collect();
+        let writes = [
+            Rule::device("a", 6),
+            Rule::all_devices(4).of("voice_unified_duration_custom").every(1, "hour"),
+            Rule::device("e", 9).daily(),
+        ];
+        let mut written = [false; 3];
+        let mut now = MIDNIGHT - 3_000;
+        for (reqs, step, write) in &rounds {
+            now += step * 4;
+            if let Some(rule) = writes.get(usize::from(*write)) {
+                if !std::mem::replace(&mut written[usize::from(*write)], true) {
+                    for e in [&batch_engine, &seq_engine] {
+                        rule.create(e);
+                    }
+                }
+            }
+            // The requests of the round, each on a handle of its subject
+            // not yet used in the round (a subject's requests past
+            // `HANDLES_PER_SUBJECT` are dropped).
+            let mut taken = vec![0usize; subjects];
+            let mut picked = Vec::new();
+            for &(s, voice, micros) in reqs {
+                let i = usize::from(s) % subjects;
+                if taken[i] < HANDLES_PER_SUBJECT {
+                    picked.push((i * HANDLES_PER_SUBJECT + taken[i], voice, micros));
+                    taken[i] += 1;
+                }
+            }
+            let ty = |voice: bool| if voice { BenefitType::VoiceUnifiedDurationCustom } else { BenefitType::ResourcePoint };
+            let want: Vec<_> = picked
+                .iter()
+                .map(|&(h, voice, micros)| {
+                    let s = subject((h / HANDLES_PER_SUBJECT) as u8);
+                    seq_engine.try_consume(&s, ty(voice), Amount::from_micros(micros), now)
+                })
+                .collect();
+            let mut slots: Vec<Option<&mut SubjectHandle<&Engine>>> = handles.iter_mut().map(Some).collect();
+            let mut requests: Vec<HandleRequest<'_, &Engine>> = picked
+                .iter()
+                .map(|&(h, voice, micros)| HandleRequest {
+                    handle: slots[h].take().expect("one request per handle"),
+                    benefit_type: ty(voice),
+                    amount: Amount::from_micros(micros),
+                })
+                .collect();
+            let mut got = Vec::new();
+            batch_engine.try_consume_many_handles(&mut requests, now, &mut got);
+            prop_assert_eq!(&got, &want);
+            for i in 0..subjects as u8 {
+                prop_assert_eq!(batch_engine.usage(&subject(i), now), seq_engine.usage(&subject(i), now));
+            }
         }
     }
 }

@@ -5,11 +5,15 @@
 //! activation boundary, a new window, a configuration write made on another
 //! thread, another engine or family on the same thread, a single rule
 //! naming the entity later, an entity marked again under a newer
-//! configuration by another thread. Each runs both ways.
+//! configuration by another thread. Each runs three ways: by subject,
+//! through an exact handle, and through that handle in a batch (which
+//! decides with the thread's copy too).
 
 mod common;
 
-use benefit_quota::{BenefitType, Engine, Subject, SubjectHandle, FOREVER};
+use benefit_quota::{
+    BenefitType, Decision, Engine, HandleRequest, Subject, SubjectHandle, FOREVER,
+};
 use common::*;
 
 const PTS: BenefitType = BenefitType::ResourcePoint;
@@ -18,20 +22,22 @@ fn spend(e: &Engine, s: &Subject<'_>, now: i64) -> bool {
     e.try_consume(s, PTS, units(1), now).is_allowed()
 }
 
-/// How a scenario's subject spends: by subject, or through one exact
-/// handle kept for the whole scenario.
+/// How a scenario's subject spends: by subject, through one exact handle
+/// kept for the whole scenario, or through that handle in a batch of one.
 #[derive(Clone, Copy, Debug)]
 enum Via {
     Subject,
     Handle,
+    Batch,
 }
 
-const BOTH: [Via; 2] = [Via::Subject, Via::Handle];
+const WAYS: [Via; 3] = [Via::Subject, Via::Handle, Via::Batch];
 
 /// One subject's spender, called as `via` says.
 enum Spender<'e> {
     Subject(&'e Engine, Subject<'e>),
     Handle(Box<SubjectHandle<&'e Engine>>),
+    Batch(&'e Engine, Box<SubjectHandle<&'e Engine>>),
 }
 
 impl<'e> Spender<'e> {
@@ -39,13 +45,29 @@ impl<'e> Spender<'e> {
         match via {
             Via::Subject => Spender::Subject(e, s),
             Via::Handle => Spender::Handle(Box::new(e.handle(&s))),
+            Via::Batch => Spender::Batch(e, Box::new(e.handle(&s))),
         }
     }
 
     fn spend(&mut self, now: i64) -> bool {
+        self.decide(now).is_allowed()
+    }
+
+    /// The decision on one point at `now`.
+    fn decide(&mut self, now: i64) -> Decision {
         match self {
-            Spender::Subject(e, s) => spend(e, s, now),
-            Spender::Handle(h) => h.try_consume(PTS, units(1), now).is_allowed(),
+            Spender::Subject(e, s) => e.try_consume(s, PTS, units(1), now),
+            Spender::Handle(h) => h.try_consume(PTS, units(1), now),
+            Spender::Batch(e, h) => {
+                let mut reqs = [HandleRequest {
+                    handle: &mut **h,
+                    benefit_type: PTS,
+                    amount: units(1),
+                }];
+                let mut out = Vec::new();
+                e.try_consume_many_handles(&mut reqs, now, &mut out);
+                out.pop().expect("one decision")
+            }
         }
     }
 }
@@ -57,7 +79,7 @@ fn on_another_thread(f: impl FnOnce() + Send) {
 
 #[test]
 fn an_all_devices_rule_stops_applying_after_its_last_second() {
-    for via in BOTH {
+    for via in WAYS {
         let e = Engine::new();
         Rule::all_devices(1)
             .active(MIDNIGHT, MIDNIGHT + 10)
@@ -67,10 +89,7 @@ fn an_all_devices_rule_stops_applying_after_its_last_second() {
         assert!(!d.spend(MIDNIGHT + 5), "{via:?}");
         assert!(!d.spend(MIDNIGHT + 10), "{via:?}");
         // Past `ended_at`, nothing applies: allowed, unlimited.
-        let after = match &mut d {
-            Spender::Subject(e, s) => e.try_consume(s, PTS, units(1), MIDNIGHT + 11),
-            Spender::Handle(h) => h.try_consume(PTS, units(1), MIDNIGHT + 11),
-        };
+        let after = d.decide(MIDNIGHT + 11);
         assert!(
             after.is_allowed() && after.is_unlimited(),
             "{via:?}: {after:?}"
@@ -80,7 +99,7 @@ fn an_all_devices_rule_stops_applying_after_its_last_second() {
 
 #[test]
 fn an_all_devices_rule_starting_later_applies_from_its_first_second() {
-    for via in BOTH {
+    for via in WAYS {
         let e = Engine::new();
         Rule::all_devices(100).create(&e);
         Rule::all_devices(1)
@@ -98,7 +117,7 @@ fn an_all_devices_rule_starting_later_applies_from_its_first_second() {
 
 #[test]
 fn a_new_window_starts_from_zero() {
-    for via in BOTH {
+    for via in WAYS {
         let e = Engine::new();
         Rule::all_devices(2).daily().create(&e);
         let mut d = Spender::new(&e, Subject::device("d"), via);
@@ -113,7 +132,7 @@ fn a_new_window_starts_from_zero() {
 
 #[test]
 fn a_write_on_another_thread_is_seen_by_the_next_call() {
-    for via in BOTH {
+    for via in WAYS {
         let e = Engine::new();
         let id = Rule::all_devices(100).create(&e);
         let mut d = Spender::new(&e, Subject::device("d"), via);
@@ -138,7 +157,7 @@ fn a_write_on_another_thread_is_seen_by_the_next_call() {
 fn engines_on_one_thread_keep_their_own_rules() {
     // More engines than a thread keeps copies for, all at the same
     // configuration version, called in turn: each admits its own limit.
-    for via in BOTH {
+    for via in WAYS {
         let engines: Vec<(Engine, u64)> = (1..=6)
             .map(|limit| {
                 let e = Engine::new();
@@ -163,7 +182,7 @@ fn engines_on_one_thread_keep_their_own_rules() {
 
 #[test]
 fn devices_and_consumers_keep_their_own_rules() {
-    for via in BOTH {
+    for via in WAYS {
         let e = Engine::new();
         Rule::all_devices(1).create(&e);
         Rule::all_consumers(4).create(&e);
@@ -180,7 +199,7 @@ fn devices_and_consumers_keep_their_own_rules() {
 
 #[test]
 fn a_single_rule_naming_the_device_later_applies_from_the_next_call() {
-    for via in BOTH {
+    for via in WAYS {
         let e = Engine::new();
         Rule::all_devices(100).create(&e);
         let mut d = Spender::new(&e, Subject::device("d"), via);
@@ -204,7 +223,7 @@ fn a_copy_older_than_the_entrys_mark_is_not_used() {
     // writes, then spends by subject, which marks the device alone again
     // under the new configuration: the mark is current, this thread's
     // copy is not.
-    for via in BOTH {
+    for via in WAYS {
         let e = Engine::new();
         let id = Rule::all_devices(4).create(&e);
         let mut d = Spender::new(&e, Subject::device("d"), via);
@@ -223,12 +242,35 @@ fn a_copy_older_than_the_entrys_mark_is_not_used() {
 }
 
 #[test]
+fn a_spender_back_from_another_thread_does_not_use_this_threads_older_copy() {
+    // This thread keeps a copy at the first configuration. The spender
+    // goes to another thread, which writes and spends through it: a handle
+    // resolves again there, and the entry is marked alone under the new
+    // configuration. Back here, the handle is current and its slot is
+    // remembered; this thread's copy is not current.
+    for via in WAYS {
+        let e = Engine::new();
+        let id = Rule::all_devices(4).create(&e);
+        let mut d = Spender::new(&e, Subject::device("d"), via);
+        assert!(d.spend(MIDNIGHT), "{via:?}");
+        assert!(d.spend(MIDNIGHT), "{via:?}");
+        on_another_thread(|| {
+            e.apply_update_json(&id, r#"{"limit":3}"#, MIDNIGHT)
+                .expect("the update");
+            assert!(d.spend(MIDNIGHT), "{via:?}");
+        });
+        // Three spent of 3: denied, whatever the stale copy's 4 would say.
+        assert!(!d.spend(MIDNIGHT), "{via:?}");
+    }
+}
+
+#[test]
 fn a_single_rule_not_yet_in_effect_keeps_the_device_from_being_marked_alone() {
     // The single rule names the device before it applies: until then the
     // device decides under the all-devices rule, but neither a call by
     // subject nor a handle may mark it alone, or calls would keep deciding
     // with the all-devices copy once the single rule applies.
-    for via in BOTH {
+    for via in WAYS {
         let e = Engine::new();
         Rule::all_devices(100).create(&e);
         Rule::device("d", 1)
@@ -254,7 +296,7 @@ fn a_single_rule_not_yet_in_effect_keeps_the_device_from_being_marked_alone() {
 fn a_slot_that_moved_is_found_again() {
     // One shard: a thousand other devices make its table grow, which moves
     // every entry, between the handle's calls from its thread's copy.
-    for via in BOTH {
+    for via in WAYS {
         let e = Engine::builder().shards(1).build();
         Rule::all_devices(5).create(&e);
         let mut d = Spender::new(&e, Subject::device("d"), via);

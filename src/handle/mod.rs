@@ -119,6 +119,11 @@ impl std::fmt::Debug for HandleState {
     }
 }
 
+/// The bytes of a handle that an exact call for a sole device or consumer
+/// that no single rule names reads (the engine, the flags, the first
+/// owner: `handles_stay_small` checks that they fit), from its start.
+const ALONE_READS: usize = 2 * 64;
+
 /// One counter owner's stamp and the value a grant saw there.
 #[derive(Clone, Default)]
 struct Watch {
@@ -494,18 +499,19 @@ impl Engine {
     /// decision per request to `out`, in order; each is decided exactly as
     /// separate calls in slice order would be.
     ///
-    /// Works in chunks of [`crate::BATCH_CHUNK`], like
-    /// [`Engine::try_consume_many`]: the chunk asks the CPU for its handles
-    /// (the part an exact call reads), their ids and the counter entries
-    /// their slots remember (software prefetches, so the memory misses of
-    /// independent subjects overlap instead of queueing, the entries' with
-    /// the locking too), stale handles resolve again (under one read of the
-    /// rule table), then the chunk locks the union of its shards once,
-    /// checks the configuration version once and decides each request in
-    /// turn. Other threads working on those shards wait for at most one
-    /// chunk. A chunk with a leased handle, or a handle of another engine,
-    /// in it is decided one call at a time, in order (leased calls take no
-    /// lock to batch).
+    /// Works in chunks of [`crate::BATCH_CHUNK`]: the chunk asks the CPU for
+    /// what its calls will read (software prefetches, so that the memory
+    /// misses of independent handles overlap instead of queueing): each
+    /// handle's first two lines; then, for a sole device or consumer that
+    /// no single rule names, its counter entry (such a call decides with
+    /// the thread's copy of the rules, and reads nothing else of the
+    /// handle); for any other handle, the rest of what an exact call reads,
+    /// its ids and its entries. Then each request is decided in turn, as
+    /// [`SubjectHandle::try_consume`] decides it, under its own shards'
+    /// locks: other threads wait for one request, never for a chunk. A
+    /// chunk with a leased handle, or a handle of another engine, in it is
+    /// decided one call at a time without the prefetches (leased calls
+    /// read their handle only).
     ///
     /// # Examples
     /// ```
@@ -548,6 +554,11 @@ impl Engine {
         }
         out.reserve(requests.len());
         for chunk in requests.chunks_mut(crate::BATCH_CHUNK) {
+            // Ask for every handle's first lines (the engine, the flags,
+            // the first owner) before any is read.
+            for r in chunk.iter() {
+                crate::prefetch::range(&*r.handle as *const SubjectHandle<E>, ALONE_READS);
+            }
             let mine = |r: &HandleRequest<'_, E>| std::ptr::eq(&*r.handle.engine, self);
             if self.grants.is_some() || chunk.iter().any(|r| r.handle.state.lease != 0 || !mine(r))
             {
@@ -560,58 +571,32 @@ impl Engine {
                 }
                 continue;
             }
-            // Ask for every handle of the chunk (the part an exact call
-            // reads: the member's ids and the leases' state after it are
-            // not), then for their ids and their counter entries, before
-            // reading them: the misses of the chunk are in flight together,
-            // and the entries' overlap the locking below.
+            // Ask for the rest of what each call reads: of a sole device or
+            // consumer that no single rule names, its counter entry (the
+            // call decides with the thread's copy of the rules, as
+            // `Engine::run_exact` says); of another handle, the rest of
+            // what an exact call reads of it, then its ids and entries.
+            // The misses of the chunk are in flight together.
             for r in chunk.iter() {
-                let exact = std::mem::offset_of!(HandleState, subject.member);
-                crate::prefetch::range(&r.handle.state as *const HandleState, exact);
-            }
-            for r in chunk.iter() {
-                r.handle.state.prefetch_ids();
-                r.handle.state.prefetch_entries(&self.store);
-            }
-            let current =
-                |h: &mut HandleState, version: u64| self.ready(h, now) && h.version == version;
-            let version = self.version.load(Ordering::Acquire);
-            let mut stale = false;
-            for r in chunk.iter_mut() {
-                stale |= !current(&mut r.handle.state, version);
-            }
-            if stale {
-                let rules = self.read();
-                for r in chunk.iter_mut() {
-                    if !current(&mut r.handle.state, version) {
-                        self.refresh(&rules, &mut r.handle.state, now);
-                    }
+                let h = &r.handle.state;
+                if h.alone {
+                    let o = &h.owners[0];
+                    self.store.prefetch_slot(o.shard, o.hint.slot());
+                } else {
+                    let exact = std::mem::offset_of!(HandleState, subject.member);
+                    crate::prefetch::range(h as *const HandleState, exact);
                 }
             }
-            let mut shards: SmallVec<[usize; 2 * crate::BATCH_CHUNK]> = SmallVec::new();
             for r in chunk.iter() {
-                // One push at a time: `extend_from_slice` called `memmove`
-                // and `memcpy` for each handle's one or two shards.
-                for &shard in &r.handle.state.shards {
-                    shards.push(shard);
+                let h = &r.handle.state;
+                if !h.alone {
+                    h.prefetch_ids();
+                    h.prefetch_entries(&self.store);
                 }
-            }
-            shards.sort_unstable();
-            shards.dedup();
-            let mut locked = self.store.lock_many(&shards);
-            let version = self.version.load(Ordering::Acquire);
-            if chunk.iter().any(|r| r.handle.state.version != version) {
-                // A write landed meanwhile: decide one by one (each resolves again).
-                drop(locked);
-                for r in chunk.iter_mut() {
-                    let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-                    out.push(self.run_handle(&mut r.handle.state, now, op));
-                }
-                continue;
             }
             for r in chunk.iter_mut() {
                 let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-                out.push(self.decide_cached(&mut r.handle.state, now, op, &mut locked));
+                out.push(self.run_exact(&mut r.handle.state, now, op));
             }
         }
     }
