@@ -60,20 +60,38 @@ proptest! {
 /// can hold a subject more than once (each request needs its own handle).
 const HANDLES_PER_SUBJECT: usize = 3;
 
+/// `HANDLES_PER_SUBJECT` handles on `e` for each of the first `subjects`
+/// subjects, in order; with `leased`, one in three takes leases of 2 points.
+fn handles_on(e: &Engine, subjects: usize, leased: bool) -> Vec<SubjectHandle<&Engine>> {
+    (0..subjects * HANDLES_PER_SUBJECT)
+        .map(|i| {
+            let h = e.handle(&subject((i / HANDLES_PER_SUBJECT) as u8));
+            if leased && i % 3 == 2 {
+                h.with_lease(Amount::from_units(2))
+            } else {
+                h
+            }
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
         ..ProptestConfig::default()
     })]
 
-    /// Batches of exact handles, round after round, decide as calls by
-    /// subject in the same order on a twin engine: across new windows
-    /// (`now` moves up to a day and a half), configuration writes between
-    /// rounds (a single rule naming a device that was alone, a new
-    /// all-devices rule), devices alone and not (in a workspace, named by a
-    /// single rule), and the first calls that create counters.
+    /// Batches of handles, round after round, decide as the same calls
+    /// made one by one, in the same order, through twin handles on a twin
+    /// engine, and, when every handle is exact, as calls by subject on a
+    /// third: across new windows (`now` moves up to a day and a half),
+    /// configuration writes between rounds (a single rule naming a device
+    /// that was alone, a new all-devices rule), devices alone and not (in a
+    /// workspace, named by a single rule), the first calls that create
+    /// counters, and leased handles (one in three, when `leased`) mixed
+    /// with exact ones in a chunk.
     #[test]
-    fn handle_batches_equal_calls_by_subject(
+    fn handle_batches_equal_the_same_calls_one_by_one(
         rounds in proptest::collection::vec(
             (
                 proptest::collection::vec((any::<u8>(), any::<bool>(), 0u64..4_000_000), 0..150),
@@ -83,12 +101,13 @@ proptest! {
             1..6,
         ),
         shards in prop_oneof![Just(1usize), Just(4), Just(64)],
+        leased in any::<bool>(),
     ) {
-        let (batch_engine, seq_engine) = (setup(shards), setup(shards));
+        let engines = [setup(shards), setup(shards), setup(shards)];
+        let [batch_engine, twin_engine, by_subject] = &engines;
         let subjects = DEVICES.len() * 3;
-        let mut handles: Vec<SubjectHandle<&Engine>> = (0..subjects * HANDLES_PER_SUBJECT)
-            .map(|i| batch_engine.handle(&subject((i / HANDLES_PER_SUBJECT) as u8)))
-            .collect();
+        let mut handles = handles_on(batch_engine, subjects, leased);
+        let mut twins = handles_on(twin_engine, subjects, leased);
         let writes = [
             Rule::device("a", 6),
             Rule::all_devices(4).of("voice_unified_duration_custom").every(1, "hour"),
@@ -100,7 +119,7 @@ proptest! {
             now += step * 4;
             if let Some(rule) = writes.get(usize::from(*write)) {
                 if !std::mem::replace(&mut written[usize::from(*write)], true) {
-                    for e in [&batch_engine, &seq_engine] {
+                    for e in &engines {
                         rule.create(e);
                     }
                 }
@@ -120,10 +139,7 @@ proptest! {
             let ty = |voice: bool| if voice { BenefitType::VoiceUnifiedDurationCustom } else { BenefitType::ResourcePoint };
             let want: Vec<_> = picked
                 .iter()
-                .map(|&(h, voice, micros)| {
-                    let s = subject((h / HANDLES_PER_SUBJECT) as u8);
-                    seq_engine.try_consume(&s, ty(voice), Amount::from_micros(micros), now)
-                })
+                .map(|&(h, voice, micros)| twins[h].try_consume(ty(voice), Amount::from_micros(micros), now))
                 .collect();
             let mut slots: Vec<Option<&mut SubjectHandle<&Engine>>> = handles.iter_mut().map(Some).collect();
             let mut requests: Vec<HandleRequest<'_, &Engine>> = picked
@@ -137,8 +153,18 @@ proptest! {
             let mut got = Vec::new();
             batch_engine.try_consume_many_handles(&mut requests, now, &mut got);
             prop_assert_eq!(&got, &want);
+            if !leased {
+                let by_subject: Vec<_> = picked
+                    .iter()
+                    .map(|&(h, voice, micros)| {
+                        let s = subject((h / HANDLES_PER_SUBJECT) as u8);
+                        by_subject.try_consume(&s, ty(voice), Amount::from_micros(micros), now)
+                    })
+                    .collect();
+                prop_assert_eq!(&got, &by_subject);
+            }
             for i in 0..subjects as u8 {
-                prop_assert_eq!(batch_engine.usage(&subject(i), now), seq_engine.usage(&subject(i), now));
+                prop_assert_eq!(batch_engine.usage(&subject(i), now), twin_engine.usage(&subject(i), now));
             }
         }
     }

@@ -509,9 +509,10 @@ impl Engine {
     /// its ids and its entries. Then each request is decided in turn, as
     /// [`SubjectHandle::try_consume`] decides it, under its own shards'
     /// locks: other threads wait for one request, never for a chunk. A
-    /// chunk with a leased handle, or a handle of another engine, in it is
-    /// decided one call at a time without the prefetches (leased calls
-    /// read their handle only).
+    /// leased handle's request spends from its leases, as its own call
+    /// would (nothing but its handle is asked for), and a handle of another
+    /// engine is decided by its engine; with a ledger, every request is
+    /// decided as a call by subject.
     ///
     /// # Examples
     /// ```
@@ -559,25 +560,27 @@ impl Engine {
             for r in chunk.iter() {
                 crate::prefetch::range(&*r.handle as *const SubjectHandle<E>, ALONE_READS);
             }
-            let mine = |r: &HandleRequest<'_, E>| std::ptr::eq(&*r.handle.engine, self);
-            if self.grants.is_some() || chunk.iter().any(|r| r.handle.state.lease != 0 || !mine(r))
-            {
-                // Leased handles spend without locking: nothing to batch; a
-                // handle of another engine is decided by its own.
+            if self.grants.is_some() {
+                // With a ledger, a handle decides as a call by subject.
                 for r in chunk.iter_mut() {
                     let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-                    let h = &mut *r.handle;
-                    out.push(h.engine.call_handle(&mut h.state, now, op));
+                    out.push(self.call_handle(&mut r.handle.state, now, op));
                 }
                 continue;
             }
-            // Ask for the rest of what each call reads: of a sole device or
-            // consumer that no single rule names, its counter entry (the
-            // call decides with the thread's copy of the rules, as
-            // `Engine::run_exact` says); of another handle, the rest of
+            // An exact handle of this engine; a leased one spends from its
+            // leases (reading its handle only), and a handle of another
+            // engine is decided by its own, neither asked for anything more.
+            let exact = |r: &HandleRequest<'_, E>| {
+                r.handle.state.lease == 0 && std::ptr::eq(&*r.handle.engine, self)
+            };
+            // Ask for the rest of what each exact call reads: of a sole
+            // device or consumer that no single rule names, its counter
+            // entry (the call decides with the thread's copy of the rules,
+            // as `Engine::run_exact` says); of another handle, the rest of
             // what an exact call reads of it, then its ids and entries.
             // The misses of the chunk are in flight together.
-            for r in chunk.iter() {
+            for r in chunk.iter().filter(|r| exact(r)) {
                 let h = &r.handle.state;
                 if h.alone {
                     let o = &h.owners[0];
@@ -587,7 +590,7 @@ impl Engine {
                     crate::prefetch::range(h as *const HandleState, exact);
                 }
             }
-            for r in chunk.iter() {
+            for r in chunk.iter().filter(|r| exact(r)) {
                 let h = &r.handle.state;
                 if !h.alone {
                     h.prefetch_ids();
@@ -596,7 +599,12 @@ impl Engine {
             }
             for r in chunk.iter_mut() {
                 let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-                out.push(self.run_exact(&mut r.handle.state, now, op));
+                out.push(if exact(r) {
+                    self.run_exact(&mut r.handle.state, now, op)
+                } else {
+                    let h = &mut *r.handle;
+                    h.engine.call_handle(&mut h.state, now, op)
+                });
             }
         }
     }
