@@ -7,7 +7,6 @@ use crossbeam_utils::CachePadded;
 use smallvec::SmallVec;
 
 use crate::amount::Amount;
-use crate::cached::{CachedRule, CachedRules};
 use crate::decide::{
     add_to_counters, conclude, decide_one_owner, decide_one_owner_general, denied_without_room,
     effective_window, has_type, Op, RuleView, Rules, Seen, SeenVec,
@@ -18,7 +17,7 @@ use crate::period::{possible_now, rule_window, UtcOffset, Window};
 use crate::rules::{
     d5_error, Applied, AppliedVec, FrozenPolicy, RuleEntry, RuleSet, RuleShape, Validity,
 };
-use crate::state::{CounterState, Locked, Owner, OwnerHasher, OwnerKind, SlotHint, Store};
+use crate::state::{CounterState, Locked, Owner, OwnerHasher, SlotHint, Store};
 use crate::subject::{prefetch_ids, Subject};
 use crate::sync::{AtomicU64, Mutex, SpinGuard, SpinLock};
 use crate::types::{BenefitId, BenefitInfo, BenefitType};
@@ -1046,8 +1045,23 @@ impl Engine {
         let owner = store.entity_hashed(kind, id);
         let shard = store.shard_index(&owner);
         store.prefetch_in(shard, &owner);
+        self.run_entity(subject, &owner, shard, now, op)
+    }
+
+    /// [`Engine::run`] for a sole device or consumer, `owner` (hashed), in
+    /// `shard`, with no ledger and a possible `now`.
+    #[inline(always)]
+    fn run_entity(
+        &self,
+        subject: &Subject<'_>,
+        owner: &Owner<'_>,
+        shard: usize,
+        now: i64,
+        op: Op,
+    ) -> Decision {
+        let store = &self.store;
         // The rule table's families are indexed as the owner kinds.
-        let fam = kind as usize;
+        let fam = owner.kind as usize;
         if let Some(copy) = crate::cached::thread_rules::<0>(self.id, fam, now) {
             // Decided with the thread's copy of the family's all-scope rules
             // (`crate::cached`, which has why that is exact) if the
@@ -1056,13 +1070,13 @@ impl Engine {
             let mut locked = store.lock_shard(shard);
             let version = self.version.load(Ordering::Acquire);
             if version == copy.version {
-                if let Some(counters) = locked.counters_if_alone(&owner, version) {
+                if let Some(counters) = locked.counters_if_alone(owner, version) {
                     let rules = crate::cached::CachedRules(&copy.rules);
                     return decide_one_owner(store, &rules, Some(counters), op);
                 }
             }
         }
-        self.run_sole_entity(subject, &owner, shard, now, op)
+        self.run_sole_entity(subject, owner, shard, now, op)
     }
 
     /// [`Engine::run`] for a sole device or consumer (`owner`, in `shard`)
@@ -1399,19 +1413,14 @@ impl Engine {
     ///
     /// Each request is decided exactly as a separate `try_consume` call made
     /// in slice order would be. The batch is worked through in chunks of
-    /// [`BATCH_CHUNK`], each under a copy of the rule table: a chunk asks the
-    /// CPU for its subjects' ids and for the counter entries of its sole
-    /// devices and consumers (software prefetches, so the memory misses of
-    /// independent subjects overlap instead of queueing), locks the union of
-    /// those entries' shards once (in ascending order), and decides each
-    /// request in turn: a device or consumer that no single rule names with
-    /// its family's all-scope rules, read once for the whole batch (again
-    /// if a configuration write comes in between); any other subject
-    /// resolved in full, its other shards (a single rule's or an enterprise
-    /// pool) added to the chunk's if they are free, else the rest of the
-    /// chunk is resolved and locked together. A chunk holds a copy of the
-    /// rule table and its shards; other threads working on those, and a
-    /// configuration write, wait for at most one chunk. With
+    /// [`BATCH_CHUNK`]: a chunk asks the CPU for its subjects' ids, then
+    /// hashes its devices and consumers and asks for their counter entries
+    /// (software prefetches, so the memory misses of independent subjects
+    /// overlap instead of queueing), and then makes each call as
+    /// [`Engine::try_consume`] would, with the hash already taken: under its
+    /// own shards' locks, with the thread's copy of the rules when it may.
+    /// Other threads, and a configuration write, wait for one request,
+    /// never for a chunk. With
     /// [`crate::SubjectHandle`]s, use [`Engine::try_consume_many_handles`].
     ///
     /// # Examples
@@ -1453,165 +1462,30 @@ impl Engine {
             return;
         }
         out.reserve(requests.len());
-        // A rule-table copy is locked for one chunk at a time, so that a
-        // configuration write (which locks every copy) and the calls that
-        // need this copy wait for at most one chunk; the all-scope rules
-        // are read again only when a write came in between.
-        let mut kept: Option<(u64, [SmallVec<[CachedRule; 2]>; 2])> = None;
-        for chunk in requests.chunks(BATCH_CHUNK) {
-            let rules = self.read();
-            // Stable while a rule-table copy is locked.
-            let version = self.version.load(Ordering::Relaxed);
-            let alone = match kept.take() {
-                Some((v, alone)) if v == version => alone,
-                _ => self.alone_rules(&rules, now),
-            };
-            let done = self.decide_chunk(&rules, version, &alone, chunk, now, out);
-            if done < chunk.len() {
-                self.decide_chunk_resolved(&rules, &chunk[done..], now, out);
-            }
-            kept = Some((version, alone));
-        }
-    }
-
-    /// What applies, at `now`, to a device (a consumer) that no single
-    /// rule names: its family's all-scope rules in effect, read from `rules`
-    /// (locked); indexed by owner kind.
-    fn alone_rules(&self, rules: &RuleSet, now: i64) -> [SmallVec<[CachedRule; 2]>; 2] {
-        let policy = self.config.frozen_policy;
-        [OwnerKind::Device, OwnerKind::Consumer].map(|kind| {
-            let mut applied = AppliedVec::new();
-            let anyone = self.store.entity(kind, "", 0);
-            let mut valid = Validity::ALWAYS;
-            rules.resolve_all_scope(
-                kind as usize,
-                anyone,
-                0,
-                0,
-                now,
-                policy,
-                &mut applied,
-                &mut valid,
-            );
-            crate::cached::cached_rules(&rules.rules, &applied, policy)
-        })
-    }
-
-    /// Decides the requests of `chunk` in order, under one lock of the
-    /// shards of its sole devices and consumers (taken in ascending order),
-    /// `rules` (at `version`) locked, and says how many it decided: all of
-    /// them, unless a request needed a shard that another thread held (a
-    /// shard added out of order is only tried, never waited for), and then
-    /// the caller decides the rest ([`Engine::decide_chunk_resolved`]).
-    ///
-    /// A device or consumer whose entry says that no single rule names it
-    /// at `version` is decided with `alone`, its family's all-scope rules,
-    /// as a call by subject decides it with its thread's copy of them;
-    /// any other subject is resolved in full, as a call by subject is.
-    fn decide_chunk(
-        &self,
-        rules: &RuleSet,
-        version: u64,
-        alone: &[SmallVec<[CachedRule; 2]>; 2],
-        chunk: &[Request<'_>],
-        now: i64,
-        out: &mut Vec<Decision>,
-    ) -> usize {
         let store = &self.store;
-        // Ask for the chunk's ids before hashing any: their misses are in
-        // flight together instead of queueing behind each hash.
-        for r in chunk {
-            prefetch_ids(r.subject);
-        }
-        let mut sole: SmallVec<[Option<(Owner<'_>, usize)>; BATCH_CHUNK]> = SmallVec::new();
-        let mut shards: SmallVec<[usize; BATCH_CHUNK]> = SmallVec::new();
-        for r in chunk {
-            let one = r.subject.sole_entity().map(|(kind, id)| {
-                let owner = store.entity_hashed(kind, id);
-                let shard = store.shard_index(&owner);
-                // The entry's miss, in flight with the others'.
-                store.prefetch_in(shard, &owner);
-                shards.push(shard);
-                (owner, shard)
-            });
-            sole.push(one);
-        }
-        shards.sort_unstable();
-        shards.dedup();
-        let mut locked = store.lock_many(&shards);
-        let policy = self.config.frozen_policy;
-        for (i, (r, one)) in chunk.iter().zip(&sole).enumerate() {
-            let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-            if let Some((owner, shard)) = one {
-                let fam = alone[owner.kind as usize].as_slice();
-                if !fam.is_empty() {
-                    if let Some(counters) = locked.counters_if_alone(*shard, owner, version) {
-                        let fam = CachedRules(fam);
-                        out.push(decide_one_owner(store, &fam, Some(counters), op));
-                        continue;
-                    }
-                }
+        for chunk in requests.chunks(BATCH_CHUNK) {
+            // Ask for the chunk's ids before hashing any, then for the
+            // counter entries of its devices and consumers: their misses
+            // are in flight together instead of queueing behind each hash.
+            for r in chunk {
+                prefetch_ids(r.subject);
             }
-            let mut applied = AppliedVec::new();
-            self.resolve(rules, &r.subject, now, &mut applied, false);
-            if !applied.iter().all(|a| locked.try_hold(a.shard)) {
-                return i;
+            let mut sole: SmallVec<[Option<(Owner<'_>, usize)>; BATCH_CHUNK]> = SmallVec::new();
+            for r in chunk {
+                sole.push(r.subject.sole_entity().map(|(kind, id)| {
+                    let owner = store.entity_hashed(kind, id);
+                    let shard = store.shard_index(&owner);
+                    store.prefetch_in(shard, &owner);
+                    (owner, shard)
+                }));
             }
-            let table = TableRules {
-                table: rules,
-                applied: &applied,
-                policy,
-            };
-            out.push(self.decide(&applied, &table, &mut locked, op));
-            if let Some((owner, shard)) = one {
-                let fam = owner.kind as usize;
-                if !applied.is_empty() && !rules.lists_single_rules(fam, owner.hash, owner.id) {
-                    locked.mark_alone(*shard, owner, version);
-                }
+            for (r, one) in chunk.iter().zip(&sole) {
+                let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
+                out.push(match one {
+                    Some((owner, shard)) => self.run_entity(&r.subject, owner, *shard, now, op),
+                    None => self.run_resolved_subject(&r.subject, now, op),
+                });
             }
-        }
-        chunk.len()
-    }
-
-    /// Decides the requests of `chunk` in order: resolves them all with
-    /// `rules` locked, locks the union of their shards once (in ascending
-    /// order), asks for every counter slot it will need, then decides each.
-    fn decide_chunk_resolved(
-        &self,
-        rules: &RuleSet,
-        chunk: &[Request<'_>],
-        now: i64,
-        out: &mut Vec<Decision>,
-    ) {
-        let mut applied: SmallVec<[Applied<'_>; 2 * BATCH_CHUNK]> = SmallVec::new();
-        let mut ends: SmallVec<[usize; BATCH_CHUNK]> = SmallVec::new();
-        for r in chunk {
-            let mut one = AppliedVec::new();
-            self.resolve(rules, &r.subject, now, &mut one, false);
-            applied.extend(one);
-            ends.push(applied.len());
-        }
-        let mut shards: SmallVec<[usize; 2 * BATCH_CHUNK]> =
-            applied.iter().map(|a| a.shard).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        let mut locked = self.store.lock_many(&shards);
-        // Ask for every counter entry before deciding (see `prefetch`).
-        for a in &applied {
-            locked.prefetch(a.shard, &a.owner);
-        }
-        let policy = self.config.frozen_policy;
-        let mut start = 0;
-        for (r, &end) in chunk.iter().zip(&ends) {
-            let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-            let mine = &applied[start..end];
-            let table = TableRules {
-                table: rules,
-                applied: mine,
-                policy,
-            };
-            out.push(self.decide(mine, &table, &mut locked, op));
-            start = end;
         }
     }
 }
@@ -1748,101 +1622,6 @@ mod tests {
     #[test]
     fn engine_is_send_and_sync() {
         assert_send_sync::<Engine>();
-    }
-
-    #[test]
-    fn a_chunk_stops_at_a_shard_it_cannot_take_and_the_rest_decides_as_calls_would() {
-        let configure = |e: &Engine, c: &str| {
-            let rule = |t: &str, id: &str, limit: u32| {
-                let id = if id.is_empty() {
-                    String::new()
-                } else {
-                    format!(r#""entity_id":"{id}","#)
-                };
-                format!(
-                    r#"{{"entity_type":"{t}",{id}"benefit_info":{{"benefit_type":"resource_point","active_mode":"absolute_time","started_at":0,"ended_at":253402300799,"limit":{limit},"trigger_unit":"never"}}}}"#
-                )
-            };
-            e.create_json(rule("enterprise_all_devices", "", 10))
-                .unwrap();
-            e.create_json(rule("single_device", c, 3)).unwrap();
-        };
-        let (e, one_by_one) = (
-            Engine::builder().shards(64).build(),
-            Engine::builder().shards(64).build(),
-        );
-        let shard_of = |id: &str| {
-            e.store
-                .shard_index(&e.store.entity_hashed(OwnerKind::Device, id))
-        };
-        // The single rule's pool (rule slot 1) and the device it names in
-        // different shards: the device is chosen so (hashes are keyed per
-        // engine, so no fixed id would do).
-        let pool = e.store.shard_index(&e.store.pool(1));
-        let c = (0..1000)
-            .map(|i| format!("c{i}"))
-            .find(|c| shard_of(c) != pool)
-            .unwrap();
-        let c = c.as_str();
-        configure(&e, c);
-        configure(&one_by_one, c);
-        {
-            let rules = e.read();
-            let slot = rules
-                .rules
-                .iter()
-                .position(|r| r.info.entity_type == crate::types::EntityType::SingleDevice);
-            assert_eq!(slot, Some(1));
-        }
-        let devices: Vec<String> = (0..1000)
-            .map(|i| format!("d{i}"))
-            .filter(|d| ![pool, shard_of(c)].contains(&shard_of(d)))
-            .take(2)
-            .collect();
-        let ids = [
-            devices[0].as_str(),
-            c,
-            devices[1].as_str(),
-            devices[0].as_str(),
-        ];
-        let chunk: Vec<Request> = ids
-            .iter()
-            .map(|d| Request {
-                subject: Subject::device(d),
-                benefit_type: BenefitType::ResourcePoint,
-                amount: Amount::from_units(1),
-            })
-            .collect();
-        // Another caller holds the pool's shard: the chunk decides the
-        // first request, then stops at c's, whose pool it cannot take
-        // out of order without waiting.
-        let held = e.store.lock_many(&[pool]);
-        let rules = e.read();
-        let version = e.version.load(Ordering::Relaxed);
-        let alone = e.alone_rules(&rules, 0);
-        let mut out = Vec::new();
-        assert_eq!(
-            e.decide_chunk(&rules, version, &alone, &chunk, 0, &mut out),
-            1
-        );
-        drop(held);
-        e.decide_chunk_resolved(&rules, &chunk[1..], 0, &mut out);
-        drop(rules);
-        let calls = || -> Vec<Decision> {
-            let call =
-                |r: &Request<'_>| one_by_one.try_consume(&r.subject, r.benefit_type, r.amount, 0);
-            chunk.iter().map(call).collect()
-        };
-        assert_eq!(out, calls());
-        // With nothing held, the whole chunk is decided in one pass.
-        let rules = e.read();
-        let mut again = Vec::new();
-        assert_eq!(
-            e.decide_chunk(&rules, version, &alone, &chunk, 0, &mut again),
-            4
-        );
-        drop(rules);
-        assert_eq!(again, calls());
     }
 
     #[test]

@@ -132,17 +132,12 @@
 //! - **Allocated:** nothing for a subject whose counters exist (inline small
 //!   vectors; benefit ids of up to 23 bytes are stored inline, so a decision
 //!   names its rule by copying, not by touching a shared reference count).
-//!   Batches allocate nothing either, unless a chunk's requests lock more
-//!   than 16 shards (subjects with counters in several shards).
+//!   Batches allocate nothing either.
 //!
-//! [`Engine::try_consume_many`] does the same for a batch, a rule-table copy
-//! locked per chunk of [`BATCH_CHUNK`] (the all-scope rules read once for
-//! the whole batch): a
-//! chunk locks the shards of its sole devices and consumers once, adds
-//! another subject's other shards if they are free (else the rest of the
-//! chunk is resolved and locked together). Before reading anything of a
-//! chunk it asks the CPU for the lines it will need (the subjects' ids, then
-//! the sole devices' and consumers' counter slots), so the chunk's cache
+//! [`Engine::try_consume_many`] makes the same calls for a batch, in chunks
+//! of [`BATCH_CHUNK`]: before making a chunk's calls it asks the CPU for
+//! the lines they will read (the subjects' ids, then the sole devices' and
+//! consumers' counter slots), so the chunk's cache
 //! misses are in flight together rather than one after another. Those software prefetches
 //! are the crate's only `unsafe` code (`src/prefetch.rs`: a hint that cannot
 //! fault or change a value; the crate denies `unsafe` everywhere else).

@@ -289,11 +289,6 @@ impl ShardLock {
         guard
     }
 
-    #[inline]
-    fn try_lock(&self) -> Option<MutexGuard<'_, Shard>> {
-        self.lock.try_lock()
-    }
-
     /// With the lock released: while callers are waiting for it, for at
     /// most a few microseconds (one may have been preempted), gives them
     /// the time to take it. A waiter looks at the lock after every pause
@@ -722,11 +717,12 @@ pub(crate) struct Locked<'s> {
     /// costs no collection.
     first: Option<Held<'s>>,
     /// The others, ascending; `None` rather than empty, so the usual
-    /// one-shard operation has no collection to build or drop. Room for a
-    /// whole batch chunk's shards (two per request) inline, so batches do
-    /// not allocate either; one shard is locked inline, building this in
-    /// place (an out-of-line function returning it by value would copy the
-    /// whole `Locked` on every call).
+    /// one-shard operation has no collection to build or drop. Room for
+    /// fifteen more inline, more than the owners one subject's counters
+    /// span (its device or consumer, its single rules' and its enterprise
+    /// pools' counters), so that no call allocates; one shard is locked
+    /// inline, building this in place (an out-of-line function returning it
+    /// by value would copy the whole `Locked` on every call).
     rest: Option<SmallVec<[Held<'s>; 2 * crate::BATCH_CHUNK - 1]>>,
     /// The store: its hasher, and its views, to which a held table's
     /// layout is published when it grows.
@@ -770,41 +766,12 @@ impl Locked<'_> {
         &mut rest[p.unwrap_or_default()].1.table
     }
 
-    /// Holds shard `shard` too, if it is not held yet and its lock is free
-    /// right now; whether it is held. Never waits: a shard taken out of
-    /// ascending order could otherwise deadlock with a caller locking in
-    /// order.
-    pub fn try_hold(&mut self, shard: usize) -> bool {
-        if self.first.as_ref().is_some_and(|(i, _)| *i == shard) {
-            return true;
-        }
-        let rest = self.rest.get_or_insert_with(SmallVec::new);
-        match rest.binary_search_by_key(&shard, |(j, _)| *j) {
-            Ok(_) => true,
-            Err(p) => match self.store.shards[shard].try_lock() {
-                Some(guard) => {
-                    rest.insert(p, (shard, guard));
-                    true
-                }
-                None => false,
-            },
-        }
-    }
-
     /// The counters of `owner`, if it has any.
     #[inline]
     pub fn counters(&self, shard: usize, owner: &Owner<'_>) -> Option<&[CounterState]> {
         self.table(shard)
             .find(owner.hash, |e| e.is(owner))
             .map(|e| e.counters.as_slice())
-    }
-
-    /// Asks the CPU for the slots where `owner`'s entry most likely is,
-    /// without reading them: a batch does it for every owner of a chunk
-    /// before deciding, so their misses are in flight together.
-    #[inline]
-    pub fn prefetch(&self, shard: usize, owner: &Owner<'_>) {
-        self.table(shard).prefetch_home(owner.hash);
     }
 
     /// [`Locked::counters_if_any`] for an owner whose slot `hint` may

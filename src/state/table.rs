@@ -112,15 +112,6 @@ impl<T> Table<T> {
         None
     }
 
-    /// Asks the CPU for the home slot of `hash` and the one after it (the
-    /// lines a lookup of `hash` most likely reads), without reading them.
-    #[inline]
-    pub fn prefetch_home(&self, hash: u64) {
-        if !self.slots.is_empty() {
-            prefetch_home_at(self.slots.as_ptr(), self.mask(), hash, 2);
-        }
-    }
-
     /// The entry of `hash` that satisfies `eq`.
     #[inline]
     pub fn find(&self, hash: u64, eq: impl FnMut(&T) -> bool) -> Option<&T> {
