@@ -1272,8 +1272,8 @@ impl Engine {
 
     /// Collects the rules that apply to `subject` at `now` into `out`;
     /// with `prefetch`, each entity's counter entry is asked for as soon as
-    /// its id is hashed (a single call's head start; batches prefetch their
-    /// own way, after locking).
+    /// its id is hashed (a single call's head start; a batch asks for its
+    /// sole entities' entries before making any call).
     #[inline(always)]
     pub(crate) fn resolve<'a>(
         &self,

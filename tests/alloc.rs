@@ -175,8 +175,8 @@ fn known_subjects_are_checked_and_debited_without_allocating() {
         n, 0,
         "allocations when a thread keeps its copy of the rules again"
     );
-    // Batches, by subject and through handles, over known devices (each
-    // chunk locks up to 8 shards): nothing either, given room in `out`.
+    // Batches, by subject and through handles, over known devices: nothing
+    // either, given room in `out`.
     let ids: Vec<String> = (0..64).map(|i| format!("batch-{i}")).collect();
     let devices: Vec<Subject> = ids.iter().map(|d| Subject::device(d)).collect();
     for s in &devices {

@@ -138,33 +138,51 @@ fn a_handle_counts_on_the_same_counters_as_calls_by_subject() {
 #[test]
 fn a_batch_decides_a_handle_of_another_engine_with_that_engine() {
     // A handle carries its engine, so it cannot be used with another one;
-    // a batch given another engine's handle decides it with the handle's own.
-    let a = Engine::new();
-    let b = Engine::new();
-    Rule::all_devices(1).create(&a);
-    Rule::all_devices(3).create(&b);
-    let mut ha = a.handle(&Subject::device("d"));
-    let mut hb = b.handle(&Subject::device("d"));
-    assert!(ha.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
-    let mut out = Vec::new();
-    let mut reqs = vec![
-        HandleRequest {
-            handle: &mut ha,
-            benefit_type: PTS,
-            amount: units(1),
-        },
-        HandleRequest {
-            handle: &mut hb,
-            benefit_type: PTS,
-            amount: units(2),
-        },
-    ];
-    b.try_consume_many_handles(&mut reqs, MIDNIGHT, &mut out);
-    // `ha` on `a`: its limit of 1 is spent; `hb` on `b`: 2 of 3.
-    assert!(!out[0].is_allowed());
-    assert_eq!(out[1].headroom().map(|h| h.remaining), Some(units(1)));
-    assert_eq!(a.usage(&Subject::device("d"), MIDNIGHT)[0].used, units(1));
-    assert_eq!(b.usage(&Subject::device("d"), MIDNIGHT)[0].used, units(2));
+    // a batch given another engine's handle decides it with the handle's
+    // own, with or without a ledger (with one, a handle decides as a call
+    // by subject, on its own engine).
+    for ledgered in [false, true] {
+        let engine = || {
+            if ledgered {
+                let ledger = std::sync::Arc::new(benefit_quota::MemoryLedger::new());
+                Engine::builder()
+                    .ledger(ledger)
+                    .open()
+                    .expect("a memory ledger opens")
+            } else {
+                Engine::new()
+            }
+        };
+        let (a, b) = (engine(), engine());
+        Rule::all_devices(1).create(&a);
+        Rule::all_devices(3).create(&b);
+        let mut ha = a.handle(&Subject::device("d"));
+        let mut hb = b.handle(&Subject::device("d"));
+        assert!(ha.try_consume(PTS, units(1), MIDNIGHT).is_allowed());
+        let mut out = Vec::new();
+        let mut reqs = vec![
+            HandleRequest {
+                handle: &mut ha,
+                benefit_type: PTS,
+                amount: units(1),
+            },
+            HandleRequest {
+                handle: &mut hb,
+                benefit_type: PTS,
+                amount: units(2),
+            },
+        ];
+        b.try_consume_many_handles(&mut reqs, MIDNIGHT, &mut out);
+        // `ha` on `a`: its limit of 1 is spent; `hb` on `b`: 2 of 3.
+        assert!(!out[0].is_allowed(), "ledgered: {ledgered}");
+        assert_eq!(
+            out[1].headroom().map(|h| h.remaining),
+            Some(units(1)),
+            "ledgered: {ledgered}"
+        );
+        assert_eq!(a.usage(&Subject::device("d"), MIDNIGHT)[0].used, units(1));
+        assert_eq!(b.usage(&Subject::device("d"), MIDNIGHT)[0].used, units(2));
+    }
 }
 
 #[test]

@@ -121,7 +121,8 @@ impl std::fmt::Debug for HandleState {
 
 /// The bytes of a handle that an exact call for a sole device or consumer
 /// that no single rule names reads (the engine, the flags, the first
-/// owner: `handles_stay_small` checks that they fit), from its start.
+/// owner), from its start: `an_exact_call_from_the_threads_copy_reads_the_first_two_lines`
+/// checks that they fit.
 const ALONE_READS: usize = 2 * 64;
 
 /// One counter owner's stamp and the value a grant saw there.
@@ -561,10 +562,12 @@ impl Engine {
                 crate::prefetch::range(&*r.handle as *const SubjectHandle<E>, ALONE_READS);
             }
             if self.grants.is_some() {
-                // With a ledger, a handle decides as a call by subject.
+                // With a ledger, a handle decides as a call by subject (a
+                // handle of another engine, by its own).
                 for r in chunk.iter_mut() {
                     let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-                    out.push(self.call_handle(&mut r.handle.state, now, op));
+                    let h = &mut *r.handle;
+                    out.push(h.engine.call_handle(&mut h.state, now, op));
                 }
                 continue;
             }

@@ -723,7 +723,7 @@ pub(crate) struct Locked<'s> {
     /// pools' counters), so that no call allocates; one shard is locked
     /// inline, building this in place (an out-of-line function returning it
     /// by value would copy the whole `Locked` on every call).
-    rest: Option<SmallVec<[Held<'s>; 2 * crate::BATCH_CHUNK - 1]>>,
+    rest: Option<SmallVec<[Held<'s>; 15]>>,
     /// The store: its hasher, and its views, to which a held table's
     /// layout is published when it grows.
     store: &'s Store,

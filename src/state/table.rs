@@ -5,8 +5,8 @@
 //! entry second, two dependent cache misses when the table is large (a million
 //! devices). Here an entry lives in its *home slot* (`hash & mask`) or a few
 //! slots after it, so a lookup costs one miss (the slot's lines, fetched
-//! together), and a batch can bring the entries it needs into cache by
-//! touching their home slots before deciding. The price is a lower maximum
+//! together), and a call (or a batch, for each of its calls) can ask for
+//! the entry's home slot before it locks the shard (see [`SlotsView`]). The price is a lower maximum
 //! load (3/4) and no SIMD group probing; entries are ~100 bytes, so a probe
 //! that moves on stays within the next line or two.
 //!
@@ -341,11 +341,11 @@ fn home_slot(hash: u64, mask: usize) -> usize {
     (hash as usize) & mask
 }
 
-/// Asks for `slots` slots from the home slot of `hash` in slots at `base`.
+/// Asks for the home slot of `hash` in slots at `base`.
 #[inline(always)]
-fn prefetch_home_at<T>(base: *const Option<T>, mask: usize, hash: u64, slots: usize) {
+fn prefetch_home_at<T>(base: *const Option<T>, mask: usize, hash: u64) {
     let home = base.wrapping_add(home_slot(hash, mask));
-    crate::prefetch::range(home, slots * std::mem::size_of::<Option<T>>());
+    crate::prefetch::range(home, std::mem::size_of::<Option<T>>());
 }
 
 /// Where a table's slots are, readable without the table's lock: a call
@@ -413,14 +413,14 @@ impl<T> SlotsView<T> {
         Some((std::ptr::null::<Option<T>>().wrapping_byte_add(base), mask))
     }
 
-    /// [`Table::prefetch_home`] without the table, from the last published
-    /// layout (if any), and only the home slot: a single call's entry is
-    /// there most of the time, and each line asked for costs instructions
-    /// on every call.
+    /// Asks for the home slot of `hash` (the lines a lookup of `hash` most
+    /// likely reads), without the table, from the last published layout
+    /// (if any): a single call's entry is there most of the time, and each
+    /// line asked for costs instructions on every call.
     #[inline]
     pub fn prefetch_home(&self, hash: u64) {
         if let Some((base, mask)) = self.layout() {
-            prefetch_home_at(base, mask, hash, 1);
+            prefetch_home_at(base, mask, hash);
         }
     }
 
