@@ -8,8 +8,13 @@ use proptest::prelude::*;
 
 const DEVICES: [&str; 5] = ["a", "b", "c", "d", "e"];
 
+const CONSUMERS: [&str; 2] = ["u", "v"];
+
 fn setup(shards: usize) -> Engine {
     let e = Engine::builder().shards(shards).build();
+    Rule::all_consumers(9).create(&e);
+    Rule::all_consumers(4).daily().create(&e);
+    Rule::consumer("v", 5).create(&e);
     Rule::all_devices(20).create(&e);
     Rule::all_devices(7).daily().create(&e);
     Rule::device("c", 3).create(&e);
@@ -20,8 +25,15 @@ fn setup(shards: usize) -> Engine {
     e
 }
 
+/// Subject `i`: one in four a consumer (alone, or named by a single rule),
+/// the others devices, some in a workspace.
 fn subject(i: u8) -> Subject<'static> {
-    device_maybe_in_workspace(&DEVICES, usize::from(i), 3)
+    let i = usize::from(i);
+    if i % 4 == 3 {
+        Subject::consumer(CONSUMERS[i / 4 % CONSUMERS.len()])
+    } else {
+        device_maybe_in_workspace(&DEVICES, i, 3)
+    }
 }
 
 proptest! {
