@@ -524,10 +524,26 @@ fn handles_and_batches_spend_out_of_grants_too() {
     let mut out = Vec::new();
     e.try_consume_many(&reqs, T0, &mut out);
     assert_eq!(out.iter().filter(|d| d.is_allowed()).count(), 3);
+    // A batch of exact handles, four on one device: 3 + 3 + 3 of 10.
+    let mut handles: Vec<_> = (0..4).map(|_| e.handle(&Subject::device("f"))).collect();
+    let mut reqs: Vec<_> = handles
+        .iter_mut()
+        .map(|h| benefit_quota::HandleRequest {
+            handle: h,
+            benefit_type: PTS,
+            amount: units(3),
+        })
+        .collect();
+    out.clear();
+    e.try_consume_many_handles(&mut reqs, T0, &mut out);
+    assert_eq!(out.iter().filter(|d| d.is_allowed()).count(), 3);
+    drop(reqs);
+    drop(handles);
     crash(e, &mut ledger);
     let e = open(&ledger);
     assert_eq!(admitted(&e, "d", 1, T0), 0);
     assert_eq!(admitted(&e, "e", 5, T0), 1);
+    assert_eq!(admitted(&e, "f", 5, T0), 1);
 }
 
 #[test]

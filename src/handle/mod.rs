@@ -561,21 +561,15 @@ impl Engine {
             for r in chunk.iter() {
                 crate::prefetch::range(&*r.handle as *const SubjectHandle<E>, ALONE_READS);
             }
-            if self.grants.is_some() {
-                // With a ledger, a handle decides as a call by subject (a
-                // handle of another engine, by its own).
-                for r in chunk.iter_mut() {
-                    let op = Op::TryConsume(r.benefit_type, r.amount.as_micros());
-                    let h = &mut *r.handle;
-                    out.push(h.engine.call_handle(&mut h.state, now, op));
-                }
-                continue;
-            }
-            // An exact handle of this engine; a leased one spends from its
-            // leases (reading its handle only), and a handle of another
-            // engine is decided by its own, neither asked for anything more.
+            // An exact handle of this engine without a ledger. A leased one
+            // spends from its leases (reading its handle only), a handle of
+            // another engine is decided by its own, and with a ledger a
+            // handle decides as a call by subject: none is asked for
+            // anything more.
             let exact = |r: &HandleRequest<'_, E>| {
-                r.handle.state.lease == 0 && std::ptr::eq(&*r.handle.engine, self)
+                self.grants.is_none()
+                    && r.handle.state.lease == 0
+                    && std::ptr::eq(&*r.handle.engine, self)
             };
             // Ask for the rest of what each exact call reads: of a sole
             // device or consumer that no single rule names, its counter
@@ -589,8 +583,8 @@ impl Engine {
                     let o = &h.owners[0];
                     self.store.prefetch_slot(o.shard, o.hint.slot());
                 } else {
-                    let exact = std::mem::offset_of!(HandleState, subject.member);
-                    crate::prefetch::range(h as *const HandleState, exact);
+                    let reads = std::mem::offset_of!(HandleState, subject.member);
+                    crate::prefetch::range(h as *const HandleState, reads);
                 }
             }
             for r in chunk.iter().filter(|r| exact(r)) {
