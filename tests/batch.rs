@@ -36,6 +36,25 @@ fn subject(i: u8) -> Subject<'static> {
     }
 }
 
+/// Exact handles a round may batch: this many per subject, so that a batch
+/// can hold a subject more than once (each request needs its own handle).
+const HANDLES_PER_SUBJECT: usize = 3;
+
+/// `HANDLES_PER_SUBJECT` handles on `e` for each of the first `subjects`
+/// subjects, in order; with `leased`, one in three takes leases of 2 points.
+fn handles_on(e: &Engine, subjects: usize, leased: bool) -> Vec<SubjectHandle<&Engine>> {
+    (0..subjects * HANDLES_PER_SUBJECT)
+        .map(|i| {
+            let h = e.handle(&subject((i / HANDLES_PER_SUBJECT) as u8));
+            if leased && i % 3 == 2 {
+                h.with_lease(Amount::from_units(2))
+            } else {
+                h
+            }
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
@@ -66,32 +85,7 @@ proptest! {
             prop_assert_eq!(batch_engine.usage(&subject(i), now), seq_engine.usage(&subject(i), now));
         }
     }
-}
 
-/// Exact handles a round may batch: this many per subject, so that a batch
-/// can hold a subject more than once (each request needs its own handle).
-const HANDLES_PER_SUBJECT: usize = 3;
-
-/// `HANDLES_PER_SUBJECT` handles on `e` for each of the first `subjects`
-/// subjects, in order; with `leased`, one in three takes leases of 2 points.
-fn handles_on(e: &Engine, subjects: usize, leased: bool) -> Vec<SubjectHandle<&Engine>> {
-    (0..subjects * HANDLES_PER_SUBJECT)
-        .map(|i| {
-            let h = e.handle(&subject((i / HANDLES_PER_SUBJECT) as u8));
-            if leased && i % 3 == 2 {
-                h.with_lease(Amount::from_units(2))
-            } else {
-                h
-            }
-        })
-        .collect()
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
-        ..ProptestConfig::default()
-    })]
 
     /// Batches of handles, round after round, decide as the same calls
     /// made one by one, in the same order, through twin handles on a twin

@@ -220,47 +220,35 @@ fn a_single_rule_naming_the_device_later_applies_from_the_next_call() {
 #[test]
 fn a_copy_older_than_the_entrys_mark_is_not_used() {
     // This thread keeps a copy at the first configuration. Another thread
-    // writes, then spends by subject, which marks the device alone again
-    // under the new configuration: the mark is current, this thread's
-    // copy is not.
-    for via in WAYS {
-        let e = Engine::new();
-        let id = Rule::all_devices(4).create(&e);
-        let mut d = Spender::new(&e, Subject::device("d"), via);
-        // Twice: a handle's first call resolves and keeps the thread's copy,
-        // its second marks the entry.
-        assert!(d.spend(MIDNIGHT), "{via:?}");
-        assert!(d.spend(MIDNIGHT), "{via:?}");
-        on_another_thread(|| {
-            e.apply_update_json(&id, r#"{"limit":3}"#, MIDNIGHT)
-                .expect("the update");
-            assert!(spend(&e, &Subject::device("d"), MIDNIGHT));
-        });
-        // Three spent of 3: denied, whatever the stale copy's 4 would say.
-        assert!(!d.spend(MIDNIGHT), "{via:?}");
-    }
-}
-
-#[test]
-fn a_spender_back_from_another_thread_does_not_use_this_threads_older_copy() {
-    // This thread keeps a copy at the first configuration. The spender
-    // goes to another thread, which writes and spends through it: a handle
-    // resolves again there, and the entry is marked alone under the new
-    // configuration. Back here, the handle is current and its slot is
-    // remembered; this thread's copy is not current.
-    for via in WAYS {
-        let e = Engine::new();
-        let id = Rule::all_devices(4).create(&e);
-        let mut d = Spender::new(&e, Subject::device("d"), via);
-        assert!(d.spend(MIDNIGHT), "{via:?}");
-        assert!(d.spend(MIDNIGHT), "{via:?}");
-        on_another_thread(|| {
-            e.apply_update_json(&id, r#"{"limit":3}"#, MIDNIGHT)
-                .expect("the update");
+    // writes, then spends, which marks the device alone again under the
+    // new configuration: by subject, or through the spender itself (a
+    // handle then resolves again there, so that back here it is current
+    // and its slot is remembered). The mark is current, this thread's copy
+    // is not.
+    for spender_goes_along in [false, true] {
+        for via in WAYS {
+            let e = Engine::new();
+            let id = Rule::all_devices(4).create(&e);
+            let mut d = Spender::new(&e, Subject::device("d"), via);
+            // Twice: a handle's first call resolves and keeps the thread's
+            // copy, its second marks the entry.
             assert!(d.spend(MIDNIGHT), "{via:?}");
-        });
-        // Three spent of 3: denied, whatever the stale copy's 4 would say.
-        assert!(!d.spend(MIDNIGHT), "{via:?}");
+            assert!(d.spend(MIDNIGHT), "{via:?}");
+            on_another_thread(|| {
+                e.apply_update_json(&id, r#"{"limit":3}"#, MIDNIGHT)
+                    .expect("the update");
+                if spender_goes_along {
+                    assert!(d.spend(MIDNIGHT), "{via:?}");
+                } else {
+                    assert!(spend(&e, &Subject::device("d"), MIDNIGHT));
+                }
+            });
+            // Three spent of 3: denied, whatever the stale copy's 4 would say.
+            assert!(
+                !d.spend(MIDNIGHT),
+                "{via:?}, spender along: {spender_goes_along}"
+            );
+        }
     }
 }
 
