@@ -153,7 +153,7 @@ impl Seen {
 }
 
 /// Rules decided over a stack array by [`decide_one_owner`].
-const FAST_RULES: usize = 4;
+pub(crate) const FAST_RULES: usize = 4;
 
 /// Decides `op` when all the applicable `rules` count on one owner's
 /// `counters` (the usual subject: a device's all-scope rules, or one pool). With
@@ -285,6 +285,109 @@ fn try_allow<'r>(
         least = least_of_any(&pos[..n], rules, counters);
     }
     Some(allowed_naming(least, &pos, rules, counters))
+}
+
+/// The counters of the owners that a decision's rules count on, by owner
+/// index, when they are several (a device named by a single rule: its
+/// all-scope rules on the device, the single rule on the rule's own
+/// counter; a workspace member's pools). Two owners may share a shard's
+/// table, so they are reached one at a time.
+pub(crate) trait OwnersCounters {
+    /// Owner `o`'s counters, if it has an entry (which a later
+    /// [`OwnersCounters::write`] of `o` may go straight to).
+    fn read(&mut self, o: usize) -> Option<&[CounterState]>;
+    /// Owner `o`'s counters for writing (a write that a leased handle
+    /// relying on the owner sees), if it has an entry.
+    fn write(&mut self, o: usize) -> Option<&mut [CounterState]>;
+}
+
+/// [`try_allow`] for rules counted on several owners: rule `i` counts on
+/// owner `owner_of[i]` of `owners`. The same decision and the same debits
+/// as the general path ([`conclude`] over every rule's gathered state),
+/// whose two steps it takes straight from the counters: every rule read
+/// (none may deny, every counter must exist), then the debit written on
+/// each owner that has a rule of the debited type. `None` when a rule
+/// denies, a counter is missing, more than [`FAST_RULES`] rules apply, or
+/// no rule is of the debited type (rare: the general path names the rule a
+/// `check` would): nothing was changed.
+#[inline]
+pub(crate) fn try_allow_across<'r>(
+    rules: &impl Rules<'r>,
+    owner_of: &[u8],
+    owners: &mut impl OwnersCounters,
+    debit: Option<(BenefitType, u64)>,
+) -> Option<Decision> {
+    let n = rules.len();
+    if n > FAST_RULES || owner_of.len() != n {
+        return None;
+    }
+    let (ty, amount) = match debit {
+        Some((ty, amount)) => (Some(ty), amount),
+        None => (None, 0),
+    };
+    let last_owner = usize::from(*owner_of.iter().max()?);
+    let mut pos = [0usize; FAST_RULES];
+    // Each rule's counter as read: the named one's window is read from it
+    // (a debit rolls a counter into the call's window only from an older
+    // one, whose usage belongs to the call's window either way).
+    let mut state = [CounterState::new(0); FAST_RULES];
+    // As in `try_allow`: left after the debit, slot, index.
+    let mut least: Option<(u64, u32, usize)> = None;
+    for o in 0..=last_owner {
+        if !owner_of.iter().any(|&x| usize::from(x) == o) {
+            continue; // no rule counts on it
+        }
+        let counters = owners.read(o)?;
+        for i in (0..n).filter(|&i| usize::from(owner_of[i]) == o) {
+            let (v, w) = rules.rule(i);
+            pos[i] = counters.iter().position(|c| c.rule == v.slot)?;
+            state[i] = counters[pos[i]];
+            let used = state[i].effective_used(v.generation, w);
+            let of_ty = Some(v.benefit_type) == ty;
+            if reason_of(v.frozen, used, v.limit, of_ty.then_some(amount)).is_some() {
+                return None;
+            }
+            if of_ty || ty.is_none() {
+                let left = v.limit - used; // below the limit: it does not deny
+                keep_least(&mut least, left_after(left, of_ty, amount), v.slot, i);
+            }
+        }
+    }
+    // No rule of `ty` (a spend of a type no rule counts): named as a check
+    // would name it, by the general path.
+    let (remaining, _, named) = least?;
+    if amount != 0 {
+        for o in 0..=last_owner {
+            let mine = |i: &usize| usize::from(owner_of[*i]) == o;
+            if !(0..n)
+                .filter(mine)
+                .any(|i| Some(rules.rule(i).0.benefit_type) == ty)
+            {
+                continue;
+            }
+            // Found by the first pass, under the same locks.
+            let Some(counters) = owners.write(o) else {
+                debug_assert!(false, "owner {o} was read, then not found");
+                continue;
+            };
+            for i in (0..n).filter(mine) {
+                let (v, w) = rules.rule(i);
+                if Some(v.benefit_type) == ty {
+                    let c = &mut counters[pos[i]];
+                    c.roll(v.generation, w);
+                    c.add(amount);
+                }
+            }
+        }
+    }
+    let (v, w) = rules.rule(named);
+    let window = effective_window(v.period, v.generation, &state[named], w);
+    Some(Decision::Allowed(Some(headroom_of(
+        rules.id_of(v.slot),
+        v.benefit_type,
+        remaining,
+        window.map(|w| w.end),
+    ))))
 }
 
 /// The denial of a `check` (`ty` `None`) or a `try_consume` of `amount` of
@@ -983,7 +1086,125 @@ mod tests {
         Ok(())
     }
 
+    /// Owners' counters in a vector, for [`try_allow_across`]; an owner
+    /// with no counter has no entry.
+    struct VecOwners(Vec<Counters>);
+
+    impl OwnersCounters for VecOwners {
+        fn read(&mut self, o: usize) -> Option<&[CounterState]> {
+            self.0
+                .get(o)
+                .filter(|c| !c.is_empty())
+                .map(|c| c.as_slice())
+        }
+
+        fn write(&mut self, o: usize) -> Option<&mut [CounterState]> {
+            self.0
+                .get_mut(o)
+                .filter(|c| !c.is_empty())
+                .map(|c| c.as_mut_slice())
+        }
+    }
+
+    /// Decides `op` over `cases` at `T0 + at` with each rule's counter on
+    /// owner `owner_of[i]` ([`try_allow_across`]) and over all counters on
+    /// one owner ([`decide_by_state`]), and compares.
+    fn compare_across(
+        cases: &[Case],
+        owner_of: &[u8],
+        op: Op,
+        at: i64,
+    ) -> Result<(), TestCaseError> {
+        let now = T0 + at;
+        let n = cases.len();
+        let day = Reset::new(TriggerUnit::Day, 1).unwrap();
+        let periods: Vec<Period> = cases
+            .iter()
+            .map(|c| {
+                let reset = if c.daily { day } else { Reset::NEVER };
+                Period::new(Family::Device, reset, 0, UtcOffset::CHINA)
+            })
+            .collect();
+        let slot = |i: usize| (n - i) as u32;
+        let ids: Vec<BenefitId> = (0..=n)
+            .map(|s| BenefitId::new(&format!("r{s}")).unwrap())
+            .collect();
+        let owner_of = &owner_of[..n];
+        let owner_count = usize::from(*owner_of.iter().max().unwrap()) + 1;
+        let mut all = Counters::new();
+        let mut split = vec![Counters::new(); owner_count];
+        for (i, c) in cases.iter().enumerate().rev() {
+            if let Some((used, generation, days)) = c.counter {
+                let mut state = CounterState::new(slot(i));
+                state.used = used;
+                state.lifetime = used;
+                state.generation = generation;
+                if c.daily {
+                    state.window_start = T0 + days * DAY;
+                }
+                all.push(state);
+                split[usize::from(owner_of[i])].push(state);
+            }
+        }
+        let rules = CaseRules {
+            cases,
+            periods: &periods,
+            ids: &ids,
+            now,
+        };
+        let store = Store::new(1, OwnerHasher::new(), usize::MAX);
+        let mut general_state = all.clone();
+        let general = decide_by_state(&store, &rules, Some(&mut general_state), op);
+        let debit = match op {
+            Op::TryConsume(t, a) => Some((t, a)),
+            _ => None,
+        };
+        let mut owners = VecOwners(split.clone());
+        let by_slot = |c: &mut Vec<CounterState>| c.sort_by_key(|s| s.rule);
+        match try_allow_across(&rules, owner_of, &mut owners, debit) {
+            Some(fast) => {
+                prop_assert_eq!(&fast, &general);
+                let mut fast_state: Vec<CounterState> = owners.0.concat();
+                let mut general_state = general_state.to_vec();
+                by_slot(&mut fast_state);
+                by_slot(&mut general_state);
+                prop_assert_eq!(fast_state, general_state);
+            }
+            None => {
+                // Declined: nothing changed, and only because a counter is
+                // missing, a rule denies, or no rule is of the debited type.
+                prop_assert_eq!(&owners.0, &split);
+                let complete = cases.iter().all(|c| c.counter.is_some());
+                let of_ty = |t| cases.iter().any(|c| benefit_type(c.ty) == t);
+                let untyped = matches!(op, Op::TryConsume(t, _) if !of_ty(t));
+                prop_assert!(
+                    !complete || !general.is_allowed() || untyped,
+                    "{:?}",
+                    general
+                );
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
+        #[test]
+        fn the_fast_path_across_owners_decides_as_the_general_one(
+            cases in prop::collection::vec(case(), 1..=FAST_RULES),
+            owner_of in prop::collection::vec(0u8..3, FAST_RULES),
+            check in prop::bool::weighted(0.3),
+            ty in 0u8..2,
+            amount in edge(),
+            at in 0i64..DAY,
+        ) {
+            let op = if check {
+                Op::Check
+            } else {
+                Op::TryConsume(benefit_type(ty), amount)
+            };
+            compare_across(&cases, &owner_of, op, at)?;
+        }
+
         #[test]
         fn the_fast_path_decides_as_the_general_one(
             cases in prop::collection::vec(case(), 1..=FAST_RULES),

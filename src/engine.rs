@@ -9,7 +9,8 @@ use smallvec::SmallVec;
 use crate::amount::Amount;
 use crate::decide::{
     add_to_counters, conclude, decide_one_owner, decide_one_owner_general, denied_without_room,
-    effective_window, has_type, Op, RuleView, Rules, Seen, SeenVec,
+    effective_window, has_type, try_allow_across, Op, OwnersCounters, RuleView, Rules, Seen,
+    SeenVec, FAST_RULES,
 };
 use crate::decision::{Decision, UsageReport};
 use crate::errors::ApiError;
@@ -1309,6 +1310,9 @@ impl Engine {
             let (shard, owner) = (first.shard, &first.owner);
             return self.decide_owner(rules, locked, shard, owner, None, op);
         }
+        if let Some(d) = allow_across(applied, rules, locked, op) {
+            return d;
+        }
         let mut seen = self.seen_of(applied, rules, locked);
         conclude(
             &self.store,
@@ -1548,6 +1552,74 @@ impl<'r> Rules<'r> for TableRules<'r, '_> {
 
 /// Index ranges of consecutive applied rules that share a counter owner
 /// (resolution emits an entity's all-scope rules together).
+/// The usual allowed `check` or `try_consume` of a subject whose rules
+/// count on several owners (a device named by a single rule, a member's
+/// pools), decided straight from their counters
+/// ([`crate::decide::try_allow_across`]); `None` (nothing changed) for a
+/// `record`, a denial, a missing counter or more rules than the fast path
+/// takes: the general path decides.
+#[inline]
+fn allow_across<'r>(
+    applied: &[Applied<'_>],
+    rules: &impl Rules<'r>,
+    locked: &mut Locked<'_>,
+    op: Op,
+) -> Option<Decision> {
+    let debit = match op {
+        Op::TryConsume(ty, amount) => Some((ty, amount)),
+        Op::Check => None,
+        Op::Record(..) => return None,
+    };
+    if applied.len() > FAST_RULES {
+        return None;
+    }
+    let mut owner_of = [0u8; FAST_RULES];
+    let mut owners: SmallVec<[(usize, Owner<'_>); FAST_RULES]> = SmallVec::new();
+    for (i, a) in applied.iter().enumerate() {
+        let o = match owners.iter().position(|(_, o)| o.same(&a.owner)) {
+            Some(o) => o,
+            None => {
+                owners.push((a.shard, a.owner));
+                owners.len() - 1
+            }
+        };
+        owner_of[i] = o as u8; // at most FAST_RULES owners
+    }
+    let mut held = HeldOwners {
+        locked,
+        owners: &owners,
+        slots: [None; FAST_RULES],
+    };
+    try_allow_across(rules, &owner_of[..applied.len()], &mut held, debit)
+}
+
+/// Owners (shard, owner) whose shards `locked` holds, by index, and the
+/// slots their entries were read in (which stay theirs while the locks
+/// are held).
+struct HeldOwners<'a, 'l, 'o> {
+    locked: &'a mut Locked<'l>,
+    owners: &'a [(usize, Owner<'o>)],
+    slots: [Option<usize>; FAST_RULES],
+}
+
+impl OwnersCounters for HeldOwners<'_, '_, '_> {
+    fn read(&mut self, o: usize) -> Option<&[CounterState]> {
+        let (shard, owner) = &self.owners[o];
+        let slot = self.locked.slot_of(*shard, owner)?;
+        self.slots[o] = Some(slot);
+        Some(self.locked.counters_in(*shard, slot))
+    }
+
+    fn write(&mut self, o: usize) -> Option<&mut [CounterState]> {
+        let (shard, owner) = &self.owners[o];
+        match self.slots[o] {
+            Some(slot) => Some(self.locked.counters_in_mut(*shard, slot)),
+            None => self.locked.counters_if_any(*shard, owner),
+        }
+        .map(|c| c.as_mut_slice())
+    }
+}
+
 fn owner_runs<'s>(applied: &'s [Applied<'_>]) -> impl Iterator<Item = std::ops::Range<usize>> + 's {
     let mut start = 0;
     std::iter::from_fn(move || {

@@ -718,12 +718,14 @@ pub(crate) struct Locked<'s> {
     first: Option<Held<'s>>,
     /// The others, ascending; `None` rather than empty, so the usual
     /// one-shard operation has no collection to build or drop. Room for
-    /// fifteen more inline, more than the owners one subject's counters
-    /// span (its device or consumer, its single rules' and its enterprise
-    /// pools' counters), so that no call allocates; one shard is locked
-    /// inline, building this in place (an out-of-line function returning it
-    /// by value would copy the whole `Locked` on every call).
-    rest: Option<SmallVec<[Held<'s>; 15]>>,
+    /// five more inline: a subject's rules count on at most as many owners
+    /// as there are rules (its device or consumer, its single rules' and its
+    /// enterprise pools' counters), and six rules are kept inline
+    /// (`crate::rules::AppliedVec`), so no call under that many allocates.
+    /// Kept that small because several shards are locked out of line and
+    /// the whole `Locked` is returned by value (moved on every such call).
+    /// One shard is locked inline, building this in place.
+    rest: Option<SmallVec<[Held<'s>; 5]>>,
     /// The store: its hasher, and its views, to which a held table's
     /// layout is published when it grows.
     store: &'s Store,
@@ -772,6 +774,27 @@ impl Locked<'_> {
         self.table(shard)
             .find(owner.hash, |e| e.is(owner))
             .map(|e| e.counters.as_slice())
+    }
+
+    /// The slot of `owner`'s entry in shard `shard`, if it has one: its
+    /// slot for as long as the shard stays locked and no entry is added to
+    /// or removed from it (see [`Locked::counters_in`]).
+    #[inline]
+    pub fn slot_of(&self, shard: usize, owner: &Owner<'_>) -> Option<usize> {
+        self.table(shard).find_index(owner.hash, |e| e.is(owner))
+    }
+
+    /// The counters of the entry in `slot` of shard `shard`, a slot
+    /// [`Locked::slot_of`] found under these locks.
+    #[inline]
+    pub fn counters_in(&mut self, shard: usize, slot: usize) -> &[CounterState] {
+        &self.table_mut(shard).at_mut(slot).counters
+    }
+
+    /// [`Locked::counters_in`], for writing.
+    #[inline]
+    pub fn counters_in_mut(&mut self, shard: usize, slot: usize) -> &mut Counters {
+        writing(self.table_mut(shard).at_mut(slot))
     }
 
     /// [`Locked::counters_if_any`] for an owner whose slot `hint` may
