@@ -28,13 +28,17 @@
 //!
 //! **On an engine with a ledger** (durable file, Redis), a decision whose
 //! counter has no grant left (a new subject, or a burst faster than grants
-//! are taken ahead) waits for one on the thread that calls the service, up
-//! to the engine's `grant_timeout` (2 s by default; then the failure policy
-//! decides): under an async runtime that worker thread waits too, and so
-//! does every task it would have run. Run such a gateway on a
-//! multi-threaded runtime with workers to spare, with a `grant_timeout` no
-//! longer than a request may wait. Grants are taken ahead in the
-//! background, so in steady state no call waits.
+//! are taken ahead) waits for one without holding a thread: the request's
+//! future is parked until the ledger has committed the grant, then the
+//! request is decided as a blocking call would decide it; if the engine's
+//! `grant_timeout` passes first (2 s by default), the failure policy
+//! decides, whatever the ledger is doing (one thread per process, started
+//! by the first such wait, wakes requests at their deadlines). Meanwhile
+//! the runtime's workers serve other requests. Grants are taken ahead in
+//! the background, so in steady state no request waits. (Calls made
+//! outside the middleware, `Engine::try_consume` and the rest, wait on
+//! their thread: on an async runtime, make them where blocking is allowed,
+//! as `tokio::task::spawn_blocking` gives.)
 //!
 //! A denial is answered `429 Too Many Requests` with a body in the
 //! platform's envelope shape and the headers a client needs to back off:
@@ -57,8 +61,10 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use crate::amount::Amount;
+use crate::decide::Op;
 use crate::decision::Decision;
 use crate::engine::Engine;
+use crate::grant::{GrantWait, Step};
 use crate::subject::{Member, Subject};
 use crate::types::{BenefitType, MAX_ID_LEN};
 
@@ -603,37 +609,50 @@ fn limit_headers(h: &mut HeaderMap, d: &Decision, now: i64, refused: bool) {
 }
 
 mod future {
-    use super::{After, Response};
+    use super::{After, Granting, Response};
 
     pin_project_lite::pin_project! {
         /// The future of a [`QuotaService`](super::QuotaService) call: the
-        /// middleware's own answer (a denial, no subject), or the inner
-        /// service's future and what to do once it has answered. Opaque:
-        /// only the service makes one.
-        pub struct QuotaFuture<F, B> {
+        /// middleware's own answer (a denial, no subject), a grant the
+        /// engine's ledger is asked for (the request waits, its task
+        /// parked, no thread blocked), or the inner service's future and
+        /// what to do once it has answered. Opaque: only the service makes
+        /// one.
+        pub struct QuotaFuture<S, ReqBody, ResBody>
+        where
+            S: tower_service::Service<http::Request<ReqBody>>,
+        {
             #[pin]
-            state: State<F, B>,
+            state: State<S, ReqBody, ResBody>,
         }
     }
 
     pin_project_lite::pin_project! {
         #[project = StateProj]
-        pub(super) enum State<F, B> {
+        pub(super) enum State<S, ReqBody, ResBody>
+        where
+            S: tower_service::Service<http::Request<ReqBody>>,
+        {
             // Answered by the middleware itself; taken when polled.
-            Answered { response: Option<Response<B>> },
+            Answered { response: Option<Response<ResBody>> },
+            // Waiting for a grant; taken once decided.
+            Granting { granting: Option<Box<Granting<S, ReqBody, ResBody>>> },
             // The inner service's answer, with a post-paid booking or the
             // rate-limit headers to add to it, if any.
             Inner {
                 #[pin]
-                inner: F,
+                inner: S::Future,
                 after: Option<Box<After>>,
             },
         }
     }
 
-    impl<F, B> QuotaFuture<F, B> {
+    impl<S, ReqBody, ResBody> QuotaFuture<S, ReqBody, ResBody>
+    where
+        S: tower_service::Service<http::Request<ReqBody>>,
+    {
         /// The middleware's own answer.
-        pub(super) fn answered(response: Response<B>) -> Self {
+        pub(super) fn answered(response: Response<ResBody>) -> Self {
             QuotaFuture {
                 state: State::Answered {
                     response: Some(response),
@@ -641,20 +660,31 @@ mod future {
             }
         }
 
+        /// A wait for a grant, then the decision.
+        pub(super) fn granting(granting: Box<Granting<S, ReqBody, ResBody>>) -> Self {
+            QuotaFuture {
+                state: State::Granting {
+                    granting: Some(granting),
+                },
+            }
+        }
+
         /// The inner service's answer, then `after`.
-        pub(super) fn inner(inner: F, after: Option<Box<After>>) -> Self {
+        pub(super) fn inner(inner: S::Future, after: Option<Box<After>>) -> Self {
             QuotaFuture {
                 state: State::Inner { inner, after },
             }
         }
 
-        pub(super) fn state(self: core::pin::Pin<&mut Self>) -> StateProj<'_, F, B> {
-            self.project().state.project()
+        pub(super) fn state(
+            self: core::pin::Pin<&mut Self>,
+        ) -> core::pin::Pin<&mut State<S, ReqBody, ResBody>> {
+            self.project().state
         }
     }
 }
 pub use future::QuotaFuture;
-use future::StateProj;
+use future::{State, StateProj};
 
 /// What a call does once the inner service has answered.
 #[derive(Debug)]
@@ -720,29 +750,126 @@ impl After {
     }
 }
 
-impl<F, B, E> Future for QuotaFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
+/// A request waiting for a grant from the engine's ledger (a new subject,
+/// or a burst faster than grants are taken ahead): its task is woken when
+/// the ledger answers or the engine's grant timeout passes, then the
+/// request is decided as it would have been on a blocked thread.
+pub(crate) struct Granting<S, ReqBody, ResBody> {
+    /// The inner service, polled ready for this request.
+    service: S,
+    head: http::request::Parts,
+    body: ReqBody,
+    wait: GrantWait,
+    layer: Arc<LayerConfig>,
+    subject: RequestSubject<'static>,
+    op: Op,
+    ty: Option<BenefitType>,
+    now: i64,
+    /// The middleware's own answer to a decision that refuses the request
+    /// (`refuse::<R, _>`: the answer's format, without a type parameter).
+    refuse: fn(&Decision, i64) -> Option<Response<ResBody>>,
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.state() {
-            StateProj::Answered { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("QuotaFuture polled after it completed"))),
-            StateProj::Inner { inner, after } => {
-                let mut resp = match inner.poll(cx) {
-                    Poll::Ready(r) => r?,
-                    Poll::Pending => return Poll::Pending,
-                };
-                if let Some(after) = after.take() {
-                    after.finish(&mut resp);
+impl<S, ReqBody, ResBody, E> Future for QuotaFuture<S, ReqBody, ResBody>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>, Error = E>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut state = self.as_mut().state();
+            let next = match state.as_mut().project() {
+                StateProj::Answered { response } => {
+                    return Poll::Ready(Ok(response
+                        .take()
+                        .expect("QuotaFuture polled after it completed")))
                 }
-                Poll::Ready(Ok(resp))
-            }
+                StateProj::Inner { inner, after } => {
+                    let mut resp = match inner.poll(cx) {
+                        Poll::Ready(r) => r?,
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    if let Some(after) = after.take() {
+                        after.finish(&mut resp);
+                    }
+                    return Poll::Ready(Ok(resp));
+                }
+                StateProj::Granting { granting } => {
+                    let g = granting
+                        .as_deref_mut()
+                        .expect("QuotaFuture polled after it completed");
+                    let engine = &g.layer.engine;
+                    let decision = loop {
+                        match engine.poll_step(&mut g.wait, &g.subject.subject(), g.now, g.op, cx) {
+                            Poll::Pending => return Poll::Pending,
+                            // Another grant to wait for: polled at once,
+                            // so that its answer wakes this task.
+                            Poll::Ready(Step::Wait(w)) => g.wait = w,
+                            Poll::Ready(Step::Decided(d)) => break d,
+                        }
+                    };
+                    engine.observe.decision(g.ty, &decision);
+                    let g = granting.take().expect("taken once");
+                    let Granting {
+                        service,
+                        head,
+                        body,
+                        layer,
+                        subject,
+                        now,
+                        refuse,
+                        ..
+                    } = *g;
+                    match proceed(&layer, service, head, body, subject, decision, now, refuse) {
+                        Ok(response) => State::Answered {
+                            response: Some(response),
+                        },
+                        Err((inner, after)) => State::Inner { inner, after },
+                    }
+                }
+            };
+            state.set(next);
         }
     }
+}
+
+/// A decision's answer: the middleware's own (`Ok`: `refuse` refused the
+/// request), or the inner service's future (the request handed on to
+/// `service`, which was polled ready for it) and what to do once it has
+/// answered.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn proceed<S, ReqBody, ResBody>(
+    layer: &Arc<LayerConfig>,
+    mut service: S,
+    head: http::request::Parts,
+    body: ReqBody,
+    subject: RequestSubject<'static>,
+    decision: Decision,
+    now: i64,
+    refuse: fn(&Decision, i64) -> Option<Response<ResBody>>,
+) -> Result<Response<ResBody>, (S::Future, Option<Box<After>>)>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    if let Some(resp) = refuse(&decision, now) {
+        return Ok(resp);
+    }
+    let post_paid = matches!(layer.mode, Mode::PostPaid(..));
+    let after = (post_paid || layer.headers_when_allowed).then(|| {
+        Box::new(After {
+            layer: Arc::clone(layer),
+            // Booked to after the inner service: a pre-paid call keeps none.
+            subject: if post_paid {
+                subject
+            } else {
+                RequestSubject::default()
+            },
+            decision,
+            now,
+        })
+    });
+    Err((service.call(Request::from_parts(head, body)), after))
 }
 
 impl<S, R, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for QuotaService<S, R>
@@ -752,7 +879,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = QuotaFuture<S::Future, ResBody>;
+    type Future = QuotaFuture<S, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -774,44 +901,72 @@ where
                 return QuotaFuture::answered(response);
             }
         };
-        let decision = match &layer.mode {
+        let (op, ty) = match &layer.mode {
             Mode::PrePaid(cost) => {
                 let (ty, amount) = cost(&head);
-                layer
-                    .engine
-                    .try_consume(&subject.subject(), ty, amount, now)
+                (Op::TryConsume(ty, amount.as_micros()), Some(ty))
             }
-            Mode::PostPaid(..) => layer.engine.check(&subject.subject(), now),
+            Mode::PostPaid(..) => (Op::Check, None),
         };
-        if let Some(mut resp) = refusal::<R, ResBody>(&decision) {
-            // Only a quota decision says when to come back and what is
-            // left: a 503 (no grant from the ledger, no room for a counter)
-            // is not the client's quota, and the window's end would tell
-            // clients to wait hours over a short outage.
-            if matches!(&decision, Decision::Denied(d) if d.reason.is_quota_decision()) {
-                limit_headers(resp.headers_mut(), &decision, now, true);
-            }
-            return QuotaFuture::answered(resp);
-        }
-        let post_paid = matches!(layer.mode, Mode::PostPaid(..));
-        let after = (post_paid || layer.headers_when_allowed).then(|| {
-            Box::new(After {
-                layer: Arc::clone(layer),
-                subject: if post_paid {
-                    subject.into_owned()
-                } else {
-                    RequestSubject::default()
-                },
-                decision,
-                now,
-            })
-        });
+        // Decided here unless a grant must be waited for, which the
+        // returned future waits for instead of this thread (an async
+        // runtime's worker, which other requests need).
+        let step = layer.engine.step(&subject.subject(), now, op);
         // The service that was polled ready handles this request; a clone
         // takes its place for the next one (tower's usual pattern).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        QuotaFuture::inner(inner.call(Request::from_parts(head, body)), after)
+        let ready = |inner: &mut S| {
+            let clone = inner.clone();
+            std::mem::replace(inner, clone)
+        };
+        let refuse = refuse::<R, ResBody>;
+        match step {
+            Step::Decided(decision) => {
+                layer.engine.observe.decision(ty, &decision);
+                if let Some(resp) = refuse(&decision, now) {
+                    return QuotaFuture::answered(resp);
+                }
+                let service = ready(&mut self.inner);
+                // Kept past the call (it borrows the request's head) only if
+                // a post-paid booking needs it.
+                let kept = match layer.mode {
+                    Mode::PostPaid(..) => subject.into_owned(),
+                    Mode::PrePaid(_) => RequestSubject::default(),
+                };
+                match proceed(layer, service, head, body, kept, decision, now, refuse) {
+                    Ok(resp) => QuotaFuture::answered(resp),
+                    Err((inner, after)) => QuotaFuture::inner(inner, after),
+                }
+            }
+            Step::Wait(wait) => {
+                let subject = subject.into_owned();
+                QuotaFuture::granting(Box::new(Granting {
+                    service: ready(&mut self.inner),
+                    head,
+                    body,
+                    wait,
+                    layer: Arc::clone(layer),
+                    subject,
+                    op,
+                    ty,
+                    now,
+                    refuse,
+                }))
+            }
+        }
     }
+}
+
+/// The middleware's own answer to a decision at `now` that refuses the
+/// request, if it does: the rate-limit headers on a quota denial only (a
+/// 503, no grant from the ledger or no room for a counter, is not the
+/// client's quota, and the window's end would tell clients to wait hours
+/// over a short outage).
+fn refuse<R: Answers<B>, B>(decision: &Decision, now: i64) -> Option<Response<B>> {
+    let mut resp = refusal::<R, B>(decision)?;
+    if matches!(decision, Decision::Denied(d) if d.reason.is_quota_decision()) {
+        limit_headers(resp.headers_mut(), decision, now, true);
+    }
+    Some(resp)
 }
 
 /// The answer to a request the engine did not allow, if it did not.

@@ -789,3 +789,171 @@ async fn admin_updates_take_now_from_the_routers_clock() {
     assert_eq!(r.status(), 200);
     assert_eq!(engine.get(&id).unwrap().limit(), 60);
 }
+
+/// A ledger whose commits wait while its gate is shut, counting the
+/// commits that began.
+struct GatedLedger {
+    inner: benefit_quota::MemoryLedger,
+    shut: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    began: std::sync::atomic::AtomicUsize,
+}
+
+impl GatedLedger {
+    fn new() -> Arc<GatedLedger> {
+        Arc::new(GatedLedger {
+            inner: benefit_quota::MemoryLedger::new(),
+            shut: std::sync::Mutex::new(false),
+            opened: std::sync::Condvar::new(),
+            began: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn set_shut(&self, shut: bool) {
+        *self.shut.lock().unwrap() = shut;
+        self.opened.notify_all();
+    }
+
+    fn began(&self) -> usize {
+        self.began.load(Ordering::SeqCst)
+    }
+}
+
+impl benefit_quota::Ledger for GatedLedger {
+    fn load(&self) -> Result<benefit_quota::ledger::Snapshot, benefit_quota::LedgerError> {
+        self.inner.load()
+    }
+
+    fn commit(
+        &self,
+        changes: &[benefit_quota::ledger::Change],
+    ) -> Result<Vec<u64>, benefit_quota::LedgerError> {
+        self.began.fetch_add(1, Ordering::SeqCst);
+        let mut shut = self.shut.lock().unwrap();
+        while *shut {
+            shut = self.opened.wait(shut).unwrap();
+        }
+        drop(shut);
+        self.inner.commit(changes)
+    }
+}
+
+/// Opens the gate when dropped, so that the engine's writer, waiting at
+/// it, can finish when the engine goes (a failed test included).
+struct OpenOnDrop(Arc<GatedLedger>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.set_shut(false);
+    }
+}
+
+/// Serves `app` on a runtime of its own with a single worker thread (in
+/// a thread of its own); returns its base URL.
+fn serve_on_one_thread(app: Router) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = axum::serve(listener, app).await;
+        });
+    });
+    format!("http://{addr}")
+}
+
+/// Waits (a bounded number of times) until `ledger` has begun more than
+/// `before` commits.
+async fn until_a_commit_began(ledger: &GatedLedger, before: usize) {
+    for _ in 0..6_000 {
+        if ledger.began() > before {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no commit began");
+}
+
+/// A request that waits for a grant holds no thread: on a server whose
+/// runtime has a single worker, a request for a new device waits for its
+/// grant while the ledger's commit is held, and another request is
+/// answered meanwhile; once the commit goes through, the first is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_grant_blocks_no_other_request() {
+    let ledger = GatedLedger::new();
+    let engine = Arc::new(
+        Engine::builder()
+            .ledger(Arc::clone(&ledger))
+            .grant_timeout(std::time::Duration::from_secs(600))
+            .open()
+            .unwrap(),
+    );
+    let daily = Rule::all_devices(50).daily().create(&engine);
+    let _open = OpenOnDrop(Arc::clone(&ledger));
+    let base = serve_on_one_thread(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN))));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    ledger.set_shut(true);
+    let before = ledger.began();
+    let first = tokio::spawn(
+        client
+            .get(format!("{base}/chat"))
+            .header("x-device-id", "sn-1")
+            .send(),
+    );
+    until_a_commit_began(&ledger, before).await;
+    // The server's only worker is free: a request with no subject is
+    // answered while the first still waits for its grant.
+    let r = client.get(format!("{base}/chat")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(!first.is_finished(), "the first request did not wait");
+    ledger.set_shut(false);
+    let r = first.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ratelimit-remaining"], "49");
+    assert_eq!(
+        used(&engine, &Subject::device("sn-1"), &daily, ELEVEN),
+        units(1)
+    );
+}
+
+/// A request whose grant the ledger does not give within the engine's
+/// grant timeout is answered by the failure policy (fail closed: 503)
+/// while the ledger still holds the commit: the wait is bounded by the
+/// timeout, not by the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_the_ledger_holds_past_the_timeout_is_answered_by_the_failure_policy() {
+    let ledger = GatedLedger::new();
+    let engine = Arc::new(
+        Engine::builder()
+            .ledger(Arc::clone(&ledger))
+            .grant_timeout(std::time::Duration::from_millis(200))
+            .open()
+            .unwrap(),
+    );
+    Rule::all_devices(50).daily().create(&engine);
+    let _open = OpenOnDrop(Arc::clone(&ledger));
+    let base = serve_on_one_thread(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN))));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    ledger.set_shut(true);
+    let r = client
+        .get(format!("{base}/chat"))
+        .header("x-device-id", "sn-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["msg"].as_str().unwrap().contains("ledger_unavailable"));
+    assert!(ledger.began() > 0);
+}

@@ -34,6 +34,7 @@
 
 mod builder;
 mod idle;
+mod reply;
 mod writer;
 
 pub use builder::{LedgerFailure, LedgeredBuilder};
@@ -42,7 +43,6 @@ pub(crate) use writer::Grants;
 pub use writer::LedgerStats;
 use writer::Refill;
 
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
@@ -181,7 +181,7 @@ fn ends_in(window: WindowId, now: i64) -> Option<u64> {
 
 /// Rules queued to the ledger's writer by a configuration write.
 pub(crate) struct PendingRules {
-    rx: Receiver<Result<bool, LedgerError>>,
+    rx: reply::ReplyRx,
 }
 
 /// What [`Engine::granted_from_copy`] did.
@@ -196,15 +196,32 @@ enum FromCopy<'s> {
     Not,
 }
 
+/// Where a call decided without blocking its thread stands (see
+/// [`Engine::step`]).
+pub(crate) enum Step {
+    /// Decided.
+    Decided(Decision),
+    /// A grant to wait for ([`Engine::poll_step`]).
+    Wait(GrantWait),
+}
+
+/// A call's wait for a grant it asked the ledger for.
+pub(crate) struct GrantWait {
+    /// Where the ledger's answer arrives (`Ok(None)`, `Err`: it will not).
+    sent: Result<Option<reply::ReplyRx>, LedgerError>,
+    /// What the call answers if the ledger fails and the policy fails closed.
+    denial: Denial,
+    /// When the call stops waiting (the engine's grant timeout after its
+    /// first wait began).
+    deadline: Instant,
+}
+
 /// What a round of a call with a ledger came to.
 enum Round {
     Decided(Decision),
     /// Grants sent (or not, if the writer is gone), and the denial to give
     /// if the ledger fails.
-    Wait(
-        Result<Option<Receiver<Result<bool, LedgerError>>>, LedgerError>,
-        Denial,
-    ),
+    Wait(Result<Option<reply::ReplyRx>, LedgerError>, Denial),
 }
 
 impl Engine {
@@ -691,36 +708,134 @@ impl Engine {
             };
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + g.grant_timeout);
             let answer = match sent {
-                Ok(Some(rx)) => rx
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    .unwrap_or_else(|_| Err(g.closed())),
+                Ok(Some(rx)) => rx.recv_until(deadline).unwrap_or_else(|| Err(g.closed())),
                 Ok(None) => Err(g.closed()),
                 Err(e) => Err(e),
             };
             let late = Instant::now() >= deadline;
-            match answer {
-                Ok(false) if !late => {} // granted: decide again with it
-                Ok(true) => {
-                    // Not even the minimum was left: the ledger's limit (a
-                    // fleet's, across instances) is reached.
-                    self.apply_done(g);
-                    return Decision::Denied(Denial {
-                        reason: DenyReason::Insufficient,
-                        ..denial
-                    });
-                }
-                Ok(false) | Err(_) => {
-                    self.apply_done(g);
-                    return match g.failure {
-                        LedgerFailure::FailClosed => Decision::Denied(denial),
-                        LedgerFailure::FailOpen => self.decide_unbacked(g, subject, now, op, None),
-                        LedgerFailure::SafeCapacity(cap) => {
-                            self.decide_unbacked(g, subject, now, op, Some(cap.as_micros()))
-                        }
-                    };
-                }
+            if let Some(d) = self.after_wait(g, subject, now, op, answer, late, denial) {
+                return d;
             }
         }
+    }
+
+    /// What a call that waited for a grant comes to, given the ledger's
+    /// `answer` and whether its deadline passed (`late`): `None` if it was
+    /// granted in time (the call decides again, with the grant), else the
+    /// decision: `insufficient` when not even the minimum was left, the
+    /// failure policy's when the ledger failed or was late (`denial`: what
+    /// failing closed answers).
+    #[allow(clippy::too_many_arguments)]
+    fn after_wait(
+        &self,
+        g: &Grants,
+        subject: &crate::Subject<'_>,
+        now: i64,
+        op: Op,
+        answer: Result<bool, LedgerError>,
+        late: bool,
+        denial: Denial,
+    ) -> Option<Decision> {
+        match answer {
+            Ok(false) if !late => None, // granted: decide again with it
+            Ok(true) => {
+                // Not even the minimum was left: the ledger's limit (a
+                // fleet's, across instances) is reached.
+                self.apply_done(g);
+                Some(Decision::Denied(Denial {
+                    reason: DenyReason::Insufficient,
+                    ..denial
+                }))
+            }
+            Ok(false) | Err(_) => {
+                self.apply_done(g);
+                Some(match g.failure {
+                    LedgerFailure::FailClosed => Decision::Denied(denial),
+                    LedgerFailure::FailOpen => self.decide_unbacked(g, subject, now, op, None),
+                    LedgerFailure::SafeCapacity(cap) => {
+                        self.decide_unbacked(g, subject, now, op, Some(cap.as_micros()))
+                    }
+                })
+            }
+        }
+    }
+
+    /// `op` for `subject` at `now`, decided as [`Engine::run`] decides it,
+    /// except that a grant to wait for is handed back ([`Step::Wait`])
+    /// rather than waited for on this thread: for callers on an async
+    /// runtime, whose worker must not block (the tower middleware).
+    pub(crate) fn step(&self, subject: &crate::Subject<'_>, now: i64, op: Op) -> Step {
+        match self.grants.as_deref() {
+            None => Step::Decided(self.run(subject, now, op)),
+            Some(_) if !possible_now(now) => Step::Decided(Decision::impossible_time(now)),
+            Some(g) => self.step_granted(g, subject, now, op, None),
+        }
+    }
+
+    /// One round of [`Engine::run_granted`] (the thread's copy first, as
+    /// its first round), as a [`Step`]; `deadline`: the call's, if it has
+    /// waited already.
+    fn step_granted(
+        &self,
+        g: &Grants,
+        subject: &crate::Subject<'_>,
+        now: i64,
+        op: Op,
+        deadline: Option<Instant>,
+    ) -> Step {
+        self.apply_done(g);
+        let unmarked = match self.granted_from_copy(g, subject, now, op) {
+            FromCopy::Decided(d) => return Step::Decided(d),
+            FromCopy::Unmarked(owner) => Some(owner),
+            FromCopy::Not => None,
+        };
+        match self.round(g, subject, now, op, unmarked) {
+            Round::Decided(d) => Step::Decided(d),
+            Round::Wait(sent, denial) => Step::Wait(GrantWait {
+                sent,
+                denial,
+                deadline: deadline.unwrap_or_else(|| Instant::now() + g.grant_timeout),
+            }),
+        }
+    }
+
+    /// Polls a call's wait for its grant ([`Engine::step`], with the same
+    /// `subject`, `now` and `op`): `Pending` until the ledger answers or the
+    /// deadline passes (`cx`'s task is woken then), then the call's next
+    /// step, as the blocking call takes it.
+    pub(crate) fn poll_step(
+        &self,
+        wait: &mut GrantWait,
+        subject: &crate::Subject<'_>,
+        now: i64,
+        op: Op,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Step> {
+        use std::task::Poll;
+        let Some(g) = self.grants.as_deref() else {
+            // Only a ledgered engine hands out waits.
+            return Poll::Ready(Step::Decided(self.run(subject, now, op)));
+        };
+        let answer = match &wait.sent {
+            Ok(Some(rx)) => match rx.poll_recv(cx) {
+                Poll::Ready(answer) => answer.unwrap_or_else(|| Err(g.closed())),
+                Poll::Pending if Instant::now() < wait.deadline => {
+                    reply::wake_at(wait.deadline, cx.waker());
+                    return Poll::Pending;
+                }
+                Poll::Pending => Err(g.closed()),
+            },
+            Ok(None) => Err(g.closed()),
+            Err(e) => Err(e.clone()),
+        };
+        let late = Instant::now() >= wait.deadline;
+        let denial = wait.denial.clone();
+        Poll::Ready(
+            match self.after_wait(g, subject, now, op, answer, late, denial) {
+                Some(d) => Step::Decided(d),
+                None => self.step_granted(g, subject, now, op, Some(wait.deadline)),
+            },
+        )
     }
 
     /// One round of [`Engine::run_granted`]: decided under the locks if

@@ -1,7 +1,9 @@
 //! The ledger's writer thread: group commits, finished grants handed back
 //! to the engine, and the counters of its activity.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+
+use super::reply::{reply, ReplyRx, ReplyTx};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -58,10 +60,10 @@ pub(crate) const GIVE_BACK_CHUNK: usize = 8192;
 
 /// The answer to a caller waiting for a commit: whether a grant it asked
 /// for came back short (the ledger had not even its minimum left).
-type Reply = SyncSender<Result<bool, LedgerError>>;
+type Reply = ReplyTx;
 
 /// Where the answer of a queued commit arrives (see [`Grants::queue`]).
-pub(crate) type Committed = Receiver<Result<bool, LedgerError>>;
+pub(crate) type Committed = ReplyRx;
 
 struct Job {
     changes: Vec<Change>,
@@ -146,12 +148,12 @@ impl Grants {
         changes: Vec<Change>,
         refills: Vec<Refill>,
         wait: bool,
-    ) -> Result<Option<Receiver<Result<bool, LedgerError>>>, LedgerError> {
+    ) -> Result<Option<ReplyRx>, LedgerError> {
         self.stats
             .grants
             .fetch_add(refills.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let (reply, rx) = if wait {
-            let (s, r) = mpsc::sync_channel(1);
+            let (s, r) = reply();
             (Some(s), Some(r))
         } else {
             (None, None)
@@ -202,7 +204,7 @@ impl Grants {
     pub(crate) fn wait(&self, committed: Committed) -> Result<(), LedgerError> {
         committed
             .recv()
-            .unwrap_or_else(|_| Err(self.closed()))
+            .unwrap_or_else(|| Err(self.closed()))
             .map(|_| ())
     }
 
@@ -353,7 +355,7 @@ fn write_loop(
                 Ok(_) => Ok(short.get(mine).is_some_and(|s| s.iter().any(|&x| x))),
                 Err(e) => Err(e.clone()),
             };
-            let _ = reply.send(answer);
+            reply.send(answer);
         }
         if result.is_err() && open {
             // Records stand (the usage happened): they wait for the next
