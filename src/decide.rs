@@ -152,7 +152,8 @@ impl Seen {
     }
 }
 
-/// Rules decided over a stack array by [`decide_one_owner`].
+/// Rules decided over stack arrays by the fast paths ([`decide_one_owner`]
+/// for one owner, [`try_allow_across`] for several).
 pub(crate) const FAST_RULES: usize = 4;
 
 /// Decides `op` when all the applicable `rules` count on one owner's
@@ -921,7 +922,8 @@ pub(crate) fn headroom_of(
 
 #[cfg(test)]
 mod tests {
-    //! The fast paths (`try_allow`, `denied_known`, `record_known`) against
+    //! The fast paths (`try_allow`, `try_allow_across` with the counters
+    //! spread over owners, `denied_known`, `record_known`) against
     //! the rules' gathered state (`decide_by_state`): two implementations of
     //! the same rules (D13, D17), compared on random states, edge values
     //! included (zero and saturating amounts and limits, stale and newer

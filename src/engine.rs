@@ -1550,14 +1550,13 @@ impl<'r> Rules<'r> for TableRules<'r, '_> {
     }
 }
 
-/// Index ranges of consecutive applied rules that share a counter owner
-/// (resolution emits an entity's all-scope rules together).
 /// The usual allowed `check` or `try_consume` of a subject whose rules
 /// count on several owners (a device named by a single rule, a member's
 /// pools), decided straight from their counters
 /// ([`crate::decide::try_allow_across`]); `None` (nothing changed) for a
-/// `record`, a denial, a missing counter or more rules than the fast path
-/// takes: the general path decides.
+/// `record`, a denial, a missing counter, a spend of a type no rule
+/// counts, or more rules than the fast path takes: the general path
+/// decides.
 #[inline]
 fn allow_across<'r>(
     applied: &[Applied<'_>],
@@ -1620,6 +1619,8 @@ impl OwnersCounters for HeldOwners<'_, '_, '_> {
     }
 }
 
+/// Index ranges of consecutive applied rules that share a counter owner
+/// (resolution emits an entity's all-scope rules together).
 fn owner_runs<'s>(applied: &'s [Applied<'_>]) -> impl Iterator<Item = std::ops::Range<usize>> + 's {
     let mut start = 0;
     std::iter::from_fn(move || {

@@ -755,8 +755,13 @@ impl After {
 /// the ledger answers or the engine's grant timeout passes, then the
 /// request is decided as it would have been on a blocked thread.
 pub(crate) struct Granting<S, ReqBody, ResBody> {
-    /// The inner service, polled ready for this request.
+    /// A clone of the inner service, polled ready once the request is
+    /// allowed (the ready service stays with the middleware for the next
+    /// request: a request waiting for its grant holds none of the inner
+    /// service's capacity).
     service: S,
+    /// The decision, once made, while the service gets ready.
+    decided: Option<Decision>,
     head: http::request::Parts,
     body: ReqBody,
     wait: GrantWait,
@@ -799,20 +804,37 @@ where
                     let g = granting
                         .as_deref_mut()
                         .expect("QuotaFuture polled after it completed");
-                    let engine = &g.layer.engine;
-                    let decision = loop {
-                        match engine.poll_step(&mut g.wait, &g.subject.subject(), g.now, g.op, cx) {
-                            Poll::Pending => return Poll::Pending,
-                            // Another grant to wait for: polled at once,
-                            // so that its answer wakes this task.
-                            Poll::Ready(Step::Wait(w)) => g.wait = w,
-                            Poll::Ready(Step::Decided(d)) => break d,
+                    if g.decided.is_none() {
+                        let engine = &g.layer.engine;
+                        let decision = loop {
+                            let subject = g.subject.subject();
+                            match engine.poll_step(&mut g.wait, &subject, g.now, g.op, cx) {
+                                Poll::Pending => return Poll::Pending,
+                                // Another grant to wait for: polled at once,
+                                // so that its answer wakes this task.
+                                Poll::Ready(Step::Wait(w)) => g.wait = w,
+                                Poll::Ready(Step::Decided(d)) => break d,
+                            }
+                        };
+                        engine.observe.decision(g.ty, &decision);
+                        if let Some(response) = (g.refuse)(&decision, g.now) {
+                            state.set(State::Answered {
+                                response: Some(response),
+                            });
+                            continue;
                         }
-                    };
-                    engine.observe.decision(g.ty, &decision);
+                        g.decided = Some(decision);
+                    }
+                    // Allowed: handed on once the service is ready.
+                    match g.service.poll_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Ok(())) => {}
+                    }
                     let g = granting.take().expect("taken once");
                     let Granting {
                         service,
+                        decided,
                         head,
                         body,
                         layer,
@@ -821,6 +843,7 @@ where
                         refuse,
                         ..
                     } = *g;
+                    let decision = decided.expect("decided before the service was ready");
                     match proceed(&layer, service, head, body, subject, decision, now, refuse) {
                         Ok(response) => State::Answered {
                             response: Some(response),
@@ -940,7 +963,8 @@ where
             Step::Wait(wait) => {
                 let subject = subject.into_owned();
                 QuotaFuture::granting(Box::new(Granting {
-                    service: ready(&mut self.inner),
+                    service: self.inner.clone(),
+                    decided: None,
                     head,
                     body,
                     wait,

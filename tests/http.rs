@@ -957,3 +957,54 @@ async fn a_grant_the_ledger_holds_past_the_timeout_is_answered_by_the_failure_po
     assert!(body["msg"].as_str().unwrap().contains("ledger_unavailable"));
     assert!(ledger.began() > 0);
 }
+
+/// A request that waits for its grant holds none of the inner service's
+/// capacity: behind a concurrency limit of one, a request for a device
+/// that holds a grant is served while a new device's request waits for
+/// its grant (the waiting request readies its own copy of the service
+/// once allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_grant_holds_none_of_the_inner_services_capacity() {
+    let ledger = GatedLedger::new();
+    let engine = Arc::new(
+        Engine::builder()
+            .ledger(Arc::clone(&ledger))
+            .grant_timeout(std::time::Duration::from_secs(600))
+            .open()
+            .unwrap(),
+    );
+    Rule::all_devices(50).daily().create(&engine);
+    let _open = OpenOnDrop(Arc::clone(&ledger));
+    let clock = Arc::new(AtomicI64::new(ELEVEN));
+    let layer = QuotaLayer::new(Arc::clone(&engine), device_header())
+        .clock(move || clock.load(Ordering::Relaxed));
+    // The middleware right over the limit (a router's `layer` would put
+    // each route between them, whose readiness is the limit's only once
+    // called).
+    use axum::handler::HandlerWithoutStateExt;
+    use tower_layer::Layer;
+    let upstream = (|| async { "upstream" }).into_service();
+    let limited = tower::limit::ConcurrencyLimitLayer::new(1).layer(upstream);
+    let app = Router::new().route_service("/chat", layer.layer(limited));
+    let base = serve_on_one_thread(app);
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let get = |dev: &'static str| {
+        client
+            .get(format!("{base}/chat"))
+            .header("x-device-id", dev)
+            .send()
+    };
+    // sn-1 holds a grant from its first request.
+    assert_eq!(get("sn-1").await.unwrap().status(), 200);
+    ledger.set_shut(true);
+    let before = ledger.began();
+    let waiting = tokio::spawn(get("sn-2"));
+    until_a_commit_began(&ledger, before).await;
+    assert_eq!(get("sn-1").await.unwrap().status(), 200);
+    assert!(!waiting.is_finished(), "sn-2 did not wait for its grant");
+    ledger.set_shut(false);
+    assert_eq!(waiting.await.unwrap().unwrap().status(), 200);
+}

@@ -591,13 +591,30 @@ impl Engine {
         if !possible_now(now) {
             return Decision::impossible_time(now);
         }
-        self.apply_done(g);
-        let unmarked = match self.granted_from_copy(g, subject, now, op) {
-            FromCopy::Decided(d) => return d,
-            FromCopy::Unmarked(owner) => Some(owner),
-            FromCopy::Not => None,
-        };
-        self.run_granted_rounds(g, subject, now, op, unmarked)
+        // Rounds until decided: a grant this call waited for may be spent by
+        // another call before this one decides again (each round, somebody
+        // progresses), so the bound is the grant timeout, not a count.
+        // The clock is read only once a call has to wait (most never do).
+        let mut deadline: Option<Instant> = None;
+        loop {
+            // Decided, or a grant to wait for (with no lock held meanwhile).
+            let wait = match self.step_granted(g, subject, now, op, deadline) {
+                Step::Decided(d) => return d,
+                Step::Wait(wait) => wait,
+            };
+            deadline = Some(wait.deadline);
+            let answer = match wait.sent {
+                Ok(Some(rx)) => rx
+                    .recv_until(wait.deadline)
+                    .unwrap_or_else(|| Err(g.closed())),
+                Ok(None) => Err(g.closed()),
+                Err(e) => Err(e),
+            };
+            let late = Instant::now() >= wait.deadline;
+            if let Some(d) = self.after_wait(g, subject, now, op, answer, late, wait.denial) {
+                return d;
+            }
+        }
     }
 
     /// A call of [`Engine::run_granted`] decided with the thread's copy of
@@ -683,42 +700,6 @@ impl Engine {
         ))
     }
 
-    /// [`Engine::run_granted`] through the rule table, round by round; the
-    /// entry of `unmarked` (a sole device or consumer the thread's copy did
-    /// not decide for) is marked by the round that decides.
-    fn run_granted_rounds(
-        &self,
-        g: &Grants,
-        subject: &crate::Subject<'_>,
-        now: i64,
-        op: Op,
-        unmarked: Option<crate::state::Owner<'_>>,
-    ) -> Decision {
-        // Rounds until decided: a grant this call waited for may be spent by
-        // another call before this one decides again (each round, somebody
-        // progresses), so the bound is the grant timeout, not a count.
-        // Read the clock only once a call has to wait (most never do).
-        let mut deadline: Option<Instant> = None;
-        loop {
-            self.apply_done(g);
-            // Decided, or a grant to wait for (with no lock held meanwhile).
-            let (sent, denial) = match self.round(g, subject, now, op, unmarked) {
-                Round::Decided(d) => return d,
-                Round::Wait(sent, denial) => (sent, denial),
-            };
-            let deadline = *deadline.get_or_insert_with(|| Instant::now() + g.grant_timeout);
-            let answer = match sent {
-                Ok(Some(rx)) => rx.recv_until(deadline).unwrap_or_else(|| Err(g.closed())),
-                Ok(None) => Err(g.closed()),
-                Err(e) => Err(e),
-            };
-            let late = Instant::now() >= deadline;
-            if let Some(d) = self.after_wait(g, subject, now, op, answer, late, denial) {
-                return d;
-            }
-        }
-    }
-
     /// What a call that waited for a grant comes to, given the ledger's
     /// `answer` and whether its deadline passed (`late`): `None` if it was
     /// granted in time (the call decides again, with the grant), else the
@@ -772,9 +753,14 @@ impl Engine {
         }
     }
 
-    /// One round of [`Engine::run_granted`] (the thread's copy first, as
-    /// its first round), as a [`Step`]; `deadline`: the call's, if it has
-    /// waited already.
+    /// One round of a call with a ledger: with the thread's copy of the
+    /// rules if it decides (it asks nothing of the ledger), else through
+    /// the rule table, where the round that decides a sole device or
+    /// consumer the copy did not decide for marks its entry for the copy;
+    /// `deadline`: the call's, if it has waited already (else the grant
+    /// timeout from now, should this round wait). Every round, blocking
+    /// ([`Engine::run_granted`]) or not ([`Engine::poll_step`]), is this.
+    #[inline(always)]
     fn step_granted(
         &self,
         g: &Grants,
@@ -817,13 +803,9 @@ impl Engine {
             return Poll::Ready(Step::Decided(self.run(subject, now, op)));
         };
         let answer = match &wait.sent {
-            Ok(Some(rx)) => match rx.poll_recv(cx) {
+            Ok(Some(rx)) => match rx.poll_until(cx, wait.deadline) {
                 Poll::Ready(answer) => answer.unwrap_or_else(|| Err(g.closed())),
-                Poll::Pending if Instant::now() < wait.deadline => {
-                    reply::wake_at(wait.deadline, cx.waker());
-                    return Poll::Pending;
-                }
-                Poll::Pending => Err(g.closed()),
+                Poll::Pending => return Poll::Pending,
             },
             Ok(None) => Err(g.closed()),
             Err(e) => Err(e.clone()),

@@ -19,8 +19,12 @@ struct Slot {
     answer: Option<Answer>,
     /// The sender is gone without answering (the writer stopped).
     dropped: bool,
-    /// The task to wake when the answer comes (an async waiter).
+    /// The task to wake when the answer comes or the deadline passes (an
+    /// async waiter).
     waker: Option<Waker>,
+    /// The deadline thread knows this reply (an async waiter's deadline is
+    /// registered once, not at every poll).
+    timed: bool,
 }
 
 struct Shared {
@@ -30,7 +34,7 @@ struct Shared {
 
 /// The writer's end: answers once; dropped unanswered, it tells the waiter
 /// that no answer will come.
-pub(crate) struct ReplyTx(Arc<Shared>);
+pub(crate) struct ReplyTx(Option<Arc<Shared>>);
 
 /// The waiter's end.
 pub(crate) struct ReplyRx(Arc<Shared>);
@@ -42,40 +46,44 @@ pub(crate) fn reply() -> (ReplyTx, ReplyRx) {
             answer: None,
             dropped: false,
             waker: None,
+            timed: false,
         }),
         ready: Condvar::new(),
     });
-    (ReplyTx(Arc::clone(&shared)), ReplyRx(shared))
+    (ReplyTx(Some(Arc::clone(&shared))), ReplyRx(shared))
 }
 
 impl ReplyTx {
     /// Answers the waiter (who may have gone: then nobody reads it).
-    pub(crate) fn send(self, answer: Answer) {
-        self.finish(Some(answer));
-    }
-
-    fn finish(&self, answer: Option<Answer>) {
-        let waker = {
-            let mut slot = self.0.slot.lock();
-            if slot.answer.is_some() || slot.dropped {
-                return; // answered already (`send`, then drop)
-            }
-            match answer {
-                Some(a) => slot.answer = Some(a),
-                None => slot.dropped = true,
-            }
-            slot.waker.take()
-        };
-        self.0.ready.notify_all();
-        if let Some(w) = waker {
-            w.wake();
+    pub(crate) fn send(mut self, answer: Answer) {
+        if let Some(shared) = self.0.take() {
+            finish(&shared, Some(answer));
         }
     }
 }
 
 impl Drop for ReplyTx {
     fn drop(&mut self) {
-        self.finish(None);
+        if let Some(shared) = self.0.take() {
+            finish(&shared, None); // dropped unanswered
+        }
+    }
+}
+
+/// Puts the answer (`None`: none will come) where the waiter finds it,
+/// and wakes the waiter.
+fn finish(shared: &Shared, answer: Option<Answer>) {
+    let waker = {
+        let mut slot = shared.slot.lock();
+        match answer {
+            Some(a) => slot.answer = Some(a),
+            None => slot.dropped = true,
+        }
+        slot.waker.take()
+    };
+    shared.ready.notify_all();
+    if let Some(w) = waker {
+        w.wake();
     }
 }
 
@@ -109,30 +117,42 @@ impl ReplyRx {
         }
     }
 
-    /// The answer if it has come (`Ready(None)`: it never will); else
-    /// `cx`'s task is woken when it does.
-    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+    /// The answer if it has come (`Ready(None)`: it never will, or
+    /// `deadline` has passed); else `cx`'s task is woken when it comes or
+    /// when `deadline` passes (by the deadline thread, told once per
+    /// reply).
+    pub(crate) fn poll_until(
+        &self,
+        cx: &mut Context<'_>,
+        deadline: Instant,
+    ) -> Poll<Option<Answer>> {
         let mut slot = self.0.slot.lock();
         if let Some(a) = slot.answer.take() {
             return Poll::Ready(Some(a));
         }
-        if slot.dropped {
+        if slot.dropped || Instant::now() >= deadline {
             return Poll::Ready(None);
         }
         match &mut slot.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             w => *w = Some(cx.waker().clone()),
         }
+        if !slot.timed {
+            slot.timed = true;
+            drop(slot);
+            wake_at(deadline, Arc::downgrade(&self.0));
+        }
         Poll::Pending
     }
 }
 
-/// Wakes `waker` at `deadline` (or soon after): what bounds an async
-/// waiter's wait when the ledger does not answer. One thread per process,
-/// started by the first such wait, sleeps until the earliest deadline
-/// registered; a waiter registered again on each poll may be woken more
-/// than once (a wake-up is a hint to poll again).
-pub(crate) fn wake_at(deadline: Instant, waker: &Waker) {
+/// Wakes the waiter of `reply` at `deadline` (or soon after), if it is
+/// still waiting: what bounds an async waiter's wait when the ledger does
+/// not answer. One thread per process, started by the first such wait,
+/// sleeps until the earliest deadline registered. It holds each reply
+/// weakly: a waiter that finished (its reply dropped) keeps nothing alive,
+/// its task's waker included.
+fn wake_at(deadline: Instant, reply: std::sync::Weak<Shared>) {
     static TIMER: std::sync::OnceLock<Option<&'static Timer>> = std::sync::OnceLock::new();
     let timer = TIMER.get_or_init(|| {
         let timer: &'static Timer = Box::leak(Box::new(Timer {
@@ -146,10 +166,19 @@ pub(crate) fn wake_at(deadline: Instant, waker: &Waker) {
             .map(|_| timer)
     });
     match timer {
-        Some(t) => t.add(deadline, waker),
-        // No thread to wait with (the system refused one): polled again at
-        // once, until the deadline passes or the answer comes.
-        None => waker.wake_by_ref(),
+        Some(t) => t.add(deadline, reply),
+        // No thread to wait with (the system refused one): woken at once,
+        // so polled again until the deadline passes or the answer comes
+        // (each poll registers again).
+        None => {
+            if let Some(shared) = reply.upgrade() {
+                let mut slot = shared.slot.lock();
+                slot.timed = false;
+                let waker = slot.waker.take();
+                drop(slot);
+                waker.into_iter().for_each(Waker::wake);
+            }
+        }
     }
 }
 
@@ -158,10 +187,10 @@ struct Timer {
     changed: Condvar,
 }
 
-/// A waker due at `at` (ordered so that the heap's top is the earliest).
+/// A reply due at `at` (ordered so that the heap's top is the earliest).
 struct Due {
     at: Instant,
-    waker: Waker,
+    reply: std::sync::Weak<Shared>,
 }
 
 impl PartialEq for Due {
@@ -185,13 +214,10 @@ impl Ord for Due {
 }
 
 impl Timer {
-    fn add(&self, at: Instant, waker: &Waker) {
+    fn add(&self, at: Instant, reply: std::sync::Weak<Shared>) {
         let mut queue = self.queue.lock();
         let earliest = queue.peek().is_none_or(|d| at < d.at);
-        queue.push(Due {
-            at,
-            waker: waker.clone(),
-        });
+        queue.push(Due { at, reply });
         if earliest {
             self.changed.notify_one();
         }
@@ -203,13 +229,16 @@ impl Timer {
             let now = Instant::now();
             let mut due = Vec::new();
             while queue.peek().is_some_and(|d| d.at <= now) {
-                due.extend(queue.pop().map(|d| d.waker));
+                due.extend(queue.pop().map(|d| d.reply));
             }
             if !due.is_empty() {
-                // Woken with the queue unlocked: a woken task may poll, and
-                // register again, at once.
+                // Woken with the queue unlocked: a woken task may poll at
+                // once.
                 parking_lot::MutexGuard::unlocked(&mut queue, || {
-                    due.into_iter().for_each(Waker::wake);
+                    for reply in due.iter().filter_map(std::sync::Weak::upgrade) {
+                        let waker = reply.slot.lock().waker.take();
+                        waker.into_iter().for_each(Waker::wake);
+                    }
                 });
                 continue;
             }
@@ -259,51 +288,66 @@ mod tests {
         assert!(rx.recv_until(Instant::now()).is_none());
     }
 
-    #[test]
-    fn a_waker_registered_for_a_deadline_is_woken_once_it_passes() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        struct Send(Mutex<std::sync::mpsc::Sender<Instant>>);
-        impl std::task::Wake for Send {
-            fn wake(self: Arc<Self>) {
-                let _ = self.0.lock().send(Instant::now());
-            }
+    /// Counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        let waker = Waker::from(Arc::new(Send(Mutex::new(tx))));
-        let start = Instant::now();
-        let late = start + Duration::from_millis(40);
-        let early = start + Duration::from_millis(20);
-        wake_at(late, &waker);
-        wake_at(early, &waker);
-        let first = rx.recv_timeout(Duration::from_secs(60)).unwrap();
-        let second = rx.recv_timeout(Duration::from_secs(60)).unwrap();
-        assert!(first >= early && second >= late, "woken before a deadline");
+    }
+
+    impl Count {
+        fn waker() -> (Arc<Count>, Waker) {
+            let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+            (Arc::clone(&count), Waker::from(count))
+        }
+
+        fn get(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn a_waiting_task_is_woken_once_its_deadline_passes_then_sees_none() {
+        let (count, waker) = Count::waker();
+        let mut cx = Context::from_waker(&waker);
+        let (_tx, rx) = reply();
+        let deadline = Instant::now() + Duration::from_millis(20);
+        assert!(rx.poll_until(&mut cx, deadline).is_pending());
+        // Polled again before the deadline: still waiting.
+        assert!(rx.poll_until(&mut cx, deadline).is_pending());
+        let until = Instant::now() + Duration::from_secs(60);
+        while count.get() == 0 {
+            assert!(Instant::now() < until, "not woken at the deadline");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(Instant::now() >= deadline, "woken before the deadline");
+        assert!(matches!(
+            rx.poll_until(&mut cx, deadline),
+            Poll::Ready(None)
+        ));
+        assert_eq!(count.get(), 1);
     }
 
     #[test]
     fn a_polling_task_is_woken_by_the_answer_and_by_a_drop() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        struct Count(AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&count));
+        let (count, waker) = Count::waker();
         let mut cx = Context::from_waker(&waker);
+        let far = Instant::now() + Duration::from_secs(3_600);
         let (tx, rx) = reply();
-        assert!(rx.poll_recv(&mut cx).is_pending());
-        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert!(rx.poll_until(&mut cx, far).is_pending());
+        assert!(rx.poll_until(&mut cx, far).is_pending());
         tx.send(Ok(false));
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         assert!(matches!(
-            rx.poll_recv(&mut cx),
+            rx.poll_until(&mut cx, far),
             Poll::Ready(Some(Ok(false)))
         ));
         let (tx, rx) = reply();
-        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert!(rx.poll_until(&mut cx, far).is_pending());
         drop(tx);
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
-        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(None)));
+        assert_eq!(count.get(), 2);
+        assert!(matches!(rx.poll_until(&mut cx, far), Poll::Ready(None)));
     }
 }

@@ -2,13 +2,13 @@
 //! to the engine, and the counters of its activity.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-
-use super::reply::{reply, ReplyRx, ReplyTx};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use super::reply::{reply, ReplyRx, ReplyTx};
 
 use super::{LedgerFailure, GRANT_SHIFT};
 use crate::ledger::{

@@ -787,8 +787,8 @@ impl Locked<'_> {
     /// The counters of the entry in `slot` of shard `shard`, a slot
     /// [`Locked::slot_of`] found under these locks.
     #[inline]
-    pub fn counters_in(&mut self, shard: usize, slot: usize) -> &[CounterState] {
-        &self.table_mut(shard).at_mut(slot).counters
+    pub fn counters_in(&self, shard: usize, slot: usize) -> &[CounterState] {
+        &self.table(shard).at(slot).counters
     }
 
     /// [`Locked::counters_in`], for writing.

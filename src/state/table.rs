@@ -170,6 +170,18 @@ impl<T> Table<T> {
     /// # Panics
     /// If the slot is empty (a caller bug: indices come from a probe).
     #[inline]
+    pub fn at(&self, i: usize) -> &T {
+        match &self.slots[i] {
+            Some(e) => e,
+            None => panic!("slot {i} is empty"),
+        }
+    }
+
+    /// [`Table::at`], for writing.
+    ///
+    /// # Panics
+    /// If the slot is empty (a caller bug: indices come from a probe).
+    #[inline]
     pub fn at_mut(&mut self, i: usize) -> &mut T {
         match &mut self.slots[i] {
             Some(e) => e,
