@@ -214,6 +214,9 @@ pub(crate) struct GrantWait {
     /// When the call stops waiting (the engine's grant timeout after its
     /// first wait began).
     deadline: Instant,
+    /// The subject's sole entity was not decided by the thread's copy: the
+    /// round that decides marks its entry.
+    unmarked: bool,
 }
 
 /// What a round of a call with a ledger came to.
@@ -591,6 +594,25 @@ impl Engine {
         if !possible_now(now) {
             return Decision::impossible_time(now);
         }
+        self.apply_done(g);
+        let unmarked = match self.granted_from_copy(g, subject, now, op) {
+            FromCopy::Decided(d) => return d,
+            FromCopy::Unmarked(owner) => Some(owner),
+            FromCopy::Not => None,
+        };
+        self.run_granted_rounds(g, subject, now, op, unmarked)
+    }
+
+    /// [`Engine::run_granted`] through the rule table, round by round
+    /// ([`Engine::round_step`]), waiting on this thread for each grant.
+    fn run_granted_rounds(
+        &self,
+        g: &Grants,
+        subject: &crate::Subject<'_>,
+        now: i64,
+        op: Op,
+        unmarked: Option<crate::state::Owner<'_>>,
+    ) -> Decision {
         // Rounds until decided: a grant this call waited for may be spent by
         // another call before this one decides again (each round, somebody
         // progresses), so the bound is the grant timeout, not a count.
@@ -598,7 +620,7 @@ impl Engine {
         let mut deadline: Option<Instant> = None;
         loop {
             // Decided, or a grant to wait for (with no lock held meanwhile).
-            let wait = match self.step_granted(g, subject, now, op, deadline) {
+            let wait = match self.round_step(g, subject, now, op, unmarked, deadline) {
                 Step::Decided(d) => return d,
                 Step::Wait(wait) => wait,
             };
@@ -746,41 +768,45 @@ impl Engine {
     /// rather than waited for on this thread: for callers on an async
     /// runtime, whose worker must not block (the tower middleware).
     pub(crate) fn step(&self, subject: &crate::Subject<'_>, now: i64, op: Op) -> Step {
-        match self.grants.as_deref() {
-            None => Step::Decided(self.run(subject, now, op)),
-            Some(_) if !possible_now(now) => Step::Decided(Decision::impossible_time(now)),
-            Some(g) => self.step_granted(g, subject, now, op, None),
+        let Some(g) = self.grants.as_deref() else {
+            return Step::Decided(self.run(subject, now, op));
+        };
+        if !possible_now(now) {
+            return Step::Decided(Decision::impossible_time(now));
         }
-    }
-
-    /// One round of a call with a ledger: with the thread's copy of the
-    /// rules if it decides (it asks nothing of the ledger), else through
-    /// the rule table, where the round that decides a sole device or
-    /// consumer the copy did not decide for marks its entry for the copy;
-    /// `deadline`: the call's, if it has waited already (else the grant
-    /// timeout from now, should this round wait). Every round, blocking
-    /// ([`Engine::run_granted`]) or not ([`Engine::poll_step`]), is this.
-    #[inline(always)]
-    fn step_granted(
-        &self,
-        g: &Grants,
-        subject: &crate::Subject<'_>,
-        now: i64,
-        op: Op,
-        deadline: Option<Instant>,
-    ) -> Step {
+        // As `run_granted`: the thread's copy first, then the rounds.
         self.apply_done(g);
         let unmarked = match self.granted_from_copy(g, subject, now, op) {
             FromCopy::Decided(d) => return Step::Decided(d),
             FromCopy::Unmarked(owner) => Some(owner),
             FromCopy::Not => None,
         };
+        self.round_step(g, subject, now, op, unmarked, None)
+    }
+
+    /// One round of a call with a ledger through the rule table, blocking
+    /// ([`Engine::run_granted`]) or not ([`Engine::poll_step`]): decided,
+    /// or a grant to wait for; the entry of `unmarked` (a sole device or
+    /// consumer the thread's copy did not decide for) is marked by the
+    /// round that decides. `deadline`: the call's, if it has waited
+    /// already (else the grant timeout from now, should this round wait).
+    fn round_step(
+        &self,
+        g: &Grants,
+        subject: &crate::Subject<'_>,
+        now: i64,
+        op: Op,
+        unmarked: Option<crate::state::Owner<'_>>,
+        deadline: Option<Instant>,
+    ) -> Step {
+        self.apply_done(g);
         match self.round(g, subject, now, op, unmarked) {
             Round::Decided(d) => Step::Decided(d),
             Round::Wait(sent, denial) => Step::Wait(GrantWait {
                 sent,
                 denial,
                 deadline: deadline.unwrap_or_else(|| Instant::now() + g.grant_timeout),
+                unmarked: unmarked.is_some(),
             }),
         }
     }
@@ -815,7 +841,16 @@ impl Engine {
         Poll::Ready(
             match self.after_wait(g, subject, now, op, answer, late, denial) {
                 Some(d) => Step::Decided(d),
-                None => self.step_granted(g, subject, now, op, Some(wait.deadline)),
+                None => {
+                    // The owner `step` found unmarked (the subject's sole
+                    // entity), carried as the blocking rounds carry it.
+                    let unmarked = wait
+                        .unmarked
+                        .then(|| subject.sole_entity())
+                        .flatten()
+                        .map(|(kind, id)| self.store.entity_hashed(kind, id));
+                    self.round_step(g, subject, now, op, unmarked, Some(wait.deadline))
+                }
             },
         )
     }
