@@ -215,7 +215,9 @@ pub(crate) struct GrantWait {
     /// first wait began).
     deadline: Instant,
     /// The subject's sole entity was not decided by the thread's copy: the
-    /// round that decides marks its entry.
+    /// round that decides marks its entry (read by the async rounds; the
+    /// blocking ones carry the owner itself).
+    #[cfg(feature = "tower")]
     unmarked: bool,
 }
 
@@ -767,6 +769,7 @@ impl Engine {
     /// except that a grant to wait for is handed back ([`Step::Wait`])
     /// rather than waited for on this thread: for callers on an async
     /// runtime, whose worker must not block (the tower middleware).
+    #[cfg(feature = "tower")]
     pub(crate) fn step(&self, subject: &crate::Subject<'_>, now: i64, op: Op) -> Step {
         let Some(g) = self.grants.as_deref() else {
             return Step::Decided(self.run(subject, now, op));
@@ -806,6 +809,7 @@ impl Engine {
                 sent,
                 denial,
                 deadline: deadline.unwrap_or_else(|| Instant::now() + g.grant_timeout),
+                #[cfg(feature = "tower")]
                 unmarked: unmarked.is_some(),
             }),
         }
@@ -815,6 +819,7 @@ impl Engine {
     /// `subject`, `now` and `op`): `Pending` until the ledger answers or the
     /// deadline passes (`cx`'s task is woken then), then the call's next
     /// step, as the blocking call takes it.
+    #[cfg(feature = "tower")]
     pub(crate) fn poll_step(
         &self,
         wait: &mut GrantWait,

@@ -4,7 +4,9 @@
 //! the ledger's writer, taken once by the waiter.
 
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
+#[cfg(feature = "tower")]
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
@@ -24,6 +26,7 @@ struct Slot {
     waker: Option<Waker>,
     /// The deadline thread knows this reply (an async waiter's deadline is
     /// registered once, not at every poll).
+    #[cfg(feature = "tower")]
     timed: bool,
 }
 
@@ -46,6 +49,7 @@ pub(crate) fn reply() -> (ReplyTx, ReplyRx) {
             answer: None,
             dropped: false,
             waker: None,
+            #[cfg(feature = "tower")]
             timed: false,
         }),
         ready: Condvar::new(),
@@ -121,6 +125,7 @@ impl ReplyRx {
     /// `deadline` has passed); else `cx`'s task is woken when it comes or
     /// when `deadline` passes (by the deadline thread, told once per
     /// reply).
+    #[cfg(feature = "tower")]
     pub(crate) fn poll_until(
         &self,
         cx: &mut Context<'_>,
@@ -152,6 +157,7 @@ impl ReplyRx {
 /// sleeps until the earliest deadline registered. It holds each reply
 /// weakly: a waiter that finished (its reply dropped) keeps nothing alive,
 /// its task's waker included.
+#[cfg(feature = "tower")]
 fn wake_at(deadline: Instant, reply: std::sync::Weak<Shared>) {
     static TIMER: std::sync::OnceLock<Option<&'static Timer>> = std::sync::OnceLock::new();
     let timer = TIMER.get_or_init(|| {
@@ -182,37 +188,44 @@ fn wake_at(deadline: Instant, reply: std::sync::Weak<Shared>) {
     }
 }
 
+#[cfg(feature = "tower")]
 struct Timer {
     queue: Mutex<std::collections::BinaryHeap<Due>>,
     changed: Condvar,
 }
 
 /// A reply due at `at` (ordered so that the heap's top is the earliest).
+#[cfg(feature = "tower")]
 struct Due {
     at: Instant,
     reply: std::sync::Weak<Shared>,
 }
 
+#[cfg(feature = "tower")]
 impl PartialEq for Due {
     fn eq(&self, other: &Self) -> bool {
         self.at == other.at
     }
 }
 
+#[cfg(feature = "tower")]
 impl Eq for Due {}
 
+#[cfg(feature = "tower")]
 impl PartialOrd for Due {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
 
+#[cfg(feature = "tower")]
 impl Ord for Due {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         other.at.cmp(&self.at)
     }
 }
 
+#[cfg(feature = "tower")]
 impl Timer {
     fn add(&self, at: Instant, reply: std::sync::Weak<Shared>) {
         let mut queue = self.queue.lock();
@@ -288,15 +301,18 @@ mod tests {
         assert!(rx.recv_until(Instant::now()).is_none());
     }
 
+    #[cfg(feature = "tower")]
     /// Counts its wakes.
     struct Count(std::sync::atomic::AtomicUsize);
 
+    #[cfg(feature = "tower")]
     impl std::task::Wake for Count {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
+    #[cfg(feature = "tower")]
     impl Count {
         fn waker() -> (Arc<Count>, Waker) {
             let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
@@ -308,6 +324,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "tower")]
     #[test]
     fn a_waiting_task_is_woken_once_its_deadline_passes_then_sees_none() {
         let (count, waker) = Count::waker();
@@ -330,6 +347,7 @@ mod tests {
         assert_eq!(count.get(), 1);
     }
 
+    #[cfg(feature = "tower")]
     #[test]
     fn a_polling_task_is_woken_by_the_answer_and_by_a_drop() {
         let (count, waker) = Count::waker();
