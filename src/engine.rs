@@ -1096,6 +1096,11 @@ impl Engine {
         let store = &self.store;
         let (fam, policy) = (owner.kind as usize, self.config.frozen_policy);
         let rules = self.read();
+        if rules.lists_single_rules(fam, owner.hash, owner.id) {
+            // Named by a single rule: resolved in full (its entry is never
+            // marked alone, so the all-scope rules alone would not do).
+            return self.decide_resolved(&rules, subject, now, op);
+        }
         let mut applied = AppliedVec::new();
         let mut valid = Validity::ALWAYS;
         rules.resolve_all_scope(fam, *owner, shard, 0, now, policy, &mut applied, &mut valid);
@@ -1117,16 +1122,14 @@ impl Engine {
                 self.keep_alone_rules(&rules, fam, version, valid, &applied, now);
                 return d;
             }
-            if !rules.lists_single_rules(fam, owner.hash, owner.id) {
-                let d = self.decide_owner(&table, &mut locked, shard, owner, None, op);
-                locked.mark_alone(shard, owner, version);
-                drop(locked);
-                self.keep_alone_rules(&rules, fam, version, valid, &applied, now);
-                return d;
-            }
+            // No single rule names it (see above) under this version.
+            let d = self.decide_owner(&table, &mut locked, shard, owner, None, op);
+            locked.mark_alone(shard, owner, version);
+            drop(locked);
+            self.keep_alone_rules(&rules, fam, version, valid, &applied, now);
+            return d;
         }
-        // Single rules name it (or no all-scope rule applies): resolved in
-        // full.
+        // No all-scope rule applies: resolved in full.
         self.decide_resolved(&rules, subject, now, op)
     }
 
