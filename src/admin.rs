@@ -9,6 +9,11 @@
 //! with code 4101 (F13, F14). Tokens are compared in a time that does not
 //! depend on their bytes. Other errors keep their code:
 //! 400 for 4000 (the field named), 404 for 4200.
+//!
+//! On an engine with a ledger, a write (create, update) waits until the
+//! ledger has stored the rules; it waits on tokio's blocking pool, not on
+//! the runtime's worker, which meanwhile serves the gateway's other
+//! requests.
 
 use std::sync::Arc;
 
@@ -220,11 +225,38 @@ async fn readable(request: Request) -> Result<Bytes, ApiError> {
         .map_err(|e| ApiError::invalid("body", e.body_text()))
 }
 
+/// Makes a configuration write. On an engine with a ledger, a write
+/// waits until the ledger has stored the rules: it is made on tokio's
+/// blocking pool, so that the runtime's worker serves other requests
+/// meanwhile (the decisions a gateway makes included). Elsewhere (no
+/// ledger, or no tokio runtime to hand it to) it is made here.
+async fn write<T: Send + 'static>(
+    engine: &Arc<Engine>,
+    write: impl FnOnce(&Engine) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if engine.grants.is_some() {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let engine = Arc::clone(engine);
+            return match runtime.spawn_blocking(move || write(&engine)).await {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // The runtime is shutting down: nothing is answered anyway.
+                Err(_) => Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "the server is shutting down",
+                )),
+            };
+        }
+    }
+    write(engine)
+}
+
 async fn create(State(s): State<AdminState>, request: Request) -> Response {
     envelope(
         async {
             s.auth.check(request.headers(), true)?;
-            let info = s.engine.create_json(readable(request).await?)?;
+            let body = readable(request).await?;
+            let info = write(&s.engine, move |e| e.create_json(body)).await?;
             Ok(CreateData { benefit_info: info })
         }
         .await,
@@ -272,7 +304,11 @@ async fn update(
             let Path(benefit_id) =
                 path.map_err(|e| ApiError::invalid("benefit_id", e.body_text()))?;
             let body = readable(request).await?;
-            s.engine.apply_update_json(&benefit_id, body, (s.clock)())
+            let now = (s.clock)();
+            write(&s.engine, move |e| {
+                e.apply_update_json(&benefit_id, body, now)
+            })
+            .await
         }
         .await,
     )

@@ -35,10 +35,11 @@
 //! decides, whatever the ledger is doing (one thread per process, started
 //! by the first such wait, wakes requests at their deadlines). Meanwhile
 //! the runtime's workers serve other requests. Grants are taken ahead in
-//! the background, so in steady state no request waits. (Calls made
-//! outside the middleware, `Engine::try_consume` and the rest, wait on
-//! their thread: on an async runtime, make them where blocking is allowed,
-//! as `tokio::task::spawn_blocking` gives.)
+//! the background, so in steady state no request waits. (The admin
+//! routes' writes wait for the ledger on tokio's blocking pool; calls made
+//! outside both, `Engine::try_consume` and the rest, wait on their thread:
+//! on an async runtime, make them where blocking is allowed, as
+//! `tokio::task::spawn_blocking` gives.)
 //!
 //! A denial is answered `429 Too Many Requests` with a body in the
 //! platform's envelope shape and the headers a client needs to back off:

@@ -1008,3 +1008,55 @@ async fn a_request_waiting_for_its_grant_holds_none_of_the_inner_services_capaci
     ledger.set_shut(false);
     assert_eq!(waiting.await.unwrap().unwrap().status(), 200);
 }
+
+/// An admin write on a ledgered engine, which waits until the ledger has
+/// stored the rules, holds no worker meanwhile: on a server with a single
+/// worker, a list is answered while a create waits for its commit, and
+/// the create answers once the commit goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_write_waiting_for_the_ledger_blocks_no_other_request() {
+    let ledger = GatedLedger::new();
+    let engine = Arc::new(
+        Engine::builder()
+            .ledger(Arc::clone(&ledger))
+            .open()
+            .unwrap(),
+    );
+    Rule::all_devices(50).daily().create(&engine);
+    let _open = OpenOnDrop(Arc::clone(&ledger));
+    let base = serve_on_one_thread(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN))));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let url = format!("{base}/v1/commerce/benefit/limitations");
+    ledger.set_shut(true);
+    let before = ledger.began();
+    let create = tokio::spawn(
+        client
+            .post(&url)
+            .bearer_auth("admin")
+            .header("content-type", "application/json")
+            .body(Rule::device("sn-1", 10).body())
+            .send(),
+    );
+    until_a_commit_began(&ledger, before).await;
+    let list = client
+        .get(format!(
+            "{url}?entity_type=enterprise_all_devices&benefit_type=resource_point"
+        ))
+        .bearer_auth("viewer")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 200);
+    assert!(
+        !create.is_finished(),
+        "the create did not wait for the ledger"
+    );
+    ledger.set_shut(false);
+    let created = create.await.unwrap().unwrap();
+    assert_eq!(created.status(), 200);
+    let body: Value = created.json().await.unwrap();
+    assert_eq!(body["code"], 0, "{body}");
+}
