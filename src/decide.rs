@@ -1014,37 +1014,53 @@ mod tests {
         }
     }
 
-    /// Decides `op` over `cases` at `T0 + at` both ways and compares.
-    fn compare(cases: &[Case], op: Op, at: i64) -> Result<(), TestCaseError> {
-        let now = T0 + at;
-        let n = cases.len();
+    /// Each case's period: daily or cumulative.
+    fn periods_of(cases: &[Case]) -> Vec<Period> {
         let day = Reset::new(TriggerUnit::Day, 1).unwrap();
-        let periods: Vec<Period> = cases
+        cases
             .iter()
             .map(|c| {
                 let reset = if c.daily { day } else { Reset::NEVER };
                 Period::new(Family::Device, reset, 0, UtcOffset::CHINA)
             })
-            .collect();
-        // Slots in descending order, counters in ascending: neither order is
-        // the rules' (ties go to the lowest slot).
-        let slot = |i: usize| (n - i) as u32;
-        let ids: Vec<BenefitId> = (0..=n)
+            .collect()
+    }
+
+    /// The ids of the slots of `n` rules (`r0` to `rn`).
+    fn ids_for(n: usize) -> Vec<BenefitId> {
+        (0..=n)
             .map(|s| BenefitId::new(&format!("r{s}")).unwrap())
-            .collect();
-        let mut counters = Counters::new();
+            .collect()
+    }
+
+    /// The counters of `cases` that have one (rule `i`'s in slot
+    /// `len - i`, see [`CaseRules`]), each with its rule's index, in
+    /// ascending slot order: the rules' slots descend and the counters'
+    /// ascend, so neither order is the rules' (ties go to the lowest slot).
+    fn counters_of(cases: &[Case]) -> Vec<(usize, CounterState)> {
+        let n = cases.len();
+        let mut counters = Vec::new();
         for (i, c) in cases.iter().enumerate().rev() {
             if let Some((used, generation, days)) = c.counter {
-                let mut state = CounterState::new(slot(i));
+                let mut state = CounterState::new((n - i) as u32);
                 state.used = used;
                 state.lifetime = used;
                 state.generation = generation;
                 if c.daily {
                     state.window_start = T0 + days * DAY; // stale, current or newer
                 }
-                counters.push(state);
+                counters.push((i, state));
             }
         }
+        counters
+    }
+
+    /// Decides `op` over `cases` at `T0 + at` both ways and compares.
+    fn compare(cases: &[Case], op: Op, at: i64) -> Result<(), TestCaseError> {
+        let now = T0 + at;
+        let periods = periods_of(cases);
+        let ids = ids_for(cases.len());
+        let counters: Counters = counters_of(cases).into_iter().map(|(_, c)| c).collect();
         let rules = CaseRules {
             cases,
             periods: &periods,
@@ -1118,35 +1134,15 @@ mod tests {
         at: i64,
     ) -> Result<(), TestCaseError> {
         let now = T0 + at;
-        let n = cases.len();
-        let day = Reset::new(TriggerUnit::Day, 1).unwrap();
-        let periods: Vec<Period> = cases
-            .iter()
-            .map(|c| {
-                let reset = if c.daily { day } else { Reset::NEVER };
-                Period::new(Family::Device, reset, 0, UtcOffset::CHINA)
-            })
-            .collect();
-        let slot = |i: usize| (n - i) as u32;
-        let ids: Vec<BenefitId> = (0..=n)
-            .map(|s| BenefitId::new(&format!("r{s}")).unwrap())
-            .collect();
-        let owner_of = &owner_of[..n];
+        let periods = periods_of(cases);
+        let ids = ids_for(cases.len());
+        let owner_of = &owner_of[..cases.len()];
         let owner_count = usize::from(*owner_of.iter().max().unwrap()) + 1;
         let mut all = Counters::new();
         let mut split = vec![Counters::new(); owner_count];
-        for (i, c) in cases.iter().enumerate().rev() {
-            if let Some((used, generation, days)) = c.counter {
-                let mut state = CounterState::new(slot(i));
-                state.used = used;
-                state.lifetime = used;
-                state.generation = generation;
-                if c.daily {
-                    state.window_start = T0 + days * DAY;
-                }
-                all.push(state);
-                split[usize::from(owner_of[i])].push(state);
-            }
+        for (i, state) in counters_of(cases) {
+            all.push(state);
+            split[usize::from(owner_of[i])].push(state);
         }
         let rules = CaseRules {
             cases,
