@@ -848,6 +848,48 @@ impl Drop for OpenOnDrop {
     }
 }
 
+/// An engine on a [`GatedLedger`] (its gate open) with one all-devices
+/// daily rule of 50 points. Dropped, it opens the gate before the engine
+/// goes (the engine waits for its writer, which may be at the gate).
+struct Gated {
+    /// Declared first, so dropped before `engine`.
+    open: OpenOnDrop,
+    engine: Arc<Engine>,
+    /// The daily rule's id.
+    daily: String,
+}
+
+impl Gated {
+    /// With `grant_timeout`, or the engine's default if `None`.
+    fn new(grant_timeout: Option<std::time::Duration>) -> Gated {
+        let ledger = GatedLedger::new();
+        let mut builder = Engine::builder().ledger(Arc::clone(&ledger));
+        if let Some(t) = grant_timeout {
+            builder = builder.grant_timeout(t);
+        }
+        let engine = Arc::new(builder.open().unwrap());
+        let daily = Rule::all_devices(50).daily().create(&engine);
+        Gated {
+            open: OpenOnDrop(ledger),
+            engine,
+            daily,
+        }
+    }
+
+    fn ledger(&self) -> &GatedLedger {
+        &self.open.0
+    }
+}
+
+/// A client that gives up on an answer after 30 s (a request that should
+/// be answered while another waits fails the test instead of hanging it).
+fn patient_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 /// Serves `app` on a runtime of its own with a single worker thread (in
 /// a thread of its own); returns its base URL.
 fn serve_on_one_thread(app: Router) -> String {
@@ -885,21 +927,10 @@ async fn until_a_commit_began(ledger: &GatedLedger, before: usize) {
 /// answered meanwhile; once the commit goes through, the first is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waiting_for_its_grant_blocks_no_other_request() {
-    let ledger = GatedLedger::new();
-    let engine = Arc::new(
-        Engine::builder()
-            .ledger(Arc::clone(&ledger))
-            .grant_timeout(std::time::Duration::from_secs(600))
-            .open()
-            .unwrap(),
-    );
-    let daily = Rule::all_devices(50).daily().create(&engine);
-    let _open = OpenOnDrop(Arc::clone(&ledger));
+    let g = Gated::new(Some(std::time::Duration::from_secs(600)));
+    let (ledger, engine) = (g.ledger(), &g.engine);
     let base = serve_on_one_thread(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN))));
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let client = patient_client();
     ledger.set_shut(true);
     let before = ledger.began();
     let first = tokio::spawn(
@@ -919,7 +950,7 @@ async fn a_request_waiting_for_its_grant_blocks_no_other_request() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["ratelimit-remaining"], "49");
     assert_eq!(
-        used(&engine, &Subject::device("sn-1"), &daily, ELEVEN),
+        used(&engine, &Subject::device("sn-1"), &g.daily, ELEVEN),
         units(1)
     );
 }
@@ -930,21 +961,10 @@ async fn a_request_waiting_for_its_grant_blocks_no_other_request() {
 /// timeout, not by the ledger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_the_ledger_holds_past_the_timeout_is_answered_by_the_failure_policy() {
-    let ledger = GatedLedger::new();
-    let engine = Arc::new(
-        Engine::builder()
-            .ledger(Arc::clone(&ledger))
-            .grant_timeout(std::time::Duration::from_millis(200))
-            .open()
-            .unwrap(),
-    );
-    Rule::all_devices(50).daily().create(&engine);
-    let _open = OpenOnDrop(Arc::clone(&ledger));
+    let g = Gated::new(Some(std::time::Duration::from_millis(200)));
+    let (ledger, engine) = (g.ledger(), &g.engine);
     let base = serve_on_one_thread(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN))));
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let client = patient_client();
     ledger.set_shut(true);
     let r = client
         .get(format!("{base}/chat"))
@@ -965,16 +985,8 @@ async fn a_grant_the_ledger_holds_past_the_timeout_is_answered_by_the_failure_po
 /// once allowed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waiting_for_its_grant_holds_none_of_the_inner_services_capacity() {
-    let ledger = GatedLedger::new();
-    let engine = Arc::new(
-        Engine::builder()
-            .ledger(Arc::clone(&ledger))
-            .grant_timeout(std::time::Duration::from_secs(600))
-            .open()
-            .unwrap(),
-    );
-    Rule::all_devices(50).daily().create(&engine);
-    let _open = OpenOnDrop(Arc::clone(&ledger));
+    let g = Gated::new(Some(std::time::Duration::from_secs(600)));
+    let (ledger, engine) = (g.ledger(), &g.engine);
     let clock = Arc::new(AtomicI64::new(ELEVEN));
     let layer = QuotaLayer::new(Arc::clone(&engine), device_header())
         .clock(move || clock.load(Ordering::Relaxed));
@@ -987,10 +999,7 @@ async fn a_request_waiting_for_its_grant_holds_none_of_the_inner_services_capaci
     let limited = tower::limit::ConcurrencyLimitLayer::new(1).layer(upstream);
     let app = Router::new().route_service("/chat", layer.layer(limited));
     let base = serve_on_one_thread(app);
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let client = patient_client();
     let get = |dev: &'static str| {
         client
             .get(format!("{base}/chat"))
@@ -1015,20 +1024,10 @@ async fn a_request_waiting_for_its_grant_holds_none_of_the_inner_services_capaci
 /// the create answers once the commit goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_write_waiting_for_the_ledger_blocks_no_other_request() {
-    let ledger = GatedLedger::new();
-    let engine = Arc::new(
-        Engine::builder()
-            .ledger(Arc::clone(&ledger))
-            .open()
-            .unwrap(),
-    );
-    Rule::all_devices(50).daily().create(&engine);
-    let _open = OpenOnDrop(Arc::clone(&ledger));
+    let g = Gated::new(None);
+    let (ledger, engine) = (g.ledger(), &g.engine);
     let base = serve_on_one_thread(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN))));
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let client = patient_client();
     let url = format!("{base}/v1/commerce/benefit/limitations");
     ledger.set_shut(true);
     let before = ledger.began();
