@@ -929,7 +929,7 @@ async fn until_a_commit_began(ledger: &GatedLedger, before: usize) {
 async fn a_request_waiting_for_its_grant_blocks_no_other_request() {
     let g = Gated::new(Some(std::time::Duration::from_secs(600)));
     let (ledger, engine) = (g.ledger(), &g.engine);
-    let base = serve_on_one_thread(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN))));
+    let base = serve_on_one_thread(gateway(engine, Arc::new(AtomicI64::new(ELEVEN))));
     let client = patient_client();
     ledger.set_shut(true);
     let before = ledger.began();
@@ -939,7 +939,7 @@ async fn a_request_waiting_for_its_grant_blocks_no_other_request() {
             .header("x-device-id", "sn-1")
             .send(),
     );
-    until_a_commit_began(&ledger, before).await;
+    until_a_commit_began(ledger, before).await;
     // The server's only worker is free: a request with no subject is
     // answered while the first still waits for its grant.
     let r = client.get(format!("{base}/chat")).send().await.unwrap();
@@ -950,7 +950,7 @@ async fn a_request_waiting_for_its_grant_blocks_no_other_request() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["ratelimit-remaining"], "49");
     assert_eq!(
-        used(&engine, &Subject::device("sn-1"), &g.daily, ELEVEN),
+        used(engine, &Subject::device("sn-1"), &g.daily, ELEVEN),
         units(1)
     );
 }
@@ -963,7 +963,7 @@ async fn a_request_waiting_for_its_grant_blocks_no_other_request() {
 async fn a_grant_the_ledger_holds_past_the_timeout_is_answered_by_the_failure_policy() {
     let g = Gated::new(Some(std::time::Duration::from_millis(200)));
     let (ledger, engine) = (g.ledger(), &g.engine);
-    let base = serve_on_one_thread(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN))));
+    let base = serve_on_one_thread(gateway(engine, Arc::new(AtomicI64::new(ELEVEN))));
     let client = patient_client();
     ledger.set_shut(true);
     let r = client
@@ -988,7 +988,7 @@ async fn a_request_waiting_for_its_grant_holds_none_of_the_inner_services_capaci
     let g = Gated::new(Some(std::time::Duration::from_secs(600)));
     let (ledger, engine) = (g.ledger(), &g.engine);
     let clock = Arc::new(AtomicI64::new(ELEVEN));
-    let layer = QuotaLayer::new(Arc::clone(&engine), device_header())
+    let layer = QuotaLayer::new(Arc::clone(engine), device_header())
         .clock(move || clock.load(Ordering::Relaxed));
     // The middleware right over the limit (a router's `layer` would put
     // each route between them, whose readiness is the limit's only once
@@ -1011,7 +1011,7 @@ async fn a_request_waiting_for_its_grant_holds_none_of_the_inner_services_capaci
     ledger.set_shut(true);
     let before = ledger.began();
     let waiting = tokio::spawn(get("sn-2"));
-    until_a_commit_began(&ledger, before).await;
+    until_a_commit_began(ledger, before).await;
     assert_eq!(get("sn-1").await.unwrap().status(), 200);
     assert!(!waiting.is_finished(), "sn-2 did not wait for its grant");
     ledger.set_shut(false);
@@ -1026,7 +1026,7 @@ async fn a_request_waiting_for_its_grant_holds_none_of_the_inner_services_capaci
 async fn an_admin_write_waiting_for_the_ledger_blocks_no_other_request() {
     let g = Gated::new(None);
     let (ledger, engine) = (g.ledger(), &g.engine);
-    let base = serve_on_one_thread(gateway(&engine, Arc::new(AtomicI64::new(ELEVEN))));
+    let base = serve_on_one_thread(gateway(engine, Arc::new(AtomicI64::new(ELEVEN))));
     let client = patient_client();
     let url = format!("{base}/v1/commerce/benefit/limitations");
     ledger.set_shut(true);
@@ -1039,7 +1039,7 @@ async fn an_admin_write_waiting_for_the_ledger_blocks_no_other_request() {
             .body(Rule::device("sn-1", 10).body())
             .send(),
     );
-    until_a_commit_began(&ledger, before).await;
+    until_a_commit_began(ledger, before).await;
     let list = client
         .get(format!(
             "{url}?entity_type=enterprise_all_devices&benefit_type=resource_point"
