@@ -593,16 +593,34 @@ impl Engine {
         now: i64,
         op: Op,
     ) -> Decision {
+        match self.granted_first(g, subject, now, op) {
+            Ok(d) => d,
+            Err(unmarked) => self.run_granted_rounds(g, subject, now, op, unmarked),
+        }
+    }
+
+    /// What every call with a ledger, blocking or not, tries before its
+    /// rounds: an impossible `now` is rejected, finished grants are
+    /// applied, and the thread's copy of the rules decides if it can
+    /// (`Ok`); else `Err` carries the owner the copy found unmarked (a sole
+    /// device or consumer), whose entry the round that decides marks.
+    #[inline(always)]
+    fn granted_first<'s>(
+        &self,
+        g: &Grants,
+        subject: &crate::Subject<'s>,
+        now: i64,
+        op: Op,
+    ) -> Result<Decision, Option<crate::state::Owner<'s>>> {
         if !possible_now(now) {
-            return Decision::impossible_time(now);
+            return Ok(Decision::impossible_time(now));
         }
         self.apply_done(g);
-        let unmarked = match self.granted_from_copy(g, subject, now, op) {
-            FromCopy::Decided(d) => return d,
-            FromCopy::Unmarked(owner) => Some(owner),
-            FromCopy::Not => None,
-        };
-        self.run_granted_rounds(g, subject, now, op, unmarked)
+        match self.granted_from_copy(g, subject, now, op) {
+            FromCopy::Decided(d) => Ok(d),
+            FromCopy::Unmarked(owner) => Err(Some(owner)),
+            FromCopy::Not => Err(None),
+        }
     }
 
     /// [`Engine::run_granted`] through the rule table, round by round
@@ -774,17 +792,10 @@ impl Engine {
         let Some(g) = self.grants.as_deref() else {
             return Step::Decided(self.run(subject, now, op));
         };
-        if !possible_now(now) {
-            return Step::Decided(Decision::impossible_time(now));
+        match self.granted_first(g, subject, now, op) {
+            Ok(d) => Step::Decided(d),
+            Err(unmarked) => self.round_step(g, subject, now, op, unmarked, None),
         }
-        // As `run_granted`: the thread's copy first, then the rounds.
-        self.apply_done(g);
-        let unmarked = match self.granted_from_copy(g, subject, now, op) {
-            FromCopy::Decided(d) => return Step::Decided(d),
-            FromCopy::Unmarked(owner) => Some(owner),
-            FromCopy::Not => None,
-        };
-        self.round_step(g, subject, now, op, unmarked, None)
     }
 
     /// One round of a call with a ledger through the rule table, blocking
