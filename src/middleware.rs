@@ -841,16 +841,12 @@ where
                         layer,
                         subject,
                         now,
-                        refuse,
                         ..
                     } = *g;
                     let decision = decided.expect("decided before the service was ready");
-                    match proceed(&layer, service, head, body, subject, decision, now, refuse) {
-                        Ok(response) => State::Answered {
-                            response: Some(response),
-                        },
-                        Err((inner, after)) => State::Inner { inner, after },
-                    }
+                    let (inner, after) =
+                        proceed(&layer, service, head, body, subject, decision, now);
+                    State::Inner { inner, after }
                 }
             };
             state.set(next);
@@ -858,11 +854,9 @@ where
     }
 }
 
-/// A decision's answer: the middleware's own (`Ok`: `refuse` refused the
-/// request), or the inner service's future (the request handed on to
-/// `service`, which was polled ready for it) and what to do once it has
-/// answered.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+/// An allowed request handed on to `service` (polled ready for it): the
+/// inner service's future, and what to do once it has answered (a
+/// post-paid booking for `subject`, the rate-limit headers of `decision`).
 fn proceed<S, ReqBody, ResBody>(
     layer: &Arc<LayerConfig>,
     mut service: S,
@@ -871,14 +865,10 @@ fn proceed<S, ReqBody, ResBody>(
     subject: RequestSubject<'static>,
     decision: Decision,
     now: i64,
-    refuse: fn(&Decision, i64) -> Option<Response<ResBody>>,
-) -> Result<Response<ResBody>, (S::Future, Option<Box<After>>)>
+) -> (S::Future, Option<Box<After>>)
 where
     S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    if let Some(resp) = refuse(&decision, now) {
-        return Ok(resp);
-    }
     let post_paid = matches!(layer.mode, Mode::PostPaid(..));
     let after = (post_paid || layer.headers_when_allowed).then(|| {
         Box::new(After {
@@ -893,7 +883,7 @@ where
             now,
         })
     });
-    Err((service.call(Request::from_parts(head, body)), after))
+    (service.call(Request::from_parts(head, body)), after)
 }
 
 impl<S, R, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for QuotaService<S, R>
@@ -956,10 +946,8 @@ where
                     Mode::PostPaid(..) => subject.into_owned(),
                     Mode::PrePaid(_) => RequestSubject::default(),
                 };
-                match proceed(layer, service, head, body, kept, decision, now, refuse) {
-                    Ok(resp) => QuotaFuture::answered(resp),
-                    Err((inner, after)) => QuotaFuture::inner(inner, after),
-                }
+                let (inner, after) = proceed(layer, service, head, body, kept, decision, now);
+                QuotaFuture::inner(inner, after)
             }
             Step::Wait(wait) => {
                 let subject = subject.into_owned();
