@@ -95,20 +95,16 @@ impl ReplyRx {
     /// Waits on this thread until the answer comes or `deadline` passes:
     /// `None` if it passed first or the writer went without answering.
     pub(crate) fn recv_until(&self, deadline: Instant) -> Option<Answer> {
-        let mut slot = self.0.slot.lock();
-        loop {
-            if let Some(a) = slot.answer.take() {
-                return Some(a);
-            }
-            if slot.dropped || self.0.ready.wait_until(&mut slot, deadline).timed_out() {
-                return slot.answer.take();
-            }
-        }
+        self.wait(Some(deadline))
     }
 
     /// Waits until the answer comes: `None` if the writer went without
     /// answering.
     pub(crate) fn recv(&self) -> Option<Answer> {
+        self.wait(None)
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> Option<Answer> {
         let mut slot = self.0.slot.lock();
         loop {
             if let Some(a) = slot.answer.take() {
@@ -117,7 +113,14 @@ impl ReplyRx {
             if slot.dropped {
                 return None;
             }
-            self.0.ready.wait(&mut slot);
+            match deadline {
+                Some(d) => {
+                    if self.0.ready.wait_until(&mut slot, d).timed_out() {
+                        return slot.answer.take();
+                    }
+                }
+                None => self.0.ready.wait(&mut slot),
+            }
         }
     }
 
