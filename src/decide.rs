@@ -270,14 +270,7 @@ fn try_allow<'r>(
         let (v, w) = rules.rule(i);
         *at = counters.iter().position(|c| c.rule == v.slot)?;
         let used = counters[*at].effective_used(v.generation, w);
-        let of_ty = Some(v.benefit_type) == ty;
-        if reason_of(v.frozen, used, v.limit, of_ty.then_some(amount)).is_some() {
-            return None;
-        }
-        if of_ty || ty.is_none() {
-            let left = v.limit - used; // below the limit: it does not deny
-            keep_least(&mut least, left_after(left, of_ty, amount), v.slot, i);
-        }
+        rank_allowed(&v, used, ty, amount, i, &mut least)?;
     }
     debit_known(&pos[..n], rules, counters, ty, amount);
     if least.is_none() {
@@ -286,6 +279,31 @@ fn try_allow<'r>(
         least = least_of_any(&pos[..n], rules, counters);
     }
     Some(allowed_naming(least, &pos, rules, counters))
+}
+
+/// Rule `i` (`v`, with `used` in its window) in an allowed `check` (`ty`
+/// `None`) or `try_consume` of `amount` of `ty`: `None` if it denies (the
+/// caller declines, and the general path explains the denial); else it is
+/// ranked in `least` (left after the debit, slot, index: the rule the
+/// allowance names, see `conclude`) if the operation concerns it.
+#[inline(always)]
+fn rank_allowed(
+    v: &RuleView<'_>,
+    used: u64,
+    ty: Option<BenefitType>,
+    amount: u64,
+    i: usize,
+    least: &mut Option<(u64, u32, usize)>,
+) -> Option<()> {
+    let of_ty = Some(v.benefit_type) == ty;
+    if reason_of(v.frozen, used, v.limit, of_ty.then_some(amount)).is_some() {
+        return None;
+    }
+    if of_ty || ty.is_none() {
+        let left = v.limit - used; // below the limit: it does not deny
+        keep_least(least, left_after(left, of_ty, amount), v.slot, i);
+    }
+    Some(())
 }
 
 /// The counters of the owners that a decision's rules count on, by owner
@@ -344,14 +362,7 @@ pub(crate) fn try_allow_across<'r>(
             pos[i] = counters.iter().position(|c| c.rule == v.slot)?;
             state[i] = counters[pos[i]];
             let used = state[i].effective_used(v.generation, w);
-            let of_ty = Some(v.benefit_type) == ty;
-            if reason_of(v.frozen, used, v.limit, of_ty.then_some(amount)).is_some() {
-                return None;
-            }
-            if of_ty || ty.is_none() {
-                let left = v.limit - used; // below the limit: it does not deny
-                keep_least(&mut least, left_after(left, of_ty, amount), v.slot, i);
-            }
+            rank_allowed(&v, used, ty, amount, i, &mut least)?;
         }
     }
     // No rule of `ty` (a spend of a type no rule counts): named as a check
