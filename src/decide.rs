@@ -367,7 +367,7 @@ pub(crate) fn try_allow_across<'r>(
     }
     // No rule of `ty` (a spend of a type no rule counts): named as a check
     // would name it, by the general path.
-    let (remaining, _, named) = least?;
+    least?;
     if amount != 0 {
         for o in 0..=last_owner {
             let mine = |i: &usize| usize::from(owner_of[*i]) == o;
@@ -392,14 +392,9 @@ pub(crate) fn try_allow_across<'r>(
             }
         }
     }
-    let (v, w) = rules.rule(named);
-    let window = effective_window(v.period, v.generation, &state[named], w);
-    Some(Decision::Allowed(Some(headroom_of(
-        rules.id_of(v.slot),
-        v.benefit_type,
-        remaining,
-        window.map(|w| w.end),
-    ))))
+    // Named from the counters as read (`state`, rule `i`'s at `i`).
+    let at: [usize; FAST_RULES] = std::array::from_fn(|i| i);
+    Some(allowed_naming(least, &at, rules, &state))
 }
 
 /// The denial of a `check` (`ty` `None`) or a `try_consume` of `amount` of
