@@ -1612,13 +1612,11 @@ impl OwnersCounters for HeldOwners<'_, '_, '_> {
         Some(self.locked.counters_in(*shard, slot))
     }
 
+    /// Only an owner read first (`try_allow_across` reads every owner it
+    /// writes): its entry, in the slot the read found.
     fn write(&mut self, o: usize) -> Option<&mut [CounterState]> {
-        let (shard, owner) = &self.owners[o];
-        match self.slots[o] {
-            Some(slot) => Some(self.locked.counters_in_mut(*shard, slot)),
-            None => self.locked.counters_if_any(*shard, owner),
-        }
-        .map(|c| c.as_mut_slice())
+        let slot = self.slots[o]?;
+        Some(self.locked.counters_in_mut(self.owners[o].0, slot))
     }
 }
 
